@@ -1,0 +1,238 @@
+"""Type stubs for the Rust extension ``rqueue._rqueue`` (checked with ``mypy.stubtest``).
+
+Only bytes, str, numbers, None and plain containers cross this boundary. Errors are raised as
+classes of ``rqueue.exceptions``.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any, final
+
+__version__: str
+
+# -- codecs -------------------------------------------------------------------------------------
+
+def dumps(obj: object, serializer: str = "json") -> bytes:
+    """Serialize with ``json`` (kombu's ``__type__`` markers) or ``msgpack``.
+
+    Raises SerializationError naming the unsupported type and its path, ConfigurationError for an
+    unknown serializer name.
+    """
+
+def loads(data: bytes, content_type: str = "application/json") -> Any:
+    """Deserialize ``application/json`` or ``application/x-msgpack`` bytes (DecodeError on bad input)."""
+
+def content_type_of(serializer: str) -> tuple[str, str]:
+    """``(content_type, content_encoding)`` of a serializer name (json, msgpack, pickle, yaml)."""
+
+# -- Celery protocol v2 envelope ---------------------------------------------------------------
+
+def encode_task_message(
+    *,
+    task: str,
+    task_id: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    routing_key: str,
+    exchange: str = "",
+    serializer: str = "json",
+    body: bytes | None = None,
+    eta_ms: int | None = None,
+    expires_ms: int | None = None,
+    retries: int = 0,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    priority: int | None = None,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    group_id: str | None = None,
+    origin: str | None = None,
+    ignore_result: bool = False,
+    reply_to: str | None = None,
+    delivery_tag: str | None = None,
+    extra_headers: Mapping[str, Any] | None = None,
+    max_size: int = 1048576,
+) -> bytes:
+    """Build the kombu Redis JSON envelope of a Celery protocol v2 task message.
+
+    ``body`` carries a body already serialized in Python (pickle); otherwise ``[args, kwargs, embed]``
+    is serialized in Rust with ``serializer``. Raises MessageTooLarge past ``max_size``.
+    """
+
+@final
+class TaskMessage:
+    """A decoded task message: typed fields of the headers, properties and body."""
+
+    task: str
+    id: str
+    args: list[Any] | None
+    kwargs: dict[str, Any] | None
+    embed: dict[str, Any] | None
+    body: bytes
+    content_type: str
+    content_encoding: str
+    eta_ms: int | None
+    expires_ms: int | None
+    retries: int
+    priority: int
+    time_limit: float | None
+    soft_time_limit: float | None
+    root_id: str | None
+    parent_id: str | None
+    group_id: str | None
+    origin: str | None
+    ignore_result: bool
+    argsrepr: str | None
+    kwargsrepr: str | None
+    reply_to: str | None
+    correlation_id: str | None
+    delivery_tag: str | None
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    headers: dict[str, Any]
+
+def decode_task_message(
+    data: bytes,
+    *,
+    accept: Sequence[str] = ("application/json",),
+    max_size: int = 1048576,
+) -> TaskMessage:
+    """Parse an envelope; check size, then content type (before any decoding), then decode.
+
+    Bodies of json/msgpack are decoded to ``args``/``kwargs``/``embed``; for other accepted types
+    (pickle) those are None and ``body`` holds the raw bytes for a Python decoder. Raises
+    MessageTooLarge, ContentDisallowed or DecodeError.
+    """
+
+def parse_iso8601_ms(value: str) -> int:
+    """Epoch milliseconds of an ISO-8601 timestamp (naive means UTC). DecodeError when invalid."""
+
+def format_iso8601_ms(epoch_ms: int) -> str:
+    """ISO-8601 UTC text with microseconds and ``+00:00``, as Celery writes it."""
+
+# -- routing ------------------------------------------------------------------------------------
+
+@final
+class Router:
+    """A compiled route table: the first matching rule wins, else the default queue.
+
+    Each rule is ``(kind, pattern, queue, exchange, routing_key, priority)`` with kind one of
+    ``"exact"``, ``"glob"``, ``"regex"``.
+    """
+
+    def __init__(
+        self,
+        rules: Sequence[tuple[str, str, str | None, str | None, str | None, int | None]],
+        default_queue: str = "celery",
+    ) -> None: ...
+    def route(self, task: str) -> tuple[str, str, str, int | None]:
+        """``(queue, exchange, routing_key, priority)`` for a task name."""
+
+# -- rate limiting ------------------------------------------------------------------------------
+
+def parse_rate(rate: str | float) -> float:
+    """Tokens per second of ``"10/s"``, ``"100/m"``, ``"1000/h"`` or a bare number (per second)."""
+
+@final
+class TokenBucket:
+    """A token bucket; ``try_acquire`` never blocks."""
+
+    def __init__(self, rate: str | float, burst: int | None = None) -> None: ...
+    @property
+    def rate_per_s(self) -> float: ...
+    @property
+    def burst(self) -> int: ...
+    def try_acquire(self, tokens: int = 1) -> float:
+        """0.0 when the tokens were taken, else the seconds to wait until they are available."""
+    def set_rate(self, rate: str | float) -> None: ...
+
+# -- prefetch and the SQLite transport ---------------------------------------------------------
+
+@final
+class Delivery:
+    """One fetched message: its lease id, its queue, the raw envelope and how often it was delivered."""
+
+    tag: int
+    queue: str
+    payload: bytes
+    deliveries: int
+
+@final
+class PrefetchBuffer:
+    """Bounded, thread-safe buffer between a transport thread and the Python executor.
+
+    ``credits`` = capacity - buffered - taken-but-not-done: how many messages the transport may fetch.
+    """
+
+    def __init__(self, capacity: int) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    def credits(self) -> int: ...
+    def __len__(self) -> int: ...
+    def put(self, delivery: Delivery) -> bool:
+        """Add a delivery; False when the buffer is full or closed."""
+    def get(self, timeout_s: float | None = None) -> Delivery | None:
+        """Block (GIL released) until a delivery is there, the timeout runs out, or the buffer closes."""
+    def done(self, count: int = 1) -> None:
+        """Mark taken deliveries finished (acked or returned), giving their credit back."""
+    def close(self) -> list[Delivery]:
+        """Close the buffer, wake waiters and return the deliveries never taken."""
+
+@final
+class SqliteBroker:
+    """The embedded SQLite broker: one file, WAL, busy timeout; every step atomic."""
+
+    def __init__(self, path: str, busy_timeout_ms: int = 10000) -> None: ...
+    @property
+    def path(self) -> str: ...
+    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None: ...
+    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
+        """Publish ``(queue, payload, priority, eta_ms)`` items in one transaction."""
+    def fetch(self, queues: Sequence[str], limit: int, owner: str, lease_ms: int) -> list[Delivery]:
+        """Atomically lease up to ``limit`` due messages (priority 0 first, then FIFO). GIL released."""
+    def ack(self, tags: Sequence[int]) -> int: ...
+    def requeue(self, tags: Sequence[int]) -> int:
+        """Return leased messages to their queue now (their original place; delivery count kept)."""
+    def requeue_owner(self, owner: str) -> int:
+        """Return every message leased by ``owner`` (a worker process that died)."""
+    def extend_leases(self, owner: str, lease_ms: int) -> int: ...
+    def sweep_expired(self, max_deliveries: int = 5) -> tuple[int, int]:
+        """Return expired leases to their queue; dead-letter those over ``max_deliveries``.
+
+        Returns ``(requeued, dead_lettered)``.
+        """
+    def dead_letter(self, tag: int, reason: str, error: str | None = None) -> None:
+        """Move a leased message to the dead-letter table with a reason code and error text."""
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[tuple[int, str, str, str | None, int, int, bytes]]:
+        """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows, oldest first."""
+    def requeue_dead(self, ids: Sequence[int]) -> int: ...
+    def purge_dead(self, queue: str | None = None) -> int: ...
+    def purge(self, queues: Sequence[str]) -> int:
+        """Delete waiting (not leased) messages of these queues; returns how many."""
+    def queue_length(self, queue: str) -> int: ...
+
+@final
+class SqliteConsumer:
+    """A Rust thread that leases batches from a SqliteBroker into a PrefetchBuffer.
+
+    It fetches only as many messages as the buffer has credits, polls with backoff when idle
+    (new work is picked up within 50 ms), renews its leases, and sweeps expired ones.
+    Start it after any fork.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        queues: Sequence[str],
+        owner: str,
+        buffer: PrefetchBuffer,
+        lease_ms: int = 60000,
+        max_deliveries: int = 5,
+        poll_max_ms: int = 40,
+    ) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> list[Delivery]:
+        """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
+    def set_queues(self, queues: Sequence[str]) -> None: ...
+    @property
+    def running(self) -> bool: ...

@@ -1,0 +1,14 @@
+//! rqueue-core: the pure-Rust heart of rqueue.
+//!
+//! Nothing here knows about Python. The `rqueue-py` crate wraps these modules for the
+//! `rqueue._rqueue` extension; everything here is tested with `cargo test` alone.
+
+pub mod codec;
+pub mod error;
+pub mod prefetch;
+pub mod protocol;
+pub mod ratelimit;
+pub mod routing;
+pub mod transport;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! prefetch (to be written)

@@ -1,0 +1,3 @@
+//! Broker transports. Each owns its wire layout and its atomic fetch/lease/ack steps.
+
+pub mod sqlite;

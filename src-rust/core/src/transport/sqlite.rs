@@ -1,0 +1,1 @@
+//! sqlite transport (to be written)

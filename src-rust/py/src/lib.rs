@@ -1,0 +1,27 @@
+//! `rqueue._rqueue`: the thin PyO3 layer over rqueue-core.
+//!
+//! One file per exported concept; `errors.rs` maps every core error to a class of
+//! `rqueue.exceptions`. No threads or runtimes start at import time: prefork workers fork
+//! after importing this module.
+
+use pyo3::prelude::*;
+
+mod codec;
+mod errors;
+mod prefetch;
+mod protocol;
+mod ratelimit;
+mod routing;
+mod sqlite;
+
+#[pymodule]
+fn _rqueue(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    codec::register(m)?;
+    protocol::register(m)?;
+    routing::register(m)?;
+    ratelimit::register(m)?;
+    prefetch::register(m)?;
+    sqlite::register(m)?;
+    Ok(())
+}
