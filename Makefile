@@ -1,0 +1,161 @@
+# rqueue developer and CI entry points. `make` (or `make help`) lists the targets.
+#
+# Builds are incremental: stamp files record what is done, so re-running a target whose inputs
+# did not change costs nothing. `make test` is what CI runs (through .ci/run).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# Cargo profile of the wheel: `make wheel PROFILE=dev-release` trades speed of the code for a
+# much shorter build (no fat LTO, parallel codegen) while iterating locally.
+PROFILE ?= release
+PYTEST_ARGS ?=
+PYTEST_TIMEOUT_S ?= 300
+
+# pyo3's build script re-runs when the interpreter changes; always point it at the venv's.
+export PYO3_PYTHON := $(abspath $(PY))
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+VENV_STAMP := $(VENV)/.stamp-requirements
+INSTALL_STAMP := $(VENV)/.stamp-install
+WHEEL_STAMP := dist/.stamp-wheel-$(PROFILE)
+
+ifeq ($(PROFILE),release)
+MATURIN_PROFILE := --release
+else
+MATURIN_PROFILE := --profile $(PROFILE)
+endif
+
+# Everything that ends up in the wheel (new files are noticed; a deleted-only change needs `make clean`).
+RUST_SRC := Cargo.toml Cargo.lock $(shell find src-rust -type f \( -name '*.rs' -o -name '*.toml' -o -name '*.lua' -o -name '*.sql' \) 2>/dev/null)
+PY_SRC := pyproject.toml $(wildcard README.md LICENSE*) \
+	$(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so' -not -name '*.pyd' 2>/dev/null)
+LINT_PATHS := $(wildcard python tests benches examples)
+STUBTEST_ALLOWLIST := .ci/stubtest-allowlist.txt
+
+.PHONY: help
+help: ## Show this list of targets
+	@echo "usage: make TARGET [PROFILE=release|dev-release] [PYTEST_ARGS=...]"
+	@echo
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+# -- environment ---------------------------------------------------------------------------------
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## Create .venv and install requirements-dev.txt (only when it changed)
+
+$(VENV_STAMP): requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --progress-bar off -r requirements-dev.txt
+	@touch $@
+
+.PHONY: redis
+redis: ## Install Debian's redis-server with apt-get unless redis-server is already on PATH
+	@if command -v redis-server >/dev/null 2>&1; then \
+		echo "redis-server found: $$(command -v redis-server)"; \
+	else \
+		sudo=""; if [ "$$(id -u)" != 0 ]; then sudo="sudo -n"; fi; \
+		echo "redis-server not on PATH: installing Debian's package"; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; \
+		command -v redis-server; \
+	fi
+
+# -- build ---------------------------------------------------------------------------------------
+
+.PHONY: wheel
+wheel: $(WHEEL_STAMP) ## Build the wheel into dist/ with maturin (once per source change; PROFILE=release)
+
+$(WHEEL_STAMP): $(VENV_STAMP) $(RUST_SRC) $(PY_SRC)
+	@mkdir -p dist
+	rm -f dist/*.whl dist/.stamp-wheel-*
+	$(BIN)/maturin build $(MATURIN_PROFILE) --interpreter $(PY) --out dist
+	@touch $@
+
+.PHONY: install
+install: $(INSTALL_STAMP) ## Install the wheel from dist/ into .venv, with its runtime dependencies
+
+$(INSTALL_STAMP): $(WHEEL_STAMP)
+	$(PY) -m pip install --quiet --force-reinstall --no-deps dist/rqueue-*.whl
+	@# A second pass over the same wheel (now satisfied) installs only missing dependencies.
+	$(PY) -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis]"
+	@touch $@
+
+.PHONY: build
+build: install ## Alias: wheel + install (e.g. `make build PROFILE=dev-release`)
+
+# -- lint ----------------------------------------------------------------------------------------
+
+.PHONY: lint
+lint: lint-python lint-rust typecheck stubtest check-core-pure ## All static checks: ruff, cargo fmt/clippy, mypy, stubtest, pure core
+
+.PHONY: lint-python
+lint-python: $(VENV_STAMP) ## ruff check + ruff format --check
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+.PHONY: lint-rust
+lint-rust: $(VENV_STAMP) ## cargo fmt --check + cargo clippy -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: typecheck
+typecheck: $(VENV_STAMP) ## mypy --strict on python/rqueue (config in pyproject.toml)
+	$(PY) -m mypy
+
+.PHONY: stubtest
+stubtest: $(INSTALL_STAMP) ## Check python/rqueue/_rqueue.pyi against the installed extension
+	$(PY) -m mypy.stubtest rqueue._rqueue --allowlist $(STUBTEST_ALLOWLIST)
+
+.PHONY: check-core-pure
+check-core-pure: ## Fail if rqueue-core depends on pyo3 (the core must build without Python)
+	@tree="$$(cargo tree -p rqueue-core -e normal)"; \
+	if grep -qi pyo3 <<<"$$tree"; then \
+		echo "error: rqueue-core must stay pure Rust, but its normal dependencies include pyo3:" >&2; \
+		grep -i pyo3 <<<"$$tree" >&2; \
+		echo "Move the Python-facing code to src-rust/py (crate rqueue-py)." >&2; \
+		exit 1; \
+	fi; \
+	echo "rqueue-core is pure Rust (no pyo3 in its dependency tree)"
+
+# -- tests ---------------------------------------------------------------------------------------
+
+.PHONY: test-rust
+test-rust: ## cargo test of the pure-Rust core
+	cargo test -p rqueue-core
+
+.PHONY: test-python
+test-python: $(INSTALL_STAMP) ## pytest through the installed extension (PYTEST_ARGS=... to narrow)
+	$(PY) -m pytest -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT_S) $(PYTEST_ARGS)
+
+.PHONY: test
+test: redis venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
+
+# -- run -----------------------------------------------------------------------------------------
+
+.PHONY: demo
+demo: venv wheel install ## Build, install and run examples/walkthrough.py
+	$(PY) examples/walkthrough.py
+
+.PHONY: bench
+bench: venv wheel install ## Run the benchmark harness benches/run_all.py (use the release PROFILE)
+	$(PY) benches/run_all.py
+
+.PHONY: clean
+clean: ## Remove build outputs, stamps and tool caches (keeps .venv)
+	rm -rf dist target .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -f $(INSTALL_STAMP)
+	find python tests benches examples -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
+
+.PHONY: clean-all
+clean-all: clean ## clean, and remove .venv too
+	rm -rf $(VENV)
