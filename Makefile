@@ -104,8 +104,14 @@ lint-python: $(VENV_STAMP) ## ruff check + ruff format --check
 	$(BIN)/ruff format --check $(LINT_PATHS)
 
 .PHONY: lint-rust
-lint-rust: $(VENV_STAMP) ## cargo fmt --check + cargo clippy -D warnings
+lint-rust: fmt-check clippy ## cargo fmt --check + cargo clippy -D warnings
+
+.PHONY: fmt-check
+fmt-check: ## cargo fmt --all --check
 	cargo fmt --all --check
+
+.PHONY: clippy
+clippy: $(VENV_STAMP) ## cargo clippy on the workspace, all targets, warnings are errors
 	cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: typecheck
