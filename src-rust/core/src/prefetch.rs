@@ -140,7 +140,9 @@ impl PrefetchBuffer {
                 return None;
             }
             s = match (timeout, deadline) {
-                (None, _) | (Some(_), None) => self.readable.wait(s).unwrap_or_else(|p| p.into_inner()),
+                (None, _) | (Some(_), None) => {
+                    self.readable.wait(s).unwrap_or_else(|p| p.into_inner())
+                }
                 (Some(_), Some(deadline)) => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -190,7 +192,11 @@ impl PrefetchBuffer {
                 Some(_) => return 0,
                 None => Duration::from_secs(3600),
             };
-            s = self.credit.wait_timeout(s, remaining).unwrap_or_else(|p| p.into_inner()).0;
+            s = self
+                .credit
+                .wait_timeout(s, remaining)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -214,7 +220,12 @@ mod tests {
     use std::thread;
 
     fn d(tag: i64) -> Delivery {
-        Delivery { tag, queue: "q".into(), payload: vec![tag as u8], deliveries: 1 }
+        Delivery {
+            tag,
+            queue: "q".into(),
+            payload: vec![tag as u8],
+            deliveries: 1,
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-const ACCEPTED: &str = "accepted forms: \"10/s\", \"100/m\", \"1000/h\" or a bare number of tasks per second";
+const ACCEPTED: &str =
+    "accepted forms: \"10/s\", \"100/m\", \"1000/h\" or a bare number of tasks per second";
 
 /// Tokens per second of `"10/s"`, `"100/m"`, `"1000/h"` or a bare number (per second).
 ///
@@ -42,7 +43,9 @@ pub fn check_rate(per_second: f64) -> Result<f64> {
     if per_second.is_finite() && per_second > 0.0 {
         Ok(per_second)
     } else {
-        Err(Error::Config(format!("invalid rate limit {per_second}; {ACCEPTED}")))
+        Err(Error::Config(format!(
+            "invalid rate limit {per_second}; {ACCEPTED}"
+        )))
     }
 }
 
@@ -59,7 +62,9 @@ pub struct MonotonicClock {
 
 impl MonotonicClock {
     pub fn new() -> Self {
-        MonotonicClock { origin: Instant::now() }
+        MonotonicClock {
+            origin: Instant::now(),
+        }
     }
 }
 
@@ -147,7 +152,9 @@ impl<C: Clock> TokenBucket<C> {
     pub fn with_clock(rate_per_s: f64, burst: Option<u32>, clock: C) -> Result<Self> {
         let rate_per_s = check_rate(rate_per_s)?;
         if burst == Some(0) {
-            return Err(Error::Config("token bucket burst must be at least 1".into()));
+            return Err(Error::Config(
+                "token bucket burst must be at least 1".into(),
+            ));
         }
         let burst_value = burst.unwrap_or_else(|| default_burst(rate_per_s));
         let now = clock.now();
@@ -231,18 +238,38 @@ mod tests {
 
     #[test]
     fn test_parse_rate_rejects_bad_input() {
-        for bad in ["0", "-1", "0/s", "abc", "10/d", "10/", "/s", "", "nan", "inf/s", "10/sec"] {
+        for bad in [
+            "0", "-1", "0/s", "abc", "10/d", "10/", "/s", "", "nan", "inf/s", "10/sec",
+        ] {
             let err = parse_rate(bad).unwrap_err();
-            assert!(matches!(&err, Error::Config(m) if m.contains(&format!("{bad:?}")) && m.contains("10/s")), "{err}");
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains(&format!("{bad:?}")) && m.contains("10/s")),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn test_bucket_default_burst() {
         let c = ManualClock::new();
-        assert_eq!(TokenBucket::with_clock(100.0, None, c.clone()).unwrap().burst(), 100);
-        assert_eq!(TokenBucket::with_clock(2.5, None, c.clone()).unwrap().burst(), 3);
-        assert_eq!(TokenBucket::with_clock(10.0 / 60.0, None, c).unwrap().burst(), 1);
+        assert_eq!(
+            TokenBucket::with_clock(100.0, None, c.clone())
+                .unwrap()
+                .burst(),
+            100
+        );
+        assert_eq!(
+            TokenBucket::with_clock(2.5, None, c.clone())
+                .unwrap()
+                .burst(),
+            3
+        );
+        assert_eq!(
+            TokenBucket::with_clock(10.0 / 60.0, None, c)
+                .unwrap()
+                .burst(),
+            1
+        );
     }
 
     #[test]

@@ -87,7 +87,9 @@ impl Router {
     /// Compiles `rules`; fails with [`Error::Config`] naming the first invalid pattern.
     pub fn new(rules: Vec<RouteRule>, default_queue: &str) -> Result<Self> {
         if default_queue.is_empty() {
-            return Err(Error::Config("the default queue name must not be empty".into()));
+            return Err(Error::Config(
+                "the default queue name must not be empty".into(),
+            ));
         }
         let default = Route {
             queue: default_queue.to_owned(),
@@ -106,7 +108,10 @@ impl Router {
                 }
                 RuleKind::Glob => {
                     let glob = Glob::new(&rule.pattern).map_err(|e| {
-                        Error::Config(format!("invalid glob route pattern {:?}: {e}", rule.pattern))
+                        Error::Config(format!(
+                            "invalid glob route pattern {:?}: {e}",
+                            rule.pattern
+                        ))
                     })?;
                     patterns.push(index);
                     Matcher::Glob(glob.compile_matcher())
@@ -114,7 +119,10 @@ impl Router {
                 RuleKind::Regex => {
                     // Anchored so that `tasks\.a` does not also route `tasks.abc`.
                     let re = Regex::new(&format!("^(?:{})$", rule.pattern)).map_err(|e| {
-                        Error::Config(format!("invalid regex route pattern {:?}: {e}", rule.pattern))
+                        Error::Config(format!(
+                            "invalid regex route pattern {:?}: {e}",
+                            rule.pattern
+                        ))
                     })?;
                     patterns.push(index);
                     Matcher::Regex(re)
@@ -140,7 +148,12 @@ impl Router {
                 },
             });
         }
-        Ok(Router { rules: compiled, exact, patterns, default })
+        Ok(Router {
+            rules: compiled,
+            exact,
+            patterns,
+            default,
+        })
     }
 
     /// The route of `task`: the first matching rule, else the default queue.
@@ -258,7 +271,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.route("a"),
-            &Route { queue: "q".into(), exchange: "ex".into(), routing_key: "rk".into(), priority: Some(3) }
+            &Route {
+                queue: "q".into(),
+                exchange: "ex".into(),
+                routing_key: "rk".into(),
+                priority: Some(3)
+            }
         );
         assert_eq!(r.route("b").queue, "default");
         assert_eq!(r.route("b").routing_key, "default");
@@ -267,9 +285,15 @@ mod tests {
     #[test]
     fn test_route_invalid_patterns_name_the_pattern() {
         let err = Router::new(vec![rule(RuleKind::Regex, "a(", "q")], "celery").unwrap_err();
-        assert!(matches!(&err, Error::Config(m) if m.contains("\"a(\"")), "{err}");
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("\"a(\"")),
+            "{err}"
+        );
         let err = Router::new(vec![rule(RuleKind::Glob, "a[", "q")], "celery").unwrap_err();
-        assert!(matches!(&err, Error::Config(m) if m.contains("\"a[\"")), "{err}");
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("\"a[\"")),
+            "{err}"
+        );
         assert!(RuleKind::parse("fuzzy").is_err());
     }
 }
