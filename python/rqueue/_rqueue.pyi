@@ -156,6 +156,7 @@ class Delivery:
     queue: str
     payload: bytes
     deliveries: int
+    def __init__(self, tag: int, queue: str, payload: bytes, deliveries: int = 1) -> None: ...
 
 @final
 class PrefetchBuffer:
@@ -192,9 +193,13 @@ class SqliteBroker:
         """Atomically lease up to ``limit`` due messages (priority 0 first, then FIFO). GIL released."""
     def ack(self, tags: Sequence[int]) -> int: ...
     def requeue(self, tags: Sequence[int]) -> int:
-        """Return leased messages to their queue now (their original place; delivery count kept)."""
-    def requeue_owner(self, owner: str) -> int:
-        """Return every message leased by ``owner`` (a worker process that died)."""
+        """Return unstarted leased messages to their queue now (their original place; this delivery is not counted)."""
+    def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:
+        """Return every message leased by ``owner`` (a worker process that died).
+
+        Messages already delivered ``max_deliveries`` times are dead-lettered as ``worker_lost`` instead.
+        Returns how many were requeued.
+        """
     def extend_leases(self, owner: str, lease_ms: int) -> int: ...
     def sweep_expired(self, max_deliveries: int = 5) -> tuple[int, int]:
         """Return expired leases to their queue; dead-letter those over ``max_deliveries``.
@@ -236,3 +241,6 @@ class SqliteConsumer:
     def set_queues(self, queues: Sequence[str]) -> None: ...
     @property
     def running(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None:
+        """The last error the thread met (it keeps retrying with backoff), if any."""

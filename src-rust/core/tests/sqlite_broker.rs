@@ -1,5 +1,7 @@
 //! Integration tests of the SQLite broker and its consumer thread, on temp files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure should panic
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
