@@ -120,11 +120,11 @@ class Router:
     ``"exact"``, ``"glob"``, ``"regex"``.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         rules: Sequence[tuple[str, str, str | None, str | None, str | None, int | None]],
         default_queue: str = "celery",
-    ) -> None: ...
+    ) -> Router: ...
     def route(self, task: str) -> tuple[str, str, str, int | None]:
         """``(queue, exchange, routing_key, priority)`` for a task name."""
 
@@ -137,7 +137,7 @@ def parse_rate(rate: str | float) -> float:
 class TokenBucket:
     """A token bucket; ``try_acquire`` never blocks."""
 
-    def __init__(self, rate: str | float, burst: int | None = None) -> None: ...
+    def __new__(cls, rate: str | float, burst: int | None = None) -> TokenBucket: ...
     @property
     def rate_per_s(self) -> float: ...
     @property
@@ -156,7 +156,7 @@ class Delivery:
     queue: str
     payload: bytes
     deliveries: int
-    def __init__(self, tag: int, queue: str, payload: bytes, deliveries: int = 1) -> None: ...
+    def __new__(cls, tag: int, queue: str, payload: bytes, deliveries: int = 1) -> Delivery: ...
 
 @final
 class PrefetchBuffer:
@@ -165,7 +165,7 @@ class PrefetchBuffer:
     ``credits`` = capacity - buffered - taken-but-not-done: how many messages the transport may fetch.
     """
 
-    def __init__(self, capacity: int) -> None: ...
+    def __new__(cls, capacity: int) -> PrefetchBuffer: ...
     @property
     def capacity(self) -> int: ...
     def credits(self) -> int: ...
@@ -183,7 +183,7 @@ class PrefetchBuffer:
 class SqliteBroker:
     """The embedded SQLite broker: one file, WAL, busy timeout; every step atomic."""
 
-    def __init__(self, path: str, busy_timeout_ms: int = 10000) -> None: ...
+    def __new__(cls, path: str, busy_timeout_ms: int = 10000) -> SqliteBroker: ...
     @property
     def path(self) -> str: ...
     def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None: ...
@@ -225,8 +225,8 @@ class SqliteConsumer:
     Start it after any fork.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str,
         queues: Sequence[str],
         owner: str,
@@ -234,7 +234,7 @@ class SqliteConsumer:
         lease_ms: int = 60000,
         max_deliveries: int = 5,
         poll_max_ms: int = 40,
-    ) -> None: ...
+    ) -> SqliteConsumer: ...
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]:
         """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""

@@ -46,14 +46,14 @@ fn to_rule(
 #[pymethods]
 impl Router {
     #[new]
-    #[pyo3(signature = (rules, default_queue = "celery".to_owned()))]
-    fn new(py: Python<'_>, rules: Vec<RuleTuple>, default_queue: String) -> PyResult<Self> {
+    #[pyo3(signature = (rules, default_queue = "celery"))]
+    fn new(py: Python<'_>, rules: Vec<RuleTuple>, default_queue: &str) -> PyResult<Self> {
         let rules = rules
             .into_iter()
             .map(to_rule)
             .collect::<Result<Vec<_>, _>>()
             .map_py(py)?;
-        let inner = CoreRouter::new(rules, &default_queue).map_py(py)?;
+        let inner = CoreRouter::new(rules, default_queue).map_py(py)?;
         Ok(Router { inner })
     }
 
