@@ -245,6 +245,51 @@ fn test_sqlite_ids_never_reused() {
 }
 
 #[test]
+fn test_sqlite_concurrent_open_of_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.sqlite3");
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let path = path.clone();
+            thread::spawn(move || {
+                let b = SqliteBroker::open(&path, 5_000).unwrap();
+                b.publish("q", format!("{i}").as_bytes(), 0, None).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let b = SqliteBroker::open(&path, 5_000).unwrap();
+    assert_eq!(b.queue_length("q").unwrap(), 8);
+}
+
+#[test]
+fn test_sqlite_consumer_idles_after_buffer_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    b.publish("q", b"x", 0, None).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(2));
+    buffer.close();
+    let consumer = SqliteConsumer::new(
+        ConsumerConfig::new(&path, qs(&["q"]), "w"),
+        Arc::clone(&buffer),
+    )
+    .unwrap();
+    consumer.start().unwrap();
+    thread::sleep(Duration::from_millis(60));
+    assert_eq!(
+        b.queue_length("q").unwrap(),
+        1,
+        "nothing leased into a closed buffer"
+    );
+    let start = Instant::now();
+    assert!(consumer.stop().is_empty());
+    assert!(start.elapsed() < Duration::from_millis(500));
+}
+
+#[test]
 fn test_sqlite_concurrent_publishers_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broker.sqlite3");

@@ -245,6 +245,10 @@ impl Worker {
         }
         let credits = self.buffer.wait_for_credit(TICK);
         if credits == 0 {
+            if self.buffer.is_closed() {
+                // Nothing will ever fit again; idle (renewing leases) until stopped.
+                self.nap(TICK);
+            }
             return Ok(());
         }
         let queues = lock(&self.shared.queues).clone();
