@@ -120,11 +120,11 @@ class Router:
     ``"exact"``, ``"glob"``, ``"regex"``.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         rules: Sequence[tuple[str, str, str | None, str | None, str | None, int | None]],
         default_queue: str = "celery",
-    ) -> None: ...
+    ) -> Router: ...
     def route(self, task: str) -> tuple[str, str, str, int | None]:
         """``(queue, exchange, routing_key, priority)`` for a task name."""
 
@@ -137,7 +137,7 @@ def parse_rate(rate: str | float) -> float:
 class TokenBucket:
     """A token bucket; ``try_acquire`` never blocks."""
 
-    def __init__(self, rate: str | float, burst: int | None = None) -> None: ...
+    def __new__(cls, rate: str | float, burst: int | None = None) -> TokenBucket: ...
     @property
     def rate_per_s(self) -> float: ...
     @property
@@ -156,6 +156,7 @@ class Delivery:
     queue: str
     payload: bytes
     deliveries: int
+    def __new__(cls, tag: int, queue: str, payload: bytes, deliveries: int = 1) -> Delivery: ...
 
 @final
 class PrefetchBuffer:
@@ -164,7 +165,7 @@ class PrefetchBuffer:
     ``credits`` = capacity - buffered - taken-but-not-done: how many messages the transport may fetch.
     """
 
-    def __init__(self, capacity: int) -> None: ...
+    def __new__(cls, capacity: int) -> PrefetchBuffer: ...
     @property
     def capacity(self) -> int: ...
     def credits(self) -> int: ...
@@ -182,7 +183,7 @@ class PrefetchBuffer:
 class SqliteBroker:
     """The embedded SQLite broker: one file, WAL, busy timeout; every step atomic."""
 
-    def __init__(self, path: str, busy_timeout_ms: int = 10000) -> None: ...
+    def __new__(cls, path: str, busy_timeout_ms: int = 10000) -> SqliteBroker: ...
     @property
     def path(self) -> str: ...
     def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None: ...
@@ -192,9 +193,13 @@ class SqliteBroker:
         """Atomically lease up to ``limit`` due messages (priority 0 first, then FIFO). GIL released."""
     def ack(self, tags: Sequence[int]) -> int: ...
     def requeue(self, tags: Sequence[int]) -> int:
-        """Return leased messages to their queue now (their original place; delivery count kept)."""
-    def requeue_owner(self, owner: str) -> int:
-        """Return every message leased by ``owner`` (a worker process that died)."""
+        """Return unstarted leased messages to their queue now (their original place; this delivery is not counted)."""
+    def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:
+        """Return every message leased by ``owner`` (a worker process that died).
+
+        Messages already delivered ``max_deliveries`` times are dead-lettered as ``worker_lost`` instead.
+        Returns how many were requeued.
+        """
     def extend_leases(self, owner: str, lease_ms: int) -> int: ...
     def sweep_expired(self, max_deliveries: int = 5) -> tuple[int, int]:
         """Return expired leases to their queue; dead-letter those over ``max_deliveries``.
@@ -220,8 +225,8 @@ class SqliteConsumer:
     Start it after any fork.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str,
         queues: Sequence[str],
         owner: str,
@@ -229,10 +234,13 @@ class SqliteConsumer:
         lease_ms: int = 60000,
         max_deliveries: int = 5,
         poll_max_ms: int = 40,
-    ) -> None: ...
+    ) -> SqliteConsumer: ...
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]:
         """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
     def set_queues(self, queues: Sequence[str]) -> None: ...
     @property
     def running(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None:
+        """The last error the thread met (it keeps retrying with backoff), if any."""

@@ -1,1 +1,311 @@
-//! prefetch (to be written)
+//! The prefetch buffer between a transport thread (producer) and the executor (consumer).
+//!
+//! `credits = capacity - buffered - outstanding`, where outstanding deliveries were taken with
+//! [`PrefetchBuffer::get`] but not yet reported [`PrefetchBuffer::done`]. The transport fetches
+//! only as many messages as there are credits, so a worker never holds more leases than it can
+//! start soon. Closing wakes every waiter and hands back the deliveries never taken, so they can
+//! be returned to the broker at once instead of waiting for their lease to expire.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One fetched message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The broker's lease id (the SQLite row id).
+    pub tag: i64,
+    pub queue: String,
+    /// The raw envelope.
+    pub payload: Vec<u8>,
+    /// How many times the message was delivered, this one included.
+    pub deliveries: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Delivery>,
+    outstanding: usize,
+    closed: bool,
+}
+
+/// A bounded, thread-safe FIFO with credit accounting.
+#[derive(Debug)]
+pub struct PrefetchBuffer {
+    capacity: usize,
+    state: Mutex<State>,
+    /// Signalled when an item arrives or the buffer closes (consumers wait on it).
+    readable: Condvar,
+    /// Signalled when credits grow or the buffer closes (the producer waits on it).
+    credit: Condvar,
+}
+
+impl PrefetchBuffer {
+    /// A buffer of `capacity` credits (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        PrefetchBuffer {
+            capacity: capacity.max(1),
+            state: Mutex::new(State::default()),
+            readable: Condvar::new(),
+            credit: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn credits_of(&self, s: &State) -> usize {
+        self.capacity.saturating_sub(s.items.len() + s.outstanding)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How many more messages the transport may fetch now (0 once closed).
+    pub fn credits(&self) -> usize {
+        let s = self.lock();
+        if s.closed {
+            0
+        } else {
+            self.credits_of(&s)
+        }
+    }
+
+    /// Deliveries buffered and not yet taken.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Taken deliveries not yet reported done.
+    pub fn outstanding(&self) -> usize {
+        self.lock().outstanding
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Adds a delivery; gives it back when there is no credit or the buffer is closed.
+    pub fn put(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
+        let mut s = self.lock();
+        if s.closed || self.credits_of(&s) == 0 {
+            return Err(delivery);
+        }
+        s.items.push_back(delivery);
+        drop(s);
+        self.readable.notify_one();
+        Ok(())
+    }
+
+    /// Adds a batch; returns the deliveries that did not fit (all of them once closed).
+    pub fn put_many(&self, deliveries: Vec<Delivery>) -> Vec<Delivery> {
+        let mut s = self.lock();
+        if s.closed {
+            return deliveries;
+        }
+        let room = self.credits_of(&s);
+        let mut iter = deliveries.into_iter();
+        let mut added = 0;
+        for d in iter.by_ref().take(room) {
+            s.items.push_back(d);
+            added += 1;
+        }
+        drop(s);
+        if added == 1 {
+            self.readable.notify_one();
+        } else if added > 1 {
+            self.readable.notify_all();
+        }
+        iter.collect()
+    }
+
+    /// Takes the oldest delivery, waiting up to `timeout` (`None` = until one arrives or the
+    /// buffer closes). Returns `None` on timeout or once closed and empty.
+    pub fn get(&self, timeout: Option<Duration>) -> Option<Delivery> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut s = self.lock();
+        loop {
+            if let Some(d) = s.items.pop_front() {
+                s.outstanding += 1;
+                return Some(d);
+            }
+            if s.closed {
+                return None;
+            }
+            s = match (timeout, deadline) {
+                (None, _) | (Some(_), None) => {
+                    self.readable.wait(s).unwrap_or_else(|p| p.into_inner())
+                }
+                (Some(_), Some(deadline)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    self.readable
+                        .wait_timeout(s, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Takes a delivery if one is buffered, without waiting.
+    pub fn try_get(&self) -> Option<Delivery> {
+        let mut s = self.lock();
+        let d = s.items.pop_front()?;
+        s.outstanding += 1;
+        Some(d)
+    }
+
+    /// Marks `count` taken deliveries finished, giving their credit back.
+    pub fn done(&self, count: usize) {
+        let mut s = self.lock();
+        s.outstanding = s.outstanding.saturating_sub(count);
+        drop(s);
+        self.credit.notify_all();
+    }
+
+    /// Waits until there is at least one credit or the buffer closes, up to `timeout`.
+    /// Returns the credits available (0 on timeout or when closed).
+    pub fn wait_for_credit(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut s = self.lock();
+        loop {
+            if s.closed {
+                return 0;
+            }
+            let c = self.credits_of(&s);
+            if c > 0 {
+                return c;
+            }
+            let now = Instant::now();
+            let remaining = match deadline {
+                Some(d) if now < d => d - now,
+                Some(_) => return 0,
+                None => Duration::from_secs(3600),
+            };
+            s = self
+                .credit
+                .wait_timeout(s, remaining)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes the buffer, wakes every waiter and returns the deliveries never taken.
+    /// Later `put`s are refused; `done` still works for deliveries already taken.
+    pub fn close(&self) -> Vec<Delivery> {
+        let mut s = self.lock();
+        s.closed = true;
+        let left: Vec<Delivery> = s.items.drain(..).collect();
+        drop(s);
+        self.readable.notify_all();
+        self.credit.notify_all();
+        left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    fn d(tag: i64) -> Delivery {
+        Delivery {
+            tag,
+            queue: "q".into(),
+            payload: vec![tag as u8],
+            deliveries: 1,
+        }
+    }
+
+    #[test]
+    fn test_prefetch_credits_accounting() {
+        let b = PrefetchBuffer::new(3);
+        assert_eq!(b.credits(), 3);
+        b.put(d(1)).unwrap();
+        b.put(d(2)).unwrap();
+        assert_eq!(b.credits(), 1);
+        assert_eq!(b.get(Some(Duration::ZERO)).unwrap().tag, 1);
+        assert_eq!(b.credits(), 1);
+        assert_eq!(b.outstanding(), 1);
+        b.done(1);
+        assert_eq!(b.credits(), 2);
+        b.put(d(3)).unwrap();
+        b.put(d(4)).unwrap();
+        assert_eq!(b.put(d(5)).unwrap_err().tag, 5);
+        assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn test_prefetch_put_many_returns_overflow() {
+        let b = PrefetchBuffer::new(2);
+        let rest = b.put_many(vec![d(1), d(2), d(3)]);
+        assert_eq!(rest, vec![d(3)]);
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn test_prefetch_get_times_out() {
+        let b = PrefetchBuffer::new(1);
+        let start = Instant::now();
+        assert!(b.get(Some(Duration::from_millis(50))).is_none());
+        assert!(start.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn test_prefetch_get_wakes_on_put_and_close() {
+        let b = Arc::new(PrefetchBuffer::new(2));
+        let b2 = Arc::clone(&b);
+        let t = thread::spawn(move || b2.get(None).map(|x| x.tag));
+        thread::sleep(Duration::from_millis(20));
+        b.put(d(7)).unwrap();
+        assert_eq!(t.join().unwrap(), Some(7));
+
+        let b3 = Arc::clone(&b);
+        let t = thread::spawn(move || b3.get(None));
+        thread::sleep(Duration::from_millis(20));
+        assert!(b.close().is_empty());
+        assert!(t.join().unwrap().is_none());
+    }
+
+    #[test]
+    fn test_prefetch_close_returns_untaken() {
+        let b = PrefetchBuffer::new(4);
+        b.put_many(vec![d(1), d(2), d(3)]);
+        b.get(None);
+        let left = b.close();
+        assert_eq!(left.iter().map(|x| x.tag).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(b.put(d(9)).is_err());
+        assert_eq!(b.credits(), 0);
+        assert!(b.get(Some(Duration::from_millis(1))).is_none());
+    }
+
+    #[test]
+    fn test_prefetch_wait_for_credit() {
+        let b = Arc::new(PrefetchBuffer::new(1));
+        b.put(d(1)).unwrap();
+        assert_eq!(b.wait_for_credit(Duration::from_millis(10)), 0);
+        let b2 = Arc::clone(&b);
+        let t = thread::spawn(move || b2.wait_for_credit(Duration::from_secs(5)));
+        thread::sleep(Duration::from_millis(20));
+        b.get(None).unwrap();
+        b.done(1);
+        assert_eq!(t.join().unwrap(), 1);
+        let b3 = Arc::clone(&b);
+        b.put(d(2)).unwrap();
+        let t = thread::spawn(move || b3.wait_for_credit(Duration::from_secs(5)));
+        thread::sleep(Duration::from_millis(20));
+        b.close();
+        assert_eq!(t.join().unwrap(), 0);
+    }
+}

@@ -1,1 +1,577 @@
-//! sqlite transport (to be written)
+//! The embedded SQLite broker: one database file shared by producer and worker processes.
+//!
+//! Layout (schema version 1, recorded in `PRAGMA user_version`):
+//! - `messages`: every waiting or leased message. A message is *waiting* when `owner IS NULL`
+//!   and *due* when also `eta_ms <= now`. Fetching sets `owner`, `lease_until_ms` and
+//!   `deliveries + 1` in one IMMEDIATE transaction, so no crash can lose a message between
+//!   "taken off the queue" and "recorded as leased". Ids come from `AUTOINCREMENT`, so they are
+//!   never reused: FIFO order within a priority is id order, and a late ack cannot hit a newer
+//!   message that happened to get a recycled id.
+//! - `dead_letters`: messages moved aside with a reason code (`worker_lost`, ...).
+//!
+//! The file uses WAL with `synchronous=NORMAL` (a commit survives a process crash; a power loss
+//! may drop the last commits) and a busy timeout. SQLITE_BUSY that escapes the busy handler is
+//! retried here with backoff, so "database is locked" never reaches the caller unless the file
+//! stays locked for the whole retry window.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Error, Result};
+use crate::prefetch::Delivery;
+
+/// The schema version this code writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Most expired leases handled by one [`SqliteBroker::sweep_expired`] call.
+pub const SWEEP_BATCH: i64 = 500;
+/// Most messages leased by one [`SqliteBroker::fetch`] call.
+pub const MAX_FETCH: usize = 10_000;
+/// Reason code of messages whose worker died too often while holding them.
+pub const REASON_WORKER_LOST: &str = "worker_lost";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    eta_ms INTEGER NOT NULL DEFAULT 0,
+    payload BLOB NOT NULL,
+    owner TEXT,
+    lease_until_ms INTEGER,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    published_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_waiting ON messages (queue, priority, id) WHERE owner IS NULL;
+CREATE INDEX IF NOT EXISTS messages_owner ON messages (owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_lease ON messages (lease_until_ms) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT,
+    deliveries INTEGER NOT NULL,
+    dead_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue, id);
+";
+
+const DEAD_LETTER_ONE: &str =
+    "INSERT INTO dead_letters (queue, priority, payload, reason, error, deliveries, dead_at_ms)
+     SELECT queue, priority, payload, ?2, ?3, deliveries, ?4 FROM messages WHERE id = ?1";
+
+/// Milliseconds since the Unix epoch (the broker's clock, shared by every process on the host).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub queue: String,
+    pub payload: Vec<u8>,
+    /// 0 (highest) to 9.
+    pub priority: u8,
+    /// Due time in epoch ms; `None` = due now.
+    pub eta_ms: Option<i64>,
+}
+
+/// A row of the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub queue: String,
+    pub reason: String,
+    pub error: Option<String>,
+    pub deliveries: u32,
+    pub dead_at_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
+    )
+}
+
+fn check_priority(priority: u8) -> Result<()> {
+    if priority > 9 {
+        return Err(Error::Config(format!(
+            "message priority {priority} is out of range; use 0 (highest) to 9"
+        )));
+    }
+    Ok(())
+}
+
+fn check_queue(queue: &str) -> Result<()> {
+    if queue.is_empty() {
+        return Err(Error::Config("queue name must not be empty".into()));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // create without truncate: harmless when another process created it first.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(|_| ())
+}
+
+#[cfg(not(unix))]
+fn create_private(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(|_| ())
+}
+
+/// A connection to the broker file. Thread-safe: one connection behind a mutex, with cached
+/// prepared statements.
+#[derive(Debug)]
+pub struct SqliteBroker {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    /// How long to keep retrying SQLITE_BUSY after the busy handler gave up.
+    retry_window: Duration,
+}
+
+impl SqliteBroker {
+    /// Opens (creating if missing, mode 0600) the broker file and its schema.
+    pub fn open(path: impl AsRef<Path>, busy_timeout_ms: u64) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            create_private(&path).map_err(|e| {
+                Error::Connection(format!(
+                    "cannot create SQLite broker file {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        let conn = Connection::open(&path).map_err(|e| {
+            Error::Connection(format!(
+                "cannot open SQLite broker file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let busy = Duration::from_millis(busy_timeout_ms);
+        conn.busy_timeout(busy)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let broker = SqliteBroker {
+            path,
+            conn: Mutex::new(conn),
+            retry_window: busy.max(Duration::from_secs(30)),
+        };
+        broker.with_conn(|c| {
+            // journal_mode returns a row; WAL persists in the file once set by anyone.
+            let _mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            c.pragma_update(None, "temp_store", "MEMORY")?;
+            Ok(())
+        })?;
+        broker.migrate()?;
+        Ok(broker)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let version = self.with_conn(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version == 0 {
+                tx.execute_batch(SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
+                return Ok(SCHEMA_VERSION);
+            }
+            Ok(version)
+        })?;
+        if version != SCHEMA_VERSION {
+            return Err(Error::Broker(format!(
+                "{} has schema version {version}, this rqueue understands {SCHEMA_VERSION}; \
+                 use a matching rqueue version or a new broker file",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the connection, retrying SQLITE_BUSY/LOCKED with backoff. `f` must be a
+    /// whole transaction (or a single statement) so a retry repeats it from the start.
+    fn with_conn<T>(&self, mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut conn = self.lock();
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match f(&mut conn) {
+                Err(e) if is_busy(&e) && start.elapsed() < self.retry_window => {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                Err(e) if is_busy(&e) => {
+                    return Err(Error::Broker(format!(
+                        "{} stayed locked for {:?}: {e}",
+                        self.path.display(),
+                        start.elapsed()
+                    )))
+                }
+                other => return other.map_err(Error::from),
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic inside a transaction drops (rolls back) it, so the connection stays usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn immediate<T>(
+        &self,
+        mut f: impl FnMut(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.with_conn(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Publishes one message.
+    pub fn publish(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        priority: u8,
+        eta_ms: Option<i64>,
+    ) -> Result<()> {
+        check_queue(queue)?;
+        check_priority(priority)?;
+        let now = now_ms();
+        self.with_conn(|c| {
+            c.prepare_cached(
+                "INSERT INTO messages (queue, priority, eta_ms, payload, deliveries, published_ms)
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+            )?
+            .execute(params![queue, priority, eta_ms.unwrap_or(0), payload, now])
+        })?;
+        Ok(())
+    }
+
+    /// Publishes every message in one transaction (all or none).
+    pub fn publish_many(&self, messages: &[NewMessage]) -> Result<()> {
+        for m in messages {
+            check_queue(&m.queue)?;
+            check_priority(m.priority)?;
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.immediate(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO messages (queue, priority, eta_ms, payload, deliveries, published_ms)
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+            )?;
+            for m in messages {
+                stmt.execute(params![
+                    m.queue,
+                    m.priority,
+                    m.eta_ms.unwrap_or(0),
+                    m.payload,
+                    now
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Leases up to `limit` due, waiting messages of `queues` to `owner` for `lease_ms`:
+    /// priority 0 first, then oldest first, across all the queues.
+    pub fn fetch(
+        &self,
+        queues: &[String],
+        limit: usize,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<Vec<Delivery>> {
+        let limit = limit.min(MAX_FETCH);
+        let mut seen = HashSet::new();
+        let queues: Vec<&String> = queues.iter().filter(|q| seen.insert(q.as_str())).collect();
+        if limit == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease = i64::try_from(lease_ms).unwrap_or(i64::MAX);
+        self.immediate(|tx| {
+            let now = now_ms();
+            // Per queue, the head of its index; merged here. This keeps each step an index walk
+            // instead of sorting every waiting message of several queues.
+            let mut candidates: Vec<(i64, i64)> = Vec::new();
+            let mut select = tx.prepare_cached(
+                "SELECT priority, id FROM messages
+                 WHERE queue = ?1 AND owner IS NULL AND eta_ms <= ?2
+                 ORDER BY priority, id LIMIT ?3",
+            )?;
+            for q in &queues {
+                let rows = select.query_map(params![q, now, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+                for row in rows {
+                    candidates.push(row?);
+                }
+            }
+            if queues.len() > 1 {
+                candidates.sort_unstable();
+                candidates.truncate(limit);
+            }
+            let mut update = tx.prepare_cached(
+                "UPDATE messages SET owner = ?2, lease_until_ms = ?3, deliveries = deliveries + 1
+                 WHERE id = ?1 RETURNING queue, payload, deliveries",
+            )?;
+            let until = now.saturating_add(lease);
+            let mut out = Vec::with_capacity(candidates.len());
+            for (_, id) in candidates {
+                let (queue, payload, deliveries): (String, Vec<u8>, u32) = update
+                    .query_row(params![id, owner, until], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
+                out.push(Delivery {
+                    tag: id,
+                    queue,
+                    payload,
+                    deliveries,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes finished messages; returns how many existed.
+    pub fn ack(&self, tags: &[i64]) -> Result<usize> {
+        if tags.is_empty() {
+            return Ok(0);
+        }
+        self.immediate(|tx| {
+            let mut stmt = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+            let mut n = 0;
+            for tag in tags {
+                n += stmt.execute([tag])?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Returns leased messages that were never started to their queue at their original place,
+    /// undoing the delivery count of that lease.
+    pub fn requeue(&self, tags: &[i64]) -> Result<usize> {
+        if tags.is_empty() {
+            return Ok(0);
+        }
+        self.immediate(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE messages SET owner = NULL, lease_until_ms = NULL, deliveries = MAX(deliveries - 1, 0)
+                 WHERE id = ?1 AND owner IS NOT NULL",
+            )?;
+            let mut n = 0;
+            for tag in tags {
+                n += stmt.execute([tag])?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Returns every message leased by `owner` (a worker that died) to its queue; those already
+    /// delivered `max_deliveries` times are dead-lettered as `worker_lost`.
+    /// Returns `(requeued, dead_lettered)`.
+    pub fn requeue_owner(&self, owner: &str, max_deliveries: u32) -> Result<(usize, usize)> {
+        let now = now_ms();
+        self.immediate(|tx| {
+            let dead = tx.prepare_cached(
+                "INSERT INTO dead_letters (queue, priority, payload, reason, error, deliveries, dead_at_ms)
+                 SELECT queue, priority, payload, ?3, ?4, deliveries, ?5 FROM messages
+                 WHERE owner = ?1 AND deliveries >= ?2 ORDER BY id",
+            )?
+            .execute(params![
+                owner,
+                max_deliveries,
+                REASON_WORKER_LOST,
+                format!("worker {owner} was lost while holding the message"),
+                now
+            ])?;
+            tx.prepare_cached("DELETE FROM messages WHERE owner = ?1 AND deliveries >= ?2")?
+                .execute(params![owner, max_deliveries])?;
+            let requeued = tx
+                .prepare_cached("UPDATE messages SET owner = NULL, lease_until_ms = NULL WHERE owner = ?1")?
+                .execute([owner])?;
+            Ok((requeued, dead))
+        })
+    }
+
+    /// Pushes the lease of every message held by `owner` to now + `lease_ms`.
+    pub fn extend_leases(&self, owner: &str, lease_ms: u64) -> Result<usize> {
+        let until = now_ms().saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+        self.with_conn(|c| {
+            c.prepare_cached("UPDATE messages SET lease_until_ms = ?2 WHERE owner = ?1")?
+                .execute(params![owner, until])
+        })
+    }
+
+    /// Returns up to [`SWEEP_BATCH`] expired leases (any owner) to their queue; those already
+    /// delivered `max_deliveries` times are dead-lettered as `worker_lost`.
+    /// Returns `(requeued, dead_lettered)`.
+    pub fn sweep_expired(&self, max_deliveries: u32) -> Result<(usize, usize)> {
+        let now = now_ms();
+        self.immediate(|tx| {
+            let expired: Vec<(i64, u32, Option<String>)> = tx
+                .prepare_cached(
+                    "SELECT id, deliveries, owner FROM messages
+                     WHERE owner IS NOT NULL AND lease_until_ms < ?1 ORDER BY lease_until_ms LIMIT ?2",
+                )?
+                .query_map(params![now, SWEEP_BATCH], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let (mut requeued, mut dead) = (0, 0);
+            let mut insert = tx.prepare_cached(DEAD_LETTER_ONE)?;
+            let mut delete = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+            let mut release =
+                tx.prepare_cached("UPDATE messages SET owner = NULL, lease_until_ms = NULL WHERE id = ?1")?;
+            for (id, deliveries, owner) in expired {
+                if deliveries >= max_deliveries {
+                    let error = format!(
+                        "lease of {} expired after {deliveries} deliveries",
+                        owner.as_deref().unwrap_or("?")
+                    );
+                    insert.execute(params![id, REASON_WORKER_LOST, error, now])?;
+                    delete.execute([id])?;
+                    dead += 1;
+                } else {
+                    requeued += release.execute([id])?;
+                }
+            }
+            Ok((requeued, dead))
+        })
+    }
+
+    /// Moves a message to the dead-letter table; false when it no longer exists.
+    pub fn dead_letter(&self, tag: i64, reason: &str, error: Option<&str>) -> Result<bool> {
+        let now = now_ms();
+        self.immediate(|tx| {
+            let n = tx
+                .prepare_cached(DEAD_LETTER_ONE)?
+                .execute(params![tag, reason, error, now])?;
+            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                .execute([tag])?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Dead letters, oldest first, optionally of one queue.
+    pub fn dead_letters(&self, queue: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, queue, reason, error, deliveries, dead_at_ms, payload FROM dead_letters
+                 WHERE ?1 IS NULL OR queue = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![queue, limit], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    queue: r.get(1)?,
+                    reason: r.get(2)?,
+                    error: r.get(3)?,
+                    deliveries: r.get(4)?,
+                    dead_at_ms: r.get(5)?,
+                    payload: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Puts dead letters back at the end of their queue (due now, delivery count reset).
+    pub fn requeue_dead(&self, ids: &[i64]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        self.immediate(|tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (queue, priority, eta_ms, payload, deliveries, published_ms)
+                 SELECT queue, priority, 0, payload, 0, ?2 FROM dead_letters WHERE id = ?1",
+            )?;
+            let mut delete = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+            let mut n = 0;
+            for id in ids {
+                n += insert.execute(params![id, now])?;
+                delete.execute([id])?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Deletes dead letters (of one queue, or all); returns how many.
+    pub fn purge_dead(&self, queue: Option<&str>) -> Result<usize> {
+        self.with_conn(|c| {
+            c.prepare_cached("DELETE FROM dead_letters WHERE ?1 IS NULL OR queue = ?1")?
+                .execute([queue])
+        })
+    }
+
+    /// Deletes waiting (not leased) messages of `queues`; returns how many.
+    pub fn purge(&self, queues: &[String]) -> Result<usize> {
+        self.immediate(|tx| {
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM messages WHERE queue = ?1 AND owner IS NULL")?;
+            let mut n = 0;
+            for q in queues {
+                n += stmt.execute([q])?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Waiting (not leased) messages of `queue`, including those whose ETA is still ahead.
+    pub fn queue_length(&self, queue: &str) -> Result<usize> {
+        self.with_conn(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM messages WHERE queue = ?1 AND owner IS NULL")?
+                .query_row([queue], |r| r.get::<_, i64>(0))
+        })
+        .map(|n| usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Messages currently leased by `owner`.
+    pub fn leased_count(&self, owner: &str) -> Result<usize> {
+        self.with_conn(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM messages WHERE owner = ?1")?
+                .query_row([owner], |r| r.get::<_, i64>(0))
+        })
+        .map(|n| usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Lease expiry (epoch ms) and owner of a message, if it exists; for tests and inspection.
+    pub fn lease_of(&self, tag: i64) -> Result<Option<(Option<String>, Option<i64>)>> {
+        self.with_conn(|c| {
+            c.prepare_cached("SELECT owner, lease_until_ms FROM messages WHERE id = ?1")?
+                .query_row([tag], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+    }
+}

@@ -1,0 +1,517 @@
+//! Integration tests of the SQLite broker and its consumer thread, on temp files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure should panic
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rqueue_core::prefetch::PrefetchBuffer;
+use rqueue_core::transport::sqlite::{now_ms, NewMessage, SqliteBroker};
+use rqueue_core::transport::sqlite_consumer::{ConsumerConfig, SqliteConsumer};
+use rqueue_core::Error;
+
+fn temp_broker() -> (tempfile::TempDir, SqliteBroker) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SqliteBroker::open(dir.path().join("broker.sqlite3"), 10_000).unwrap();
+    (dir, b)
+}
+
+fn qs(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn msg(queue: &str, payload: &str, priority: u8) -> NewMessage {
+    NewMessage {
+        queue: queue.into(),
+        payload: payload.as_bytes().to_vec(),
+        priority,
+        eta_ms: None,
+    }
+}
+
+#[test]
+fn test_sqlite_publish_fetch_ack() {
+    let (_d, b) = temp_broker();
+    b.publish("q", b"one", 0, None).unwrap();
+    b.publish("q", b"two", 0, None).unwrap();
+    assert_eq!(b.queue_length("q").unwrap(), 2);
+    let got = b.fetch(&qs(&["q"]), 10, "w1", 60_000).unwrap();
+    assert_eq!(
+        got.iter().map(|d| d.payload.as_slice()).collect::<Vec<_>>(),
+        vec![b"one", b"two"]
+    );
+    assert!(got.iter().all(|d| d.deliveries == 1 && d.queue == "q"));
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+    assert!(b.fetch(&qs(&["q"]), 10, "w2", 60_000).unwrap().is_empty());
+    assert_eq!(
+        b.ack(&got.iter().map(|d| d.tag).collect::<Vec<_>>())
+            .unwrap(),
+        2
+    );
+    assert_eq!(b.ack(&[got[0].tag]).unwrap(), 0);
+    assert_eq!(b.leased_count("w1").unwrap(), 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn test_sqlite_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.sqlite3");
+    let _b = SqliteBroker::open(&path, 1000).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn test_sqlite_priority_then_fifo_across_queues() {
+    let (_d, b) = temp_broker();
+    b.publish_many(&[
+        msg("a", "a-p5", 5),
+        msg("b", "b-p0", 0),
+        msg("a", "a-p0", 0),
+        msg("b", "b-p9", 9),
+        msg("a", "a-p5-2", 5),
+    ])
+    .unwrap();
+    let got = b.fetch(&qs(&["a", "b", "a"]), 4, "w", 60_000).unwrap();
+    let order: Vec<_> = got
+        .iter()
+        .map(|d| String::from_utf8(d.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(order, vec!["b-p0", "a-p0", "a-p5", "a-p5-2"]);
+    assert_eq!(b.queue_length("b").unwrap(), 1);
+}
+
+#[test]
+fn test_sqlite_bad_priority_rejected() {
+    let (_d, b) = temp_broker();
+    assert!(matches!(
+        b.publish("q", b"x", 10, None),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        b.publish_many(&[msg("q", "ok", 0), msg("q", "bad", 12)]),
+        Err(Error::Config(_))
+    ));
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+}
+
+#[test]
+fn test_sqlite_eta_not_delivered_early() {
+    let (_d, b) = temp_broker();
+    b.publish("q", b"later", 0, Some(now_ms() + 300)).unwrap();
+    b.publish("q", b"now", 5, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 10, "w", 60_000).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"now");
+    thread::sleep(Duration::from_millis(350));
+    let got = b.fetch(&qs(&["q"]), 10, "w", 60_000).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"later");
+}
+
+#[test]
+fn test_sqlite_requeue_keeps_place_and_count() {
+    let (_d, b) = temp_broker();
+    b.publish_many(&[msg("q", "1", 0), msg("q", "2", 0)])
+        .unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    assert_eq!(b.requeue(&[got[0].tag]).unwrap(), 1);
+    let again = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    assert_eq!(again[0].tag, got[0].tag);
+    assert_eq!(
+        again[0].deliveries, 1,
+        "an unstarted delivery does not count"
+    );
+}
+
+#[test]
+fn test_sqlite_lease_expiry_returns_message() {
+    let (_d, b) = temp_broker();
+    b.publish("q", b"x", 0, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "dead-worker", 50).unwrap();
+    assert_eq!(b.sweep_expired(5).unwrap(), (0, 0));
+    thread::sleep(Duration::from_millis(80));
+    assert_eq!(b.sweep_expired(5).unwrap(), (1, 0));
+    let again = b.fetch(&qs(&["q"]), 1, "w2", 60_000).unwrap();
+    assert_eq!(again[0].tag, got[0].tag);
+    assert_eq!(again[0].deliveries, 2);
+}
+
+#[test]
+fn test_sqlite_extend_leases_prevents_expiry() {
+    let (_d, b) = temp_broker();
+    b.publish("q", b"x", 0, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w", 50).unwrap();
+    assert_eq!(b.extend_leases("w", 60_000).unwrap(), 1);
+    thread::sleep(Duration::from_millis(80));
+    assert_eq!(b.sweep_expired(5).unwrap(), (0, 0));
+    let (owner, until) = b.lease_of(got[0].tag).unwrap().unwrap();
+    assert_eq!(owner.as_deref(), Some("w"));
+    assert!(until.unwrap() > now_ms() + 50_000);
+}
+
+#[test]
+fn test_sqlite_expired_over_limit_is_dead_lettered() {
+    let (_d, b) = temp_broker();
+    b.publish("q", b"poison", 0, None).unwrap();
+    for round in 1..=3 {
+        let got = b.fetch(&qs(&["q"]), 1, "w", 1).unwrap();
+        assert_eq!(got[0].deliveries, round);
+        thread::sleep(Duration::from_millis(5));
+        let expected = if round < 3 { (1, 0) } else { (0, 1) };
+        assert_eq!(b.sweep_expired(3).unwrap(), expected);
+    }
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+    let dead = b.dead_letters(Some("q"), 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "worker_lost");
+    assert_eq!(dead[0].deliveries, 3);
+    assert_eq!(dead[0].payload, b"poison");
+}
+
+#[test]
+fn test_sqlite_requeue_owner() {
+    let (_d, b) = temp_broker();
+    b.publish_many(&[msg("q", "a", 0), msg("q", "b", 0), msg("q", "c", 0)])
+        .unwrap();
+    let mine = b.fetch(&qs(&["q"]), 2, "dead", 60_000).unwrap();
+    let other = b.fetch(&qs(&["q"]), 1, "alive", 60_000).unwrap();
+    assert_eq!(b.requeue_owner("dead", 5).unwrap(), (2, 0));
+    assert_eq!(b.leased_count("alive").unwrap(), 1);
+    let again = b.fetch(&qs(&["q"]), 10, "w", 60_000).unwrap();
+    assert_eq!(
+        again.iter().map(|d| d.tag).collect::<Vec<_>>(),
+        mine.iter().map(|d| d.tag).collect::<Vec<_>>()
+    );
+    assert!(again.iter().all(|d| d.deliveries == 2));
+    assert_ne!(other[0].tag, again[0].tag);
+    // At the limit, a lost owner's message is dead-lettered instead.
+    assert_eq!(b.requeue_owner("w", 2).unwrap(), (0, 2));
+    assert_eq!(b.dead_letters(None, 10).unwrap().len(), 2);
+}
+
+#[test]
+fn test_sqlite_dead_letter_and_requeue_dead() {
+    let (_d, b) = temp_broker();
+    b.publish("q", b"bad", 3, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    assert!(b
+        .dead_letter(got[0].tag, "decode_error", Some("not json"))
+        .unwrap());
+    assert!(!b.dead_letter(got[0].tag, "decode_error", None).unwrap());
+    let dead = b.dead_letters(None, 10).unwrap();
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].error.as_deref()),
+        ("decode_error", Some("not json"))
+    );
+    assert!(b.dead_letters(Some("other"), 10).unwrap().is_empty());
+    assert_eq!(b.requeue_dead(&[dead[0].id]).unwrap(), 1);
+    assert!(b.dead_letters(None, 10).unwrap().is_empty());
+    let again = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    assert_eq!(
+        (again[0].payload.as_slice(), again[0].deliveries),
+        (b"bad".as_slice(), 1)
+    );
+    b.dead_letter(again[0].tag, "x", None).unwrap();
+    assert_eq!(b.purge_dead(Some("other")).unwrap(), 0);
+    assert_eq!(b.purge_dead(None).unwrap(), 1);
+}
+
+#[test]
+fn test_sqlite_purge_only_waiting() {
+    let (_d, b) = temp_broker();
+    b.publish_many(&[msg("q", "1", 0), msg("q", "2", 0), msg("r", "3", 0)])
+        .unwrap();
+    let leased = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    assert_eq!(b.purge(&qs(&["q"])).unwrap(), 1);
+    assert_eq!(b.queue_length("r").unwrap(), 1);
+    assert_eq!(b.ack(&[leased[0].tag]).unwrap(), 1);
+}
+
+#[test]
+fn test_sqlite_ids_never_reused() {
+    let (_d, b) = temp_broker();
+    b.publish("q", b"1", 0, None).unwrap();
+    let first = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    b.ack(&[first[0].tag]).unwrap();
+    b.publish("q", b"2", 0, None).unwrap();
+    let second = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    assert!(second[0].tag > first[0].tag);
+}
+
+#[test]
+fn test_sqlite_concurrent_open_of_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.sqlite3");
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let path = path.clone();
+            thread::spawn(move || {
+                let b = SqliteBroker::open(&path, 5_000).unwrap();
+                b.publish("q", format!("{i}").as_bytes(), 0, None).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let b = SqliteBroker::open(&path, 5_000).unwrap();
+    assert_eq!(b.queue_length("q").unwrap(), 8);
+}
+
+#[test]
+fn test_sqlite_consumer_idles_after_buffer_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    b.publish("q", b"x", 0, None).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(2));
+    buffer.close();
+    let consumer = SqliteConsumer::new(
+        ConsumerConfig::new(&path, qs(&["q"]), "w"),
+        Arc::clone(&buffer),
+    )
+    .unwrap();
+    consumer.start().unwrap();
+    thread::sleep(Duration::from_millis(60));
+    assert_eq!(
+        b.queue_length("q").unwrap(),
+        1,
+        "nothing leased into a closed buffer"
+    );
+    let start = Instant::now();
+    assert!(consumer.stop().is_empty());
+    assert!(start.elapsed() < Duration::from_millis(500));
+}
+
+#[test]
+fn test_sqlite_concurrent_publishers_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    SqliteBroker::open(&path, 10_000).unwrap();
+    const PRODUCERS: usize = 4;
+    const PER: usize = 500;
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let path = path.clone();
+            thread::spawn(move || {
+                let b = SqliteBroker::open(&path, 10_000).unwrap();
+                for i in 0..PER {
+                    let payload = format!("{p}-{i}");
+                    if i % 2 == 0 {
+                        b.publish("q", payload.as_bytes(), (i % 10) as u8, None)
+                            .unwrap();
+                    } else {
+                        b.publish_many(&[msg("q", &payload, 0)]).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    // Two consumers with their own connections drain concurrently.
+    let taken = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..2)
+        .map(|c| {
+            let path = path.clone();
+            let taken = Arc::clone(&taken);
+            thread::spawn(move || {
+                let b = SqliteBroker::open(&path, 10_000).unwrap();
+                let mut seen = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while taken.load(Ordering::SeqCst) < PRODUCERS * PER && Instant::now() < deadline {
+                    let got = b.fetch(&qs(&["q"]), 50, &format!("c{c}"), 60_000).unwrap();
+                    if got.is_empty() {
+                        thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    b.ack(&got.iter().map(|d| d.tag).collect::<Vec<_>>())
+                        .unwrap();
+                    taken.fetch_add(got.len(), Ordering::SeqCst);
+                    seen.extend(
+                        got.into_iter()
+                            .map(|d| String::from_utf8(d.payload).unwrap()),
+                    );
+                }
+                seen
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let mut total = Vec::new();
+    for c in consumers {
+        total.extend(c.join().unwrap());
+    }
+    let unique: HashSet<_> = total.iter().cloned().collect();
+    assert_eq!(total.len(), PRODUCERS * PER, "duplicates or losses");
+    assert_eq!(unique.len(), PRODUCERS * PER);
+}
+
+#[test]
+fn test_sqlite_consumer_thread_fills_buffer_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    b.publish_many(
+        &(0..20)
+            .map(|i| msg("q", &i.to_string(), 0))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(5));
+    let consumer = SqliteConsumer::new(
+        ConsumerConfig::new(&path, qs(&["q"]), "w1"),
+        Arc::clone(&buffer),
+    )
+    .unwrap();
+    assert!(!consumer.running());
+    consumer.start().unwrap();
+    assert!(consumer.running());
+    let first = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(first.payload, b"0");
+    b.ack(&[first.tag]).unwrap();
+    buffer.done(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while buffer.len() < 5 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(buffer.len(), 5);
+    assert_eq!(
+        b.leased_count("w1").unwrap(),
+        5,
+        "never more leases than credits"
+    );
+    let left = consumer.stop();
+    assert!(!consumer.running());
+    assert_eq!(left.len(), 5);
+    assert_eq!(
+        b.requeue(&left.iter().map(|d| d.tag).collect::<Vec<_>>())
+            .unwrap(),
+        5
+    );
+    assert_eq!(b.queue_length("q").unwrap(), 19);
+    assert_eq!(consumer.last_error(), None);
+}
+
+#[test]
+fn test_sqlite_consumer_picks_up_new_work_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(10));
+    let consumer = SqliteConsumer::new(
+        ConsumerConfig::new(&path, qs(&["q"]), "w"),
+        Arc::clone(&buffer),
+    )
+    .unwrap();
+    consumer.start().unwrap();
+    thread::sleep(Duration::from_millis(300)); // let the poll back off to its maximum
+    let start = Instant::now();
+    b.publish("q", b"hello", 0, None).unwrap();
+    let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(d.payload, b"hello");
+    consumer.stop();
+}
+
+#[test]
+fn test_sqlite_consumer_renews_and_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    b.publish_many(&[msg("q", "orphan", 0), msg("q", "long", 0)])
+        .unwrap();
+    // A dead worker holds "orphan" on a short lease; the sweep must hand it back.
+    let orphan = b.fetch(&qs(&["q"]), 1, "dead", 30).unwrap();
+    assert_eq!(orphan[0].payload, b"orphan");
+    let buffer = Arc::new(PrefetchBuffer::new(1));
+    let mut cfg = ConsumerConfig::new(&path, qs(&["q"]), "live");
+    cfg.lease = Duration::from_millis(150);
+    cfg.sweep_interval = Duration::from_millis(50);
+    let consumer = SqliteConsumer::new(cfg, Arc::clone(&buffer)).unwrap();
+    consumer.start().unwrap();
+    let first = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(first.payload, b"long");
+    // Hold it (a long task) for several lease periods: it must stay ours.
+    thread::sleep(Duration::from_millis(500));
+    let (owner, _) = b.lease_of(first.tag).unwrap().unwrap();
+    assert_eq!(owner.as_deref(), Some("live"));
+    b.ack(&[first.tag]).unwrap();
+    buffer.done(1);
+    // The swept message comes to us next.
+    let second = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(second.tag, orphan[0].tag);
+    assert_eq!(second.deliveries, 2);
+    let left = consumer.stop();
+    assert!(left.is_empty());
+}
+
+#[test]
+fn test_sqlite_consumer_survives_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing-dir").join("broker.sqlite3");
+    let buffer = Arc::new(PrefetchBuffer::new(2));
+    let consumer = SqliteConsumer::new(
+        ConsumerConfig::new(&path, qs(&["q"]), "w"),
+        Arc::clone(&buffer),
+    )
+    .unwrap();
+    consumer.start().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    assert!(consumer.running());
+    assert!(consumer.last_error().is_some());
+    std::fs::create_dir(path.parent().unwrap()).unwrap();
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    b.publish("q", b"x", 0, None).unwrap();
+    assert!(buffer.get(Some(Duration::from_secs(5))).is_some());
+    consumer.stop();
+}
+
+/// Throughput of publish_many + fetch(100) + ack(batch). Run with
+/// `cargo test -p rqueue-core --profile dev-release --test sqlite_broker -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_sqlite_drain() {
+    let (_d, b) = temp_broker();
+    const N: usize = 100_000;
+    let payload = vec![b'x'; 200];
+    let start = Instant::now();
+    for chunk in 0..(N / 1000) {
+        let batch: Vec<NewMessage> = (0..1000)
+            .map(|_| NewMessage {
+                queue: "q".into(),
+                payload: payload.clone(),
+                priority: (chunk % 3) as u8,
+                eta_ms: None,
+            })
+            .collect();
+        b.publish_many(&batch).unwrap();
+    }
+    let published = start.elapsed();
+    let mut drained = 0;
+    let q = qs(&["q"]);
+    while drained < N {
+        let got = b.fetch(&q, 100, "bench", 60_000).unwrap();
+        assert!(!got.is_empty());
+        drained += got.len();
+        b.ack(&got.iter().map(|d| d.tag).collect::<Vec<_>>())
+            .unwrap();
+    }
+    let total = start.elapsed();
+    println!(
+        "publish_many: {:.0} msg/s; fetch+ack: {:.0} msg/s; end to end: {:.0} msg/s",
+        N as f64 / published.as_secs_f64(),
+        N as f64 / (total - published).as_secs_f64(),
+        N as f64 / total.as_secs_f64()
+    );
+}
