@@ -1,0 +1,5 @@
+"""``python -m rqueue`` is the ``rqueue`` command."""
+
+from rqueue.cli import main
+
+main()

@@ -1,0 +1,343 @@
+"""The application: settings, the task registry, and sending tasks."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+
+from rqueue import _rqueue, serialization
+from rqueue.backends import ResultBackend, open_backend
+from rqueue.brokers import Broker, open_broker
+from rqueue.config import Settings
+from rqueue.exceptions import ConfigurationError, NotRegistered
+from rqueue.result import AsyncResult
+from rqueue.task import Task
+from rqueue.urls import DEFAULT_SQLITE_URL, mask_password, scheme_of
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: A router callable: ``(name, args, kwargs, options, task) -> route dict | queue name | None``.
+RouterFunc = Callable[..., "Mapping[str, Any] | str | None"]
+
+
+class App:
+    """An rqueue application.
+
+    Args:
+        main: Name of the main module, used for task names when tasks are defined in ``__main__``.
+        broker: Broker URL; unset uses ``$RQUEUE_BROKER_URL`` or the embedded ``sqlite:///rqueue.sqlite3``.
+        backend: Result backend URL; unset uses ``$RQUEUE_RESULT_BACKEND``, or the broker's file for SQLite.
+        **settings: Any setting of ``rqueue.config.DEFAULTS``.
+    """
+
+    def __init__(self, main: str | None = None, broker: str | None = None, backend: str | None = None,
+                 **settings: Any) -> None:
+        self.main = main
+        self.conf = Settings()
+        if broker is not None:
+            settings["broker_url"] = broker
+        if backend is not None:
+            settings["result_backend"] = backend
+        self.conf.update(settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: tuple[str, Broker] | None = None
+        self._backend: tuple[tuple[Any, ...], ResultBackend] | None = None
+        self._routing: tuple[int, list[_Stage]] | None = None
+        self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
+        self.oid = str(uuid.uuid4())
+
+    # -- configuration -------------------------------------------------------------------------------
+
+    def config_from_object(self, obj: object | str) -> None:
+        """Load settings from a module (or its importable name) or an object's attributes."""
+        self.conf.from_object(obj)
+
+    @property
+    def broker_url(self) -> str:
+        """The effective broker URL (unmasked: do not log it; use ``mask_password``)."""
+        url = self.conf.broker_url or DEFAULT_SQLITE_URL
+        scheme_of(url, "broker_url")
+        return str(url)
+
+    @property
+    def backend_url(self) -> str | None:
+        """The effective result backend URL; an ``sqlite://`` broker keeps results in its own file."""
+        url = self.conf.result_backend
+        if url:
+            return str(url)
+        broker = self.broker_url
+        return broker if broker.startswith("sqlite://") else None
+
+    @property
+    def broker(self) -> Broker:
+        """The broker connection of this process (opened on first use)."""
+        url = self.broker_url
+        if self._broker is None or self._broker[0] != url:
+            self._broker = (url, open_broker(url))
+        return self._broker[1]
+
+    @property
+    def backend(self) -> ResultBackend:
+        """The result backend (opened on first use)."""
+        conf = self.conf
+        key = (self.backend_url, conf.result_serializer, tuple(conf.result_accept_content or conf.accept_content),
+               conf.result_expires, conf.result_extended)
+        if self._backend is None or self._backend[0] != key:
+            expires = conf.result_expires
+            if isinstance(expires, timedelta):
+                expires = expires.total_seconds()
+            accept = serialization.accepted_content_types(conf.result_accept_content or conf.accept_content)
+            accept.append(serialization.content_type(conf.result_serializer))
+            backend = open_backend(self.backend_url, serializer=conf.result_serializer, accept=accept,
+                                   expires_s=expires, extended=conf.result_extended)
+            self._backend = (key, backend)
+        return self._backend[1]
+
+    # -- tasks -----------------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, *, bind: Literal[True], name: str | None = ..., **options: Any
+             ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    @overload
+    def task(self, *, bind: Literal[False] = ..., name: str | None = ..., **options: Any
+             ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            name = options.get("name") or self.gen_task_name(f)
+            task: Task[Any, Any] = Task(self, f, name, options)
+            self.tasks[name] = task
+            return task
+
+        if fun is not None:
+            return register(fun)
+        return register
+
+    def gen_task_name(self, fun: Callable[..., Any]) -> str:
+        module = fun.__module__
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{fun.__name__}"
+
+    def annotations_for(self, name: str) -> dict[str, Any]:
+        """Option overrides for a task from ``task_annotations`` (exact names and globs; later wins)."""
+        annotations = self.conf.task_annotations
+        if not annotations:
+            return {}
+        merged: dict[str, Any] = {}
+        for table in annotations if isinstance(annotations, (list, tuple)) else [annotations]:
+            for pattern, values in table.items():
+                if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                    merged.update(values)
+        return merged
+
+    def task_option_default(self, key: str) -> Any:
+        """The app-wide default of a task option."""
+        conf = self.conf
+        return {
+            "ignore_result": conf.task_ignore_result,
+            "acks_late": conf.task_acks_late,
+            "track_started": conf.task_track_started,
+            "serializer": conf.task_serializer,
+            "time_limit": conf.task_time_limit,
+            "soft_time_limit": conf.task_soft_time_limit,
+            "max_retries": conf.task_max_retries,
+            "default_retry_delay": conf.task_default_retry_delay,
+            "rate_limit": conf.task_default_rate_limit,
+            "priority": conf.task_default_priority,
+        }.get(key)
+
+    # -- sending -------------------------------------------------------------------------------------
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        ignore_result: bool | None = None,
+        serializer: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        retries: int = 0,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        _task: Task[Any, Any] | None = None,
+    ) -> AsyncResult[Any]:
+        """Send a task by name (it need not be importable here). Options as in ``Task.apply_async``."""
+        task = _task if _task is not None else self.tasks.get(name)
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+
+        def option(key: str, given: Any) -> Any:
+            if given is not None:
+                return given
+            return task.option(key) if task is not None else self.task_option_default(key)
+
+        serializer = option("serializer", serializer)
+        ignore_result = bool(option("ignore_result", ignore_result))
+        queue_name, exchange, routing_key, routed_priority = self._route(name, args, kwargs, queue, task)
+        priority = option("priority", priority if priority is not None else routed_priority)
+        now = time.time()
+        eta_ms = _eta_ms(now, countdown, eta)
+        expires_ms = _expires_ms(now, expires)
+        task_id = task_id or str(uuid.uuid4())
+        conf = self.conf
+        body = None
+        if serializer not in ("json", "msgpack"):
+            self._check_serializer_enabled(serializer)
+            body = serialization.dumps([args, kwargs, _EMBED], serializer)
+        payload = _rqueue.encode_task_message(
+            task=name, task_id=task_id, args=args, kwargs=kwargs, routing_key=routing_key, exchange=exchange,
+            serializer=serializer, body=body, eta_ms=eta_ms, expires_ms=expires_ms, retries=retries,
+            time_limit=option("time_limit", time_limit), soft_time_limit=option("soft_time_limit", soft_time_limit),
+            priority=priority, root_id=root_id, parent_id=parent_id, origin=self.origin,
+            ignore_result=ignore_result, reply_to=self.oid, extra_headers=headers,
+            max_size=conf.task_max_message_size,
+        )
+        self.broker.publish(queue_name, payload, _clamp_priority(priority), eta_ms)
+        return AsyncResult(task_id, self.backend, ignored=ignore_result)
+
+    def _check_serializer_enabled(self, serializer: str) -> None:
+        accept = [serialization.serializer_name(c) for c in self.conf.accept_content]
+        if serializer not in accept:
+            raise ConfigurationError(
+                f"serializer {serializer!r} is not enabled: add it to accept_content explicitly "
+                f"(accept_content is {self.conf.accept_content})"
+            )
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
+        """A result handle for a task id."""
+        return AsyncResult(task_id, self.backend)
+
+    # -- routing ---------------------------------------------------------------------------------------
+
+    def _route(self, name: str, args: list[Any], kwargs: dict[str, Any], queue: str | None,
+               task: Task[Any, Any] | None) -> tuple[str, str, str, int | None]:
+        """``(queue, exchange, routing_key, priority)``: an explicit queue, then the task's, then routes."""
+        explicit = queue or (task.options.get("queue") if task is not None else None)
+        if explicit:
+            return explicit, "", explicit, None
+        for stage in self._routing_stages():
+            route = stage(name, args, kwargs, task)
+            if route is not None:
+                return route
+        default = self.conf.task_default_queue
+        return default, self.conf.task_default_exchange, default, None
+
+    def _routing_stages(self) -> list[_Stage]:
+        """``task_routes`` compiled once per settings version: dict tables go to the Rust router."""
+        version = self.conf.version
+        if self._routing is None or self._routing[0] != version:
+            routes = self.conf.task_routes
+            items = [] if routes is None else list(routes) if isinstance(routes, (list, tuple)) else [routes]
+            self._routing = (version, [_compile_stage(item) for item in items])
+        return self._routing[1]
+
+    def __repr__(self) -> str:
+        return f"<App {self.main or '__main__'} broker={mask_password(self.broker_url)}>"
+
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_Stage = Callable[[str, list[Any], dict[str, Any], Any], "tuple[str, str, str, int | None] | None"]
+
+
+def _compile_stage(item: Any) -> _Stage:
+    if callable(item) and not isinstance(item, Mapping):
+        def call_router(name: str, args: list[Any], kwargs: dict[str, Any], task: Any) -> Any:
+            return _expand_route(item(name, args, kwargs, {}, task))
+
+        return call_router
+    if not isinstance(item, Mapping):
+        raise ConfigurationError(f"task_routes: expected a dict or a router callable, got {item!r}")
+    rules = []
+    for key, value in item.items():
+        if isinstance(key, re.Pattern):
+            kind, pattern = "regex", key.pattern
+        elif isinstance(key, str):
+            kind, pattern = ("glob", key) if any(c in key for c in "*?[") else ("exact", key)
+        else:
+            raise ConfigurationError(f"task_routes: a key must be a task name, glob or re.Pattern, got {key!r}")
+        queue, exchange, routing_key, priority = _route_fields(value)
+        rules.append((kind, pattern, queue, exchange, routing_key, priority))
+    router = _rqueue.Router(rules, default_queue="")  # "" (never a valid queue) marks "no rule matched"
+
+    def native(name: str, args: list[Any], kwargs: dict[str, Any], task: Any) -> Any:
+        route = router.route(name)
+        return route if route[0] else None
+
+    return native
+
+
+def _route_fields(value: Any) -> tuple[str | None, str | None, str | None, int | None]:
+    if isinstance(value, str):
+        return value, None, None, None
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"queue", "exchange", "routing_key", "priority"}
+        if unknown:
+            raise ConfigurationError(f"task_routes: unknown route option(s) {sorted(unknown)}")
+        return value.get("queue"), value.get("exchange"), value.get("routing_key"), value.get("priority")
+    raise ConfigurationError(f"task_routes: a route must be a queue name or a dict, got {value!r}")
+
+
+def _expand_route(route: Any) -> tuple[str, str, str, int | None] | None:
+    if route is None:
+        return None
+    queue, exchange, routing_key, priority = _route_fields(route)
+    if not queue:
+        raise ConfigurationError(f"task_routes: router returned a route without a queue: {route!r}")
+    return queue, exchange or "", routing_key or queue, priority
+
+
+def _clamp_priority(priority: int | None) -> int:
+    return 0 if priority is None else max(0, min(9, int(priority)))
+
+
+def _to_epoch_ms(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def _eta_ms(now: float, countdown: float | None, eta: datetime | None) -> int | None:
+    if countdown is not None:
+        return int((now + countdown) * 1000)
+    return None if eta is None else _to_epoch_ms(eta)
+
+
+def _expires_ms(now: float, expires: float | timedelta | datetime | None) -> int | None:
+    if expires is None:
+        return None
+    if isinstance(expires, datetime):
+        return _to_epoch_ms(expires)
+    seconds = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
+    return int((now + seconds) * 1000)
+
+
+def find_task(app: App, name: str) -> Task[Any, Any]:
+    """The registered task ``name``, or NotRegistered."""
+    try:
+        return app.tasks[name]
+    except KeyError:
+        raise NotRegistered(f"task {name!r} is not registered with app {app.main!r}") from None

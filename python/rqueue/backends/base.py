@@ -1,0 +1,144 @@
+"""What every result backend does: build Celery-format result records and read them back."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from rqueue import serialization, states
+from rqueue.exceptions import ConfigurationError, DecodeError, TimeoutError
+from rqueue.urls import mask_password
+
+
+@dataclass
+class ResultRecord:
+    """One state change of one task, ready to be written (possibly in a batch)."""
+
+    task_id: str
+    status: str
+    result: Any = None
+    traceback: str | None = None
+    extended: dict[str, Any] | None = None
+
+
+class ResultBackend(ABC):
+    """Stores results as Celery does (``status``, ``result``, ``traceback``, ``date_done`` ...)."""
+
+    url: str = ""
+
+    def __init__(self, *, serializer: str = "json", accept: list[str] | None = None,
+                 expires_s: float | None = 86400, extended: bool = False) -> None:
+        self.serializer = serializer
+        self.content_type = serialization.content_type(serializer)
+        self.accept = accept if accept is not None else [self.content_type]
+        self.expires_s = expires_s
+        self.extended = extended
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def store(self, record: ResultRecord) -> None:
+        """Write one record now."""
+        self.store_many([record])
+
+    def store_many(self, records: Sequence[ResultRecord]) -> None:
+        """Write records in one round trip. A stored SUCCESS is never overwritten."""
+        if records:
+            self.write_encoded([(r.task_id, r.status, self.encode(r)) for r in records])
+
+    def encode(self, record: ResultRecord) -> bytes:
+        """The serialized Celery meta of a record."""
+        meta: dict[str, Any] = {
+            "status": record.status,
+            "result": record.result,
+            "traceback": record.traceback,
+            "children": [],
+            "date_done": _now_iso() if record.status in states.READY_STATES else None,
+            "task_id": record.task_id,
+        }
+        if self.extended and record.extended:
+            meta.update(record.extended)
+        return serialization.dumps(meta, self.serializer)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get_meta(self, task_id: str) -> dict[str, Any]:
+        """The stored meta of a task; PENDING when nothing is recorded."""
+        raw = self._read(task_id)
+        if raw is None:
+            return {"status": states.PENDING, "result": None, "traceback": None, "task_id": task_id}
+        data, content_type = raw
+        meta = serialization.loads(data, content_type, self.accept)
+        if not isinstance(meta, dict) or "status" not in meta:
+            raise DecodeError(f"result of task {task_id} is not a result record: {meta!r:.200}")
+        return meta
+
+    def wait_for(self, task_id: str, timeout: float | None, interval: float = 0.5) -> dict[str, Any]:
+        """Poll until the task is ready; TimeoutError when ``timeout`` runs out.
+
+        Polls start at 0.2 ms and back off to ``interval``, so a quick task is seen at once and a
+        slow one costs little.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0002
+        while True:
+            meta = self.get_meta(task_id)
+            if meta["status"] in states.READY_STATES:
+                return meta
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"the result of task {task_id} was not ready within {timeout} s")
+            sleep = delay if deadline is None else min(delay, deadline - now)
+            time.sleep(max(sleep, 0.0))
+            delay = min(delay * 1.5, interval)
+
+    def forget(self, task_id: str) -> None:
+        """Delete what is stored about a task."""
+        self._delete(task_id)
+
+    # -- what each backend implements --------------------------------------------------------------
+
+    @abstractmethod
+    def write_encoded(self, items: list[tuple[str, str, bytes]]) -> None:
+        """Store ``(task_id, status, payload)`` items (from ``encode``); a stored SUCCESS is final."""
+
+    @abstractmethod
+    def _read(self, task_id: str) -> tuple[bytes, str] | None:
+        """``(payload, content_type)`` of a task, or None."""
+
+    @abstractmethod
+    def _delete(self, task_id: str) -> None: ...
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {mask_password(self.url)}>"
+
+
+class DisabledBackend(ResultBackend):
+    """No result backend: nothing is stored, and waiting for a result is an immediate, clear error."""
+
+    url = "disabled://"
+
+    def store_many(self, records: Sequence[ResultRecord]) -> None:
+        return None
+
+    def get_meta(self, task_id: str) -> dict[str, Any]:
+        raise ConfigurationError(
+            "no result backend is configured, so results are not stored: set result_backend "
+            "(e.g. App(..., backend='sqlite:///results.db'))"
+        )
+
+    def write_encoded(self, items: list[tuple[str, str, bytes]]) -> None:
+        return None
+
+    def _read(self, task_id: str) -> tuple[bytes, str] | None:  # pragma: no cover - get_meta raises first
+        return None
+
+    def _delete(self, task_id: str) -> None:
+        return None
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()

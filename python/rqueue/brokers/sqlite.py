@@ -1,0 +1,63 @@
+"""The embedded SQLite broker: a thin Python face over ``_rqueue.SqliteBroker``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from rqueue import _rqueue
+from rqueue.brokers.base import Broker
+
+
+class SqliteBroker(Broker):
+    """Messages in one SQLite file shared by every worker and client on the machine."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._native: _rqueue.SqliteBroker | None = None
+        self._pid = -1
+
+    @property
+    def native(self) -> _rqueue.SqliteBroker:
+        """The connection of this process (reopened after a fork: SQLite handles must not cross one)."""
+        if self._native is None or self._pid != os.getpid():
+            self._native = _rqueue.SqliteBroker(self.path)
+            self._pid = os.getpid()
+        return self._native
+
+    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None:
+        self.native.publish(queue, payload, priority, eta_ms)
+
+    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
+        self.native.publish_many(messages)
+
+    def consumer(
+        self, queues: Sequence[str], owner: str, buffer: _rqueue.PrefetchBuffer, lease_s: float, max_deliveries: int,
+        poll_max_ms: int,
+    ) -> _rqueue.SqliteConsumer:
+        return _rqueue.SqliteConsumer(
+            self.path, list(queues), owner, buffer, lease_ms=int(lease_s * 1000), max_deliveries=max_deliveries,
+            poll_max_ms=poll_max_ms,
+        )
+
+    def ack(self, tags: Sequence[int]) -> None:
+        self.native.ack(tags)
+
+    def requeue(self, tags: Sequence[int]) -> None:
+        self.native.requeue(tags)
+
+    def requeue_owner(self, owner: str, max_deliveries: int) -> int:
+        return self.native.requeue_owner(owner, max_deliveries)
+
+    def dead_letter(self, tag: int, reason: str, error: str | None = None) -> None:
+        self.native.dead_letter(tag, reason, error)
+
+    def purge(self, queues: Sequence[str]) -> int:
+        return self.native.purge(queues)
+
+    def queue_length(self, queue: str) -> int:
+        return self.native.queue_length(queue)
+
+    def __repr__(self) -> str:
+        return f"<SqliteBroker {self.url}>"

@@ -1,0 +1,188 @@
+"""The ``rqueue`` command line: parses options and delegates; the work happens in the package."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from rqueue import __version__
+from rqueue.exceptions import RQueueError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One clear line on stderr and an exit code; no traceback."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def load_app(spec: str) -> Any:
+    """The App named by ``-A``: ``module``, ``module:attribute``, or a package with an ``app`` attribute."""
+    from rqueue.app import App
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(f"cannot load app {spec!r}: {exc}")
+    except Exception as exc:  # the user's module raised while importing
+        fail(f"cannot load app {spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}")
+    if attr:
+        app = getattr(module, attr, None)
+        if not isinstance(app, App):
+            fail(f"cannot load app {spec!r}: {module_name} has no App named {attr!r}")
+        return app
+    for name in ("app", "celery"):
+        candidate = getattr(module, name, None)
+        if isinstance(candidate, App):
+            return candidate
+    apps = [v for v in vars(module).values() if isinstance(v, App)]
+    if len(apps) == 1:
+        return apps[0]
+    fail(f"cannot load app {spec!r}: no App found in module {module_name} (use module:attribute)")
+
+
+@click.group(context_settings=CONTEXT, invoke_without_command=False)
+@click.option("-A", "--app", "app_spec", metavar="MODULE[:ATTR]", help="The application: module, module:attr or package.")
+@click.version_option(__version__, "--version", prog_name="rqueue", message="rqueue %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, app_spec: str | None) -> None:
+    """rqueue: a Celery-compatible distributed task queue with a Rust hot path."""
+    ctx.obj = {"app_spec": app_spec}
+
+
+def get_app(ctx: click.Context) -> Any:
+    spec = (ctx.find_root().obj or {}).get("app_spec")
+    if not spec:
+        fail("no application given: pass -A MODULE (e.g. rqueue -A tasks worker)")
+    return load_app(spec)
+
+
+@cli.command(name="help", context_settings=CONTEXT)
+@click.pass_context
+def help_(ctx: click.Context) -> None:
+    """Show the commands and options."""
+    click.echo(ctx.find_root().get_help())
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-l", "--loglevel", default="warning", show_default=True, help="debug, info, warning, error, critical.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes or threads [default: CPUs].")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True,
+              help="Run tasks in child processes, threads, or the worker process itself.")
+@click.option("-Q", "--queues", help="Comma-separated queues to consume [default: task_default_queue].")
+@click.option("-n", "--hostname", help="Node name, e.g. w1@%h (%h = host name) [default: rqueue@<host>].")
+@click.option("--pidfile", type=click.Path(dir_okay=False), help="Write the pid here; refuse if a live worker holds it.")
+@click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Messages prefetched per process or thread.")
+@click.pass_context
+def worker(ctx: click.Context, loglevel: str, concurrency: int | None, pool: str, queues: str | None,
+           hostname: str | None, pidfile: str | None, logfile: str | None, prefetch_multiplier: int | None) -> None:
+    """Start a worker that runs the app's tasks."""
+    import socket
+
+    from rqueue.worker import Worker, setup_logging
+
+    app = get_app(ctx)
+    try:
+        setup_logging(loglevel, logfile)
+        if prefetch_multiplier:
+            app.conf.worker_prefetch_multiplier = prefetch_multiplier
+        node = hostname.replace("%h", socket.gethostname()) if hostname else None
+        queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+        code = Worker(app, queues=queue_list, concurrency=concurrency, pool=pool, hostname=node,
+                      pidfile=pidfile).start()
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    sys.exit(code)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.option("-a", "--args", "args_json", default="[]", help="Positional arguments as a JSON list.")
+@click.option("-k", "--kwargs", "kwargs_json", default="{}", help="Keyword arguments as a JSON object.")
+@click.option("--countdown", type=float, help="Run no earlier than this many seconds from now.")
+@click.option("--expires", type=float, help="Revoke if not started within this many seconds.")
+@click.option("-Q", "--queue", help="Send to this queue.")
+@click.option("--priority", type=click.IntRange(0, 9), help="0 (first) to 9 (last).")
+@click.option("--serializer", help="json (default) or msgpack.")
+@click.pass_context
+def call(ctx: click.Context, name: str, args_json: str, kwargs_json: str, countdown: float | None,
+         expires: float | None, queue: str | None, priority: int | None, serializer: str | None) -> None:
+    """Send task NAME; prints its id."""
+    args = _json_arg("--args", args_json, list)
+    kwargs = _json_arg("--kwargs", kwargs_json, dict)
+    app = get_app(ctx)
+    try:
+        result = app.send_task(name, args, kwargs, countdown=countdown, expires=expires, queue=queue,
+                               priority=priority, serializer=serializer)
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    click.echo(result.id)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("task_id")
+@click.option("--timeout", type=float, help="Wait this many seconds for the result (default: do not wait).")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the traceback of a failed task.")
+@click.pass_context
+def result(ctx: click.Context, task_id: str, timeout: float | None, show_traceback: bool) -> None:
+    """Print the state and result of TASK_ID."""
+    app = get_app(ctx)
+    res = app.AsyncResult(task_id)
+    try:
+        value = res.get(timeout=timeout, propagate=False) if timeout is not None else res.result
+        state = res.state
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    if state == "SUCCESS":
+        click.echo(repr(value))
+    elif isinstance(value, BaseException):
+        click.echo(f"{state}: {type(value).__name__}: {value}")
+        if show_traceback and res.traceback:
+            click.echo(res.traceback.rstrip())
+        sys.exit(1)
+    else:
+        click.echo(state)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-Q", "--queues", help="Comma-separated queues [default: the default queue].")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def purge(ctx: click.Context, queues: str | None, force: bool) -> None:
+    """Delete every waiting message of the queues (running ones are kept)."""
+    app = get_app(ctx)
+    names = [q.strip() for q in queues.split(",")] if queues else list(app.conf.task_queues or
+                                                                        [app.conf.task_default_queue])
+    if not force and sys.stdin.isatty():
+        click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
+    try:
+        count = app.broker.purge(names)
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    click.echo(f"Purged {count} message{'s' if count != 1 else ''} from {len(names)} known task queue"
+               f"{'s' if len(names) != 1 else ''}.")
+
+
+def _json_arg(option: str, text: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{option}: not valid JSON ({exc.msg}): {text!r}")
+    if not isinstance(value, kind):
+        fail(f"{option}: expected a JSON {'list' if kind is list else 'object'}, got {text!r}")
+    return value
+
+
+def main() -> None:
+    """Entry point of the ``rqueue`` script."""
+    cli(prog_name="rqueue")

@@ -1,0 +1,79 @@
+"""Broker and backend URLs: parsing, validation and masking of passwords."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+from rqueue.exceptions import ConfigurationError
+
+#: Schemes rqueue can use today, and what each is for.
+SUPPORTED_SCHEMES = {
+    "sqlite": "embedded SQLite file (sqlite:///relative.db or sqlite:////absolute.db)",
+}
+#: Schemes that are known but not available yet; naming one is a clear error, not a surprise.
+PLANNED_SCHEMES = {
+    "redis": "Redis broker",
+    "rediss": "Redis over TLS",
+    "unix": "Redis over a unix socket",
+    "amqp": "RabbitMQ",
+    "postgresql": "PostgreSQL",
+}
+
+DEFAULT_SQLITE_URL = "sqlite:///rqueue.sqlite3"
+
+
+def mask_password(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (for banners, logs, errors, reprs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def scheme_of(url: str, setting: str) -> str:
+    """The URL's scheme, or a ConfigurationError listing the supported schemes."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"{setting}: {mask_password(str(url))!r} is not a URL; supported schemes: {_supported_list()}"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in SUPPORTED_SCHEMES:
+        return scheme
+    if scheme in PLANNED_SCHEMES:
+        raise ConfigurationError(
+            f"{setting}: the {scheme}:// scheme ({PLANNED_SCHEMES[scheme]}) is not available in this version; "
+            f"supported schemes: {_supported_list()}"
+        )
+    raise ConfigurationError(
+        f"{setting}: unknown URL scheme {scheme!r} in {mask_password(url)!r}; supported schemes: {_supported_list()}"
+    )
+
+
+def sqlite_path(url: str, setting: str) -> str:
+    """Absolute file path of an ``sqlite://`` URL (relative paths resolve against the current directory)."""
+    rest = url.split("://", 1)[1]
+    if not rest.startswith("/") or rest in ("/", ""):
+        raise ConfigurationError(
+            f"{setting}: {url!r} names no file; write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = rest[1:]  # sqlite:///x.db -> "x.db"; sqlite:////tmp/x.db -> "/tmp/x.db"
+    if path in (":memory:", ""):
+        raise ConfigurationError(
+            f"{setting}: an in-memory SQLite database cannot be shared by workers and clients; name a file"
+        )
+    path = path.split("?", 1)[0]
+    return os.path.abspath(path)
+
+
+def _supported_list() -> str:
+    return ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)

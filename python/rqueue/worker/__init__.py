@@ -1,0 +1,166 @@
+"""The worker: banner, logging, pidfile, signals, and the pool that runs tasks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TextIO
+
+from rqueue import __version__
+from rqueue.exceptions import ConfigurationError
+from rqueue.urls import mask_password
+from rqueue.worker.consumer import Consumer
+from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
+
+if TYPE_CHECKING:
+    from rqueue.app import App
+
+POOLS = ("prefork", "threads", "solo")
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+logger = logging.getLogger("rqueue.worker")
+
+
+class PidfileError(ConfigurationError):
+    """The pidfile cannot be used: not writable, or held by a live worker."""
+
+
+class Worker:
+    """A worker node: consumes queues with a pool of processes or threads until told to stop.
+
+    Args:
+        app: The application whose tasks run here.
+        queues: Queue names to consume (default: ``task_queues`` or the default queue).
+        concurrency: Child processes (prefork) or threads; default ``worker_concurrency`` or CPU count.
+        pool: ``prefork`` (default), ``threads`` or ``solo``.
+        hostname: Node name, ``name@host`` (default ``rqueue@<host>``).
+        pidfile: Write the pid here; refuse to start when a live worker holds it.
+    """
+
+    def __init__(self, app: App, *, queues: Sequence[str] | None = None, concurrency: int | None = None,
+                 pool: str = "prefork", hostname: str | None = None, pidfile: str | None = None) -> None:
+        if pool not in POOLS:
+            raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
+        self.app = app
+        conf = app.conf
+        self.queues = list(queues or conf.task_queues or [conf.task_default_queue])
+        self.pool = pool
+        self.concurrency = 1 if pool == "solo" else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        self.hostname = hostname or f"rqueue@{socket.gethostname()}"
+        self.pidfile = pidfile
+
+    def banner(self) -> str:
+        """What the worker prints at start: version, app, broker and backend (passwords masked), tasks."""
+        app = self.app
+        backend = app.backend_url
+        tasks = "\n".join(f"  . {name}" for name in sorted(app.tasks)) or "  (none)"
+        queues = "\n".join(f".> {q}" for q in self.queues)
+        return (
+            f"\n -------------- {self.hostname} v{__version__}\n"
+            f"--- ***** -----\n"
+            f"[config]\n"
+            f".> app:         {app.main or '__main__'}\n"
+            f".> transport:   {mask_password(app.broker_url)}\n"
+            f".> results:     {mask_password(backend) if backend else 'disabled://'}\n"
+            f".> concurrency: {self.concurrency} ({self.pool})\n"
+            f"\n[queues]\n{queues}\n"
+            f"\n[tasks]\n{tasks}\n"
+        )
+
+    def start(self, out: TextIO | None = None) -> int:
+        """Run until shutdown; returns the process exit code."""
+        self._take_pidfile()
+        try:
+            print(self.banner(), file=out or sys.stdout, flush=True)
+            logger.info("%s ready.", self.hostname)
+            if self.pool == "prefork":
+                pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency)
+                install_shutdown_handlers(pool.signal)
+                return pool.run()
+            return self._run_in_process()
+        finally:
+            self._release_pidfile()
+
+    def _run_in_process(self) -> int:
+        consumer = Consumer(self.app, self.queues, self.hostname,
+                            threads=self.concurrency if self.pool == "threads" else 1)
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
+                consumer.stop()
+            else:
+                logger.warning("Cold shutdown: running tasks stop; their messages go back to the queue")
+                self.app.broker.requeue_owner(consumer.owner, int(self.app.conf.broker_max_deliveries))
+                logging.shutdown()
+                os._exit(1)
+
+        install_shutdown_handlers(on_signal)
+        consumer.run()
+        logger.info("Worker %s stopped.", self.hostname)
+        return 0
+
+    # -- pidfile ----------------------------------------------------------------------------------------
+
+    def _take_pidfile(self) -> None:
+        path = self.pidfile
+        if not path:
+            return
+        path = os.path.abspath(path)
+        self.pidfile = path
+        try:
+            with open(path) as fh:
+                other = int(fh.read().strip() or "0")
+        except FileNotFoundError:
+            other = 0
+        except (OSError, ValueError):
+            other = 0
+        if other and other != os.getpid() and _alive(other):
+            raise PidfileError(f"pidfile {path} is held by a running worker (pid {other}); not starting a second one")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise PidfileError(f"pidfile {path} is not writable: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+
+    def _release_pidfile(self) -> None:
+        if self.pidfile and os.getpid() == self._pidfile_owner():
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
+
+    def _pidfile_owner(self) -> int:
+        try:
+            with open(str(self.pidfile)) as fh:
+                return int(fh.read().strip() or "0")
+        except (OSError, ValueError):
+            return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def setup_logging(loglevel: str, logfile: str | None) -> None:
+    """stdlib logging for the worker: one format, to stderr or a file."""
+    level = logging.getLevelName(loglevel.upper())
+    if not isinstance(level, int):
+        raise ConfigurationError(f"unknown log level {loglevel!r}; use debug, info, warning, error or critical")
+    handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,99 @@
+"""One worker process's consumer: a Rust transport thread filling a prefetch buffer, drained by
+one or more executor threads.
+
+Used directly by the ``solo`` and ``threads`` pools, and by each child of the ``prefork`` pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rqueue import _rqueue
+from rqueue.worker.executor import Executor
+
+if TYPE_CHECKING:
+    from rqueue.app import App
+
+logger = logging.getLogger("rqueue.worker")
+
+#: How long an idle executor waits on the buffer before re-checking the stop flag.
+IDLE_WAIT_S = 0.1
+
+
+def owner_id(hostname: str, pid: int) -> str:
+    """The lease owner name of one worker process."""
+    return f"{hostname}/{pid}"
+
+
+class Consumer:
+    """Consumes ``queues`` in this process with ``threads`` executor threads.
+
+    ``stop()`` (safe from a signal handler) is a warm shutdown: running tasks finish, and the
+    messages fetched but not started go back to their queue at once.
+    """
+
+    def __init__(self, app: App, queues: Sequence[str], hostname: str, threads: int = 1) -> None:
+        self.app = app
+        self.queues = list(queues)
+        self.hostname = hostname
+        self.threads = max(1, threads)
+        self.owner = owner_id(hostname, os.getpid())
+        self._stop = threading.Event()
+        conf = app.conf
+        self.buffer = _rqueue.PrefetchBuffer(max(1, self.threads * int(conf.worker_prefetch_multiplier)))
+        self.transport = app.broker.consumer(
+            self.queues, self.owner, self.buffer, lease_s=float(conf.broker_visibility_timeout),
+            max_deliveries=int(conf.broker_max_deliveries), poll_max_ms=int(conf.worker_poll_max_ms),
+        )
+
+    def run(self) -> None:
+        """Consume until ``stop()``; then hand back unstarted messages and flush."""
+        self.transport.start()
+        try:
+            if self.threads == 1:
+                self._executor_loop()
+            else:
+                workers = [threading.Thread(target=self._executor_loop, name=f"rqueue-exec-{i}", daemon=True)
+                           for i in range(self.threads)]
+                for t in workers:
+                    t.start()
+                while any(t.is_alive() for t in workers):
+                    for t in workers:
+                        t.join(IDLE_WAIT_S)
+        finally:
+            self._return_unstarted()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _executor_loop(self) -> None:
+        executor = Executor(self.app, self.app.broker, self.hostname)
+        buffer = self.buffer
+        try:
+            while not self._stop.is_set():
+                delivery = buffer.get(IDLE_WAIT_S)
+                if delivery is None:
+                    executor.flush()
+                    continue
+                try:
+                    executor.handle(delivery)
+                finally:
+                    buffer.done()
+                if len(buffer) == 0:
+                    executor.flush()
+        finally:
+            executor.flush()
+
+    def _return_unstarted(self) -> None:
+        unstarted = self.transport.stop()
+        if unstarted:
+            self.app.broker.requeue([d.tag for d in unstarted])
+            logger.info("Returned %d unstarted message(s) to the queue", len(unstarted))

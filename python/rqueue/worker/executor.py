@@ -1,0 +1,190 @@
+"""Running one message: decode, check, run the task, record the result, ack.
+
+Results and acks are batched: they are written when the prefetch buffer runs dry or a batch is
+full, results first, so a crash between the two re-runs a task rather than losing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from rqueue import _rqueue, serialization, states
+from rqueue.backends.base import ResultRecord
+from rqueue.exceptions import (
+    ContentDisallowed,
+    DecodeError,
+    Ignore,
+    MessageTooLarge,
+    NotRegistered,
+    Reject,
+    SerializationError,
+)
+from rqueue.task import Request, pop_request, push_request
+
+if TYPE_CHECKING:
+    from rqueue.app import App
+    from rqueue.brokers.base import Broker
+
+logger = logging.getLogger("rqueue.worker")
+
+#: Flush results and acks at least every this many tasks.
+BATCH = 64
+
+
+class Executor:
+    """Runs deliveries for one thread of one worker process."""
+
+    def __init__(self, app: App, broker: Broker, hostname: str) -> None:
+        self.app = app
+        self.broker = broker
+        self.backend = app.backend
+        self.hostname = hostname
+        conf = app.conf
+        self.accept = serialization.accepted_content_types(conf.accept_content)
+        self.max_size = int(conf.task_max_message_size)
+        self.results: list[tuple[str, str, bytes]] = []
+        self.acks: list[int] = []
+        self.processed = 0
+
+    # -- one message ----------------------------------------------------------------------------------
+
+    def handle(self, delivery: _rqueue.Delivery) -> None:
+        """Process one delivery; never raises for anything the message or the task did."""
+        try:
+            msg = _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
+        except MessageTooLarge as exc:
+            return self._dead_letter(delivery, "too_large", exc)
+        except ContentDisallowed as exc:
+            return self._dead_letter(delivery, "content_disallowed", exc, _peek_id(delivery.payload))
+        except DecodeError as exc:
+            return self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
+
+        task = self.app.tasks.get(msg.task)
+        if task is None:
+            error = NotRegistered(f"task {msg.task!r} is not registered with this worker")
+            logger.error("Received unregistered task %s[%s]; dead-lettered", msg.task, msg.id)
+            self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(error)))
+            return self._dead_letter(delivery, "unregistered", error, msg.id, logged=True)
+
+        args, kwargs = msg.args, msg.kwargs
+        if args is None or kwargs is None:  # a body only Python decodes (pickle, explicitly accepted)
+            try:
+                args, kwargs, _embed = serialization.loads(msg.body, msg.content_type, self.accept)
+            except (DecodeError, ContentDisallowed, ValueError, TypeError) as exc:
+                return self._dead_letter(delivery, "decode_error", exc, msg.id)
+
+        now_ms = time.time() * 1000
+        if msg.expires_ms is not None and msg.expires_ms < now_ms:
+            logger.info("Task %s[%s] expired before it ran; revoked", msg.task, msg.id)
+            self._record(ResultRecord(msg.id, states.REVOKED, {"exc_type": "TaskRevokedError",
+                                                              "exc_message": ["expired"], "exc_module": "rqueue"}))
+            return self._ack(delivery)
+        if msg.eta_ms is not None and msg.eta_ms > now_ms + 1:
+            # Not due yet (a producer that did not use the broker's schedule): put it back, scheduled.
+            self.broker.publish(delivery.queue, delivery.payload, msg.priority, msg.eta_ms)
+            return self._ack(delivery)
+
+        ignore_result = msg.ignore_result or bool(task.option("ignore_result"))
+        acks_late = bool(task.option("acks_late"))
+        if not acks_late:
+            self.broker.ack([delivery.tag])
+        logger.info("Task %s[%s] received", msg.task, msg.id)
+        if task.option("track_started") and not ignore_result:
+            self._record(ResultRecord(msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}))
+            self.flush()
+
+        request = Request(
+            id=msg.id, task=msg.task, args=list(args), kwargs=dict(kwargs), retries=msg.retries,
+            root_id=msg.root_id, parent_id=msg.parent_id, group=msg.group_id, hostname=self.hostname,
+            delivery_info={"exchange": msg.exchange, "routing_key": msg.routing_key, "priority": msg.priority,
+                           "redelivered": msg.redelivered},
+            redelivered=msg.redelivered, headers=msg.headers,
+        )
+        started = time.perf_counter()
+        push_request(request)
+        try:
+            value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
+        except Ignore:
+            logger.info("Task %s[%s] ignored", msg.task, msg.id)
+        except Reject as rej:
+            if rej.requeue:
+                logger.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, rej.reason)
+                self.broker.requeue([delivery.tag])
+                return None
+            return self._dead_letter(delivery, "rejected", rej, msg.id) if acks_late else None
+        except Exception as exc:
+            runtime = time.perf_counter() - started
+            tb = traceback.format_exc()
+            logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, runtime, tb)
+            if not ignore_result:
+                self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(exc), tb,
+                                          self._extended(msg, args, kwargs)))
+        else:
+            runtime = time.perf_counter() - started
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, runtime, _short_repr(value))
+            if not ignore_result:
+                self._record(ResultRecord(msg.id, states.SUCCESS, value, None, self._extended(msg, args, kwargs)))
+        finally:
+            pop_request()
+        self.processed += 1
+        if acks_late:
+            self._ack(delivery)
+        return None
+
+    # -- batching -------------------------------------------------------------------------------------
+
+    def _record(self, record: ResultRecord) -> None:
+        try:
+            payload = self.backend.encode(record)
+        except SerializationError as exc:
+            logger.error("Task [%s]: its result cannot be stored: %s", record.task_id, exc)
+            record = ResultRecord(record.task_id, states.FAILURE, serialization.exception_to_meta(exc))
+            payload = self.backend.encode(record)
+        self.results.append((record.task_id, record.status, payload))
+
+    def _ack(self, delivery: _rqueue.Delivery) -> None:
+        self.acks.append(delivery.tag)
+        if len(self.acks) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write pending results, then ack: a crash in between re-runs tasks, never loses them."""
+        if self.results:
+            results, self.results = self.results, []
+            self.backend.write_encoded(results)
+        if self.acks:
+            acks, self.acks = self.acks, []
+            self.broker.ack(acks)
+
+    def _dead_letter(self, delivery: _rqueue.Delivery, reason: str, exc: BaseException, task_id: str | None = None,
+                     logged: bool = False) -> None:
+        if not logged:
+            logger.error("Message %s from queue %r dead-lettered (%s): %s", task_id or f"#{delivery.tag}",
+                         delivery.queue, reason, exc)
+        self.flush()  # earlier acks first: the dead letter is its own atomic move
+        self.broker.dead_letter(delivery.tag, reason, str(exc))
+
+    def _extended(self, msg: _rqueue.TaskMessage, args: Any, kwargs: Any) -> dict[str, Any] | None:
+        if not self.backend.extended:
+            return None
+        return {"name": msg.task, "args": args, "kwargs": kwargs, "worker": self.hostname,
+                "retries": msg.retries, "queue": msg.routing_key}
+
+
+def _short_repr(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _peek_id(payload: bytes) -> str | None:
+    """The task id of a message that failed to decode, if the headers are readable at all (for the log)."""
+    try:
+        envelope = _rqueue.loads(payload[: 1 << 20], "application/json")
+        return str(envelope["headers"]["id"])
+    except Exception:
+        return None

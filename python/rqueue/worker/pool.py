@@ -1,0 +1,142 @@
+"""The prefork pool: a supervisor process and N child processes, each a full consumer.
+
+Each child leases its own messages, so nothing is passed between processes. A child that dies
+is replaced, and the supervisor returns its leased messages to the queue at once (a message
+that keeps killing children is dead-lettered after ``broker_max_deliveries``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from rqueue.worker.consumer import Consumer, owner_id
+
+if TYPE_CHECKING:
+    from rqueue.app import App
+
+logger = logging.getLogger("rqueue.worker")
+
+#: Supervisors check that children are alive (and children that the parent is) this often.
+CHECK_INTERVAL_S = 0.5
+
+
+class PreforkPool:
+    """Starts, watches and replaces child processes; forwards warm and cold shutdown to them."""
+
+    def __init__(self, app: App, queues: Sequence[str], hostname: str, concurrency: int) -> None:
+        self.app = app
+        self.queues = list(queues)
+        self.hostname = hostname
+        self.concurrency = concurrency
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.shutdown = 0  # 0 running, 1 warm, 2 cold
+
+    def run(self) -> int:
+        """Run until every child has exited after a shutdown signal; returns the exit code."""
+        for slot in range(self.concurrency):
+            self._spawn(slot)
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(CHECK_INTERVAL_S / 10)
+                continue
+            slot = self.children.pop(pid, None)
+            if slot is None:
+                continue
+            self._reap(pid, status)
+            if self.shutdown == 0:
+                self._spawn(slot)
+        return 0
+
+    def signal(self, signum: int) -> None:
+        """First signal: warm shutdown of every child; second: cold (SIGKILL)."""
+        self.shutdown += 1
+        if self.shutdown == 1:
+            logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
+            self._kill_all(signal.SIGTERM)
+        else:
+            logger.warning("Cold shutdown: stopping running tasks; their messages go back to the queue")
+            self._kill_all(signal.SIGKILL)
+
+    def _kill_all(self, signum: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self, pid: int, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        returned = self.app.broker.requeue_owner(owner_id(self.hostname, pid),
+                                                 int(self.app.conf.broker_max_deliveries))
+        if self.shutdown == 0 or code != 0:
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            logger.error("Child process %d exited (%s); %d message(s) it held went back to the queue",
+                         pid, how, returned)
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid:
+            self.children[pid] = slot
+            return
+        code = 1
+        try:
+            code = run_child(self.app, self.queues, self.hostname, slot)
+        except BaseException:
+            logger.exception("Child process %d crashed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+
+def run_child(app: App, queues: Sequence[str], hostname: str, slot: int) -> int:
+    """The body of one prefork child: consume until told to stop or the parent is gone."""
+    parent = os.getppid()
+    _set_process_name(f"ForkPoolWorker-{slot + 1}")
+    consumer = Consumer(app, queues, hostname, threads=1)
+    # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    _watch_parent(parent, consumer.stop)
+    consumer.run()
+    return 0
+
+
+def _watch_parent(parent: int, stop: Callable[[], None]) -> None:
+    """Stop warmly when the supervisor disappears (it was SIGKILLed): no orphan keeps consuming."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(CHECK_INTERVAL_S)
+        stop()
+
+    threading.Thread(target=watch, name="rqueue-parent-watch", daemon=True).start()
+
+
+def _set_process_name(name: str) -> None:
+    import multiprocessing
+
+    multiprocessing.current_process().name = name
+
+
+def install_shutdown_handlers(on_signal: Callable[[int], None]) -> None:
+    """Route SIGINT and SIGTERM to ``on_signal`` (in the main thread)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        on_signal(signum)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    if sys.platform != "win32":
+        signal.signal(signal.SIGQUIT, handler)

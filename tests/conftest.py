@@ -1,0 +1,135 @@
+"""Fixtures: a project directory with the test app, real worker subprocesses started through the
+real CLI, and real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT = Path(__file__).parent / "project"
+
+
+def rqueue_cmd() -> list[str]:
+    """The installed ``rqueue`` script next to this interpreter."""
+    script = Path(sys.executable).with_name("rqueue")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rqueue"]
+
+
+class Project:
+    """A directory holding ``tasks.py``, its SQLite broker file and a ledger."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.broker_url = f"sqlite:///{root / 'broker.sqlite3'}"
+        self.ledger = root / "ledger.sqlite3"
+        shutil.copy(PROJECT / "tasks.py", root / "tasks.py")
+        self.workers: list[WorkerProcess] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(TEST_BROKER_URL=self.broker_url, LEDGER=str(self.ledger), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = str(self.root)
+        return env
+
+    def app(self) -> Any:
+        """The test app imported in this process, pointing at this project's files."""
+        os.environ.update(TEST_BROKER_URL=self.broker_url, LEDGER=str(self.ledger))
+        sys.modules.pop("tasks", None)
+        sys.path.insert(0, str(self.root))
+        try:
+            import tasks  # type: ignore[import-not-found]
+        finally:
+            sys.path.remove(str(self.root))
+        return tasks
+
+    def run_cli(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*rqueue_cmd(), *args], cwd=self.root, env=env or self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start_worker(self, *args: str, wait_ready: bool = True) -> WorkerProcess:
+        log = self.root / f"worker-{len(self.workers)}.log"
+        cmd = [*rqueue_cmd(), "-A", "tasks", "worker", "--loglevel=info", "--logfile", str(log), *args]
+        proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        worker = WorkerProcess(proc, log)
+        self.workers.append(worker)
+        if wait_ready:
+            worker.wait_for_log("ready.")
+        return worker
+
+    def ledger_count(self, key: str | None = None) -> int:
+        if not self.ledger.exists():
+            return 0
+        conn = sqlite3.connect(self.ledger)
+        try:
+            if key is None:
+                return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+            return int(conn.execute("SELECT COUNT(*) FROM runs WHERE key = ?", (key,)).fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+        finally:
+            conn.close()
+
+
+class WorkerProcess:
+    """A worker started through the CLI, with its log file."""
+
+    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def wait_for_log(self, needle: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_text():
+                return
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read() if self.proc.stdout else ""
+                raise AssertionError(f"worker exited ({self.proc.returncode}) before {needle!r}:\n{out}\n{self.log_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not logged within {timeout} s:\n{self.log_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            raise
+
+    def output(self) -> str:
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+    def child_pids(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    proj = Project(tmp_path)
+    yield proj
+    for worker in proj.workers:
+        if worker.proc.poll() is None:
+            try:
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            worker.proc.wait(10)
+    sys.modules.pop("tasks", None)

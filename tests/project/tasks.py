@@ -1,0 +1,77 @@
+"""The app the worker tests run: the walkthrough's ``add`` plus tasks that misbehave on purpose.
+
+Tasks that must be counted append to a ledger (a separate SQLite file named by $LEDGER), so the
+tests check executions independently of the broker under test.
+"""
+
+import os
+import signal
+import sqlite3
+import time
+
+from rqueue import App
+
+app = App("tasks", broker=os.environ.get("TEST_BROKER_URL"), backend=os.environ.get("TEST_BACKEND_URL"))
+if os.environ.get("TEST_CONFIG_MODULE"):
+    app.config_from_object(os.environ["TEST_CONFIG_MODULE"])
+
+
+class CustomError(Exception):
+    """An exception class of the user's own, importable on both sides."""
+
+
+def _ledger(key: str) -> int:
+    """Record one execution of ``key``; returns how many times it ran, this one included."""
+    conn = sqlite3.connect(os.environ["LEDGER"], timeout=30, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS runs (key TEXT, pid INTEGER)")
+        conn.execute("INSERT INTO runs VALUES (?, ?)", (key, os.getpid()))
+        return int(conn.execute("SELECT COUNT(*) FROM runs WHERE key = ?", (key,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def fail(message):
+    raise CustomError(message)
+
+
+@app.task
+def fail_builtin(message):
+    raise KeyError(message)
+
+
+@app.task
+def sleep(seconds, key=None):
+    time.sleep(seconds)
+    if key:
+        _ledger(key)
+    return seconds
+
+
+@app.task
+def record(key):
+    return _ledger(key)
+
+
+@app.task(ignore_result=True)
+def ignored(x):
+    return x
+
+
+@app.task(bind=True)
+def whoami(self):
+    return {"id": self.request.id, "task": self.request.task, "hostname": self.request.hostname}
+
+
+@app.task
+def die_once(key):
+    """Kill the process running it on the first execution; succeed on the next."""
+    if _ledger(key) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"

@@ -1,0 +1,211 @@
+"""The walkthrough (first-steps §4–§6, §9) with real workers started through the CLI on SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import Project
+from rqueue.exceptions import TimeoutError
+
+
+def test_worker_banner_masks_nothing_it_should_not_and_lists_tasks(project: Project) -> None:
+    worker = project.start_worker("-c", "1")
+    worker.stop()
+    out = worker.output()
+    assert "tasks.add" in out and "[tasks]" in out and "[queues]" in out
+    assert "broker.sqlite3" in out and "concurrency: 1 (prefork)" in out
+
+
+def test_delay_get_returns_the_sum(project: Project) -> None:
+    tasks = project.app()
+    project.start_worker("-c", "1")
+    result = tasks.add.delay(4, 4)
+    assert result.get(timeout=30) == 8
+    assert result.state == "SUCCESS" and result.successful()
+
+
+def test_ready_is_false_until_the_task_ran(project: Project) -> None:
+    tasks = project.app()
+    result = tasks.add.delay(1, 2)
+    assert result.ready() is False and result.state == "PENDING"
+    project.start_worker("-c", "1")
+    assert result.get(timeout=30) == 3
+    assert result.ready() is True
+
+
+def test_worker_logs_received_and_succeeded_with_id_and_runtime(project: Project) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    result = tasks.add.delay(2, 2)
+    result.get(timeout=30)
+    worker.wait_for_log(f"Task tasks.add[{result.id}] succeeded in")
+    assert f"Task tasks.add[{result.id}] received" in worker.log_text()
+
+
+def test_exception_propagates_with_type_message_and_traceback(project: Project) -> None:
+    tasks = project.app()
+    project.start_worker("-c", "1")
+    result = tasks.fail.delay("boom")
+    with pytest.raises(tasks.CustomError, match="boom"):
+        result.get(timeout=30)
+    assert result.state == "FAILURE"
+    assert result.traceback is not None and "CustomError: boom" in result.traceback
+    returned = result.get(propagate=False)
+    assert isinstance(returned, tasks.CustomError) and str(returned) == "boom"
+    with pytest.raises(KeyError, match="nope"):
+        tasks.fail_builtin.delay("nope").get(timeout=30)
+
+
+def test_get_timeout_while_task_runs(project: Project) -> None:
+    tasks = project.app()
+    project.start_worker("-c", "1")
+    result = tasks.sleep.delay(2)
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.3)
+    assert result.get(timeout=30) == 2
+
+
+def test_ignore_result_stores_nothing(project: Project) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    result = tasks.ignored.delay(5)
+    worker.wait_for_log(f"Task tasks.ignored[{result.id}] succeeded")
+    assert tasks.app.AsyncResult(result.id).state == "PENDING"
+
+
+def test_bound_task_sees_its_request(project: Project) -> None:
+    tasks = project.app()
+    project.start_worker("-c", "1")
+    result = tasks.whoami.delay()
+    info = result.get(timeout=30)
+    assert info["id"] == result.id and info["task"] == "tasks.whoami" and info["hostname"].startswith("rqueue@")
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_other_pools_run_tasks(project: Project, pool: str) -> None:
+    tasks = project.app()
+    project.start_worker("--pool", pool, "-c", "2")
+    assert [r.get(timeout=30) for r in [tasks.add.delay(i, i) for i in range(10)]] == [2 * i for i in range(10)]
+
+
+def test_unknown_task_is_dead_lettered_and_worker_continues(project: Project) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    ghost = tasks.app.send_task("tasks.ghost", [1])
+    with pytest.raises(Exception, match="not registered"):
+        ghost.get(timeout=30)
+    assert ghost.state == "FAILURE"
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+    assert "unregistered task tasks.ghost" in worker.log_text()
+    dead = tasks.app.broker.native.dead_letters()
+    assert [(row[1], row[2]) for row in dead] == [("celery", "unregistered")]
+
+
+def test_content_type_not_accepted_is_refused_before_decoding(project: Project) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    producer = tasks.app
+    producer.conf.accept_content = ["json", "msgpack"]
+    refused = producer.send_task("tasks.add", [1, 2], serializer="msgpack")
+    worker.wait_for_log(f"Message {refused.id} from queue 'celery' dead-lettered (content_disallowed)")
+    assert tasks.add.delay(2, 3).get(timeout=30) == 5
+    dead = producer.broker.native.dead_letters()
+    assert [row[2] for row in dead] == ["content_disallowed"]
+
+
+def test_config_module_upper_case_names_reach_the_worker(project: Project) -> None:
+    (project.root / "oldconfig.py").write_text("CELERY_TASK_SERIALIZER = 'msgpack'\nCELERY_ACCEPT_CONTENT = ['json', 'msgpack']\n")
+    env = project.env
+    env["TEST_CONFIG_MODULE"] = "oldconfig"
+    check = subprocess.run([sys.executable, "-W", "always", "-c", "import tasks; print(tasks.app.conf.task_serializer)"],
+                           cwd=project.root, env=env, capture_output=True, text=True, timeout=60)
+    assert check.stdout.strip() == "msgpack"
+    assert check.stderr.count("DeprecationWarning") == 2
+
+
+def test_pidfile_not_writable_refuses_to_start(project: Project) -> None:
+    result = project.run_cli("-A", "tasks", "worker", "--pidfile", "/nonexistent-dir/w.pid")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and "pidfile /nonexistent-dir/w.pid is not writable" in lines[0]
+
+
+def test_pidfile_held_by_a_live_worker_refuses_a_second(project: Project) -> None:
+    pidfile = project.root / "w.pid"
+    first = project.start_worker("-c", "1", "--pidfile", str(pidfile))
+    assert pidfile.read_text().strip() == str(first.proc.pid)
+    second = project.run_cli("-A", "tasks", "worker", "--pidfile", str(pidfile))
+    assert second.returncode != 0
+    assert f"held by a running worker (pid {first.proc.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.stop() == 0
+    assert not pidfile.exists()
+
+
+def test_stale_pidfile_is_taken_over(project: Project) -> None:
+    pidfile = project.root / "w.pid"
+    pidfile.write_text("999999\n")
+    worker = project.start_worker("-c", "1", "--pidfile", str(pidfile))
+    assert pidfile.read_text().strip() == str(worker.proc.pid)
+
+
+def test_warm_shutdown_finishes_running_and_returns_unstarted(project: Project) -> None:
+    tasks = project.app()
+    tasks.app.conf.worker_prefetch_multiplier = 4
+    worker = project.start_worker("-c", "1", "--prefetch-multiplier", "4")
+    running = tasks.sleep.delay(1.5, key="running")
+    queued = [tasks.sleep.delay(0.01, key=f"queued-{i}") for i in range(3)]
+    worker.wait_for_log(f"Task tasks.sleep[{running.id}] received")
+    started = time.monotonic()
+    assert worker.stop() == 0
+    assert time.monotonic() - started < 10
+    assert running.get(timeout=1) == 1.5
+    assert tasks.app.broker.queue_length("celery") == 3  # the unstarted went back, none was lost
+    assert project.ledger_count("running") == 1
+    project.start_worker("-c", "1")
+    assert [r.get(timeout=30) for r in queued] == [0.01] * 3
+
+
+def test_killed_child_is_replaced_and_its_task_runs_again(project: Project) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    result = tasks.die_once.delay("victim")
+    assert result.get(timeout=60) == "survived"
+    assert project.ledger_count("victim") == 2
+    assert "exited (signal 9)" in worker.log_text()
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+
+
+def test_sigkilled_child_during_long_task_runs_it_again(project: Project) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    result = tasks.sleep.delay(1.0, key="long")
+    worker.wait_for_log(f"Task tasks.sleep[{result.id}] received")
+    (child,) = worker.child_pids()
+    os.kill(child, signal.SIGKILL)
+    assert result.get(timeout=60) == 1.0
+    assert project.ledger_count("long") == 1  # the killed run never reached the ledger
+
+
+@pytest.mark.slow
+def test_four_producers_of_500_tasks_against_one_worker(project: Project) -> None:
+    project.start_worker("-c", "2", "--prefetch-multiplier", "16")
+    script = textwrap.dedent("""
+        import sys, tasks
+        base = int(sys.argv[1])
+        results = [tasks.add.delay(base + i, 1) for i in range(500)]
+        bad = [(r.id, base + i) for i, r in enumerate(results) if r.get(timeout=120) != base + i + 1]
+        print(len(results), len(bad))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(p * 1000)], cwd=project.root, env=project.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(4)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    assert [out.split() for out, _ in outputs] == [["500", "0"]] * 4
