@@ -17,7 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
-TASKS_PY = textwrap.dedent('''
+TASKS_PY = textwrap.dedent("""
     from rqueue import App
 
     app = App("tasks")
@@ -29,7 +29,7 @@ TASKS_PY = textwrap.dedent('''
     @app.task
     def divide(x, y):
         return x / y
-''')
+""")
 
 
 def step(title: str) -> None:
@@ -45,8 +45,12 @@ def main() -> int:
 
     step(f"4. Run the worker (in {workdir}): rqueue -A tasks worker --loglevel=info")
     log = workdir / "worker.log"
-    worker = subprocess.Popen([str(rqueue), "-A", "tasks", "worker", "--loglevel=info", "--logfile", str(log)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen(
+        [str(rqueue), "-A", "tasks", "worker", "--loglevel=info", "--logfile", str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while "ready." not in (log.read_text() if log.exists() else ""):
         if worker.poll() is not None or time.monotonic() > deadline:
@@ -76,8 +80,13 @@ def main() -> int:
 
         step("7. Configuration")
         app.conf.task_serializer = "json"
-        app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
-                        timezone="Europe/Oslo", enable_utc=True)
+        app.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            result_serializer="json",
+            timezone="Europe/Oslo",
+            enable_utc=True,
+        )
         print(">>> app.conf.timezone      ", app.conf.timezone)
         try:
             app.conf.task_serializr = "json"

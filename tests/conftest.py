@@ -3,6 +3,7 @@ real CLI, and real SQLite files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,15 +54,25 @@ class Project:
             sys.path.remove(str(self.root))
         return tasks
 
-    def run_cli(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*rqueue_cmd(), *args], cwd=self.root, env=env or self.env, capture_output=True,
-                              text=True, timeout=timeout)
+    def run_cli(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*rqueue_cmd(), *args], cwd=self.root, env=env or self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def start_worker(self, *args: str, wait_ready: bool = True) -> WorkerProcess:
         log = self.root / f"worker-{len(self.workers)}.log"
         cmd = [*rqueue_cmd(), "-A", "tasks", "worker", "--loglevel=info", "--logfile", str(log), *args]
-        proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         worker = WorkerProcess(proc, log)
         self.workers.append(worker)
         if wait_ready:
@@ -99,7 +110,9 @@ class WorkerProcess:
                 return
             if self.proc.poll() is not None:
                 out = self.proc.stdout.read() if self.proc.stdout else ""
-                raise AssertionError(f"worker exited ({self.proc.returncode}) before {needle!r}:\n{out}\n{self.log_text()}")
+                raise AssertionError(
+                    f"worker exited ({self.proc.returncode}) before {needle!r}:\n{out}\n{self.log_text()}"
+                )
             time.sleep(0.05)
         raise AssertionError(f"{needle!r} not logged within {timeout} s:\n{self.log_text()}")
 
@@ -127,9 +140,7 @@ def project(tmp_path: Path) -> Iterator[Project]:
     yield proj
     for worker in proj.workers:
         if worker.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             worker.proc.wait(10)
     sys.modules.pop("tasks", None)

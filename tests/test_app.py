@@ -48,7 +48,7 @@ def test_task_call_runs_inline(app: App) -> None:
 
 
 def test_task_unknown_option_is_an_error(app: App) -> None:
-    with pytest.raises(ConfigurationError, match="unknown option.*retry_backof"):
+    with pytest.raises(ConfigurationError, match=r"unknown option.*retry_backof"):
         app.task(retry_backof=True)(lambda: None)
 
 
@@ -71,8 +71,18 @@ def test_apply_async_options_reach_the_message(app: App) -> None:
     def add(x: int, y: int) -> int:
         return x + y
 
-    add.apply_async((1,), {"y": 2}, countdown=0, expires=60, priority=3, task_id="fixed-id",
-                    headers={"trace": "abc"}, time_limit=30, soft_time_limit=20, queue="other")
+    add.apply_async(
+        (1,),
+        {"y": 2},
+        countdown=0,
+        expires=60,
+        priority=3,
+        task_id="fixed-id",
+        headers={"trace": "abc"},
+        time_limit=30,
+        soft_time_limit=20,
+        queue="other",
+    )
     (msg,) = decode_waiting(app, "other")
     assert msg.id == "fixed-id" and msg.priority == 3
     assert msg.expires_ms is not None and msg.eta_ms is not None

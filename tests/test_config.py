@@ -22,8 +22,13 @@ def test_config_attribute_assignment_is_read_back() -> None:
 
 def test_config_update_sets_the_walkthrough_settings() -> None:
     app = App("tasks")
-    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
-                    timezone="Europe/Oslo", enable_utc=True)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        timezone="Europe/Oslo",
+        enable_utc=True,
+    )
     assert app.conf.timezone == "Europe/Oslo"
     assert app.conf.accept_content == ["json"]
 
@@ -59,10 +64,17 @@ def test_config_legacy_upper_case_name_maps_and_warns_once() -> None:
 
 
 def test_config_every_legacy_name_of_the_walkthrough_is_accepted() -> None:
-    names = {"BROKER_URL": "sqlite:///a.db", "CELERY_RESULT_BACKEND": "sqlite:///b.db",
-             "CELERY_RESULT_SERIALIZER": "json", "CELERY_ACCEPT_CONTENT": ["json"],
-             "CELERY_TIMEZONE": "UTC", "CELERY_ENABLE_UTC": True, "CELERY_ROUTES": {"a": "b"},
-             "CELERY_ANNOTATIONS": {"a": {"rate_limit": "1/s"}}, "CELERY_IGNORE_RESULT": False}
+    names = {
+        "BROKER_URL": "sqlite:///a.db",
+        "CELERY_RESULT_BACKEND": "sqlite:///b.db",
+        "CELERY_RESULT_SERIALIZER": "json",
+        "CELERY_ACCEPT_CONTENT": ["json"],
+        "CELERY_TIMEZONE": "UTC",
+        "CELERY_ENABLE_UTC": True,
+        "CELERY_ROUTES": {"a": "b"},
+        "CELERY_ANNOTATIONS": {"a": {"rate_limit": "1/s"}},
+        "CELERY_IGNORE_RESULT": False,
+    }
     settings = Settings()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -93,7 +105,7 @@ def test_config_wrong_type_names_the_setting() -> None:
 
 def test_config_unknown_serializer_names_the_setting() -> None:
     app = App("tasks")
-    with pytest.raises(ConfigurationError, match="task_serializer.*yaml"):
+    with pytest.raises(ConfigurationError, match=r"task_serializer.*yaml"):
         app.conf.task_serializer = "yaml"
     with pytest.raises(ConfigurationError, match="accept_content"):
         app.conf.accept_content = ["json", "bson"]
@@ -116,10 +128,23 @@ def test_config_environment_supplies_urls(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_config_defaults_table_has_the_walkthrough_names() -> None:
-    for name in ("broker_url", "result_backend", "task_serializer", "result_serializer", "accept_content",
-                 "timezone", "enable_utc", "task_routes", "task_annotations", "task_ignore_result",
-                 "task_acks_late", "task_track_started", "worker_prefetch_multiplier", "worker_concurrency",
-                 "result_expires"):
+    for name in (
+        "broker_url",
+        "result_backend",
+        "task_serializer",
+        "result_serializer",
+        "accept_content",
+        "timezone",
+        "enable_utc",
+        "task_routes",
+        "task_annotations",
+        "task_ignore_result",
+        "task_acks_late",
+        "task_track_started",
+        "worker_prefetch_multiplier",
+        "worker_concurrency",
+        "result_expires",
+    ):
         assert name in DEFAULTS
     assert App("x").conf.task_acks_late is True  # documented default: at-least-once
 

@@ -1,4 +1,4 @@
-"""The walkthrough (first-steps §4–§6, §9) with real workers started through the CLI on SQLite."""
+"""The walkthrough (first-steps §4-§6, §9) with real workers started through the CLI on SQLite."""
 
 from __future__ import annotations
 
@@ -121,11 +121,19 @@ def test_content_type_not_accepted_is_refused_before_decoding(project: Project) 
 
 
 def test_config_module_upper_case_names_reach_the_worker(project: Project) -> None:
-    (project.root / "oldconfig.py").write_text("CELERY_TASK_SERIALIZER = 'msgpack'\nCELERY_ACCEPT_CONTENT = ['json', 'msgpack']\n")
+    (project.root / "oldconfig.py").write_text(
+        "CELERY_TASK_SERIALIZER = 'msgpack'\nCELERY_ACCEPT_CONTENT = ['json', 'msgpack']\n"
+    )
     env = project.env
     env["TEST_CONFIG_MODULE"] = "oldconfig"
-    check = subprocess.run([sys.executable, "-W", "always", "-c", "import tasks; print(tasks.app.conf.task_serializer)"],
-                           cwd=project.root, env=env, capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import tasks; print(tasks.app.conf.task_serializer)"],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.stdout.strip() == "msgpack"
     assert check.stderr.count("DeprecationWarning") == 2
 
@@ -204,8 +212,17 @@ def test_four_producers_of_500_tasks_against_one_worker(project: Project) -> Non
         bad = [(r.id, base + i) for i, r in enumerate(results) if r.get(timeout=120) != base + i + 1]
         print(len(results), len(bad))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(p * 1000)], cwd=project.root, env=project.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(p * 1000)],
+            cwd=project.root,
+            env=project.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in range(4)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     assert [out.split() for out, _ in outputs] == [["500", "0"]] * 4

@@ -1,12 +1,12 @@
 """rqueue: a Celery-compatible distributed task queue with a Rust hot path.
 
-    from rqueue import App
+from rqueue import App
 
-    app = App("tasks")
+app = App("tasks")
 
-    @app.task
-    def add(x, y):
-        return x + y
+@app.task
+def add(x, y):
+    return x + y
 """
 
 from rqueue._rqueue import __version__

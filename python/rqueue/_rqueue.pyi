@@ -208,7 +208,9 @@ class SqliteBroker:
         """
     def dead_letter(self, tag: int, reason: str, error: str | None = None) -> None:
         """Move a leased message to the dead-letter table with a reason code and error text."""
-    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[tuple[int, str, str, str | None, int, int, bytes]]:
+    def dead_letters(
+        self, queue: str | None = None, limit: int = 100
+    ) -> list[tuple[int, str, str, str | None, int, int, bytes]]:
         """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows, oldest first."""
     def requeue_dead(self, ids: Sequence[int]) -> int: ...
     def purge_dead(self, queue: str | None = None) -> int: ...

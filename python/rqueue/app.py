@@ -38,8 +38,9 @@ class App:
         **settings: Any setting of ``rqueue.config.DEFAULTS``.
     """
 
-    def __init__(self, main: str | None = None, broker: str | None = None, backend: str | None = None,
-                 **settings: Any) -> None:
+    def __init__(
+        self, main: str | None = None, broker: str | None = None, backend: str | None = None, **settings: Any
+    ) -> None:
         self.main = main
         self.conf = Settings()
         if broker is not None:
@@ -88,16 +89,26 @@ class App:
     def backend(self) -> ResultBackend:
         """The result backend (opened on first use)."""
         conf = self.conf
-        key = (self.backend_url, conf.result_serializer, tuple(conf.result_accept_content or conf.accept_content),
-               conf.result_expires, conf.result_extended)
+        key = (
+            self.backend_url,
+            conf.result_serializer,
+            tuple(conf.result_accept_content or conf.accept_content),
+            conf.result_expires,
+            conf.result_extended,
+        )
         if self._backend is None or self._backend[0] != key:
             expires = conf.result_expires
             if isinstance(expires, timedelta):
                 expires = expires.total_seconds()
             accept = serialization.accepted_content_types(conf.result_accept_content or conf.accept_content)
             accept.append(serialization.content_type(conf.result_serializer))
-            backend = open_backend(self.backend_url, serializer=conf.result_serializer, accept=accept,
-                                   expires_s=expires, extended=conf.result_extended)
+            backend = open_backend(
+                self.backend_url,
+                serializer=conf.result_serializer,
+                accept=accept,
+                expires_s=expires,
+                extended=conf.result_extended,
+            )
             self._backend = (key, backend)
         return self._backend[1]
 
@@ -107,12 +118,14 @@ class App:
     def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(self, *, bind: Literal[True], name: str | None = ..., **options: Any
-             ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    def task(
+        self, *, bind: Literal[True], name: str | None = ..., **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
 
     @overload
-    def task(self, *, bind: Literal[False] = ..., name: str | None = ..., **options: Any
-             ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(
+        self, *, bind: Literal[False] = ..., name: str | None = ..., **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
@@ -209,11 +222,26 @@ class App:
             self._check_serializer_enabled(serializer)
             body = serialization.dumps([args, kwargs, _EMBED], serializer)
         payload = _rqueue.encode_task_message(
-            task=name, task_id=task_id, args=args, kwargs=kwargs, routing_key=routing_key, exchange=exchange,
-            serializer=serializer, body=body, eta_ms=eta_ms, expires_ms=expires_ms, retries=retries,
-            time_limit=option("time_limit", time_limit), soft_time_limit=option("soft_time_limit", soft_time_limit),
-            priority=priority, root_id=root_id, parent_id=parent_id, origin=self.origin,
-            ignore_result=ignore_result, reply_to=self.oid, extra_headers=headers,
+            task=name,
+            task_id=task_id,
+            args=args,
+            kwargs=kwargs,
+            routing_key=routing_key,
+            exchange=exchange,
+            serializer=serializer,
+            body=body,
+            eta_ms=eta_ms,
+            expires_ms=expires_ms,
+            retries=retries,
+            time_limit=option("time_limit", time_limit),
+            soft_time_limit=option("soft_time_limit", soft_time_limit),
+            priority=priority,
+            root_id=root_id,
+            parent_id=parent_id,
+            origin=self.origin,
+            ignore_result=ignore_result,
+            reply_to=self.oid,
+            extra_headers=headers,
             max_size=conf.task_max_message_size,
         )
         self.broker.publish(queue_name, payload, _clamp_priority(priority), eta_ms)
@@ -233,8 +261,9 @@ class App:
 
     # -- routing ---------------------------------------------------------------------------------------
 
-    def _route(self, name: str, args: list[Any], kwargs: dict[str, Any], queue: str | None,
-               task: Task[Any, Any] | None) -> tuple[str, str, str, int | None]:
+    def _route(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], queue: str | None, task: Task[Any, Any] | None
+    ) -> tuple[str, str, str, int | None]:
         """``(queue, exchange, routing_key, priority)``: an explicit queue, then the task's, then routes."""
         explicit = queue or (task.options.get("queue") if task is not None else None)
         if explicit:
@@ -265,6 +294,7 @@ _Stage = Callable[[str, list[Any], dict[str, Any], Any], "tuple[str, str, str, i
 
 def _compile_stage(item: Any) -> _Stage:
     if callable(item) and not isinstance(item, Mapping):
+
         def call_router(name: str, args: list[Any], kwargs: dict[str, Any], task: Any) -> Any:
             return _expand_route(item(name, args, kwargs, {}, task))
 

@@ -169,9 +169,7 @@ def validate(name: str, value: Any) -> Any:
     if isinstance(value, bool) and bool not in setting.types and int in setting.types:
         raise ConfigurationError(f"{name}: expected {_type_names(setting.types)}, got {value!r}")
     if not isinstance(value, setting.types):
-        raise ConfigurationError(
-            f"{name}: expected {_type_names(setting.types)}, got {type(value).__name__} {value!r}"
-        )
+        raise ConfigurationError(f"{name}: expected {_type_names(setting.types)}, got {type(value).__name__} {value!r}")
     if setting.check is not None and value is not None:
         setting.check(name, value)
     return value

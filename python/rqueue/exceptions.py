@@ -64,7 +64,7 @@ class NotRegistered(RQueueError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class TimeoutError(RQueueError, builtins.TimeoutError):  # noqa: A001 - mirrors Celery's name on purpose
+class TimeoutError(RQueueError, builtins.TimeoutError):
     """``AsyncResult.get(timeout=...)`` ran out of time."""
 
 

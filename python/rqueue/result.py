@@ -23,7 +23,7 @@ class AsyncResult(Generic[R]):
         ignored: True when the task was sent with ``ignore_result``: ``get()`` then fails fast.
     """
 
-    def __init__(self, id: str, backend: ResultBackend, *, ignored: bool = False) -> None:  # noqa: A002
+    def __init__(self, id: str, backend: ResultBackend, *, ignored: bool = False) -> None:
         self.id = id
         self.backend = backend
         self.ignored = ignored

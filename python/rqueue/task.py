@@ -146,9 +146,21 @@ class Task(Generic[P, R]):
             soft_time_limit: Soft time limit in seconds.
         """
         return self.app.send_task(
-            self.name, args, kwargs, countdown=countdown, eta=eta, expires=expires, queue=queue, priority=priority,
-            task_id=task_id, headers=headers, ignore_result=ignore_result, serializer=serializer,
-            time_limit=time_limit, soft_time_limit=soft_time_limit, _task=self,
+            self.name,
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            queue=queue,
+            priority=priority,
+            task_id=task_id,
+            headers=headers,
+            ignore_result=ignore_result,
+            serializer=serializer,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            _task=self,
         )
 
     def __repr__(self) -> str:

@@ -16,7 +16,10 @@ def open_backend(
     scheme = scheme_of(url, "result_backend")
     if scheme == "sqlite":
         return SqliteBackend(
-            sqlite_path(url, "result_backend"), serializer=serializer, accept=accept, expires_s=expires_s,
+            sqlite_path(url, "result_backend"),
+            serializer=serializer,
+            accept=accept,
+            expires_s=expires_s,
             extended=extended,
         )
     raise AssertionError(f"scheme_of accepted {scheme!r} without a backend for it")

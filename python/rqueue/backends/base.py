@@ -30,8 +30,14 @@ class ResultBackend(ABC):
 
     url: str = ""
 
-    def __init__(self, *, serializer: str = "json", accept: list[str] | None = None,
-                 expires_s: float | None = 86400, extended: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        serializer: str = "json",
+        accept: list[str] | None = None,
+        expires_s: float | None = 86400,
+        extended: bool = False,
+    ) -> None:
         self.serializer = serializer
         self.content_type = serialization.content_type(serializer)
         self.accept = accept if accept is not None else [self.content_type]

@@ -33,7 +33,12 @@ class Broker(ABC):
 
     @abstractmethod
     def consumer(
-        self, queues: Sequence[str], owner: str, buffer: PrefetchBuffer, lease_s: float, max_deliveries: int,
+        self,
+        queues: Sequence[str],
+        owner: str,
+        buffer: PrefetchBuffer,
+        lease_s: float,
+        max_deliveries: int,
         poll_max_ms: int,
     ) -> Consumer: ...
 

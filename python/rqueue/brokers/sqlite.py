@@ -33,11 +33,21 @@ class SqliteBroker(Broker):
         self.native.publish_many(messages)
 
     def consumer(
-        self, queues: Sequence[str], owner: str, buffer: _rqueue.PrefetchBuffer, lease_s: float, max_deliveries: int,
+        self,
+        queues: Sequence[str],
+        owner: str,
+        buffer: _rqueue.PrefetchBuffer,
+        lease_s: float,
+        max_deliveries: int,
         poll_max_ms: int,
     ) -> _rqueue.SqliteConsumer:
         return _rqueue.SqliteConsumer(
-            self.path, list(queues), owner, buffer, lease_ms=int(lease_s * 1000), max_deliveries=max_deliveries,
+            self.path,
+            list(queues),
+            owner,
+            buffer,
+            lease_ms=int(lease_s * 1000),
+            max_deliveries=max_deliveries,
             poll_max_ms=poll_max_ms,
         )
 

@@ -51,7 +51,9 @@ def load_app(spec: str) -> Any:
 
 
 @click.group(context_settings=CONTEXT, invoke_without_command=False)
-@click.option("-A", "--app", "app_spec", metavar="MODULE[:ATTR]", help="The application: module, module:attr or package.")
+@click.option(
+    "-A", "--app", "app_spec", metavar="MODULE[:ATTR]", help="The application: module, module:attr or package."
+)
 @click.version_option(__version__, "--version", prog_name="rqueue", message="rqueue %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None) -> None:
@@ -76,16 +78,33 @@ def help_(ctx: click.Context) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("-l", "--loglevel", default="warning", show_default=True, help="debug, info, warning, error, critical.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes or threads [default: CPUs].")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True,
-              help="Run tasks in child processes, threads, or the worker process itself.")
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+    help="Run tasks in child processes, threads, or the worker process itself.",
+)
 @click.option("-Q", "--queues", help="Comma-separated queues to consume [default: task_default_queue].")
 @click.option("-n", "--hostname", help="Node name, e.g. w1@%h (%h = host name) [default: rqueue@<host>].")
-@click.option("--pidfile", type=click.Path(dir_okay=False), help="Write the pid here; refuse if a live worker holds it.")
+@click.option(
+    "--pidfile", type=click.Path(dir_okay=False), help="Write the pid here; refuse if a live worker holds it."
+)
 @click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Messages prefetched per process or thread.")
 @click.pass_context
-def worker(ctx: click.Context, loglevel: str, concurrency: int | None, pool: str, queues: str | None,
-           hostname: str | None, pidfile: str | None, logfile: str | None, prefetch_multiplier: int | None) -> None:
+def worker(
+    ctx: click.Context,
+    loglevel: str,
+    concurrency: int | None,
+    pool: str,
+    queues: str | None,
+    hostname: str | None,
+    pidfile: str | None,
+    logfile: str | None,
+    prefetch_multiplier: int | None,
+) -> None:
     """Start a worker that runs the app's tasks."""
     import socket
 
@@ -98,8 +117,9 @@ def worker(ctx: click.Context, loglevel: str, concurrency: int | None, pool: str
             app.conf.worker_prefetch_multiplier = prefetch_multiplier
         node = hostname.replace("%h", socket.gethostname()) if hostname else None
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-        code = Worker(app, queues=queue_list, concurrency=concurrency, pool=pool, hostname=node,
-                      pidfile=pidfile).start()
+        code = Worker(
+            app, queues=queue_list, concurrency=concurrency, pool=pool, hostname=node, pidfile=pidfile
+        ).start()
     except RQueueError as exc:
         fail(str(exc), 1)
     sys.exit(code)
@@ -115,15 +135,32 @@ def worker(ctx: click.Context, loglevel: str, concurrency: int | None, pool: str
 @click.option("--priority", type=click.IntRange(0, 9), help="0 (first) to 9 (last).")
 @click.option("--serializer", help="json (default) or msgpack.")
 @click.pass_context
-def call(ctx: click.Context, name: str, args_json: str, kwargs_json: str, countdown: float | None,
-         expires: float | None, queue: str | None, priority: int | None, serializer: str | None) -> None:
+def call(
+    ctx: click.Context,
+    name: str,
+    args_json: str,
+    kwargs_json: str,
+    countdown: float | None,
+    expires: float | None,
+    queue: str | None,
+    priority: int | None,
+    serializer: str | None,
+) -> None:
     """Send task NAME; prints its id."""
     args = _json_arg("--args", args_json, list)
     kwargs = _json_arg("--kwargs", kwargs_json, dict)
     app = get_app(ctx)
     try:
-        result = app.send_task(name, args, kwargs, countdown=countdown, expires=expires, queue=queue,
-                               priority=priority, serializer=serializer)
+        result = app.send_task(
+            name,
+            args,
+            kwargs,
+            countdown=countdown,
+            expires=expires,
+            queue=queue,
+            priority=priority,
+            serializer=serializer,
+        )
     except RQueueError as exc:
         fail(str(exc), 1)
     click.echo(result.id)
@@ -161,16 +198,21 @@ def result(ctx: click.Context, task_id: str, timeout: float | None, show_traceba
 def purge(ctx: click.Context, queues: str | None, force: bool) -> None:
     """Delete every waiting message of the queues (running ones are kept)."""
     app = get_app(ctx)
-    names = [q.strip() for q in queues.split(",")] if queues else list(app.conf.task_queues or
-                                                                        [app.conf.task_default_queue])
+    names = (
+        [q.strip() for q in queues.split(",")]
+        if queues
+        else list(app.conf.task_queues or [app.conf.task_default_queue])
+    )
     if not force and sys.stdin.isatty():
         click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
     try:
         count = app.broker.purge(names)
     except RQueueError as exc:
         fail(str(exc), 1)
-    click.echo(f"Purged {count} message{'s' if count != 1 else ''} from {len(names)} known task queue"
-               f"{'s' if len(names) != 1 else ''}.")
+    click.echo(
+        f"Purged {count} message{'s' if count != 1 else ''} from {len(names)} known task queue"
+        f"{'s' if len(names) != 1 else ''}."
+    )
 
 
 def _json_arg(option: str, text: str, kind: type) -> Any:

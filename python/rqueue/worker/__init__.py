@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -39,8 +40,16 @@ class Worker:
         pidfile: Write the pid here; refuse to start when a live worker holds it.
     """
 
-    def __init__(self, app: App, *, queues: Sequence[str] | None = None, concurrency: int | None = None,
-                 pool: str = "prefork", hostname: str | None = None, pidfile: str | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        pool: str = "prefork",
+        hostname: str | None = None,
+        pidfile: str | None = None,
+    ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
         self.app = app
@@ -84,8 +93,9 @@ class Worker:
             self._release_pidfile()
 
     def _run_in_process(self) -> int:
-        consumer = Consumer(self.app, self.queues, self.hostname,
-                            threads=self.concurrency if self.pool == "threads" else 1)
+        consumer = Consumer(
+            self.app, self.queues, self.hostname, threads=self.concurrency if self.pool == "threads" else 1
+        )
         signals = 0
 
         def on_signal(signum: int) -> None:
@@ -131,10 +141,8 @@ class Worker:
 
     def _release_pidfile(self) -> None:
         if self.pidfile and os.getpid() == self._pidfile_owner():
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.pidfile)
-            except OSError:
-                pass
 
     def _pidfile_owner(self) -> int:
         try:

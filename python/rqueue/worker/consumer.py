@@ -46,8 +46,12 @@ class Consumer:
         conf = app.conf
         self.buffer = _rqueue.PrefetchBuffer(max(1, self.threads * int(conf.worker_prefetch_multiplier)))
         self.transport = app.broker.consumer(
-            self.queues, self.owner, self.buffer, lease_s=float(conf.broker_visibility_timeout),
-            max_deliveries=int(conf.broker_max_deliveries), poll_max_ms=int(conf.worker_poll_max_ms),
+            self.queues,
+            self.owner,
+            self.buffer,
+            lease_s=float(conf.broker_visibility_timeout),
+            max_deliveries=int(conf.broker_max_deliveries),
+            poll_max_ms=int(conf.worker_poll_max_ms),
         )
 
     def run(self) -> None:
@@ -57,8 +61,10 @@ class Consumer:
             if self.threads == 1:
                 self._executor_loop()
             else:
-                workers = [threading.Thread(target=self._executor_loop, name=f"rqueue-exec-{i}", daemon=True)
-                           for i in range(self.threads)]
+                workers = [
+                    threading.Thread(target=self._executor_loop, name=f"rqueue-exec-{i}", daemon=True)
+                    for i in range(self.threads)
+                ]
                 for t in workers:
                     t.start()
                 while any(t.is_alive() for t in workers):

@@ -80,8 +80,13 @@ class Executor:
         now_ms = time.time() * 1000
         if msg.expires_ms is not None and msg.expires_ms < now_ms:
             logger.info("Task %s[%s] expired before it ran; revoked", msg.task, msg.id)
-            self._record(ResultRecord(msg.id, states.REVOKED, {"exc_type": "TaskRevokedError",
-                                                              "exc_message": ["expired"], "exc_module": "rqueue"}))
+            self._record(
+                ResultRecord(
+                    msg.id,
+                    states.REVOKED,
+                    {"exc_type": "TaskRevokedError", "exc_message": ["expired"], "exc_module": "rqueue"},
+                )
+            )
             return self._ack(delivery)
         if msg.eta_ms is not None and msg.eta_ms > now_ms + 1:
             # Not due yet (a producer that did not use the broker's schedule): put it back, scheduled.
@@ -98,11 +103,23 @@ class Executor:
             self.flush()
 
         request = Request(
-            id=msg.id, task=msg.task, args=list(args), kwargs=dict(kwargs), retries=msg.retries,
-            root_id=msg.root_id, parent_id=msg.parent_id, group=msg.group_id, hostname=self.hostname,
-            delivery_info={"exchange": msg.exchange, "routing_key": msg.routing_key, "priority": msg.priority,
-                           "redelivered": msg.redelivered},
-            redelivered=msg.redelivered, headers=msg.headers,
+            id=msg.id,
+            task=msg.task,
+            args=list(args),
+            kwargs=dict(kwargs),
+            retries=msg.retries,
+            root_id=msg.root_id,
+            parent_id=msg.parent_id,
+            group=msg.group_id,
+            hostname=self.hostname,
+            delivery_info={
+                "exchange": msg.exchange,
+                "routing_key": msg.routing_key,
+                "priority": msg.priority,
+                "redelivered": msg.redelivered,
+            },
+            redelivered=msg.redelivered,
+            headers=msg.headers,
         )
         started = time.perf_counter()
         push_request(request)
@@ -121,8 +138,15 @@ class Executor:
             tb = traceback.format_exc()
             logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, runtime, tb)
             if not ignore_result:
-                self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(exc), tb,
-                                          self._extended(msg, args, kwargs)))
+                self._record(
+                    ResultRecord(
+                        msg.id,
+                        states.FAILURE,
+                        serialization.exception_to_meta(exc),
+                        tb,
+                        self._extended(msg, args, kwargs),
+                    )
+                )
         else:
             runtime = time.perf_counter() - started
             if logger.isEnabledFor(logging.INFO):
@@ -161,19 +185,36 @@ class Executor:
             acks, self.acks = self.acks, []
             self.broker.ack(acks)
 
-    def _dead_letter(self, delivery: _rqueue.Delivery, reason: str, exc: BaseException, task_id: str | None = None,
-                     logged: bool = False) -> None:
+    def _dead_letter(
+        self,
+        delivery: _rqueue.Delivery,
+        reason: str,
+        exc: BaseException,
+        task_id: str | None = None,
+        logged: bool = False,
+    ) -> None:
         if not logged:
-            logger.error("Message %s from queue %r dead-lettered (%s): %s", task_id or f"#{delivery.tag}",
-                         delivery.queue, reason, exc)
+            logger.error(
+                "Message %s from queue %r dead-lettered (%s): %s",
+                task_id or f"#{delivery.tag}",
+                delivery.queue,
+                reason,
+                exc,
+            )
         self.flush()  # earlier acks first: the dead letter is its own atomic move
         self.broker.dead_letter(delivery.tag, reason, str(exc))
 
     def _extended(self, msg: _rqueue.TaskMessage, args: Any, kwargs: Any) -> dict[str, Any] | None:
         if not self.backend.extended:
             return None
-        return {"name": msg.task, "args": args, "kwargs": kwargs, "worker": self.hostname,
-                "retries": msg.retries, "queue": msg.routing_key}
+        return {
+            "name": msg.task,
+            "args": args,
+            "kwargs": kwargs,
+            "worker": self.hostname,
+            "retries": msg.retries,
+            "queue": msg.routing_key,
+        }
 
 
 def _short_repr(value: object, limit: int = 200) -> str:

@@ -7,6 +7,7 @@ that keeps killing children is dead-lettered after ``broker_max_deliveries``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -70,19 +71,17 @@ class PreforkPool:
 
     def _kill_all(self, signum: int) -> None:
         for pid in list(self.children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     def _reap(self, pid: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        returned = self.app.broker.requeue_owner(owner_id(self.hostname, pid),
-                                                 int(self.app.conf.broker_max_deliveries))
+        returned = self.app.broker.requeue_owner(owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries))
         if self.shutdown == 0 or code != 0:
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
-            logger.error("Child process %d exited (%s); %d message(s) it held went back to the queue",
-                         pid, how, returned)
+            logger.error(
+                "Child process %d exited (%s); %d message(s) it held went back to the queue", pid, how, returned
+            )
 
     def _spawn(self, slot: int) -> None:
         pid = os.fork()
