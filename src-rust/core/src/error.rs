@@ -13,10 +13,17 @@ pub enum Error {
     TooLarge { size: usize, max: usize },
     /// A message's content type is not in the accepted list; raised before any decoding.
     #[error("content type {content_type:?} is not accepted (accept_content allows: {accepted})")]
-    ContentDisallowed { content_type: String, accepted: String },
+    ContentDisallowed {
+        content_type: String,
+        accepted: String,
+    },
     /// A value cannot be serialized by the chosen codec; `path` locates it (e.g. `args[1]["k"]`).
     #[error("cannot serialize {type_name} at {path} with {codec}")]
-    Serialize { type_name: String, path: String, codec: String },
+    Serialize {
+        type_name: String,
+        path: String,
+        codec: String,
+    },
     /// A configuration value (rate string, route pattern, serializer name) is invalid.
     #[error("{0}")]
     Config(String),

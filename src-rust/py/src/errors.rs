@@ -8,7 +8,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use rqueue_core::Error;
 
-fn exception_class<'py>(py: Python<'py>, cell: &'static PyOnceLock<Py<PyType>>, name: &str) -> PyResult<Bound<'py, PyType>> {
+fn exception_class<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyType>> {
     cell.import(py, "rqueue.exceptions", name).cloned()
 }
 
