@@ -2,7 +2,7 @@
 //!
 //! JSON follows kombu's `kombu.utils.json`: types JSON lacks are written as
 //! `{"__type__": T, "__value__": v}` (`datetime`, `date`, `time` as ISO text, `decimal` as text,
-//! `uuid` as `{"hex", "version"}`, `bytes` as UTF-8 text or `base64` when not UTF-8), and a
+//! `uuid` as `{"hex": ...}`, `bytes` as UTF-8 text or `base64` when not UTF-8), and a
 //! decoded object with exactly those two keys turns back into the native value.
 //!
 //! kombu's msgpack has no hooks for those types; rqueue writes them with the same marker maps
@@ -225,7 +225,7 @@ impl<'a> Path<'a> {
         }
     }
 
-    fn child(&'a self, seg: Seg<'a>) -> Path<'a> {
+    pub(crate) fn child(&'a self, seg: Seg<'a>) -> Path<'a> {
         Path {
             parent: Some(self),
             seg,
@@ -276,7 +276,7 @@ fn ser_error(type_name: &str, path: &Path<'_>, codec: Codec) -> Error {
 pub(crate) struct ErrSlot(RefCell<Option<Error>>);
 
 impl ErrSlot {
-    fn fail<E: ser::Error>(&self, err: Error) -> E {
+    pub(crate) fn fail<E: ser::Error>(&self, err: Error) -> E {
         let msg = err.to_string();
         *self.0.borrow_mut() = Some(err);
         E::custom(msg)
@@ -327,21 +327,16 @@ impl<V: Serialize> Serialize for Marker<'_, V> {
     }
 }
 
+/// kombu 5.5+ writes a UUID as `{"hex": ...}` (older releases added `"version"`, still read).
 #[derive(Serialize)]
 struct UuidParts {
     hex: String,
-    version: Option<usize>,
 }
 
 fn uuid_parts(text: &str) -> Option<UuidParts> {
     let u = uuid::Uuid::parse_str(text).ok()?;
-    let version = match u.get_variant() {
-        uuid::Variant::RFC4122 => Some(usize::from(u.as_bytes()[6] >> 4)),
-        _ => None,
-    };
     Some(UuidParts {
         hex: u.simple().to_string(),
-        version,
     })
 }
 
@@ -415,58 +410,138 @@ impl Serialize for JsonNode<'_> {
                         .fail(ser_error("uuid (malformed text)", &self.path, Codec::Json)))
                 }
             },
-            Value::List(items) => {
-                if self.depth >= MAX_DEPTH {
-                    return Err(self.slot.fail(ser_error(
-                        "list nested too deeply",
-                        &self.path,
-                        Codec::Json,
-                    )));
-                }
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for (i, item) in items.iter().enumerate() {
-                    let path = self.path.child(Seg::Index(i));
-                    seq.serialize_element(&JsonNode {
-                        value: item,
-                        path,
-                        depth: self.depth + 1,
-                        slot: self.slot,
-                    })?;
-                }
-                seq.end()
+            Value::List(items) => ser_list(s, items, &self.path, self.depth, self.slot),
+            Value::Map(entries) => ser_map(s, entries, &self.path, self.depth, self.slot),
+        }
+    }
+}
+
+fn ser_list<S: ser::Serializer>(
+    s: S,
+    items: &[Value],
+    path: &Path<'_>,
+    depth: usize,
+    slot: &ErrSlot,
+) -> std::result::Result<S::Ok, S::Error> {
+    if depth >= MAX_DEPTH {
+        return Err(slot.fail(ser_error("list nested too deeply", path, Codec::Json)));
+    }
+    let mut seq = s.serialize_seq(Some(items.len()))?;
+    for (i, item) in items.iter().enumerate() {
+        let path = path.child(Seg::Index(i));
+        seq.serialize_element(&JsonNode {
+            value: item,
+            path,
+            depth: depth + 1,
+            slot,
+        })?;
+    }
+    seq.end()
+}
+
+fn ser_map<S: ser::Serializer>(
+    s: S,
+    entries: &[(Value, Value)],
+    path: &Path<'_>,
+    depth: usize,
+    slot: &ErrSlot,
+) -> std::result::Result<S::Ok, S::Error> {
+    if depth >= MAX_DEPTH {
+        return Err(slot.fail(ser_error("dict nested too deeply", path, Codec::Json)));
+    }
+    let mut map = s.serialize_map(Some(entries.len()))?;
+    for (k, v) in entries {
+        let path = path.child(Seg::Key(k));
+        match k {
+            Value::Str(t) => map.serialize_key(t.as_str())?,
+            Value::Int(i) => map.serialize_key(&i.to_string())?,
+            Value::UInt(u) => map.serialize_key(&u.to_string())?,
+            Value::Bool(b) => map.serialize_key(if *b { "true" } else { "false" })?,
+            Value::Null => map.serialize_key("null")?,
+            Value::Float(f) if f.is_finite() => map.serialize_key(&float_key(*f))?,
+            other => {
+                let what = format!("dict key of type {}", other.type_name());
+                return Err(slot.fail(ser_error(&what, &path, Codec::Json)));
             }
-            Value::Map(entries) => {
-                if self.depth >= MAX_DEPTH {
-                    return Err(self.slot.fail(ser_error(
-                        "dict nested too deeply",
-                        &self.path,
-                        Codec::Json,
-                    )));
-                }
-                let mut map = s.serialize_map(Some(entries.len()))?;
-                for (k, v) in entries {
-                    let path = self.path.child(Seg::Key(k));
-                    match k {
-                        Value::Str(t) => map.serialize_key(t.as_str())?,
-                        Value::Int(i) => map.serialize_key(&i.to_string())?,
-                        Value::UInt(u) => map.serialize_key(&u.to_string())?,
-                        Value::Bool(b) => map.serialize_key(if *b { "true" } else { "false" })?,
-                        Value::Null => map.serialize_key("null")?,
-                        Value::Float(f) if f.is_finite() => map.serialize_key(&float_key(*f))?,
-                        other => {
-                            let what = format!("dict key of type {}", other.type_name());
-                            return Err(self.slot.fail(ser_error(&what, &path, Codec::Json)));
-                        }
-                    }
-                    map.serialize_value(&JsonNode {
-                        value: v,
-                        path,
-                        depth: self.depth + 1,
-                        slot: self.slot,
-                    })?;
-                }
-                map.end()
-            }
+        }
+        map.serialize_value(&JsonNode {
+            value: v,
+            path,
+            depth: depth + 1,
+            slot,
+        })?;
+    }
+    map.end()
+}
+
+/// The `[args, kwargs, embed]` body of a protocol v2 message, serialized without first
+/// building a `Value` of it.
+struct JsonBody<'a> {
+    args: &'a [Value],
+    kwargs: &'a [(Value, Value)],
+    embed: &'a [(Value, Value)],
+    slot: &'a ErrSlot,
+}
+
+struct JsonList<'a>(&'a [Value], &'a str, &'a ErrSlot);
+struct JsonMap<'a>(&'a [(Value, Value)], &'a str, &'a ErrSlot);
+
+impl Serialize for JsonList<'_> {
+    fn serialize<S: ser::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        ser_list(s, self.0, &Path::root(self.1), 0, self.2)
+    }
+}
+
+impl Serialize for JsonMap<'_> {
+    fn serialize<S: ser::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        ser_map(s, self.0, &Path::root(self.1), 0, self.2)
+    }
+}
+
+impl Serialize for JsonBody<'_> {
+    fn serialize<S: ser::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(3))?;
+        seq.serialize_element(&JsonList(self.args, "args", self.slot))?;
+        seq.serialize_element(&JsonMap(self.kwargs, "kwargs", self.slot))?;
+        seq.serialize_element(&JsonMap(self.embed, "embed", self.slot))?;
+        seq.end()
+    }
+}
+
+/// The embed of a plain task: no callbacks, errbacks, chain or chord.
+pub fn default_embed() -> Map {
+    ["callbacks", "errbacks", "chain", "chord"]
+        .iter()
+        .map(|k| (Value::Str((*k).to_owned()), Value::Null))
+        .collect()
+}
+
+/// Appends the protocol v2 body `[args, kwargs, embed]` serialized with `codec`; error paths
+/// start at `args`, `kwargs` or `embed`.
+pub fn write_task_body(
+    out: &mut Vec<u8>,
+    codec: Codec,
+    args: &[Value],
+    kwargs: &[(Value, Value)],
+    embed: &[(Value, Value)],
+) -> Result<()> {
+    match codec {
+        Codec::Json => {
+            let slot = ErrSlot::default();
+            let body = JsonBody {
+                args,
+                kwargs,
+                embed,
+                slot: &slot,
+            };
+            serde_json::to_writer(&mut *out, &body).map_err(|e| slot.into_error(e))
+        }
+        Codec::Msgpack => {
+            let io = |_| ser_error("body", &Path::root("body"), Codec::Msgpack);
+            rmp::encode::write_array_len(out, 3).map_err(io)?;
+            write_msgpack_list(out, args, &Path::root("args"), 0)?;
+            write_msgpack_map(out, kwargs, &Path::root("kwargs"), 0)?;
+            write_msgpack_map(out, embed, &Path::root("embed"), 0)
         }
     }
 }
@@ -643,7 +718,7 @@ fn from_marker(ty: &str, value: Value, strict: bool) -> std::result::Result<Valu
     }
 }
 
-/// A uuid marker holds `{"hex": ..., "version": ...}` (kombu ≥ 5.3) or the text.
+/// A uuid marker holds `{"hex": ...}`, `{"hex": ..., "version": ...}` (older kombu) or the text.
 fn decode_uuid(value: Value) -> std::result::Result<String, String> {
     let (hex, version) = match &value {
         Value::Str(s) => (s.as_str(), None),
@@ -735,40 +810,49 @@ pub(crate) fn write_msgpack_at(
             rmp::encode::write_str(out, "__type__").map_err(io)?;
             rmp::encode::write_str(out, "uuid").map_err(io)?;
             rmp::encode::write_str(out, "__value__").map_err(io)?;
-            rmp::encode::write_map_len(out, 2).map_err(io)?;
+            rmp::encode::write_map_len(out, 1).map_err(io)?;
             rmp::encode::write_str(out, "hex").map_err(io)?;
-            rmp::encode::write_str(out, &parts.hex).map_err(io)?;
-            rmp::encode::write_str(out, "version").map_err(io)?;
-            match parts.version {
-                Some(v) => rmp::encode::write_uint(out, v as u64)
-                    .map(|_| ())
-                    .map_err(io),
-                None => rmp::encode::write_nil(out).map_err(|_| mp_err(path, "uuid")),
-            }
+            rmp::encode::write_str(out, &parts.hex).map_err(io)
         }
-        Value::List(items) => {
-            if depth >= MAX_DEPTH {
-                return Err(mp_err(path, "list nested too deeply"));
-            }
-            rmp::encode::write_array_len(out, mp_len(items.len(), path)?).map_err(io)?;
-            for (i, item) in items.iter().enumerate() {
-                write_msgpack_at(out, item, &path.child(Seg::Index(i)), depth + 1)?;
-            }
-            Ok(())
-        }
-        Value::Map(entries) => {
-            if depth >= MAX_DEPTH {
-                return Err(mp_err(path, "dict nested too deeply"));
-            }
-            rmp::encode::write_map_len(out, mp_len(entries.len(), path)?).map_err(io)?;
-            for (k, v) in entries {
-                let child = path.child(Seg::Key(k));
-                write_msgpack_at(out, k, &child, depth + 1)?;
-                write_msgpack_at(out, v, &child, depth + 1)?;
-            }
-            Ok(())
-        }
+        Value::List(items) => write_msgpack_list(out, items, path, depth),
+        Value::Map(entries) => write_msgpack_map(out, entries, path, depth),
     }
+}
+
+fn write_msgpack_list(
+    out: &mut Vec<u8>,
+    items: &[Value],
+    path: &Path<'_>,
+    depth: usize,
+) -> Result<()> {
+    if depth >= MAX_DEPTH {
+        return Err(mp_err(path, "list nested too deeply"));
+    }
+    let len = mp_len(items.len(), path)?;
+    rmp::encode::write_array_len(out, len).map_err(|_| mp_err(path, "list"))?;
+    for (i, item) in items.iter().enumerate() {
+        write_msgpack_at(out, item, &path.child(Seg::Index(i)), depth + 1)?;
+    }
+    Ok(())
+}
+
+fn write_msgpack_map(
+    out: &mut Vec<u8>,
+    entries: &[(Value, Value)],
+    path: &Path<'_>,
+    depth: usize,
+) -> Result<()> {
+    if depth >= MAX_DEPTH {
+        return Err(mp_err(path, "dict nested too deeply"));
+    }
+    let len = mp_len(entries.len(), path)?;
+    rmp::encode::write_map_len(out, len).map_err(|_| mp_err(path, "dict"))?;
+    for (k, v) in entries {
+        let child = path.child(Seg::Key(k));
+        write_msgpack_at(out, k, &child, depth + 1)?;
+        write_msgpack_at(out, v, &child, depth + 1)?;
+    }
+    Ok(())
 }
 
 /// Serializes to msgpack (strings as `str`, bytes as `bin`, like `packb(use_bin_type=True)`).
