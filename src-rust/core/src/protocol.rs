@@ -1,1 +1,769 @@
-//! protocol (to be written)
+//! Celery protocol v2 task messages in kombu's Redis envelope.
+//!
+//! Encoding writes every header Celery writes (unset ones as `null`), the properties kombu's
+//! virtual transport adds (`delivery_info`, `body_encoding`, `delivery_tag`), and the body
+//! `[args, kwargs, embed]` base64-encoded. Decoding checks, in this order: the size limit, the
+//! envelope JSON, the content type against the accept list (before the body is touched), the
+//! typed headers and properties, then the body.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use chrono::{Datelike, NaiveDate, Timelike};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::Serialize;
+
+use crate::codec::{self, map_get, Codec, ErrSlot, JsonNode, Map, Path, Seg, Value};
+use crate::error::{Error, Result};
+
+/// Default maximum size of an envelope (and of its decoded body), in bytes.
+pub const DEFAULT_MAX_SIZE: usize = 1 << 20;
+
+/// Everything needed to encode one task message. Build with [`TaskMessageSpec::new`] and set
+/// the public fields; unset options are written as Celery writes them (`null`, `0`, `false`).
+#[derive(Debug, Clone)]
+pub struct TaskMessageSpec {
+    pub task: String,
+    pub id: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map,
+    /// `None` means the default `{"callbacks": null, "errbacks": null, "chain": null, "chord": null}`.
+    pub embed: Option<Map>,
+    pub routing_key: String,
+    pub exchange: String,
+    /// json, msgpack, pickle or yaml; pickle/yaml need `body`.
+    pub serializer: String,
+    /// A body already serialized elsewhere (pickle, from Python); used as is.
+    pub body: Option<Vec<u8>>,
+    pub eta_ms: Option<i64>,
+    pub expires_ms: Option<i64>,
+    pub retries: i64,
+    pub time_limit: Option<f64>,
+    pub soft_time_limit: Option<f64>,
+    /// Clamped to 0..=9; `None` is written as 0 like kombu does.
+    pub priority: Option<i64>,
+    /// Defaults to the task's own id.
+    pub root_id: Option<String>,
+    pub parent_id: Option<String>,
+    pub group_id: Option<String>,
+    pub group_index: Option<i64>,
+    pub shadow: Option<String>,
+    pub origin: Option<String>,
+    pub ignore_result: bool,
+    pub argsrepr: Option<String>,
+    pub kwargsrepr: Option<String>,
+    pub reply_to: Option<String>,
+    /// A fresh uuid4 when `None`.
+    pub delivery_tag: Option<String>,
+    /// More headers; a key here replaces the standard header of that name.
+    pub extra_headers: Map,
+    pub max_size: usize,
+}
+
+impl TaskMessageSpec {
+    /// A spec with no arguments, JSON, the default exchange and the given queue.
+    pub fn new(
+        task: impl Into<String>,
+        id: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        TaskMessageSpec {
+            task: task.into(),
+            id: id.into(),
+            args: Vec::new(),
+            kwargs: Vec::new(),
+            embed: None,
+            routing_key: routing_key.into(),
+            exchange: String::new(),
+            serializer: "json".to_owned(),
+            body: None,
+            eta_ms: None,
+            expires_ms: None,
+            retries: 0,
+            time_limit: None,
+            soft_time_limit: None,
+            priority: None,
+            root_id: None,
+            parent_id: None,
+            group_id: None,
+            group_index: None,
+            shadow: None,
+            origin: None,
+            ignore_result: false,
+            argsrepr: None,
+            kwargsrepr: None,
+            reply_to: None,
+            delivery_tag: None,
+            extra_headers: Vec::new(),
+            max_size: DEFAULT_MAX_SIZE,
+        }
+    }
+}
+
+/// A decoded task message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMessage {
+    pub task: String,
+    pub id: String,
+    /// `None` for bodies Rust does not decode (pickle, yaml).
+    pub args: Option<Vec<Value>>,
+    pub kwargs: Option<Map>,
+    pub embed: Option<Map>,
+    /// The raw body after base64 decoding.
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub content_encoding: String,
+    pub eta_ms: Option<i64>,
+    pub expires_ms: Option<i64>,
+    pub retries: i64,
+    pub priority: u8,
+    pub time_limit: Option<f64>,
+    pub soft_time_limit: Option<f64>,
+    pub root_id: Option<String>,
+    pub parent_id: Option<String>,
+    pub group_id: Option<String>,
+    pub origin: Option<String>,
+    pub ignore_result: bool,
+    pub argsrepr: Option<String>,
+    pub kwargsrepr: Option<String>,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+    pub delivery_tag: Option<String>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub redelivered: bool,
+    /// Every header, as sent.
+    pub headers: Map,
+}
+
+/// The accepted content types, normalised (`"json"` → `"application/json"`).
+#[derive(Debug, Clone)]
+pub struct Accept(Vec<String>);
+
+impl Accept {
+    pub fn new<I, S>(names: I) -> Accept
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Accept(
+            names
+                .into_iter()
+                .map(|n| codec::normalize_content_type(n.as_ref()))
+                .collect(),
+        )
+    }
+
+    /// Whether `content_type` (a MIME type, parameters ignored) is accepted.
+    pub fn allows(&self, content_type: &str) -> bool {
+        let ct = codec::normalize_content_type(content_type);
+        self.0.iter().any(|a| *a == ct)
+    }
+}
+
+impl Default for Accept {
+    fn default() -> Self {
+        Accept(vec!["application/json".to_owned()])
+    }
+}
+
+// -- time ------------------------------------------------------------------------------------
+
+fn digits(b: &[u8], pos: &mut usize, n: usize) -> Option<u32> {
+    let part = b.get(*pos..*pos + n)?;
+    let mut v = 0u32;
+    for &c in part {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    *pos += n;
+    Some(v)
+}
+
+fn eat(b: &[u8], pos: &mut usize, c: u8) -> bool {
+    if b.get(*pos) == Some(&c) {
+        *pos += 1;
+        true
+    } else {
+        false
+    }
+}
+
+fn parse_iso(text: &str) -> Option<i64> {
+    let b = text.trim().as_bytes();
+    let mut p = 0;
+    let year = digits(b, &mut p, 4)?;
+    let dash = eat(b, &mut p, b'-');
+    let month = digits(b, &mut p, 2)?;
+    if dash && !eat(b, &mut p, b'-') {
+        return None;
+    }
+    let day = digits(b, &mut p, 2)?;
+    let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
+    let (mut h, mut m, mut s, mut ms, mut offset_s) = (0, 0, 0, 0, 0i64);
+    if p < b.len() {
+        if !matches!(b[p], b'T' | b't' | b' ') {
+            return None;
+        }
+        p += 1;
+        h = digits(b, &mut p, 2)?;
+        if eat(b, &mut p, b':') {
+            m = digits(b, &mut p, 2)?;
+            if eat(b, &mut p, b':') {
+                s = digits(b, &mut p, 2)?;
+                if eat(b, &mut p, b'.') || eat(b, &mut p, b',') {
+                    let start = p;
+                    while p < b.len() && b[p].is_ascii_digit() {
+                        p += 1;
+                    }
+                    let frac = &b[start..p];
+                    if frac.is_empty() {
+                        return None;
+                    }
+                    for (i, &c) in frac.iter().take(3).enumerate() {
+                        ms += u32::from(c - b'0') * [100, 10, 1][i];
+                    }
+                }
+            }
+        }
+        if p < b.len() {
+            let sign = match b[p] {
+                b'Z' | b'z' => {
+                    p += 1;
+                    0
+                }
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if sign != 0 {
+                p += 1;
+                let oh = digits(b, &mut p, 2)?;
+                let colon = eat(b, &mut p, b':');
+                let om = if p < b.len() {
+                    digits(b, &mut p, 2)?
+                } else {
+                    0
+                };
+                let mut os = 0;
+                if colon && eat(b, &mut p, b':') {
+                    os = digits(b, &mut p, 2)?;
+                    // Python allows microseconds in an offset; they do not change milliseconds much.
+                    if eat(b, &mut p, b'.') {
+                        while p < b.len() && b[p].is_ascii_digit() {
+                            p += 1;
+                        }
+                    }
+                }
+                if oh > 23 || om > 59 || os > 59 {
+                    return None;
+                }
+                offset_s = sign * i64::from(oh * 3600 + om * 60 + os);
+            }
+        }
+        if p != b.len() {
+            return None;
+        }
+    }
+    let naive = date.and_hms_milli_opt(h, m, s, ms)?;
+    Some(naive.and_utc().timestamp_millis() - offset_s * 1000)
+}
+
+/// Epoch milliseconds of an ISO-8601 timestamp; naive means UTC, `Z` and `±HH:MM` offsets are
+/// honoured, fractions beyond milliseconds are truncated.
+pub fn parse_iso8601_ms(text: &str) -> Result<i64> {
+    parse_iso(text).ok_or_else(|| {
+        Error::Decode(format!(
+            "invalid ISO-8601 timestamp {text:?} (expected e.g. 2026-11-24T05:39:33.123456+00:00)"
+        ))
+    })
+}
+
+/// ISO-8601 UTC text with microseconds and `+00:00`, as Celery writes `eta`/`expires`.
+/// Years outside 1..=9999 (Python's range) are an error.
+pub fn format_iso8601_ms(epoch_ms: i64) -> Result<String> {
+    let out_of_range = || Error::Serialize {
+        type_name: format!("timestamp {epoch_ms} ms (outside years 1..=9999)"),
+        path: "eta/expires".to_owned(),
+        codec: "iso8601".to_owned(),
+    };
+    let t = chrono::DateTime::from_timestamp_millis(epoch_ms).ok_or_else(out_of_range)?;
+    if !(1..=9999).contains(&t.year()) {
+        return Err(out_of_range());
+    }
+    let mut s = String::with_capacity(32);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_micros()
+    );
+    Ok(s)
+}
+
+// -- encoding --------------------------------------------------------------------------------
+
+struct TimeLimit(Option<f64>, Option<f64>);
+
+impl Serialize for TimeLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(2))?;
+        seq.serialize_element(&self.0)?;
+        seq.serialize_element(&self.1)?;
+        seq.end()
+    }
+}
+
+struct EmptyMap;
+
+impl Serialize for EmptyMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+struct Headers<'a> {
+    spec: &'a TaskMessageSpec,
+    eta: Option<String>,
+    expires: Option<String>,
+    slot: &'a ErrSlot,
+}
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let sp = self.spec;
+        let extra = &sp.extra_headers;
+        let mut m = s.serialize_map(None)?;
+        macro_rules! entry {
+            ($key:literal, $val:expr) => {
+                if map_get(extra, $key).is_none() {
+                    m.serialize_entry($key, $val)?;
+                }
+            };
+        }
+        entry!("lang", "py");
+        entry!("task", &sp.task);
+        entry!("id", &sp.id);
+        entry!("shadow", &sp.shadow);
+        entry!("eta", &self.eta);
+        entry!("expires", &self.expires);
+        entry!("group", &sp.group_id);
+        entry!("group_index", &sp.group_index);
+        entry!("retries", &sp.retries);
+        entry!("timelimit", &TimeLimit(sp.time_limit, sp.soft_time_limit));
+        entry!("root_id", sp.root_id.as_ref().unwrap_or(&sp.id));
+        entry!("parent_id", &sp.parent_id);
+        entry!("argsrepr", &sp.argsrepr);
+        entry!("kwargsrepr", &sp.kwargsrepr);
+        entry!("origin", &sp.origin);
+        entry!("ignore_result", &sp.ignore_result);
+        entry!("replaced_task_nesting", &0);
+        entry!("stamped_headers", &());
+        entry!("stamps", &EmptyMap);
+        let root = Path::root("headers");
+        for (k, v) in extra {
+            let Value::Str(key) = k else {
+                let err = Error::Serialize {
+                    type_name: format!("header name of type {}", k.type_name()),
+                    path: "headers".to_owned(),
+                    codec: "json".to_owned(),
+                };
+                return Err(self.slot.fail(err));
+            };
+            m.serialize_entry(key, &JsonNode::new(v, root.child(Seg::Key(k)), self.slot))?;
+        }
+        m.end()
+    }
+}
+
+struct DeliveryInfo<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+}
+
+impl Serialize for DeliveryInfo<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("exchange", self.exchange)?;
+        m.serialize_entry("routing_key", self.routing_key)?;
+        m.end()
+    }
+}
+
+struct Envelope<'a> {
+    body: &'a str,
+    content_type: &'a str,
+    content_encoding: &'a str,
+    headers: Headers<'a>,
+    priority: u8,
+    delivery_tag: &'a str,
+}
+
+impl Serialize for Envelope<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let sp = self.headers.spec;
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("body", self.body)?;
+        m.serialize_entry("content-encoding", self.content_encoding)?;
+        m.serialize_entry("content-type", self.content_type)?;
+        m.serialize_entry("headers", &self.headers)?;
+        m.serialize_entry(
+            "properties",
+            &Properties {
+                env: self,
+                spec: sp,
+            },
+        )?;
+        m.end()
+    }
+}
+
+struct Properties<'a> {
+    env: &'a Envelope<'a>,
+    spec: &'a TaskMessageSpec,
+}
+
+impl Serialize for Properties<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let sp = self.spec;
+        let mut m = s.serialize_map(Some(7))?;
+        m.serialize_entry("correlation_id", &sp.id)?;
+        m.serialize_entry("reply_to", &sp.reply_to)?;
+        m.serialize_entry("delivery_mode", &2)?;
+        let info = DeliveryInfo {
+            exchange: &sp.exchange,
+            routing_key: &sp.routing_key,
+        };
+        m.serialize_entry("delivery_info", &info)?;
+        m.serialize_entry("priority", &self.env.priority)?;
+        m.serialize_entry("body_encoding", "base64")?;
+        m.serialize_entry("delivery_tag", self.env.delivery_tag)?;
+        m.end()
+    }
+}
+
+/// Clamps a priority to Redis's 0..=9.
+pub fn clamp_priority(priority: i64) -> u8 {
+    priority.clamp(0, 9) as u8
+}
+
+/// Encodes a task message as the JSON envelope kombu's Redis transport `LPUSH`es.
+pub fn encode_task_message(spec: &TaskMessageSpec) -> Result<Vec<u8>> {
+    let (content_type, content_encoding) = codec::content_type_of(&spec.serializer)?;
+    let body = match (&spec.body, Codec::from_content_type(content_type)) {
+        (Some(raw), _) => std::borrow::Cow::Borrowed(raw.as_slice()),
+        (None, Some(c)) => {
+            let mut out = Vec::with_capacity(64 + 16 * spec.args.len());
+            let default_embed;
+            let embed = match &spec.embed {
+                Some(e) => e,
+                None => {
+                    default_embed = codec::default_embed();
+                    &default_embed
+                }
+            };
+            codec::write_task_body(&mut out, c, &spec.args, &spec.kwargs, embed)?;
+            std::borrow::Cow::Owned(out)
+        }
+        (None, None) => {
+            return Err(Error::Config(format!(
+                "serializer {:?} needs a body serialized in Python (pass body=...)",
+                spec.serializer
+            )))
+        }
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
+    let eta = spec.eta_ms.map(format_iso8601_ms).transpose()?;
+    let expires = spec.expires_ms.map(format_iso8601_ms).transpose()?;
+    let tag_owned;
+    let delivery_tag = match &spec.delivery_tag {
+        Some(t) => t.as_str(),
+        None => {
+            tag_owned = uuid::Uuid::new_v4().to_string();
+            tag_owned.as_str()
+        }
+    };
+    let slot = ErrSlot::default();
+    let env = Envelope {
+        body: &b64,
+        content_type,
+        content_encoding,
+        headers: Headers {
+            spec,
+            eta,
+            expires,
+            slot: &slot,
+        },
+        priority: clamp_priority(spec.priority.unwrap_or(0)),
+        delivery_tag,
+    };
+    let mut out = Vec::with_capacity(b64.len() + 768);
+    serde_json::to_writer(&mut out, &env).map_err(|e| slot.into_error(e))?;
+    if out.len() > spec.max_size {
+        return Err(Error::TooLarge {
+            size: out.len(),
+            max: spec.max_size,
+        });
+    }
+    Ok(out)
+}
+
+// -- decoding --------------------------------------------------------------------------------
+
+fn take(map: &mut Map, key: &str) -> Option<Value> {
+    let i = map.iter().rposition(|(k, _)| k.as_str() == Some(key))?;
+    Some(map.swap_remove(i).1)
+}
+
+fn bad(field: &str, expected: &str, got: &Value) -> Error {
+    Error::Decode(format!(
+        "{field} must be {expected}, got {} {}",
+        got.type_name(),
+        short(got)
+    ))
+}
+
+fn short(v: &Value) -> String {
+    let mut s = format!("{v:?}");
+    if s.len() > 80 {
+        let mut end = 80;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+fn opt_str(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<String>> {
+    match map_get(map, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Str(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(bad(field, "a string or null", other)),
+    }
+}
+
+fn req_str(map: &[(Value, Value)], key: &str, field: &str) -> Result<String> {
+    match map_get(map, key) {
+        Some(Value::Str(s)) => Ok(s.clone()),
+        None => Err(Error::Decode(format!(
+            "missing {field} (not a Celery protocol v2 task message)"
+        ))),
+        Some(other) => Err(bad(field, "a string", other)),
+    }
+}
+
+fn opt_int(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<i64>> {
+    match map_get(map, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Int(i)) => Ok(Some(*i)),
+        Some(Value::UInt(_)) => Ok(Some(i64::MAX)),
+        Some(other) => Err(bad(field, "an integer or null", other)),
+    }
+}
+
+fn opt_bool(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<bool>> {
+    match map_get(map, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(bad(field, "a boolean or null", other)),
+    }
+}
+
+fn num(v: &Value, field: &str) -> Result<Option<f64>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Int(i) => Ok(Some(*i as f64)),
+        Value::UInt(u) => Ok(Some(*u as f64)),
+        Value::Float(f) => Ok(Some(*f)),
+        other => Err(bad(field, "a number or null", other)),
+    }
+}
+
+fn opt_time(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<i64>> {
+    match opt_str(map, key, field)? {
+        None => Ok(None),
+        Some(t) => parse_iso(&t)
+            .map(Some)
+            .ok_or_else(|| Error::Decode(format!("{field} is not an ISO-8601 timestamp: {t:?}"))),
+    }
+}
+
+fn as_map(v: Option<Value>, field: &str) -> Result<Map> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Map(m)) => Ok(m),
+        Some(other) => Err(bad(field, "an object", &other)),
+    }
+}
+
+/// Decodes a kombu Redis envelope of a Celery protocol v2 task message.
+///
+/// Checks the size first, then the content type against `accept` before touching the body.
+/// Bodies of json/msgpack are decoded; for other accepted types `args`/`kwargs`/`embed` are
+/// `None` and `body` carries the raw bytes.
+pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Result<TaskMessage> {
+    if data.len() > max_size {
+        return Err(Error::TooLarge {
+            size: data.len(),
+            max: max_size,
+        });
+    }
+    let mut env = match codec::from_json(data) {
+        Ok(Value::Map(m)) => m,
+        Ok(other) => return Err(bad("the envelope", "a JSON object", &other)),
+        Err(Error::Decode(e)) => return Err(Error::Decode(format!("envelope: {e}"))),
+        Err(e) => return Err(e),
+    };
+    let content_type = match take(&mut env, "content-type") {
+        Some(Value::Str(s)) => s,
+        None | Some(Value::Null) => return Err(Error::Decode("missing content-type".to_owned())),
+        Some(other) => return Err(bad("content-type", "a string", &other)),
+    };
+    if !accept.allows(&content_type) {
+        return Err(Error::ContentDisallowed {
+            content_type,
+            accepted: accept.0.join(", "),
+        });
+    }
+    let content_encoding = match take(&mut env, "content-encoding") {
+        Some(Value::Str(s)) => s,
+        None | Some(Value::Null) => String::new(),
+        Some(other) => return Err(bad("content-encoding", "a string", &other)),
+    };
+    let headers = as_map(take(&mut env, "headers"), "headers")?;
+    let props = as_map(take(&mut env, "properties"), "properties")?;
+    let info = match map_get(&props, "delivery_info") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Map(m)) => m.as_slice(),
+        Some(other) => return Err(bad("properties.delivery_info", "an object", other)),
+    };
+
+    let task = req_str(&headers, "task", "headers.task")?;
+    let id = req_str(&headers, "id", "headers.id")?;
+    let retries = opt_int(&headers, "retries", "headers.retries")?.unwrap_or(0);
+    let (time_limit, soft_time_limit) = match map_get(&headers, "timelimit") {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::List(l)) if l.len() == 2 => (
+            num(&l[0], "headers.timelimit[0]")?,
+            num(&l[1], "headers.timelimit[1]")?,
+        ),
+        Some(other) => return Err(bad("headers.timelimit", "a [hard, soft] list", other)),
+    };
+    let priority = clamp_priority(opt_int(&props, "priority", "properties.priority")?.unwrap_or(0));
+    let redelivered = opt_bool(&headers, "redelivered", "headers.redelivered")?.unwrap_or(false)
+        || opt_bool(info, "redelivered", "properties.delivery_info.redelivered")?.unwrap_or(false);
+    let delivery_tag = match map_get(&props, "delivery_tag") {
+        None | Some(Value::Null) => None,
+        Some(Value::Str(s)) => Some(s.clone()),
+        Some(Value::Int(i)) => Some(i.to_string()),
+        Some(other) => return Err(bad("properties.delivery_tag", "a string", other)),
+    };
+    if let Some(c) = map_get(&headers, "compression") {
+        if !matches!(c, Value::Null) {
+            return Err(Error::Decode(format!(
+                "compressed bodies are not supported (headers.compression = {})",
+                short(c)
+            )));
+        }
+    }
+
+    let body = match take(&mut env, "body") {
+        Some(Value::Str(s)) => {
+            match opt_str(&props, "body_encoding", "properties.body_encoding")?.as_deref() {
+                Some("base64") => base64::engine::general_purpose::STANDARD
+                    .decode(s.as_bytes())
+                    .map_err(|e| Error::Decode(format!("body is not valid base64: {e}")))?,
+                None => s.into_bytes(),
+                Some(other) => {
+                    return Err(Error::Decode(format!(
+                        "unsupported properties.body_encoding {other:?} (expected \"base64\")"
+                    )))
+                }
+            }
+        }
+        None => return Err(Error::Decode("missing body".to_owned())),
+        Some(other) => return Err(bad("body", "a string", &other)),
+    };
+    if body.len() > max_size {
+        return Err(Error::TooLarge {
+            size: body.len(),
+            max: max_size,
+        });
+    }
+    let (args, kwargs, embed) = match Codec::from_content_type(&content_type) {
+        None => (None, None, None),
+        Some(c) => {
+            let decoded = codec::loads(&body, c).map_err(|e| match e {
+                Error::Decode(m) => Error::Decode(format!("body: {m}")),
+                other => other,
+            })?;
+            let parts = match decoded {
+                Value::List(parts) if parts.len() == 3 => parts,
+                other => return Err(bad("body", "a [args, kwargs, embed] list", &other)),
+            };
+            let mut it = parts.into_iter();
+            let args = match it.next() {
+                Some(Value::List(a)) => a,
+                Some(other) => return Err(bad("body[0] (args)", "a list", &other)),
+                None => Vec::new(),
+            };
+            let kwargs = match it.next() {
+                Some(Value::Map(k)) => k,
+                Some(other) => return Err(bad("body[1] (kwargs)", "an object", &other)),
+                None => Vec::new(),
+            };
+            let embed = match it.next() {
+                Some(Value::Map(e)) => Some(e),
+                None | Some(Value::Null) => None,
+                Some(other) => return Err(bad("body[2] (embed)", "an object or null", &other)),
+            };
+            (Some(args), Some(kwargs), embed)
+        }
+    };
+
+    Ok(TaskMessage {
+        eta_ms: opt_time(&headers, "eta", "headers.eta")?,
+        expires_ms: opt_time(&headers, "expires", "headers.expires")?,
+        root_id: opt_str(&headers, "root_id", "headers.root_id")?,
+        parent_id: opt_str(&headers, "parent_id", "headers.parent_id")?,
+        group_id: opt_str(&headers, "group", "headers.group")?,
+        origin: opt_str(&headers, "origin", "headers.origin")?,
+        ignore_result: opt_bool(&headers, "ignore_result", "headers.ignore_result")?
+            .unwrap_or(false),
+        argsrepr: opt_str(&headers, "argsrepr", "headers.argsrepr")?,
+        kwargsrepr: opt_str(&headers, "kwargsrepr", "headers.kwargsrepr")?,
+        reply_to: opt_str(&props, "reply_to", "properties.reply_to")?,
+        correlation_id: opt_str(&props, "correlation_id", "properties.correlation_id")?,
+        exchange: opt_str(info, "exchange", "properties.delivery_info.exchange")?
+            .unwrap_or_default(),
+        routing_key: opt_str(info, "routing_key", "properties.delivery_info.routing_key")?
+            .unwrap_or_default(),
+        task,
+        id,
+        args,
+        kwargs,
+        embed,
+        body,
+        content_type,
+        content_encoding,
+        retries,
+        priority,
+        time_limit,
+        soft_time_limit,
+        delivery_tag,
+        redelivered,
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod tests;
