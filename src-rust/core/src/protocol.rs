@@ -157,7 +157,7 @@ impl Accept {
     /// Whether `content_type` (a MIME type, parameters ignored) is accepted.
     pub fn allows(&self, content_type: &str) -> bool {
         let ct = codec::normalize_content_type(content_type);
-        self.0.iter().any(|a| *a == ct)
+        self.0.contains(&ct)
     }
 }
 

@@ -1,0 +1,120 @@
+"""The Rust codecs through the real extension: round trips, kombu compatibility, typed errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rqueue import _rqueue
+from rqueue.exceptions import ConfigurationError, DecodeError, SerializationError
+
+CONTENT_TYPES = {"json": "application/json", "msgpack": "application/x-msgpack"}
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | st.datetimes(timezones=st.none() | st.just(dt.timezone.utc))
+    | st.dates()
+    | st.times()
+    | st.decimals(allow_nan=False, allow_infinity=False, places=4)
+    | st.uuids()
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@given(value=values)
+def test_codec_roundtrip(serializer: str, value: object) -> None:
+    data = _rqueue.dumps(value, serializer)
+    assert _rqueue.loads(data, CONTENT_TYPES[serializer]) == value
+
+
+def test_codec_tuple_becomes_list() -> None:
+    assert _rqueue.loads(_rqueue.dumps((1, (2, 3)))) == [1, [2, 3]]
+
+
+def test_codec_json_readable_by_kombu() -> None:
+    kombu_json = pytest.importorskip("kombu.utils.json", reason="kombu not installed")
+    value = {
+        "when": dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.timezone.utc),
+        "day": dt.date(2026, 1, 2),
+        "at": dt.time(12, 30),
+        "price": decimal.Decimal("19.99"),
+        "ref": uuid.UUID("6f1c3a52-2b3e-4a0f-9d2e-3c1a5b7e9f00"),
+        "raw": b"bytes",
+        "bin": b"\x00\xff",
+    }
+    assert kombu_json.loads(_rqueue.dumps(value)) == value
+    assert _rqueue.loads(kombu_json.dumps(value).encode()) == value
+
+
+def test_codec_unsupported_type_names_type_and_path() -> None:
+    with pytest.raises(SerializationError) as info:
+        _rqueue.dumps({"args": [1, {"k": object()}]})
+    assert "object" in str(info.value)
+    assert "obj['args'][1]['k']" in str(info.value)
+
+
+def test_codec_nan_is_serialization_error_for_json() -> None:
+    with pytest.raises(SerializationError):
+        _rqueue.dumps([float("nan")])
+
+
+def test_codec_huge_int_is_serialization_error() -> None:
+    with pytest.raises(SerializationError):
+        _rqueue.dumps(2**70)
+
+
+def test_codec_self_referencing_list_is_serialization_error() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(SerializationError):
+        _rqueue.dumps(loop)
+
+
+def test_codec_deep_json_is_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        _rqueue.loads(b"[" * 100_000 + b"]" * 100_000)
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"[1] x", b"\xff", b'{"__type__": "nope", "__value__": 1}'])
+def test_codec_malformed_json_is_decode_error(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        _rqueue.loads(data)
+
+
+def test_codec_malformed_msgpack_is_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        _rqueue.loads(b"\x92\x01", "application/x-msgpack")
+
+
+def test_codec_unknown_serializer_is_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        _rqueue.dumps(1, "xml")
+    with pytest.raises(ConfigurationError):
+        _rqueue.loads(b"1", "application/xml")
+
+
+def test_codec_content_type_of() -> None:
+    assert _rqueue.content_type_of("json") == ("application/json", "utf-8")
+    assert _rqueue.content_type_of("msgpack") == ("application/x-msgpack", "binary")
+    assert _rqueue.content_type_of("pickle") == ("application/x-python-serialize", "binary")
+    assert _rqueue.content_type_of("yaml")[0] == "application/x-yaml"
+
+
+def test_codec_json_output_is_plain_json() -> None:
+    assert json.loads(_rqueue.dumps({"a": [1, 2.5, None, True]})) == {"a": [1, 2.5, None, True]}
