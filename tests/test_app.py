@@ -19,7 +19,8 @@ def app(tmp_path: Path) -> App:
 
 def decode_waiting(app: App, queue: str = "celery") -> list[_rqueue.TaskMessage]:
     deliveries = app.broker.native.fetch([queue], 1000, "test", 60_000)  # type: ignore[attr-defined]
-    return [_rqueue.decode_task_message(d.payload) for d in deliveries]
+    accept = ["json", "msgpack", "pickle"]
+    return [_rqueue.decode_task_message(d.payload, accept=accept) for d in deliveries]
 
 
 def test_task_name_is_module_dot_function(app: App) -> None:

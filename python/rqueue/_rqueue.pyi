@@ -127,6 +127,8 @@ class Router:
     ) -> Router: ...
     def route(self, task: str) -> tuple[str, str, str, int | None]:
         """``(queue, exchange, routing_key, priority)`` for a task name."""
+    def lookup(self, task: str) -> tuple[str, str, str, int | None] | None:
+        """Like ``route``, but None when no rule matches."""
 
 # -- rate limiting ------------------------------------------------------------------------------
 

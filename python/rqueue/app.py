@@ -311,13 +311,7 @@ def _compile_stage(item: Any) -> _Stage:
             raise ConfigurationError(f"task_routes: a key must be a task name, glob or re.Pattern, got {key!r}")
         queue, exchange, routing_key, priority = _route_fields(value)
         rules.append((kind, pattern, queue, exchange, routing_key, priority))
-    router = _rqueue.Router(rules, default_queue="")  # "" (never a valid queue) marks "no rule matched"
-
-    def native(name: str, args: list[Any], kwargs: dict[str, Any], task: Any) -> Any:
-        route = router.route(name)
-        return route if route[0] else None
-
-    return native
+    return lambda name, args, kwargs, task, router=_rqueue.Router(rules): router.lookup(name)
 
 
 def _route_fields(value: Any) -> tuple[str | None, str | None, str | None, int | None]:

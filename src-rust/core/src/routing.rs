@@ -158,6 +158,11 @@ impl Router {
 
     /// The route of `task`: the first matching rule, else the default queue.
     pub fn route(&self, task: &str) -> &Route {
+        self.lookup(task).unwrap_or(&self.default)
+    }
+
+    /// The route of the first rule matching `task`, or `None` when no rule matches.
+    pub fn lookup(&self, task: &str) -> Option<&Route> {
         let exact_hit = self.exact.get(task).copied();
         for &index in &self.patterns {
             if exact_hit.is_some_and(|e| e < index) {
@@ -170,13 +175,10 @@ impl Router {
                 Matcher::Exact => false,
             };
             if hit {
-                return &rule.route;
+                return Some(&rule.route);
             }
         }
-        match exact_hit {
-            Some(index) => &self.rules[index].route,
-            None => &self.default,
-        }
+        exact_hit.map(|index| &self.rules[index].route)
     }
 
     /// The default route.

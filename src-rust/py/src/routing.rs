@@ -1,7 +1,7 @@
 //! `Router`: the compiled route table of `rqueue_core::routing`.
 
 use pyo3::prelude::*;
-use rqueue_core::routing::{RouteRule, Router as CoreRouter, RuleKind};
+use rqueue_core::routing::{Route, RouteRule, Router as CoreRouter, RuleKind};
 use rqueue_core::Error;
 
 use crate::errors::IntoPyResult;
@@ -14,6 +14,17 @@ type RuleTuple = (
     Option<String>,
     Option<i64>,
 );
+
+type RouteTuple = (String, String, String, Option<u8>);
+
+fn as_tuple(r: &Route) -> RouteTuple {
+    (
+        r.queue.clone(),
+        r.exchange.clone(),
+        r.routing_key.clone(),
+        r.priority,
+    )
+}
 
 /// A compiled route table: the first matching rule wins, else the default queue.
 #[pyclass(module = "rqueue._rqueue", frozen)]
@@ -58,14 +69,13 @@ impl Router {
     }
 
     /// `(queue, exchange, routing_key, priority)` for a task name.
-    fn route(&self, task: &str) -> (String, String, String, Option<u8>) {
-        let r = self.inner.route(task);
-        (
-            r.queue.clone(),
-            r.exchange.clone(),
-            r.routing_key.clone(),
-            r.priority,
-        )
+    fn route(&self, task: &str) -> RouteTuple {
+        as_tuple(self.inner.route(task))
+    }
+
+    /// Like `route`, but `None` when no rule matches (the default queue is not applied).
+    fn lookup(&self, task: &str) -> Option<RouteTuple> {
+        self.inner.lookup(task).map(as_tuple)
     }
 }
 
