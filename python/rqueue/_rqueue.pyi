@@ -219,6 +219,11 @@ class SqliteBroker:
     def purge(self, queues: Sequence[str]) -> int:
         """Delete waiting (not leased) messages of these queues; returns how many."""
     def queue_length(self, queue: str) -> int: ...
+    def store_results(self, rows: Sequence[tuple[str, str, str, bytes, int | None]]) -> None:
+        """Store ``(task_id, status, content_type, payload, expires_at_ms)`` records; SUCCESS is final."""
+    def read_result(self, task_id: str) -> tuple[str, bytes] | None:
+        """``(content_type, payload)`` of an unexpired result, or None."""
+    def delete_result(self, task_id: str) -> bool: ...
 
 @final
 class SqliteConsumer:

@@ -9,6 +9,9 @@ from rqueue import _rqueue
 from rqueue.brokers.base import Broker
 
 
+_INHERITED: list[_rqueue.SqliteBroker] = []
+
+
 class SqliteBroker(Broker):
     """Messages in one SQLite file shared by every worker and client on the machine."""
 
@@ -22,6 +25,10 @@ class SqliteBroker(Broker):
     def native(self) -> _rqueue.SqliteBroker:
         """The connection of this process (reopened after a fork: SQLite handles must not cross one)."""
         if self._native is None or self._pid != os.getpid():
+            if self._native is not None:
+                # Never close a connection inherited over fork: closing runs SQLite's cleanup
+                # (checkpoint, WAL removal) against the parent's live file. Keep it, unused.
+                _INHERITED.append(self._native)
             self._native = _rqueue.SqliteBroker(self.path)
             self._pid = os.getpid()
         return self._native

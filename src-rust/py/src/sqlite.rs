@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use rqueue_core::transport::sqlite::{NewMessage, SqliteBroker as CoreBroker};
+use rqueue_core::transport::sqlite::{NewMessage, ResultRow, SqliteBroker as CoreBroker};
 use rqueue_core::transport::sqlite_consumer::{ConsumerConfig, SqliteConsumer as CoreConsumer};
 use rqueue_core::Error;
 
 use crate::errors::IntoPyResult;
 use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
 
+type ResultTuple = (String, String, String, Vec<u8>, Option<i64>);
 type DeadLetterRow = (i64, String, String, Option<String>, u32, i64, Vec<u8>);
 
 fn priority_of(priority: i64) -> Result<u8, Error> {
@@ -199,6 +200,33 @@ impl SqliteBroker {
 
     fn queue_length(&self, py: Python<'_>, queue: String) -> PyResult<usize> {
         py.detach(|| self.inner.queue_length(&queue)).map_py(py)
+    }
+
+    /// Store `(task_id, status, content_type, payload, expires_at_ms)` result records in one
+    /// transaction; a stored SUCCESS is never overwritten.
+    fn store_results(&self, py: Python<'_>, rows: Vec<ResultTuple>) -> PyResult<()> {
+        let rows: Vec<ResultRow> = rows
+            .into_iter()
+            .map(
+                |(task_id, status, content_type, payload, expires_at_ms)| ResultRow {
+                    task_id,
+                    status,
+                    content_type,
+                    payload,
+                    expires_at_ms,
+                },
+            )
+            .collect();
+        py.detach(|| self.inner.store_results(&rows)).map_py(py)
+    }
+
+    /// `(content_type, payload)` of a task's unexpired result, or None.
+    fn read_result(&self, py: Python<'_>, task_id: String) -> PyResult<Option<(String, Vec<u8>)>> {
+        py.detach(|| self.inner.read_result(&task_id)).map_py(py)
+    }
+
+    fn delete_result(&self, py: Python<'_>, task_id: String) -> PyResult<bool> {
+        py.detach(|| self.inner.delete_result(&task_id)).map_py(py)
     }
 
     fn __repr__(&self) -> String {

@@ -8,6 +8,10 @@
 //!   never reused: FIFO order within a priority is id order, and a late ack cannot hit a newer
 //!   message that happened to get a recycled id.
 //! - `dead_letters`: messages moved aside with a reason code (`worker_lost`, ...).
+//! - `results`: task result records (serialized by the Python result backend), keyed by task id,
+//!   with an expiry. They live here, behind the same SQLite library, because two SQLite copies
+//!   in one process (Python's `sqlite3` and this bundled one) on one file break each other's
+//!   POSIX locks and can corrupt it.
 //!
 //! The file uses WAL with `synchronous=NORMAL` (a commit survives a process crash; a power loss
 //! may drop the last commits) and a busy timeout. SQLITE_BUSY that escapes the busy handler is
@@ -59,7 +63,34 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue, id);
+CREATE TABLE IF NOT EXISTS results (
+    task_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    expires_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 ";
+
+/// A result write: a stored SUCCESS is final, so a redelivered duplicate cannot overwrite it.
+const UPSERT_RESULT: &str =
+    "INSERT INTO results (task_id, status, content_type, payload, expires_at_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (task_id) DO UPDATE SET
+         status = excluded.status, content_type = excluded.content_type,
+         payload = excluded.payload, expires_at_ms = excluded.expires_at_ms
+     WHERE results.status != 'SUCCESS'";
+
+/// One result record to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultRow {
+    pub task_id: String,
+    pub status: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+    pub expires_at_ms: Option<i64>,
+}
 
 const DEAD_LETTER_ONE: &str =
     "INSERT INTO dead_letters (queue, priority, payload, reason, error, deliveries, dead_at_ms)
@@ -558,6 +589,55 @@ impl SqliteBroker {
     }
 
     /// Messages currently leased by `owner`.
+    /// Stores result records in one transaction (a stored SUCCESS is never overwritten) and
+    /// deletes up to `SWEEP_BATCH` expired ones.
+    pub fn store_results(&self, rows: &[ResultRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.immediate(|tx| {
+            let mut stmt = tx.prepare_cached(UPSERT_RESULT)?;
+            for r in rows {
+                stmt.execute(params![
+                    r.task_id,
+                    r.status,
+                    r.content_type,
+                    r.payload,
+                    r.expires_at_ms
+                ])?;
+            }
+            tx.prepare_cached(
+                "DELETE FROM results WHERE task_id IN (SELECT task_id FROM results
+                 WHERE expires_at_ms IS NOT NULL AND expires_at_ms < ?1 LIMIT ?2)",
+            )?
+            .execute(params![now, SWEEP_BATCH])?;
+            Ok(())
+        })
+    }
+
+    /// `(content_type, payload)` of a task's unexpired result, if stored.
+    pub fn read_result(&self, task_id: &str) -> Result<Option<(String, Vec<u8>)>> {
+        let now = now_ms();
+        self.with_conn(|c| {
+            c.prepare_cached(
+                "SELECT content_type, payload FROM results
+                 WHERE task_id = ?1 AND (expires_at_ms IS NULL OR expires_at_ms >= ?2)",
+            )?
+            .query_row(params![task_id, now], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+        })
+    }
+
+    /// Deletes a task's result; true when there was one.
+    pub fn delete_result(&self, task_id: &str) -> Result<bool> {
+        self.with_conn(|c| {
+            c.prepare_cached("DELETE FROM results WHERE task_id = ?1")?
+                .execute(params![task_id])
+        })
+        .map(|n| n > 0)
+    }
+
     pub fn leased_count(&self, owner: &str) -> Result<usize> {
         self.with_conn(|c| {
             c.prepare_cached("SELECT COUNT(*) FROM messages WHERE owner = ?1")?
