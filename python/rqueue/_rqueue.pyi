@@ -94,10 +94,12 @@ class TaskMessage:
 def decode_task_message(
     data: bytes,
     *,
-    accept: Sequence[str] = ("application/json",),
+    accept: Sequence[str] | None = None,
     max_size: int = 1048576,
 ) -> TaskMessage:
     """Parse an envelope; check size, then content type (before any decoding), then decode.
+
+    ``accept`` lists serializer names or MIME types; None accepts JSON only.
 
     Bodies of json/msgpack are decoded to ``args``/``kwargs``/``embed``; for other accepted types
     (pickle) those are None and ``body`` holds the raw bytes for a Python decoder. Raises

@@ -119,21 +119,23 @@ class App:
 
     @overload
     def task(
-        self, *, bind: Literal[True], name: str | None = ..., **options: Any
+        self, fun: None = None, /, *, bind: Literal[True], name: str | None = None, **options: Any
     ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
 
     @overload
     def task(
-        self, *, bind: Literal[False] = ..., name: str | None = ..., **options: Any
+        self, fun: None = None, /, *, bind: Literal[False] = False, name: str | None = None, **options: Any
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(
+        self, fun: Callable[..., Any] | None = None, /, *, bind: bool = False, name: str | None = None, **options: Any
+    ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            name = options.get("name") or self.gen_task_name(f)
-            task: Task[Any, Any] = Task(self, f, name, options)
-            self.tasks[name] = task
+            task_name = name or self.gen_task_name(f)
+            task: Task[Any, Any] = Task(self, f, task_name, {**options, "bind": bind})
+            self.tasks[task_name] = task
             return task
 
         if fun is not None:
@@ -311,7 +313,14 @@ def _compile_stage(item: Any) -> _Stage:
             raise ConfigurationError(f"task_routes: a key must be a task name, glob or re.Pattern, got {key!r}")
         queue, exchange, routing_key, priority = _route_fields(value)
         rules.append((kind, pattern, queue, exchange, routing_key, priority))
-    return lambda name, args, kwargs, task, router=_rqueue.Router(rules): router.lookup(name)
+    router = _rqueue.Router(rules)
+
+    def lookup(
+        name: str, args: list[Any], kwargs: dict[str, Any], task: Any
+    ) -> tuple[str, str, str, int | None] | None:
+        return router.lookup(name)
+
+    return lookup
 
 
 def _route_fields(value: Any) -> tuple[str | None, str | None, str | None, int | None]:

@@ -19,8 +19,13 @@ ERRORS = {"Decode": DecodeError, "TooLarge": MessageTooLarge, "ContentDisallowed
 
 
 def _encode(**kw: object) -> bytes:
-    base: dict[str, object] = {"task": "tasks.add", "task_id": str(uuid.uuid4()), "args": [2, 3], "kwargs": {},
-                               "routing_key": "celery"}
+    base: dict[str, object] = {
+        "task": "tasks.add",
+        "task_id": str(uuid.uuid4()),
+        "args": [2, 3],
+        "kwargs": {},
+        "routing_key": "celery",
+    }
     base.update(kw)
     return _rqueue.encode_task_message(**base)  # type: ignore[arg-type]
 
@@ -37,22 +42,47 @@ def test_protocol_vector(vector: dict) -> None:
     loads = lambda v: _rqueue.loads(json.dumps(v).encode())  # noqa: E731 - markers → native types
     assert msg.args == loads(expect["args"])
     assert msg.kwargs == loads(expect["kwargs"])
-    for field in ("task", "id", "eta_ms", "expires_ms", "retries", "priority", "time_limit", "soft_time_limit",
-                  "root_id", "parent_id", "group_id", "origin", "ignore_result", "argsrepr", "kwargsrepr",
-                  "reply_to", "correlation_id", "delivery_tag", "exchange", "routing_key", "redelivered"):
+    for field in (
+        "task",
+        "id",
+        "eta_ms",
+        "expires_ms",
+        "retries",
+        "priority",
+        "time_limit",
+        "soft_time_limit",
+        "root_id",
+        "parent_id",
+        "group_id",
+        "origin",
+        "ignore_result",
+        "argsrepr",
+        "kwargsrepr",
+        "reply_to",
+        "correlation_id",
+        "delivery_tag",
+        "exchange",
+        "routing_key",
+        "redelivered",
+    ):
         assert getattr(msg, field) == expect[field], field
 
 
 @given(
     args=st.lists(st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10) | st.none(), max_size=5),
-    kwargs=st.dictionaries(st.text(min_size=1, max_size=6), st.booleans() | st.floats(allow_nan=False, allow_infinity=False)),
+    kwargs=st.dictionaries(
+        st.text(min_size=1, max_size=6), st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
+    ),
     eta_ms=st.none() | st.integers(0, 4_000_000_000_000),
     priority=st.none() | st.integers(-5, 20),
     serializer=st.sampled_from(["json", "msgpack"]),
 )
-def test_protocol_roundtrip(args: list, kwargs: dict, eta_ms: int | None, priority: int | None, serializer: str) -> None:
-    data = _encode(args=args, kwargs=kwargs, eta_ms=eta_ms, priority=priority, serializer=serializer,
-                   time_limit=30.0, retries=3)
+def test_protocol_roundtrip(
+    args: list, kwargs: dict, eta_ms: int | None, priority: int | None, serializer: str
+) -> None:
+    data = _encode(
+        args=args, kwargs=kwargs, eta_ms=eta_ms, priority=priority, serializer=serializer, time_limit=30.0, retries=3
+    )
     msg = _rqueue.decode_task_message(data, accept=["json", "msgpack"])
     assert (msg.args, msg.kwargs, msg.eta_ms, msg.retries) == (args, kwargs, eta_ms, 3)
     assert msg.priority == min(max(priority or 0, 0), 9)

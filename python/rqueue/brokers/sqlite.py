@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from rqueue import _rqueue
 from rqueue.brokers.base import Broker
 
-
 _INHERITED: list[_rqueue.SqliteBroker] = []
 
 

@@ -51,8 +51,8 @@ class PreforkPool:
             if pid == 0:
                 time.sleep(CHECK_INTERVAL_S / 10)
                 continue
-            slot = self.children.pop(pid, None)
-            if slot is None:
+            slot = self.children.pop(pid, -1)
+            if slot < 0:
                 continue
             self._reap(pid, status)
             if self.shutdown == 0:

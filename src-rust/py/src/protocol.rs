@@ -68,7 +68,7 @@ impl TaskMessage {
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
 #[pyo3(signature = (
-    *, task, task_id, args, kwargs, routing_key, exchange = String::new(), serializer = "json".to_owned(), body = None,
+    *, task, task_id, args, kwargs, routing_key, exchange = "", serializer = "json", body = None,
     eta_ms = None, expires_ms = None, retries = 0, time_limit = None, soft_time_limit = None,
     priority = None, root_id = None, parent_id = None, group_id = None, origin = None,
     ignore_result = false, reply_to = None, delivery_tag = None, extra_headers = None,
@@ -81,8 +81,8 @@ fn encode_task_message<'py>(
     args: &Bound<'py, PyAny>,
     kwargs: &Bound<'py, PyAny>,
     routing_key: String,
-    exchange: String,
-    serializer: String,
+    exchange: &str,
+    serializer: &str,
     body: Option<Vec<u8>>,
     eta_ms: Option<i64>,
     expires_ms: Option<i64>,
@@ -100,7 +100,7 @@ fn encode_task_message<'py>(
     extra_headers: Option<&Bound<'py, PyAny>>,
     max_size: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let codec_name = serializer.as_str();
+    let codec_name = serializer;
     let args_value = if args.is_instance_of::<PyList>() || args.is_instance_of::<PyTuple>() {
         to_value(args, &PyPath::root("args"), 0, codec_name)?
     } else {
@@ -145,8 +145,8 @@ fn encode_task_message<'py>(
     let mut spec = TaskMessageSpec::new(task, task_id, routing_key);
     spec.args = args_list;
     spec.kwargs = kwargs_map;
-    spec.exchange = exchange;
-    spec.serializer = serializer;
+    spec.exchange = exchange.to_owned();
+    spec.serializer = serializer.to_owned();
     spec.body = body;
     spec.eta_ms = eta_ms;
     spec.expires_ms = expires_ms;
@@ -170,13 +170,14 @@ fn encode_task_message<'py>(
 }
 
 #[pyfunction]
-#[pyo3(signature = (data, *, accept = vec!["application/json".to_owned()], max_size = 1048576))]
+#[pyo3(signature = (data, *, accept = None, max_size = 1048576))]
 fn decode_task_message(
     py: Python<'_>,
     data: &[u8],
-    accept: Vec<String>,
+    accept: Option<Vec<String>>,
     max_size: usize,
 ) -> PyResult<TaskMessage> {
+    let accept = accept.unwrap_or_else(|| vec!["application/json".to_owned()]);
     let msg = protocol::decode_task_message(data, &Accept::new(&accept), max_size).map_py(py)?;
     let list = |items: &[Value]| -> PyResult<Py<PyList>> {
         let l = PyList::empty(py);
