@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
 
 from rqueue import _rqueue, serialization
 from rqueue.backends import ResultBackend, open_backend
@@ -23,6 +23,7 @@ from rqueue.urls import DEFAULT_SQLITE_URL, mask_password, scheme_of
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 #: A router callable: ``(name, args, kwargs, options, task) -> route dict | queue name | None``.
 RouterFunc = Callable[..., "Mapping[str, Any] | str | None"]
@@ -51,7 +52,8 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: tuple[str, Broker] | None = None
         self._backend: tuple[tuple[Any, ...], ResultBackend] | None = None
-        self._routing: tuple[int, list[_Stage]] | None = None
+        self._derived_version = -1
+        self._derived_cache: dict[str, Any] = {}
         self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
         self.oid = str(uuid.uuid4())
 
@@ -77,10 +79,22 @@ class App:
         broker = self.broker_url
         return broker if broker.startswith("sqlite://") else None
 
+    def derived(self, key: str, build: Callable[[], T]) -> T:
+        """A value computed from the settings, rebuilt only after they change (hot paths use it)."""
+        version = self.conf.version
+        if self._derived_version != version:
+            self._derived_cache = {}
+            self._derived_version = version
+        try:
+            return cast(T, self._derived_cache[key])
+        except KeyError:
+            value = self._derived_cache[key] = build()
+            return value
+
     @property
     def broker(self) -> Broker:
         """The broker connection of this process (opened on first use)."""
-        url = self.broker_url
+        url = self.derived("broker_url", lambda: self.broker_url)
         if self._broker is None or self._broker[0] != url:
             self._broker = (url, open_broker(url))
         return self._broker[1]
@@ -89,12 +103,15 @@ class App:
     def backend(self) -> ResultBackend:
         """The result backend (opened on first use)."""
         conf = self.conf
-        key = (
-            self.backend_url,
-            conf.result_serializer,
-            tuple(conf.result_accept_content or conf.accept_content),
-            conf.result_expires,
-            conf.result_extended,
+        key = self.derived(
+            "backend_key",
+            lambda: (
+                self.backend_url,
+                conf.result_serializer,
+                tuple(conf.result_accept_content or conf.accept_content),
+                conf.result_expires,
+                conf.result_extended,
+            ),
         )
         if self._backend is None or self._backend[0] != key:
             expires = conf.result_expires
@@ -162,6 +179,9 @@ class App:
 
     def task_option_default(self, key: str) -> Any:
         """The app-wide default of a task option."""
+        return self.derived("task_option_defaults", self._task_option_defaults).get(key)
+
+    def _task_option_defaults(self) -> dict[str, Any]:
         conf = self.conf
         return {
             "ignore_result": conf.task_ignore_result,
@@ -174,7 +194,7 @@ class App:
             "default_retry_delay": conf.task_default_retry_delay,
             "rate_limit": conf.task_default_rate_limit,
             "priority": conf.task_default_priority,
-        }.get(key)
+        }
 
     # -- sending -------------------------------------------------------------------------------------
 
@@ -279,12 +299,12 @@ class App:
 
     def _routing_stages(self) -> list[_Stage]:
         """``task_routes`` compiled once per settings version: dict tables go to the Rust router."""
-        version = self.conf.version
-        if self._routing is None or self._routing[0] != version:
-            routes = self.conf.task_routes
-            items = [] if routes is None else list(routes) if isinstance(routes, (list, tuple)) else [routes]
-            self._routing = (version, [_compile_stage(item) for item in items])
-        return self._routing[1]
+        return self.derived("routing", self._compile_routes)
+
+    def _compile_routes(self) -> list[_Stage]:
+        routes = self.conf.task_routes
+        items = [] if routes is None else list(routes) if isinstance(routes, (list, tuple)) else [routes]
+        return [_compile_stage(item) for item in items]
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'} broker={mask_password(self.broker_url)}>"

@@ -98,12 +98,13 @@ class Task(Generic[P, R]):
 
     def option(self, key: str) -> Any:
         """The effective value of a task option: annotations, then the decorator, then the settings."""
-        annotated = self.app.annotations_for(self.name)
-        if key in annotated:
-            return annotated[key]
-        if key in self.options:
-            return self.options[key]
-        return self.app.task_option_default(key)
+        return self.app.derived(f"task-options:{self.name}", self._resolve_options).get(key)
+
+    def _resolve_options(self) -> dict[str, Any]:
+        resolved = {key: self.app.task_option_default(key) for key in TASK_OPTIONS}
+        resolved.update(self.options)
+        resolved.update(self.app.annotations_for(self.name))
+        return resolved
 
     # -- sending ---------------------------------------------------------------------------------
 
