@@ -226,3 +226,9 @@ def test_four_producers_of_500_tasks_against_one_worker(project: Project) -> Non
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     assert [out.split() for out, _ in outputs] == [["500", "0"]] * 4
+
+
+def test_sigterm_right_after_start_is_a_clean_warm_shutdown(project: Project) -> None:
+    for _ in range(3):
+        worker = project.start_worker("-c", "2")
+        assert worker.stop() == 0

@@ -83,11 +83,10 @@ class Worker:
         self._take_pidfile()
         try:
             print(self.banner(), file=out or sys.stdout, flush=True)
-            logger.info("%s ready.", self.hostname)
             if self.pool == "prefork":
                 pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency)
                 install_shutdown_handlers(pool.signal)
-                return pool.run()
+                return pool.run(on_ready=lambda: logger.info("%s ready.", self.hostname))
             return self._run_in_process()
         finally:
             self._release_pidfile()
@@ -111,6 +110,7 @@ class Worker:
                 os._exit(1)
 
         install_shutdown_handlers(on_signal)
+        logger.info("%s ready.", self.hostname)
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)
         return 0

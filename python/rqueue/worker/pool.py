@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from rqueue.app import App
 
 logger = logging.getLogger("rqueue.worker")
+
+SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT}
 
 #: Supervisors check that children are alive (and children that the parent is) this often.
 CHECK_INTERVAL_S = 0.5
@@ -39,10 +41,12 @@ class PreforkPool:
         self.children: dict[int, int] = {}  # pid -> slot
         self.shutdown = 0  # 0 running, 1 warm, 2 cold
 
-    def run(self) -> int:
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
         """Run until every child has exited after a shutdown signal; returns the exit code."""
         for slot in range(self.concurrency):
             self._spawn(slot)
+        if on_ready is not None:
+            on_ready()
         while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -84,13 +88,19 @@ class PreforkPool:
             )
 
     def _spawn(self, slot: int) -> None:
+        # Shutdown signals wait until the new child is in self.children (so it is told to stop)
+        # and, in the child, until its own handlers are installed.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
         pid = os.fork()
         if pid:
             self.children[pid] = slot
+            if self.shutdown:
+                os.kill(pid, signal.SIGTERM)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             return
         code = 1
         try:
-            code = run_child(self.app, self.queues, self.hostname, slot)
+            code = run_child(self.app, self.queues, self.hostname, slot, previous)
         except BaseException:
             logger.exception("Child process %d crashed", os.getpid())
         finally:
@@ -98,7 +108,7 @@ class PreforkPool:
             os._exit(code)
 
 
-def run_child(app: App, queues: Sequence[str], hostname: str, slot: int) -> int:
+def run_child(app: App, queues: Sequence[str], hostname: str, slot: int, sigmask: Iterable[int]) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
@@ -106,6 +116,8 @@ def run_child(app: App, queues: Sequence[str], hostname: str, slot: int) -> int:
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     _watch_parent(parent, consumer.stop)
     consumer.run()
     return 0
