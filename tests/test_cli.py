@@ -19,7 +19,16 @@ def test_cli_help_lists_commands(project: Project) -> None:
 def test_cli_worker_help_lists_every_option(project: Project) -> None:
     result = project.run_cli("worker", "--help")
     assert result.returncode == 0
-    for option in ("--loglevel", "--concurrency", "--pool", "--queues", "--hostname", "--pidfile", "--logfile"):
+    for option in (
+        "--loglevel",
+        "--concurrency",
+        "--pool",
+        "--queues",
+        "--hostname",
+        "--pidfile",
+        "--logfile",
+        "--statedb",
+    ):
         assert option in result.stdout
 
 

@@ -221,6 +221,10 @@ class SqliteBroker:
     def purge(self, queues: Sequence[str]) -> int:
         """Delete waiting (not leased) messages of these queues; returns how many."""
     def queue_length(self, queue: str) -> int: ...
+    def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
+        """Record revoked task ids, kept until ``expires_at_ms``."""
+    def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
+        """``(task_id, expires_at_ms)`` of unexpired revocations made at or after ``since_ms``."""
     def store_results(self, rows: Sequence[tuple[str, str, str, bytes, int | None]]) -> None:
         """Store ``(task_id, status, content_type, payload, expires_at_ms)`` records; SUCCESS is final."""
     def read_result(self, task_id: str) -> tuple[str, bytes] | None:

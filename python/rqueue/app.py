@@ -16,6 +16,7 @@ from rqueue import _rqueue, serialization
 from rqueue.backends import ResultBackend, open_backend
 from rqueue.brokers import Broker, open_broker
 from rqueue.config import Settings
+from rqueue.control import Control
 from rqueue.exceptions import ConfigurationError, NotRegistered
 from rqueue.result import AsyncResult
 from rqueue.task import Task
@@ -267,7 +268,7 @@ class App:
             max_size=conf.task_max_message_size,
         )
         self.broker.publish(queue_name, payload, _clamp_priority(priority), eta_ms)
-        return AsyncResult(task_id, self.backend, ignored=ignore_result)
+        return AsyncResult(task_id, self.backend, ignored=ignore_result, app=self)
 
     def _check_serializer_enabled(self, serializer: str) -> None:
         accept = [serialization.serializer_name(c) for c in self.conf.accept_content]
@@ -279,7 +280,12 @@ class App:
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
         """A result handle for a task id."""
-        return AsyncResult(task_id, self.backend)
+        return AsyncResult(task_id, self.backend, app=self)
+
+    @property
+    def control(self) -> Control:
+        """Operations on tasks carried out by workers (``app.control.revoke(task_id)``)."""
+        return Control(self)
 
     # -- routing ---------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from rqueue.exceptions import ResultIgnoredError, TaskRevokedError
 from rqueue.serialization import exception_from_meta
 
 if TYPE_CHECKING:
+    from rqueue.app import App
     from rqueue.backends.base import ResultBackend
 
 R = TypeVar("R")
@@ -23,10 +24,11 @@ class AsyncResult(Generic[R]):
         ignored: True when the task was sent with ``ignore_result``: ``get()`` then fails fast.
     """
 
-    def __init__(self, id: str, backend: ResultBackend, *, ignored: bool = False) -> None:
+    def __init__(self, id: str, backend: ResultBackend, *, ignored: bool = False, app: App | None = None) -> None:
         self.id = id
         self.backend = backend
         self.ignored = ignored
+        self.app = app
         self._final: dict[str, Any] | None = None
 
     def _meta(self) -> dict[str, Any]:
@@ -88,6 +90,12 @@ class AsyncResult(Generic[R]):
         """The worker-side traceback text of a failed task."""
         tb = self._meta().get("traceback")
         return None if tb is None else str(tb)
+
+    def revoke(self) -> None:
+        """Revoke the task: a worker that has not started it records it REVOKED instead of running it."""
+        if self.app is None:
+            raise RuntimeError("this AsyncResult has no app; use app.AsyncResult(task_id).revoke()")
+        self.app.control.revoke(self.id)
 
     def forget(self) -> None:
         """Delete the stored result."""

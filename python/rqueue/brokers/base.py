@@ -59,3 +59,11 @@ class Broker(ABC):
 
     @abstractmethod
     def queue_length(self, queue: str) -> int: ...
+
+    @abstractmethod
+    def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
+        """Record revoked task ids in the broker, so workers that start later skip them too."""
+
+    @abstractmethod
+    def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
+        """``(task_id, expires_at_ms)`` of revocations made at or after ``since_ms``."""

@@ -75,5 +75,11 @@ class SqliteBroker(Broker):
     def queue_length(self, queue: str) -> int:
         return self.native.queue_length(queue)
 
+    def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
+        self.native.revoke(task_ids, expires_at_ms)
+
+    def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
+        return self.native.revoked_since(since_ms)
+
     def __repr__(self) -> str:
         return f"<SqliteBroker {self.url}>"

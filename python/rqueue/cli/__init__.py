@@ -91,6 +91,7 @@ def help_(ctx: click.Context) -> None:
 @click.option(
     "--pidfile", type=click.Path(dir_okay=False), help="Write the pid here; refuse if a live worker holds it."
 )
+@click.option("--statedb", type=click.Path(dir_okay=False), help="Keep revoked task ids in this file across restarts.")
 @click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Messages prefetched per process or thread.")
 @click.pass_context
@@ -102,6 +103,7 @@ def worker(
     queues: str | None,
     hostname: str | None,
     pidfile: str | None,
+    statedb: str | None,
     logfile: str | None,
     prefetch_multiplier: int | None,
 ) -> None:
@@ -118,7 +120,13 @@ def worker(
         node = hostname.replace("%h", socket.gethostname()) if hostname else None
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         code = Worker(
-            app, queues=queue_list, concurrency=concurrency, pool=pool, hostname=node, pidfile=pidfile
+            app,
+            queues=queue_list,
+            concurrency=concurrency,
+            pool=pool,
+            hostname=node,
+            pidfile=pidfile,
+            statedb=statedb,
         ).start()
     except RQueueError as exc:
         fail(str(exc), 1)

@@ -15,6 +15,7 @@ from rqueue.exceptions import ConfigurationError
 from rqueue.urls import mask_password
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
+from rqueue.worker.state import Revoked
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -38,6 +39,7 @@ class Worker:
         pool: ``prefork`` (default), ``threads`` or ``solo``.
         hostname: Node name, ``name@host`` (default ``rqueue@<host>``).
         pidfile: Write the pid here; refuse to start when a live worker holds it.
+        statedb: Keep the revoked task ids in this file across restarts.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Worker:
         pool: str = "prefork",
         hostname: str | None = None,
         pidfile: str | None = None,
+        statedb: str | None = None,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -59,6 +62,7 @@ class Worker:
         self.concurrency = 1 if pool == "solo" else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         self.hostname = hostname or f"rqueue@{socket.gethostname()}"
         self.pidfile = pidfile
+        self.statedb = statedb
 
     def banner(self) -> str:
         """What the worker prints at start: version, app, broker and backend (passwords masked), tasks."""
@@ -81,20 +85,21 @@ class Worker:
     def start(self, out: TextIO | None = None) -> int:
         """Run until shutdown; returns the process exit code."""
         self._take_pidfile()
+        revoked = Revoked(self.app.broker, self.statedb)
         try:
             print(self.banner(), file=out or sys.stdout, flush=True)
             if self.pool == "prefork":
-                pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency)
+                pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency, revoked)
                 install_shutdown_handlers(pool.signal)
                 return pool.run(on_ready=lambda: logger.info("%s ready.", self.hostname))
-            return self._run_in_process()
+            return self._run_in_process(revoked)
         finally:
+            revoked.save()
             self._release_pidfile()
 
-    def _run_in_process(self) -> int:
-        consumer = Consumer(
-            self.app, self.queues, self.hostname, threads=self.concurrency if self.pool == "threads" else 1
-        )
+    def _run_in_process(self, revoked: Revoked) -> int:
+        threads = self.concurrency if self.pool == "threads" else 1
+        consumer = Consumer(self.app, self.queues, self.hostname, revoked, threads=threads)
         signals = 0
 
         def on_signal(signum: int) -> None:

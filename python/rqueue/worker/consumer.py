@@ -17,6 +17,7 @@ from rqueue.worker.executor import Executor
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -36,8 +37,9 @@ class Consumer:
     messages fetched but not started go back to their queue at once.
     """
 
-    def __init__(self, app: App, queues: Sequence[str], hostname: str, threads: int = 1) -> None:
+    def __init__(self, app: App, queues: Sequence[str], hostname: str, revoked: Revoked, threads: int = 1) -> None:
         self.app = app
+        self.revoked = revoked
         self.queues = list(queues)
         self.hostname = hostname
         self.threads = max(1, threads)
@@ -81,7 +83,7 @@ class Consumer:
         return self._stop.is_set()
 
     def _executor_loop(self) -> None:
-        executor = Executor(self.app, self.app.broker, self.hostname)
+        executor = Executor(self.app, self.app.broker, self.hostname, self.revoked)
         buffer = self.buffer
         try:
             while not self._stop.is_set():

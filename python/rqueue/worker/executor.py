@@ -22,12 +22,14 @@ from rqueue.exceptions import (
     NotRegistered,
     Reject,
     SerializationError,
+    TaskRevokedError,
 )
 from rqueue.task import Request, pop_request, push_request
 
 if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import Broker
+    from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -38,8 +40,9 @@ BATCH = 64
 class Executor:
     """Runs deliveries for one thread of one worker process."""
 
-    def __init__(self, app: App, broker: Broker, hostname: str) -> None:
+    def __init__(self, app: App, broker: Broker, hostname: str, revoked: Revoked) -> None:
         self.app = app
+        self.revoked = revoked
         self.broker = broker
         self.backend = app.backend
         self.hostname = hostname
@@ -80,14 +83,10 @@ class Executor:
         now_ms = time.time() * 1000
         if msg.expires_ms is not None and msg.expires_ms < now_ms:
             logger.info("Task %s[%s] expired before it ran; revoked", msg.task, msg.id)
-            self._record(
-                ResultRecord(
-                    msg.id,
-                    states.REVOKED,
-                    {"exc_type": "TaskRevokedError", "exc_message": ["expired"], "exc_module": "rqueue"},
-                )
-            )
-            return self._ack(delivery)
+            return self._revoke(delivery, msg.id, "expired")
+        if msg.id in self.revoked:
+            logger.info("Discarding revoked task %s[%s]", msg.task, msg.id)
+            return self._revoke(delivery, msg.id, "revoked")
         if msg.eta_ms is not None and msg.eta_ms > now_ms + 1:
             # Not due yet (a producer that did not use the broker's schedule): put it back, scheduled.
             self.broker.publish(delivery.queue, delivery.payload, msg.priority, msg.eta_ms)
@@ -159,6 +158,11 @@ class Executor:
         if acks_late:
             self._ack(delivery)
         return None
+
+    def _revoke(self, delivery: _rqueue.Delivery, task_id: str, why: str) -> None:
+        meta = serialization.exception_to_meta(TaskRevokedError(why))
+        self._record(ResultRecord(task_id, states.REVOKED, meta))
+        self._ack(delivery)
 
     # -- batching -------------------------------------------------------------------------------------
 

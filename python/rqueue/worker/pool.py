@@ -21,6 +21,7 @@ from rqueue.worker.consumer import Consumer, owner_id
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -33,8 +34,9 @@ CHECK_INTERVAL_S = 0.5
 class PreforkPool:
     """Starts, watches and replaces child processes; forwards warm and cold shutdown to them."""
 
-    def __init__(self, app: App, queues: Sequence[str], hostname: str, concurrency: int) -> None:
+    def __init__(self, app: App, queues: Sequence[str], hostname: str, concurrency: int, revoked: Revoked) -> None:
         self.app = app
+        self.revoked = revoked
         self.queues = list(queues)
         self.hostname = hostname
         self.concurrency = concurrency
@@ -100,7 +102,7 @@ class PreforkPool:
             return
         code = 1
         try:
-            code = run_child(self.app, self.queues, self.hostname, slot, previous)
+            code = run_child(self.app, self.queues, self.hostname, slot, previous, self.revoked)
         except BaseException:
             logger.exception("Child process %d crashed", os.getpid())
         finally:
@@ -108,11 +110,13 @@ class PreforkPool:
             os._exit(code)
 
 
-def run_child(app: App, queues: Sequence[str], hostname: str, slot: int, sigmask: Iterable[int]) -> int:
+def run_child(
+    app: App, queues: Sequence[str], hostname: str, slot: int, sigmask: Iterable[int], revoked: Revoked
+) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
-    consumer = Consumer(app, queues, hostname, threads=1)
+    consumer = Consumer(app, queues, hostname, revoked, threads=1)
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())

@@ -515,3 +515,48 @@ fn bench_sqlite_drain() {
         N as f64 / total.as_secs_f64()
     );
 }
+
+#[test]
+fn test_sqlite_revoked_ids_are_listed_until_they_expire() {
+    let (_dir, b) = temp_broker();
+    let before = now_ms();
+    b.revoke(&qs(&["a", "b"]), now_ms() + 60_000).unwrap();
+    b.revoke(&qs(&["gone"]), now_ms() - 1).unwrap();
+    let mut ids: Vec<String> = b
+        .revoked_since(before)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a".to_string(), "b".to_string()]);
+    assert!(b.revoked_since(now_ms() + 1_000).unwrap().is_empty());
+}
+
+#[test]
+fn test_sqlite_results_success_is_final_and_expired_is_gone() {
+    use rqueue_core::transport::sqlite::ResultRow;
+    let (_dir, b) = temp_broker();
+    let row = |id: &str, status: &str, payload: &str, expires: Option<i64>| ResultRow {
+        task_id: id.into(),
+        status: status.into(),
+        content_type: "application/json".into(),
+        payload: payload.as_bytes().to_vec(),
+        expires_at_ms: expires,
+    };
+    b.store_results(&[
+        row("t1", "SUCCESS", "1", None),
+        row("t2", "SUCCESS", "2", Some(now_ms() - 1)),
+    ])
+    .unwrap();
+    b.store_results(&[row("t1", "FAILURE", "late", None)])
+        .unwrap();
+    let (ct, payload) = b.read_result("t1").unwrap().unwrap();
+    assert_eq!(
+        (ct.as_str(), payload.as_slice()),
+        ("application/json", b"1".as_slice())
+    );
+    assert!(b.read_result("t2").unwrap().is_none());
+    assert!(b.delete_result("t1").unwrap());
+    assert!(b.read_result("t1").unwrap().is_none());
+}

@@ -202,6 +202,17 @@ impl SqliteBroker {
         py.detach(|| self.inner.queue_length(&queue)).map_py(py)
     }
 
+    /// Record revoked task ids, kept until `expires_at_ms`.
+    fn revoke(&self, py: Python<'_>, task_ids: Vec<String>, expires_at_ms: i64) -> PyResult<()> {
+        py.detach(|| self.inner.revoke(&task_ids, expires_at_ms))
+            .map_py(py)
+    }
+
+    /// `(task_id, expires_at_ms)` of unexpired revocations made at or after `since_ms`.
+    fn revoked_since(&self, py: Python<'_>, since_ms: i64) -> PyResult<Vec<(String, i64)>> {
+        py.detach(|| self.inner.revoked_since(since_ms)).map_py(py)
+    }
+
     /// Store `(task_id, status, content_type, payload, expires_at_ms)` result records in one
     /// transaction; a stored SUCCESS is never overwritten.
     fn store_results(&self, py: Python<'_>, rows: Vec<ResultTuple>) -> PyResult<()> {

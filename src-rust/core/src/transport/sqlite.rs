@@ -12,6 +12,7 @@
 //!   with an expiry. They live here, behind the same SQLite library, because two SQLite copies
 //!   in one process (Python's `sqlite3` and this bundled one) on one file break each other's
 //!   POSIX locks and can corrupt it.
+//! - `revoked`: ids of revoked tasks with an expiry, so a worker that was offline still skips them.
 //!
 //! The file uses WAL with `synchronous=NORMAL` (a commit survives a process crash; a power loss
 //! may drop the last commits) and a busy timeout. SQLITE_BUSY that escapes the busy handler is
@@ -71,6 +72,12 @@ CREATE TABLE IF NOT EXISTS results (
     expires_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS revoked (
+    task_id TEXT PRIMARY KEY,
+    revoked_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revoked_at ON revoked (revoked_at_ms);
 ";
 
 /// A result write: a stored SUCCESS is final, so a redelivered duplicate cannot overwrite it.
@@ -224,7 +231,9 @@ impl SqliteBroker {
         let version = self.with_conn(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if version == 0 {
+            if version == 0 || version == SCHEMA_VERSION {
+                // Every statement is IF NOT EXISTS: tables added within a version appear in
+                // files that an earlier build of the same version created.
                 tx.execute_batch(SCHEMA)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
@@ -589,6 +598,37 @@ impl SqliteBroker {
     }
 
     /// Messages currently leased by `owner`.
+    /// Records revoked task ids (kept until `expires_at_ms`) and drops expired ones.
+    pub fn revoke(&self, task_ids: &[String], expires_at_ms: i64) -> Result<()> {
+        let now = now_ms();
+        self.immediate(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO revoked (task_id, revoked_at_ms, expires_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (task_id) DO UPDATE SET revoked_at_ms = excluded.revoked_at_ms,
+                     expires_at_ms = MAX(revoked.expires_at_ms, excluded.expires_at_ms)",
+            )?;
+            for id in task_ids {
+                stmt.execute(params![id, now, expires_at_ms])?;
+            }
+            tx.prepare_cached("DELETE FROM revoked WHERE expires_at_ms < ?1")?
+                .execute(params![now])?;
+            Ok(())
+        })
+    }
+
+    /// `(task_id, expires_at_ms)` of unexpired revocations made at or after `since_ms`.
+    pub fn revoked_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>> {
+        let now = now_ms();
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT task_id, expires_at_ms FROM revoked
+                 WHERE revoked_at_ms >= ?1 AND expires_at_ms >= ?2",
+            )?;
+            let rows = stmt.query_map(params![since_ms, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
     /// Stores result records in one transaction (a stored SUCCESS is never overwritten) and
     /// deletes up to `SWEEP_BATCH` expired ones.
     pub fn store_results(&self, rows: &[ResultRow]) -> Result<()> {

@@ -1,0 +1,79 @@
+"""What a worker remembers across tasks: the revoked task ids.
+
+They come from the broker (polled about once a second) and, with ``--statedb``, from a file the
+worker saves on shutdown and loads on start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rqueue.brokers.base import Broker
+
+logger = logging.getLogger("rqueue.worker")
+
+#: How often the broker's revocations are read again.
+REFRESH_S = 1.0
+#: Revocations are read back a little before the last poll: clocks of processes differ slightly.
+OVERLAP_MS = 5_000
+
+
+class Revoked:
+    """The set of revoked task ids, with expiry (milliseconds since the epoch)."""
+
+    def __init__(self, broker: Broker, statedb: str | None = None) -> None:
+        self.broker = broker
+        self.statedb = statedb
+        self.ids: dict[str, int] = {}
+        self._since_ms = 0
+        self._next_refresh = 0.0
+        self._lock = threading.Lock()
+        if statedb:
+            self.load()
+
+    def __contains__(self, task_id: str) -> bool:
+        if time.monotonic() >= self._next_refresh:
+            self.refresh()
+        expires = self.ids.get(task_id)
+        return expires is not None and expires >= time.time() * 1000
+
+    def refresh(self) -> None:
+        """Read revocations made since the last read from the broker."""
+        with self._lock:
+            now_ms = int(time.time() * 1000)
+            for task_id, expires in self.broker.revoked_since(self._since_ms):
+                self.ids[task_id] = expires
+            self._since_ms = now_ms - OVERLAP_MS
+            self._next_refresh = time.monotonic() + REFRESH_S
+            self.ids = {k: v for k, v in self.ids.items() if v >= now_ms}
+
+    def load(self) -> None:
+        assert self.statedb
+        try:
+            with open(self.statedb) as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            logger.warning("Ignoring unreadable state file %s: %s", self.statedb, exc)
+            return
+        now_ms = time.time() * 1000
+        revoked = data.get("revoked", {}) if isinstance(data, dict) else {}
+        self.ids.update({str(k): int(v) for k, v in revoked.items() if isinstance(v, int) and v >= now_ms})
+
+    def save(self) -> None:
+        """Write the unexpired ids to the state file atomically (a crash leaves the old file)."""
+        if not self.statedb:
+            return
+        self.refresh()
+        now_ms = time.time() * 1000
+        tmp = f"{self.statedb}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"revoked": {k: v for k, v in self.ids.items() if v >= now_ms}}, fh)
+        os.replace(tmp, self.statedb)
