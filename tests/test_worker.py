@@ -232,3 +232,43 @@ def test_sigterm_right_after_start_is_a_clean_warm_shutdown(project: Project) ->
     for _ in range(3):
         worker = project.start_worker("-c", "2")
         assert worker.stop() == 0
+
+
+def test_track_started_shows_started_while_running(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks = project.app()
+    (project.root / "trackconfig.py").write_text("task_track_started = True\n")
+    monkeypatch.setenv("TEST_CONFIG_MODULE", "trackconfig")
+    worker = project.start_worker("-c", "1")
+    result = tasks.sleep.delay(1.0)
+    worker.wait_for_log(f"Task tasks.sleep[{result.id}] received")
+    deadline = time.monotonic() + 10
+    while result.state != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert result.state == "STARTED"
+    assert result.get(timeout=30) == 1.0 and result.state == "SUCCESS"
+
+
+def test_queues_option_consumes_only_those_queues(project: Project) -> None:
+    tasks = project.app()
+    tasks.app.conf.task_routes = {"tasks.add": "low-priority"}
+    routed = tasks.add.delay(2, 2)
+    other = tasks.record.delay("default-queue")
+    worker = project.start_worker("-c", "1", "-Q", "low-priority", "-n", "w1@%h")
+    assert routed.get(timeout=30) == 4
+    assert other.state == "PENDING" and tasks.app.broker.queue_length("celery") == 1
+    assert "w1@" in worker.log_text()
+
+
+def test_second_signal_is_a_cold_shutdown_that_returns_the_running_task(project: Project) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    result = tasks.sleep.delay(30, key="cold")
+    worker.wait_for_log(f"Task tasks.sleep[{result.id}] received")
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for_log("Warm shutdown")
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(20)
+    assert time.monotonic() - started < 10
+    assert tasks.app.broker.queue_length("celery") == 1  # the interrupted task is waiting again
+    assert project.ledger_count("cold") == 0
