@@ -227,6 +227,8 @@ class SqliteBroker:
         """``(task_id, expires_at_ms)`` of unexpired revocations made at or after ``since_ms``."""
     def store_results(self, rows: Sequence[tuple[str, str, str, bytes, int | None]]) -> None:
         """Store ``(task_id, status, content_type, payload, expires_at_ms)`` records; SUCCESS is final."""
+    def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[int]) -> int:
+        """Store result records and ack messages in one transaction; returns how many were acked."""
     def read_result(self, task_id: str) -> tuple[str, bytes] | None:
         """``(content_type, payload)`` of an unexpired result, or None."""
     def delete_result(self, task_id: str) -> bool: ...

@@ -24,10 +24,12 @@ class SqliteBackend(ResultBackend):
         self._store = SqliteBroker(path)  # the same file handle logic as the broker, fork-safe
 
     def write_encoded(self, items: list[tuple[str, str, bytes]]) -> None:
+        self._store.native.store_results(self.rows(items))
+
+    def rows(self, items: list[tuple[str, str, bytes]]) -> list[tuple[str, str, str, bytes, int | None]]:
+        """Rows of the ``results`` table for encoded records (with their expiry)."""
         expires = None if self.expires_s is None else int((time.time() + self.expires_s) * 1000)
-        self._store.native.store_results(
-            [(task_id, status, self.content_type, payload, expires) for task_id, status, payload in items]
-        )
+        return [(task_id, status, self.content_type, payload, expires) for task_id, status, payload in items]
 
     def _read(self, task_id: str) -> tuple[bytes, str] | None:
         row = self._store.native.read_result(task_id)

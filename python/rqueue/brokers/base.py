@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rqueue._rqueue import Delivery, PrefetchBuffer
+
+if TYPE_CHECKING:
+    from rqueue.backends.base import ResultBackend
 
 
 class Consumer(Protocol):
@@ -44,6 +47,17 @@ class Broker(ABC):
 
     @abstractmethod
     def ack(self, tags: Sequence[int]) -> None: ...
+
+    def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[int]) -> None:
+        """Store encoded results, then ack: the worker's step after a batch of tasks.
+
+        Results go first, so a crash in between re-runs tasks rather than losing them. A broker
+        that keeps results in its own store overrides this to do both in one transaction.
+        """
+        if results:
+            backend.write_encoded(results)
+        if tags:
+            self.ack(tags)
 
     @abstractmethod
     def requeue(self, tags: Sequence[int]) -> None: ...

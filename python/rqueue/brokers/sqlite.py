@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rqueue import _rqueue
 from rqueue.brokers.base import Broker
+
+if TYPE_CHECKING:
+    from rqueue.backends.base import ResultBackend
 
 _INHERITED: list[_rqueue.SqliteBroker] = []
 
@@ -59,6 +63,14 @@ class SqliteBroker(Broker):
 
     def ack(self, tags: Sequence[int]) -> None:
         self.native.ack(tags)
+
+    def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[int]) -> None:
+        from rqueue.backends.sqlite import SqliteBackend
+
+        if isinstance(backend, SqliteBackend) and backend.path == self.path:
+            self.native.complete(backend.rows(results), tags)  # one transaction for both
+        else:
+            super().complete(backend, results, tags)
 
     def requeue(self, tags: Sequence[int]) -> None:
         self.native.requeue(tags)

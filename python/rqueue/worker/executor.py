@@ -182,12 +182,10 @@ class Executor:
 
     def flush(self) -> None:
         """Write pending results, then ack: a crash in between re-runs tasks, never loses them."""
-        if self.results:
-            results, self.results = self.results, []
-            self.backend.write_encoded(results)
-        if self.acks:
-            acks, self.acks = self.acks, []
-            self.broker.ack(acks)
+        if self.results or self.acks:
+            results, acks = self.results, self.acks
+            self.results, self.acks = [], []
+            self.broker.complete(self.backend, results, acks)
 
     def _dead_letter(
         self,

@@ -173,17 +173,20 @@ impl PrefetchBuffer {
         self.credit.notify_all();
     }
 
-    /// Waits until there is at least one credit or the buffer closes, up to `timeout`.
+    /// Waits until a fetch is worth it or the buffer closes, up to `timeout`: when half the
+    /// capacity is free (so fetches come in batches, not one message per freed credit), or when
+    /// the buffer ran dry with any credit (so the executor never idles while work waits).
     /// Returns the credits available (0 on timeout or when closed).
     pub fn wait_for_credit(&self, timeout: Duration) -> usize {
         let deadline = Instant::now().checked_add(timeout);
+        let refill = (self.capacity / 2).max(1);
         let mut s = self.lock();
         loop {
             if s.closed {
                 return 0;
             }
             let c = self.credits_of(&s);
-            if c > 0 {
+            if c >= refill || (c > 0 && s.items.is_empty()) {
                 return c;
             }
             let now = Instant::now();

@@ -13,6 +13,20 @@ use crate::errors::IntoPyResult;
 use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
 
 type ResultTuple = (String, String, String, Vec<u8>, Option<i64>);
+fn to_rows(rows: Vec<ResultTuple>) -> Vec<ResultRow> {
+    rows.into_iter()
+        .map(
+            |(task_id, status, content_type, payload, expires_at_ms)| ResultRow {
+                task_id,
+                status,
+                content_type,
+                payload,
+                expires_at_ms,
+            },
+        )
+        .collect()
+}
+
 type DeadLetterRow = (i64, String, String, Option<String>, u32, i64, Vec<u8>);
 
 fn priority_of(priority: i64) -> Result<u8, Error> {
@@ -216,19 +230,14 @@ impl SqliteBroker {
     /// Store `(task_id, status, content_type, payload, expires_at_ms)` result records in one
     /// transaction; a stored SUCCESS is never overwritten.
     fn store_results(&self, py: Python<'_>, rows: Vec<ResultTuple>) -> PyResult<()> {
-        let rows: Vec<ResultRow> = rows
-            .into_iter()
-            .map(
-                |(task_id, status, content_type, payload, expires_at_ms)| ResultRow {
-                    task_id,
-                    status,
-                    content_type,
-                    payload,
-                    expires_at_ms,
-                },
-            )
-            .collect();
+        let rows = to_rows(rows);
         py.detach(|| self.inner.store_results(&rows)).map_py(py)
+    }
+
+    /// Store result records and ack messages in one transaction.
+    fn complete(&self, py: Python<'_>, rows: Vec<ResultTuple>, tags: Vec<i64>) -> PyResult<usize> {
+        let rows = to_rows(rows);
+        py.detach(|| self.inner.complete(&rows, &tags)).map_py(py)
     }
 
     /// `(content_type, payload)` of a task's unexpired result, or None.

@@ -134,6 +134,54 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// Upserts result records and deletes up to `SWEEP_BATCH` expired ones.
+fn write_results(tx: &rusqlite::Transaction<'_>, rows: &[ResultRow]) -> rusqlite::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(UPSERT_RESULT)?;
+    for r in rows {
+        stmt.execute(params![
+            r.task_id,
+            r.status,
+            r.content_type,
+            r.payload,
+            r.expires_at_ms
+        ])?;
+    }
+    tx.prepare_cached(
+        "DELETE FROM results WHERE task_id IN (SELECT task_id FROM results
+         WHERE expires_at_ms IS NOT NULL AND expires_at_ms < ?1 LIMIT ?2)",
+    )?
+    .execute(params![now_ms(), SWEEP_BATCH])?;
+    Ok(())
+}
+
+/// Deletes acked messages by id; returns how many existed.
+fn delete_messages(tx: &rusqlite::Transaction<'_>, tags: &[i64]) -> rusqlite::Result<usize> {
+    let mut stmt = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    let mut n = 0;
+    for tag in tags {
+        n += stmt.execute([tag])?;
+    }
+    Ok(n)
+}
+
+/// SQLite's own busy timeout sleeps 1, 2, 5, 10 ... 100 ms between tries, which costs whole
+/// milliseconds per lock conflict between a worker's fetches and acks. Locks here are held for
+/// microseconds, so try again after short naps first, then longer ones (about 10 s in all;
+/// `with_conn` keeps retrying past that).
+fn wait_while_busy(tries: i32) -> bool {
+    let nap_us = match tries {
+        0..=19 => 50,
+        20..=99 => 500,
+        100..=5099 => 2_000,
+        _ => return false,
+    };
+    std::thread::sleep(Duration::from_micros(nap_us));
+    true
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -209,7 +257,7 @@ impl SqliteBroker {
             ))
         })?;
         let busy = Duration::from_millis(busy_timeout_ms);
-        conn.busy_timeout(busy)?;
+        conn.busy_handler(Some(wait_while_busy))?;
         conn.set_prepared_statement_cache_capacity(64);
         let broker = SqliteBroker {
             path,
@@ -410,13 +458,18 @@ impl SqliteBroker {
         if tags.is_empty() {
             return Ok(0);
         }
+        self.immediate(|tx| delete_messages(tx, tags))
+    }
+
+    /// Stores result records and acks messages in ONE transaction: a task's result and the
+    /// removal of its message become visible together (the worker's usual step after a batch).
+    pub fn complete(&self, rows: &[ResultRow], tags: &[i64]) -> Result<usize> {
+        if rows.is_empty() && tags.is_empty() {
+            return Ok(0);
+        }
         self.immediate(|tx| {
-            let mut stmt = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
-            let mut n = 0;
-            for tag in tags {
-                n += stmt.execute([tag])?;
-            }
-            Ok(n)
+            write_results(tx, rows)?;
+            delete_messages(tx, tags)
         })
     }
 
@@ -635,25 +688,7 @@ impl SqliteBroker {
         if rows.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        self.immediate(|tx| {
-            let mut stmt = tx.prepare_cached(UPSERT_RESULT)?;
-            for r in rows {
-                stmt.execute(params![
-                    r.task_id,
-                    r.status,
-                    r.content_type,
-                    r.payload,
-                    r.expires_at_ms
-                ])?;
-            }
-            tx.prepare_cached(
-                "DELETE FROM results WHERE task_id IN (SELECT task_id FROM results
-                 WHERE expires_at_ms IS NOT NULL AND expires_at_ms < ?1 LIMIT ?2)",
-            )?
-            .execute(params![now, SWEEP_BATCH])?;
-            Ok(())
-        })
+        self.immediate(|tx| write_results(tx, rows))
     }
 
     /// `(content_type, payload)` of a task's unexpired result, if stored.
