@@ -154,13 +154,16 @@ class TokenBucket:
 
 @final
 class Delivery:
-    """One fetched message: its lease id, its queue, the raw envelope and how often it was delivered."""
+    """One fetched message: its lease id, its queue, the raw envelope and how often it was delivered.
 
-    tag: int
+    ``tag`` is the SQLite row id as text, or kombu's ``delivery_tag`` (a uuid) on Redis.
+    """
+
+    tag: str
     queue: str
     payload: bytes
     deliveries: int
-    def __new__(cls, tag: int, queue: str, payload: bytes, deliveries: int = 1) -> Delivery: ...
+    def __new__(cls, tag: str, queue: str, payload: bytes, deliveries: int = 1) -> Delivery: ...
 
 @final
 class PrefetchBuffer:
@@ -195,8 +198,8 @@ class SqliteBroker:
         """Publish ``(queue, payload, priority, eta_ms)`` items in one transaction."""
     def fetch(self, queues: Sequence[str], limit: int, owner: str, lease_ms: int) -> list[Delivery]:
         """Atomically lease up to ``limit`` due messages (priority 0 first, then FIFO). GIL released."""
-    def ack(self, tags: Sequence[int]) -> int: ...
-    def requeue(self, tags: Sequence[int]) -> int:
+    def ack(self, tags: Sequence[str]) -> int: ...
+    def requeue(self, tags: Sequence[str]) -> int:
         """Return unstarted leased messages to their queue now (their original place; this delivery is not counted)."""
     def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:
         """Return every message leased by ``owner`` (a worker process that died).
@@ -210,7 +213,7 @@ class SqliteBroker:
 
         Returns ``(requeued, dead_lettered)``.
         """
-    def dead_letter(self, tag: int, reason: str, error: str | None = None) -> None:
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         """Move a leased message to the dead-letter table with a reason code and error text."""
     def dead_letters(
         self, queue: str | None = None, limit: int = 100

@@ -57,16 +57,16 @@ class SqliteBroker(Broker):
             poll_max_ms=poll_max_ms,
         )
 
-    def ack(self, tags: Sequence[int]) -> None:
+    def ack(self, tags: Sequence[str]) -> None:
         self.native.ack(tags)
 
-    def requeue(self, tags: Sequence[int]) -> None:
+    def requeue(self, tags: Sequence[str]) -> None:
         self.native.requeue(tags)
 
     def requeue_owner(self, owner: str, max_deliveries: int) -> int:
         return self.native.requeue_owner(owner, max_deliveries)
 
-    def dead_letter(self, tag: int, reason: str, error: str | None = None) -> None:
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         self.native.dead_letter(tag, reason, error)
 
     def purge(self, queues: Sequence[str]) -> int:

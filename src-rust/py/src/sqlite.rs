@@ -109,13 +109,13 @@ impl SqliteBroker {
         Ok(wrap_all(got))
     }
 
-    fn ack(&self, py: Python<'_>, tags: Vec<i64>) -> PyResult<usize> {
+    fn ack(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
         py.detach(|| self.inner.ack(&tags)).map_py(py)
     }
 
     /// Return unstarted leased messages to their queue now (their original place; this
     /// delivery is not counted).
-    fn requeue(&self, py: Python<'_>, tags: Vec<i64>) -> PyResult<usize> {
+    fn requeue(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
         py.detach(|| self.inner.requeue(&tags)).map_py(py)
     }
 
@@ -147,11 +147,11 @@ impl SqliteBroker {
     fn dead_letter(
         &self,
         py: Python<'_>,
-        tag: i64,
+        tag: String,
         reason: String,
         error: Option<String>,
     ) -> PyResult<()> {
-        py.detach(|| self.inner.dead_letter(tag, &reason, error.as_deref()))
+        py.detach(|| self.inner.dead_letter(&tag, &reason, error.as_deref()))
             .map_py(py)
             .map(|_| ())
     }

@@ -127,6 +127,11 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// The row id a delivery tag names; `None` (simply not found) when it is not one of ours.
+fn row_id(tag: &str) -> Option<i64> {
+    tag.parse().ok()
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -386,7 +391,7 @@ impl SqliteBroker {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?;
                 out.push(Delivery {
-                    tag: id,
+                    tag: id.to_string(),
                     queue,
                     payload,
                     deliveries,
@@ -397,15 +402,15 @@ impl SqliteBroker {
     }
 
     /// Deletes finished messages; returns how many existed.
-    pub fn ack(&self, tags: &[i64]) -> Result<usize> {
+    pub fn ack<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
         if tags.is_empty() {
             return Ok(0);
         }
         self.immediate(|tx| {
             let mut stmt = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
             let mut n = 0;
-            for tag in tags {
-                n += stmt.execute([tag])?;
+            for id in tags.iter().filter_map(|t| row_id(t.as_ref())) {
+                n += stmt.execute([id])?;
             }
             Ok(n)
         })
@@ -413,7 +418,7 @@ impl SqliteBroker {
 
     /// Returns leased messages that were never started to their queue at their original place,
     /// undoing the delivery count of that lease.
-    pub fn requeue(&self, tags: &[i64]) -> Result<usize> {
+    pub fn requeue<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
         if tags.is_empty() {
             return Ok(0);
         }
@@ -423,8 +428,8 @@ impl SqliteBroker {
                  WHERE id = ?1 AND owner IS NOT NULL",
             )?;
             let mut n = 0;
-            for tag in tags {
-                n += stmt.execute([tag])?;
+            for id in tags.iter().filter_map(|t| row_id(t.as_ref())) {
+                n += stmt.execute([id])?;
             }
             Ok(n)
         })
@@ -502,7 +507,10 @@ impl SqliteBroker {
     }
 
     /// Moves a message to the dead-letter table; false when it no longer exists.
-    pub fn dead_letter(&self, tag: i64, reason: &str, error: Option<&str>) -> Result<bool> {
+    pub fn dead_letter(&self, tag: &str, reason: &str, error: Option<&str>) -> Result<bool> {
+        let Some(tag) = row_id(tag) else {
+            return Ok(false);
+        };
         let now = now_ms();
         self.immediate(|tx| {
             let n = tx
@@ -647,7 +655,10 @@ impl SqliteBroker {
     }
 
     /// Lease expiry (epoch ms) and owner of a message, if it exists; for tests and inspection.
-    pub fn lease_of(&self, tag: i64) -> Result<Option<(Option<String>, Option<i64>)>> {
+    pub fn lease_of(&self, tag: &str) -> Result<Option<(Option<String>, Option<i64>)>> {
+        let Some(tag) = row_id(tag) else {
+            return Ok(None);
+        };
         self.with_conn(|c| {
             c.prepare_cached("SELECT owner, lease_until_ms FROM messages WHERE id = ?1")?
                 .query_row([tag], |r| Ok((r.get(0)?, r.get(1)?)))
