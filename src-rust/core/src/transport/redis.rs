@@ -478,13 +478,7 @@ impl RedisBroker {
             let len: i64 = len.parse().unwrap_or(-1);
             let envelope = match usize::try_from(len) {
                 Ok(len) if entry.len() > len => entry[1..=len].to_vec(),
-                _ => match serde_json::from_slice::<Value>(entry) {
-                    Ok(Value::Array(mut a)) if !a.is_empty() => match a.swap_remove(0) {
-                        Value::String(s) => s.into_bytes(),
-                        other => serde_json::to_vec(&other).unwrap_or_default(),
-                    },
-                    _ => entry.to_vec(),
-                },
+                _ => lua_json_string(entry).unwrap_or_else(|| entry.to_vec()),
             };
             return InFlight {
                 tag,
@@ -620,7 +614,11 @@ impl RedisBroker {
     /// Returns up to [`SWEEP_BATCH`] leases older than `visibility` to the front of their queue
     /// (marked redelivered), or dead-letters them at `max_deliveries`. Entries of other clients
     /// are only taken after [`FOREIGN_VISIBILITY`]. Returns `(requeued, dead_lettered)`.
-    pub fn sweep_expired(&self, visibility: Duration, max_deliveries: u32) -> Result<(usize, usize)> {
+    pub fn sweep_expired(
+        &self,
+        visibility: Duration,
+        max_deliveries: u32,
+    ) -> Result<(usize, usize)> {
         let mut inv = self.scripts.inspect.prepare_invoke();
         inv.arg(&self.config.global_keyprefix)
             .arg("expired")
@@ -652,7 +650,8 @@ impl RedisBroker {
             return Ok(false);
         }
         let rec = self.dead_record(&m, reason, error);
-        let (_, dead) = self.restore("", "", &[(m.tag.clone(), "d", self.dlq_key(&m.queue), rec)])?;
+        let (_, dead) =
+            self.restore("", "", &[(m.tag.clone(), "d", self.dlq_key(&m.queue), rec)])?;
         Ok(dead > 0)
     }
 
@@ -677,7 +676,9 @@ impl RedisBroker {
 
     /// Dead letters of `queue`, oldest first.
     pub fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<RedisDeadLetter>> {
-        let limit = isize::try_from(limit.max(1)).unwrap_or(DEAD_SCAN).min(DEAD_SCAN);
+        let limit = isize::try_from(limit.max(1))
+            .unwrap_or(DEAD_SCAN)
+            .min(DEAD_SCAN);
         Ok(self
             .read_dead(queue, limit)?
             .into_iter()
@@ -712,13 +713,8 @@ impl RedisBroker {
     /// Deletes the dead letters of `queue`; returns how many.
     pub fn purge_dead(&self, queue: &str) -> Result<usize> {
         let key = self.dlq_key(queue);
-        let (n, _): (usize, ()) = self.with_conn(|c| {
-            redis::pipe()
-                .atomic()
-                .llen(&key)
-                .del(&key)
-                .query(c)
-        })?;
+        let (n, _): (usize, ()) =
+            self.with_conn(|c| redis::pipe().atomic().llen(&key).del(&key).query(c))?;
         Ok(n)
     }
 
@@ -813,6 +809,44 @@ impl RedisBroker {
     }
 }
 
+/// Decodes the leading JSON string of `["...", ...]` as Lua's cjson wrote it: bytes are passed
+/// through as they are (not necessarily UTF-8), control characters escaped.
+fn lua_json_string(entry: &[u8]) -> Option<Vec<u8>> {
+    let rest = entry.strip_prefix(b"[\"")?;
+    let mut out = Vec::with_capacity(rest.len());
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'"' => return Some(out),
+            b'\\' => {
+                let c = *rest.get(i + 1)?;
+                i += 2;
+                match c {
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b'b' => out.push(0x08),
+                    b'f' => out.push(0x0c),
+                    b'u' => {
+                        let hex = std::str::from_utf8(rest.get(i..i + 4)?).ok()?;
+                        let code = u32::from_str_radix(hex, 16).ok()?;
+                        let ch = char::from_u32(code)?;
+                        let mut buf = [0u8; 4];
+                        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                        i += 4;
+                    }
+                    other => out.push(other),
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
 fn check_owner(owner: &str) -> Result<()> {
     if owner.is_empty() || owner.contains('\n') {
         return Err(Error::Config(format!(
@@ -834,7 +868,11 @@ fn parse_dead(raw: &[u8]) -> Option<(RedisDeadLetter, u8)> {
         }
         _ => Vec::new(),
     };
-    let step = v.get("priority").and_then(Value::as_u64).unwrap_or(0).min(9) as u8;
+    let step = v
+        .get("priority")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(9) as u8;
     Some((
         RedisDeadLetter {
             id: s("id")?,
@@ -870,6 +908,13 @@ mod tests {
             mask_url("unix:///tmp/r.sock?db=2&password=s3cret"),
             "unix:///tmp/r.sock?db=2&password=***"
         );
+    }
+
+    #[test]
+    fn test_lua_json_string_passes_bytes_through() {
+        let entry = b"[\"a\xff\\u0001b\\\"\\/\\n\",\"\",\"q\"]";
+        assert_eq!(lua_json_string(entry).unwrap(), b"a\xff\x01b\"/\n".to_vec());
+        assert!(lua_json_string(b"[\"open").is_none());
     }
 
     #[test]
