@@ -154,13 +154,16 @@ class TokenBucket:
 
 @final
 class Delivery:
-    """One fetched message: its lease id, its queue, the raw envelope and how often it was delivered."""
+    """One fetched message: its lease id, its queue, the raw envelope and how often it was delivered.
 
-    tag: int
+    ``tag`` is the SQLite row id as text, or kombu's ``delivery_tag`` (a uuid) on Redis.
+    """
+
+    tag: str
     queue: str
     payload: bytes
     deliveries: int
-    def __new__(cls, tag: int, queue: str, payload: bytes, deliveries: int = 1) -> Delivery: ...
+    def __new__(cls, tag: str, queue: str, payload: bytes, deliveries: int = 1) -> Delivery: ...
 
 @final
 class PrefetchBuffer:
@@ -195,8 +198,8 @@ class SqliteBroker:
         """Publish ``(queue, payload, priority, eta_ms)`` items in one transaction."""
     def fetch(self, queues: Sequence[str], limit: int, owner: str, lease_ms: int) -> list[Delivery]:
         """Atomically lease up to ``limit`` due messages (priority 0 first, then FIFO). GIL released."""
-    def ack(self, tags: Sequence[int]) -> int: ...
-    def requeue(self, tags: Sequence[int]) -> int:
+    def ack(self, tags: Sequence[str]) -> int: ...
+    def requeue(self, tags: Sequence[str]) -> int:
         """Return unstarted leased messages to their queue now (their original place; this delivery is not counted)."""
     def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:
         """Return every message leased by ``owner`` (a worker process that died).
@@ -210,7 +213,7 @@ class SqliteBroker:
 
         Returns ``(requeued, dead_lettered)``.
         """
-    def dead_letter(self, tag: int, reason: str, error: str | None = None) -> None:
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         """Move a leased message to the dead-letter table with a reason code and error text."""
     def dead_letters(
         self, queue: str | None = None, limit: int = 100
@@ -227,7 +230,7 @@ class SqliteBroker:
         """``(task_id, expires_at_ms)`` of unexpired revocations made at or after ``since_ms``."""
     def store_results(self, rows: Sequence[tuple[str, str, str, bytes, int | None]]) -> None:
         """Store ``(task_id, status, content_type, payload, expires_at_ms)`` records; SUCCESS is final."""
-    def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[int]) -> int:
+    def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[str]) -> int:
         """Store result records and ack messages in one transaction; returns how many were acked."""
     def read_result(self, task_id: str) -> tuple[str, bytes] | None:
         """``(content_type, payload)`` of an unexpired result, or None."""
@@ -252,6 +255,104 @@ class SqliteConsumer:
         max_deliveries: int = 5,
         poll_max_ms: int = 40,
     ) -> SqliteConsumer: ...
+    def start(self) -> None: ...
+    def stop(self) -> list[Delivery]:
+        """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
+    def set_queues(self, queues: Sequence[str]) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None:
+        """The last error the thread met (it keeps retrying with backoff), if any."""
+
+# -- the Redis transport (kombu layout) --------------------------------------------------------
+
+@final
+class RedisBroker:
+    """A Redis broker in kombu's layout, so Celery producers and workers interoperate.
+
+    Messages wait in one list per queue and priority bucket (``queue``, ``queue\\x06\\x163``, ...);
+    in-flight ones in kombu's ``unacked``/``unacked_index`` plus rqueue's lease records; ETA messages
+    in ``rqueue.eta.<queue>``; dead letters in ``rqueue.dlq.<queue>``. ``global_keyprefix`` prefixes
+    every key. Connecting fails with BrokerConnectionError; the password is masked in every message.
+    ``rediss://`` raises ConfigurationError (TLS is not supported in this build).
+    """
+
+    def __new__(
+        cls,
+        url: str,
+        global_keyprefix: str = "",
+        socket_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+    ) -> RedisBroker: ...
+    @property
+    def url(self) -> str:
+        """The URL with its password masked."""
+    @property
+    def global_keyprefix(self) -> str: ...
+    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None:
+        """LPUSH the envelope to its priority bucket, or into the ETA set when ``eta_ms`` is ahead."""
+    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
+        """Publish ``(queue, payload, priority, eta_ms)`` items in one round trip (all or none)."""
+    def fetch(self, queues: Sequence[str], limit: int, owner: str) -> list[Delivery]:
+        """Atomically lease up to ``limit`` messages with one Lua script (due ETA messages first join
+        their queue; every queue's bucket 0 before any bucket 3; FIFO). GIL released."""
+    def ack(self, tags: Sequence[str]) -> int:
+        """Remove finished messages from every lease record; returns how many were in flight."""
+    def requeue(self, tags: Sequence[str]) -> int:
+        """Return unstarted deliveries to the front of their queue, unchanged; this delivery is not counted."""
+    def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:
+        """Return every message held by ``owner`` (a dead worker process) to the front of its queue.
+
+        They are marked redelivered; those delivered ``max_deliveries`` times are dead-lettered as
+        ``worker_lost`` instead. Returns how many were requeued.
+        """
+    def extend_leases(self, owner: str) -> int:
+        """Renew every lease of ``owner`` with the broker's clock; returns how many it holds."""
+    def sweep_expired(self, visibility_timeout_ms: int, max_deliveries: int = 5) -> tuple[int, int]:
+        """Return leases older than the timeout to the front of their queue (marked redelivered).
+
+        Those over ``max_deliveries`` are dead-lettered. Returns ``(requeued, dead_lettered)``.
+        """
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
+        """Move an in-flight message to its queue's dead-letter list with a reason code and error text."""
+    def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[str, str, str, str | None, int, int, bytes]]:
+        """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows of a queue, oldest first."""
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
+        """Put dead letters (by id) back at the end of their queue with a fresh delivery count."""
+    def purge_dead(self, queue: str) -> int: ...
+    def purge(self, queues: Sequence[str]) -> int:
+        """Delete waiting messages of these queues (every priority bucket and the ETA set)."""
+    def queue_length(self, queue: str) -> int:
+        """Waiting messages: every priority bucket plus those whose ETA is still ahead."""
+    def declare_bindings(self, queues: Sequence[str], exchange: str | None = None) -> None:
+        """``SADD _kombu.binding.<exchange> "<queue>\\x06\\x16\\x06\\x16<queue>"`` per queue.
+
+        The exchange defaults to the queue's own name, as for Celery's default direct exchanges.
+        """
+    def check_maxmemory_policy(self) -> str | None:
+        """The server's ``maxmemory-policy`` when it is not ``noeviction`` (Redis may evict messages)."""
+
+@final
+class RedisConsumer:
+    """A Rust thread that leases batches from Redis into a PrefetchBuffer.
+
+    It fetches only as many messages as the buffer has credits, polls with backoff when idle
+    (0.1 ms up to ``poll_max_ms``), renews its leases every ``lease_ms / 3``, sweeps expired ones,
+    and reconnects with backoff (10 ms to 1 s) after connection errors. Start it after any fork.
+    """
+
+    def __new__(
+        cls,
+        url: str,
+        queues: Sequence[str],
+        owner: str,
+        buffer: PrefetchBuffer,
+        lease_ms: int = 60000,
+        max_deliveries: int = 5,
+        poll_max_ms: int = 20,
+        global_keyprefix: str = "",
+    ) -> RedisConsumer: ...
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]:
         """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""

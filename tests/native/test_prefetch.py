@@ -9,13 +9,13 @@ from rqueue._rqueue import Delivery, PrefetchBuffer
 
 
 def make(tag: int) -> Delivery:
-    return Delivery(tag, "q", b"payload-%d" % tag, 1)
+    return Delivery(str(tag), "q", b"payload-%d" % tag, 1)
 
 
 def test_delivery_fields() -> None:
-    d = Delivery(7, "q", b"\x00\x01", 3)
-    assert (d.tag, d.queue, d.payload, d.deliveries) == (7, "q", b"\x00\x01", 3)
-    assert "tag=7" in repr(d)
+    d = Delivery("7", "q", b"\x00\x01", 3)
+    assert (d.tag, d.queue, d.payload, d.deliveries) == ("7", "q", b"\x00\x01", 3)
+    assert 'tag="7"' in repr(d)
 
 
 def test_prefetch_credits_and_len() -> None:
@@ -27,7 +27,7 @@ def test_prefetch_credits_and_len() -> None:
     assert len(buf) == 2
     assert buf.credits() == 1
     got = buf.get(0)
-    assert got is not None and got.tag == 1
+    assert got is not None and got.tag == "1"
     assert buf.credits() == 1  # taken but not done
     buf.done()
     assert buf.credits() == 2
@@ -74,7 +74,7 @@ def test_prefetch_get_wakes_when_put_from_another_thread() -> None:
     timer.start()
     got = buf.get(5)
     timer.join()
-    assert got is not None and got.tag == 9
+    assert got is not None and got.tag == "9"
 
 
 def test_prefetch_close_wakes_waiters_and_returns_untaken() -> None:
@@ -92,6 +92,6 @@ def test_prefetch_close_wakes_waiters_and_returns_untaken() -> None:
     assert not waiter.is_alive()
     assert result == [None]
     left = buf.close()
-    assert [d.tag for d in left] == [1, 2]
+    assert [d.tag for d in left] == ["1", "2"]
     assert not buf.put(make(5))
     assert buf.credits() == 0

@@ -61,10 +61,10 @@ class SqliteBroker(Broker):
             poll_max_ms=poll_max_ms,
         )
 
-    def ack(self, tags: Sequence[int]) -> None:
+    def ack(self, tags: Sequence[str]) -> None:
         self.native.ack(tags)
 
-    def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[int]) -> None:
+    def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[str]) -> None:
         from rqueue.backends.sqlite import SqliteBackend
 
         if isinstance(backend, SqliteBackend) and backend.path == self.path:
@@ -72,13 +72,13 @@ class SqliteBroker(Broker):
         else:
             super().complete(backend, results, tags)
 
-    def requeue(self, tags: Sequence[int]) -> None:
+    def requeue(self, tags: Sequence[str]) -> None:
         self.native.requeue(tags)
 
     def requeue_owner(self, owner: str, max_deliveries: int) -> int:
         return self.native.requeue_owner(owner, max_deliveries)
 
-    def dead_letter(self, tag: int, reason: str, error: str | None = None) -> None:
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         self.native.dead_letter(tag, reason, error)
 
     def purge(self, queues: Sequence[str]) -> int:

@@ -50,7 +50,7 @@ class Executor:
         self.accept = serialization.accepted_content_types(conf.accept_content)
         self.max_size = int(conf.task_max_message_size)
         self.results: list[tuple[str, str, bytes]] = []
-        self.acks: list[int] = []
+        self.acks: list[str] = []
         self.processed = 0
 
     # -- one message ----------------------------------------------------------------------------------

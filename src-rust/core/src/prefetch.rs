@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 /// One fetched message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// The broker's lease id (the SQLite row id).
-    pub tag: i64,
+    /// The broker's lease id: the SQLite row id as text, or kombu's `delivery_tag` on Redis.
+    pub tag: String,
     pub queue: String,
     /// The raw envelope.
     pub payload: Vec<u8>,
@@ -224,7 +224,7 @@ mod tests {
 
     fn d(tag: i64) -> Delivery {
         Delivery {
-            tag,
+            tag: tag.to_string(),
             queue: "q".into(),
             payload: vec![tag as u8],
             deliveries: 1,
@@ -238,14 +238,14 @@ mod tests {
         b.put(d(1)).unwrap();
         b.put(d(2)).unwrap();
         assert_eq!(b.credits(), 1);
-        assert_eq!(b.get(Some(Duration::ZERO)).unwrap().tag, 1);
+        assert_eq!(b.get(Some(Duration::ZERO)).unwrap().tag, "1");
         assert_eq!(b.credits(), 1);
         assert_eq!(b.outstanding(), 1);
         b.done(1);
         assert_eq!(b.credits(), 2);
         b.put(d(3)).unwrap();
         b.put(d(4)).unwrap();
-        assert_eq!(b.put(d(5)).unwrap_err().tag, 5);
+        assert_eq!(b.put(d(5)).unwrap_err().tag, "5");
         assert_eq!(b.len(), 3);
     }
 
@@ -272,7 +272,7 @@ mod tests {
         let t = thread::spawn(move || b2.get(None).map(|x| x.tag));
         thread::sleep(Duration::from_millis(20));
         b.put(d(7)).unwrap();
-        assert_eq!(t.join().unwrap(), Some(7));
+        assert_eq!(t.join().unwrap().as_deref(), Some("7"));
 
         let b3 = Arc::clone(&b);
         let t = thread::spawn(move || b3.get(None));
@@ -287,7 +287,10 @@ mod tests {
         b.put_many(vec![d(1), d(2), d(3)]);
         b.get(None);
         let left = b.close();
-        assert_eq!(left.iter().map(|x| x.tag).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            left.iter().map(|x| x.tag.as_str()).collect::<Vec<_>>(),
+            vec!["2", "3"]
+        );
         assert!(b.put(d(9)).is_err());
         assert_eq!(b.credits(), 0);
         assert!(b.get(Some(Duration::from_millis(1))).is_none());

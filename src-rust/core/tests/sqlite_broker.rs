@@ -47,12 +47,25 @@ fn test_sqlite_publish_fetch_ack() {
     assert_eq!(b.queue_length("q").unwrap(), 0);
     assert!(b.fetch(&qs(&["q"]), 10, "w2", 60_000).unwrap().is_empty());
     assert_eq!(
-        b.ack(&got.iter().map(|d| d.tag).collect::<Vec<_>>())
+        b.ack(&got.iter().map(|d| d.tag.clone()).collect::<Vec<_>>())
             .unwrap(),
         2
     );
-    assert_eq!(b.ack(&[got[0].tag]).unwrap(), 0);
+    assert_eq!(b.ack(&[got[0].tag.as_str()]).unwrap(), 0);
     assert_eq!(b.leased_count("w1").unwrap(), 0);
+}
+
+#[test]
+fn test_sqlite_foreign_tags_are_not_found() {
+    let (_dir, b) = temp_broker();
+    b.publish("q", b"one", 0, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    let foreign = ["not-a-row-id", "", "9f1c0e5e-1111-4b2a-9c3d-000000000000"];
+    assert_eq!(b.ack(&foreign).unwrap(), 0);
+    assert_eq!(b.requeue(&foreign).unwrap(), 0);
+    assert!(!b.dead_letter("nope", "x", None).unwrap());
+    assert!(b.lease_of("nope").unwrap().is_none());
+    assert_eq!(b.ack(&[got[0].tag.as_str()]).unwrap(), 1);
 }
 
 #[cfg(unix)]
@@ -120,7 +133,7 @@ fn test_sqlite_requeue_keeps_place_and_count() {
     b.publish_many(&[msg("q", "1", 0), msg("q", "2", 0)])
         .unwrap();
     let got = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
-    assert_eq!(b.requeue(&[got[0].tag]).unwrap(), 1);
+    assert_eq!(b.requeue(&[got[0].tag.as_str()]).unwrap(), 1);
     let again = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
     assert_eq!(again[0].tag, got[0].tag);
     assert_eq!(
@@ -150,7 +163,7 @@ fn test_sqlite_extend_leases_prevents_expiry() {
     assert_eq!(b.extend_leases("w", 60_000).unwrap(), 1);
     thread::sleep(Duration::from_millis(80));
     assert_eq!(b.sweep_expired(5).unwrap(), (0, 0));
-    let (owner, until) = b.lease_of(got[0].tag).unwrap().unwrap();
+    let (owner, until) = b.lease_of(&got[0].tag).unwrap().unwrap();
     assert_eq!(owner.as_deref(), Some("w"));
     assert!(until.unwrap() > now_ms() + 50_000);
 }
@@ -185,8 +198,8 @@ fn test_sqlite_requeue_owner() {
     assert_eq!(b.leased_count("alive").unwrap(), 1);
     let again = b.fetch(&qs(&["q"]), 10, "w", 60_000).unwrap();
     assert_eq!(
-        again.iter().map(|d| d.tag).collect::<Vec<_>>(),
-        mine.iter().map(|d| d.tag).collect::<Vec<_>>()
+        again.iter().map(|d| d.tag.clone()).collect::<Vec<_>>(),
+        mine.iter().map(|d| d.tag.clone()).collect::<Vec<_>>()
     );
     assert!(again.iter().all(|d| d.deliveries == 2));
     assert_ne!(other[0].tag, again[0].tag);
@@ -201,9 +214,9 @@ fn test_sqlite_dead_letter_and_requeue_dead() {
     b.publish("q", b"bad", 3, None).unwrap();
     let got = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
     assert!(b
-        .dead_letter(got[0].tag, "decode_error", Some("not json"))
+        .dead_letter(&got[0].tag, "decode_error", Some("not json"))
         .unwrap());
-    assert!(!b.dead_letter(got[0].tag, "decode_error", None).unwrap());
+    assert!(!b.dead_letter(&got[0].tag, "decode_error", None).unwrap());
     let dead = b.dead_letters(None, 10).unwrap();
     assert_eq!(
         (dead[0].reason.as_str(), dead[0].error.as_deref()),
@@ -217,7 +230,7 @@ fn test_sqlite_dead_letter_and_requeue_dead() {
         (again[0].payload.as_slice(), again[0].deliveries),
         (b"bad".as_slice(), 1)
     );
-    b.dead_letter(again[0].tag, "x", None).unwrap();
+    b.dead_letter(&again[0].tag, "x", None).unwrap();
     assert_eq!(b.purge_dead(Some("other")).unwrap(), 0);
     assert_eq!(b.purge_dead(None).unwrap(), 1);
 }
@@ -230,7 +243,7 @@ fn test_sqlite_purge_only_waiting() {
     let leased = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
     assert_eq!(b.purge(&qs(&["q"])).unwrap(), 1);
     assert_eq!(b.queue_length("r").unwrap(), 1);
-    assert_eq!(b.ack(&[leased[0].tag]).unwrap(), 1);
+    assert_eq!(b.ack(&[leased[0].tag.as_str()]).unwrap(), 1);
 }
 
 #[test]
@@ -238,10 +251,10 @@ fn test_sqlite_ids_never_reused() {
     let (_d, b) = temp_broker();
     b.publish("q", b"1", 0, None).unwrap();
     let first = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
-    b.ack(&[first[0].tag]).unwrap();
+    b.ack(&[first[0].tag.as_str()]).unwrap();
     b.publish("q", b"2", 0, None).unwrap();
     let second = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
-    assert!(second[0].tag > first[0].tag);
+    assert!(second[0].tag.parse::<i64>().unwrap() > first[0].tag.parse::<i64>().unwrap());
 }
 
 #[test]
@@ -329,7 +342,7 @@ fn test_sqlite_concurrent_publishers_exactly_once() {
                         thread::sleep(Duration::from_millis(1));
                         continue;
                     }
-                    b.ack(&got.iter().map(|d| d.tag).collect::<Vec<_>>())
+                    b.ack(&got.iter().map(|d| d.tag.clone()).collect::<Vec<_>>())
                         .unwrap();
                     taken.fetch_add(got.len(), Ordering::SeqCst);
                     seen.extend(
@@ -377,7 +390,7 @@ fn test_sqlite_consumer_thread_fills_buffer_and_stops() {
     assert_eq!(first.payload, b"0");
     // Refills come in batches: one freed credit of five is not worth a fetch, two are.
     let second = buffer.get(Some(Duration::from_secs(5))).unwrap();
-    b.ack(&[first.tag, second.tag]).unwrap();
+    b.ack(&[first.tag.as_str(), second.tag.as_str()]).unwrap();
     buffer.done(2);
     let deadline = Instant::now() + Duration::from_secs(5);
     while buffer.len() < 5 && Instant::now() < deadline {
@@ -393,7 +406,7 @@ fn test_sqlite_consumer_thread_fills_buffer_and_stops() {
     assert!(!consumer.running());
     assert_eq!(left.len(), 5);
     assert_eq!(
-        b.requeue(&left.iter().map(|d| d.tag).collect::<Vec<_>>())
+        b.requeue(&left.iter().map(|d| d.tag.clone()).collect::<Vec<_>>())
             .unwrap(),
         5
     );
@@ -446,9 +459,9 @@ fn test_sqlite_consumer_renews_and_sweeps() {
     assert_eq!(first.payload, b"long");
     // Hold it (a long task) for several lease periods: it must stay ours.
     thread::sleep(Duration::from_millis(500));
-    let (owner, _) = b.lease_of(first.tag).unwrap().unwrap();
+    let (owner, _) = b.lease_of(&first.tag).unwrap().unwrap();
     assert_eq!(owner.as_deref(), Some("live"));
-    b.ack(&[first.tag]).unwrap();
+    b.ack(&[first.tag.as_str()]).unwrap();
     buffer.done(1);
     // The swept message comes to us next.
     let second = buffer.get(Some(Duration::from_secs(5))).unwrap();
@@ -506,7 +519,7 @@ fn bench_sqlite_drain() {
         let got = b.fetch(&q, 100, "bench", 60_000).unwrap();
         assert!(!got.is_empty());
         drained += got.len();
-        b.ack(&got.iter().map(|d| d.tag).collect::<Vec<_>>())
+        b.ack(&got.iter().map(|d| d.tag.clone()).collect::<Vec<_>>())
             .unwrap();
     }
     let total = start.elapsed();

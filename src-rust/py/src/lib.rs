@@ -11,6 +11,7 @@ mod errors;
 mod prefetch;
 mod protocol;
 mod ratelimit;
+mod redis;
 mod routing;
 mod sqlite;
 
@@ -23,5 +24,6 @@ fn _rqueue(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ratelimit::register(m)?;
     prefetch::register(m)?;
     sqlite::register(m)?;
+    redis::register(m)?;
     Ok(())
 }

@@ -20,7 +20,7 @@ pub struct Delivery {
 impl Delivery {
     #[new]
     #[pyo3(signature = (tag, queue, payload, deliveries = 1))]
-    fn new(tag: i64, queue: String, payload: Vec<u8>, deliveries: u32) -> Self {
+    fn new(tag: String, queue: String, payload: Vec<u8>, deliveries: u32) -> Self {
         Delivery {
             inner: CoreDelivery {
                 tag,
@@ -32,8 +32,8 @@ impl Delivery {
     }
 
     #[getter]
-    fn tag(&self) -> i64 {
-        self.inner.tag
+    fn tag(&self) -> &str {
+        &self.inner.tag
     }
 
     #[getter]
@@ -53,7 +53,7 @@ impl Delivery {
 
     fn __repr__(&self) -> String {
         format!(
-            "Delivery(tag={}, queue={:?}, payload=<{} bytes>, deliveries={})",
+            "Delivery(tag={:?}, queue={:?}, payload=<{} bytes>, deliveries={})",
             self.inner.tag,
             self.inner.queue,
             self.inner.payload.len(),

@@ -123,13 +123,13 @@ impl SqliteBroker {
         Ok(wrap_all(got))
     }
 
-    fn ack(&self, py: Python<'_>, tags: Vec<i64>) -> PyResult<usize> {
+    fn ack(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
         py.detach(|| self.inner.ack(&tags)).map_py(py)
     }
 
     /// Return unstarted leased messages to their queue now (their original place; this
     /// delivery is not counted).
-    fn requeue(&self, py: Python<'_>, tags: Vec<i64>) -> PyResult<usize> {
+    fn requeue(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
         py.detach(|| self.inner.requeue(&tags)).map_py(py)
     }
 
@@ -161,11 +161,11 @@ impl SqliteBroker {
     fn dead_letter(
         &self,
         py: Python<'_>,
-        tag: i64,
+        tag: String,
         reason: String,
         error: Option<String>,
     ) -> PyResult<()> {
-        py.detach(|| self.inner.dead_letter(tag, &reason, error.as_deref()))
+        py.detach(|| self.inner.dead_letter(&tag, &reason, error.as_deref()))
             .map_py(py)
             .map(|_| ())
     }
@@ -235,7 +235,12 @@ impl SqliteBroker {
     }
 
     /// Store result records and ack messages in one transaction.
-    fn complete(&self, py: Python<'_>, rows: Vec<ResultTuple>, tags: Vec<i64>) -> PyResult<usize> {
+    fn complete(
+        &self,
+        py: Python<'_>,
+        rows: Vec<ResultTuple>,
+        tags: Vec<String>,
+    ) -> PyResult<usize> {
         let rows = to_rows(rows);
         py.detach(|| self.inner.complete(&rows, &tags)).map_py(py)
     }

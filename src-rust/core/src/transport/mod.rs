@@ -1,4 +1,7 @@
 //! Broker transports. Each owns its wire layout and its atomic fetch/lease/ack steps.
 
+pub mod redis;
+pub mod redis_consumer;
+mod redis_lua;
 pub mod sqlite;
 pub mod sqlite_consumer;

@@ -157,12 +157,15 @@ fn write_results(tx: &rusqlite::Transaction<'_>, rows: &[ResultRow]) -> rusqlite
     Ok(())
 }
 
-/// Deletes acked messages by id; returns how many existed.
-fn delete_messages(tx: &rusqlite::Transaction<'_>, tags: &[i64]) -> rusqlite::Result<usize> {
+/// Deletes acked messages by tag; returns how many existed.
+fn delete_messages<S: AsRef<str>>(
+    tx: &rusqlite::Transaction<'_>,
+    tags: &[S],
+) -> rusqlite::Result<usize> {
     let mut stmt = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
     let mut n = 0;
-    for tag in tags {
-        n += stmt.execute([tag])?;
+    for id in tags.iter().filter_map(|t| row_id(t.as_ref())) {
+        n += stmt.execute([id])?;
     }
     Ok(n)
 }
@@ -180,6 +183,11 @@ fn wait_while_busy(tries: i32) -> bool {
     };
     std::thread::sleep(Duration::from_micros(nap_us));
     true
+}
+
+/// The row id a delivery tag names; `None` (simply not found) when it is not one of ours.
+fn row_id(tag: &str) -> Option<i64> {
+    tag.parse().ok()
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -443,7 +451,7 @@ impl SqliteBroker {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?;
                 out.push(Delivery {
-                    tag: id,
+                    tag: id.to_string(),
                     queue,
                     payload,
                     deliveries,
@@ -454,7 +462,7 @@ impl SqliteBroker {
     }
 
     /// Deletes finished messages; returns how many existed.
-    pub fn ack(&self, tags: &[i64]) -> Result<usize> {
+    pub fn ack<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
         if tags.is_empty() {
             return Ok(0);
         }
@@ -463,7 +471,7 @@ impl SqliteBroker {
 
     /// Stores result records and acks messages in ONE transaction: a task's result and the
     /// removal of its message become visible together (the worker's usual step after a batch).
-    pub fn complete(&self, rows: &[ResultRow], tags: &[i64]) -> Result<usize> {
+    pub fn complete<S: AsRef<str>>(&self, rows: &[ResultRow], tags: &[S]) -> Result<usize> {
         if rows.is_empty() && tags.is_empty() {
             return Ok(0);
         }
@@ -475,7 +483,7 @@ impl SqliteBroker {
 
     /// Returns leased messages that were never started to their queue at their original place,
     /// undoing the delivery count of that lease.
-    pub fn requeue(&self, tags: &[i64]) -> Result<usize> {
+    pub fn requeue<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
         if tags.is_empty() {
             return Ok(0);
         }
@@ -485,8 +493,8 @@ impl SqliteBroker {
                  WHERE id = ?1 AND owner IS NOT NULL",
             )?;
             let mut n = 0;
-            for tag in tags {
-                n += stmt.execute([tag])?;
+            for id in tags.iter().filter_map(|t| row_id(t.as_ref())) {
+                n += stmt.execute([id])?;
             }
             Ok(n)
         })
@@ -564,7 +572,10 @@ impl SqliteBroker {
     }
 
     /// Moves a message to the dead-letter table; false when it no longer exists.
-    pub fn dead_letter(&self, tag: i64, reason: &str, error: Option<&str>) -> Result<bool> {
+    pub fn dead_letter(&self, tag: &str, reason: &str, error: Option<&str>) -> Result<bool> {
+        let Some(tag) = row_id(tag) else {
+            return Ok(false);
+        };
         let now = now_ms();
         self.immediate(|tx| {
             let n = tx
@@ -722,7 +733,10 @@ impl SqliteBroker {
     }
 
     /// Lease expiry (epoch ms) and owner of a message, if it exists; for tests and inspection.
-    pub fn lease_of(&self, tag: i64) -> Result<Option<(Option<String>, Option<i64>)>> {
+    pub fn lease_of(&self, tag: &str) -> Result<Option<(Option<String>, Option<i64>)>> {
+        let Some(tag) = row_id(tag) else {
+            return Ok(None);
+        };
         self.with_conn(|c| {
             c.prepare_cached("SELECT owner, lease_until_ms FROM messages WHERE id = ?1")?
                 .query_row([tag], |r| Ok((r.get(0)?, r.get(1)?)))

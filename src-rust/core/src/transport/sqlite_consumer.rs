@@ -267,7 +267,7 @@ impl Worker {
         let rejected = self.buffer.put_many(batch);
         if !rejected.is_empty() {
             // The buffer was closed under us: give these back now rather than at lease expiry.
-            let tags: Vec<i64> = rejected.iter().map(|d| d.tag).collect();
+            let tags: Vec<&str> = rejected.iter().map(|d| d.tag.as_str()).collect();
             b.requeue(&tags)?;
         }
         Ok(())

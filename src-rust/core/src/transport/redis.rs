@@ -1,0 +1,946 @@
+//! The Redis broker, in kombu's layout so Celery producers and workers interoperate
+//! (see `redis_lua` for the keys of in-flight messages).
+//!
+//! - Waiting messages: a list per queue and priority bucket, `LPUSH`ed by producers and popped
+//!   from the right (FIFO). Bucket 0 (priorities 0–2) is the plain queue key; 3, 6 and 9 use
+//!   `queue\x06\x16<step>`. 0 is the highest priority.
+//! - ETA messages wait in `rqueue.eta.<queue>` (sorted set scored by due epoch ms, member
+//!   `<step>:<nonce>|<envelope>`) and are moved to their list by the fetch script once due.
+//! - Fetch is one Lua script: pop plus every lease record, with the broker's clock.
+//! - Dead letters: a list `rqueue.dlq.<queue>` of JSON records (newest at the left).
+//!
+//! Every key carries the optional `global_keyprefix`, as kombu does.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::{Connection, RedisError};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::prefetch::Delivery;
+use crate::transport::redis_lua::Scripts;
+use crate::transport::sqlite::now_ms;
+
+/// kombu's separator in bucket list names and binding members.
+pub const SEP: &str = "\x06\x16";
+/// Most messages leased by one fetch.
+pub const MAX_FETCH: usize = 10_000;
+/// Most due ETA messages moved per queue by one fetch.
+pub const ETA_BATCH: usize = 100;
+/// Most expired leases handled by one sweep.
+pub const SWEEP_BATCH: usize = 500;
+/// Most index entries one sweep looks at.
+const SWEEP_SCAN: usize = 2_000;
+/// In-flight entries written by other clients (kombu workers) are only swept after kombu's own
+/// default visibility timeout: those clients do not renew their leases.
+pub const FOREIGN_VISIBILITY: Duration = Duration::from_secs(3600);
+/// Most dead letters read at once.
+const DEAD_SCAN: isize = 10_000;
+pub use crate::transport::sqlite::REASON_WORKER_LOST;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub global_keyprefix: String,
+    pub connect_timeout: Duration,
+    pub socket_timeout: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            global_keyprefix: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            socket_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One message to publish.
+pub use crate::transport::sqlite::NewMessage;
+
+/// A dead-letter record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisDeadLetter {
+    /// The delivery tag of the message.
+    pub id: String,
+    pub queue: String,
+    pub reason: String,
+    pub error: Option<String>,
+    pub deliveries: u32,
+    pub dead_at_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// The URL with any password replaced by `***` (for every message and `repr`).
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let mut out = url[..rest_start].to_string();
+    let authority = &rest[..auth_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None if userinfo.is_empty() => {}
+                // `redis://secret@host` is a password for redis-py
+                None => out.push_str("***"),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let tail = &rest[auth_end..];
+    match tail.find('?') {
+        Some(q) => {
+            out.push_str(&tail[..=q]);
+            let params: Vec<String> = tail[q + 1..]
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") || k == "pass" => {
+                        format!("{k}=***")
+                    }
+                    _ => kv.to_string(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
+/// The priority bucket (`0`, `3`, `6`, `9`) of a priority 0..=9.
+pub fn bucket_of(priority: u8) -> u8 {
+    match priority {
+        0..=2 => 0,
+        3..=5 => 3,
+        6..=8 => 6,
+        _ => 9,
+    }
+}
+
+fn check_priority(priority: u8) -> Result<()> {
+    if priority > 9 {
+        return Err(Error::Config(format!(
+            "message priority {priority} is out of range; use 0 (highest) to 9"
+        )));
+    }
+    Ok(())
+}
+
+fn check_queue(queue: &str) -> Result<()> {
+    if queue.is_empty() {
+        return Err(Error::Config("queue name must not be empty".into()));
+    }
+    Ok(())
+}
+
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped()
+}
+
+/// Sets `headers.redelivered` and `properties.delivery_info.redelivered` (kombu's restore) on a
+/// JSON envelope; anything else is returned unchanged. serde_json keeps empty arrays and key order.
+pub fn mark_redelivered(envelope: &[u8]) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(envelope) else {
+        return envelope.to_vec();
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return envelope.to_vec();
+    };
+    if let Some(h) = obj.get_mut("headers").and_then(Value::as_object_mut) {
+        h.insert("redelivered".into(), Value::Bool(true));
+    }
+    if let Some(di) = obj
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+        .and_then(|p| p.get_mut("delivery_info"))
+        .and_then(Value::as_object_mut)
+    {
+        di.insert("redelivered".into(), Value::Bool(true));
+    }
+    serde_json::to_vec(&v).unwrap_or_else(|_| envelope.to_vec())
+}
+
+/// One in-flight entry as read by the inspect script.
+#[derive(Debug)]
+struct InFlight {
+    tag: String,
+    /// The payload as published.
+    envelope: Vec<u8>,
+    /// The list key (with prefix) it came from; `None` when unknown.
+    list_key: Option<String>,
+    queue: String,
+    step: u8,
+    deliveries: u32,
+    owner: Option<String>,
+}
+
+/// A connection to one Redis database. Thread-safe (one connection behind a mutex, reopened
+/// after a connection error on the next call).
+pub struct RedisBroker {
+    config: RedisConfig,
+    masked: String,
+    client: redis::Client,
+    conn: Mutex<Option<Connection>>,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisBroker({})", self.masked)
+    }
+}
+
+impl RedisBroker {
+    /// Validates the URL and connects (failing with `Error::Connection` when unreachable).
+    pub fn connect(config: RedisConfig) -> Result<Self> {
+        let b = Self::new_lazy(config)?;
+        b.with_conn(|c| redis::cmd("PING").query::<String>(c))?;
+        Ok(b)
+    }
+
+    /// Validates the URL; connects on first use.
+    pub fn new_lazy(config: RedisConfig) -> Result<Self> {
+        let masked = mask_url(&config.url);
+        let scheme = config.url.split("://").next().unwrap_or("");
+        match scheme {
+            "redis" | "unix" | "redis+unix" => {}
+            "rediss" => {
+                return Err(Error::Config(format!(
+                    "{masked}: rediss:// (TLS) is not supported in this build of rqueue; \
+                     use redis:// through a TLS tunnel or a local socket"
+                )))
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "{masked}: not a Redis URL; use redis://[user[:password]@]host[:port][/db] \
+                     or unix:///path?db=N"
+                )))
+            }
+        }
+        if config.connect_timeout.is_zero() || config.socket_timeout.is_zero() {
+            return Err(Error::Config(
+                "Redis connect and socket timeouts must be positive".into(),
+            ));
+        }
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| Error::Config(format!("{masked}: invalid Redis URL ({e})")))?;
+        Ok(RedisBroker {
+            config,
+            masked,
+            client,
+            conn: Mutex::new(None),
+            scripts: Scripts::new(),
+        })
+    }
+
+    /// The URL with its password masked.
+    pub fn masked_url(&self) -> &str {
+        &self.masked
+    }
+
+    pub fn global_keyprefix(&self) -> &str {
+        &self.config.global_keyprefix
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open(&self) -> Result<Connection> {
+        let map = |e: RedisError| {
+            Error::Connection(format!("{} ({e}); is Redis running there?", self.masked))
+        };
+        let c = self
+            .client
+            .get_connection_with_timeout(self.config.connect_timeout)
+            .map_err(map)?;
+        c.set_read_timeout(Some(self.config.socket_timeout))
+            .map_err(map)?;
+        c.set_write_timeout(Some(self.config.socket_timeout))
+            .map_err(map)?;
+        Ok(c)
+    }
+
+    /// Runs `f` on the connection; a connection error drops it so the next call reconnects.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> std::result::Result<T, RedisError>,
+    ) -> Result<T> {
+        let mut guard = self.lock();
+        let conn = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(self.open()?),
+        };
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) if is_connection_error(&e) => {
+                *guard = None;
+                Err(Error::Connection(format!("{}: {e}", self.masked)))
+            }
+            Err(e) => Err(Error::Broker(format!("redis ({}): {e}", self.masked))),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.config.global_keyprefix)
+    }
+
+    /// The list key (with prefix) of a queue's priority bucket.
+    pub fn list_key(&self, queue: &str, step: u8) -> String {
+        if step == 0 {
+            self.key(queue)
+        } else {
+            self.key(&format!("{queue}{SEP}{step}"))
+        }
+    }
+
+    fn eta_key(&self, queue: &str) -> String {
+        self.key(&format!("rqueue.eta.{queue}"))
+    }
+
+    fn dlq_key(&self, queue: &str) -> String {
+        self.key(&format!("rqueue.dlq.{queue}"))
+    }
+
+    fn add_publish(&self, pipe: &mut redis::Pipeline, m: &NewMessage, now: i64) {
+        let step = bucket_of(m.priority);
+        match m.eta_ms {
+            Some(eta) if eta > now => {
+                let mut member = format!("{step}:{}|", uuid::Uuid::new_v4().simple()).into_bytes();
+                member.extend_from_slice(&m.payload);
+                pipe.zadd(self.eta_key(&m.queue), member, eta).ignore();
+            }
+            _ => {
+                pipe.lpush(self.list_key(&m.queue, step), &m.payload[..])
+                    .ignore();
+            }
+        }
+    }
+
+    /// Publishes one message (`LPUSH`, or the ETA set when `eta_ms` is in the future).
+    pub fn publish(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        priority: u8,
+        eta_ms: Option<i64>,
+    ) -> Result<()> {
+        self.publish_many(&[NewMessage {
+            queue: queue.to_string(),
+            payload: payload.to_vec(),
+            priority,
+            eta_ms,
+        }])
+    }
+
+    /// Publishes every message in one round trip (a MULTI/EXEC pipeline: all or none).
+    pub fn publish_many(&self, messages: &[NewMessage]) -> Result<()> {
+        for m in messages {
+            check_queue(&m.queue)?;
+            check_priority(m.priority)?;
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for m in messages {
+            self.add_publish(&mut pipe, m, now);
+        }
+        self.with_conn(|c| pipe.query::<()>(c))
+    }
+
+    /// Leases up to `limit` messages of `queues` to `owner` in one atomic script: due ETA
+    /// messages first go back to their list, then every queue's bucket 0 before any bucket 3.
+    pub fn fetch(&self, queues: &[String], limit: usize, owner: &str) -> Result<Vec<Delivery>> {
+        check_owner(owner)?;
+        let limit = limit.min(MAX_FETCH);
+        let mut seen = std::collections::HashSet::new();
+        let queues: Vec<&String> = queues.iter().filter(|q| seen.insert(q.as_str())).collect();
+        if limit == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.fetch.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix)
+            .arg(owner)
+            .arg(limit)
+            .arg(ETA_BATCH)
+            .arg(queues.len());
+        for q in &queues {
+            inv.arg(q.as_str());
+        }
+        let flat: Vec<Vec<u8>> = self.with_conn(|c| inv.invoke(c))?;
+        let mut out = Vec::with_capacity(flat.len() / 4);
+        let mut it = flat.into_iter();
+        while let (Some(tag), Some(queue), Some(payload), Some(n)) =
+            (it.next(), it.next(), it.next(), it.next())
+        {
+            out.push(Delivery {
+                tag: String::from_utf8_lossy(&tag).into_owned(),
+                queue: String::from_utf8_lossy(&queue).into_owned(),
+                payload,
+                deliveries: std::str::from_utf8(&n)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges finished messages (removes every lease record); returns how many were in flight.
+    pub fn ack<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        if tags.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.scripts.ack.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix);
+        for t in tags {
+            inv.arg(t.as_ref());
+        }
+        self.with_conn(|c| inv.invoke(c))
+    }
+
+    /// Returns unstarted deliveries to the front of their queue (next to be consumed, in their
+    /// original order), unchanged, undoing this delivery's count.
+    pub fn requeue<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        if tags.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.scripts.requeue.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix);
+        for t in tags {
+            inv.arg(t.as_ref());
+        }
+        self.with_conn(|c| inv.invoke(c))
+    }
+
+    /// Renews every lease of `owner` with the broker's clock; returns how many it holds.
+    pub fn extend_leases(&self, owner: &str) -> Result<usize> {
+        let mut inv = self.scripts.extend.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix).arg(owner);
+        self.with_conn(|c| inv.invoke(c))
+    }
+
+    fn inspect(&self, inv: &redis::ScriptInvocation<'_>) -> Result<(String, Vec<InFlight>)> {
+        let flat: Vec<Vec<u8>> = self.with_conn(|c| inv.invoke(c))?;
+        let mut it = flat.into_iter();
+        let ceil = String::from_utf8_lossy(&it.next().unwrap_or_default()).into_owned();
+        let mut out = Vec::new();
+        while let (Some(tag), Some(entry), Some(meta), Some(n)) =
+            (it.next(), it.next(), it.next(), it.next())
+        {
+            let tag = String::from_utf8_lossy(&tag).into_owned();
+            let deliveries = std::str::from_utf8(&n)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if entry.is_empty() {
+                // gone already (acked, or restored by another client): only clean up
+                out.push(InFlight {
+                    tag,
+                    envelope: Vec::new(),
+                    list_key: None,
+                    queue: String::new(),
+                    step: 0,
+                    deliveries,
+                    owner: None,
+                });
+                continue;
+            }
+            out.push(self.parse_in_flight(tag, &entry, &meta, deliveries));
+        }
+        Ok((ceil, out))
+    }
+
+    fn parse_in_flight(&self, tag: String, entry: &[u8], meta: &[u8], deliveries: u32) -> InFlight {
+        let meta = String::from_utf8_lossy(meta);
+        let mut parts = meta.splitn(4, '\n');
+        if let (Some(owner), Some(step), Some(len), Some(queue)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            let step: u8 = step.parse().unwrap_or(0);
+            let len: i64 = len.parse().unwrap_or(-1);
+            let envelope = match usize::try_from(len) {
+                Ok(len) if entry.len() > len => entry[1..=len].to_vec(),
+                _ => lua_json_string(entry).unwrap_or_else(|| entry.to_vec()),
+            };
+            return InFlight {
+                tag,
+                envelope,
+                list_key: Some(self.list_key(queue, step)),
+                queue: queue.to_string(),
+                step,
+                deliveries,
+                owner: Some(owner.to_string()),
+            };
+        }
+        // Written by another client (kombu): `[envelope, exchange, routing_key]`.
+        let (envelope, queue, step) = match serde_json::from_slice::<Value>(entry) {
+            Ok(Value::Array(a)) if a.len() >= 3 => {
+                let priority = a[0]
+                    .pointer("/properties/priority")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    .min(9) as u8;
+                let rk = a[2].as_str().unwrap_or("").to_string();
+                (
+                    serde_json::to_vec(&a[0]).unwrap_or_default(),
+                    rk,
+                    bucket_of(priority),
+                )
+            }
+            _ => (entry.to_vec(), String::new(), 0),
+        };
+        InFlight {
+            tag,
+            envelope,
+            list_key: (!queue.is_empty()).then(|| self.list_key(&queue, step)),
+            queue,
+            step,
+            deliveries,
+            owner: None,
+        }
+    }
+
+    fn dead_record(&self, m: &InFlight, reason: &str, error: Option<&str>) -> Vec<u8> {
+        let head = serde_json::json!({
+            "id": m.tag,
+            "queue": m.queue,
+            "priority": m.step,
+            "reason": reason,
+            "error": error,
+            "deliveries": m.deliveries,
+            "dead_at_ms": now_ms(),
+        });
+        let mut out = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+        out.pop(); // the closing brace
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&m.envelope).is_ok() {
+            out.extend_from_slice(b",\"envelope\":");
+            out.extend_from_slice(&m.envelope);
+        } else if let Ok(s) = std::str::from_utf8(&m.envelope) {
+            out.extend_from_slice(b",\"envelope\":");
+            out.extend(serde_json::to_vec(s).unwrap_or_default());
+        } else {
+            use base64::Engine as _;
+            let b = base64::engine::general_purpose::STANDARD.encode(&m.envelope);
+            out.extend_from_slice(b",\"envelope_b64\":");
+            out.extend(serde_json::to_vec(&b).unwrap_or_default());
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// Runs the restore script over `(tag, kind, key, data)` items.
+    fn restore(
+        &self,
+        ceil: &str,
+        owner: &str,
+        items: &[(String, &'static str, String, Vec<u8>)],
+    ) -> Result<(usize, usize)> {
+        if items.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut inv = self.scripts.restore.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix).arg(ceil).arg(owner);
+        for (tag, kind, key, data) in items {
+            inv.arg(tag.as_str())
+                .arg(*kind)
+                .arg(key.as_str())
+                .arg(&data[..]);
+        }
+        let (moved, dead): (usize, usize) = self.with_conn(|c| inv.invoke(c))?;
+        Ok((moved, dead))
+    }
+
+    fn decide(
+        &self,
+        found: Vec<InFlight>,
+        max_deliveries: u32,
+        error_of: impl Fn(&InFlight) -> String,
+    ) -> Vec<(String, &'static str, String, Vec<u8>)> {
+        found
+            .into_iter()
+            .map(|m| match &m.list_key {
+                None => (m.tag.clone(), "x", String::new(), Vec::new()),
+                Some(_) if m.deliveries >= max_deliveries && m.owner.is_some() => {
+                    let rec = self.dead_record(&m, REASON_WORKER_LOST, Some(&error_of(&m)));
+                    (m.tag.clone(), "d", self.dlq_key(&m.queue), rec)
+                }
+                Some(key) => (
+                    m.tag.clone(),
+                    "q",
+                    key.clone(),
+                    mark_redelivered(&m.envelope),
+                ),
+            })
+            .collect()
+    }
+
+    /// Returns every message held by `owner` (a worker that died) to the front of its queue,
+    /// marked redelivered; those delivered `max_deliveries` times are dead-lettered as
+    /// `worker_lost`. Returns `(requeued, dead_lettered)`.
+    pub fn requeue_owner(&self, owner: &str, max_deliveries: u32) -> Result<(usize, usize)> {
+        check_owner(owner)?;
+        let mut inv = self.scripts.inspect.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix)
+            .arg("owner")
+            .arg(owner);
+        let (_, found) = self.inspect(&inv)?;
+        let items = self.decide(found, max_deliveries, |m| {
+            format!(
+                "worker {owner} was lost while holding the message ({} deliveries)",
+                m.deliveries
+            )
+        });
+        self.restore("", owner, &items)
+    }
+
+    /// Returns up to [`SWEEP_BATCH`] leases older than `visibility` to the front of their queue
+    /// (marked redelivered), or dead-letters them at `max_deliveries`. Entries of other clients
+    /// are only taken after [`FOREIGN_VISIBILITY`]. Returns `(requeued, dead_lettered)`.
+    pub fn sweep_expired(
+        &self,
+        visibility: Duration,
+        max_deliveries: u32,
+    ) -> Result<(usize, usize)> {
+        let mut inv = self.scripts.inspect.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix)
+            .arg("expired")
+            .arg(visibility.as_secs_f64())
+            .arg(FOREIGN_VISIBILITY.max(visibility).as_secs_f64())
+            .arg(SWEEP_BATCH)
+            .arg(SWEEP_SCAN);
+        let (ceil, found) = self.inspect(&inv)?;
+        let items = self.decide(found, max_deliveries, |m| {
+            format!(
+                "lease of {} expired after {} deliveries",
+                m.owner.as_deref().unwrap_or("another client"),
+                m.deliveries
+            )
+        });
+        // Foreign entries are checked against the same ceiling: they are older still.
+        self.restore(&ceil, "", &items)
+    }
+
+    /// Moves an in-flight message to its queue's dead-letter list; false when it is not in flight.
+    pub fn dead_letter(&self, tag: &str, reason: &str, error: Option<&str>) -> Result<bool> {
+        let mut inv = self.scripts.inspect.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix).arg("tags").arg(tag);
+        let (_, found) = self.inspect(&inv)?;
+        let Some(m) = found.into_iter().next() else {
+            return Ok(false);
+        };
+        if m.envelope.is_empty() && m.list_key.is_none() {
+            return Ok(false);
+        }
+        let rec = self.dead_record(&m, reason, error);
+        let (_, dead) =
+            self.restore("", "", &[(m.tag.clone(), "d", self.dlq_key(&m.queue), rec)])?;
+        Ok(dead > 0)
+    }
+
+    fn read_dead(&self, queue: &str, limit: isize) -> Result<Vec<(Vec<u8>, RedisDeadLetter, u8)>> {
+        let raw: Vec<Vec<u8>> = self.with_conn(|c| {
+            redis::cmd("LRANGE")
+                .arg(self.dlq_key(queue))
+                .arg(-limit)
+                .arg(-1)
+                .query(c)
+        })?;
+        // newest at the left: oldest first is the reverse
+        Ok(raw
+            .into_iter()
+            .rev()
+            .filter_map(|r| {
+                let (d, step) = parse_dead(&r)?;
+                Some((r, d, step))
+            })
+            .collect())
+    }
+
+    /// Dead letters of `queue`, oldest first.
+    pub fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<RedisDeadLetter>> {
+        let limit = isize::try_from(limit.max(1))
+            .unwrap_or(DEAD_SCAN)
+            .min(DEAD_SCAN);
+        Ok(self
+            .read_dead(queue, limit)?
+            .into_iter()
+            .map(|(_, d, _)| d)
+            .collect())
+    }
+
+    /// Puts dead letters (by id) back at the end of their queue with a fresh delivery count.
+    pub fn requeue_dead<S: AsRef<str>>(&self, queue: &str, ids: &[S]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(|s| s.as_ref()).collect();
+        let mut n = 0;
+        for (raw, d, step) in self.read_dead(queue, DEAD_SCAN)? {
+            if !wanted.contains(d.id.as_str()) {
+                continue;
+            }
+            let mut inv = self.scripts.requeue_dead.prepare_invoke();
+            inv.arg(&self.config.global_keyprefix)
+                .arg(self.dlq_key(queue))
+                .arg(&raw[..])
+                .arg(self.list_key(queue, step))
+                .arg(&d.payload[..])
+                .arg(&d.id);
+            let moved: usize = self.with_conn(|c| inv.invoke(c))?;
+            n += moved;
+        }
+        Ok(n)
+    }
+
+    /// Deletes the dead letters of `queue`; returns how many.
+    pub fn purge_dead(&self, queue: &str) -> Result<usize> {
+        let key = self.dlq_key(queue);
+        let (n, _): (usize, ()) =
+            self.with_conn(|c| redis::pipe().atomic().llen(&key).del(&key).query(c))?;
+        Ok(n)
+    }
+
+    /// Deletes waiting messages of `queues` (every bucket and the ETA set); returns how many.
+    pub fn purge(&self, queues: &[String]) -> Result<usize> {
+        let mut total = 0;
+        for q in queues {
+            let keys = self.waiting_keys(q);
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for k in &keys[..4] {
+                pipe.llen(k);
+            }
+            pipe.zcard(&keys[4]);
+            pipe.del(&keys).ignore();
+            let counts: Vec<usize> = self.with_conn(|c| pipe.query(c))?;
+            total += counts.iter().sum::<usize>();
+        }
+        Ok(total)
+    }
+
+    fn waiting_keys(&self, queue: &str) -> Vec<String> {
+        let mut keys: Vec<String> = [0, 3, 6, 9]
+            .iter()
+            .map(|s| self.list_key(queue, *s))
+            .collect();
+        keys.push(self.eta_key(queue));
+        keys
+    }
+
+    /// Waiting messages of `queue`: every bucket plus those whose ETA is still ahead.
+    pub fn queue_length(&self, queue: &str) -> Result<usize> {
+        let keys = self.waiting_keys(queue);
+        let mut pipe = redis::pipe();
+        for k in &keys[..4] {
+            pipe.llen(k);
+        }
+        pipe.zcard(&keys[4]);
+        let counts: Vec<usize> = self.with_conn(|c| pipe.query(c))?;
+        Ok(counts.iter().sum())
+    }
+
+    /// Declares kombu bindings so Celery producers sending to an exchange find the queues:
+    /// `SADD _kombu.binding.<exchange> "<routing_key>\x06\x16\x06\x16<queue>"`, with the routing
+    /// key and (when `exchange` is `None`) the exchange named after the queue, as Celery's
+    /// default direct exchanges are.
+    pub fn declare_bindings(&self, queues: &[String], exchange: Option<&str>) -> Result<()> {
+        if queues.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for q in queues {
+            check_queue(q)?;
+            let ex = exchange.unwrap_or(q);
+            pipe.sadd(
+                self.key(&format!("_kombu.binding.{ex}")),
+                format!("{q}{SEP}{SEP}{q}"),
+            )
+            .ignore();
+        }
+        self.with_conn(|c| pipe.query::<()>(c))
+    }
+
+    /// The server's `maxmemory-policy` when it is not `noeviction` (Redis may then evict queued
+    /// messages); `None` when it is, or when the server does not tell (CONFIG disabled).
+    pub fn check_maxmemory_policy(&self) -> Result<Option<String>> {
+        let got: std::result::Result<Vec<String>, Error> = self.with_conn(|c| {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query(c)
+        });
+        let v = match got {
+            Ok(v) => v,
+            Err(Error::Broker(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(v.get(1).filter(|p| p.as_str() != "noeviction").cloned())
+    }
+
+    /// The delivery count of an in-flight or requeued message, for tests and inspection.
+    pub fn deliveries_of(&self, tag: &str) -> Result<u32> {
+        let key = self.key("rqueue.deliveries");
+        let n: Option<u32> = self.with_conn(|c| redis::cmd("HGET").arg(key).arg(tag).query(c))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Messages currently held by `owner`.
+    pub fn leased_count(&self, owner: &str) -> Result<usize> {
+        let key = self.key(&format!("rqueue.owned.{owner}"));
+        self.with_conn(|c| redis::cmd("SCARD").arg(key).query(c))
+    }
+}
+
+/// Decodes the leading JSON string of `["...", ...]` as Lua's cjson wrote it: bytes are passed
+/// through as they are (not necessarily UTF-8), control characters escaped.
+fn lua_json_string(entry: &[u8]) -> Option<Vec<u8>> {
+    let rest = entry.strip_prefix(b"[\"")?;
+    let mut out = Vec::with_capacity(rest.len());
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'"' => return Some(out),
+            b'\\' => {
+                let c = *rest.get(i + 1)?;
+                i += 2;
+                match c {
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b'b' => out.push(0x08),
+                    b'f' => out.push(0x0c),
+                    b'u' => {
+                        let hex = std::str::from_utf8(rest.get(i..i + 4)?).ok()?;
+                        let code = u32::from_str_radix(hex, 16).ok()?;
+                        let ch = char::from_u32(code)?;
+                        let mut buf = [0u8; 4];
+                        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                        i += 4;
+                    }
+                    other => out.push(other),
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+fn check_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() || owner.contains('\n') {
+        return Err(Error::Config(format!(
+            "consumer owner id {owner:?} must be non-empty and on one line"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_dead(raw: &[u8]) -> Option<(RedisDeadLetter, u8)> {
+    let v: Value = serde_json::from_slice(raw).ok()?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let payload = match (v.get("envelope"), v.get("envelope_b64")) {
+        (Some(Value::String(s)), _) => s.clone().into_bytes(),
+        (Some(other), _) => serde_json::to_vec(other).ok()?,
+        (None, Some(Value::String(b))) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(b).ok()?
+        }
+        _ => Vec::new(),
+    };
+    let step = v
+        .get("priority")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(9) as u8;
+    Some((
+        RedisDeadLetter {
+            id: s("id")?,
+            queue: s("queue").unwrap_or_default(),
+            reason: s("reason").unwrap_or_default(),
+            error: s("error"),
+            deliveries: v
+                .get("deliveries")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            dead_at_ms: v.get("dead_at_ms").and_then(Value::as_i64).unwrap_or(0),
+            payload,
+        },
+        bucket_of(step),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_mask_url_hides_passwords() {
+        assert_eq!(
+            mask_url("redis://user:s3cret@h:6379/0"),
+            "redis://user:***@h:6379/0"
+        );
+        assert_eq!(mask_url("redis://:s3cret@h"), "redis://:***@h");
+        assert_eq!(mask_url("redis://s3cret@h/1"), "redis://***@h/1");
+        assert_eq!(mask_url("redis://h:1/2"), "redis://h:1/2");
+        assert_eq!(
+            mask_url("unix:///tmp/r.sock?db=2&password=s3cret"),
+            "unix:///tmp/r.sock?db=2&password=***"
+        );
+    }
+
+    #[test]
+    fn test_lua_json_string_passes_bytes_through() {
+        let entry = b"[\"a\xff\\u0001b\\\"\\/\\n\",\"\",\"q\"]";
+        assert_eq!(lua_json_string(entry).unwrap(), b"a\xff\x01b\"/\n".to_vec());
+        assert!(lua_json_string(b"[\"open").is_none());
+    }
+
+    #[test]
+    fn test_bucket_of_steps() {
+        let got: Vec<u8> = (0..=9).map(bucket_of).collect();
+        assert_eq!(got, vec![0, 0, 0, 3, 3, 3, 6, 6, 6, 9]);
+    }
+
+    #[test]
+    fn test_mark_redelivered_keeps_empty_arrays() {
+        let env = br#"{"body":"W10=","headers":{"stamped_headers":[],"x":{}},"properties":{"delivery_info":{"exchange":"","routing_key":"q"},"delivery_tag":"t"}}"#;
+        let out: Value = serde_json::from_slice(&mark_redelivered(env)).unwrap();
+        assert_eq!(out["headers"]["stamped_headers"], serde_json::json!([]));
+        assert_eq!(out["headers"]["redelivered"], Value::Bool(true));
+        assert_eq!(
+            out["properties"]["delivery_info"]["redelivered"],
+            Value::Bool(true)
+        );
+        assert_eq!(mark_redelivered(b"\xff garbage"), b"\xff garbage".to_vec());
+    }
+
+    #[test]
+    fn test_rediss_is_a_clear_config_error() {
+        let e = RedisBroker::new_lazy(RedisConfig::new("rediss://u:pw@h:6380/0")).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::Config(_)));
+        assert!(text.contains("not supported") && !text.contains("pw@"));
+    }
+}

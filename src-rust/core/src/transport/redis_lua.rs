@@ -1,0 +1,270 @@
+//! The Lua scripts of the Redis transport. Keys are built inside the scripts from the global key
+//! prefix (`ARGV[1]`), so message data reaches them only as arguments. Envelopes are passed along
+//! as the original strings: Lua's `cjson.encode` turns empty arrays into `{}`, so an envelope is
+//! only ever decoded to read fields, never re-encoded.
+//!
+//! Per in-flight message (`tag` = kombu's `delivery_tag`):
+//! - `unacked` (hash): tag → `[envelope, exchange, routing_key]` (kombu's ack emulation);
+//! - `unacked_index` (sorted set): tag → broker time of delivery or last lease renewal (seconds);
+//! - `rqueue.lease` (hash): tag → `owner \n step \n envelope length \n queue`; a length of -1 means
+//!   the payload was not a kombu envelope and is stored as a JSON string in `unacked`;
+//! - `rqueue.owned.<owner>` (set): the tags an owner holds;
+//! - `rqueue.deliveries` (hash): tag → delivery count, kept across redeliveries until ack.
+
+/// Shared helpers prepended to every script.
+const PRELUDE: &str = r#"
+local prefix = ARGV[1]
+local unacked = prefix .. 'unacked'
+local index = prefix .. 'unacked_index'
+local leases = prefix .. 'rqueue.lease'
+local counts = prefix .. 'rqueue.deliveries'
+local function list_key(q, step)
+  if step == '0' or step == 0 then return prefix .. q end
+  return prefix .. q .. '\6\22' .. step
+end
+local function parse_meta(meta)
+  return string.match(meta, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
+end
+local function forget(tag, meta)
+  redis.call('HDEL', unacked, tag)
+  redis.call('ZREM', index, tag)
+  if meta then
+    local holder = parse_meta(meta)
+    redis.call('HDEL', leases, tag)
+    if holder then redis.call('SREM', prefix .. 'rqueue.owned.' .. holder, tag) end
+  end
+end
+"#;
+
+/// ARGV: prefix, owner, limit, eta batch per queue, queue count, queues...
+/// Returns flat `[tag, queue, envelope, deliveries]` groups.
+const FETCH_BODY: &str = r#"
+local owner = ARGV[2]
+local limit = tonumber(ARGV[3])
+local eta_batch = tonumber(ARGV[4])
+local nq = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local queues = {}
+for i = 1, nq do queues[i] = ARGV[5 + i] end
+-- (a) due ETA messages back to their list (bounded per queue and call)
+for _, q in ipairs(queues) do
+  local ek = prefix .. 'rqueue.eta.' .. q
+  local due = redis.call('ZRANGEBYSCORE', ek, '-inf', now_ms, 'LIMIT', 0, eta_batch)
+  for _, m in ipairs(due) do
+    local bar = string.find(m, '|', 1, true)
+    if bar then
+      local step = string.match(string.sub(m, 1, bar - 1), '^(%d)')
+      redis.call('LPUSH', list_key(q, step or '0'), string.sub(m, bar + 1))
+    end
+    redis.call('ZREM', ek, m)
+  end
+end
+-- (b) pop in priority order: every queue's bucket 0 before any bucket 3
+local out = {}
+local got = 0
+local owned = prefix .. 'rqueue.owned.' .. owner
+for _, step in ipairs({'0', '3', '6', '9'}) do
+  for _, q in ipairs(queues) do
+    while got < limit do
+      local env = redis.call('RPOP', list_key(q, step))
+      if not env then break end
+      got = got + 1
+      -- (c) lease records
+      local ok, obj = pcall(cjson.decode, env)
+      local tag, ex, rk
+      if ok and type(obj) == 'table' and type(obj.properties) == 'table' then
+        tag = obj.properties.delivery_tag
+        local di = obj.properties.delivery_info
+        if type(di) == 'table' then ex = di.exchange; rk = di.routing_key end
+      end
+      local entry, envlen
+      if type(tag) == 'string' and tag ~= '' and not string.find(tag, '\n', 1, true) then
+        if type(ex) ~= 'string' then ex = '' end
+        if type(rk) ~= 'string' then rk = q end
+        entry = '[' .. env .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
+        envlen = #env
+      else
+        -- not a kombu envelope: give it a tag so the worker can dead-letter it
+        tag = 'rqueue-' .. t[1] .. t[2] .. '-' .. redis.call('INCR', prefix .. 'rqueue.tagseq')
+        entry = '[' .. cjson.encode(env) .. ',"",' .. cjson.encode(q) .. ']'
+        envlen = -1
+      end
+      redis.call('HSET', unacked, tag, entry)
+      redis.call('ZADD', index, now_s, tag)
+      redis.call('SADD', owned, tag)
+      redis.call('HSET', leases, tag, owner .. '\n' .. step .. '\n' .. envlen .. '\n' .. q)
+      local n = redis.call('HINCRBY', counts, tag, 1)
+      out[#out + 1] = tag
+      out[#out + 1] = q
+      out[#out + 1] = env
+      out[#out + 1] = tostring(n)
+    end
+  end
+end
+return out
+"#;
+
+/// ARGV: prefix, tags... Returns how many were in flight.
+const ACK_BODY: &str = r#"
+local n = 0
+for i = 2, #ARGV do
+  local tag = ARGV[i]
+  local meta = redis.call('HGET', leases, tag)
+  if redis.call('HEXISTS', unacked, tag) == 1 then n = n + 1 end
+  forget(tag, meta)
+  redis.call('HDEL', counts, tag)
+end
+return n
+"#;
+
+/// ARGV: prefix, tags... Unstarted deliveries back to the front of their list, unchanged, with
+/// the delivery count undone. Pushed last tag first so the first tag is consumed next.
+const REQUEUE_BODY: &str = r#"
+local n = 0
+for i = #ARGV, 2, -1 do
+  local tag = ARGV[i]
+  local meta = redis.call('HGET', leases, tag)
+  local entry = redis.call('HGET', unacked, tag)
+  if meta and entry then
+    local _, step, envlen, q = parse_meta(meta)
+    envlen = tonumber(envlen) or -1
+    local env
+    if envlen >= 0 then env = string.sub(entry, 2, 1 + envlen) else env = cjson.decode(entry)[1] end
+    redis.call('RPUSH', list_key(q, step), env)
+    forget(tag, meta)
+    if redis.call('HINCRBY', counts, tag, -1) <= 0 then redis.call('HDEL', counts, tag) end
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// ARGV: prefix, owner. Renews the owner's leases with the broker's clock.
+const EXTEND_BODY: &str = r#"
+local t = redis.call('TIME')
+local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = 0
+for _, tag in ipairs(redis.call('SMEMBERS', prefix .. 'rqueue.owned.' .. ARGV[2])) do
+  redis.call('ZADD', index, 'XX', now_s, tag)
+  n = n + 1
+end
+return n
+"#;
+
+/// ARGV: prefix, mode, ... Reads in-flight entries for the Rust side to decide on.
+/// mode `tags`: tags...; `owner`: owner; `expired`: visibility s, foreign visibility s, limit, scan.
+/// Returns `[ceiling, (tag, entry, meta, deliveries)...]` with '' for missing values.
+const INSPECT_BODY: &str = r#"
+local mode = ARGV[2]
+local out = {''}
+local function add(tag)
+  out[#out + 1] = tag
+  out[#out + 1] = redis.call('HGET', unacked, tag) or ''
+  out[#out + 1] = redis.call('HGET', leases, tag) or ''
+  out[#out + 1] = redis.call('HGET', counts, tag) or '0'
+end
+if mode == 'tags' then
+  for i = 3, #ARGV do add(ARGV[i]) end
+elseif mode == 'owner' then
+  for _, tag in ipairs(redis.call('SMEMBERS', prefix .. 'rqueue.owned.' .. ARGV[3])) do add(tag) end
+else
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local ceil = string.format('%.6f', now - tonumber(ARGV[3]))
+  local fceil = now - tonumber(ARGV[4])
+  local limit, scan = tonumber(ARGV[5]), tonumber(ARGV[6])
+  out[1] = ceil
+  local offset, found = 0, 0
+  while found < limit and offset < scan do
+    local page = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ceil, 'WITHSCORES', 'LIMIT', offset, 100)
+    if #page == 0 then break end
+    for i = 1, #page, 2 do
+      local tag = page[i]
+      -- entries of other clients (kombu workers) only after their own, longer timeout
+      if found < limit and (redis.call('HEXISTS', leases, tag) == 1 or tonumber(page[i + 1]) < fceil) then
+        add(tag)
+        found = found + 1
+      end
+    end
+    offset = offset + 100
+  end
+end
+return out
+"#;
+
+/// ARGV: prefix, ceiling ('' = none), owner ('' = any), then `(tag, kind, key, data)` groups;
+/// kind `q` = RPUSH data to key (front of the queue), `d` = LPUSH data to key (dead letters),
+/// `x` = only forget records of a message no longer in flight.
+/// Acts only on entries still in flight (and still expired / still held by owner).
+/// Returns `[moved, dead]`.
+const RESTORE_BODY: &str = r#"
+local ceil, owner = ARGV[2], ARGV[3]
+local moved, dead = 0, 0
+for i = 4, #ARGV, 4 do
+  local tag, kind, key, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local meta = redis.call('HGET', leases, tag)
+  local ok = redis.call('HEXISTS', unacked, tag) == 1
+  if not ok then
+    forget(tag, meta)
+  else
+    if ceil ~= '' then
+      local s = redis.call('ZSCORE', index, tag)
+      ok = s and tonumber(s) < tonumber(ceil)
+    end
+    if ok and owner ~= '' then ok = meta and parse_meta(meta) == owner end
+    if ok and kind ~= 'x' then
+      forget(tag, meta)
+      if kind == 'q' then
+        redis.call('RPUSH', key, data)
+        moved = moved + 1
+      else
+        redis.call('LPUSH', key, data)
+        redis.call('HDEL', counts, tag)
+        dead = dead + 1
+      end
+    end
+  end
+end
+return {moved, dead}
+"#;
+
+/// ARGV: prefix, dead-letter list, record, target list, envelope, tag.
+const REQUEUE_DEAD_BODY: &str = r#"
+if redis.call('LREM', ARGV[2], 1, ARGV[3]) == 1 then
+  redis.call('LPUSH', ARGV[4], ARGV[5])
+  redis.call('HDEL', counts, ARGV[6])
+  return 1
+end
+return 0
+"#;
+
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{PRELUDE}{body}"))
+}
+
+/// The scripts, hashed once; invoked by SHA (loaded on first NOSCRIPT).
+pub(crate) struct Scripts {
+    pub fetch: redis::Script,
+    pub ack: redis::Script,
+    pub requeue: redis::Script,
+    pub extend: redis::Script,
+    pub inspect: redis::Script,
+    pub restore: redis::Script,
+    pub requeue_dead: redis::Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            fetch: script(FETCH_BODY),
+            ack: script(ACK_BODY),
+            requeue: script(REQUEUE_BODY),
+            extend: script(EXTEND_BODY),
+            inspect: script(INSPECT_BODY),
+            restore: script(RESTORE_BODY),
+            requeue_dead: script(REQUEUE_DEAD_BODY),
+        }
+    }
+}

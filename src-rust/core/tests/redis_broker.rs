@@ -1,0 +1,442 @@
+//! The Redis transport against a real `redis-server` started by each test on a free loopback
+//! port (skipped, with a note, when redis-server is not on PATH).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rqueue_core::prefetch::PrefetchBuffer;
+use rqueue_core::transport::redis::{NewMessage, RedisBroker, RedisConfig};
+use rqueue_core::transport::redis_consumer::{RedisConsumer, RedisConsumerConfig};
+use rqueue_core::Error;
+use serde_json::Value;
+
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Option<Server> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            eprintln!("note: redis-server not on PATH; skipping");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = Server { port, child: None };
+        s.spawn();
+        Some(s)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn broker(&self, prefix: &str) -> RedisBroker {
+        let mut cfg = RedisConfig::new(self.url());
+        cfg.global_keyprefix = prefix.to_string();
+        RedisBroker::connect(cfg).unwrap()
+    }
+
+    fn raw(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+macro_rules! server {
+    () => {
+        match Server::start() {
+            Some(s) => s,
+            None => return,
+        }
+    };
+}
+
+fn envelope(tag: &str, queue: &str, body: &str) -> Vec<u8> {
+    format!(
+        r#"{{"body":"{body}","content-encoding":"utf-8","content-type":"application/json","headers":{{"lang":"py","task":"t","id":"{tag}","stamped_headers":[],"stamps":{{}}}},"properties":{{"correlation_id":"{tag}","delivery_mode":2,"delivery_info":{{"exchange":"","routing_key":"{queue}"}},"priority":0,"body_encoding":"base64","delivery_tag":"{tag}"}}}}"#
+    )
+    .into_bytes()
+}
+
+fn qs(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn tags(ds: &[rqueue_core::prefetch::Delivery]) -> Vec<String> {
+    ds.iter().map(|d| d.tag.clone()).collect()
+}
+
+#[test]
+fn test_redis_fifo_and_priority_across_queues() {
+    let s = server!();
+    let b = s.broker("");
+    b.publish("a", &envelope("a1", "a", "x"), 0, None).unwrap();
+    b.publish("b", &envelope("b1", "b", "x"), 9, None).unwrap();
+    b.publish("b", &envelope("b2", "b", "x"), 4, None).unwrap();
+    b.publish("a", &envelope("a2", "a", "x"), 1, None).unwrap();
+    b.publish("b", &envelope("b3", "b", "x"), 0, None).unwrap();
+    b.publish("a", &envelope("a3", "a", "x"), 7, None).unwrap();
+    assert_eq!(b.queue_length("a").unwrap(), 3);
+    let got = b.fetch(&qs(&["a", "b"]), 10, "w1").unwrap();
+    assert_eq!(tags(&got), vec!["a1", "a2", "b3", "b2", "a3", "b1"]);
+    assert_eq!(got[0].queue, "a");
+    assert_eq!(got[3].queue, "b");
+    assert_eq!(got[0].payload, envelope("a1", "a", "x"));
+    assert!(got.iter().all(|d| d.deliveries == 1));
+    assert!(b.fetch(&qs(&["a", "b"]), 10, "w1").unwrap().is_empty());
+}
+
+#[test]
+fn test_redis_kombu_keys_and_ack_removes_everything() {
+    let s = server!();
+    let b = s.broker("");
+    let mut raw = s.raw();
+    b.publish("celery", &envelope("t1", "celery", "x"), 3, None)
+        .unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut raw).unwrap();
+    assert_eq!(keys, vec![b"celery\x06\x163".to_vec()]);
+    let got = b.fetch(&qs(&["celery"]), 1, "w1").unwrap();
+    assert_eq!(got[0].tag, "t1");
+    let entry: String = redis::cmd("HGET")
+        .arg("unacked")
+        .arg("t1")
+        .query(&mut raw)
+        .unwrap();
+    let v: Value = serde_json::from_str(&entry).unwrap();
+    assert_eq!(v[1], "");
+    assert_eq!(v[2], "celery");
+    assert_eq!(v[0]["headers"]["stamped_headers"], serde_json::json!([]));
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("unacked_index")
+        .arg("t1")
+        .query(&mut raw)
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((score.unwrap() - now).abs() < 5.0);
+    assert_eq!(b.leased_count("w1").unwrap(), 1);
+    assert_eq!(b.ack(&["t1"]).unwrap(), 1);
+    assert_eq!(b.ack(&["t1"]).unwrap(), 0);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut raw).unwrap();
+    assert!(keys.is_empty(), "left behind: {keys:?}");
+}
+
+#[test]
+fn test_redis_requeue_puts_it_next_and_undoes_the_count() {
+    let s = server!();
+    let b = s.broker("");
+    for t in ["m1", "m2", "m3"] {
+        b.publish("q", &envelope(t, "q", "x"), 0, None).unwrap();
+    }
+    let got = b.fetch(&qs(&["q"]), 2, "w1").unwrap();
+    assert_eq!(tags(&got), vec!["m1", "m2"]);
+    assert_eq!(b.requeue(&tags(&got)).unwrap(), 2);
+    let again = b.fetch(&qs(&["q"]), 3, "w1").unwrap();
+    assert_eq!(tags(&again), vec!["m1", "m2", "m3"]);
+    assert!(again.iter().all(|d| d.deliveries == 1));
+    assert_eq!(again[0].payload, envelope("m1", "q", "x"));
+}
+
+#[test]
+fn test_redis_requeue_owner_and_dead_letter_at_max_deliveries() {
+    let s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("p1", "q", "x"), 0, None).unwrap();
+    b.publish("q", &envelope("n1", "q", "x"), 0, None).unwrap();
+    for round in 1..=3u32 {
+        let got = b.fetch(&qs(&["q"]), 10, "dead-worker").unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|d| d.deliveries == round));
+        if round < 3 {
+            let (requeued, dead) = b.requeue_owner("dead-worker", 3).unwrap();
+            assert_eq!((requeued, dead), (2, 0));
+            let next = b.fetch(&qs(&["q"]), 1, "peek").unwrap();
+            let v: Value = serde_json::from_slice(&next[0].payload).unwrap();
+            assert_eq!(v["headers"]["redelivered"], true);
+            assert_eq!(v["properties"]["delivery_info"]["redelivered"], true);
+            assert_eq!(v["headers"]["stamped_headers"], serde_json::json!([]));
+            b.requeue(&tags(&next)).unwrap();
+        }
+    }
+    assert_eq!(b.requeue_owner("dead-worker", 3).unwrap(), (0, 2));
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+    assert_eq!(b.leased_count("dead-worker").unwrap(), 0);
+    let dl = b.dead_letters("q", 10).unwrap();
+    assert_eq!(dl.len(), 2);
+    assert!(dl
+        .iter()
+        .all(|d| d.reason == "worker_lost" && d.deliveries == 3));
+    let v: Value = serde_json::from_slice(&dl[0].payload).unwrap();
+    assert_eq!(v["headers"]["stamped_headers"], serde_json::json!([]));
+    assert_eq!(b.requeue_dead("q", &[dl[0].id.as_str()]).unwrap(), 1);
+    assert_eq!(b.dead_letters("q", 10).unwrap().len(), 1);
+    let back = b.fetch(&qs(&["q"]), 10, "w2").unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].deliveries, 1);
+    assert_eq!(b.purge_dead("q").unwrap(), 1);
+}
+
+#[test]
+fn test_redis_dead_letter_by_tag_and_garbage() {
+    let s = server!();
+    let b = s.broker("");
+    let mut raw = s.raw();
+    b.publish("q", &envelope("g1", "q", "x"), 0, None).unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg("q")
+        .arg(&b"\xff\x00not json"[..])
+        .query(&mut raw)
+        .unwrap();
+    let got = b.fetch(&qs(&["q"]), 10, "w").unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].payload, b"\xff\x00not json".to_vec());
+    assert!(got[1].tag.starts_with("rqueue-"));
+    assert!(b
+        .dead_letter(&got[0].tag, "decode_error", Some("bad"))
+        .unwrap());
+    assert!(!b.dead_letter(&got[0].tag, "decode_error", None).unwrap());
+    assert!(b.dead_letter(&got[1].tag, "decode_error", None).unwrap());
+    assert!(!b.dead_letter("unknown", "x", None).unwrap());
+    let dl = b.dead_letters("q", 10).unwrap();
+    assert_eq!(dl[0].error.as_deref(), Some("bad"));
+    assert_eq!(dl[0].payload, envelope("g1", "q", "x"));
+    assert_eq!(dl[1].payload, b"\xff\x00not json".to_vec());
+    assert_eq!(b.leased_count("w").unwrap(), 0);
+}
+
+#[test]
+fn test_redis_sweep_returns_expired_lease_to_front_marked_redelivered() {
+    let s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("s1", "q", "x"), 0, None).unwrap();
+    b.publish("q", &envelope("s2", "q", "x"), 0, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w").unwrap();
+    assert_eq!(got[0].tag, "s1");
+    assert_eq!(b.sweep_expired(Duration::from_secs(60), 5).unwrap(), (0, 0));
+    std::thread::sleep(Duration::from_millis(300));
+    // a renewed lease is not swept
+    b.extend_leases("w").unwrap();
+    assert_eq!(
+        b.sweep_expired(Duration::from_millis(200), 5).unwrap(),
+        (0, 0)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        b.sweep_expired(Duration::from_millis(200), 5).unwrap(),
+        (1, 0)
+    );
+    let again = b.fetch(&qs(&["q"]), 1, "w2").unwrap();
+    assert_eq!(again[0].tag, "s1");
+    assert_eq!(again[0].deliveries, 2);
+    let v: Value = serde_json::from_slice(&again[0].payload).unwrap();
+    assert_eq!(v["headers"]["redelivered"], true);
+    assert_eq!(v["properties"]["delivery_info"]["redelivered"], true);
+    assert_eq!(v["headers"]["stamped_headers"], serde_json::json!([]));
+    assert_eq!(v["headers"]["stamps"], serde_json::json!({}));
+    assert_eq!(b.leased_count("w").unwrap(), 0);
+    // over the limit: dead-lettered
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        b.sweep_expired(Duration::from_millis(200), 2).unwrap(),
+        (0, 1)
+    );
+    assert_eq!(b.dead_letters("q", 10).unwrap()[0].id, "s1");
+}
+
+#[test]
+fn test_redis_eta_waits_in_the_broker() {
+    let s = server!();
+    let b = s.broker("");
+    let now = rqueue_core::transport::sqlite::now_ms();
+    b.publish_many(&[
+        NewMessage {
+            queue: "q".into(),
+            payload: envelope("e1", "q", "x"),
+            priority: 0,
+            eta_ms: Some(now + 400),
+        },
+        NewMessage {
+            queue: "q".into(),
+            payload: envelope("n1", "q", "x"),
+            priority: 0,
+            eta_ms: None,
+        },
+    ])
+    .unwrap();
+    assert_eq!(b.queue_length("q").unwrap(), 2);
+    let got = b.fetch(&qs(&["q"]), 10, "w").unwrap();
+    assert_eq!(tags(&got), vec!["n1"]);
+    assert!(b.fetch(&qs(&["q"]), 10, "w").unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let got = b.fetch(&qs(&["q"]), 10, "w").unwrap();
+    assert_eq!(tags(&got), vec!["e1"]);
+    assert_eq!(got[0].payload, envelope("e1", "q", "x"));
+}
+
+#[test]
+fn test_redis_global_keyprefix_on_every_key() {
+    let s = server!();
+    let b = s.broker("pfx:");
+    let mut raw = s.raw();
+    let now = rqueue_core::transport::sqlite::now_ms();
+    b.publish("q", &envelope("k1", "q", "x"), 0, None).unwrap();
+    b.publish("q", &envelope("k2", "q", "x"), 6, None).unwrap();
+    b.publish("q", &envelope("k3", "q", "x"), 0, Some(now + 60_000))
+        .unwrap();
+    b.declare_bindings(&qs(&["q"]), None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w").unwrap();
+    b.dead_letter(&got[0].tag, "x", None).unwrap();
+    b.fetch(&qs(&["q"]), 1, "w").unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut raw).unwrap();
+    assert!(keys.len() >= 6, "{keys:?}");
+    for k in &keys {
+        assert!(k.starts_with(b"pfx:"), "{:?}", String::from_utf8_lossy(k));
+    }
+    let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+        .arg("pfx:_kombu.binding.q")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(members, vec![b"q\x06\x16\x06\x16q".to_vec()]);
+    assert_eq!(b.purge(&qs(&["q"])).unwrap(), 1);
+}
+
+#[test]
+fn test_redis_unreachable_is_connection_error_without_password() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = RedisConfig::new(format!("redis://u:canary-pw@127.0.0.1:{port}/0"));
+    cfg.connect_timeout = Duration::from_millis(500);
+    let e = RedisBroker::connect(cfg).unwrap_err();
+    assert!(matches!(e, Error::Connection(_)), "{e}");
+    assert!(!e.to_string().contains("canary-pw"), "{e}");
+}
+
+#[test]
+fn test_redis_maxmemory_policy() {
+    let s = server!();
+    let b = s.broker("");
+    assert_eq!(b.check_maxmemory_policy().unwrap(), None);
+    let mut raw = s.raw();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(
+        b.check_maxmemory_policy().unwrap().as_deref(),
+        Some("allkeys-lru")
+    );
+}
+
+fn consumer(s: &Server, buffer: &Arc<PrefetchBuffer>, queues: &[&str]) -> RedisConsumer {
+    let mut cfg = RedisConsumerConfig::new(RedisConfig::new(s.url()), qs(queues), "c1");
+    cfg.lease = Duration::from_secs(30);
+    cfg.poll_max = Duration::from_millis(5);
+    RedisConsumer::new(cfg, Arc::clone(buffer)).unwrap()
+}
+
+#[test]
+fn test_redis_consumer_fills_buffer_and_stop_returns_unstarted() {
+    let s = server!();
+    let b = s.broker("");
+    for i in 0..10 {
+        b.publish("q", &envelope(&format!("c{i}"), "q", "x"), 0, None)
+            .unwrap();
+    }
+    let buffer = Arc::new(PrefetchBuffer::new(4));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    let first = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(first.tag, "c0");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while buffer.len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(buffer.len(), 3);
+    assert_eq!(b.leased_count("c1").unwrap(), 4);
+    let left = c.stop();
+    assert!(!c.running());
+    assert_eq!(tags(&left), vec!["c1", "c2", "c3"]);
+    assert_eq!(b.requeue(&tags(&left)).unwrap(), 3);
+    b.ack(&[first.tag.as_str()]).unwrap();
+    let next = b.fetch(&qs(&["q"]), 1, "w").unwrap();
+    assert_eq!(next[0].tag, "c1");
+    assert!(c.last_error().is_none());
+}
+
+#[test]
+fn test_redis_consumer_reconnects_after_restart() {
+    let mut s = server!();
+    let buffer = Arc::new(PrefetchBuffer::new(8));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    s.broker("")
+        .publish("q", &envelope("r1", "q", "x"), 0, None)
+        .unwrap();
+    assert_eq!(buffer.get(Some(Duration::from_secs(5))).unwrap().tag, "r1");
+    s.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    s.spawn();
+    let restarted = Instant::now();
+    s.broker("")
+        .publish("q", &envelope("r2", "q", "x"), 0, None)
+        .unwrap();
+    let got = buffer.get(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(got.tag, "r2");
+    assert!(restarted.elapsed() < Duration::from_secs(5));
+    assert!(c.last_error().is_some());
+    c.stop();
+}
