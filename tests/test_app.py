@@ -163,8 +163,9 @@ def test_pickle_is_refused_unless_accepted(app: App) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("kafka://localhost", "unknown URL scheme 'kafka'.*supported schemes: sqlite://"),
+        ("kafka://localhost", "unknown URL scheme 'kafka'.*supported schemes: sqlite://, redis://, unix://"),
         ("amqp://guest@localhost//", "amqp:// scheme.*not available"),
+        ("rediss://localhost", "rediss:// scheme.*not available"),
         ("localhost:6379", "is not a URL"),
         ("sqlite://", "names no file"),
         ("sqlite:///:memory:", "cannot be shared"),

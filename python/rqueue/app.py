@@ -267,8 +267,11 @@ class App:
             extra_headers=headers,
             max_size=conf.task_max_message_size,
         )
+        backend = self.backend
+        if not ignore_result:
+            backend.prepare(task_id)
         self.broker.publish(queue_name, payload, _clamp_priority(priority), eta_ms)
-        return AsyncResult(task_id, self.backend, ignored=ignore_result, app=self)
+        return AsyncResult(task_id, backend, ignored=ignore_result, app=self)
 
     def _check_serializer_enabled(self, serializer: str) -> None:
         accept = [serialization.serializer_name(c) for c in self.conf.accept_content]

@@ -10,12 +10,12 @@ from rqueue.exceptions import ConfigurationError
 #: Schemes rqueue can use today, and what each is for.
 SUPPORTED_SCHEMES = {
     "sqlite": "embedded SQLite file (sqlite:///relative.db or sqlite:////absolute.db)",
+    "redis": "Redis (redis://[user:password@]host[:port][/db])",
+    "unix": "Redis over a unix socket (unix:///path/redis.sock?db=N)",
 }
 #: Schemes that are known but not available yet; naming one is a clear error, not a surprise.
 PLANNED_SCHEMES = {
-    "redis": "Redis broker",
     "rediss": "Redis over TLS",
-    "unix": "Redis over a unix socket",
     "amqp": "RabbitMQ",
     "postgresql": "PostgreSQL",
 }
