@@ -97,11 +97,19 @@ def rqueue_cmd() -> list[str]:
 
 
 class Project:
-    """A directory holding ``tasks.py``, its SQLite broker file and a ledger."""
+    """A directory holding ``tasks.py`` and a ledger, with a broker and backend of one kind.
 
-    def __init__(self, root: Path) -> None:
+    ``kind`` is ``sqlite`` (one file for messages and results) or ``redis`` (a real server, for
+    both). The ledger is a separate SQLite file the test tasks append to: an independent record of
+    executions.
+    """
+
+    def __init__(self, root: Path, kind: str = "sqlite", redis_url: str | None = None) -> None:
         self.root = root
-        self.broker_url = f"sqlite:///{root / 'broker.sqlite3'}"
+        self.kind = kind
+        self.redis_url = redis_url
+        self.broker_url = f"sqlite:///{root / 'broker.sqlite3'}" if kind == "sqlite" else str(redis_url)
+        self.backend_url = "" if kind == "sqlite" else str(redis_url)
         self.ledger = root / "ledger.sqlite3"
         shutil.copy(PROJECT / "tasks.py", root / "tasks.py")
         self.workers: list[WorkerProcess] = []
@@ -109,13 +117,18 @@ class Project:
     @property
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(TEST_BROKER_URL=self.broker_url, LEDGER=str(self.ledger), PYTHONUNBUFFERED="1")
+        env.update(
+            TEST_BROKER_URL=self.broker_url,
+            TEST_BACKEND_URL=self.backend_url,
+            LEDGER=str(self.ledger),
+            PYTHONUNBUFFERED="1",
+        )
         env["PYTHONPATH"] = str(self.root)
         return env
 
     def app(self) -> Any:
         """The test app imported in this process, pointing at this project's files."""
-        os.environ.update(TEST_BROKER_URL=self.broker_url, LEDGER=str(self.ledger))
+        os.environ.update(TEST_BROKER_URL=self.broker_url, TEST_BACKEND_URL=self.backend_url, LEDGER=str(self.ledger))
         sys.modules.pop("tasks", None)
         sys.path.insert(0, str(self.root))
         try:
@@ -123,6 +136,13 @@ class Project:
         finally:
             sys.path.remove(str(self.root))
         return tasks
+
+    def switch_to_empty_broker(self) -> None:
+        """Point the project at another, empty broker (and backend) of the same kind."""
+        if self.kind == "sqlite":
+            self.broker_url = f"sqlite:///{self.root / 'other.sqlite3'}"
+        else:
+            self.broker_url = self.backend_url = str(self.redis_url).rsplit("/", 1)[0] + "/1"
 
     def run_cli(
         self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
@@ -204,9 +224,11 @@ class WorkerProcess:
         return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
-    proj = Project(tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+    """A project on each broker kind: the walkthrough must hold on both."""
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    proj = Project(tmp_path, request.param, redis_url)
     yield proj
     for worker in proj.workers:
         if worker.proc.poll() is None:

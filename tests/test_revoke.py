@@ -54,7 +54,7 @@ def test_statedb_keeps_revoked_ids_across_brokers_and_restarts(project: Project)
     assert "revoked-id" in json.loads(statedb.read_text())["revoked"]
 
     # A new, empty broker file knows nothing of the revocation: only the state file does.
-    project.broker_url = f"sqlite:///{project.root / 'other.sqlite3'}"
+    project.switch_to_empty_broker()
     tasks = project.app()
     project.start_worker("-c", "1", "--statedb", str(statedb))
     skipped = tasks.record.apply_async(("again",), task_id="revoked-id")

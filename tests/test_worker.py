@@ -104,8 +104,8 @@ def test_unknown_task_is_dead_lettered_and_worker_continues(project: Project) ->
     assert ghost.state == "FAILURE"
     assert tasks.add.delay(1, 1).get(timeout=30) == 2
     assert "unregistered task tasks.ghost" in worker.log_text()
-    dead = tasks.app.broker.native.dead_letters()
-    assert [(row[1], row[2]) for row in dead] == [("celery", "unregistered")]
+    dead = tasks.app.broker.dead_letters("celery")
+    assert [(d.queue, d.reason) for d in dead] == [("celery", "unregistered")]
 
 
 def test_content_type_not_accepted_is_refused_before_decoding(project: Project) -> None:
@@ -116,8 +116,8 @@ def test_content_type_not_accepted_is_refused_before_decoding(project: Project) 
     refused = producer.send_task("tasks.add", [1, 2], serializer="msgpack")
     worker.wait_for_log(f"Message {refused.id} from queue 'celery' dead-lettered (content_disallowed)")
     assert tasks.add.delay(2, 3).get(timeout=30) == 5
-    dead = producer.broker.native.dead_letters()
-    assert [row[2] for row in dead] == ["content_disallowed"]
+    dead = producer.broker.dead_letters("celery")
+    assert [d.reason for d in dead] == ["content_disallowed"]
 
 
 def test_config_module_upper_case_names_reach_the_worker(project: Project) -> None:

@@ -97,7 +97,8 @@ class App:
         """The broker connection of this process (opened on first use)."""
         url = self.derived("broker_url", lambda: self.broker_url)
         if self._broker is None or self._broker[0] != url:
-            self._broker = (url, open_broker(url))
+            conf = self.conf
+            self._broker = (url, open_broker(url, conf.broker_transport_options, conf.broker_connection_timeout))
         return self._broker[1]
 
     @property

@@ -72,7 +72,8 @@ DEFAULTS: dict[str, Setting] = {
     "broker_connection_timeout": Setting(4.0, NUMBER, "seconds to wait when connecting", _positive),
     "broker_visibility_timeout": Setting(60.0, NUMBER, "seconds a leased message stays invisible", _positive),
     "broker_max_deliveries": Setting(5, (int,), "deliveries before a message is dead-lettered", _positive),
-    "broker_transport_options": Setting({}, (dict,), "transport-specific options"),
+    "broker_transport_options": Setting({}, (dict,), "transport options, e.g. {'global_keyprefix': 'app:'}"),
+    "broker_allow_eviction": Setting(False, (bool,), "let workers use a Redis whose maxmemory-policy may evict"),
     # serialization
     "task_serializer": Setting("json", (str,), "serializer of task arguments", _serializer),
     "result_serializer": Setting("json", (str,), "serializer of results", _serializer),

@@ -11,7 +11,7 @@ import time
 
 from rqueue import App
 
-app = App("tasks", broker=os.environ.get("TEST_BROKER_URL"), backend=os.environ.get("TEST_BACKEND_URL"))
+app = App("tasks", broker=os.environ.get("TEST_BROKER_URL"), backend=os.environ.get("TEST_BACKEND_URL") or None)
 if os.environ.get("TEST_CONFIG_MODULE"):
     app.config_from_object(os.environ["TEST_CONFIG_MODULE"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from rqueue._rqueue import Delivery, PrefetchBuffer
@@ -18,6 +19,19 @@ class Consumer(Protocol):
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]: ...
     def set_queues(self, queues: Sequence[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message moved aside, with why: ``reason`` is a code (``unregistered``, ``decode_error`` ...)."""
+
+    id: str
+    queue: str
+    reason: str
+    error: str | None
+    deliveries: int
+    dead_at_ms: int
+    payload: bytes
 
 
 class Broker(ABC):
@@ -45,6 +59,9 @@ class Broker(ABC):
         poll_max_ms: int,
     ) -> Consumer: ...
 
+    def prepare_consumer(self, queues: Sequence[str], allow_eviction: bool) -> None:  # noqa: B027 - optional hook
+        """Called once when a worker starts consuming ``queues``: declare what the broker needs."""
+
     @abstractmethod
     def ack(self, tags: Sequence[str]) -> None: ...
 
@@ -67,6 +84,10 @@ class Broker(ABC):
 
     @abstractmethod
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None: ...
+
+    @abstractmethod
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The dead letters of a queue, oldest first."""
 
     @abstractmethod
     def purge(self, queues: Sequence[str]) -> int: ...

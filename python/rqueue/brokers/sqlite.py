@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Broker
+from rqueue.brokers.base import Broker, DeadLetter
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
@@ -80,6 +80,9 @@ class SqliteBroker(Broker):
 
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         self.native.dead_letter(tag, reason, error)
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return [DeadLetter(str(row[0]), *row[1:]) for row in self.native.dead_letters(queue, limit)]
 
     def purge(self, queues: Sequence[str]) -> int:
         return self.native.purge(queues)

@@ -93,6 +93,7 @@ def help_(ctx: click.Context) -> None:
 )
 @click.option("--statedb", type=click.Path(dir_okay=False), help="Keep revoked task ids in this file across restarts.")
 @click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
+@click.option("--allow-eviction", is_flag=True, help="Start even if Redis may evict messages (maxmemory-policy).")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Messages prefetched per process or thread.")
 @click.pass_context
 def worker(
@@ -105,6 +106,7 @@ def worker(
     pidfile: str | None,
     statedb: str | None,
     logfile: str | None,
+    allow_eviction: bool,
     prefetch_multiplier: int | None,
 ) -> None:
     """Start a worker that runs the app's tasks."""
@@ -117,6 +119,8 @@ def worker(
         setup_logging(loglevel, logfile)
         if prefetch_multiplier:
             app.conf.worker_prefetch_multiplier = prefetch_multiplier
+        if allow_eviction:
+            app.conf.broker_allow_eviction = True
         node = hostname.replace("%h", socket.gethostname()) if hostname else None
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         code = Worker(

@@ -85,6 +85,7 @@ class Worker:
     def start(self, out: TextIO | None = None) -> int:
         """Run until shutdown; returns the process exit code."""
         self._take_pidfile()
+        self.app.broker.prepare_consumer(self.queues, bool(self.app.conf.broker_allow_eviction))
         revoked = Revoked(self.app.broker, self.statedb)
         try:
             print(self.banner(), file=out or sys.stdout, flush=True)

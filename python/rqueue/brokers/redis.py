@@ -1,0 +1,158 @@
+"""The Redis broker: kombu's key layout, driven by ``_rqueue.RedisBroker`` (Rust, GIL released).
+
+Messages, leases, ETA sets and dead letters are handled in Rust. Revocations (read about once a
+second, not on the hot path) use redis-py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from rqueue import _rqueue
+from rqueue.brokers.base import Broker, DeadLetter
+from rqueue.exceptions import ConfigurationError
+from rqueue.urls import mask_password
+
+#: Revocations: a sorted set of task ids scored by when they were revoked, and their expiries.
+REVOKED_KEY = "rqueue.revoked"
+REVOKED_EXPIRES_KEY = "rqueue.revoked.expires"
+
+_INHERITED: list[Any] = []
+
+
+class RedisBroker(Broker):
+    """Messages in Redis lists, exactly where Celery's kombu transport puts them."""
+
+    def __init__(
+        self, url: str, *, global_keyprefix: str = "", connect_timeout_s: float = 4.0, socket_timeout_s: float = 10.0
+    ) -> None:
+        self.url = url
+        self.global_keyprefix = global_keyprefix
+        self.connect_timeout_s = connect_timeout_s
+        self.socket_timeout_s = socket_timeout_s
+        self._native: _rqueue.RedisBroker | None = None
+        self._client: Any = None
+        self._pid = -1
+
+    def _fresh(self) -> bool:
+        """True when the handles were made in this process (a fork makes them stale)."""
+        if self._pid != os.getpid():
+            # Never close sockets inherited over fork: the parent still uses them.
+            _INHERITED.extend(h for h in (self._native, self._client) if h is not None)
+            self._native = self._client = None
+            self._pid = os.getpid()
+        return True
+
+    @property
+    def native(self) -> _rqueue.RedisBroker:
+        self._fresh()
+        if self._native is None:
+            self._native = _rqueue.RedisBroker(
+                self.url,
+                global_keyprefix=self.global_keyprefix,
+                socket_timeout_s=self.socket_timeout_s,
+                connect_timeout_s=self.connect_timeout_s,
+            )
+        return self._native
+
+    @property
+    def client(self) -> Any:
+        """A redis-py client for the broker's database (control data, not messages)."""
+        self._fresh()
+        if self._client is None:
+            try:
+                import redis
+            except ImportError:  # pragma: no cover - redis is installed with rqueue[redis]
+                raise ConfigurationError("the Redis broker needs redis-py: pip install 'rqueue[redis]'") from None
+            self._client = redis.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout_s,
+                socket_connect_timeout=self.connect_timeout_s,
+                health_check_interval=30,
+            )
+        return self._client
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None:
+        self.native.publish(queue, payload, priority, eta_ms)
+
+    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
+        self.native.publish_many(messages)
+
+    def consumer(
+        self,
+        queues: Sequence[str],
+        owner: str,
+        buffer: _rqueue.PrefetchBuffer,
+        lease_s: float,
+        max_deliveries: int,
+        poll_max_ms: int,
+    ) -> _rqueue.RedisConsumer:
+        return _rqueue.RedisConsumer(
+            self.url,
+            list(queues),
+            owner,
+            buffer,
+            lease_ms=int(lease_s * 1000),
+            max_deliveries=max_deliveries,
+            poll_max_ms=min(poll_max_ms, 20),
+            global_keyprefix=self.global_keyprefix,
+        )
+
+    def prepare_consumer(self, queues: Sequence[str], allow_eviction: bool) -> None:
+        """Declare kombu bindings for the queues, and refuse a server that may evict messages."""
+        policy = self.native.check_maxmemory_policy()
+        if policy is not None and not allow_eviction:
+            raise ConfigurationError(
+                f"Redis at {mask_password(self.url)} has maxmemory-policy {policy!r}: it may evict queued "
+                "messages under memory pressure. Set it to noeviction (CONFIG SET maxmemory-policy noeviction), "
+                "or start the worker with --allow-eviction to accept the risk"
+            )
+        self.native.declare_bindings(list(queues))
+
+    def ack(self, tags: Sequence[str]) -> None:
+        self.native.ack(tags)
+
+    def requeue(self, tags: Sequence[str]) -> None:
+        self.native.requeue(tags)
+
+    def requeue_owner(self, owner: str, max_deliveries: int) -> int:
+        return self.native.requeue_owner(owner, max_deliveries)
+
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
+        self.native.dead_letter(tag, reason, error)
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return [DeadLetter(str(row[0]), *row[1:]) for row in self.native.dead_letters(queue, limit)]
+
+    def purge(self, queues: Sequence[str]) -> int:
+        return self.native.purge(queues)
+
+    def queue_length(self, queue: str) -> int:
+        return self.native.queue_length(queue)
+
+    # -- revocations -----------------------------------------------------------------------------------
+
+    def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
+        import time
+
+        now_ms = int(time.time() * 1000)
+        prefix = self.global_keyprefix
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(prefix + REVOKED_KEY, dict.fromkeys(task_ids, now_ms))
+        pipe.hset(prefix + REVOKED_EXPIRES_KEY, mapping=dict.fromkeys(task_ids, expires_at_ms))
+        pipe.execute()
+
+    def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
+        prefix = self.global_keyprefix
+        ids = [i.decode() for i in self.client.zrangebyscore(prefix + REVOKED_KEY, since_ms, "+inf")]
+        if not ids:
+            return []
+        expiries = self.client.hmget(prefix + REVOKED_EXPIRES_KEY, ids)
+        return [(i, int(e)) for i, e in zip(ids, expiries, strict=True) if e is not None]
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {mask_password(self.url)}>"
