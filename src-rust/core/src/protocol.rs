@@ -10,10 +10,14 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use chrono::{Datelike, NaiveDate, Timelike};
+use std::borrow::Cow;
+
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
-use crate::codec::{self, map_get, Codec, ErrSlot, JsonNode, Map, Path, Seg, Value};
+use crate::codec::{self, map_get, Codec, ErrSlot, JsonNode, Map, Path, Seed, Seg, Skip, Value};
 use crate::error::{Error, Result};
 
 /// Default maximum size of an envelope (and of its decoded body), in bytes.
@@ -515,13 +519,6 @@ pub fn encode_task_message(spec: &TaskMessageSpec) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-// -- decoding --------------------------------------------------------------------------------
-
-fn take(map: &mut Map, key: &str) -> Option<Value> {
-    let i = map.iter().rposition(|(k, _)| k.as_str() == Some(key))?;
-    Some(map.swap_remove(i).1)
-}
-
 fn bad(field: &str, expected: &str, got: &Value) -> Error {
     Error::Decode(format!(
         "{field} must be {expected}, got {} {}",
@@ -597,36 +594,215 @@ fn opt_time(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<i64
     }
 }
 
-fn as_map(v: Option<Value>, field: &str) -> Result<Map> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Map(m)) => Ok(m),
-        Some(other) => Err(bad(field, "an object", &other)),
+// -- decoding --------------------------------------------------------------------------------
+
+/// The headers a [`TaskMessage`] reads; the others are skipped (and kept as raw JSON).
+const HEADER_KEYS: &[&str] = &[
+    "task",
+    "id",
+    "retries",
+    "timelimit",
+    "redelivered",
+    "compression",
+    "eta",
+    "expires",
+    "root_id",
+    "parent_id",
+    "group",
+    "origin",
+    "ignore_result",
+    "argsrepr",
+    "kwargsrepr",
+];
+
+/// The properties a [`TaskMessage`] reads.
+const PROPERTY_KEYS: &[&str] = &[
+    "delivery_info",
+    "priority",
+    "delivery_tag",
+    "body_encoding",
+    "reply_to",
+    "correlation_id",
+];
+
+/// The members of an envelope the decoder reads.
+const ENVELOPE_KEYS: &[&str] = &[
+    "body",
+    "content-type",
+    "content-encoding",
+    "headers",
+    "properties",
+];
+
+/// The index of a key in a list of known names, or `None`; never allocates.
+struct KnownKey(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for KnownKey {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
     }
 }
 
-/// Decodes a kombu Redis envelope of a Celery protocol v2 task message.
+impl<'de> Visitor<'de> for KnownKey {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<Self::Value, E> {
+        Ok(self.0.iter().position(|k| *k == s))
+    }
+}
+
+/// The top-level members of an envelope, each still raw JSON (a repeated key keeps its last
+/// value, like a Python dict).
+struct RawEnvelope<'a>([Option<&'a RawValue>; 5]);
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = RawEnvelope<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut access: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut env = RawEnvelope([None; 5]);
+        while let Some(key) = access.next_key_seed(KnownKey(ENVELOPE_KEYS))? {
+            match key {
+                Some(i) => env.0[i] = Some(access.next_value::<&'de RawValue>()?),
+                None => access.next_value_seed(Skip { depth: 1 })?,
+            }
+        }
+        Ok(env)
+    }
+}
+
+/// The known members of a JSON object `depth` levels below the envelope root, decoded to
+/// [`Value`]s; the other members are skipped (nesting still bounded).
+struct KnownMembers {
+    keys: &'static [&'static str],
+    depth: usize,
+}
+
+impl<'de> Visitor<'de> for KnownMembers {
+    type Value = Map;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<Map, A::Error> {
+        if self.depth >= codec::MAX_DEPTH {
+            return Err(codec::too_deep());
+        }
+        let mut out: Map = Vec::with_capacity(self.keys.len());
+        let child = self.depth + 1;
+        while let Some(key) = access.next_key_seed(KnownKey(self.keys))? {
+            match key {
+                Some(i) => {
+                    let v = access.next_value_seed(Seed { depth: child })?;
+                    out.push((Value::Str(self.keys[i].to_owned()), v));
+                }
+                None => access.next_value_seed(Skip { depth: child })?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A raw JSON member that should be a string: borrowed when it has no escapes.
+enum RawText<'a> {
+    Missing,
+    Null,
+    Str(Cow<'a, str>),
+    Other(Value),
+}
+
+fn raw_text(raw: Option<&RawValue>) -> Result<RawText<'_>> {
+    let Some(raw) = raw else {
+        return Ok(RawText::Missing);
+    };
+    let t = raw.get();
+    if let Some(inner) = t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        if !inner.contains('\\') {
+            return Ok(RawText::Str(Cow::Borrowed(inner)));
+        }
+    }
+    Ok(match codec::from_json(t.as_bytes())? {
+        Value::Null => RawText::Null,
+        Value::Str(s) => RawText::Str(Cow::Owned(s)),
+        other => RawText::Other(other),
+    })
+}
+
+/// The known members of a raw JSON object (`null` or missing: none).
+fn known_members(
+    raw: Option<&RawValue>,
+    keys: &'static [&'static str],
+    depth: usize,
+    field: &str,
+) -> Result<Map> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let t = raw.get();
+    if t.starts_with('{') {
+        let mut de = serde_json::Deserializer::from_str(t);
+        return de
+            .deserialize_map(KnownMembers { keys, depth })
+            .map_err(|e| Error::Decode(format!("envelope: invalid JSON in {field}: {e}")));
+    }
+    match codec::from_json(t.as_bytes()) {
+        Ok(Value::Null) => Ok(Vec::new()),
+        Ok(other) => Err(bad(field, "an object", &other)),
+        Err(Error::Decode(e)) => Err(Error::Decode(format!("envelope: {field}: {e}"))),
+        Err(e) => Err(e),
+    }
+}
+
+/// An envelope whose typed fields are decoded and whose body is base64-decoded but not
+/// deserialized: `message.args`, `kwargs` and `embed` are `None` and `message.headers` is
+/// empty; `headers_json` is the raw JSON of every header, for a caller that wants them.
+#[derive(Debug)]
+pub struct DecodedEnvelope<'a> {
+    pub message: TaskMessage,
+    /// The raw JSON object of the headers (`""` when the envelope has none).
+    pub headers_json: &'a str,
+    /// The codec of the body, when Rust implements it (else the body stays raw, e.g. pickle).
+    pub codec: Option<Codec>,
+}
+
+/// Decodes a kombu Redis envelope up to (not including) deserializing its body.
 ///
-/// Checks the size first, then the content type against `accept` before touching the body.
-/// Bodies of json/msgpack are decoded; for other accepted types `args`/`kwargs`/`embed` are
-/// `None` and `body` carries the raw bytes.
-pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Result<TaskMessage> {
+/// Checks, in this order: the size, the envelope JSON, the content type against `accept`,
+/// the typed headers and properties, the base64 of the body and the decoded body's size.
+pub fn decode_envelope<'a>(
+    data: &'a [u8],
+    accept: &Accept,
+    max_size: usize,
+) -> Result<DecodedEnvelope<'a>> {
     if data.len() > max_size {
         return Err(Error::TooLarge {
             size: data.len(),
             max: max_size,
         });
     }
-    let mut env = match codec::from_json(data) {
-        Ok(Value::Map(m)) => m,
-        Ok(other) => return Err(bad("the envelope", "a JSON object", &other)),
-        Err(Error::Decode(e)) => return Err(Error::Decode(format!("envelope: {e}"))),
-        Err(e) => return Err(e),
-    };
-    let content_type = match take(&mut env, "content-type") {
-        Some(Value::Str(s)) => s,
-        None | Some(Value::Null) => return Err(Error::Decode("missing content-type".to_owned())),
-        Some(other) => return Err(bad("content-type", "a string", &other)),
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let env = de
+        .deserialize_map(EnvelopeVisitor)
+        .and_then(|env| de.end().map(|()| env))
+        .map_err(|e| Error::Decode(format!("envelope: invalid JSON: {e}")))?;
+    let [raw_body, raw_ct, raw_ce, raw_headers, raw_props] = env.0;
+    let content_type = match raw_text(raw_ct)? {
+        RawText::Str(s) => s.into_owned(),
+        RawText::Missing | RawText::Null => {
+            return Err(Error::Decode("missing content-type".to_owned()))
+        }
+        RawText::Other(other) => return Err(bad("content-type", "a string", &other)),
     };
     if !accept.allows(&content_type) {
         return Err(Error::ContentDisallowed {
@@ -634,13 +810,17 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
             accepted: accept.0.join(", "),
         });
     }
-    let content_encoding = match take(&mut env, "content-encoding") {
-        Some(Value::Str(s)) => s,
-        None | Some(Value::Null) => String::new(),
-        Some(other) => return Err(bad("content-encoding", "a string", &other)),
+    let content_encoding = match raw_text(raw_ce)? {
+        RawText::Str(s) => s.into_owned(),
+        RawText::Missing | RawText::Null => String::new(),
+        RawText::Other(other) => return Err(bad("content-encoding", "a string", &other)),
     };
-    let headers = as_map(take(&mut env, "headers"), "headers")?;
-    let props = as_map(take(&mut env, "properties"), "properties")?;
+    let headers = known_members(raw_headers, HEADER_KEYS, 1, "headers")?;
+    let props = known_members(raw_props, PROPERTY_KEYS, 1, "properties")?;
+    let headers_json = match raw_headers {
+        Some(raw) if raw.get().starts_with('{') => raw.get(),
+        _ => "",
+    };
     let info = match map_get(&props, "delivery_info") {
         None | Some(Value::Null) => &[][..],
         Some(Value::Map(m)) => m.as_slice(),
@@ -676,13 +856,13 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
         }
     }
 
-    let body = match take(&mut env, "body") {
-        Some(Value::Str(s)) => {
+    let body = match raw_text(raw_body)? {
+        RawText::Str(s) => {
             match opt_str(&props, "body_encoding", "properties.body_encoding")?.as_deref() {
                 Some("base64") => base64::engine::general_purpose::STANDARD
                     .decode(s.as_bytes())
                     .map_err(|e| Error::Decode(format!("body is not valid base64: {e}")))?,
-                None => s.into_bytes(),
+                None => s.into_owned().into_bytes(),
                 Some(other) => {
                     return Err(Error::Decode(format!(
                         "unsupported properties.body_encoding {other:?} (expected \"base64\")"
@@ -690,8 +870,9 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
                 }
             }
         }
-        None => return Err(Error::Decode("missing body".to_owned())),
-        Some(other) => return Err(bad("body", "a string", &other)),
+        RawText::Missing => return Err(Error::Decode("missing body".to_owned())),
+        RawText::Null => return Err(bad("body", "a string", &Value::Null)),
+        RawText::Other(other) => return Err(bad("body", "a string", &other)),
     };
     if body.len() > max_size {
         return Err(Error::TooLarge {
@@ -699,38 +880,9 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
             max: max_size,
         });
     }
-    let (args, kwargs, embed) = match Codec::from_content_type(&content_type) {
-        None => (None, None, None),
-        Some(c) => {
-            let decoded = codec::loads(&body, c).map_err(|e| match e {
-                Error::Decode(m) => Error::Decode(format!("body: {m}")),
-                other => other,
-            })?;
-            let parts = match decoded {
-                Value::List(parts) if parts.len() == 3 => parts,
-                other => return Err(bad("body", "a [args, kwargs, embed] list", &other)),
-            };
-            let mut it = parts.into_iter();
-            let args = match it.next() {
-                Some(Value::List(a)) => a,
-                Some(other) => return Err(bad("body[0] (args)", "a list", &other)),
-                None => Vec::new(),
-            };
-            let kwargs = match it.next() {
-                Some(Value::Map(k)) => k,
-                Some(other) => return Err(bad("body[1] (kwargs)", "an object", &other)),
-                None => Vec::new(),
-            };
-            let embed = match it.next() {
-                Some(Value::Map(e)) => Some(e),
-                None | Some(Value::Null) => None,
-                Some(other) => return Err(bad("body[2] (embed)", "an object or null", &other)),
-            };
-            (Some(args), Some(kwargs), embed)
-        }
-    };
+    let codec = Codec::from_content_type(&content_type);
 
-    Ok(TaskMessage {
+    let message = TaskMessage {
         eta_ms: opt_time(&headers, "eta", "headers.eta")?,
         expires_ms: opt_time(&headers, "expires", "headers.expires")?,
         root_id: opt_str(&headers, "root_id", "headers.root_id")?,
@@ -749,9 +901,9 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
             .unwrap_or_default(),
         task,
         id,
-        args,
-        kwargs,
-        embed,
+        args: None,
+        kwargs: None,
+        embed: None,
         body,
         content_type,
         content_encoding,
@@ -761,8 +913,76 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
         soft_time_limit,
         delivery_tag,
         redelivered,
-        headers,
+        headers: Vec::new(),
+    };
+    Ok(DecodedEnvelope {
+        message,
+        headers_json,
+        codec,
     })
+}
+
+/// Every header of [`DecodedEnvelope::headers_json`] as a map (`""`: none).
+pub fn decode_headers(headers_json: &str) -> Result<Map> {
+    if headers_json.is_empty() {
+        return Ok(Vec::new());
+    }
+    match codec::from_json(headers_json.as_bytes()) {
+        Ok(Value::Map(m)) => Ok(m),
+        Ok(other) => Err(bad("headers", "an object", &other)),
+        Err(Error::Decode(e)) => Err(Error::Decode(format!("envelope: headers: {e}"))),
+        Err(e) => Err(e),
+    }
+}
+
+/// `(args, kwargs, embed)` of a decoded protocol v2 body `[args, kwargs, embed]`.
+pub type BodyParts = (Vec<Value>, Map, Option<Map>);
+
+/// Deserializes a protocol v2 body with `codec` and checks its shape.
+pub fn decode_body(body: &[u8], codec: Codec) -> Result<BodyParts> {
+    let decoded = codec::loads(body, codec).map_err(|e| match e {
+        Error::Decode(m) => Error::Decode(format!("body: {m}")),
+        other => other,
+    })?;
+    let parts = match decoded {
+        Value::List(parts) if parts.len() == 3 => parts,
+        other => return Err(bad("body", "a [args, kwargs, embed] list", &other)),
+    };
+    let mut it = parts.into_iter();
+    let args = match it.next() {
+        Some(Value::List(a)) => a,
+        Some(other) => return Err(bad("body[0] (args)", "a list", &other)),
+        None => Vec::new(),
+    };
+    let kwargs = match it.next() {
+        Some(Value::Map(k)) => k,
+        Some(other) => return Err(bad("body[1] (kwargs)", "an object", &other)),
+        None => Vec::new(),
+    };
+    let embed = match it.next() {
+        Some(Value::Map(e)) => Some(e),
+        None | Some(Value::Null) => None,
+        Some(other) => return Err(bad("body[2] (embed)", "an object or null", &other)),
+    };
+    Ok((args, kwargs, embed))
+}
+
+/// Decodes a kombu Redis envelope of a Celery protocol v2 task message.
+///
+/// Checks the size first, then the content type against `accept` before touching the body.
+/// Bodies of json/msgpack are decoded; for other accepted types `args`/`kwargs`/`embed` are
+/// `None` and `body` carries the raw bytes.
+pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Result<TaskMessage> {
+    let env = decode_envelope(data, accept, max_size)?;
+    let mut msg = env.message;
+    if let Some(c) = env.codec {
+        let (args, kwargs, embed) = decode_body(&msg.body, c)?;
+        msg.args = Some(args);
+        msg.kwargs = Some(kwargs);
+        msg.embed = embed;
+    }
+    msg.headers = decode_headers(env.headers_json)?;
+    Ok(msg)
 }
 
 #[cfg(test)]
