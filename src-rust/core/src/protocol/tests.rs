@@ -515,7 +515,7 @@ fn test_decode_envelope_headers_json_matches_full_parse() {
             _ => Vec::new(),
         };
         assert_eq!(
-            decode_headers(env.headers_json).unwrap(),
+            decode_headers(headers_json(envelope.as_bytes()).unwrap()).unwrap(),
             expected,
             "{name}"
         );
