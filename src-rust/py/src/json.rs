@@ -180,7 +180,14 @@ pub fn loads<'py>(py: Python<'py>, data: &[u8], what: &str) -> PyResult<Bound<'p
         py,
         err: RefCell::new(None),
     };
-    let mut de = serde_json::Deserializer::from_slice(data);
+    // Validating UTF-8 once up front is much cheaper than per string (`from_slice` does).
+    let text = std::str::from_utf8(data).map_err(|e| {
+        crate::errors::to_py(
+            py,
+            Error::Decode(format!("{what}invalid JSON: not UTF-8: {e}")),
+        )
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let got = Node {
         ctx: &ctx,
         depth: 0,

@@ -17,6 +17,10 @@ const REPR_MAX_CHARS: usize = 1024;
 fn short_repr(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     let r = obj.repr()?;
     let s = r.to_str()?;
+    if s.len() <= REPR_MAX_CHARS {
+        // At most as many characters as bytes: nothing to cut.
+        return Ok(s.to_owned());
+    }
     Ok(match s.char_indices().nth(REPR_MAX_CHARS) {
         Some((end, _)) => s[..end].to_owned(),
         None => s.to_owned(),
