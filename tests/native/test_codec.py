@@ -118,3 +118,26 @@ def test_codec_content_type_of() -> None:
 
 def test_codec_json_output_is_plain_json() -> None:
     assert json.loads(_rqueue.dumps({"a": [1, 2.5, None, True]})) == {"a": [1, 2.5, None, True]}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"a": 1, "a": 2, "b": 3}', b'{"__type__": "decimal", "__value__": "1.5", "x": 1}', b"-0", b'"\\u00e9\\n"'],
+)
+def test_codec_json_loads_matches_stdlib_shape(data: bytes) -> None:
+    got = _rqueue.loads(data)
+    assert got == json.loads(data) or isinstance(got, decimal.Decimal)
+
+
+def test_codec_json_markers_and_errors() -> None:
+    assert _rqueue.loads(b'{"__value__": "1.5", "__type__": "decimal"}') == decimal.Decimal("1.5")
+    assert _rqueue.loads(b'{"__type__": "bytes", "__value__": "hi"}') == b"hi"
+    assert _rqueue.loads(b'{"__type__": "uuid", "__value__": {"hex": "6f1c3a522b3e4a0f9d2e3c1a5b7e9f00", "version": 4}}') == uuid.UUID(
+        "6f1c3a52-2b3e-4a0f-9d2e-3c1a5b7e9f00"
+    )
+    for bad in (b'{"__type__": 1, "__value__": "x"}', b'{"__type__": "datetime", "__value__": "not a date"}'):
+        with pytest.raises(DecodeError):
+            _rqueue.loads(bad)
+    assert _rqueue.loads(b"[" * 100 + b"]" * 100) is not None
+    with pytest.raises(DecodeError):
+        _rqueue.loads(b"[" * 129 + b"]" * 129)

@@ -166,3 +166,49 @@ def test_protocol_envelope_parsed_by_kombu() -> None:
     assert message.properties["priority"] == 4
     assert message.delivery_tag == raw["properties"]["delivery_tag"]
     assert message.decode() == [[1, "two"], {"x": [3]}, embed]
+
+
+# -- lazily built fields: the same values as an eager decode -------------------------------------
+
+
+@pytest.mark.parametrize("vector", [v for v in VECTORS if "error" not in v], ids=lambda v: v["name"])
+def test_protocol_lazy_headers_and_body_match_eager(vector: dict) -> None:
+    kw = {"accept": vector.get("accept", ["application/json"]), "max_size": vector.get("max_size", 1 << 20)}
+    msg = _rqueue.decode_task_message(vector["envelope"].encode(), **kw)
+    raw = json.loads(vector["envelope"])
+    assert msg.headers == _rqueue.loads(json.dumps(raw["headers"]).encode())
+    assert msg.headers is msg.headers  # built once, then cached
+    body = raw["body"]
+    expected = base64.b64decode(body) if raw["properties"].get("body_encoding") == "base64" else body.encode()
+    assert msg.body == expected
+    if msg.args is not None and raw["content-type"] == "application/json":
+        assert [msg.args, msg.kwargs, msg.embed] == _rqueue.loads(expected)
+
+
+def test_protocol_headers_with_markers_and_no_headers() -> None:
+    data = _encode(extra_headers={"x-when": uuid.UUID(int=5), "x-n": [1, {"a": None}]})
+    msg = _rqueue.decode_task_message(data)
+    assert msg.headers["x-when"] == uuid.UUID(int=5)
+    assert msg.headers["x-n"] == [1, {"a": None}]
+    env = json.loads(data)
+    env["headers"] = {"task": "t", "id": "i"}
+    msg = _rqueue.decode_task_message(json.dumps(env).encode())
+    assert msg.headers == {"task": "t", "id": "i"}
+
+
+def test_protocol_body_shape_errors_are_decode_errors() -> None:
+    env = json.loads(_encode())
+    for body in (b"[1, 2]", b"[{}, {}, null]", b"[[], [], null]", b"[[], {}, 5]", b"[[], {}, {}] x"):
+        env["body"] = base64.b64encode(body).decode()
+        with pytest.raises(DecodeError):
+            _rqueue.decode_task_message(json.dumps(env).encode())
+
+
+def test_protocol_headers_not_object_is_decode_error_after_content_type() -> None:
+    env = json.loads(_encode())
+    env["headers"] = [1, 2]
+    with pytest.raises(DecodeError):
+        _rqueue.decode_task_message(json.dumps(env).encode())
+    env["content-type"] = "application/x-yaml"
+    with pytest.raises(ContentDisallowed):
+        _rqueue.decode_task_message(json.dumps(env).encode())

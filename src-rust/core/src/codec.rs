@@ -562,8 +562,74 @@ pub fn write_json(out: &mut Vec<u8>, value: &Value, root: &str) -> Result<()> {
 
 // -- JSON decoding -----------------------------------------------------------------------------
 
-struct Seed {
-    depth: usize,
+/// Deserializes one JSON value into a [`Value`], `depth` levels below the root (for the
+/// nesting bound).
+pub(crate) struct Seed {
+    pub(crate) depth: usize,
+}
+
+/// Skips one JSON value while honouring the nesting bound (serde's `IgnoredAny` has none).
+pub(crate) struct Skip {
+    pub(crate) depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(too_deep());
+        }
+        while seq
+            .next_element_seed(Skip {
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(too_deep());
+        }
+        while access.next_key::<de::IgnoredAny>()?.is_some() {
+            access.next_value_seed(Skip {
+                depth: self.depth + 1,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 struct ValueVisitor {
@@ -577,7 +643,7 @@ impl<'de> DeserializeSeed<'de> for Seed {
     }
 }
 
-fn too_deep<E: de::Error>() -> E {
+pub(crate) fn too_deep<E: de::Error>() -> E {
     E::custom(format_args!("nesting deeper than {MAX_DEPTH} levels"))
 }
 
@@ -689,6 +755,12 @@ fn dedup_keys(entries: &mut Map) {
         }
     }
     *entries = out;
+}
+
+/// The native value of a JSON marker object `{"__type__": ty, "__value__": value}`, with the
+/// strict rules of JSON decoding (an unknown `ty` is an error).
+pub fn decode_json_marker(ty: &str, value: Value) -> std::result::Result<Value, String> {
+    from_marker(ty, value, true)
 }
 
 fn from_marker(ty: &str, value: Value, strict: bool) -> std::result::Result<Value, String> {

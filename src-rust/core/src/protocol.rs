@@ -10,10 +10,14 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use chrono::{Datelike, NaiveDate, Timelike};
+use std::borrow::Cow;
+
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
-use crate::codec::{self, map_get, Codec, ErrSlot, JsonNode, Map, Path, Seg, Value};
+use crate::codec::{self, map_get, Codec, ErrSlot, JsonNode, Map, Path, Seed, Seg, Skip, Value};
 use crate::error::{Error, Result};
 
 /// Default maximum size of an envelope (and of its decoded body), in bytes.
@@ -517,11 +521,6 @@ pub fn encode_task_message(spec: &TaskMessageSpec) -> Result<Vec<u8>> {
 
 // -- decoding --------------------------------------------------------------------------------
 
-fn take(map: &mut Map, key: &str) -> Option<Value> {
-    let i = map.iter().rposition(|(k, _)| k.as_str() == Some(key))?;
-    Some(map.swap_remove(i).1)
-}
-
 fn bad(field: &str, expected: &str, got: &Value) -> Error {
     Error::Decode(format!(
         "{field} must be {expected}, got {} {}",
@@ -542,39 +541,38 @@ fn short(v: &Value) -> String {
     }
     s
 }
-
-fn opt_str(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<String>> {
-    match map_get(map, key) {
+fn opt_str(v: Option<Value>, field: &str) -> Result<Option<String>> {
+    match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Str(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(bad(field, "a string or null", other)),
+        Some(Value::Str(s)) => Ok(Some(s)),
+        Some(other) => Err(bad(field, "a string or null", &other)),
     }
 }
 
-fn req_str(map: &[(Value, Value)], key: &str, field: &str) -> Result<String> {
-    match map_get(map, key) {
-        Some(Value::Str(s)) => Ok(s.clone()),
+fn req_str(v: Option<Value>, field: &str) -> Result<String> {
+    match v {
+        Some(Value::Str(s)) => Ok(s),
         None => Err(Error::Decode(format!(
             "missing {field} (not a Celery protocol v2 task message)"
         ))),
-        Some(other) => Err(bad(field, "a string", other)),
+        Some(other) => Err(bad(field, "a string", &other)),
     }
 }
 
-fn opt_int(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<i64>> {
-    match map_get(map, key) {
+fn opt_int(v: Option<Value>, field: &str) -> Result<Option<i64>> {
+    match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Int(i)) => Ok(Some(*i)),
+        Some(Value::Int(i)) => Ok(Some(i)),
         Some(Value::UInt(_)) => Ok(Some(i64::MAX)),
-        Some(other) => Err(bad(field, "an integer or null", other)),
+        Some(other) => Err(bad(field, "an integer or null", &other)),
     }
 }
 
-fn opt_bool(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<bool>> {
-    match map_get(map, key) {
+fn opt_bool(v: Option<Value>, field: &str) -> Result<Option<bool>> {
+    match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(bad(field, "a boolean or null", other)),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(other) => Err(bad(field, "a boolean or null", &other)),
     }
 }
 
@@ -588,8 +586,8 @@ fn num(v: &Value, field: &str) -> Result<Option<f64>> {
     }
 }
 
-fn opt_time(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<i64>> {
-    match opt_str(map, key, field)? {
+fn opt_time(v: Option<Value>, field: &str) -> Result<Option<i64>> {
+    match opt_str(v, field)? {
         None => Ok(None),
         Some(t) => parse_iso(&t)
             .map(Some)
@@ -597,36 +595,307 @@ fn opt_time(map: &[(Value, Value)], key: &str, field: &str) -> Result<Option<i64
     }
 }
 
-fn as_map(v: Option<Value>, field: &str) -> Result<Map> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Map(m)) => Ok(m),
-        Some(other) => Err(bad(field, "an object", &other)),
+/// The value under `key` of a map, taken out (the last one if repeated).
+fn take(map: &mut Map, key: &str) -> Option<Value> {
+    let i = map.iter().rposition(|(k, _)| k.as_str() == Some(key))?;
+    Some(map.swap_remove(i).1)
+}
+
+/// The index of a key in a list of known names, or `None`; never allocates.
+struct KnownKey(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for KnownKey {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
     }
 }
 
-/// Decodes a kombu Redis envelope of a Celery protocol v2 task message.
+impl<'de> Visitor<'de> for KnownKey {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<Self::Value, E> {
+        Ok(self.0.iter().position(|k| *k == s))
+    }
+}
+
+/// A JSON value that should be a string: borrowed from the input when it has no escapes;
+/// any other type is kept (as a [`Value`]) for the error message, which is raised only after
+/// the content type was checked.
+enum Text<'a> {
+    Missing,
+    Str(Cow<'a, str>),
+    Other(Value),
+}
+
+struct TextSeed;
+
+impl<'de> DeserializeSeed<'de> for TextSeed {
+    type Value = Text<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TextSeed {
+    type Value = Text<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> std::result::Result<Self::Value, E> {
+        Ok(Text::Str(Cow::Borrowed(s)))
+    }
+    fn visit_str<E>(self, s: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Text::Str(Cow::Owned(s.to_owned())))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(Text::Other(Value::Null))
+    }
+    fn visit_bool<E>(self, b: bool) -> std::result::Result<Self::Value, E> {
+        Ok(Text::Other(Value::Bool(b)))
+    }
+    fn visit_i64<E>(self, i: i64) -> std::result::Result<Self::Value, E> {
+        Ok(Text::Other(Value::Int(i)))
+    }
+    fn visit_u64<E>(self, u: u64) -> std::result::Result<Self::Value, E> {
+        Ok(Text::Other(Value::from_u64(u)))
+    }
+    fn visit_f64<E>(self, f: f64) -> std::result::Result<Self::Value, E> {
+        Ok(Text::Other(Value::Float(f)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Self::Value, A::Error> {
+        Skip { depth: 1 }.visit_seq(seq)?;
+        Ok(Text::Other(Value::List(Vec::new())))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, access: A) -> std::result::Result<Self::Value, A::Error> {
+        Skip { depth: 1 }.visit_map(access)?;
+        Ok(Text::Other(Value::Map(Vec::new())))
+    }
+}
+
+/// The members of a JSON object (headers, properties) a [`TaskMessage`] reads, by index in
+/// `keys`; a repeated key keeps its last value. A non-object is kept as the type name for an
+/// error raised after the content type check; `null` means no members.
+struct Members {
+    values: Vec<Option<Value>>,
+    not_object: Option<&'static str>,
+}
+
+impl Members {
+    fn empty(n: usize) -> Members {
+        Members {
+            values: (0..n).map(|_| None).collect(),
+            not_object: None,
+        }
+    }
+}
+
+struct MembersSeed {
+    keys: &'static [&'static str],
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for MembersSeed {
+    type Value = Members;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Members, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl MembersSeed {
+    fn other(self, kind: &'static str) -> Members {
+        let mut m = Members::empty(self.keys.len());
+        m.not_object = Some(kind);
+        m
+    }
+}
+
+impl<'de> Visitor<'de> for MembersSeed {
+    type Value = Members;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Members, E> {
+        Ok(Members::empty(self.keys.len()))
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Members, E> {
+        Ok(self.other("bool"))
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Members, E> {
+        Ok(self.other("int"))
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Members, E> {
+        Ok(self.other("int"))
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Members, E> {
+        Ok(self.other("float"))
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Members, E> {
+        Ok(self.other("str"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Members, A::Error> {
+        Skip { depth: self.depth }.visit_seq(seq)?;
+        Ok(self.other("list"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<Members, A::Error> {
+        if self.depth >= codec::MAX_DEPTH {
+            return Err(codec::too_deep());
+        }
+        let mut out = Members::empty(self.keys.len());
+        let child = self.depth + 1;
+        while let Some(key) = access.next_key_seed(KnownKey(self.keys))? {
+            match key {
+                Some(i) => out.values[i] = Some(access.next_value_seed(Seed { depth: child })?),
+                None => access.next_value_seed(Skip { depth: child })?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The headers a [`TaskMessage`] reads; the others are skipped.
+const HEADER_KEYS: &[&str] = &[
+    "task",
+    "id",
+    "retries",
+    "timelimit",
+    "redelivered",
+    "compression",
+    "eta",
+    "expires",
+    "root_id",
+    "parent_id",
+    "group",
+    "origin",
+    "ignore_result",
+    "argsrepr",
+    "kwargsrepr",
+];
+
+/// The properties a [`TaskMessage`] reads.
+const PROPERTY_KEYS: &[&str] = &[
+    "delivery_info",
+    "priority",
+    "delivery_tag",
+    "body_encoding",
+    "reply_to",
+    "correlation_id",
+];
+
+const ENVELOPE_KEYS: &[&str] = &[
+    "body",
+    "content-type",
+    "content-encoding",
+    "headers",
+    "properties",
+];
+
+/// An envelope after one pass over its JSON: the string members borrowed, the headers and
+/// properties reduced to the members a [`TaskMessage`] reads.
+struct RawEnvelope<'a> {
+    body: Text<'a>,
+    content_type: Text<'a>,
+    content_encoding: Text<'a>,
+    headers: Members,
+    properties: Members,
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = RawEnvelope<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut access: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut env = RawEnvelope {
+            body: Text::Missing,
+            content_type: Text::Missing,
+            content_encoding: Text::Missing,
+            headers: Members::empty(HEADER_KEYS.len()),
+            properties: Members::empty(PROPERTY_KEYS.len()),
+        };
+        while let Some(key) = access.next_key_seed(KnownKey(ENVELOPE_KEYS))? {
+            match key {
+                Some(0) => env.body = access.next_value_seed(TextSeed)?,
+                Some(1) => env.content_type = access.next_value_seed(TextSeed)?,
+                Some(2) => env.content_encoding = access.next_value_seed(TextSeed)?,
+                Some(3) => {
+                    env.headers = access.next_value_seed(MembersSeed {
+                        keys: HEADER_KEYS,
+                        depth: 1,
+                    })?
+                }
+                Some(_) => {
+                    env.properties = access.next_value_seed(MembersSeed {
+                        keys: PROPERTY_KEYS,
+                        depth: 1,
+                    })?
+                }
+                None => access.next_value_seed(Skip { depth: 1 })?,
+            }
+        }
+        Ok(env)
+    }
+}
+
+/// An envelope whose typed fields are decoded and whose body is base64-decoded but not
+/// deserialized: `message.args`, `kwargs` and `embed` are `None` and `message.headers` is
+/// empty (see [`headers_json`] and [`decode_headers`] for them).
+#[derive(Debug)]
+pub struct DecodedEnvelope {
+    pub message: TaskMessage,
+    /// The codec of the body, when Rust implements it (else the body stays raw, e.g. pickle).
+    pub codec: Option<Codec>,
+}
+
+fn h(m: &mut Members, key: &str) -> Option<Value> {
+    let i = HEADER_KEYS.iter().position(|k| *k == key)?;
+    m.values[i].take()
+}
+
+fn p(m: &mut Members, key: &str) -> Option<Value> {
+    let i = PROPERTY_KEYS.iter().position(|k| *k == key)?;
+    m.values[i].take()
+}
+
+/// Decodes a kombu Redis envelope up to (not including) deserializing its body, in one pass
+/// over the JSON that keeps only what a [`TaskMessage`] reads.
 ///
-/// Checks the size first, then the content type against `accept` before touching the body.
-/// Bodies of json/msgpack are decoded; for other accepted types `args`/`kwargs`/`embed` are
-/// `None` and `body` carries the raw bytes.
-pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Result<TaskMessage> {
+/// Checks, in this order: the size, the envelope JSON, the content type against `accept`,
+/// the typed headers and properties, the base64 of the body and the decoded body's size.
+pub fn decode_envelope(data: &[u8], accept: &Accept, max_size: usize) -> Result<DecodedEnvelope> {
     if data.len() > max_size {
         return Err(Error::TooLarge {
             size: data.len(),
             max: max_size,
         });
     }
-    let mut env = match codec::from_json(data) {
-        Ok(Value::Map(m)) => m,
-        Ok(other) => return Err(bad("the envelope", "a JSON object", &other)),
-        Err(Error::Decode(e)) => return Err(Error::Decode(format!("envelope: {e}"))),
-        Err(e) => return Err(e),
-    };
-    let content_type = match take(&mut env, "content-type") {
-        Some(Value::Str(s)) => s,
-        None | Some(Value::Null) => return Err(Error::Decode("missing content-type".to_owned())),
-        Some(other) => return Err(bad("content-type", "a string", &other)),
+    // Validating UTF-8 once up front is much cheaper than per string (`from_slice` does).
+    let text = std::str::from_utf8(data)
+        .map_err(|e| Error::Decode(format!("envelope: invalid JSON: not UTF-8: {e}")))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let env = de
+        .deserialize_map(EnvelopeVisitor)
+        .and_then(|env| de.end().map(|()| env))
+        .map_err(|e| Error::Decode(format!("envelope: invalid JSON: {e}")))?;
+    let content_type = match env.content_type {
+        Text::Str(s) => s.into_owned(),
+        Text::Missing | Text::Other(Value::Null) => {
+            return Err(Error::Decode("missing content-type".to_owned()))
+        }
+        Text::Other(other) => return Err(bad("content-type", "a string", &other)),
     };
     if !accept.allows(&content_type) {
         return Err(Error::ContentDisallowed {
@@ -634,55 +903,66 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
             accepted: accept.0.join(", "),
         });
     }
-    let content_encoding = match take(&mut env, "content-encoding") {
-        Some(Value::Str(s)) => s,
-        None | Some(Value::Null) => String::new(),
-        Some(other) => return Err(bad("content-encoding", "a string", &other)),
+    let content_encoding = match env.content_encoding {
+        Text::Str(s) => s.into_owned(),
+        Text::Missing | Text::Other(Value::Null) => String::new(),
+        Text::Other(other) => return Err(bad("content-encoding", "a string", &other)),
     };
-    let headers = as_map(take(&mut env, "headers"), "headers")?;
-    let props = as_map(take(&mut env, "properties"), "properties")?;
-    let info = match map_get(&props, "delivery_info") {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Map(m)) => m.as_slice(),
-        Some(other) => return Err(bad("properties.delivery_info", "an object", other)),
+    let (mut hd, mut pr) = (env.headers, env.properties);
+    for (m, field) in [(&hd, "headers"), (&pr, "properties")] {
+        if let Some(kind) = m.not_object {
+            return Err(Error::Decode(format!(
+                "{field} must be an object, got {kind}"
+            )));
+        }
+    }
+    let mut info = match p(&mut pr, "delivery_info") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Map(m)) => m,
+        Some(other) => return Err(bad("properties.delivery_info", "an object", &other)),
     };
 
-    let task = req_str(&headers, "task", "headers.task")?;
-    let id = req_str(&headers, "id", "headers.id")?;
-    let retries = opt_int(&headers, "retries", "headers.retries")?.unwrap_or(0);
-    let (time_limit, soft_time_limit) = match map_get(&headers, "timelimit") {
+    let task = req_str(h(&mut hd, "task"), "headers.task")?;
+    let id = req_str(h(&mut hd, "id"), "headers.id")?;
+    let retries = opt_int(h(&mut hd, "retries"), "headers.retries")?.unwrap_or(0);
+    let (time_limit, soft_time_limit) = match h(&mut hd, "timelimit") {
         None | Some(Value::Null) => (None, None),
         Some(Value::List(l)) if l.len() == 2 => (
             num(&l[0], "headers.timelimit[0]")?,
             num(&l[1], "headers.timelimit[1]")?,
         ),
-        Some(other) => return Err(bad("headers.timelimit", "a [hard, soft] list", other)),
+        Some(other) => return Err(bad("headers.timelimit", "a [hard, soft] list", &other)),
     };
-    let priority = clamp_priority(opt_int(&props, "priority", "properties.priority")?.unwrap_or(0));
-    let redelivered = opt_bool(&headers, "redelivered", "headers.redelivered")?.unwrap_or(false)
-        || opt_bool(info, "redelivered", "properties.delivery_info.redelivered")?.unwrap_or(false);
-    let delivery_tag = match map_get(&props, "delivery_tag") {
+    let priority =
+        clamp_priority(opt_int(p(&mut pr, "priority"), "properties.priority")?.unwrap_or(0));
+    let redelivered = opt_bool(h(&mut hd, "redelivered"), "headers.redelivered")?.unwrap_or(false)
+        || opt_bool(
+            take(&mut info, "redelivered"),
+            "properties.delivery_info.redelivered",
+        )?
+        .unwrap_or(false);
+    let delivery_tag = match p(&mut pr, "delivery_tag") {
         None | Some(Value::Null) => None,
-        Some(Value::Str(s)) => Some(s.clone()),
+        Some(Value::Str(s)) => Some(s),
         Some(Value::Int(i)) => Some(i.to_string()),
-        Some(other) => return Err(bad("properties.delivery_tag", "a string", other)),
+        Some(other) => return Err(bad("properties.delivery_tag", "a string", &other)),
     };
-    if let Some(c) = map_get(&headers, "compression") {
+    if let Some(c) = h(&mut hd, "compression") {
         if !matches!(c, Value::Null) {
             return Err(Error::Decode(format!(
                 "compressed bodies are not supported (headers.compression = {})",
-                short(c)
+                short(&c)
             )));
         }
     }
 
-    let body = match take(&mut env, "body") {
-        Some(Value::Str(s)) => {
-            match opt_str(&props, "body_encoding", "properties.body_encoding")?.as_deref() {
+    let body = match env.body {
+        Text::Str(s) => {
+            match opt_str(p(&mut pr, "body_encoding"), "properties.body_encoding")?.as_deref() {
                 Some("base64") => base64::engine::general_purpose::STANDARD
                     .decode(s.as_bytes())
                     .map_err(|e| Error::Decode(format!("body is not valid base64: {e}")))?,
-                None => s.into_bytes(),
+                None => s.into_owned().into_bytes(),
                 Some(other) => {
                     return Err(Error::Decode(format!(
                         "unsupported properties.body_encoding {other:?} (expected \"base64\")"
@@ -690,8 +970,8 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
                 }
             }
         }
-        None => return Err(Error::Decode("missing body".to_owned())),
-        Some(other) => return Err(bad("body", "a string", &other)),
+        Text::Missing => return Err(Error::Decode("missing body".to_owned())),
+        Text::Other(other) => return Err(bad("body", "a string", &other)),
     };
     if body.len() > max_size {
         return Err(Error::TooLarge {
@@ -699,59 +979,36 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
             max: max_size,
         });
     }
-    let (args, kwargs, embed) = match Codec::from_content_type(&content_type) {
-        None => (None, None, None),
-        Some(c) => {
-            let decoded = codec::loads(&body, c).map_err(|e| match e {
-                Error::Decode(m) => Error::Decode(format!("body: {m}")),
-                other => other,
-            })?;
-            let parts = match decoded {
-                Value::List(parts) if parts.len() == 3 => parts,
-                other => return Err(bad("body", "a [args, kwargs, embed] list", &other)),
-            };
-            let mut it = parts.into_iter();
-            let args = match it.next() {
-                Some(Value::List(a)) => a,
-                Some(other) => return Err(bad("body[0] (args)", "a list", &other)),
-                None => Vec::new(),
-            };
-            let kwargs = match it.next() {
-                Some(Value::Map(k)) => k,
-                Some(other) => return Err(bad("body[1] (kwargs)", "an object", &other)),
-                None => Vec::new(),
-            };
-            let embed = match it.next() {
-                Some(Value::Map(e)) => Some(e),
-                None | Some(Value::Null) => None,
-                Some(other) => return Err(bad("body[2] (embed)", "an object or null", &other)),
-            };
-            (Some(args), Some(kwargs), embed)
-        }
-    };
+    let codec = Codec::from_content_type(&content_type);
 
-    Ok(TaskMessage {
-        eta_ms: opt_time(&headers, "eta", "headers.eta")?,
-        expires_ms: opt_time(&headers, "expires", "headers.expires")?,
-        root_id: opt_str(&headers, "root_id", "headers.root_id")?,
-        parent_id: opt_str(&headers, "parent_id", "headers.parent_id")?,
-        group_id: opt_str(&headers, "group", "headers.group")?,
-        origin: opt_str(&headers, "origin", "headers.origin")?,
-        ignore_result: opt_bool(&headers, "ignore_result", "headers.ignore_result")?
+    let message = TaskMessage {
+        eta_ms: opt_time(h(&mut hd, "eta"), "headers.eta")?,
+        expires_ms: opt_time(h(&mut hd, "expires"), "headers.expires")?,
+        root_id: opt_str(h(&mut hd, "root_id"), "headers.root_id")?,
+        parent_id: opt_str(h(&mut hd, "parent_id"), "headers.parent_id")?,
+        group_id: opt_str(h(&mut hd, "group"), "headers.group")?,
+        origin: opt_str(h(&mut hd, "origin"), "headers.origin")?,
+        ignore_result: opt_bool(h(&mut hd, "ignore_result"), "headers.ignore_result")?
             .unwrap_or(false),
-        argsrepr: opt_str(&headers, "argsrepr", "headers.argsrepr")?,
-        kwargsrepr: opt_str(&headers, "kwargsrepr", "headers.kwargsrepr")?,
-        reply_to: opt_str(&props, "reply_to", "properties.reply_to")?,
-        correlation_id: opt_str(&props, "correlation_id", "properties.correlation_id")?,
-        exchange: opt_str(info, "exchange", "properties.delivery_info.exchange")?
-            .unwrap_or_default(),
-        routing_key: opt_str(info, "routing_key", "properties.delivery_info.routing_key")?
-            .unwrap_or_default(),
+        argsrepr: opt_str(h(&mut hd, "argsrepr"), "headers.argsrepr")?,
+        kwargsrepr: opt_str(h(&mut hd, "kwargsrepr"), "headers.kwargsrepr")?,
+        reply_to: opt_str(p(&mut pr, "reply_to"), "properties.reply_to")?,
+        correlation_id: opt_str(p(&mut pr, "correlation_id"), "properties.correlation_id")?,
+        exchange: opt_str(
+            take(&mut info, "exchange"),
+            "properties.delivery_info.exchange",
+        )?
+        .unwrap_or_default(),
+        routing_key: opt_str(
+            take(&mut info, "routing_key"),
+            "properties.delivery_info.routing_key",
+        )?
+        .unwrap_or_default(),
         task,
         id,
-        args,
-        kwargs,
-        embed,
+        args: None,
+        kwargs: None,
+        embed: None,
         body,
         content_type,
         content_encoding,
@@ -761,8 +1018,106 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
         soft_time_limit,
         delivery_tag,
         redelivered,
-        headers,
+        headers: Vec::new(),
+    };
+    Ok(DecodedEnvelope { message, codec })
+}
+
+/// The raw JSON of the `headers` member of an envelope (`""` when it has none or it is not
+/// an object): a second, cheap pass for a caller that wants every header.
+pub fn headers_json(data: &[u8]) -> Result<&str> {
+    struct HeadersOnly;
+    impl<'de> Visitor<'de> for HeadersOnly {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut access: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = access.next_key_seed(KnownKey(&["headers"]))? {
+                match key {
+                    Some(_) => found = Some(access.next_value::<&'de RawValue>()?),
+                    None => access.next_value::<de::IgnoredAny>().map(|_| ())?,
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let raw = de
+        .deserialize_map(HeadersOnly)
+        .map_err(|e| Error::Decode(format!("envelope: invalid JSON: {e}")))?;
+    Ok(match raw {
+        Some(r) if r.get().starts_with('{') => r.get(),
+        _ => "",
     })
+}
+
+/// Every header of [`headers_json`] as a map (`""`: none).
+pub fn decode_headers(headers_json: &str) -> Result<Map> {
+    if headers_json.is_empty() {
+        return Ok(Vec::new());
+    }
+    match codec::from_json(headers_json.as_bytes()) {
+        Ok(Value::Map(m)) => Ok(m),
+        Ok(other) => Err(bad("headers", "an object", &other)),
+        Err(Error::Decode(e)) => Err(Error::Decode(format!("envelope: headers: {e}"))),
+        Err(e) => Err(e),
+    }
+}
+
+/// `(args, kwargs, embed)` of a decoded protocol v2 body `[args, kwargs, embed]`.
+pub type BodyParts = (Vec<Value>, Map, Option<Map>);
+
+/// Deserializes a protocol v2 body with `codec` and checks its shape.
+pub fn decode_body(body: &[u8], codec: Codec) -> Result<BodyParts> {
+    let decoded = codec::loads(body, codec).map_err(|e| match e {
+        Error::Decode(m) => Error::Decode(format!("body: {m}")),
+        other => other,
+    })?;
+    let parts = match decoded {
+        Value::List(parts) if parts.len() == 3 => parts,
+        other => return Err(bad("body", "a [args, kwargs, embed] list", &other)),
+    };
+    let mut it = parts.into_iter();
+    let args = match it.next() {
+        Some(Value::List(a)) => a,
+        Some(other) => return Err(bad("body[0] (args)", "a list", &other)),
+        None => Vec::new(),
+    };
+    let kwargs = match it.next() {
+        Some(Value::Map(k)) => k,
+        Some(other) => return Err(bad("body[1] (kwargs)", "an object", &other)),
+        None => Vec::new(),
+    };
+    let embed = match it.next() {
+        Some(Value::Map(e)) => Some(e),
+        None | Some(Value::Null) => None,
+        Some(other) => return Err(bad("body[2] (embed)", "an object or null", &other)),
+    };
+    Ok((args, kwargs, embed))
+}
+
+/// Decodes a kombu Redis envelope of a Celery protocol v2 task message.
+///
+/// Checks the size first, then the content type against `accept` before touching the body.
+/// Bodies of json/msgpack are decoded; for other accepted types `args`/`kwargs`/`embed` are
+/// `None` and `body` carries the raw bytes.
+pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Result<TaskMessage> {
+    let env = decode_envelope(data, accept, max_size)?;
+    let headers = decode_headers(headers_json(data)?)?;
+    let mut msg = env.message;
+    if let Some(c) = env.codec {
+        let (args, kwargs, embed) = decode_body(&msg.body, c)?;
+        msg.args = Some(args);
+        msg.kwargs = Some(kwargs);
+        msg.embed = embed;
+    }
+    msg.headers = headers;
+    Ok(msg)
 }
 
 #[cfg(test)]

@@ -273,6 +273,9 @@ fn loads<'py>(py: Python<'py>, data: &[u8], content_type: &str) -> PyResult<Boun
     let codec = Codec::from_content_type(content_type)
         .ok_or_else(|| Error::Config(format!("no Rust decoder for content type {content_type:?}")))
         .map_py(py)?;
+    if codec == Codec::Json {
+        return crate::json::loads(py, data, "");
+    }
     let value = codec::loads(data, codec).map_py(py)?;
     to_py(py, &value)
 }

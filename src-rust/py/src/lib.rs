@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 mod codec;
 mod errors;
+mod json;
 mod prefetch;
 mod protocol;
 mod ratelimit;

@@ -3,8 +3,9 @@
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use rqueue_core::codec::{map_get, Value};
+use rqueue_core::codec::{map_get, Codec, Value};
 use rqueue_core::protocol::{self, Accept, TaskMessageSpec};
 
 use crate::codec::{map_to_py, to_py, to_value, PyPath};
@@ -16,6 +17,10 @@ const REPR_MAX_CHARS: usize = 1024;
 fn short_repr(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     let r = obj.repr()?;
     let s = r.to_str()?;
+    if s.len() <= REPR_MAX_CHARS {
+        // At most as many characters as bytes: nothing to cut.
+        return Ok(s.to_owned());
+    }
     Ok(match s.char_indices().nth(REPR_MAX_CHARS) {
         Some((end, _)) => s[..end].to_owned(),
         None => s.to_owned(),
@@ -23,36 +28,69 @@ fn short_repr(obj: &Bound<'_, PyAny>) -> PyResult<String> {
 }
 
 /// A decoded task message: typed fields of the headers, properties and body.
-#[pyclass(frozen, get_all, module = "rqueue._rqueue")]
+///
+/// `headers` and `body` are built on first access (and then cached): most consumers only read
+/// the typed fields and `args`/`kwargs`/`embed`.
+#[pyclass(frozen, module = "rqueue._rqueue")]
 pub struct TaskMessage {
+    #[pyo3(get)]
     task: String,
+    #[pyo3(get)]
     id: String,
+    #[pyo3(get)]
     args: Option<Py<PyList>>,
+    #[pyo3(get)]
     kwargs: Option<Py<PyDict>>,
+    #[pyo3(get)]
     embed: Option<Py<PyDict>>,
-    body: Py<PyBytes>,
+    #[pyo3(get)]
     content_type: String,
+    #[pyo3(get)]
     content_encoding: String,
+    #[pyo3(get)]
     eta_ms: Option<i64>,
+    #[pyo3(get)]
     expires_ms: Option<i64>,
+    #[pyo3(get)]
     retries: i64,
+    #[pyo3(get)]
     priority: u8,
+    #[pyo3(get)]
     time_limit: Option<f64>,
+    #[pyo3(get)]
     soft_time_limit: Option<f64>,
+    #[pyo3(get)]
     root_id: Option<String>,
+    #[pyo3(get)]
     parent_id: Option<String>,
+    #[pyo3(get)]
     group_id: Option<String>,
+    #[pyo3(get)]
     origin: Option<String>,
+    #[pyo3(get)]
     ignore_result: bool,
+    #[pyo3(get)]
     argsrepr: Option<String>,
+    #[pyo3(get)]
     kwargsrepr: Option<String>,
+    #[pyo3(get)]
     reply_to: Option<String>,
+    #[pyo3(get)]
     correlation_id: Option<String>,
+    #[pyo3(get)]
     delivery_tag: Option<String>,
+    #[pyo3(get)]
     exchange: String,
+    #[pyo3(get)]
     routing_key: String,
+    #[pyo3(get)]
     redelivered: bool,
-    headers: Py<PyDict>,
+    /// The raw body after base64 decoding; `bytes` built on first access.
+    body: Vec<u8>,
+    body_obj: PyOnceLock<Py<PyBytes>>,
+    /// The envelope as received; the headers dict is built from it on first access.
+    envelope: Py<PyBytes>,
+    headers_obj: PyOnceLock<Py<PyDict>>,
 }
 
 #[pymethods]
@@ -62,6 +100,38 @@ impl TaskMessage {
             "<TaskMessage task={:?} id={:?} content_type={:?}>",
             self.task, self.id, self.content_type
         )
+    }
+
+    #[getter]
+    fn body(&self, py: Python<'_>) -> Py<PyBytes> {
+        self.body_obj
+            .get_or_init(py, || PyBytes::new(py, &self.body).unbind())
+            .clone_ref(py)
+    }
+
+    #[getter]
+    fn headers(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
+        self.headers_obj
+            .get_or_try_init(py, || {
+                let data = self.envelope.bind(py).as_bytes();
+                headers_dict(py, protocol::headers_json(data).map_py(py)?)
+            })
+            .map(|d| d.clone_ref(py))
+    }
+}
+
+/// Every header as a dict, decoded like the body (kombu markers become native values).
+fn headers_dict(py: Python<'_>, headers_json: &str) -> PyResult<Py<PyDict>> {
+    if headers_json.is_empty() {
+        return Ok(PyDict::new(py).unbind());
+    }
+    let obj = crate::json::loads(py, headers_json.as_bytes(), "headers: ")?;
+    match obj.cast_into::<PyDict>() {
+        Ok(d) => Ok(d.unbind()),
+        Err(e) => Err(crate::errors::to_py(
+            py,
+            rqueue_core::Error::Decode(format!("headers must be an object: {e}")),
+        )),
     }
 }
 
@@ -169,37 +239,118 @@ fn encode_task_message<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+fn body_error(py: Python<'_>, field: &str, expected: &str, got: &Bound<'_, PyAny>) -> PyErr {
+    let type_name = match got.get_type().name() {
+        Ok(n) => n.to_string(),
+        Err(_) => "object".to_owned(),
+    };
+    crate::errors::to_py(
+        py,
+        rqueue_core::Error::Decode(format!("{field} must be {expected}, got {type_name}")),
+    )
+}
+
+type PyBodyParts = (Py<PyList>, Py<PyDict>, Option<Py<PyDict>>);
+
+/// `(args, kwargs, embed)` of a JSON body, decoded straight into Python objects.
+fn json_body(py: Python<'_>, body: &[u8]) -> PyResult<PyBodyParts> {
+    let decoded = crate::json::loads(py, body, "body: ")?;
+    let parts = match decoded.cast::<PyList>() {
+        Ok(l) if l.len() == 3 => l,
+        _ => {
+            return Err(body_error(
+                py,
+                "body",
+                "a [args, kwargs, embed] list",
+                &decoded,
+            ))
+        }
+    };
+    let args = parts.get_item(0)?;
+    let args = match args.cast_into::<PyList>() {
+        Ok(a) => a.unbind(),
+        Err(e) => return Err(body_error(py, "body[0] (args)", "a list", &e.into_inner())),
+    };
+    let kwargs = parts.get_item(1)?;
+    let kwargs = match kwargs.cast_into::<PyDict>() {
+        Ok(k) => k.unbind(),
+        Err(e) => {
+            return Err(body_error(
+                py,
+                "body[1] (kwargs)",
+                "an object",
+                &e.into_inner(),
+            ))
+        }
+    };
+    let embed = parts.get_item(2)?;
+    let embed = if embed.is_none() {
+        None
+    } else {
+        match embed.cast_into::<PyDict>() {
+            Ok(e) => Some(e.unbind()),
+            Err(e) => {
+                return Err(body_error(
+                    py,
+                    "body[2] (embed)",
+                    "an object or null",
+                    &e.into_inner(),
+                ))
+            }
+        }
+    };
+    Ok((args, kwargs, embed))
+}
+
+/// `(args, kwargs, embed)` of a body in another Rust codec (msgpack), through the core.
+fn core_body(py: Python<'_>, body: &[u8], codec: Codec) -> PyResult<PyBodyParts> {
+    let (args, kwargs, embed) = protocol::decode_body(body, codec).map_py(py)?;
+    let list = PyList::empty(py);
+    for item in &args {
+        list.append(to_py(py, item)?)?;
+    }
+    Ok((
+        list.unbind(),
+        map_to_py(py, &kwargs)?.unbind(),
+        embed
+            .as_deref()
+            .map(|m| map_to_py(py, m).map(Bound::unbind))
+            .transpose()?,
+    ))
+}
+
 #[pyfunction]
 #[pyo3(signature = (data, *, accept = None, max_size = 1048576))]
 fn decode_task_message(
     py: Python<'_>,
-    data: &[u8],
+    data: Bound<'_, PyBytes>,
     accept: Option<Vec<String>>,
     max_size: usize,
 ) -> PyResult<TaskMessage> {
-    let accept = accept.unwrap_or_else(|| vec!["application/json".to_owned()]);
-    let msg = protocol::decode_task_message(data, &Accept::new(&accept), max_size).map_py(py)?;
-    let list = |items: &[Value]| -> PyResult<Py<PyList>> {
-        let l = PyList::empty(py);
-        for item in items {
-            l.append(to_py(py, item)?)?;
+    let accept = match accept {
+        Some(names) => Accept::new(&names),
+        None => Accept::default(),
+    };
+    let env = protocol::decode_envelope(data.as_bytes(), &accept, max_size).map_py(py)?;
+    let msg = env.message;
+    let (args, kwargs, embed) = match env.codec {
+        None => (None, None, None),
+        Some(codec) => {
+            let (a, k, e) = match codec {
+                Codec::Json => json_body(py, &msg.body)?,
+                other => core_body(py, &msg.body, other)?,
+            };
+            (Some(a), Some(k), e)
         }
-        Ok(l.unbind())
     };
     Ok(TaskMessage {
-        args: msg.args.as_deref().map(list).transpose()?,
-        kwargs: msg
-            .kwargs
-            .as_deref()
-            .map(|m| map_to_py(py, m).map(Bound::unbind))
-            .transpose()?,
-        embed: msg
-            .embed
-            .as_deref()
-            .map(|m| map_to_py(py, m).map(Bound::unbind))
-            .transpose()?,
-        body: PyBytes::new(py, &msg.body).unbind(),
-        headers: map_to_py(py, &msg.headers)?.unbind(),
+        args,
+        kwargs,
+        embed,
+        body: msg.body,
+        body_obj: PyOnceLock::new(),
+        envelope: data.unbind(),
+        headers_obj: PyOnceLock::new(),
         task: msg.task,
         id: msg.id,
         content_type: msg.content_type,

@@ -496,3 +496,50 @@ fn test_vectors_file() {
         "the file must keep the Celery-produced vectors"
     );
 }
+
+#[test]
+fn test_decode_envelope_headers_json_matches_full_parse() {
+    for v in &vectors() {
+        let name = v.get("name").and_then(Value::as_str).unwrap();
+        let envelope = v.get("envelope").and_then(Value::as_str).unwrap();
+        let accept = match v.get("accept") {
+            Some(Value::List(a)) => Accept::new(a.iter().filter_map(Value::as_str)),
+            _ => Accept::default(),
+        };
+        let Ok(env) = decode_envelope(envelope.as_bytes(), &accept, DEFAULT_MAX_SIZE) else {
+            continue;
+        };
+        let full = envelope_value(envelope.as_bytes());
+        let expected = match full.get("headers") {
+            Some(Value::Map(m)) => m.clone(),
+            _ => Vec::new(),
+        };
+        assert_eq!(
+            decode_headers(headers_json(envelope.as_bytes()).unwrap()).unwrap(),
+            expected,
+            "{name}"
+        );
+        assert!(
+            env.message.args.is_none() && env.message.headers.is_empty(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn test_decode_repeated_keys_keep_the_last() {
+    let env = br#"{"body": "W1tdLHt9LHt9XQ==", "content-type": "text/plain", "content-type": "application/json",
+        "headers": {"task": "a", "id": "x", "task": "b"}, "properties": {"body_encoding": "base64"}}"#;
+    let msg = decode(env).unwrap();
+    assert_eq!(msg.task, "b");
+    assert_eq!(msg.args, Some(vec![]));
+}
+
+#[test]
+fn test_decode_deep_unknown_header_is_decode_error() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let env = format!(
+        r#"{{"body": "", "content-type": "application/json", "headers": {{"task": "a", "id": "x", "x": {deep}}}}}"#
+    );
+    assert!(matches!(decode(env.as_bytes()), Err(Error::Decode(_))));
+}
