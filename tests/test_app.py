@@ -186,3 +186,21 @@ def test_urls_are_masked() -> None:
 def test_broker_file_is_private(app: App, tmp_path: Path) -> None:
     app.send_task("tasks.add")
     assert (tmp_path / "b.sqlite3").stat().st_mode & 0o077 == 0
+
+
+def test_delay_many_publishes_every_call_in_one_batch(app: App) -> None:
+    @app.task(name="tasks.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    results = add.delay_many([(i, i) for i in range(50)])
+    messages = decode_waiting(app)
+    assert [m.id for m in messages] == [r.id for r in results]
+    assert [m.args for m in messages] == [[i, i] for i in range(50)]
+
+
+def test_send_many_applies_options_to_every_call(app: App) -> None:
+    results = app.send_many("tasks.add", [((1, 2), {}), ((3,), {"y": 4})], queue="batch", priority=6)
+    messages = decode_waiting(app, "batch")
+    assert [(m.args, m.kwargs, m.priority) for m in messages] == [([1, 2], {}, 6), ([3], {"y": 4}, 6)]
+    assert len({r.id for r in results}) == 2

@@ -8,9 +8,9 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
+from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from rqueue import _rqueue, serialization
 from rqueue.backends import ResultBackend, open_backend
@@ -201,6 +201,31 @@ class App:
     # -- sending -------------------------------------------------------------------------------------
 
     def send_task(
+        self, name: str, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> AsyncResult[Any]:
+        """Send a task by name (it need not be importable here). Options as in ``Task.apply_async``."""
+        message = self._message(name, args, kwargs, **options)
+        if not message.ignore_result:
+            self.backend.prepare(message.task_id)
+        self.broker.publish(message.queue, message.payload, message.priority, message.eta_ms)
+        return AsyncResult(message.task_id, self.backend, ignored=message.ignore_result, app=self)
+
+    def send_many(
+        self, name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]], **options: Any
+    ) -> list[AsyncResult[Any]]:
+        """Send many calls of one task in one broker round trip (one transaction on SQLite).
+
+        ``calls`` holds ``(args, kwargs)`` pairs; the options apply to every call.
+        """
+        messages = [self._message(name, args, kwargs, **options) for args, kwargs in calls]
+        backend = self.backend
+        for m in messages:
+            if not m.ignore_result:
+                backend.prepare(m.task_id)
+        self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
+        return [AsyncResult(m.task_id, backend, ignored=m.ignore_result, app=self) for m in messages]
+
+    def _message(
         self,
         name: str,
         args: Sequence[Any] | None = None,
@@ -221,8 +246,8 @@ class App:
         parent_id: str | None = None,
         root_id: str | None = None,
         _task: Task[Any, Any] | None = None,
-    ) -> AsyncResult[Any]:
-        """Send a task by name (it need not be importable here). Options as in ``Task.apply_async``."""
+    ) -> _Outgoing:
+        """Route and encode one task message."""
         task = _task if _task is not None else self.tasks.get(name)
         args = list(args or ())
         kwargs = dict(kwargs or {})
@@ -238,9 +263,7 @@ class App:
         priority = option("priority", priority if priority is not None else routed_priority)
         now = time.time()
         eta_ms = _eta_ms(now, countdown, eta)
-        expires_ms = _expires_ms(now, expires)
         task_id = task_id or str(uuid.uuid4())
-        conf = self.conf
         body = None
         if serializer not in ("json", "msgpack"):
             self._check_serializer_enabled(serializer)
@@ -255,7 +278,7 @@ class App:
             serializer=serializer,
             body=body,
             eta_ms=eta_ms,
-            expires_ms=expires_ms,
+            expires_ms=_expires_ms(now, expires),
             retries=retries,
             time_limit=option("time_limit", time_limit),
             soft_time_limit=option("soft_time_limit", soft_time_limit),
@@ -266,13 +289,9 @@ class App:
             ignore_result=ignore_result,
             reply_to=self.oid,
             extra_headers=headers,
-            max_size=conf.task_max_message_size,
+            max_size=self.conf.task_max_message_size,
         )
-        backend = self.backend
-        if not ignore_result:
-            backend.prepare(task_id)
-        self.broker.publish(queue_name, payload, _clamp_priority(priority), eta_ms)
-        return AsyncResult(task_id, backend, ignored=ignore_result, app=self)
+        return _Outgoing(task_id, queue_name, payload, _clamp_priority(priority), eta_ms, ignore_result)
 
     def _check_serializer_enabled(self, serializer: str) -> None:
         accept = [serialization.serializer_name(c) for c in self.conf.accept_content]
@@ -318,6 +337,17 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'} broker={mask_password(self.broker_url)}>"
+
+
+class _Outgoing(NamedTuple):
+    """An encoded message ready to publish."""
+
+    task_id: str
+    queue: str
+    payload: bytes
+    priority: int
+    eta_ms: int | None
+    ignore_result: bool
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -9,17 +9,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rqueue import _rqueue
-from rqueue.worker.executor import Executor
+from rqueue.exceptions import BackendError, BrokerError
+from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor
 
 if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
+
+#: How long to pause after the broker failed mid-message.
+BROKER_ERROR_PAUSE_S = 0.5
 
 #: How long an idle executor waits on the buffer before re-checking the stop flag.
 IDLE_WAIT_S = 0.1
@@ -84,6 +89,7 @@ class Consumer:
 
     def _executor_loop(self) -> None:
         executor = Executor(self.app, self.app.broker, self.hostname, self.revoked)
+        executor.stopping = self._stop.is_set
         buffer = self.buffer
         try:
             while not self._stop.is_set():
@@ -93,12 +99,16 @@ class Consumer:
                     continue
                 try:
                     executor.handle(delivery)
+                except (BrokerError, BackendError, OSError) as exc:
+                    # The message stays leased: it is delivered again when its lease expires.
+                    logger.error("Broker or backend failed while handling message %s: %s", delivery.tag, exc)
+                    time.sleep(BROKER_ERROR_PAUSE_S)
                 finally:
                     buffer.done()
                 if len(buffer) == 0:
                     executor.flush()
         finally:
-            executor.flush()
+            executor.flush(give_up_after_s=SHUTDOWN_FLUSH_S)
 
     def _return_unstarted(self) -> None:
         unstarted = self.transport.stop()

@@ -10,11 +10,14 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue, serialization, states
 from rqueue.backends.base import ResultRecord
 from rqueue.exceptions import (
+    BackendError,
+    BrokerError,
     ContentDisallowed,
     DecodeError,
     Ignore,
@@ -35,6 +38,8 @@ logger = logging.getLogger("rqueue.worker")
 
 #: Flush results and acks at least every this many tasks.
 BATCH = 64
+#: At shutdown, how long to keep trying to record results and acks while the broker is away.
+SHUTDOWN_FLUSH_S = 10.0
 
 
 class Executor:
@@ -49,6 +54,8 @@ class Executor:
         conf = app.conf
         self.accept = serialization.accepted_content_types(conf.accept_content)
         self.max_size = int(conf.task_max_message_size)
+        #: Tells a flush that keeps failing that the worker is shutting down (set by the consumer).
+        self.stopping: Callable[[], bool] = lambda: False
         self.results: list[tuple[str, str, bytes]] = []
         self.acks: list[str] = []
         self.processed = 0
@@ -180,12 +187,43 @@ class Executor:
         if len(self.acks) >= BATCH:
             self.flush()
 
-    def flush(self) -> None:
-        """Write pending results, then ack: a crash in between re-runs tasks, never loses them."""
-        if self.results or self.acks:
-            results, acks = self.results, self.acks
-            self.results, self.acks = [], []
-            self.broker.complete(self.backend, results, acks)
+    def flush(self, give_up_after_s: float | None = None) -> None:
+        """Write pending results, then ack: a crash in between re-runs tasks, never loses them.
+
+        While the broker or backend is unreachable, retry with backoff (the worker pauses rather
+        than dropping results); with ``give_up_after_s`` (at shutdown) stop trying after that long,
+        and the unacked messages are delivered again once their lease expires.
+        """
+        if not (self.results or self.acks):
+            return
+        results, acks = self.results, self.acks
+        self.results, self.acks = [], []
+        deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
+        pause = 0.05
+        while True:
+            try:
+                self.broker.complete(self.backend, results, acks)
+                return
+            except (BrokerError, BackendError, OSError) as exc:
+                if deadline is None and self.stopping():
+                    deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+                if deadline is not None and time.monotonic() >= deadline:
+                    logger.error(
+                        "Gave up recording %d result(s) and %d ack(s): %s; the messages will be delivered again",
+                        len(results),
+                        len(acks),
+                        exc,
+                    )
+                    return
+                logger.warning(
+                    "Cannot record %d result(s) and %d ack(s) yet (%s); retrying in %.2f s",
+                    len(results),
+                    len(acks),
+                    exc,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def _dead_letter(
         self,
