@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rqueue.backends.base import DisabledBackend, ResultBackend, ResultRecord
 from rqueue.backends.sqlite import SqliteBackend
+from rqueue.exceptions import ConfigurationError
 from rqueue.urls import scheme_of, sqlite_path
 
 
@@ -22,6 +23,14 @@ def open_backend(
             expires_s=expires_s,
             extended=extended,
         )
+    if scheme in ("redis", "unix"):
+        try:
+            from rqueue.backends.redis import RedisBackend
+        except ImportError as exc:  # pragma: no cover - redis-py comes with rqueue[redis]
+            raise ConfigurationError(
+                f"the Redis result backend needs redis-py: pip install 'rqueue[redis]' ({exc})"
+            ) from None
+        return RedisBackend(url, serializer=serializer, accept=accept, expires_s=expires_s, extended=extended)
     raise AssertionError(f"scheme_of accepted {scheme!r} without a backend for it")
 
 

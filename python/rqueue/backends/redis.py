@@ -1,0 +1,344 @@
+"""Results in Redis, exactly where and how Celery's Redis backend keeps them.
+
+A result is the serialized Celery meta under ``celery-task-meta-<task_id>``, written with an expiry
+and published on a channel of the same name. Writers send a whole batch in one pipeline; a small
+Lua script per record keeps a stored SUCCESS final. Readers subscribe to a task's channel before
+the task is published (``prepare``), ``GET`` once subscribed (or after any reconnect), and then
+wait for the notification, so a result is never missed and never polled for.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from rqueue import serialization, states
+from rqueue.backends.base import ResultBackend
+from rqueue.exceptions import DecodeError, TimeoutError
+
+#: Celery's key (and channel) prefix of a task's result.
+KEY_PREFIX = "celery-task-meta-"
+#: With the pickle serializer Lua cannot read a record's status, so SUCCESS is also marked here.
+FINAL_PREFIX = "rqueue-task-final-"
+
+#: SET + PUBLISH a record unless the stored one is a SUCCESS (JSON via cjson, msgpack via cmsgpack;
+#: the substring test skips decoding when the stored record cannot be a SUCCESS).
+#: KEYS[1] result key, KEYS[2] (pickle only) SUCCESS marker; ARGV: payload, expiry in ms ('' = none), status.
+STORE_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current and string.find(current, 'SUCCESS', 1, true) then
+  local ok, meta = pcall(cjson.decode, current)
+  if not ok or type(meta) ~= 'table' then
+    ok, meta = pcall(cmsgpack.unpack, current)
+  end
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+    return 0
+  end
+end
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if KEYS[2] and ARGV[3] == 'SUCCESS' then
+  if ARGV[2] == '' then
+    redis.call('SET', KEYS[2], '1')
+  else
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  end
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+#: Longest time one waiting call holds the pub/sub connection before letting other threads in.
+_SLICE_S = 0.1
+#: Redis errors after which the pub/sub connection is rebuilt and results are read again.
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+#: Clients made before a fork: kept referenced so the child never closes the parent's sockets.
+_INHERITED: list[Any] = []
+
+
+class _PubSub(PubSub):
+    """A PubSub that reports every (re)connection: messages sent meanwhile may have been lost."""
+
+    def __init__(self, connection_pool: Any, backend: RedisBackend) -> None:
+        self._backend = backend
+        super().__init__(connection_pool, ignore_subscribe_messages=False)
+
+    def on_connect(self, connection: Any) -> None:
+        wanted = self._backend._subs
+        for channel in list(self.channels):  # never re-subscribe channels we already left
+            if channel not in wanted:
+                self.channels.pop(channel, None)
+        super().on_connect(connection)
+        self._backend._connected(list(self.channels))
+
+
+class RedisBackend(ResultBackend):
+    """Celery-compatible results in Redis (``redis://`` or ``unix://`` URLs)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout_s: float = 10.0,
+        connect_timeout_s: float = 4.0,
+        health_check_interval_s: int = 25,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.url = url
+        self.socket_timeout_s = socket_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.health_check_interval_s = health_check_interval_s
+        self._pickle = self.content_type == serialization.PICKLE_CONTENT_TYPE
+        self._pid = -1
+        self._client: redis.Redis | None = None
+        self._reset_process_state()
+        self.client  # noqa: B018 - parse the URL now: a bad one fails at configuration, not at first use
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _reset_process_state(self) -> None:
+        if self._client is not None:
+            _INHERITED.extend(h for h in (self._client, self._pubsub) if h is not None)
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._client = None
+        self._script: Any = None
+        self._pubsub: _PubSub | None = None
+        self._broken = False  # the pub/sub connection failed: rebuild it before the next use
+        self._subs: set[bytes] = set()  # channels of results someone waits for
+        self._pending: dict[bytes, int] = {}  # subscribe/unsubscribe replies not read yet, per channel
+        self._cache: dict[bytes, bytes] = {}  # the last message of each subscribed channel, not consumed yet
+        self._generation = 0  # bumped on every (re)connection of the pub/sub connection
+
+    def _check_pid(self) -> None:
+        """A client made before ``fork()`` is never used in the child."""
+        if self._pid != os.getpid():
+            self._reset_process_state()
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client of this process (commands other than pub/sub)."""
+        self._check_pid()
+        if self._client is None:
+            tcp: dict[str, Any] = {} if self.url.lower().startswith("unix:") else {"socket_keepalive": True}
+            self._client = redis.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout_s,
+                socket_connect_timeout=self.connect_timeout_s,
+                **tcp,
+                health_check_interval=self.health_check_interval_s,
+                retry_on_timeout=True,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            )
+            self._script = self._client.register_script(STORE_LUA)
+        return self._client
+
+    def key(self, task_id: str) -> str:
+        """The key (and pub/sub channel) of a task's result."""
+        return f"{KEY_PREFIX}{task_id}"
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def write_encoded(self, items: list[tuple[str, str, bytes]]) -> None:
+        """SET (with expiry) and PUBLISH every record, in one pipeline; a stored SUCCESS is final."""
+        if not items:
+            return
+        client = self.client
+        expires = self.expires_s
+        px = str(max(1, round(expires * 1000))) if expires and expires > 0 else ""
+        calls: list[tuple[int, list[str | bytes]]] = []
+        for task_id, status, payload in items:
+            keys = [self.key(task_id)]
+            if self._pickle:
+                keys.append(f"{FINAL_PREFIX}{task_id}")
+            calls.append((len(keys), [*keys, payload, px, status]))
+        todo = calls
+        for _ in range(3):
+            pipe = client.pipeline(transaction=False)
+            for numkeys, args in todo:
+                pipe.evalsha(self._script.sha, numkeys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            missing = [call for call, reply in zip(todo, replies, strict=True) if isinstance(reply, NoScriptError)]
+            for reply in replies:
+                if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                    raise reply
+            if not missing:
+                return
+            client.script_load(STORE_LUA)  # a new or flushed server: load, then send what was refused
+            todo = missing
+        raise RuntimeError("Redis keeps refusing the result script (SCRIPT FLUSH in a loop?)")
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _read(self, task_id: str) -> tuple[bytes, str] | None:
+        data = self.client.get(self.key(task_id))
+        if data is None:
+            return None
+        return (data if isinstance(data, bytes) else data.encode()), self.content_type
+
+    def _delete(self, task_id: str) -> None:
+        self.client.delete(self.key(task_id), f"{FINAL_PREFIX}{task_id}")
+
+    def get_meta(self, task_id: str) -> dict[str, Any]:
+        meta = super().get_meta(task_id)
+        if meta["status"] in states.READY_STATES:
+            channel = self.key(task_id).encode()
+            if channel in self._subs:  # read by polling: nobody waits for its message now
+                self._leave(channel)
+        return meta
+
+    def _decode(self, task_id: str, data: bytes) -> dict[str, Any]:
+        meta = serialization.loads(data, self.content_type, self.accept)
+        if not isinstance(meta, dict) or "status" not in meta:
+            raise DecodeError(f"result of task {task_id} is not a result record: {meta!r:.200}")
+        return meta
+
+    # -- waiting --------------------------------------------------------------------------------
+
+    def prepare(self, task_id: str) -> None:
+        """Subscribe to the task's channel before the task is published (no round trip)."""
+        self._check_pid()
+        with self._lock:
+            try:
+                self._join(self.key(task_id).encode())
+            except _CONNECTION_ERRORS:
+                self._broken = True  # the channel is remembered; wait_for subscribes again
+
+    def wait_for(self, task_id: str, timeout: float | None, interval: float = 0.5) -> dict[str, Any]:
+        """The task's ready meta, from its pub/sub notification or a ``GET``; TimeoutError after ``timeout``.
+
+        ``GET`` runs once the subscription is confirmed, and again after every reconnection, so a
+        result written before or while subscribing, or during an outage, is still found.
+        """
+        channel = self.key(task_id).encode()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fetched = -1  # the connection generation of the last GET
+        backoff = 0.02
+        try:
+            while True:
+                self._check_pid()
+                with self._lock:
+                    try:
+                        self._join(channel)
+                        meta = self._take(task_id, channel)
+                        if meta is None and self._pending.get(channel):
+                            self._pump(0.0)  # replies already received (usually the confirmation)
+                            meta = self._take(task_id, channel)
+                        if meta is not None:
+                            return meta
+                        expired = deadline is not None and time.monotonic() >= deadline
+                        if fetched != self._generation and (not self._pending.get(channel) or expired):
+                            fetched = self._generation
+                            meta = super().get_meta(task_id)
+                            if meta["status"] in states.READY_STATES:
+                                return meta
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise TimeoutError(f"the result of task {task_id} was not ready within {timeout} s")
+                        remaining = _SLICE_S if deadline is None else min(_SLICE_S, deadline - time.monotonic())
+                        self._pump(max(remaining, 0.0))
+                        backoff = 0.02
+                        continue
+                    except _CONNECTION_ERRORS:
+                        self._broken = True
+                # Redis is unreachable: retry (re-subscribe, GET) after a pause, never past the deadline.
+                pause = backoff
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(
+                            f"the result of task {task_id} was not ready within {timeout} s (Redis unreachable)"
+                        )
+                    pause = min(pause, left)
+                time.sleep(pause)
+                backoff = min(backoff * 2, 1.0)
+        finally:
+            self._leave(channel)
+
+    # -- pub/sub (callers hold self._lock) --------------------------------------------------------
+
+    def _join(self, channel: bytes) -> None:
+        """Subscribe to ``channel`` (and, after a failure, to every wanted channel on a new connection)."""
+        if self._pubsub is None or self._broken:
+            self._subs.add(channel)
+            if self._pubsub is not None:
+                self._pubsub.reset()  # drops the connection and redis-py's own channel list
+            self._pending.clear()
+            self._generation += 1  # a new connection: what was published meanwhile is read again (GET)
+            self._pubsub = _PubSub(self.client.connection_pool, self)
+            subs = sorted(self._subs)
+            self._pubsub.subscribe(*subs)
+            for ch in subs:
+                self._pending[ch] = self._pending.get(ch, 0) + 1
+            self._broken = False
+        elif channel not in self._subs:
+            self._subs.add(channel)
+            self._pubsub.subscribe(channel)
+            self._pending[channel] = self._pending.get(channel, 0) + 1
+
+    def _leave(self, channel: bytes) -> None:
+        """Stop listening on ``channel``; its cached message is dropped."""
+        self._check_pid()
+        with self._lock:
+            self._cache.pop(channel, None)
+            if channel not in self._subs:
+                return
+            self._subs.discard(channel)
+            if self._pubsub is None or self._broken:
+                return
+            try:
+                pubsub: Any = self._pubsub  # redis-py leaves unsubscribe() unannotated
+                pubsub.unsubscribe(channel)
+                self._pending[channel] = self._pending.get(channel, 0) + 1
+            except _CONNECTION_ERRORS:
+                self._broken = True
+
+    def _connected(self, channels: list[bytes]) -> None:
+        """The pub/sub connection was (re)made and ``channels`` were subscribed again on it."""
+        self._generation += 1
+        self._pending = dict.fromkeys(channels, 1)
+
+    def _pump(self, timeout: float) -> None:
+        """Read what the pub/sub connection has (waiting up to ``timeout`` for the first message)."""
+        assert self._pubsub is not None
+        wait = timeout
+        for _ in range(10_000):
+            message = self._pubsub.get_message(timeout=wait)
+            if message is None:
+                return
+            wait = 0.0
+            kind = message["type"]
+            channel = message["channel"]
+            if kind in ("subscribe", "unsubscribe"):
+                left = self._pending.get(channel, 0) - 1
+                if left > 0:
+                    self._pending[channel] = left
+                else:
+                    self._pending.pop(channel, None)
+            elif kind == "message" and channel in self._subs:
+                self._cache[channel] = message["data"]
+
+    def _take(self, task_id: str, channel: bytes) -> dict[str, Any] | None:
+        """The ready meta of a received notification, if any (a non-ready one is dropped)."""
+        data = self._cache.pop(channel, None)
+        if data is None:
+            return None
+        meta = self._decode(task_id, data)
+        return meta if meta["status"] in states.READY_STATES else None
