@@ -15,12 +15,12 @@ from conftest import Project
 from rqueue.exceptions import TimeoutError
 
 
-def test_worker_banner_masks_nothing_it_should_not_and_lists_tasks(project: Project) -> None:
+def test_worker_banner_lists_transport_concurrency_queues_and_tasks(project: Project) -> None:
     worker = project.start_worker("-c", "1")
     worker.stop()
     out = worker.output()
     assert "tasks.add" in out and "[tasks]" in out and "[queues]" in out
-    assert "broker.sqlite3" in out and "concurrency: 1 (prefork)" in out
+    assert f"transport:   {project.broker_url}" in out and "concurrency: 1 (prefork)" in out
 
 
 def test_delay_get_returns_the_sum(project: Project) -> None:

@@ -40,6 +40,17 @@ def mask_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def describe(url: str) -> str:
+    """How to show a URL to a person: password masked, an SQLite path made absolute (so two
+    processes in different directories visibly disagree)."""
+    if url.startswith("sqlite:///"):
+        try:
+            return f"sqlite:///{sqlite_path(url, 'url')}"
+        except ConfigurationError:
+            return url
+    return mask_password(url)
+
+
 def scheme_of(url: str, setting: str) -> str:
     """The URL's scheme, or a ConfigurationError listing the supported schemes."""
     if not isinstance(url, str) or "://" not in url:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from rqueue import __version__
 from rqueue.exceptions import ConfigurationError
-from rqueue.urls import mask_password
+from rqueue.urls import describe
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.state import Revoked
@@ -75,8 +75,8 @@ class Worker:
             f"--- ***** -----\n"
             f"[config]\n"
             f".> app:         {app.main or '__main__'}\n"
-            f".> transport:   {mask_password(app.broker_url)}\n"
-            f".> results:     {mask_password(backend) if backend else 'disabled://'}\n"
+            f".> transport:   {describe(app.broker_url)}\n"
+            f".> results:     {describe(backend) if backend else 'disabled://'}\n"
             f".> concurrency: {self.concurrency} ({self.pool})\n"
             f"\n[queues]\n{queues}\n"
             f"\n[tasks]\n{tasks}\n"
