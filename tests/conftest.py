@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,14 @@ class RedisServer:
     restart loses nothing that was acknowledged.
     """
 
-    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False, extra_args: Sequence[str] = ()) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.skip("redis-server is not on PATH (make redis installs it)")
         self.exe = exe
         self.workdir = workdir
         self.persistent = persistent
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -53,6 +54,7 @@ class RedisServer:
     def start(self) -> None:
         args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
