@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import pickle
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from rqueue import _rqueue
@@ -28,9 +29,9 @@ def serializer_name(content_type_or_name: str) -> str:
     return CONTENT_TYPE_NAMES.get(content_type_or_name, content_type_or_name)
 
 
-def accepted_content_types(accept: object) -> list[str]:
+def accepted_content_types(accept: Iterable[str]) -> list[str]:
     """MIME types of an ``accept_content`` list (names or MIME types)."""
-    return [content_type(serializer_name(str(item))) for item in accept]  # type: ignore[attr-defined]
+    return [content_type(serializer_name(item)) for item in accept]
 
 
 def dumps(obj: object, serializer: str) -> bytes:

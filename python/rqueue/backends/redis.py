@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -24,7 +26,8 @@ from redis.retry import Retry
 
 from rqueue import serialization, states
 from rqueue.backends.base import ResultBackend
-from rqueue.exceptions import DecodeError, TimeoutError
+from rqueue.exceptions import BackendError, DecodeError, TimeoutError
+from rqueue.urls import mask_password
 
 #: Celery's key (and channel) prefix of a task's result.
 KEY_PREFIX = "celery-task-meta-"
@@ -159,8 +162,11 @@ class RedisBackend(ResultBackend):
 
     def write_encoded(self, items: list[tuple[str, str, bytes]]) -> None:
         """SET (with expiry) and PUBLISH every record, in one pipeline; a stored SUCCESS is final."""
-        if not items:
-            return
+        if items:
+            with _as_backend_error(self.url):
+                self._write_batch(items)
+
+    def _write_batch(self, items: list[tuple[str, str, bytes]]) -> None:
         client = self.client
         expires = self.expires_s
         px = str(max(1, round(expires * 1000))) if expires and expires > 0 else ""
@@ -189,13 +195,15 @@ class RedisBackend(ResultBackend):
     # -- reading --------------------------------------------------------------------------------
 
     def _read(self, task_id: str) -> tuple[bytes, str] | None:
-        data = self.client.get(self.key(task_id))
+        with _as_backend_error(self.url):
+            data = self.client.get(self.key(task_id))
         if data is None:
             return None
         return (data if isinstance(data, bytes) else data.encode()), self.content_type
 
     def _delete(self, task_id: str) -> None:
-        self.client.delete(self.key(task_id), f"{FINAL_PREFIX}{task_id}")
+        with _as_backend_error(self.url):
+            self.client.delete(self.key(task_id), f"{FINAL_PREFIX}{task_id}")
 
     def get_meta(self, task_id: str) -> dict[str, Any]:
         meta = super().get_meta(task_id)
@@ -342,3 +350,12 @@ class RedisBackend(ResultBackend):
             return None
         meta = self._decode(task_id, data)
         return meta if meta["status"] in states.READY_STATES else None
+
+
+@contextmanager
+def _as_backend_error(url: str) -> Iterator[None]:
+    """redis-py's errors leave as BackendError (the worker waits those out), password masked."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise BackendError(f"Redis result backend {mask_password(url)}: {exc}") from exc
