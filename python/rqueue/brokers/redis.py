@@ -7,12 +7,13 @@ second, not on the hot path) use redis-py.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rqueue import _rqueue
 from rqueue.brokers.base import Broker, DeadLetter
-from rqueue.exceptions import ConfigurationError
+from rqueue.exceptions import BrokerError, ConfigurationError
 from rqueue.urls import mask_password
 
 #: Revocations: a sorted set of task ids scored by when they were revoked, and their expiries.
@@ -141,18 +142,28 @@ class RedisBroker(Broker):
 
         now_ms = int(time.time() * 1000)
         prefix = self.global_keyprefix
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(prefix + REVOKED_KEY, dict.fromkeys(task_ids, now_ms))
-        pipe.hset(prefix + REVOKED_EXPIRES_KEY, mapping=dict.fromkeys(task_ids, expires_at_ms))
-        pipe.execute()
+        with self._as_broker_error():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zadd(prefix + REVOKED_KEY, dict.fromkeys(task_ids, now_ms))
+            pipe.hset(prefix + REVOKED_EXPIRES_KEY, mapping=dict.fromkeys(task_ids, expires_at_ms))
+            pipe.execute()
 
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
         prefix = self.global_keyprefix
-        ids = [i.decode() for i in self.client.zrangebyscore(prefix + REVOKED_KEY, since_ms, "+inf")]
-        if not ids:
-            return []
-        expiries = self.client.hmget(prefix + REVOKED_EXPIRES_KEY, ids)
+        with self._as_broker_error():
+            ids = [i.decode() for i in self.client.zrangebyscore(prefix + REVOKED_KEY, since_ms, "+inf")]
+            expiries = self.client.hmget(prefix + REVOKED_EXPIRES_KEY, ids) if ids else []
         return [(i, int(e)) for i, e in zip(ids, expiries, strict=True) if e is not None]
+
+    @contextmanager
+    def _as_broker_error(self) -> Iterator[None]:
+        """redis-py's errors leave as BrokerError, like the extension's, with the password masked."""
+        import redis
+
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker {mask_password(self.url)}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"<RedisBroker {mask_password(self.url)}>"

@@ -13,6 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from rqueue.exceptions import BrokerError
+
 if TYPE_CHECKING:
     from rqueue.brokers.base import Broker
 
@@ -47,10 +49,15 @@ class Revoked:
         """Read revocations made since the last read from the broker."""
         with self._lock:
             now_ms = int(time.time() * 1000)
-            for task_id, expires in self.broker.revoked_since(self._since_ms):
+            self._next_refresh = time.monotonic() + REFRESH_S
+            try:
+                revoked = self.broker.revoked_since(self._since_ms)
+            except BrokerError as exc:  # keep what is known; read again on the next refresh
+                logger.warning("Cannot read revoked task ids: %s", exc)
+                return
+            for task_id, expires in revoked:
                 self.ids[task_id] = expires
             self._since_ms = now_ms - OVERLAP_MS
-            self._next_refresh = time.monotonic() + REFRESH_S
             self.ids = {k: v for k, v in self.ids.items() if v >= now_ms}
 
     def load(self) -> None:
