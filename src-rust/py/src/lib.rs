@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod broker;
 mod codec;
 mod errors;
 mod json;

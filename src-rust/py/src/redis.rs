@@ -5,25 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use rqueue_core::transport::redis::{NewMessage, RedisBroker as CoreBroker, RedisConfig};
+use rqueue_core::transport::redis::{RedisBroker as CoreBroker, RedisConfig};
 use rqueue_core::transport::redis_consumer::{RedisConsumer as CoreConsumer, RedisConsumerConfig};
 use rqueue_core::Error;
 
+use crate::broker::{new_messages, priority_of, DeadLetterRow, MessageTuple};
 use crate::errors::IntoPyResult;
 use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
-
-type DeadLetterRow = (String, String, String, Option<String>, u32, i64, Vec<u8>);
-
-fn priority_of(priority: i64) -> Result<u8, Error> {
-    u8::try_from(priority)
-        .ok()
-        .filter(|p| *p <= 9)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "message priority {priority} is out of range; use 0 (highest) to 9"
-            ))
-        })
-}
 
 fn seconds(name: &str, value: f64) -> Result<Duration, Error> {
     Duration::try_from_secs_f64(value)
@@ -105,23 +93,8 @@ impl RedisBroker {
     }
 
     /// Publish `(queue, payload, priority, eta_ms)` items in one round trip (all or none).
-    fn publish_many(
-        &self,
-        py: Python<'_>,
-        messages: Vec<(String, Vec<u8>, i64, Option<i64>)>,
-    ) -> PyResult<()> {
-        let messages = messages
-            .into_iter()
-            .map(|(queue, payload, priority, eta_ms)| {
-                Ok(NewMessage {
-                    queue,
-                    payload,
-                    priority: priority_of(priority)?,
-                    eta_ms,
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()
-            .map_py(py)?;
+    fn publish_many(&self, py: Python<'_>, messages: Vec<MessageTuple>) -> PyResult<()> {
+        let messages = new_messages(messages).map_py(py)?;
         py.detach(|| self.inner.publish_many(&messages)).map_py(py)
     }
 
@@ -198,7 +171,7 @@ impl RedisBroker {
         py: Python<'_>,
         queue: String,
         limit: usize,
-    ) -> PyResult<Vec<DeadLetterRow>> {
+    ) -> PyResult<Vec<DeadLetterRow<String>>> {
         let rows = py
             .detach(|| self.inner.dead_letters(&queue, limit))
             .map_py(py)?;

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use rqueue_core::transport::sqlite::{NewMessage, ResultRow, SqliteBroker as CoreBroker};
+use rqueue_core::transport::sqlite::{ResultRow, SqliteBroker as CoreBroker};
 use rqueue_core::transport::sqlite_consumer::{ConsumerConfig, SqliteConsumer as CoreConsumer};
 use rqueue_core::Error;
 
+use crate::broker::{new_messages, priority_of, DeadLetterRow, MessageTuple};
 use crate::errors::IntoPyResult;
 use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
 
@@ -25,19 +26,6 @@ fn to_rows(rows: Vec<ResultTuple>) -> Vec<ResultRow> {
             },
         )
         .collect()
-}
-
-type DeadLetterRow = (i64, String, String, Option<String>, u32, i64, Vec<u8>);
-
-fn priority_of(priority: i64) -> Result<u8, Error> {
-    u8::try_from(priority)
-        .ok()
-        .filter(|p| *p <= 9)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "message priority {priority} is out of range; use 0 (highest) to 9"
-            ))
-        })
 }
 
 fn non_negative(name: &str, value: i64) -> Result<u64, Error> {
@@ -87,23 +75,8 @@ impl SqliteBroker {
     }
 
     /// Publish `(queue, payload, priority, eta_ms)` items in one transaction.
-    fn publish_many(
-        &self,
-        py: Python<'_>,
-        messages: Vec<(String, Vec<u8>, i64, Option<i64>)>,
-    ) -> PyResult<()> {
-        let messages = messages
-            .into_iter()
-            .map(|(queue, payload, priority, eta_ms)| {
-                Ok(NewMessage {
-                    queue,
-                    payload,
-                    priority: priority_of(priority)?,
-                    eta_ms,
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()
-            .map_py(py)?;
+    fn publish_many(&self, py: Python<'_>, messages: Vec<MessageTuple>) -> PyResult<()> {
+        let messages = new_messages(messages).map_py(py)?;
         py.detach(|| self.inner.publish_many(&messages)).map_py(py)
     }
 
@@ -177,7 +150,7 @@ impl SqliteBroker {
         py: Python<'_>,
         queue: Option<String>,
         limit: usize,
-    ) -> PyResult<Vec<DeadLetterRow>> {
+    ) -> PyResult<Vec<DeadLetterRow<i64>>> {
         let rows = py
             .detach(|| self.inner.dead_letters(queue.as_deref(), limit))
             .map_py(py)?;

@@ -1,5 +1,6 @@
 //! Broker transports. Each owns its wire layout and its atomic fetch/lease/ack steps.
 
+mod consumer;
 pub mod redis;
 pub mod redis_consumer;
 mod redis_lua;

@@ -1,0 +1,311 @@
+//! The consumer thread shared by the transports: leases batches into a [`PrefetchBuffer`].
+//!
+//! One loop serves every transport; a transport only says how to open a connection and how to
+//! fetch, renew, sweep and give back through it (a [`LeaseSource`]). The thread owns its own
+//! connection, opened on the thread. It fetches only as many messages as the buffer has credits
+//! (at most [`FETCH_BATCH`]), polls with exponential backoff when nothing is due (the
+//! transport's `poll_min` doubling up to `poll_max`), renews this owner's leases every
+//! `lease / 3`, and sweeps expired leases of any owner every `sweep_interval`. Errors are
+//! recorded (see `last_error`), the connection is dropped and reopened with backoff (10 ms
+//! doubling to 1 s), so consuming resumes within about a second of the broker coming back; the
+//! thread only ends when asked to. It never takes the GIL and never starts on its own: call
+//! `start` after any fork.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::prefetch::{Delivery, PrefetchBuffer};
+
+/// Most messages leased per fetch.
+pub const FETCH_BATCH: usize = 256;
+
+const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Longest uninterrupted wait, so `stop()` returns promptly.
+const TICK: Duration = Duration::from_millis(20);
+/// Shortest lease accepted.
+const LEASE_MIN: Duration = Duration::from_millis(30);
+
+/// One open connection of the consumer thread, bound to its owner and lease settings.
+///
+/// Made on the consumer thread by the consumer's `connect` function and dropped after any
+/// error (the next step opens a new one).
+pub(crate) trait LeaseSource: Send + 'static {
+    /// Leases up to `limit` messages of `queues` to this owner.
+    fn fetch(&mut self, queues: &[String], limit: usize) -> Result<Vec<Delivery>>;
+    /// Renews every lease this owner holds.
+    fn extend_leases(&mut self) -> Result<()>;
+    /// Returns expired leases of any owner to their queues (dead-lettering the over-delivered).
+    fn sweep(&mut self) -> Result<()>;
+    /// Returns leased messages that were never handed out, unchanged and not counted.
+    fn give_back(&mut self, unstarted: &[Delivery]) -> Result<()>;
+}
+
+/// Opens a [`LeaseSource`]; called on the consumer thread, again after every error.
+pub(crate) type Connect<S> = Arc<dyn Fn() -> Result<S> + Send + Sync>;
+
+/// What differs between transports, besides the [`LeaseSource`].
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Names the thread (`rqueue-<thread_prefix>-<owner>`).
+    pub thread_prefix: &'static str,
+    /// Names the transport in errors ("Redis", "SQLite").
+    pub transport: &'static str,
+    pub queues: Vec<String>,
+    pub owner: String,
+    pub lease: Duration,
+    /// First idle poll interval after a non-empty fetch.
+    pub poll_min: Duration,
+    /// Longest idle poll interval (never below `poll_min`).
+    pub poll_max: Duration,
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug)]
+struct Shared {
+    stop: AtomicBool,
+    queues: Mutex<Vec<String>>,
+    last_error: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A fetching thread bound to one buffer, generic over the transport.
+pub(crate) struct Consumer<S> {
+    settings: Settings,
+    connect: Connect<S>,
+    buffer: Arc<PrefetchBuffer>,
+    shared: Arc<Shared>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<S> fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("settings", &self.settings)
+            .field("buffer", &self.buffer)
+            .field("shared", &self.shared)
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: LeaseSource> Consumer<S> {
+    pub fn new(
+        settings: Settings,
+        connect: Connect<S>,
+        buffer: Arc<PrefetchBuffer>,
+    ) -> Result<Self> {
+        check_owner(&settings.owner)?;
+        check_lease(settings.lease)?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            queues: Mutex::new(settings.queues.clone()),
+            last_error: Mutex::new(None),
+        });
+        Ok(Consumer {
+            settings,
+            connect,
+            buffer,
+            shared,
+            handle: Mutex::new(None),
+        })
+    }
+
+    /// Starts the thread; a second call while running does nothing.
+    pub fn start(&self) -> Result<()> {
+        let mut handle = lock(&self.handle);
+        if handle.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        self.shared.stop.store(false, Ordering::SeqCst);
+        let worker = Worker {
+            settings: self.settings.clone(),
+            connect: Arc::clone(&self.connect),
+            buffer: Arc::clone(&self.buffer),
+            shared: Arc::clone(&self.shared),
+        };
+        let h = std::thread::Builder::new()
+            .name(format!(
+                "rqueue-{}-{}",
+                self.settings.thread_prefix, self.settings.owner
+            ))
+            .spawn(move || worker.run())
+            .map_err(|e| {
+                Error::Broker(format!(
+                    "cannot start the {} consumer thread: {e}",
+                    self.settings.transport
+                ))
+            })?;
+        *handle = Some(h);
+        Ok(())
+    }
+
+    /// Stops fetching, joins the thread, closes the buffer and returns the deliveries never
+    /// taken. They are still leased: the caller returns them with `requeue`.
+    pub fn stop(&self) -> Vec<Delivery> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = lock(&self.handle).take() {
+            if h.join().is_err() {
+                *lock(&self.shared.last_error) = Some("consumer thread panicked".into());
+            }
+        }
+        self.buffer.close()
+    }
+
+    pub fn running(&self) -> bool {
+        lock(&self.handle)
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
+    /// Replaces the queues consumed from, effective at the next fetch.
+    pub fn set_queues(&self, queues: Vec<String>) {
+        *lock(&self.shared.queues) = queues;
+    }
+
+    /// The last error the thread met (it keeps retrying), if any.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared.last_error).clone()
+    }
+}
+
+impl<S> Drop for Consumer<S> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = lock(&self.handle).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Refuses an empty owner id: leases are renewed and requeued by owner.
+fn check_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() {
+        return Err(Error::Config("consumer owner id must not be empty".into()));
+    }
+    Ok(())
+}
+
+fn check_lease(lease: Duration) -> Result<()> {
+    if lease < LEASE_MIN {
+        return Err(Error::Config(format!(
+            "lease of {lease:?} is too short; use at least 30 ms"
+        )));
+    }
+    Ok(())
+}
+
+struct Worker<S> {
+    settings: Settings,
+    connect: Connect<S>,
+    buffer: Arc<PrefetchBuffer>,
+    shared: Arc<Shared>,
+}
+
+/// When the periodic steps are next due, and the current idle poll interval.
+struct Timers {
+    poll: Duration,
+    extend_every: Duration,
+    next_extend: Instant,
+    next_sweep: Instant,
+}
+
+impl<S: LeaseSource> Worker<S> {
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps up to `d` in short ticks, returning early when asked to stop.
+    fn nap(&self, d: Duration) {
+        let end = Instant::now() + d;
+        loop {
+            let now = Instant::now();
+            if now >= end || self.stopping() {
+                return;
+            }
+            std::thread::sleep((end - now).min(TICK));
+        }
+    }
+
+    fn run(self) {
+        let mut source: Option<S> = None;
+        let mut error_backoff = ERROR_BACKOFF_MIN;
+        let extend_every = self.settings.lease / 3;
+        let mut timers = Timers {
+            poll: self.settings.poll_min,
+            extend_every,
+            next_extend: Instant::now() + extend_every,
+            next_sweep: Instant::now(),
+        };
+        while !self.stopping() {
+            let s = match source.as_mut() {
+                Some(s) => s,
+                None => match (self.connect)() {
+                    Ok(s) => source.insert(s),
+                    Err(e) => {
+                        self.failed(e, &mut error_backoff);
+                        continue;
+                    }
+                },
+            };
+            match self.step(s, &mut timers) {
+                Ok(()) => error_backoff = ERROR_BACKOFF_MIN,
+                Err(e) => {
+                    // Drop the connection and open a new one; each transport's `connect` says
+                    // why (a restarted server, a replaced file, a broken connection).
+                    source = None;
+                    self.failed(e, &mut error_backoff);
+                }
+            }
+        }
+    }
+
+    /// Records `e` for `last_error` and waits out the backoff, doubling it for next time.
+    fn failed(&self, e: Error, backoff: &mut Duration) {
+        *lock(&self.shared.last_error) = Some(e.to_string());
+        self.nap(*backoff);
+        *backoff = (*backoff * 2).min(ERROR_BACKOFF_MAX);
+    }
+
+    fn step(&self, s: &mut S, t: &mut Timers) -> Result<()> {
+        let now = Instant::now();
+        if now >= t.next_extend {
+            s.extend_leases()?;
+            t.next_extend = now + t.extend_every;
+        }
+        if now >= t.next_sweep {
+            s.sweep()?;
+            t.next_sweep = now + self.settings.sweep_interval;
+        }
+        let credits = self.buffer.wait_for_credit(TICK);
+        if credits == 0 {
+            if self.buffer.is_closed() {
+                // Nothing will ever fit again; idle (renewing leases) until stopped.
+                self.nap(TICK);
+            }
+            return Ok(());
+        }
+        let queues = lock(&self.shared.queues).clone();
+        let batch = s.fetch(&queues, credits.min(FETCH_BATCH))?;
+        if batch.is_empty() {
+            self.nap(t.poll);
+            let ceiling = self.settings.poll_max.max(self.settings.poll_min);
+            t.poll = (t.poll * 2).min(ceiling);
+            return Ok(());
+        }
+        t.poll = self.settings.poll_min;
+        let rejected = self.buffer.put_many(batch);
+        if !rejected.is_empty() {
+            // The buffer was closed under us: give these back now rather than at lease expiry.
+            s.give_back(&rejected)?;
+        }
+        Ok(())
+    }
+}
