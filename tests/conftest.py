@@ -88,6 +88,7 @@ def redis_url(redis_server: RedisServer) -> str:
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
+    client.config_set("maxmemory-policy", "noeviction")  # a test may have changed it
     client.close()
     return redis_server.url
 
