@@ -13,8 +13,10 @@ mod prefetch;
 mod protocol;
 mod ratelimit;
 mod redis;
+mod repr;
 mod routing;
 mod sqlite;
+mod writer;
 
 #[pymodule]
 fn _rqueue(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::codec::map_get;
 
 fn s(t: &str) -> Value {
     Value::Str(t.to_owned())
