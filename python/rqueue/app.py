@@ -239,7 +239,7 @@ class App:
         now = time.time()
         eta_ms = _eta_ms(now, countdown, eta)
         expires_ms = _expires_ms(now, expires)
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or _rqueue.new_task_id()
         conf = self.conf
         body = None
         if serializer not in ("json", "msgpack"):

@@ -5,10 +5,82 @@
 use base64::Engine as _;
 use serde::Serializer as _;
 
-/// Appends `s` as a JSON string.
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `x` equals `b` (exact, no false answers).
+#[inline]
+pub(crate) fn any_byte_eq(x: u64, b: u8) -> bool {
+    let y = x ^ (LO * u64::from(b));
+    y.wrapping_sub(LO) & !y & HI != 0
+}
+
+/// Whether any byte of `x` is below `n` (`n` <= 0x80; exact).
+#[inline]
+pub(crate) fn any_byte_lt(x: u64, n: u8) -> bool {
+    x.wrapping_sub(LO * u64::from(n)) & !x & HI != 0
+}
+
+/// Index of the first byte at or after `from` for which `special` holds, skipping eight
+/// bytes at a time where `chunk_special` says none of them can.
+#[inline]
+pub(crate) fn find_special(
+    bytes: &[u8],
+    mut from: usize,
+    chunk_special: impl Fn(u64) -> bool,
+    special: impl Fn(u8) -> bool,
+) -> usize {
+    while from + 8 <= bytes.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[from..from + 8]);
+        if chunk_special(u64::from_le_bytes(word)) {
+            break;
+        }
+        from += 8;
+    }
+    while from < bytes.len() && !special(bytes[from]) {
+        from += 1;
+    }
+    from
+}
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes (`\"`, `\\`, `\n`-style
+/// short forms, other control characters as `\u00xx`; everything else as is).
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::Serializer::new(&mut *out).serialize_str(s);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    loop {
+        let i = find_special(
+            bytes,
+            start,
+            |x| any_byte_lt(x, 0x20) || any_byte_eq(x, b'"') || any_byte_eq(x, b'\\'),
+            |b| b < 0x20 || b == b'"' || b == b'\\',
+        );
+        out.extend_from_slice(&bytes[start..i]);
+        let Some(&b) = bytes.get(i) else { break };
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
+        start = i + 1;
+    }
+    out.push(b'"');
 }
 
 pub fn write_i64(out: &mut Vec<u8>, i: i64) {
@@ -62,7 +134,19 @@ mod tests {
 
     #[test]
     fn test_pieces_match_serde_json() {
-        for s in ["", "plain", "quote\" back\\ nl\n tab\t ctl\x01 é€😀"] {
+        let long = "0123456789abcdef\"x\\y\x7f\x1fé€😀 \x08\x0c\r".repeat(5);
+        let mut all = String::new();
+        for c in 0u8..0x80 {
+            all.push(char::from(c));
+            all.push_str("abcdefgh");
+        }
+        for s in [
+            "",
+            "plain",
+            "quote\" back\\ nl\n tab\t ctl\x01 é€😀",
+            &long,
+            &all,
+        ] {
             let mut out = Vec::new();
             write_str(&mut out, s);
             assert_eq!(out, serde_json::to_vec(s).unwrap());
@@ -83,6 +167,15 @@ mod tests {
             out,
             b"nullnull-922337203685477580818446744073709551615truenull"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn test_write_str_matches_serde_json(s in ".*") {
+            let mut out = Vec::new();
+            write_str(&mut out, &s);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&s).unwrap());
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use crate::jsonw;
+
 /// A string that keeps at most `limit` characters (not bytes); what is pushed past the limit
 /// is dropped.
 #[derive(Debug, Clone)]
@@ -92,37 +94,54 @@ impl ReprBuf {
             return false;
         }
         let quote = py_quote(s);
+        let esc_quote = if quote == '\'' { b'\'' } else { b'\\' };
         self.push_char(quote);
         let bytes = s.as_bytes();
         let mut start = 0;
-        // Runs of characters written as they are, cut at the ones that need an escape.
-        for (i, &b) in bytes.iter().enumerate() {
-            // A pending run of 4 bytes per free character fills the rest: stop scanning.
-            if self.is_full() || i - start >= 4 * self.room() {
+        // Runs written as they are, cut at the bytes that need an escape.
+        while !self.is_full() {
+            // Look no further than the bytes that can still fit (4 per character at most).
+            let window = bytes.len().min(start + 4 * self.room() + 4);
+            let i = jsonw::find_special(
+                &bytes[..window],
+                start,
+                |x| {
+                    jsonw::any_byte_lt(x, 0x20)
+                        || jsonw::any_byte_eq(x, 0x7f)
+                        || jsonw::any_byte_eq(x, b'\\')
+                        || jsonw::any_byte_eq(x, esc_quote)
+                },
+                |b| b < 0x20 || b == 0x7f || b == b'\\' || b == esc_quote,
+            );
+            if i == window && window < bytes.len() {
+                // The run alone fills the rest.
+                self.push_str(&s[start..]);
                 break;
             }
-            let esc: Option<&str> = match b {
-                b'\\' => Some("\\\\"),
-                b'\t' => Some("\\t"),
-                b'\n' => Some("\\n"),
-                b'\r' => Some("\\r"),
-                b'\'' if quote == '\'' => Some("\\'"),
-                0..=0x1f | 0x7f => None,
-                _ => continue,
-            };
             self.push_str(&s[start..i]);
-            match esc {
-                Some(e) => self.push_str(e),
-                None => {
-                    let mut hex = String::with_capacity(4);
-                    let _ = write!(hex, "\\x{b:02x}");
-                    self.push_str(&hex);
+            let Some(&b) = bytes.get(i) else {
+                self.push_char(quote);
+                break;
+            };
+            match b {
+                b'\\' => self.push_str("\\\\"),
+                b'\t' => self.push_str("\\t"),
+                b'\n' => self.push_str("\\n"),
+                b'\r' => self.push_str("\\r"),
+                b'\'' => self.push_str("\\'"),
+                _ => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    let hex = [
+                        b'\\',
+                        b'x',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 0xf)],
+                    ];
+                    self.push_str(std::str::from_utf8(&hex).unwrap_or(""));
                 }
             }
             start = i + 1;
         }
-        self.push_str(&s[start..]);
-        self.push_char(quote);
         true
     }
 }
@@ -303,6 +322,18 @@ mod tests {
         let mut b = ReprBuf::new(4);
         assert!(b.push_str_repr("a\nbcdef", true));
         assert_eq!(b.as_str(), "'a\\n");
+
+        // A long run is cut without scanning it all, on a character boundary.
+        let long = format!("{}\n", "é".repeat(10_000));
+        for limit in [1, 2, 3, 10, 1024] {
+            let mut b = ReprBuf::new(limit);
+            assert!(b.push_str_repr(&long, true));
+            let want: String = std::iter::once('\'')
+                .chain(long.chars())
+                .take(limit)
+                .collect();
+            assert_eq!(b.as_str(), want);
+        }
     }
 
     #[test]
