@@ -336,6 +336,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn test_float_reads_back(bits in proptest::prelude::any::<u64>()) {
+            let f = f64::from_bits(bits);
+            proptest::prop_assume!(f.is_finite());
+            let text = float(f);
+            proptest::prop_assert_eq!(text.parse::<f64>().unwrap().to_bits(), f.to_bits());
+            proptest::prop_assert!(text.contains('.') || text.contains('e'));
+        }
+    }
+
     #[test]
     fn test_ints() {
         for i in [0, 7, -7, 1234567890, i64::MIN, i64::MAX] {

@@ -2,12 +2,13 @@
 //!
 //! One file per exported concept; `errors.rs` maps every core error to a class of
 //! `rqueue.exceptions`. No threads or runtimes start at import time: prefork workers fork
-//! after importing this module.
+//! after importing this module (which registers one `os.register_at_fork` hook, for ids).
 
 use pyo3::prelude::*;
 
 mod codec;
 mod errors;
+mod ids;
 mod json;
 mod prefetch;
 mod protocol;
@@ -23,6 +24,7 @@ fn _rqueue(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     codec::register(m)?;
     protocol::register(m)?;
+    ids::register(m)?;
     routing::register(m)?;
     ratelimit::register(m)?;
     prefetch::register(m)?;

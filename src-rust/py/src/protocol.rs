@@ -237,6 +237,11 @@ fn encode_task_message<'py>(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
+    let mut tag_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let delivery_tag = match delivery_tag {
+        Some(t) => t,
+        None => crate::ids::uuid4_text(&mut tag_buf)?,
+    };
     let env = EnvelopeRef {
         task,
         id: task_id,
@@ -258,19 +263,11 @@ fn encode_task_message<'py>(
         argsrepr: argsrepr.as_deref(),
         kwargsrepr: kwargsrepr.as_deref(),
         reply_to,
-        delivery_tag,
+        delivery_tag: Some(delivery_tag),
         ..EnvelopeRef::default()
     };
     let out = protocol::encode_envelope(&env, body, &extra_refs, max_size).map_py(py)?;
     Ok(PyBytes::new(py, &out))
-}
-
-/// A new task id: a random (version 4) UUID as text, read from the OS's random source for
-/// each id (so forked processes never repeat each other's ids).
-#[pyfunction]
-fn new_task_id(py: Python<'_>) -> Bound<'_, PyString> {
-    let mut buf = uuid::Uuid::encode_buffer();
-    PyString::new(py, uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
 }
 
 fn body_error(py: Python<'_>, field: &str, expected: &str, got: &Bound<'_, PyAny>) -> PyErr {
@@ -425,7 +422,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TaskMessage>()?;
     m.add_function(wrap_pyfunction!(encode_task_message, m)?)?;
     m.add_function(wrap_pyfunction!(decode_task_message, m)?)?;
-    m.add_function(wrap_pyfunction!(new_task_id, m)?)?;
     m.add_function(wrap_pyfunction!(parse_iso8601_ms, m)?)?;
     m.add_function(wrap_pyfunction!(format_iso8601_ms, m)?)?;
     Ok(())
