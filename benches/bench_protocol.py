@@ -3,8 +3,8 @@
 Both sides produce and consume the same thing: a task message (headers, properties, body
 ``[args, kwargs, embed]``) in kombu's Redis JSON envelope with a base64 body.
 
-- rqueue: ``_rqueue.encode_task_message(...)`` then ``_rqueue.decode_task_message(...)`` (what
-  ``App.send_task`` and the worker's executor call).
+- rqueue: ``_rqueue.new_task_id()``, ``_rqueue.encode_task_message(...)`` then
+  ``_rqueue.decode_task_message(...)`` (what ``App.send_task`` and the worker's executor call).
 - kombu/Celery: ``app.amqp.as_task_v2(...)`` builds the message, ``kombu.serialization.dumps``
   serializes the body, the envelope is built as ``Channel.prepare_message`` +
   ``_inplace_augment_message`` do (base64 body, new delivery tag) and dumped with kombu's JSON as
@@ -56,11 +56,12 @@ def rqueue_roundtrip(name: str, args: list[Any], kwargs: dict[str, Any]) -> Call
 
     encode = _rqueue.encode_task_message
     decode = _rqueue.decode_task_message
+    new_task_id = _rqueue.new_task_id  # the task id source App.send_task uses
     origin = "gen1234@bench-host"
     reply_to = str(uuid.uuid4())
 
     def once() -> Any:
-        task_id = str(uuid.uuid4())
+        task_id = new_task_id()
         data = encode(
             task=name,
             task_id=task_id,

@@ -55,7 +55,16 @@ def encode_task_message(
     """Build the kombu Redis JSON envelope of a Celery protocol v2 task message.
 
     ``body`` carries a body already serialized in Python (pickle); otherwise ``[args, kwargs, embed]``
-    is serialized in Rust with ``serializer``. Raises MessageTooLarge past ``max_size``.
+    is serialized in Rust with ``serializer`` (json straight from the Python objects). The
+    ``argsrepr``/``kwargsrepr`` headers hold the first 1024 characters of ``repr(tuple(args))`` and
+    ``repr(kwargs)`` unless ``extra_headers`` sets them. Raises MessageTooLarge past ``max_size``.
+    """
+
+def new_task_id() -> str:
+    """A new task id: a random (version 4) UUID as text, like ``str(uuid.uuid4())`` but faster.
+
+    The randomness comes from the operating system for every id, so processes forked from one
+    another never repeat each other's ids.
     """
 
 @final

@@ -263,7 +263,7 @@ class App:
         priority = option("priority", priority if priority is not None else routed_priority)
         now = time.time()
         eta_ms = _eta_ms(now, countdown, eta)
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or _rqueue.new_task_id()
         body = None
         if serializer not in ("json", "msgpack"):
             self._check_serializer_enabled(serializer)

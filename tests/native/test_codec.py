@@ -132,12 +132,97 @@ def test_codec_json_loads_matches_stdlib_shape(data: bytes) -> None:
 def test_codec_json_markers_and_errors() -> None:
     assert _rqueue.loads(b'{"__value__": "1.5", "__type__": "decimal"}') == decimal.Decimal("1.5")
     assert _rqueue.loads(b'{"__type__": "bytes", "__value__": "hi"}') == b"hi"
-    assert _rqueue.loads(b'{"__type__": "uuid", "__value__": {"hex": "6f1c3a522b3e4a0f9d2e3c1a5b7e9f00", "version": 4}}') == uuid.UUID(
-        "6f1c3a52-2b3e-4a0f-9d2e-3c1a5b7e9f00"
-    )
+    assert _rqueue.loads(
+        b'{"__type__": "uuid", "__value__": {"hex": "6f1c3a522b3e4a0f9d2e3c1a5b7e9f00", "version": 4}}'
+    ) == uuid.UUID("6f1c3a52-2b3e-4a0f-9d2e-3c1a5b7e9f00")
     for bad in (b'{"__type__": 1, "__value__": "x"}', b'{"__type__": "datetime", "__value__": "not a date"}'):
         with pytest.raises(DecodeError):
             _rqueue.loads(bad)
     assert _rqueue.loads(b"[" * 100 + b"]" * 100) is not None
     with pytest.raises(DecodeError):
         _rqueue.loads(b"[" * 129 + b"]" * 129)
+
+
+# -- the JSON writer over Python objects: same meaning as the Value path, kombu-readable --------
+
+
+@given(value=values)
+def test_codec_json_writer_matches_value_path(value: object) -> None:
+    # msgpack still goes through the core's Value tree: both must carry the same value.
+    via_json = _rqueue.loads(_rqueue.dumps(value, "json"))
+    via_value = _rqueue.loads(_rqueue.dumps(value, "msgpack"), "application/x-msgpack")
+    assert via_json == via_value == value
+
+
+def test_codec_json_writer_subclasses_and_keys() -> None:
+    import collections
+    import enum
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    class Text(str):
+        pass
+
+    value = {
+        "enum": Color.RED,
+        "text": Text("t"),
+        "ordered": collections.OrderedDict(a=1),
+        "default": collections.defaultdict(list, b=[1]),
+        "ba": bytearray(b"xy"),
+        "tuple": (1, (2,)),
+        7: "int key",
+        2.5: "float key",
+        True: "bool key",
+        None: "none key",
+    }
+    assert json.loads(_rqueue.dumps(value)) == {
+        "enum": 1,
+        "text": "t",
+        "ordered": {"a": 1},
+        "default": {"b": [1]},
+        "ba": {"__type__": "bytes", "__value__": "xy"},
+        "tuple": [1, [2]],
+        # keys as json.dumps writes them
+        "7": "int key",
+        "2.5": "float key",
+        "true": "bool key",
+        "null": "none key",
+    }
+    assert json.loads(_rqueue.dumps({1e16: 0, -0.5: 1})) == json.loads(json.dumps({1e16: 0, -0.5: 1}))
+
+
+def test_codec_json_writer_output_is_serde_json_compact() -> None:
+    value = {"s": 'q"\\\n\t\x01é😀', "f": [0.1, 1e16, -0.0, 5e-324], "n": [2**63, -(2**63)], "b": [True, False, None]}
+    assert _rqueue.dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "where", "what"),
+    [
+        ({"a": [1, {"k": object()}]}, "obj['a'][1]['k']", "object"),
+        ({"a": {(1, 2): 1}}, "obj['a'][(1, 2)]", "tuple"),
+        ([{"x": float("inf")}], "obj[0]['x']", "float inf"),
+        ([0, 2**64], "obj[1]", "64-bit"),
+        ({b"k": 1}, "obj[b'k']", "bytes"),
+    ],
+)
+def test_codec_json_writer_errors_name_type_and_path(value: object, where: str, what: str) -> None:
+    with pytest.raises(SerializationError) as info:
+        _rqueue.dumps(value)
+    assert where in str(info.value) and what in str(info.value)
+
+
+def test_codec_json_writer_depth_bound() -> None:
+    def nested(n: int) -> object:
+        v: object = 1
+        for _ in range(n):
+            v = [v]
+        return v
+
+    assert _rqueue.loads(_rqueue.dumps(nested(120))) == nested(120)
+    assert _rqueue.dumps(nested(128)) == b"[" * 128 + b"1" + b"]" * 128
+    with pytest.raises(SerializationError, match="nested too deeply"):
+        _rqueue.dumps(nested(129))
+    with pytest.raises(SerializationError, match="nested too deeply"):
+        _rqueue.dumps(nested(100_000))

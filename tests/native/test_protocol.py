@@ -212,3 +212,223 @@ def test_protocol_headers_not_object_is_decode_error_after_content_type() -> Non
     env["content-type"] = "application/x-yaml"
     with pytest.raises(ContentDisallowed):
         _rqueue.decode_task_message(json.dumps(env).encode())
+
+
+# -- encoding straight from Python objects ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [v for v in VECTORS if "error" not in v and '"application/json"' in v["envelope"]],
+    ids=lambda v: v["name"],
+)
+def test_protocol_encode_vector_inputs_like_celery(vector: dict) -> None:
+    """The vectors' args/kwargs encoded here decode to what Celery's own body decodes to."""
+    from kombu.utils.json import loads as kombu_loads
+
+    loads = lambda v: _rqueue.loads(json.dumps(v).encode())  # noqa: E731 - markers → native types
+    args, kwargs = loads(vector["expect"]["args"]), loads(vector["expect"]["kwargs"])
+    data = _encode(args=args, kwargs=kwargs)
+    msg = _rqueue.decode_task_message(data)
+    assert (msg.args, msg.kwargs) == (args, kwargs)
+    raw = json.loads(vector["envelope"])
+    celery_body = base64.b64decode(raw["body"])
+    ours = base64.b64decode(json.loads(data)["body"])
+    assert _rqueue.loads(ours)[:2] == _rqueue.loads(celery_body)[:2]
+    assert kombu_loads(ours)[:2] == kombu_loads(celery_body)[:2]
+    # the Value path (msgpack) carries the same
+    via_value = _rqueue.decode_task_message(_encode(args=args, kwargs=kwargs, serializer="msgpack"), accept=["msgpack"])
+    assert (via_value.args, via_value.kwargs) == (msg.args, msg.kwargs)
+
+
+class _Custom:
+    def __repr__(self) -> str:
+        return "<custom 'x'>"
+
+
+REPR_VALUES: list[object] = [
+    0,
+    -7,
+    2**70,
+    -(2**63),
+    True,
+    False,
+    None,
+    0.1,
+    -2.5,
+    1e16,
+    1e15,
+    1.5e-5,
+    0.0001,
+    -0.0,
+    float("inf"),
+    float("nan"),
+    5e-324,
+    "plain",
+    "it's",
+    'say "hi"',
+    "both ' and \"",
+    "tab\there\nnl\r\\ \x00\x7f",
+    "héllo €uro 😀",
+    "nbsp\xa0zero\u200bwidth",
+    "ctl\x85 and é",
+    "",
+    [],
+    (),
+    {},
+    (1,),
+    [1, (2,), {"a": [None]}],
+    {"k": {"n": (1.5, "s")}, 3: "int key", None: 0},
+    b"bytes",
+    _Custom(),
+]
+
+
+def _reprs(args: object, kwargs: object) -> tuple[str | None, str | None]:
+    msg = _rqueue.decode_task_message(
+        _encode(args=args, kwargs=kwargs, serializer="pickle", body=b"\x80\x04N."), accept=["pickle"]
+    )
+    return msg.argsrepr, msg.kwargsrepr
+
+
+@pytest.mark.parametrize("value", REPR_VALUES, ids=repr)
+def test_protocol_reprs_match_python_repr(value: object) -> None:
+    assert _reprs([value], {"v": value}) == (repr((value,)), repr({"v": value}))
+    assert _reprs((value, value), {}) == (repr((value, value)), "{}")
+
+
+@given(
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.tuples(inner)
+            | st.dictionaries(st.text(max_size=4) | st.integers(), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_protocol_reprs_match_python_repr_generated(value: object) -> None:
+    assert _reprs([value], {"v": value}) == (repr((value,))[:1024], repr({"v": value})[:1024])
+
+
+@pytest.mark.parametrize(
+    "big",
+    [
+        "x" * 5000,
+        "it's " * 1000,
+        "\xa0é" * 2000 + "'",
+        "\u200b'\"" * 2000,
+        ["y" * 300] * 10,
+        {f"k{i}": 1.5 for i in range(500)},
+        list(range(2000)),
+    ],
+    ids=["ascii", "quote", "nonprintable-then-quote", "nonprintable-both-quotes", "list", "dict", "ints"],
+)
+def test_protocol_reprs_are_bounded_prefixes(big: object) -> None:
+    argsrepr, kwargsrepr = _reprs([big], {"big": big})
+    assert argsrepr == repr((big,))[:1024]
+    assert kwargsrepr == repr({"big": big})[:1024]
+
+
+def test_protocol_reprs_of_self_referencing_containers() -> None:
+    loop: list[object] = [1]
+    loop.append(loop)
+    d: dict[str, object] = {}
+    d["self"] = d
+    t = ([],)
+    t[0].append(t)
+    for value in (loop, d, t):
+        assert _reprs([value], {"v": value}) == (repr((value,)), repr({"v": value}))
+
+
+def test_protocol_args_tuple_and_kwargs_mapping() -> None:
+    import types
+
+    msg = _rqueue.decode_task_message(_encode(args=(1, "a"), kwargs=types.MappingProxyType({"k": (2,)})))
+    assert (msg.args, msg.kwargs, msg.argsrepr, msg.kwargsrepr) == ([1, "a"], {"k": [2]}, "(1, 'a')", "{'k': (2,)}")
+    with pytest.raises(TypeError):
+        _encode(args="not a list")
+
+
+def test_protocol_extra_header_errors_and_values() -> None:
+    from rqueue.exceptions import SerializationError
+
+    with pytest.raises(SerializationError, match=r"headers\['x'\]\[0\]"):
+        _encode(extra_headers={"x": [object()]})
+    with pytest.raises(SerializationError, match="header name"):
+        _encode(extra_headers={1: "x"})
+    msg = _rqueue.decode_task_message(_encode(extra_headers={"kwargsrepr": "k", "retries": 5, "x": (1.5, b"\xff")}))
+    assert (msg.kwargsrepr, msg.retries, msg.headers["x"]) == ("k", 5, [1.5, b"\xff"])
+    assert list(msg.headers).count("retries") == 1
+
+
+def test_protocol_encode_is_byte_stable() -> None:
+    kw = dict(task_id="id-1", delivery_tag="tag-1", args=[1, "two", None, 2.5], kwargs={"x": [3]}, eta_ms=1795498773123)
+    assert _encode(**kw) == _encode(**kw)
+    env = json.loads(_encode(**kw))
+    assert list(env) == ["body", "content-encoding", "content-type", "headers", "properties"]
+    assert list(env["headers"])[:3] == ["lang", "task", "id"]
+    assert env["properties"] == {
+        "correlation_id": "id-1",
+        "reply_to": None,
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": "celery"},
+        "priority": 0,
+        "body_encoding": "base64",
+        "delivery_tag": "tag-1",
+    }
+
+
+# -- task ids --------------------------------------------------------------------------------------
+
+
+def test_protocol_new_task_id_is_uuid4_text() -> None:
+    ids = [_rqueue.new_task_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:200] + ids[-10:]:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 4 and u.variant == uuid.RFC_4122
+    tags = {json.loads(_encode())["properties"]["delivery_tag"] for _ in range(200)}
+    assert len(tags) == 200 and all(uuid.UUID(t).version == 4 for t in tags)
+
+
+def test_protocol_new_task_id_distinct_after_fork() -> None:
+    import os
+
+    _rqueue.new_task_id()  # the parent holds unused random bytes when it forks
+    children = []
+    for _ in range(3):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: ids, and a grandchild's ids, back through the pipe
+            try:
+                os.close(read_fd)
+                ids = [_rqueue.new_task_id() for _ in range(100)]
+                tags = [json.loads(_encode())["properties"]["delivery_tag"] for _ in range(10)]
+                r2, w2 = os.pipe()
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os.close(r2)
+                    os.write(w2, "\n".join(_rqueue.new_task_id() for _ in range(100)).encode())
+                    os._exit(0)
+                os.close(w2)
+                with os.fdopen(r2) as fh:
+                    grand_ids = fh.read().split("\n")
+                os.waitpid(grandchild, 0)
+                os.write(write_fd, "\n".join(ids + tags + grand_ids).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        children.append((pid, read_fd))
+    parent = [_rqueue.new_task_id() for _ in range(100)]
+    seen = set(parent)
+    total = len(parent)
+    for pid, read_fd in children:
+        with os.fdopen(read_fd) as fh:
+            got = fh.read().split("\n")
+        os.waitpid(pid, 0)
+        assert len(got) == 210
+        seen.update(got)
+        total += len(got)
+    assert len(seen) == total

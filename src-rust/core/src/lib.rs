@@ -5,8 +5,10 @@
 
 pub mod codec;
 pub mod error;
+pub mod jsonw;
 pub mod prefetch;
 pub mod protocol;
+pub mod pyrepr;
 pub mod ratelimit;
 pub mod routing;
 pub mod transport;

@@ -13,12 +13,11 @@ use chrono::{Datelike, NaiveDate, Timelike};
 use std::borrow::Cow;
 
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::codec::{self, map_get, Codec, ErrSlot, JsonNode, Map, Path, Seed, Seg, Skip, Value};
+use crate::codec::{self, Codec, Map, Seed, Skip, Value};
 use crate::error::{Error, Result};
+use crate::jsonw;
 
 /// Default maximum size of an envelope (and of its decoded body), in bytes.
 pub const DEFAULT_MAX_SIZE: usize = 1 << 20;
@@ -314,143 +313,36 @@ pub fn format_iso8601_ms(epoch_ms: i64) -> Result<String> {
 
 // -- encoding --------------------------------------------------------------------------------
 
-struct TimeLimit(Option<f64>, Option<f64>);
-
-impl Serialize for TimeLimit {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(2))?;
-        seq.serialize_element(&self.0)?;
-        seq.serialize_element(&self.1)?;
-        seq.end()
-    }
-}
-
-struct EmptyMap;
-
-impl Serialize for EmptyMap {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_map(Some(0))?.end()
-    }
-}
-
-struct Headers<'a> {
-    spec: &'a TaskMessageSpec,
-    eta: Option<String>,
-    expires: Option<String>,
-    slot: &'a ErrSlot,
-}
-
-impl Serialize for Headers<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let sp = self.spec;
-        let extra = &sp.extra_headers;
-        let mut m = s.serialize_map(None)?;
-        macro_rules! entry {
-            ($key:literal, $val:expr) => {
-                if map_get(extra, $key).is_none() {
-                    m.serialize_entry($key, $val)?;
-                }
-            };
-        }
-        entry!("lang", "py");
-        entry!("task", &sp.task);
-        entry!("id", &sp.id);
-        entry!("shadow", &sp.shadow);
-        entry!("eta", &self.eta);
-        entry!("expires", &self.expires);
-        entry!("group", &sp.group_id);
-        entry!("group_index", &sp.group_index);
-        entry!("retries", &sp.retries);
-        entry!("timelimit", &TimeLimit(sp.time_limit, sp.soft_time_limit));
-        entry!("root_id", sp.root_id.as_ref().unwrap_or(&sp.id));
-        entry!("parent_id", &sp.parent_id);
-        entry!("argsrepr", &sp.argsrepr);
-        entry!("kwargsrepr", &sp.kwargsrepr);
-        entry!("origin", &sp.origin);
-        entry!("ignore_result", &sp.ignore_result);
-        entry!("replaced_task_nesting", &0);
-        entry!("stamped_headers", &());
-        entry!("stamps", &EmptyMap);
-        let root = Path::root("headers");
-        for (k, v) in extra {
-            let Value::Str(key) = k else {
-                let err = Error::Serialize {
-                    type_name: format!("header name of type {}", k.type_name()),
-                    path: "headers".to_owned(),
-                    codec: "json".to_owned(),
-                };
-                return Err(self.slot.fail(err));
-            };
-            m.serialize_entry(key, &JsonNode::new(v, root.child(Seg::Key(k)), self.slot))?;
-        }
-        m.end()
-    }
-}
-
-struct DeliveryInfo<'a> {
-    exchange: &'a str,
-    routing_key: &'a str,
-}
-
-impl Serialize for DeliveryInfo<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("exchange", self.exchange)?;
-        m.serialize_entry("routing_key", self.routing_key)?;
-        m.end()
-    }
-}
-
-struct Envelope<'a> {
-    body: &'a str,
-    content_type: &'a str,
-    content_encoding: &'a str,
-    headers: Headers<'a>,
-    priority: u8,
-    delivery_tag: &'a str,
-}
-
-impl Serialize for Envelope<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let sp = self.headers.spec;
-        let mut m = s.serialize_map(Some(5))?;
-        m.serialize_entry("body", self.body)?;
-        m.serialize_entry("content-encoding", self.content_encoding)?;
-        m.serialize_entry("content-type", self.content_type)?;
-        m.serialize_entry("headers", &self.headers)?;
-        m.serialize_entry(
-            "properties",
-            &Properties {
-                env: self,
-                spec: sp,
-            },
-        )?;
-        m.end()
-    }
-}
-
-struct Properties<'a> {
-    env: &'a Envelope<'a>,
-    spec: &'a TaskMessageSpec,
-}
-
-impl Serialize for Properties<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let sp = self.spec;
-        let mut m = s.serialize_map(Some(7))?;
-        m.serialize_entry("correlation_id", &sp.id)?;
-        m.serialize_entry("reply_to", &sp.reply_to)?;
-        m.serialize_entry("delivery_mode", &2)?;
-        let info = DeliveryInfo {
-            exchange: &sp.exchange,
-            routing_key: &sp.routing_key,
-        };
-        m.serialize_entry("delivery_info", &info)?;
-        m.serialize_entry("priority", &self.env.priority)?;
-        m.serialize_entry("body_encoding", "base64")?;
-        m.serialize_entry("delivery_tag", self.env.delivery_tag)?;
-        m.end()
-    }
+/// The headers and properties of one task message, borrowed, for [`encode_envelope`]. Unset
+/// options are written as Celery writes them (`null`, `0`, `false`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvelopeRef<'a> {
+    pub task: &'a str,
+    pub id: &'a str,
+    pub routing_key: &'a str,
+    pub exchange: &'a str,
+    pub content_type: &'a str,
+    pub content_encoding: &'a str,
+    pub eta_ms: Option<i64>,
+    pub expires_ms: Option<i64>,
+    pub retries: i64,
+    pub time_limit: Option<f64>,
+    pub soft_time_limit: Option<f64>,
+    /// Clamped to 0..=9; `None` is written as 0 like kombu does.
+    pub priority: Option<i64>,
+    /// Defaults to the task's own id.
+    pub root_id: Option<&'a str>,
+    pub parent_id: Option<&'a str>,
+    pub group_id: Option<&'a str>,
+    pub group_index: Option<i64>,
+    pub shadow: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub ignore_result: bool,
+    pub argsrepr: Option<&'a str>,
+    pub kwargsrepr: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+    /// A fresh uuid4 when `None`.
+    pub delivery_tag: Option<&'a str>,
 }
 
 /// Clamps a priority to Redis's 0..=9.
@@ -458,11 +350,139 @@ pub fn clamp_priority(priority: i64) -> u8 {
     priority.clamp(0, 9) as u8
 }
 
+fn key(out: &mut Vec<u8>, k: &str) {
+    jsonw::write_str(out, k);
+    out.push(b':');
+}
+
+/// Writes kombu's Redis JSON envelope around an already serialized `body` (base64-encoded
+/// here), straight into one buffer.
+///
+/// `extra` holds more headers as `(name, JSON text of the value)`; a name there replaces the
+/// standard header of that name (which is then left out) and extras are written after the
+/// standard headers, in their order. Fails with [`Error::TooLarge`] past `max_size` bytes.
+pub fn encode_envelope(
+    env: &EnvelopeRef<'_>,
+    body: &[u8],
+    extra: &[(&str, &[u8])],
+    max_size: usize,
+) -> Result<Vec<u8>> {
+    let eta = env.eta_ms.map(format_iso8601_ms).transpose()?;
+    let expires = env.expires_ms.map(format_iso8601_ms).transpose()?;
+    let tag_owned;
+    let delivery_tag = match env.delivery_tag {
+        Some(t) => t,
+        None => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            tag_owned = uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut buf)
+                .to_owned();
+            tag_owned.as_str()
+        }
+    };
+    let extra_len: usize = extra.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(body.len() / 3 * 4 + 4 + 720 + extra_len);
+    out.extend_from_slice(b"{\"body\":");
+    jsonw::write_base64_str(&mut out, body);
+    out.extend_from_slice(b",\"content-encoding\":");
+    jsonw::write_str(&mut out, env.content_encoding);
+    out.extend_from_slice(b",\"content-type\":");
+    jsonw::write_str(&mut out, env.content_type);
+    out.extend_from_slice(b",\"headers\":{");
+
+    let mut first = true;
+    macro_rules! header {
+        ($name:literal, $write:expr) => {
+            if !extra.iter().any(|(k, _)| *k == $name) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                key(&mut out, $name);
+                $write;
+            }
+        };
+    }
+    header!("lang", out.extend_from_slice(b"\"py\""));
+    header!("task", jsonw::write_str(&mut out, env.task));
+    header!("id", jsonw::write_str(&mut out, env.id));
+    header!("shadow", jsonw::write_opt_str(&mut out, env.shadow));
+    header!("eta", jsonw::write_opt_str(&mut out, eta.as_deref()));
+    header!(
+        "expires",
+        jsonw::write_opt_str(&mut out, expires.as_deref())
+    );
+    header!("group", jsonw::write_opt_str(&mut out, env.group_id));
+    header!(
+        "group_index",
+        match env.group_index {
+            Some(i) => jsonw::write_i64(&mut out, i),
+            None => out.extend_from_slice(b"null"),
+        }
+    );
+    header!("retries", jsonw::write_i64(&mut out, env.retries));
+    header!("timelimit", {
+        out.push(b'[');
+        jsonw::write_opt_f64(&mut out, env.time_limit);
+        out.push(b',');
+        jsonw::write_opt_f64(&mut out, env.soft_time_limit);
+        out.push(b']');
+    });
+    header!(
+        "root_id",
+        jsonw::write_str(&mut out, env.root_id.unwrap_or(env.id))
+    );
+    header!("parent_id", jsonw::write_opt_str(&mut out, env.parent_id));
+    header!("argsrepr", jsonw::write_opt_str(&mut out, env.argsrepr));
+    header!("kwargsrepr", jsonw::write_opt_str(&mut out, env.kwargsrepr));
+    header!("origin", jsonw::write_opt_str(&mut out, env.origin));
+    header!(
+        "ignore_result",
+        jsonw::write_bool(&mut out, env.ignore_result)
+    );
+    header!("replaced_task_nesting", out.push(b'0'));
+    header!("stamped_headers", out.extend_from_slice(b"null"));
+    header!("stamps", out.extend_from_slice(b"{}"));
+    for (k, v) in extra {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        key(&mut out, k);
+        out.extend_from_slice(v);
+    }
+
+    out.extend_from_slice(b"},\"properties\":{\"correlation_id\":");
+    jsonw::write_str(&mut out, env.id);
+    out.extend_from_slice(b",\"reply_to\":");
+    jsonw::write_opt_str(&mut out, env.reply_to);
+    out.extend_from_slice(b",\"delivery_mode\":2,\"delivery_info\":{\"exchange\":");
+    jsonw::write_str(&mut out, env.exchange);
+    out.extend_from_slice(b",\"routing_key\":");
+    jsonw::write_str(&mut out, env.routing_key);
+    out.extend_from_slice(b"},\"priority\":");
+    jsonw::write_i64(
+        &mut out,
+        i64::from(clamp_priority(env.priority.unwrap_or(0))),
+    );
+    out.extend_from_slice(b",\"body_encoding\":\"base64\",\"delivery_tag\":");
+    jsonw::write_str(&mut out, delivery_tag);
+    out.extend_from_slice(b"}}");
+    if out.len() > max_size {
+        return Err(Error::TooLarge {
+            size: out.len(),
+            max: max_size,
+        });
+    }
+    Ok(out)
+}
+
 /// Encodes a task message as the JSON envelope kombu's Redis transport `LPUSH`es.
 pub fn encode_task_message(spec: &TaskMessageSpec) -> Result<Vec<u8>> {
     let (content_type, content_encoding) = codec::content_type_of(&spec.serializer)?;
     let body = match (&spec.body, Codec::from_content_type(content_type)) {
-        (Some(raw), _) => std::borrow::Cow::Borrowed(raw.as_slice()),
+        (Some(raw), _) => Cow::Borrowed(raw.as_slice()),
         (None, Some(c)) => {
             let mut out = Vec::with_capacity(64 + 16 * spec.args.len());
             let default_embed;
@@ -474,7 +494,7 @@ pub fn encode_task_message(spec: &TaskMessageSpec) -> Result<Vec<u8>> {
                 }
             };
             codec::write_task_body(&mut out, c, &spec.args, &spec.kwargs, embed)?;
-            std::borrow::Cow::Owned(out)
+            Cow::Owned(out)
         }
         (None, None) => {
             return Err(Error::Config(format!(
@@ -483,40 +503,46 @@ pub fn encode_task_message(spec: &TaskMessageSpec) -> Result<Vec<u8>> {
             )))
         }
     };
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
-    let eta = spec.eta_ms.map(format_iso8601_ms).transpose()?;
-    let expires = spec.expires_ms.map(format_iso8601_ms).transpose()?;
-    let tag_owned;
-    let delivery_tag = match &spec.delivery_tag {
-        Some(t) => t.as_str(),
-        None => {
-            tag_owned = uuid::Uuid::new_v4().to_string();
-            tag_owned.as_str()
-        }
-    };
-    let slot = ErrSlot::default();
-    let env = Envelope {
-        body: &b64,
+    let mut extra_json = Vec::with_capacity(spec.extra_headers.len());
+    for (k, v) in &spec.extra_headers {
+        let Value::Str(name) = k else {
+            return Err(Error::Serialize {
+                type_name: format!("header name of type {}", k.type_name()),
+                path: "headers".to_owned(),
+                codec: "json".to_owned(),
+            });
+        };
+        let mut text = Vec::new();
+        codec::write_json(&mut text, v, &format!("headers[{name:?}]"))?;
+        extra_json.push((name.as_str(), text));
+    }
+    let extra: Vec<(&str, &[u8])> = extra_json.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    let env = EnvelopeRef {
+        task: &spec.task,
+        id: &spec.id,
+        routing_key: &spec.routing_key,
+        exchange: &spec.exchange,
         content_type,
         content_encoding,
-        headers: Headers {
-            spec,
-            eta,
-            expires,
-            slot: &slot,
-        },
-        priority: clamp_priority(spec.priority.unwrap_or(0)),
-        delivery_tag,
+        eta_ms: spec.eta_ms,
+        expires_ms: spec.expires_ms,
+        retries: spec.retries,
+        time_limit: spec.time_limit,
+        soft_time_limit: spec.soft_time_limit,
+        priority: spec.priority,
+        root_id: spec.root_id.as_deref(),
+        parent_id: spec.parent_id.as_deref(),
+        group_id: spec.group_id.as_deref(),
+        group_index: spec.group_index,
+        shadow: spec.shadow.as_deref(),
+        origin: spec.origin.as_deref(),
+        ignore_result: spec.ignore_result,
+        argsrepr: spec.argsrepr.as_deref(),
+        kwargsrepr: spec.kwargsrepr.as_deref(),
+        reply_to: spec.reply_to.as_deref(),
+        delivery_tag: spec.delivery_tag.as_deref(),
     };
-    let mut out = Vec::with_capacity(b64.len() + 768);
-    serde_json::to_writer(&mut out, &env).map_err(|e| slot.into_error(e))?;
-    if out.len() > spec.max_size {
-        return Err(Error::TooLarge {
-            size: out.len(),
-            max: spec.max_size,
-        });
-    }
-    Ok(out)
+    encode_envelope(&env, &body, &extra, spec.max_size)
 }
 
 // -- decoding --------------------------------------------------------------------------------

@@ -5,9 +5,8 @@
 //! `SerializationError` naming the type and where it sits (`args[1]["k"]`).
 
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType,
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
 };
 use rqueue_core::codec::{self, Codec, Value, MAX_DEPTH};
 use rqueue_core::Error;
@@ -16,10 +15,12 @@ use crate::errors::IntoPyResult;
 
 macro_rules! cached_type {
     ($py:expr, $module:literal, $name:literal) => {{
-        static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+        static CELL: ::pyo3::sync::PyOnceLock<::pyo3::Py<::pyo3::types::PyType>> =
+            ::pyo3::sync::PyOnceLock::new();
         CELL.import($py, $module, $name)
     }};
 }
+pub(crate) use cached_type;
 
 /// Where a value sits, rendered only when an error needs it.
 #[derive(Clone, Copy)]
@@ -43,7 +44,7 @@ impl<'a, 'py> PyPath<'a, 'py> {
         }
     }
 
-    fn child(&'a self, seg: Seg<'a, 'py>) -> Self {
+    pub fn child(&'a self, seg: Seg<'a, 'py>) -> Self {
         PyPath {
             parent: Some(self),
             seg,
@@ -72,7 +73,7 @@ impl<'a, 'py> PyPath<'a, 'py> {
     }
 }
 
-fn unsupported(
+pub fn unsupported(
     obj: &Bound<'_, PyAny>,
     what: Option<&str>,
     path: &PyPath<'_, '_>,
@@ -261,6 +262,11 @@ fn dumps<'py>(
     serializer: &str,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let codec = Codec::from_name(serializer).map_py(py)?;
+    if codec == Codec::Json {
+        let mut out = Vec::with_capacity(64);
+        crate::writer::write_json(&mut out, obj, &PyPath::root("obj"), 0)?;
+        return Ok(PyBytes::new(py, &out));
+    }
     let value = to_value(obj, &PyPath::root("obj"), 0, codec.name())?;
     let bytes = codec::dumps(&value, codec).map_py(py)?;
     Ok(PyBytes::new(py, &bytes))

@@ -4,28 +4,16 @@
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use rqueue_core::codec::{map_get, Codec, Value};
-use rqueue_core::protocol::{self, Accept, TaskMessageSpec};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use rqueue_core::codec::{self, Codec, Value};
+use rqueue_core::protocol::{self, Accept, EnvelopeRef};
 
-use crate::codec::{map_to_py, to_py, to_value, PyPath};
+use crate::codec::{map_to_py, to_py, to_value, unsupported, PyPath, Seg};
 use crate::errors::IntoPyResult;
+use crate::{repr, writer};
 
 /// Longest `argsrepr`/`kwargsrepr` written, in characters (Celery truncates too).
 const REPR_MAX_CHARS: usize = 1024;
-
-fn short_repr(obj: &Bound<'_, PyAny>) -> PyResult<String> {
-    let r = obj.repr()?;
-    let s = r.to_str()?;
-    if s.len() <= REPR_MAX_CHARS {
-        // At most as many characters as bytes: nothing to cut.
-        return Ok(s.to_owned());
-    }
-    Ok(match s.char_indices().nth(REPR_MAX_CHARS) {
-        Some((end, _)) => s[..end].to_owned(),
-        None => s.to_owned(),
-    })
-}
 
 /// A decoded task message: typed fields of the headers, properties and body.
 ///
@@ -135,6 +123,29 @@ fn headers_dict(py: Python<'_>, headers_json: &str) -> PyResult<Py<PyDict>> {
     }
 }
 
+fn as_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    match obj.cast::<PyDict>() {
+        Ok(d) => Ok(d.clone()),
+        Err(_) => PyDict::from_sequence(&obj.call_method0("items")?),
+    }
+}
+
+/// Extra headers as `(name, JSON text)`, written by the Python-object JSON writer.
+fn extra_headers_json(headers: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Vec<u8>)>> {
+    let root = PyPath::root("headers");
+    let mut out = Vec::with_capacity(headers.len());
+    for (k, v) in headers.iter() {
+        let Ok(name) = k.cast::<PyString>() else {
+            let what = format!("header name of type {}", k.get_type().name()?);
+            return Err(unsupported(&k, Some(&what), &root, "json"));
+        };
+        let mut text = Vec::new();
+        writer::write_json(&mut text, &v, &root.child(Seg::Key(&k)), 1)?;
+        out.push((name.to_str()?.to_owned(), text));
+    }
+    Ok(out)
+}
+
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
 #[pyo3(signature = (
@@ -146,96 +157,116 @@ fn headers_dict(py: Python<'_>, headers_json: &str) -> PyResult<Py<PyDict>> {
 ))]
 fn encode_task_message<'py>(
     py: Python<'py>,
-    task: String,
-    task_id: String,
+    task: &str,
+    task_id: &str,
     args: &Bound<'py, PyAny>,
     kwargs: &Bound<'py, PyAny>,
-    routing_key: String,
+    routing_key: &str,
     exchange: &str,
     serializer: &str,
-    body: Option<Vec<u8>>,
+    body: Option<&[u8]>,
     eta_ms: Option<i64>,
     expires_ms: Option<i64>,
     retries: i64,
     time_limit: Option<f64>,
     soft_time_limit: Option<f64>,
     priority: Option<i64>,
-    root_id: Option<String>,
-    parent_id: Option<String>,
-    group_id: Option<String>,
-    origin: Option<String>,
+    root_id: Option<&str>,
+    parent_id: Option<&str>,
+    group_id: Option<&str>,
+    origin: Option<&str>,
     ignore_result: bool,
-    reply_to: Option<String>,
-    delivery_tag: Option<String>,
+    reply_to: Option<&str>,
+    delivery_tag: Option<&str>,
     extra_headers: Option<&Bound<'py, PyAny>>,
     max_size: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let codec_name = serializer;
-    let args_value = if args.is_instance_of::<PyList>() || args.is_instance_of::<PyTuple>() {
-        to_value(args, &PyPath::root("args"), 0, codec_name)?
-    } else {
+    if !(args.is_instance_of::<PyList>() || args.is_instance_of::<PyTuple>()) {
         return Err(PyTypeError::new_err(format!(
             "args must be a list or tuple, not {}",
             args.get_type().name()?
         )));
-    };
-    let kwargs_dict = match kwargs.cast::<PyDict>() {
-        Ok(d) => d.clone(),
-        Err(_) => PyDict::from_sequence(&kwargs.call_method0("items")?)?,
-    };
-    let kwargs_value = to_value(kwargs_dict.as_any(), &PyPath::root("kwargs"), 0, codec_name)?;
-    let extra = match extra_headers {
-        None => Vec::new(),
-        Some(h) => {
-            let d = match h.cast::<PyDict>() {
-                Ok(d) => d.clone(),
-                Err(_) => PyDict::from_sequence(&h.call_method0("items")?)?,
+    }
+    let kwargs = as_dict(kwargs)?;
+    let (content_type, content_encoding) = codec::content_type_of(serializer).map_py(py)?;
+    let written;
+    let body: &[u8] = match (body, Codec::from_content_type(content_type)) {
+        (Some(raw), _) => raw,
+        (None, Some(Codec::Json)) => {
+            let mut out = Vec::with_capacity(128);
+            writer::write_task_body(&mut out, args, &kwargs)?;
+            written = out;
+            &written
+        }
+        (None, Some(c)) => {
+            let Value::List(args) = to_value(args, &PyPath::root("args"), 0, c.name())? else {
+                return Err(PyTypeError::new_err("args must be a list or tuple"));
             };
-            match to_value(d.as_any(), &PyPath::root("headers"), 0, "json")? {
-                Value::Map(m) => m,
-                _ => Vec::new(),
-            }
+            let Value::Map(kwargs) =
+                to_value(kwargs.as_any(), &PyPath::root("kwargs"), 0, c.name())?
+            else {
+                return Err(PyTypeError::new_err("kwargs must be a mapping"));
+            };
+            let mut out = Vec::with_capacity(128);
+            codec::write_task_body(&mut out, c, &args, &kwargs, &codec::default_embed())
+                .map_py(py)?;
+            written = out;
+            &written
+        }
+        (None, None) => {
+            return Err(rqueue_core::Error::Config(format!(
+                "serializer {serializer:?} needs a body serialized in Python (pass body=...)"
+            )))
+            .map_py(py)
         }
     };
-    let argsrepr = match map_get(&extra, "argsrepr") {
-        Some(_) => None,
-        None => Some(short_repr(
-            &PyTuple::new(py, args.try_iter()?.collect::<PyResult<Vec<_>>>()?)?.into_any(),
-        )?),
+    let extra = match extra_headers {
+        None => Vec::new(),
+        Some(h) => extra_headers_json(&as_dict(h)?)?,
     };
-    let kwargsrepr = match map_get(&extra, "kwargsrepr") {
-        Some(_) => None,
-        None => Some(short_repr(kwargs_dict.as_any())?),
+    let has_extra = |name: &str| extra.iter().any(|(k, _)| k == name);
+    let argsrepr = match has_extra("argsrepr") {
+        true => None,
+        false => Some(repr::short_repr_args(args, REPR_MAX_CHARS)?),
     };
-    let (Value::List(args_list), Value::Map(kwargs_map)) = (args_value, kwargs_value) else {
-        return Err(PyTypeError::new_err(
-            "args must be a sequence and kwargs a mapping",
-        ));
+    let kwargsrepr = match has_extra("kwargsrepr") {
+        true => None,
+        false => Some(repr::short_repr(kwargs.as_any(), REPR_MAX_CHARS)?),
     };
-    let mut spec = TaskMessageSpec::new(task, task_id, routing_key);
-    spec.args = args_list;
-    spec.kwargs = kwargs_map;
-    spec.exchange = exchange.to_owned();
-    spec.serializer = serializer.to_owned();
-    spec.body = body;
-    spec.eta_ms = eta_ms;
-    spec.expires_ms = expires_ms;
-    spec.retries = retries;
-    spec.time_limit = time_limit;
-    spec.soft_time_limit = soft_time_limit;
-    spec.priority = priority;
-    spec.root_id = root_id;
-    spec.parent_id = parent_id;
-    spec.group_id = group_id;
-    spec.origin = origin;
-    spec.ignore_result = ignore_result;
-    spec.argsrepr = argsrepr;
-    spec.kwargsrepr = kwargsrepr;
-    spec.reply_to = reply_to;
-    spec.delivery_tag = delivery_tag;
-    spec.extra_headers = extra;
-    spec.max_size = max_size;
-    let out = protocol::encode_task_message(&spec).map_py(py)?;
+    let extra_refs: Vec<(&str, &[u8])> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let mut tag_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let delivery_tag = match delivery_tag {
+        Some(t) => t,
+        None => crate::ids::uuid4_text(&mut tag_buf)?,
+    };
+    let env = EnvelopeRef {
+        task,
+        id: task_id,
+        routing_key,
+        exchange,
+        content_type,
+        content_encoding,
+        eta_ms,
+        expires_ms,
+        retries,
+        time_limit,
+        soft_time_limit,
+        priority,
+        root_id,
+        parent_id,
+        group_id,
+        origin,
+        ignore_result,
+        argsrepr: argsrepr.as_deref(),
+        kwargsrepr: kwargsrepr.as_deref(),
+        reply_to,
+        delivery_tag: Some(delivery_tag),
+        ..EnvelopeRef::default()
+    };
+    let out = protocol::encode_envelope(&env, body, &extra_refs, max_size).map_py(py)?;
     Ok(PyBytes::new(py, &out))
 }
 

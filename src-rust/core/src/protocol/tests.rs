@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::codec::map_get;
 
 fn s(t: &str) -> Value {
     Value::Str(t.to_owned())
@@ -542,4 +543,81 @@ fn test_decode_deep_unknown_header_is_decode_error() {
         r#"{{"body": "", "content-type": "application/json", "headers": {{"task": "a", "id": "x", "x": {deep}}}}}"#
     );
     assert!(matches!(decode(env.as_bytes()), Err(Error::Decode(_))));
+}
+
+#[test]
+fn test_encode_envelope_writes_kombu_layout_and_extras() {
+    let env = EnvelopeRef {
+        task: "tasks.add",
+        id: "id-1",
+        routing_key: "celery",
+        content_type: "application/json",
+        content_encoding: "utf-8",
+        argsrepr: Some("(2, 3)"),
+        priority: Some(42),
+        ..EnvelopeRef::default()
+    };
+    let body = br#"[[2,3],{},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]"#;
+    let extra: &[(&str, &[u8])] = &[("retries", b"7"), ("x-list", b"[1,{\"a\":null}]")];
+    let data = encode_envelope(&env, body, extra, DEFAULT_MAX_SIZE).unwrap();
+    // Plain JSON, in kombu's layout; extras replace standard headers and come last.
+    let parsed: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    let headers = parsed["headers"].as_object().unwrap();
+    let keys: Vec<&str> = headers.keys().map(String::as_str).collect();
+    assert_eq!(keys.first(), Some(&"lang"));
+    assert_eq!(&keys[keys.len() - 2..], &["retries", "x-list"]);
+    assert_eq!(keys.iter().filter(|k| **k == "retries").count(), 1);
+    assert_eq!(headers["retries"], 7);
+    assert_eq!(headers["root_id"], "id-1");
+    assert_eq!(headers["timelimit"], serde_json::json!([null, null]));
+    assert_eq!(parsed["properties"]["priority"], 9);
+    let tag = parsed["properties"]["delivery_tag"].as_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(tag).unwrap().get_version_num(), 4);
+
+    let msg = decode(&data).unwrap();
+    assert_eq!(msg.args, Some(vec![Value::Int(2), Value::Int(3)]));
+    assert_eq!(msg.retries, 7);
+    assert_eq!(msg.argsrepr.as_deref(), Some("(2, 3)"));
+    assert_eq!(msg.kwargsrepr, None);
+
+    assert!(matches!(
+        encode_envelope(&env, body, extra, data.len() - 1),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(encode_envelope(&env, body, extra, data.len()).is_ok());
+}
+
+#[test]
+fn test_encode_envelope_matches_spec_encoding() {
+    let mut sp = spec();
+    sp.delivery_tag = Some("tag".into());
+    sp.eta_ms = Some(1_795_498_773_123);
+    sp.time_limit = Some(30.0);
+    sp.origin = Some("gen1@h".into());
+    let via_spec = encode_task_message(&sp).unwrap();
+    let mut body = Vec::new();
+    codec::write_task_body(
+        &mut body,
+        Codec::Json,
+        &sp.args,
+        &sp.kwargs,
+        &codec::default_embed(),
+    )
+    .unwrap();
+    let env = EnvelopeRef {
+        task: &sp.task,
+        id: &sp.id,
+        routing_key: &sp.routing_key,
+        content_type: "application/json",
+        content_encoding: "utf-8",
+        eta_ms: sp.eta_ms,
+        time_limit: sp.time_limit,
+        origin: sp.origin.as_deref(),
+        delivery_tag: Some("tag"),
+        ..EnvelopeRef::default()
+    };
+    assert_eq!(
+        encode_envelope(&env, &body, &[], DEFAULT_MAX_SIZE).unwrap(),
+        via_spec
+    );
 }
