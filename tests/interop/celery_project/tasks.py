@@ -1,0 +1,35 @@
+"""The Celery side of the interop tests: the same task names as ``tests/project/tasks.py``.
+
+Started as a real worker by the tests:
+``python -m celery -A celery_project.tasks worker --pool solo -Q <queue>``, with
+``$CELERY_INTEROP_URL`` naming the Redis server used as broker and result backend.
+"""
+
+import os
+
+from celery import Celery
+
+url = os.environ["CELERY_INTEROP_URL"]
+app = Celery("celery_project", broker=url, backend=url)
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=True,
+)
+
+
+@app.task(name="tasks.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tasks.fail")
+def fail(message):
+    raise ValueError(message)
+
+
+@app.task(name="tasks.fail_builtin")
+def fail_builtin(message):
+    raise KeyError(message)

@@ -1,0 +1,315 @@
+"""Interop with the real ``celery`` package on a real redis-server, through real worker processes.
+
+Celery producers feed rqueue workers (started through the ``rqueue`` CLI) and an rqueue producer
+feeds a real ``celery worker``; each side reads the other's results. Executions are counted in
+the project's ledger (a SQLite file the test tasks append to), not in the broker under test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Project
+from rqueue import App
+
+pytestmark = pytest.mark.redis
+
+celery = pytest.importorskip("celery")
+redis = pytest.importorskip("redis")
+
+HERE = Path(__file__).parent
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def timed_ledger(project: Project) -> None:
+    """Create the ledger table before any task does, with a trigger stamping each row's time.
+
+    ``tasks.py`` writes ``(key, pid)`` rows; the trigger adds the wall-clock time of the insert
+    (SQLite's clock, milliseconds) in a side table, so the ledger stays independent of the broker.
+    """
+    conn = sqlite3.connect(project.ledger, isolation_level=None)
+    try:
+        conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS runs (key TEXT, pid INTEGER);
+            CREATE TABLE IF NOT EXISTS run_times (run INTEGER, key TEXT, at REAL);
+            CREATE TRIGGER IF NOT EXISTS runs_at AFTER INSERT ON runs BEGIN
+                INSERT INTO run_times VALUES (NEW.rowid, NEW.key, (julianday('now') - 2440587.5) * 86400.0);
+            END;
+            """
+        )
+    finally:
+        conn.close()
+
+
+def ledger_rows(project: Project) -> list[tuple[str, int, float]]:
+    """``(key, pid, unix time)`` of every execution, in the order they were recorded."""
+    conn = sqlite3.connect(project.ledger, timeout=30)
+    try:
+        return [
+            (str(k), int(p), float(t))
+            for k, p, t in conn.execute(
+                "SELECT runs.key, runs.pid, run_times.at FROM runs JOIN run_times ON run_times.run = runs.rowid "
+                "ORDER BY runs.rowid"
+            )
+        ]
+    finally:
+        conn.close()
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+
+
+def write_config(project: Project, name: str, text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A settings module in the project directory, read by ``tasks.py`` through $TEST_CONFIG_MODULE."""
+    (project.root / f"{name}.py").write_text(text)
+    monkeypatch.setenv("TEST_CONFIG_MODULE", name)
+
+
+class CeleryWorker:
+    """A real ``celery worker`` subprocess running ``celery_project.tasks``."""
+
+    def __init__(self, url: str, queue: str, log: Path) -> None:
+        self.log = log
+        env = dict(os.environ)
+        env.update(CELERY_INTEROP_URL=url, PYTHONPATH=str(HERE), PYTHONUNBUFFERED="1")
+        env.pop("TEST_CONFIG_MODULE", None)
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_project.tasks",
+            "worker",
+            "--pool",
+            "solo",
+            "-Q",
+            queue,
+            "--loglevel=info",
+            "-n",
+            f"interop-{queue}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--logfile",
+            str(log),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=HERE,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while " ready." not in self.log_text():
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read() if self.proc.stdout else ""
+                raise AssertionError(f"celery worker exited ({self.proc.returncode}):\n{out}\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"celery worker not ready within {timeout} s:\n{self.log_text()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rproject(tmp_path: Path, redis_url: str) -> Iterator[Project]:
+    """The rqueue test project on Redis (broker and backend), with a timestamped ledger."""
+    proj = Project(tmp_path, "redis", redis_url)
+    timed_ledger(proj)
+    yield proj
+    for worker in proj.workers:
+        if worker.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+            worker.proc.wait(10)
+    sys.modules.pop("tasks", None)
+
+
+def make_celery(url: str, **conf: Any) -> Any:
+    app = celery.Celery("tasks", broker=url, backend=url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        **conf,
+    )
+    return app
+
+
+@pytest.fixture
+def celery_producer(redis_url: str) -> Iterator[Any]:
+    app = make_celery(redis_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def celery_worker(tmp_path: Path, redis_url: str) -> Iterator[tuple[CeleryWorker, str]]:
+    queue = "celery-side"
+    worker = CeleryWorker(redis_url, queue, tmp_path / "celery-worker.log")
+    try:
+        worker.wait_ready()
+        yield worker, queue
+    finally:
+        worker.kill()
+
+
+# -- 1. Celery producer, rqueue worker -----------------------------------------------------------------
+
+
+def test_celery_sends_rqueue_runs_and_celery_reads_the_result(rproject: Project, celery_producer: Any) -> None:
+    worker = rproject.start_worker("-c", "1")
+    result = celery_producer.send_task("tasks.add", (4, 4))
+    assert result.get(timeout=10) == 8
+    assert result.state == "SUCCESS"
+    worker.wait_for_log(f"Task tasks.add[{result.id}] succeeded in")
+
+
+def test_celery_sees_the_exception_raised_on_an_rqueue_worker(rproject: Project, celery_producer: Any) -> None:
+    rproject.start_worker("-c", "1")
+    result = celery_producer.send_task("tasks.fail", ("boom from rqueue",))
+    with pytest.raises(Exception) as raised:  # Celery rebuilds the type: checked below
+        result.get(timeout=10)
+    assert type(raised.value).__name__ == "CustomError"
+    assert str(raised.value) == "boom from rqueue"
+    assert result.state == "FAILURE"
+    assert result.traceback is not None and "CustomError: boom from rqueue" in result.traceback
+
+
+# -- 2. rqueue producer, Celery worker -----------------------------------------------------------------
+
+
+def test_rqueue_sends_celery_runs_and_rqueue_reads_the_result(
+    redis_url: str, celery_worker: tuple[CeleryWorker, str]
+) -> None:
+    worker, queue = celery_worker
+    app = App("producer", broker=redis_url, backend=redis_url)
+    result = app.send_task("tasks.add", (20, 22), queue=queue)
+    assert result.get(timeout=10) == 42
+    assert result.state == "SUCCESS"
+    assert f"Task tasks.add[{result.id}] succeeded" in worker.log_text()
+
+
+def test_exception_raised_on_a_celery_worker_propagates_to_rqueue(
+    redis_url: str, celery_worker: tuple[CeleryWorker, str]
+) -> None:
+    _, queue = celery_worker
+    app = App("producer", broker=redis_url, backend=redis_url)
+    failed = app.send_task("tasks.fail", ("bad input",), queue=queue)
+    with pytest.raises(ValueError) as raised:
+        failed.get(timeout=10)
+    assert type(raised.value) is ValueError and str(raised.value) == "bad input"
+    assert failed.state == "FAILURE"
+    assert failed.traceback is not None and "ValueError: bad input" in failed.traceback
+    missing = app.send_task("tasks.fail_builtin", ("nope",), queue=queue)
+    with pytest.raises(KeyError) as raised_key:
+        missing.get(timeout=10)
+    assert type(raised_key.value) is KeyError and raised_key.value.args == ("nope",)
+
+
+# -- 3. countdown from Celery --------------------------------------------------------------------------
+
+
+def test_celery_countdown_runs_once_and_not_before_its_eta(rproject: Project, celery_producer: Any) -> None:
+    rproject.start_worker("-c", "2")
+    sent_at = time.time()
+    result = celery_producer.send_task("tasks.record", ("countdown",), countdown=2)
+    assert result.get(timeout=15) == 1
+    time.sleep(1.0)  # a second execution, if any, would show up here
+    rows = ledger_rows(rproject)
+    assert [key for key, _, _ in rows] == ["countdown"]
+    ran_after = rows[0][2] - sent_at
+    print(f"countdown=2 task ran {ran_after:.3f} s after it was sent")
+    assert ran_after >= 1.5
+
+
+# -- 4. priorities -------------------------------------------------------------------------------------
+
+
+def test_celery_priorities_are_honoured_by_an_rqueue_worker(rproject: Project, redis_url: str) -> None:
+    queue = "prio"
+    producer = make_celery(
+        redis_url,
+        broker_transport_options={"priority_steps": list(range(10)), "queue_order_strategy": "priority"},
+    )
+    try:
+        low = [producer.send_task("tasks.record", (f"p9-{i}",), queue=queue, priority=9) for i in range(3)]
+        high = [producer.send_task("tasks.record", (f"p0-{i}",), queue=queue, priority=0) for i in range(3)]
+        raw = redis.Redis.from_url(redis_url)
+        assert raw.llen(queue) == 3 and raw.llen(f"{queue}\x06\x169") == 3  # kombu's buckets
+        raw.close()
+        rproject.start_worker("-Q", queue, "-c", "1", "--prefetch-multiplier", "1")
+        assert [r.get(timeout=20) for r in high + low] == [1] * 6
+    finally:
+        producer.close()
+    assert [key for key, _, _ in ledger_rows(rproject)] == ["p0-0", "p0-1", "p0-2", "p9-0", "p9-1", "p9-2"]
+
+
+# -- 5. a killed worker's messages come back -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_messages_run_on_another_worker(
+    rproject: Project, celery_producer: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(rproject, "interop_visibility", "broker_visibility_timeout = 3\n", monkeypatch)
+    long = celery_producer.send_task("tasks.sleep", (4, "long"))
+    short = [celery_producer.send_task("tasks.sleep", (0.05, f"short-{i}")) for i in range(4)]
+    victim = rproject.start_worker("-c", "1", "-n", "victim@%h")  # prefetches 4: the long one and 3 more
+    victim.wait_for_log(f"Task tasks.sleep[{long.id}] received")
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        held = raw.hlen("unacked")
+        waiting = raw.llen("celery")
+    finally:
+        raw.close()
+    assert held >= 2, f"the worker should hold the running task and prefetched ones, holds {held}"
+    assert held + waiting == 5
+    os.killpg(victim.proc.pid, signal.SIGKILL)
+    victim.proc.wait(10)
+    killed_at = time.monotonic()
+    assert rproject.ledger_count() == 0  # nothing finished on the victim
+
+    rproject.start_worker("-c", "1", "-n", "rescuer@%h")
+    assert [r.get(timeout=40) for r in short] == [0.05] * 4
+    assert long.get(timeout=40) == 4
+    recovered_s = time.monotonic() - killed_at
+    time.sleep(1.0)
+    counts = {key: rproject.ledger_count(key) for key in ["long", *(f"short-{i}" for i in range(4))]}
+    print(f"held by the killed worker: {held}; every task done {recovered_s:.1f} s after the kill; runs: {counts}")
+    assert counts == {"long": 1, "short-0": 1, "short-1": 1, "short-2": 1, "short-3": 1}
