@@ -111,7 +111,17 @@ class Consumer:
             executor.flush(give_up_after_s=SHUTDOWN_FLUSH_S)
 
     def _return_unstarted(self) -> None:
+        """Give back what this process still holds: the unstarted prefetched messages, then any
+        lease left over (a fetch whose reply was lost, a flush that gave up) so nothing waits for
+        its lease to expire."""
         unstarted = self.transport.stop()
-        if unstarted:
-            self.app.broker.requeue([d.tag for d in unstarted])
-            logger.info("Returned %d unstarted message(s) to the queue", len(unstarted))
+        broker = self.app.broker
+        try:
+            if unstarted:
+                broker.requeue([d.tag for d in unstarted])
+                logger.info("Returned %d unstarted message(s) to the queue", len(unstarted))
+            leftover = broker.requeue_owner(self.owner, int(self.app.conf.broker_max_deliveries))
+            if leftover:
+                logger.warning("Returned %d message(s) still leased by this worker to the queue", leftover)
+        except (BrokerError, OSError) as exc:
+            logger.error("Could not return held messages (%s); they come back when their leases expire", exc)

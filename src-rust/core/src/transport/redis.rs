@@ -147,6 +147,16 @@ fn check_queue(queue: &str) -> Result<()> {
     Ok(())
 }
 
+/// How often an idempotent command is sent again after its reply was interrupted by a signal.
+const INTERRUPTED_RETRIES: usize = 3;
+
+fn is_interrupted(e: &RedisError) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+}
+
 fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped()
 }
@@ -285,14 +295,40 @@ impl RedisBroker {
             Some(c) => c,
             None => guard.insert(self.open()?),
         };
-        match f(conn) {
-            Ok(v) => Ok(v),
-            Err(e) if is_connection_error(&e) => {
-                *guard = None;
-                Err(Error::Connection(format!("{}: {e}", self.masked)))
-            }
-            Err(e) => Err(Error::Broker(format!("redis ({}): {e}", self.masked))),
+        f(conn).map_err(|e| self.failed(&mut guard, e))
+    }
+
+    /// The error of a failed command; a connection error drops the connection so the next call
+    /// reconnects.
+    fn failed(&self, conn: &mut Option<Connection>, e: RedisError) -> Error {
+        if is_connection_error(&e) {
+            *conn = None;
+            Error::Connection(format!("{}: {e}", self.masked))
+        } else {
+            Error::Broker(format!("redis ({}): {e}", self.masked))
         }
+    }
+
+    /// Like `with_conn`, for commands that may safely run twice (ack, lease renewal): a reply
+    /// interrupted by a signal is read again on a fresh connection. Sockets with a read timeout
+    /// are never restarted after a signal handler (EINTR), and a worker gets SIGTERM at every
+    /// warm shutdown.
+    fn with_conn_idempotent<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
+    ) -> Result<T> {
+        for _ in 0..INTERRUPTED_RETRIES {
+            let mut guard = self.lock();
+            let conn = match guard.as_mut() {
+                Some(c) => c,
+                None => guard.insert(self.open()?),
+            };
+            match f(conn) {
+                Err(e) if is_interrupted(&e) => *guard = None,
+                other => return other.map_err(|e| self.failed(&mut guard, e)),
+            }
+        }
+        self.with_conn(f)
     }
 
     fn key(&self, name: &str) -> String {
@@ -413,7 +449,7 @@ impl RedisBroker {
         for t in tags {
             inv.arg(t.as_ref());
         }
-        self.with_conn(|c| inv.invoke(c))
+        self.with_conn_idempotent(|c| inv.invoke(c))
     }
 
     /// Returns unstarted deliveries to the front of their queue (next to be consumed, in their
@@ -434,7 +470,7 @@ impl RedisBroker {
     pub fn extend_leases(&self, owner: &str) -> Result<usize> {
         let mut inv = self.scripts.extend.prepare_invoke();
         inv.arg(&self.config.global_keyprefix).arg(owner);
-        self.with_conn(|c| inv.invoke(c))
+        self.with_conn_idempotent(|c| inv.invoke(c))
     }
 
     fn inspect(&self, inv: &redis::ScriptInvocation<'_>) -> Result<(String, Vec<InFlight>)> {
