@@ -222,7 +222,11 @@ def test_rqueue_sends_celery_runs_and_rqueue_reads_the_result(
     result = app.send_task("tasks.add", (20, 22), queue=queue)
     assert result.get(timeout=10) == 42
     assert result.state == "SUCCESS"
-    assert f"Task tasks.add[{result.id}] succeeded" in worker.log_text()
+    # Celery publishes the result before it logs the success line: wait for the line.
+    deadline = time.monotonic() + 10
+    while f"Task tasks.add[{result.id}] succeeded" not in worker.log_text():
+        assert time.monotonic() < deadline, worker.log_text()
+        time.sleep(0.02)
 
 
 def test_exception_raised_on_a_celery_worker_propagates_to_rqueue(

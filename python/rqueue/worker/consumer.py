@@ -105,7 +105,7 @@ class Consumer:
                     time.sleep(BROKER_ERROR_PAUSE_S)
                 finally:
                     buffer.done()
-                if len(buffer) == 0:
+                if len(buffer) == 0 or executor.flush_due():
                     executor.flush()
         finally:
             executor.flush(give_up_after_s=SHUTDOWN_FLUSH_S)

@@ -36,8 +36,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("rqueue.worker")
 
-#: Flush results and acks at least every this many tasks.
+#: Flush results and acks at least every this many tasks...
 BATCH = 64
+#: ...and once a batch has been open this long (its first task started this long ago). Finished
+#: but unacked tasks run again if the worker is killed, so only quick tasks are batched: after a
+#: task that ran this long its ack goes out before the next task starts.
+LINGER_S = 0.001
 #: At shutdown, how long to keep trying to record results and acks while the broker is away.
 SHUTDOWN_FLUSH_S = 10.0
 
@@ -56,6 +60,7 @@ class Executor:
         self.max_size = int(conf.task_max_message_size)
         #: Tells a flush that keeps failing that the worker is shutting down (set by the consumer).
         self.stopping: Callable[[], bool] = lambda: False
+        self.batch_since: float | None = None
         self.results: list[tuple[str, str, bytes]] = []
         self.acks: list[str] = []
         self.processed = 0
@@ -64,6 +69,8 @@ class Executor:
 
     def handle(self, delivery: _rqueue.Delivery) -> None:
         """Process one delivery; never raises for anything the message or the task did."""
+        if self.batch_since is None:
+            self.batch_since = time.monotonic()
         try:
             msg = _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
         except MessageTooLarge as exc:
@@ -173,6 +180,10 @@ class Executor:
 
     # -- batching -------------------------------------------------------------------------------------
 
+    def flush_due(self) -> bool:
+        """True once the open batch is older than LINGER_S."""
+        return self.batch_since is not None and time.monotonic() - self.batch_since >= LINGER_S
+
     def _record(self, record: ResultRecord) -> None:
         try:
             payload = self.backend.encode(record)
@@ -194,6 +205,7 @@ class Executor:
         than dropping results); with ``give_up_after_s`` (at shutdown) stop trying after that long,
         and the unacked messages are delivered again once their lease expires.
         """
+        self.batch_since = None
         if not (self.results or self.acks):
             return
         results, acks = self.results, self.acks
