@@ -172,6 +172,19 @@ class Project:
             worker.wait_for_log("ready.")
         return worker
 
+    def ledger_rows(self) -> list[tuple[str, int, float]]:
+        """``(key, pid, unix time)`` of every recorded execution, in the order recorded."""
+        if not self.ledger.exists():
+            return []
+        conn = sqlite3.connect(self.ledger, timeout=30)
+        try:
+            rows = conn.execute("SELECT key, pid, at FROM runs ORDER BY rowid").fetchall()
+        except sqlite3.OperationalError:  # no task has run yet
+            return []
+        finally:
+            conn.close()
+        return [(str(k), int(p), float(t)) for k, p, t in rows]
+
     def ledger_count(self, key: str | None = None) -> int:
         if not self.ledger.exists():
             return 0

@@ -13,7 +13,6 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import sys
 import time
 import uuid
@@ -37,38 +36,9 @@ SWEEP_S = 5.0
 # -- helpers -------------------------------------------------------------------------------------------
 
 
-def timed_ledger(project: Project) -> None:
-    """Create the ledger before any task does, with a trigger stamping each row's wall-clock time."""
-    conn = sqlite3.connect(project.ledger, isolation_level=None)
-    try:
-        conn.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS runs (key TEXT, pid INTEGER);
-            CREATE TABLE IF NOT EXISTS run_times (run INTEGER, key TEXT, at REAL);
-            CREATE TRIGGER IF NOT EXISTS runs_at AFTER INSERT ON runs BEGIN
-                INSERT INTO run_times VALUES (NEW.rowid, NEW.key, (julianday('now') - 2440587.5) * 86400.0);
-            END;
-            """
-        )
-    finally:
-        conn.close()
-
-
 def ledger(project: Project) -> list[tuple[str, float]]:
     """``(key, unix time)`` of every execution, in the order recorded."""
-    if not project.ledger.exists():
-        return []
-    conn = sqlite3.connect(project.ledger, timeout=30)
-    try:
-        rows = conn.execute(
-            "SELECT runs.key, run_times.at FROM runs LEFT JOIN run_times ON run_times.run = runs.rowid "
-            "ORDER BY runs.rowid"
-        )
-        return [(str(k), float(t) if t is not None else float("nan")) for k, t in rows]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    return [(key, at) for key, _pid, at in project.ledger_rows()]
 
 
 def ledger_counts(project: Project) -> Counter[str]:
@@ -138,7 +108,6 @@ def test_r1_sigkill_one_of_two_workers_every_two_seconds(project: Project, monke
     """Scaled from 2,000 tasks of 20-200 ms (2 cores): 500 tasks of 10-100 ms, 2 workers of -c 2."""
     visibility, concurrency, n, max_kills = 3, 2, 500, 5
     use_config(project, f"broker_visibility_timeout = {visibility}\n", monkeypatch)
-    timed_ledger(project)
     tasks = project.app()
     rng = random.Random(20240601)
     calls = [(rng.randint(10, 100) / 1000, f"r1-{i}") for i in range(n)]
@@ -201,7 +170,6 @@ def test_r1_sigkill_one_of_two_workers_every_two_seconds(project: Project, monke
 @pytest.mark.parametrize("moment", ["busy", "idle"])
 def test_r3_sigterm_returns_unstarted_messages_at_once(project: Project, moment: str) -> None:
     n = 40
-    timed_ledger(project)
     tasks = project.app()
     worker = project.start_worker("-c", "2", "--prefetch-multiplier", "4")
     calls = [(0.3, f"r3-{i}") for i in range(n)]
@@ -270,7 +238,6 @@ def test_r4_worker_resumes_after_redis_is_killed_and_restarted(r4: tuple[RedisSe
 
     server, project = r4
     n = 500
-    timed_ledger(project)
     tasks = project.app()
     results = tasks.sleep.delay_many([(0.02, f"r4-{i}") for i in range(n)])
     worker = project.start_worker("-c", "2")
@@ -317,7 +284,6 @@ def test_r7_eta_beyond_visibility_timeout_runs_once_not_early(
 ) -> None:
     visibility, countdown = 2, 5.0
     use_config(project, f"broker_visibility_timeout = {visibility}\n", monkeypatch)
-    timed_ledger(project)
     tasks = project.app()
     workers = [project.start_worker("-c", "2"), project.start_worker("-c", "1")]
     due: dict[str, float] = {}
@@ -348,7 +314,6 @@ def test_r7_eta_beyond_visibility_timeout_runs_once_not_early(
 def test_r8_task_longer_than_visibility_timeout_runs_once(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     visibility, seconds = 2, 6
     use_config(project, f"broker_visibility_timeout = {visibility}\n", monkeypatch)
-    timed_ledger(project)
     tasks = project.app()
     # Three processes for two long tasks: an idle one would pick up a message whose lease lapsed.
     workers = [project.start_worker("-c", "2"), project.start_worker("-c", "1")]

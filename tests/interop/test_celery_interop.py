@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -32,42 +31,6 @@ HERE = Path(__file__).parent
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def timed_ledger(project: Project) -> None:
-    """Create the ledger table before any task does, with a trigger stamping each row's time.
-
-    ``tasks.py`` writes ``(key, pid)`` rows; the trigger adds the wall-clock time of the insert
-    (SQLite's clock, milliseconds) in a side table, so the ledger stays independent of the broker.
-    """
-    conn = sqlite3.connect(project.ledger, isolation_level=None)
-    try:
-        conn.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS runs (key TEXT, pid INTEGER);
-            CREATE TABLE IF NOT EXISTS run_times (run INTEGER, key TEXT, at REAL);
-            CREATE TRIGGER IF NOT EXISTS runs_at AFTER INSERT ON runs BEGIN
-                INSERT INTO run_times VALUES (NEW.rowid, NEW.key, (julianday('now') - 2440587.5) * 86400.0);
-            END;
-            """
-        )
-    finally:
-        conn.close()
-
-
-def ledger_rows(project: Project) -> list[tuple[str, int, float]]:
-    """``(key, pid, unix time)`` of every execution, in the order they were recorded."""
-    conn = sqlite3.connect(project.ledger, timeout=30)
-    try:
-        return [
-            (str(k), int(p), float(t))
-            for k, p, t in conn.execute(
-                "SELECT runs.key, runs.pid, run_times.at FROM runs JOIN run_times ON run_times.run = runs.rowid "
-                "ORDER BY runs.rowid"
-            )
-        ]
-    finally:
-        conn.close()
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -149,7 +112,6 @@ class CeleryWorker:
 def rproject(tmp_path: Path, redis_url: str) -> Iterator[Project]:
     """The rqueue test project on Redis (broker and backend), with a timestamped ledger."""
     proj = Project(tmp_path, "redis", redis_url)
-    timed_ledger(proj)
     yield proj
     for worker in proj.workers:
         if worker.proc.poll() is None:
@@ -255,7 +217,7 @@ def test_celery_countdown_runs_once_and_not_before_its_eta(rproject: Project, ce
     result = celery_producer.send_task("tasks.record", ("countdown",), countdown=2)
     assert result.get(timeout=15) == 1
     time.sleep(1.0)  # a second execution, if any, would show up here
-    rows = ledger_rows(rproject)
+    rows = rproject.ledger_rows()
     assert [key for key, _, _ in rows] == ["countdown"]
     ran_after = rows[0][2] - sent_at
     print(f"countdown=2 task ran {ran_after:.3f} s after it was sent")
@@ -281,7 +243,7 @@ def test_celery_priorities_are_honoured_by_an_rqueue_worker(rproject: Project, r
         assert [r.get(timeout=20) for r in high + low] == [1] * 6
     finally:
         producer.close()
-    assert [key for key, _, _ in ledger_rows(rproject)] == ["p0-0", "p0-1", "p0-2", "p9-0", "p9-1", "p9-2"]
+    assert [key for key, _, _ in rproject.ledger_rows()] == ["p0-0", "p0-1", "p0-2", "p9-0", "p9-1", "p9-2"]
 
 
 # -- 5. a killed worker's messages come back -------------------------------------------------------------

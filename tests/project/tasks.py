@@ -21,11 +21,12 @@ class CustomError(Exception):
 
 
 def _ledger(key: str) -> int:
-    """Record one execution of ``key``; returns how many times it ran, this one included."""
+    """Record one execution of ``key`` (with the process and the time); returns how many times it
+    ran, this one included."""
     conn = sqlite3.connect(os.environ["LEDGER"], timeout=30, isolation_level=None)
     try:
-        conn.execute("CREATE TABLE IF NOT EXISTS runs (key TEXT, pid INTEGER)")
-        conn.execute("INSERT INTO runs VALUES (?, ?)", (key, os.getpid()))
+        conn.execute("CREATE TABLE IF NOT EXISTS runs (key TEXT, pid INTEGER, at REAL)")
+        conn.execute("INSERT INTO runs VALUES (?, ?, ?)", (key, os.getpid(), time.time()))
         return int(conn.execute("SELECT COUNT(*) FROM runs WHERE key = ?", (key,)).fetchone()[0])
     finally:
         conn.close()
