@@ -82,7 +82,7 @@ def help_(ctx: click.Context) -> None:
     "-P",
     "--pool",
     type=click.Choice(["prefork", "threads", "solo"]),
-    default="prefork",
+    default="prefork" if hasattr(os, "fork") else "threads",
     show_default=True,
     help="Run tasks in child processes, threads, or the worker process itself.",
 )

@@ -55,6 +55,8 @@ class Worker:
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
+        if pool == "prefork" and not hasattr(os, "fork"):
+            raise ConfigurationError("the prefork pool needs fork(), which this platform lacks; use --pool threads")
         self.app = app
         conf = app.conf
         self.queues = list(queues or conf.task_queues or [conf.task_default_queue])
