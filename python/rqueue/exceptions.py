@@ -109,6 +109,10 @@ class Retry(TaskControl):
         self.when = when
 
 
+class MaxRetriesExceededError(RQueueError):
+    """``Task.retry()`` was called after the task's last allowed retry."""
+
+
 class Reject(TaskControl):
     """Reject the message: dead-letter it, or put it back when ``requeue=True``."""
 

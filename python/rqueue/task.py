@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
+
+from rqueue.exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -30,6 +33,10 @@ TASK_OPTIONS: dict[str, Any] = {
     "soft_time_limit": None,
     "serializer": None,
     "track_started": None,
+    "autoretry_for": None,
+    "retry_backoff": None,
+    "retry_backoff_max": None,
+    "retry_jitter": None,
 }
 
 
@@ -163,6 +170,63 @@ class Task(Generic[P, R]):
             soft_time_limit=soft_time_limit,
             _task=self,
         )
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> NoReturn:
+        """Schedule this task to run again, then stop the current run (call it as ``raise self.retry(...)``).
+
+        The new message (same id, ``retries + 1``) waits in the broker until its time comes
+        (``countdown`` seconds, default ``default_retry_delay``); nothing sleeps in the worker.
+        Past ``max_retries`` (default the task's, 3; None = forever) ``exc`` is raised instead, or
+        ``MaxRetriesExceededError`` when there is none.
+
+        Raises:
+            Retry: always, when a retry was scheduled; the worker records the state RETRY.
+        """
+        request = self.request
+        if request.is_eager:
+            raise RuntimeError(f"{self.name}.retry() called outside a worker: there is no message to retry")
+        limit = max_retries if max_retries is not None else self.option("max_retries")
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"task {self.name}[{request.id}] gave up after {request.retries} retries (max_retries={limit})"
+            )
+        if countdown is None and eta is None:
+            countdown = float(self.option("default_retry_delay") or 0)
+        self.app.send_task(
+            self.name,
+            request.args,
+            request.kwargs,
+            countdown=countdown,
+            eta=eta,
+            task_id=request.id,
+            queue=request.delivery_info.get("routing_key"),
+            retries=request.retries + 1,
+            root_id=request.root_id,
+            parent_id=request.parent_id,
+            headers=None,
+            _task=self,
+        )
+        when = f"in {countdown:g} s" if countdown is not None else f"at {eta}"
+        raise Retry(f"Retry {when}", exc=exc, when=countdown)
+
+    def retry_countdown(self, retries: int) -> float:
+        """The delay before automatic retry number ``retries + 1`` (``retry_backoff``, capped, with jitter)."""
+        backoff = self.option("retry_backoff")
+        if not backoff:
+            return float(self.option("default_retry_delay") or 0)
+        factor = 1.0 if backoff is True else float(backoff)
+        delay = min(float(self.option("retry_backoff_max") or 600), factor * 2.0**retries)
+        if self.option("retry_jitter") is not False:
+            delay = random.uniform(0, delay)
+        return delay
 
     def delay_many(self, calls: Iterable[tuple[Any, ...] | list[Any]]) -> list[AsyncResult[R]]:
         """Send one message per argument tuple, all in one broker round trip.

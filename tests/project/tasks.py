@@ -76,3 +76,22 @@ def die_once(key):
     if _ledger(key) == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0.1)
+def flaky(self, key, failures):
+    """Fail ``failures`` times (retrying each time), then succeed."""
+    if _ledger(key) <= failures:
+        raise self.retry(exc=ValueError(f"attempt {self.request.retries} failed"))
+    return self.request.retries
+
+
+@app.task(autoretry_for=(ConnectionError,), max_retries=3, retry_backoff=0.05, retry_jitter=False)
+def always_down(key):
+    _ledger(key)
+    raise ConnectionError("service down")
+
+
+@app.task(bind=True)
+def retry_later(self):
+    raise self.retry(exc=ValueError("not yet"), countdown=3600)

@@ -24,6 +24,7 @@ from rqueue.exceptions import (
     MessageTooLarge,
     NotRegistered,
     Reject,
+    Retry,
     SerializationError,
     TaskRevokedError,
 )
@@ -32,6 +33,7 @@ from rqueue.task import Request, pop_request, push_request
 if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import Broker
+    from rqueue.task import Task
     from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
@@ -140,6 +142,11 @@ class Executor:
             value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
         except Ignore:
             logger.info("Task %s[%s] ignored", msg.task, msg.id)
+        except Retry as retry:
+            logger.info("Task %s[%s] retry: %s", msg.task, msg.id, retry)
+            reason = retry.exc if retry.exc is not None else retry
+            if not ignore_result:
+                self._record(ResultRecord(msg.id, states.RETRY, serialization.exception_to_meta(reason)))
         except Reject as rej:
             if rej.requeue:
                 logger.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, rej.reason)
@@ -147,6 +154,8 @@ class Executor:
                 return None
             return self._dead_letter(delivery, "rejected", rej, msg.id) if acks_late else None
         except Exception as exc:
+            if self._auto_retry(task, request, exc):
+                return self._ack(delivery) if acks_late else None
             runtime = time.perf_counter() - started
             tb = traceback.format_exc()
             logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, runtime, tb)
@@ -172,6 +181,22 @@ class Executor:
         if acks_late:
             self._ack(delivery)
         return None
+
+    def _auto_retry(self, task: Task[Any, Any], request: Request, exc: Exception) -> bool:
+        """Retry ``exc`` when the task's ``autoretry_for`` covers it; True when a retry was scheduled."""
+        retry_for = task.option("autoretry_for")
+        if not retry_for or not isinstance(exc, tuple(retry_for)):
+            return False
+        try:
+            task.retry(exc=exc, countdown=task.retry_countdown(request.retries))
+        except Retry as retry:
+            logger.info("Task %s[%s] retry: %s (%r)", request.task, request.id, retry, exc)
+            if not task.option("ignore_result"):
+                self._record(ResultRecord(request.id, states.RETRY, serialization.exception_to_meta(exc)))
+            return True
+        except Exception:  # out of retries: the original exception is the outcome
+            return False
+        return False
 
     def _revoke(self, delivery: _rqueue.Delivery, task_id: str, why: str) -> None:
         meta = serialization.exception_to_meta(TaskRevokedError(why))
