@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, final
 
 __version__: str
+#: The Lua script that stores one result record in Redis (SET with expiry + PUBLISH unless a
+#: SUCCESS is stored); ``RedisBroker.complete`` and ``rqueue.backends.redis`` both run it.
+REDIS_STORE_RESULT_LUA: str
 
 # -- codecs -------------------------------------------------------------------------------------
 
@@ -308,6 +311,14 @@ class RedisBroker:
         their queue; every queue's bucket 0 before any bucket 3; FIFO). GIL released."""
     def ack(self, tags: Sequence[str]) -> int:
         """Remove finished messages from every lease record; returns how many were in flight."""
+    def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[str]) -> int:
+        """Store ``(task_id, status, content_type, payload, ttl_ms)`` result records, then ack ``tags``,
+        in one round trip (one pipeline, results first); returns how many tags were in flight.
+
+        Records go where Celery's Redis backend keeps them (``celery-task-meta-<task_id>``, never
+        prefixed): ``SET`` with ``PX ttl_ms`` (None: no expiry) and ``PUBLISH`` on the key's channel,
+        unless a SUCCESS is already stored. GIL released.
+        """
     def requeue(self, tags: Sequence[str]) -> int:
         """Return unstarted deliveries to the front of their queue, unchanged; this delivery is not counted."""
     def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:

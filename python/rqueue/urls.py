@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from rqueue.exceptions import ConfigurationError
 
@@ -84,6 +84,40 @@ def sqlite_path(url: str, setting: str) -> str:
         )
     path = path.split("?", 1)[0]
     return os.path.abspath(path)
+
+
+#: Query parameters that would let redis-py and the Rust client read one URL differently (the Rust
+#: client takes a TCP URL's db from its path only, a unix URL's credentials from ``user``/``pass``).
+_AMBIGUOUS_TCP_QUERY = frozenset({"db", "user", "pass", "username", "password"})
+
+
+def redis_server_of(url: str) -> tuple[object, ...] | None:
+    """Which Redis server and database ``url`` names, normalized so two spellings of one database
+    compare equal (``redis://h`` = ``redis://h:6379/0``); None when this cannot be told for sure
+    (the Rust client and redis-py might read the URL differently), so callers assume "different".
+    Host names are not resolved: ``localhost`` and ``127.0.0.1`` stay different."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        scheme = parts.scheme.lower()
+        if scheme in ("unix", "redis+unix"):
+            dbs = query.get("db", ["0"])
+            if not parts.path or len(dbs) != 1:
+                return None
+            return ("unix", os.path.normpath(parts.path), int(dbs[0] or 0))
+        if scheme != "redis" or _AMBIGUOUS_TCP_QUERY & {k.lower() for k in query}:
+            return None
+        db = parts.path.strip("/")
+        return (
+            "redis",
+            (parts.hostname or "localhost").lower(),
+            parts.port or 6379,
+            int(db) if db else 0,
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password is not None else None,
+        )
+    except ValueError:
+        return None
 
 
 def _supported_list() -> str:

@@ -24,48 +24,20 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from rqueue import serialization, states
+from rqueue import _rqueue, serialization, states
 from rqueue.backends.base import ResultBackend
 from rqueue.exceptions import BackendError, DecodeError, TimeoutError
-from rqueue.urls import mask_password
+from rqueue.urls import mask_password, redis_server_of
 
 #: Celery's key (and channel) prefix of a task's result.
 KEY_PREFIX = "celery-task-meta-"
 #: With the pickle serializer Lua cannot read a record's status, so SUCCESS is also marked here.
 FINAL_PREFIX = "rqueue-task-final-"
 
-#: SET + PUBLISH a record unless the stored one is a SUCCESS (JSON via cjson, msgpack via cmsgpack;
-#: the substring test skips decoding when the stored record cannot be a SUCCESS).
+#: SET + PUBLISH a record unless the stored one is a SUCCESS (JSON via cjson, msgpack via cmsgpack).
 #: KEYS[1] result key, KEYS[2] (pickle only) SUCCESS marker; ARGV: payload, expiry in ms ('' = none), status.
-STORE_LUA = """
-local current = redis.call('GET', KEYS[1])
-if current and string.find(current, 'SUCCESS', 1, true) then
-  local ok, meta = pcall(cjson.decode, current)
-  if not ok or type(meta) ~= 'table' then
-    ok, meta = pcall(cmsgpack.unpack, current)
-  end
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
-    return 0
-  end
-end
-if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
-  return 0
-end
-if ARGV[2] == '' then
-  redis.call('SET', KEYS[1], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-if KEYS[2] and ARGV[3] == 'SUCCESS' then
-  if ARGV[2] == '' then
-    redis.call('SET', KEYS[2], '1')
-  else
-    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-  end
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
+#: The text lives in the Rust transport, which runs it too (``RedisBroker.complete``).
+STORE_LUA = _rqueue.REDIS_STORE_RESULT_LUA
 
 #: Longest time one waiting call holds the pub/sub connection before letting other threads in.
 _SLICE_S = 0.1
@@ -166,10 +138,27 @@ class RedisBackend(ResultBackend):
             with _as_backend_error(self.url):
                 self._write_batch(items)
 
+    @property
+    def ttl_ms(self) -> int | None:
+        """How long a stored record lives, in ms (``PX``); None: forever."""
+        expires = self.expires_s
+        return max(1, round(expires * 1000)) if expires and expires > 0 else None
+
+    def rows(self, items: list[tuple[str, str, bytes]]) -> list[tuple[str, str, str, bytes, int | None]]:
+        """``(task_id, status, content_type, payload, ttl_ms)`` of encoded records, for
+        ``_rqueue.RedisBroker.complete`` (which stores them as ``write_encoded`` does)."""
+        ttl_ms = self.ttl_ms
+        return [(task_id, status, self.content_type, payload, ttl_ms) for task_id, status, payload in items]
+
+    def same_server(self, url: str) -> bool:
+        """True when ``url`` surely names this backend's Redis server and database."""
+        mine = redis_server_of(self.url)
+        return mine is not None and mine == redis_server_of(url)
+
     def _write_batch(self, items: list[tuple[str, str, bytes]]) -> None:
         client = self.client
-        expires = self.expires_s
-        px = str(max(1, round(expires * 1000))) if expires and expires > 0 else ""
+        ttl_ms = self.ttl_ms
+        px = "" if ttl_ms is None else str(ttl_ms)
         calls: list[tuple[int, list[str | bytes]]] = []
         for task_id, status, payload in items:
             keys = [self.key(task_id)]

@@ -69,7 +69,8 @@ class Broker(ABC):
         """Store encoded results, then ack: the worker's step after a batch of tasks.
 
         Results go first, so a crash in between re-runs tasks rather than losing them. A broker
-        that keeps results in its own store overrides this to do both in one transaction.
+        that can reach the backend's store overrides this to do both in one transaction (SQLite)
+        or one round trip (Redis).
         """
         if results:
             backend.write_encoded(results)

@@ -7,14 +7,19 @@ second, not on the hot path) use redis-py.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
 from rqueue.brokers.base import Broker, DeadLetter
 from rqueue.exceptions import BrokerError, ConfigurationError
 from rqueue.urls import mask_password
+
+if TYPE_CHECKING:
+    from rqueue.backends.base import ResultBackend
+    from rqueue.backends.redis import RedisBackend
 
 #: Revocations: a sorted set of task ids scored by when they were revoked, and their expiries.
 REVOKED_KEY = "rqueue.revoked"
@@ -36,6 +41,7 @@ class RedisBroker(Broker):
         self._native: _rqueue.RedisBroker | None = None
         self._client: Any = None
         self._pid = -1
+        self._shares_server: dict[str, bool] = {}  # backend URL -> same Redis server and db as ours
 
     def _fresh(self) -> bool:
         """True when the handles were made in this process (a fork makes them stale)."""
@@ -116,6 +122,28 @@ class RedisBroker(Broker):
 
     def ack(self, tags: Sequence[str]) -> None:
         self.native.ack(tags)
+
+    def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[str]) -> None:
+        """Store results and ack in ONE round trip when the backend is Redis on our server and db.
+
+        Results go where ``RedisBackend`` writes them (Celery's keys, never prefixed; the same Lua
+        script), then the acks run, in one pipeline. Otherwise the backend writes, then we ack.
+        """
+        shared = self._shared_backend(backend) if results else None
+        if shared is not None:
+            self.native.complete(shared.rows(results), tags)
+        else:
+            super().complete(backend, results, tags)
+
+    def _shared_backend(self, backend: ResultBackend) -> RedisBackend | None:
+        """``backend`` when it is a RedisBackend on this broker's Redis server and database."""
+        module = sys.modules.get("rqueue.backends.redis")  # not imported: backend cannot be one
+        if module is None or not isinstance(backend, module.RedisBackend):
+            return None
+        same = self._shares_server.get(backend.url)
+        if same is None:
+            same = self._shares_server[backend.url] = backend.same_server(self.url)
+        return backend if same else None
 
     def requeue(self, tags: Sequence[str]) -> None:
         self.native.requeue(tags)

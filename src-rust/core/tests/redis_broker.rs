@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rqueue_core::prefetch::PrefetchBuffer;
-use rqueue_core::transport::redis::{NewMessage, RedisBroker, RedisConfig};
+use rqueue_core::transport::redis::{
+    NewMessage, RedisBroker, RedisConfig, ResultRecord, PICKLE_CONTENT_TYPE,
+};
 use rqueue_core::transport::redis_consumer::{RedisConsumer, RedisConsumerConfig};
 use rqueue_core::Error;
 use serde_json::Value;
@@ -439,4 +441,209 @@ fn test_redis_consumer_reconnects_after_restart() {
     assert!(restarted.elapsed() < Duration::from_secs(5));
     assert!(c.last_error().is_some());
     c.stop();
+}
+
+// -- complete: results and acks in one round trip ------------------------------------------------
+
+fn record(task_id: &str, status: &str, result: i64, ttl_ms: Option<u64>) -> ResultRecord {
+    ResultRecord {
+        task_id: task_id.to_string(),
+        status: status.to_string(),
+        content_type: "application/json".to_string(),
+        payload: format!(r#"{{"status":"{status}","result":{result},"task_id":"{task_id}"}}"#)
+            .into_bytes(),
+        ttl_ms,
+    }
+}
+
+fn stored(raw: &mut redis::Connection, task_id: &str) -> Option<Value> {
+    let data: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("celery-task-meta-{task_id}"))
+        .query(raw)
+        .unwrap();
+    data.map(|d| serde_json::from_slice(&d).unwrap())
+}
+
+fn lease_all(b: &RedisBroker, names: &[&str]) -> Vec<String> {
+    for n in names {
+        b.publish("q", &envelope(n, "q", "x"), 0, None).unwrap();
+    }
+    let got = b.fetch(&qs(&["q"]), names.len(), "w").unwrap();
+    assert_eq!(got.len(), names.len());
+    tags(&got)
+}
+
+#[test]
+fn test_redis_complete_stores_with_ttl_publishes_and_acks() {
+    let s = server!();
+    let b = s.broker("pfx:");
+    let mut raw = s.raw();
+    let leased = lease_all(&b, &["c1", "c2"]);
+    let mut sub = s.raw();
+    let mut pubsub = sub.as_pubsub();
+    pubsub.subscribe("celery-task-meta-t1").unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let rows = [
+        record("t1", "SUCCESS", 1, Some(60_000)),
+        record("t2", "FAILURE", 2, None),
+    ];
+    assert_eq!(b.complete(&rows, &leased).unwrap(), 2);
+    // stored unprefixed (where Celery's backend reads), with and without expiry
+    assert_eq!(stored(&mut raw, "t1").unwrap()["result"], 1);
+    assert_eq!(stored(&mut raw, "t2").unwrap()["status"], "FAILURE");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("celery-task-meta-t1")
+        .query(&mut raw)
+        .unwrap();
+    assert!((59_000..=60_000).contains(&ttl), "{ttl}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("celery-task-meta-t2")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(ttl, -1);
+    // published on the key's channel
+    let msg = pubsub.get_message().unwrap();
+    assert_eq!(msg.get_channel_name(), "celery-task-meta-t1");
+    let payload: Vec<u8> = msg.get_payload().unwrap();
+    assert_eq!(payload, rows[0].payload);
+    drop(pubsub);
+    // acked: nothing in flight, and acking again is harmless
+    assert_eq!(b.leased_count("w").unwrap(), 0);
+    let unacked: usize = redis::cmd("HLEN")
+        .arg("pfx:unacked")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(unacked, 0);
+    assert_eq!(b.complete::<&str>(&[], &["c1"]).unwrap(), 0);
+    assert_eq!(b.complete::<&str>(&[], &[]).unwrap(), 0);
+    // results only
+    assert_eq!(
+        b.complete::<&str>(&[record("t3", "SUCCESS", 3, None)], &[])
+            .unwrap(),
+        0
+    );
+    assert_eq!(stored(&mut raw, "t3").unwrap()["result"], 3);
+}
+
+#[test]
+fn test_redis_complete_keeps_success_final() {
+    let s = server!();
+    let b = s.broker("");
+    let mut raw = s.raw();
+    b.complete::<&str>(&[record("t1", "STARTED", 0, None)], &[])
+        .unwrap();
+    b.complete::<&str>(&[record("t1", "SUCCESS", 1, None)], &[])
+        .unwrap();
+    let leased = lease_all(&b, &["c1"]);
+    // a later FAILURE or SUCCESS (a redelivery) leaves the first SUCCESS; the ack still runs
+    let rows = [
+        record("t1", "FAILURE", 2, None),
+        record("t1", "SUCCESS", 3, None),
+    ];
+    assert_eq!(b.complete(&rows, &leased).unwrap(), 1);
+    assert_eq!(stored(&mut raw, "t1").unwrap()["result"], 1);
+    // pickle: Lua cannot read the status, the marker key keeps it final
+    let pickled = |status: &str, body: &[u8]| ResultRecord {
+        task_id: "p1".into(),
+        status: status.into(),
+        content_type: PICKLE_CONTENT_TYPE.into(),
+        payload: body.to_vec(),
+        ttl_ms: Some(60_000),
+    };
+    b.complete::<&str>(&[pickled("SUCCESS", b"\x80first")], &[])
+        .unwrap();
+    b.complete::<&str>(&[pickled("FAILURE", b"\x80second")], &[])
+        .unwrap();
+    let got: Vec<u8> = redis::cmd("GET")
+        .arg("celery-task-meta-p1")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(got, b"\x80first");
+    let marker_ttl: i64 = redis::cmd("PTTL")
+        .arg("rqueue-task-final-p1")
+        .query(&mut raw)
+        .unwrap();
+    assert!(marker_ttl > 0);
+}
+
+#[test]
+fn test_redis_complete_loads_scripts_after_script_flush() {
+    let s = server!();
+    let b = s.broker("");
+    let mut raw = s.raw();
+    // a fresh server has neither script; then the cache is flushed under a running broker
+    let leased = lease_all(&b, &["c1"]);
+    assert_eq!(
+        b.complete(&[record("t1", "SUCCESS", 1, None)], &leased)
+            .unwrap(),
+        1
+    );
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut raw)
+        .unwrap();
+    let leased = lease_all(&b, &["c2", "c3"]);
+    let rows = [
+        record("t2", "SUCCESS", 2, Some(5_000)),
+        record("t3", "SUCCESS", 3, None),
+    ];
+    assert_eq!(b.complete(&rows, &leased).unwrap(), 2);
+    assert_eq!(stored(&mut raw, "t2").unwrap()["result"], 2);
+    assert_eq!(stored(&mut raw, "t3").unwrap()["result"], 3);
+    assert_eq!(b.leased_count("w").unwrap(), 0);
+    // after a flush the refused commands are resent once: one PUBLISH per record
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(&mut raw)
+        .unwrap();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut raw)
+        .unwrap();
+    let leased = lease_all(&b, &["c4"]);
+    assert_eq!(
+        b.complete(&[record("t4", "SUCCESS", 4, None)], &leased)
+            .unwrap(),
+        1
+    );
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut raw)
+        .unwrap();
+    let publishes = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_publish:"))
+        .unwrap();
+    assert!(publishes.contains("calls=1,"), "{publishes}");
+}
+
+#[test]
+fn test_redis_complete_is_one_round_trip() {
+    let s = server!();
+    let b = s.broker("");
+    let mut raw = s.raw();
+    let leased = lease_all(&b, &["c1", "c2", "c3"]);
+    b.complete::<&str>(&[record("warm", "SUCCESS", 0, None)], &[])
+        .unwrap(); // loads the store script
+    b.ack(&["none"]).unwrap(); // and the ack script
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(&mut raw)
+        .unwrap();
+    let rows: Vec<ResultRecord> = (0..3)
+        .map(|i| record(&format!("r{i}"), "SUCCESS", i, Some(1_000)))
+        .collect();
+    assert_eq!(b.complete(&rows, &leased).unwrap(), 3);
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut raw)
+        .unwrap();
+    let evalsha = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap();
+    assert!(evalsha.contains("calls=4,"), "{evalsha}"); // 3 stores + 1 ack, no SCRIPT LOAD
+    assert!(!stats.contains("cmdstat_script"), "{stats}");
 }

@@ -5,13 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use rqueue_core::transport::redis::{RedisBroker as CoreBroker, RedisConfig};
+use rqueue_core::transport::redis::{
+    RedisBroker as CoreBroker, RedisConfig, ResultRecord, STORE_RESULT_LUA,
+};
 use rqueue_core::transport::redis_consumer::{RedisConsumer as CoreConsumer, RedisConsumerConfig};
 use rqueue_core::Error;
 
 use crate::broker::{new_messages, priority_of, DeadLetterRow, MessageTuple};
 use crate::errors::IntoPyResult;
 use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
+
+/// `(task_id, status, content_type, payload, ttl_ms)`: one encoded result record for
+/// `RedisBroker.complete`; `ttl_ms` None keeps it forever.
+type ResultTuple = (String, String, String, Vec<u8>, Option<u64>);
 
 fn seconds(name: &str, value: f64) -> Result<Duration, Error> {
     Duration::try_from_secs_f64(value)
@@ -114,6 +120,30 @@ impl RedisBroker {
 
     fn ack(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
         py.detach(|| self.inner.ack(&tags)).map_py(py)
+    }
+
+    /// Store `(task_id, status, content_type, payload, ttl_ms)` result records in Celery's layout
+    /// (SET with expiry + PUBLISH; a stored SUCCESS is final) and then ack `tags`, in one round
+    /// trip. Returns how many tags were in flight. GIL released.
+    fn complete(
+        &self,
+        py: Python<'_>,
+        rows: Vec<ResultTuple>,
+        tags: Vec<String>,
+    ) -> PyResult<usize> {
+        let rows: Vec<ResultRecord> = rows
+            .into_iter()
+            .map(
+                |(task_id, status, content_type, payload, ttl_ms)| ResultRecord {
+                    task_id,
+                    status,
+                    content_type,
+                    payload,
+                    ttl_ms,
+                },
+            )
+            .collect();
+        py.detach(|| self.inner.complete(&rows, &tags)).map_py(py)
     }
 
     /// Return unstarted deliveries to the front of their queue, unchanged; this delivery is not counted.
@@ -288,6 +318,7 @@ impl RedisConsumer {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("REDIS_STORE_RESULT_LUA", STORE_RESULT_LUA)?;
     m.add_class::<RedisBroker>()?;
     m.add_class::<RedisConsumer>()
 }

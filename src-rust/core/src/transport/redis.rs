@@ -14,12 +14,13 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis::{Connection, RedisError};
+use redis::{Connection, ConnectionLike, RedisError};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
 use crate::transport::redis_lua::Scripts;
+pub use crate::transport::redis_lua::{RESULT_FINAL_PREFIX, RESULT_KEY_PREFIX, STORE_RESULT_LUA};
 use crate::transport::sqlite::now_ms;
 
 /// kombu's separator in bucket list names and binding members.
@@ -61,6 +62,27 @@ impl RedisConfig {
 
 /// One message to publish.
 pub use crate::transport::sqlite::NewMessage;
+
+/// The content type of pickled records: Lua cannot read their status, so a stored SUCCESS is
+/// also marked under [`RESULT_FINAL_PREFIX`].
+pub const PICKLE_CONTENT_TYPE: &str = "application/x-python-serialize";
+
+/// One encoded result record to store in Celery's layout (`celery-task-meta-<task_id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultRecord {
+    pub task_id: String,
+    /// The record's state (`SUCCESS`, `FAILURE` ...): a SUCCESS is final.
+    pub status: String,
+    /// The content type of `payload` (`application/json`, msgpack or pickle).
+    pub content_type: String,
+    /// The serialized Celery meta.
+    pub payload: Vec<u8>,
+    /// Time to live in milliseconds (`SET ... PX`); `None` keeps the record forever.
+    pub ttl_ms: Option<u64>,
+}
+
+/// How often a batch is sent again after Redis refused a script it no longer has (NOSCRIPT).
+const NOSCRIPT_RETRIES: usize = 3;
 
 /// A dead-letter record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,6 +472,63 @@ impl RedisBroker {
             inv.arg(t.as_ref());
         }
         self.with_conn_idempotent(|c| inv.invoke(c))
+    }
+
+    /// Stores result records (the store script per record: `SET` with expiry and `PUBLISH` on the
+    /// key's channel, unless a SUCCESS is already stored) and then acks `tags`, in ONE pipeline:
+    /// one round trip. Redis runs the pipeline in order, so results are stored before their
+    /// messages are acked; a crash in between re-runs tasks (at-least-once), never loses results.
+    /// Result keys carry no `global_keyprefix` (Celery's backend does not read one). A script
+    /// cache flushed meanwhile is refilled and the refused commands sent again, in order (only a
+    /// flush racing with another client's reload mid-pipeline could let the ack run first).
+    /// Returns how many tags were in flight.
+    pub fn complete<S: AsRef<str>>(&self, rows: &[ResultRecord], tags: &[S]) -> Result<usize> {
+        if rows.is_empty() && tags.is_empty() {
+            return Ok(0);
+        }
+        let store = &self.scripts.store_result;
+        let ack = &self.scripts.ack;
+        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(rows.len() + 1);
+        for r in rows {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(store.get_hash());
+            let key = format!("{RESULT_KEY_PREFIX}{}", r.task_id);
+            if r.content_type == PICKLE_CONTENT_TYPE {
+                cmd.arg(2)
+                    .arg(key)
+                    .arg(format!("{RESULT_FINAL_PREFIX}{}", r.task_id));
+            } else {
+                cmd.arg(1).arg(key);
+            }
+            cmd.arg(&r.payload[..]);
+            match r.ttl_ms {
+                Some(ms) => cmd.arg(ms.max(1)),
+                None => cmd.arg(""),
+            };
+            cmd.arg(r.status.as_str());
+            cmds.push(cmd);
+        }
+        if !tags.is_empty() {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(ack.get_hash())
+                .arg(0)
+                .arg(&self.config.global_keyprefix);
+            for t in tags {
+                cmd.arg(t.as_ref());
+            }
+            cmds.push(cmd);
+        }
+        let acked = !tags.is_empty();
+        self.with_conn_idempotent(|c| {
+            let replies = run_scripts(c, &cmds, |c| {
+                store.load(c)?;
+                ack.load(c).map(|_| ())
+            })?;
+            match replies.last() {
+                Some(v) if acked => redis::from_redis_value(v),
+                _ => Ok(0),
+            }
+        })
     }
 
     /// Returns unstarted deliveries to the front of their queue (next to be consumed, in their
@@ -843,6 +922,47 @@ impl RedisBroker {
         let key = self.key(&format!("rqueue.owned.{owner}"));
         self.with_conn(|c| redis::cmd("SCARD").arg(key).query(c))
     }
+}
+
+/// Sends `cmds` (EVALSHA calls) in one pipeline and returns their replies, in order. Commands
+/// refused with NOSCRIPT (a new server, or SCRIPT FLUSH) are sent again, in their order, after
+/// `load` has loaded the scripts; any other error reply fails the call.
+fn run_scripts(
+    c: &mut Connection,
+    cmds: &[redis::Cmd],
+    load: impl Fn(&mut Connection) -> std::result::Result<(), RedisError>,
+) -> std::result::Result<Vec<redis::Value>, RedisError> {
+    let mut replies: Vec<Option<redis::Value>> = vec![None; cmds.len()];
+    let mut todo: Vec<usize> = (0..cmds.len()).collect();
+    for attempt in 0..=NOSCRIPT_RETRIES {
+        if attempt > 0 {
+            load(c)?;
+        }
+        let mut pipe = redis::pipe();
+        for &i in &todo {
+            pipe.add_command(cmds[i].clone());
+        }
+        let got = c.req_packed_commands(&pipe.get_packed_pipeline(), 0, todo.len())?;
+        let mut missing = Vec::new();
+        for (i, value) in todo.iter().copied().zip(got) {
+            match value.extract_error() {
+                Ok(v) => replies[i] = Some(v),
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => missing.push(i),
+                Err(e) => return Err(e),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(replies
+                .into_iter()
+                .map(|v| v.unwrap_or(redis::Value::Nil))
+                .collect());
+        }
+        todo = missing;
+    }
+    Err(RedisError::from((
+        redis::ErrorKind::NoScriptError,
+        "Redis keeps refusing the result and ack scripts (SCRIPT FLUSH in a loop?)",
+    )))
 }
 
 /// Decodes the leading JSON string of `["...", ...]` as Lua's cjson wrote it: bytes are passed

@@ -240,6 +240,48 @@ end
 return 0
 "#;
 
+/// The key (and pub/sub channel) prefix of a task's result, as Celery's Redis backend writes it.
+/// Results never carry the broker's `global_keyprefix`: they stay where Celery's backend reads them.
+pub const RESULT_KEY_PREFIX: &str = "celery-task-meta-";
+/// With the pickle serializer Lua cannot read a record's status, so a SUCCESS is also marked under
+/// this prefix (plus the task id).
+pub const RESULT_FINAL_PREFIX: &str = "rqueue-task-final-";
+
+/// SET + PUBLISH one result record unless the stored one is a SUCCESS (JSON via cjson, msgpack via
+/// cmsgpack; the substring test skips decoding when the stored record cannot be a SUCCESS).
+/// KEYS[1] result key, KEYS[2] (pickle only) SUCCESS marker; ARGV: payload, expiry in ms
+/// (`''` = none), status. Returns 1 when written, 0 when a SUCCESS was already stored.
+/// Shared with the Python backend (`rqueue.backends.redis`), which runs the very same text.
+pub const STORE_RESULT_LUA: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current and string.find(current, 'SUCCESS', 1, true) then
+  local ok, meta = pcall(cjson.decode, current)
+  if not ok or type(meta) ~= 'table' then
+    ok, meta = pcall(cmsgpack.unpack, current)
+  end
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+    return 0
+  end
+end
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if KEYS[2] and ARGV[3] == 'SUCCESS' then
+  if ARGV[2] == '' then
+    redis.call('SET', KEYS[2], '1')
+  else
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  end
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"#;
+
 fn script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{PRELUDE}{body}"))
 }
@@ -253,6 +295,8 @@ pub(crate) struct Scripts {
     pub inspect: redis::Script,
     pub restore: redis::Script,
     pub requeue_dead: redis::Script,
+    /// [`STORE_RESULT_LUA`], without the prelude (its keys are not prefixed).
+    pub store_result: redis::Script,
 }
 
 impl Scripts {
@@ -265,6 +309,7 @@ impl Scripts {
             inspect: script(INSPECT_BODY),
             restore: script(RESTORE_BODY),
             requeue_dead: script(REQUEUE_DEAD_BODY),
+            store_result: redis::Script::new(STORE_RESULT_LUA),
         }
     }
 }
