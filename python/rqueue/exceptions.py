@@ -89,10 +89,6 @@ class RemoteError(RQueueError):
         self.message = message
 
 
-class WorkerLostError(RQueueError):
-    """The process running a task died before it finished."""
-
-
 # -- raised from inside tasks to change how the worker treats them ----------------------------
 
 
@@ -124,11 +120,3 @@ class Reject(TaskControl):
 
 class Ignore(TaskControl):
     """Stop processing the task without recording a state."""
-
-
-class SoftTimeLimitExceeded(RQueueError):
-    """Raised inside a task when its soft time limit runs out."""
-
-
-class TimeLimitExceeded(RQueueError):
-    """The task ran past its hard time limit and was stopped."""

@@ -65,7 +65,6 @@ class Executor:
         self.batch_since: float | None = None
         self.results: list[tuple[str, str, bytes]] = []
         self.acks: list[str] = []
-        self.processed = 0
 
     # -- one message ----------------------------------------------------------------------------------
 
@@ -177,7 +176,6 @@ class Executor:
                 self._record(ResultRecord(msg.id, states.SUCCESS, value, None, self._extended(msg, args, kwargs)))
         finally:
             pop_request()
-        self.processed += 1
         if acks_late:
             self._ack(delivery)
         return None
