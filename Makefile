@@ -59,15 +59,18 @@ $(VENV_STAMP): requirements-dev.txt
 	@touch $@
 
 .PHONY: redis
-redis: ## Install Debian's redis-server with apt-get unless redis-server is already on PATH
-	@if command -v redis-server >/dev/null 2>&1; then \
-		echo "redis-server found: $$(command -v redis-server)"; \
+redis: ## Install Debian's redis-server (and openssl, for the TLS tests) with apt-get unless on PATH
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -z "$$missing" ]; then \
+		echo "redis-server found: $$(command -v redis-server); openssl found: $$(command -v openssl)"; \
 	else \
 		sudo=""; if [ "$$(id -u)" != 0 ]; then sudo="sudo -n"; fi; \
-		echo "redis-server not on PATH: installing Debian's package"; \
+		echo "not on PATH:$$missing; installing Debian's packages"; \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; \
-		command -v redis-server; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		command -v redis-server; command -v openssl; \
 	fi
 
 # -- build ---------------------------------------------------------------------------------------

@@ -28,14 +28,54 @@ def free_port() -> int:
         return port
 
 
+def _openssl(workdir: Path, *args: str) -> None:
+    done = subprocess.run(["openssl", *args], cwd=workdir, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"openssl {' '.join(args)} failed:\n{done.stderr}"
+
+
+#: ``openssl req`` with a new P-256 key; and what makes it a self-signed CA valid for 2 days.
+_NEW_KEY = ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+_CA = [
+    "-x509",
+    "-days",
+    "2",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+]
+
+
+def make_test_ca(workdir: Path, name: str = "ca") -> Path:
+    """A self-signed CA ``<name>.pem`` (key ``<name>.key``) made with the ``openssl`` CLI."""
+    _openssl(workdir, *_NEW_KEY, *_CA, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN=test {name}")
+    return workdir / f"{name}.pem"
+
+
+def make_server_cert(workdir: Path, ca: str = "ca") -> tuple[Path, Path]:
+    """``server.pem``/``server.key`` for 127.0.0.1 and localhost, signed by the CA ``ca``."""
+    (workdir / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl(workdir, *_NEW_KEY, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    sign = f"x509 -req -in server.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -days 2 -extfile server.ext"
+    _openssl(workdir, *sign.split(), "-out", "server.pem")
+    return workdir / "server.pem", workdir / "server.key"
+
+
 class RedisServer:
     """A real ``redis-server`` on a free loopback port, which a test can stop and start again.
 
     ``persistent=True`` keeps an append-only file with ``appendfsync always`` in ``workdir`` so a
-    restart loses nothing that was acknowledged.
+    restart loses nothing that was acknowledged. ``tls=True`` listens only for TLS, with a CA
+    (``ca_certs``) and a server certificate for 127.0.0.1 made in ``workdir`` by the ``openssl`` CLI;
+    ``url`` is then ``rediss://...?ssl_ca_certs=<ca_certs>``.
     """
 
-    def __init__(self, workdir: Path, persistent: bool = False, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, persistent: bool = False, extra_args: Sequence[str] = (), tls: bool = False
+    ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.skip("redis-server is not on PATH (make redis installs it)")
@@ -43,16 +83,31 @@ class RedisServer:
         self.workdir = workdir
         self.persistent = persistent
         self.extra_args = list(extra_args)
+        self.tls = tls
+        self.ca_certs: Path | None = None
+        if tls:
+            if shutil.which("openssl") is None:
+                pytest.skip("openssl is not on PATH (make redis installs it)")
+            self.ca_certs = make_test_ca(workdir)
+            make_server_cert(workdir)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca_certs}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""]
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            for option, name in (("cert", "server.pem"), ("key", "server.key"), ("ca-cert", "ca.pem")):
+                listen += [f"--tls-{option}-file", str(self.workdir / name)]
+        else:
+            listen = ["--port", str(self.port)]
+        args = [self.exe, *listen, "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", ""]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

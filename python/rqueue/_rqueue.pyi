@@ -287,7 +287,9 @@ class RedisBroker:
     in-flight ones in kombu's ``unacked``/``unacked_index`` plus rqueue's lease records; ETA messages
     in ``rqueue.eta.<queue>``; dead letters in ``rqueue.dlq.<queue>``. ``global_keyprefix`` prefixes
     every key. Connecting fails with BrokerConnectionError; the password is masked in every message.
-    ``rediss://`` raises ConfigurationError (TLS is not supported in this build).
+    ``rediss://`` speaks TLS (rustls; the system's roots unless ``?ssl_ca_certs=/path/ca.pem``;
+    ``ssl_cert_reqs=required|optional|none``, where ``none`` disables verification). A bad TLS option
+    raises ConfigurationError; a rejected certificate, BrokerConnectionError.
     """
 
     def __new__(

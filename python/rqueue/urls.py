@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from rqueue.exceptions import ConfigurationError
 
@@ -11,11 +12,11 @@ from rqueue.exceptions import ConfigurationError
 SUPPORTED_SCHEMES = {
     "sqlite": "embedded SQLite file (sqlite:///relative.db or sqlite:////absolute.db)",
     "redis": "Redis (redis://[user:password@]host[:port][/db])",
+    "rediss": "Redis over TLS (rediss://host:port/db[?ssl_ca_certs=/path/ca.pem&ssl_cert_reqs=required])",
     "unix": "Redis over a unix socket (unix:///path/redis.sock?db=N)",
 }
 #: Schemes that are known but not available yet; naming one is a clear error, not a surprise.
 PLANNED_SCHEMES = {
-    "rediss": "Redis over TLS",
     "amqp": "RabbitMQ",
     "postgresql": "PostgreSQL",
 }
@@ -105,11 +106,11 @@ def redis_server_of(url: str) -> tuple[object, ...] | None:
             if not parts.path or len(dbs) != 1:
                 return None
             return ("unix", os.path.normpath(parts.path), int(dbs[0] or 0))
-        if scheme != "redis" or _AMBIGUOUS_TCP_QUERY & {k.lower() for k in query}:
+        if scheme not in ("redis", "rediss") or _AMBIGUOUS_TCP_QUERY & {k.lower() for k in query}:
             return None
         db = parts.path.strip("/")
         return (
-            "redis",
+            scheme,
             (parts.hostname or "localhost").lower(),
             parts.port or 6379,
             int(db) if db else 0,
@@ -118,6 +119,62 @@ def redis_server_of(url: str) -> tuple[object, ...] | None:
         )
     except ValueError:
         return None
+
+
+#: The TLS options of a ``rediss://`` URL's query (kombu's names), and ``ssl_cert_reqs``'s spellings.
+REDIS_TLS_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs")
+_CERT_REQS = {
+    "required": "required",
+    "cert_required": "required",
+    "optional": "optional",
+    "cert_optional": "optional",
+    "none": "none",
+    "cert_none": "none",
+}
+
+
+def redis_py_url(url: str) -> tuple[str, dict[str, Any]]:
+    """Split a Redis URL for ``redis.Redis.from_url``: the URL without rqueue's ``ssl_*`` options,
+    and those options as redis-py keyword arguments (``ssl_cert_reqs`` spelled as redis-py wants it).
+
+    The rules are the Rust transport's: ``ssl_*`` options only on ``rediss://``, only the known
+    ones, ``ssl_cert_reqs`` in ``required``/``optional``/``none`` (or ``CERT_REQUIRED``, ...),
+    and ``ssl_ca_certs`` naming a readable file. Verification is on unless ``ssl_cert_reqs=none``.
+    """
+    parts = urlsplit(url)
+    tls = parts.scheme.lower() == "rediss"
+    kept: list[tuple[str, str]] = []
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if not key.startswith("ssl_"):
+            kept.append((key, value))
+            continue
+        where = mask_password(url)
+        if not tls:
+            raise ConfigurationError(f"{where}: {key} only applies to TLS connections; use a rediss:// URL")
+        if key == "ssl_cert_reqs":
+            reqs = _CERT_REQS.get(value.strip().lower())
+            if reqs is None:
+                raise ConfigurationError(f"{where}: ssl_cert_reqs={value!r} is not one of required, optional, none")
+            options[key] = reqs
+        elif key == "ssl_ca_certs":
+            if not value:
+                raise ConfigurationError(f"{where}: ssl_ca_certs is empty; name a PEM file of CA certificates")
+            options[key] = value
+        else:
+            raise ConfigurationError(
+                f"{where}: unknown TLS option {key}; rediss:// URLs take {', '.join(REDIS_TLS_OPTIONS)}"
+            )
+    if tls:
+        options.setdefault("ssl_cert_reqs", "required")
+        ca_certs = options.get("ssl_ca_certs")
+        if options["ssl_cert_reqs"] == "none":
+            options.pop("ssl_ca_certs", None)
+        elif ca_certs is not None and not os.access(ca_certs, os.R_OK):
+            raise ConfigurationError(f"{mask_password(url)}: ssl_ca_certs={ca_certs}: cannot read it")
+    if not options:
+        return url, options
+    return urlunsplit(parts._replace(query=urlencode(kept))), options
 
 
 def _supported_list() -> str:

@@ -23,7 +23,7 @@ def open_backend(
             expires_s=expires_s,
             extended=extended,
         )
-    if scheme in ("redis", "unix"):
+    if scheme in ("redis", "rediss", "unix"):
         try:
             from rqueue.backends.redis import RedisBackend
         except ImportError as exc:  # pragma: no cover - redis-py comes with rqueue[redis]

@@ -27,7 +27,7 @@ from redis.retry import Retry
 from rqueue import _rqueue, serialization, states
 from rqueue.backends.base import ResultBackend
 from rqueue.exceptions import BackendError, DecodeError, TimeoutError
-from rqueue.urls import mask_password, redis_server_of
+from rqueue.urls import mask_password, redis_py_url, redis_server_of
 
 #: Celery's key (and channel) prefix of a task's result.
 KEY_PREFIX = "celery-task-meta-"
@@ -65,7 +65,7 @@ class _PubSub(PubSub):
 
 
 class RedisBackend(ResultBackend):
-    """Celery-compatible results in Redis (``redis://`` or ``unix://`` URLs)."""
+    """Celery-compatible results in Redis (``redis://``, ``rediss://`` or ``unix://`` URLs)."""
 
     def __init__(
         self,
@@ -114,8 +114,10 @@ class RedisBackend(ResultBackend):
         self._check_pid()
         if self._client is None:
             tcp: dict[str, Any] = {} if self.url.lower().startswith("unix:") else {"socket_keepalive": True}
+            url, tls = redis_py_url(self.url)
             self._client = redis.Redis.from_url(
-                self.url,
+                url,
+                **tls,
                 socket_timeout=self.socket_timeout_s,
                 socket_connect_timeout=self.connect_timeout_s,
                 **tcp,

@@ -16,7 +16,7 @@ def open_broker(url: str, transport_options: dict[str, Any] | None = None, conne
     options = transport_options or {}
     if scheme == "sqlite":
         return SqliteBroker(sqlite_path(url, "broker_url"))
-    if scheme in ("redis", "unix"):
+    if scheme in ("redis", "rediss", "unix"):
         return RedisBroker(
             url, global_keyprefix=str(options.get("global_keyprefix", "")), connect_timeout_s=connect_timeout_s
         )

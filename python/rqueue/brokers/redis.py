@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rqueue import _rqueue
 from rqueue.brokers.base import Broker, DeadLetter
 from rqueue.exceptions import BrokerError, ConfigurationError
-from rqueue.urls import mask_password
+from rqueue.urls import mask_password, redis_py_url
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
@@ -34,6 +34,7 @@ class RedisBroker(Broker):
     def __init__(
         self, url: str, *, global_keyprefix: str = "", connect_timeout_s: float = 4.0, socket_timeout_s: float = 10.0
     ) -> None:
+        redis_py_url(url)  # a bad TLS option fails at configuration, not at first use
         self.url = url
         self.global_keyprefix = global_keyprefix
         self.connect_timeout_s = connect_timeout_s
@@ -73,8 +74,10 @@ class RedisBroker(Broker):
                 import redis
             except ImportError:  # pragma: no cover - redis is installed with rqueue[redis]
                 raise ConfigurationError("the Redis broker needs redis-py: pip install 'rqueue[redis]'") from None
+            url, tls = redis_py_url(self.url)
             self._client = redis.Redis.from_url(
-                self.url,
+                url,
+                **tls,
                 socket_timeout=self.socket_timeout_s,
                 socket_connect_timeout=self.connect_timeout_s,
                 health_check_interval=30,

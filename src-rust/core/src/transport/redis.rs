@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
 use crate::transport::redis_lua::Scripts;
 pub use crate::transport::redis_lua::{RESULT_FINAL_PREFIX, RESULT_KEY_PREFIX, STORE_RESULT_LUA};
+use crate::transport::redis_tls::{client_for, tls_connect_hint};
 use crate::transport::sqlite::now_ms;
 
 /// kombu's separator in bucket list names and binding members.
@@ -226,6 +227,8 @@ pub struct RedisBroker {
     config: RedisConfig,
     masked: String,
     client: redis::Client,
+    /// `rediss://`: connection errors get TLS hints.
+    tls: bool,
     conn: Mutex<Option<Connection>>,
     scripts: Scripts,
 }
@@ -248,32 +251,23 @@ impl RedisBroker {
     pub fn new_lazy(config: RedisConfig) -> Result<Self> {
         let masked = mask_url(&config.url);
         let scheme = config.url.split("://").next().unwrap_or("");
-        match scheme {
-            "redis" | "unix" | "redis+unix" => {}
-            "rediss" => {
-                return Err(Error::Config(format!(
-                    "{masked}: rediss:// (TLS) is not supported in this build of rqueue; \
-                     use redis:// through a TLS tunnel or a local socket"
-                )))
-            }
-            _ => {
-                return Err(Error::Config(format!(
-                    "{masked}: not a Redis URL; use redis://[user[:password]@]host[:port][/db] \
-                     or unix:///path?db=N"
-                )))
-            }
+        if !matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+            return Err(Error::Config(format!(
+                "{masked}: not a Redis URL; use redis://[user[:password]@]host[:port][/db], \
+                 rediss://... (TLS) or unix:///path?db=N"
+            )));
         }
         if config.connect_timeout.is_zero() || config.socket_timeout.is_zero() {
             return Err(Error::Config(
                 "Redis connect and socket timeouts must be positive".into(),
             ));
         }
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| Error::Config(format!("{masked}: invalid Redis URL ({e})")))?;
+        let (client, tls) = client_for(&config.url, &masked)?;
         Ok(RedisBroker {
             config,
             masked,
             client,
+            tls,
             conn: Mutex::new(None),
             scripts: Scripts::new(),
         })
@@ -294,7 +288,12 @@ impl RedisBroker {
 
     fn open(&self) -> Result<Connection> {
         let map = |e: RedisError| {
-            Error::Connection(format!("{} ({e}); is Redis running there?", self.masked))
+            let hint = if self.tls {
+                tls_connect_hint(&e.to_string())
+            } else {
+                "is Redis running there?"
+            };
+            Error::Connection(format!("{} ({e}); {hint}", self.masked))
         };
         let c = self
             .client
@@ -1093,10 +1092,17 @@ mod tests {
     }
 
     #[test]
-    fn test_rediss_is_a_clear_config_error() {
-        let e = RedisBroker::new_lazy(RedisConfig::new("rediss://u:pw@h:6380/0")).unwrap_err();
+    fn test_rediss_options_are_checked_with_the_password_masked() {
+        let e = RedisBroker::new_lazy(RedisConfig::new(
+            "rediss://u:pw@h:6380/0?ssl_cert_reqs=sometimes",
+        ))
+        .unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, Error::Config(_)));
-        assert!(text.contains("not supported") && !text.contains("pw@"));
+        assert!(
+            text.contains("ssl_cert_reqs") && !text.contains("pw@"),
+            "{text}"
+        );
+        RedisBroker::new_lazy(RedisConfig::new("rediss://u:pw@h:6380/0")).unwrap();
     }
 }
