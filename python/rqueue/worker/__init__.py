@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from rqueue.app import App
 
 POOLS = ("prefork", "threads", "solo")
+#: Task options that travel in messages (Celery workers honour them) but rqueue workers do not enforce yet.
+UNENFORCED_OPTIONS = ("rate_limit", "time_limit", "soft_time_limit")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 logger = logging.getLogger("rqueue.worker")
 
@@ -91,6 +93,7 @@ class Worker:
         revoked = Revoked(self.app.broker, self.statedb)
         try:
             print(self.banner(), file=out or sys.stdout, flush=True)
+            self._warn_unenforced_options()
             if self.pool == "prefork":
                 pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency, revoked)
                 install_shutdown_handlers(pool.signal)
@@ -122,6 +125,13 @@ class Worker:
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)
         return 0
+
+    def _warn_unenforced_options(self) -> None:
+        """Say so when tasks ask for what this worker does not enforce yet, rather than ignore it quietly."""
+        for name, task in sorted(self.app.tasks.items()):
+            for option in UNENFORCED_OPTIONS:
+                if task.option(option) is not None:
+                    logger.warning("Task %s sets %s, which this worker does not enforce yet", name, option)
 
     # -- pidfile ----------------------------------------------------------------------------------------
 
