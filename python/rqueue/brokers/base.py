@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rqueue._rqueue import Delivery, PrefetchBuffer
 
@@ -103,3 +103,55 @@ class Broker(ABC):
     @abstractmethod
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
         """``(task_id, expires_at_ms)`` of revocations made at or after ``since_ms``."""
+
+
+class NativeTransport(Protocol):
+    """What the extension's broker classes (``SqliteBroker``, ``RedisBroker``) have in common."""
+
+    def publish(self, queue: str, payload: bytes, priority: int = ..., eta_ms: int | None = ...) -> None: ...
+    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None: ...
+    def ack(self, tags: Sequence[str]) -> int: ...
+    def requeue(self, tags: Sequence[str]) -> int: ...
+    def requeue_owner(self, owner: str, max_deliveries: int = ...) -> int: ...
+    def dead_letter(self, tag: str, reason: str, error: str | None = ...) -> None: ...
+    def dead_letters(
+        self, queue: str, limit: int = ...
+    ) -> Sequence[tuple[Any, str, str, str | None, int, int, bytes]]: ...
+    def purge(self, queues: Sequence[str]) -> int: ...
+    def queue_length(self, queue: str) -> int: ...
+
+
+class NativeBroker(Broker):
+    """A broker whose message operations are the extension's: each one passes straight through."""
+
+    @property
+    @abstractmethod
+    def native(self) -> NativeTransport:
+        """The extension's broker object of this process."""
+
+    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None:
+        self.native.publish(queue, payload, priority, eta_ms)
+
+    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
+        self.native.publish_many(messages)
+
+    def ack(self, tags: Sequence[str]) -> None:
+        self.native.ack(tags)
+
+    def requeue(self, tags: Sequence[str]) -> None:
+        self.native.requeue(tags)
+
+    def requeue_owner(self, owner: str, max_deliveries: int) -> int:
+        return self.native.requeue_owner(owner, max_deliveries)
+
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
+        self.native.dead_letter(tag, reason, error)
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return [DeadLetter(str(row[0]), *row[1:]) for row in self.native.dead_letters(queue, limit)]
+
+    def purge(self, queues: Sequence[str]) -> int:
+        return self.native.purge(queues)
+
+    def queue_length(self, queue: str) -> int:
+        return self.native.queue_length(queue)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Broker, DeadLetter
+from rqueue.brokers.base import NativeBroker
 from rqueue.exceptions import BrokerError, ConfigurationError
 from rqueue.urls import mask_password, redis_py_url
 
@@ -28,7 +28,7 @@ REVOKED_EXPIRES_KEY = "rqueue.revoked.expires"
 _INHERITED: list[Any] = []
 
 
-class RedisBroker(Broker):
+class RedisBroker(NativeBroker):
     """Messages in Redis lists, exactly where Celery's kombu transport puts them."""
 
     def __init__(
@@ -86,12 +86,6 @@ class RedisBroker(Broker):
 
     # -- messages ------------------------------------------------------------------------------------
 
-    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None:
-        self.native.publish(queue, payload, priority, eta_ms)
-
-    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
-        self.native.publish_many(messages)
-
     def consumer(
         self,
         queues: Sequence[str],
@@ -123,9 +117,6 @@ class RedisBroker(Broker):
             )
         self.native.declare_bindings(list(queues))
 
-    def ack(self, tags: Sequence[str]) -> None:
-        self.native.ack(tags)
-
     def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[str]) -> None:
         """Store results and ack in ONE round trip when the backend is Redis on our server and db.
 
@@ -147,24 +138,6 @@ class RedisBroker(Broker):
         if same is None:
             same = self._shares_server[backend.url] = backend.same_server(self.url)
         return backend if same else None
-
-    def requeue(self, tags: Sequence[str]) -> None:
-        self.native.requeue(tags)
-
-    def requeue_owner(self, owner: str, max_deliveries: int) -> int:
-        return self.native.requeue_owner(owner, max_deliveries)
-
-    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
-        self.native.dead_letter(tag, reason, error)
-
-    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        return [DeadLetter(str(row[0]), *row[1:]) for row in self.native.dead_letters(queue, limit)]
-
-    def purge(self, queues: Sequence[str]) -> int:
-        return self.native.purge(queues)
-
-    def queue_length(self, queue: str) -> int:
-        return self.native.queue_length(queue)
 
     # -- revocations -----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Broker, DeadLetter
+from rqueue.brokers.base import NativeBroker
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 _INHERITED: list[_rqueue.SqliteBroker] = []
 
 
-class SqliteBroker(Broker):
+class SqliteBroker(NativeBroker):
     """Messages in one SQLite file shared by every worker and client on the machine."""
 
     def __init__(self, path: str) -> None:
@@ -36,12 +36,6 @@ class SqliteBroker(Broker):
             self._pid = os.getpid()
         return self._native
 
-    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None:
-        self.native.publish(queue, payload, priority, eta_ms)
-
-    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
-        self.native.publish_many(messages)
-
     def consumer(
         self,
         queues: Sequence[str],
@@ -61,9 +55,6 @@ class SqliteBroker(Broker):
             poll_max_ms=poll_max_ms,
         )
 
-    def ack(self, tags: Sequence[str]) -> None:
-        self.native.ack(tags)
-
     def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[str]) -> None:
         from rqueue.backends.sqlite import SqliteBackend
 
@@ -71,24 +62,6 @@ class SqliteBroker(Broker):
             self.native.complete(backend.rows(results), tags)  # one transaction for both
         else:
             super().complete(backend, results, tags)
-
-    def requeue(self, tags: Sequence[str]) -> None:
-        self.native.requeue(tags)
-
-    def requeue_owner(self, owner: str, max_deliveries: int) -> int:
-        return self.native.requeue_owner(owner, max_deliveries)
-
-    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
-        self.native.dead_letter(tag, reason, error)
-
-    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        return [DeadLetter(str(row[0]), *row[1:]) for row in self.native.dead_letters(queue, limit)]
-
-    def purge(self, queues: Sequence[str]) -> int:
-        return self.native.purge(queues)
-
-    def queue_length(self, queue: str) -> int:
-        return self.native.queue_length(queue)
 
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
         self.native.revoke(task_ids, expires_at_ms)
