@@ -91,6 +91,14 @@ class Broker(ABC):
         """The dead letters of a queue, oldest first."""
 
     @abstractmethod
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
+        """Put dead letters of ``queue`` back in it (fresh delivery count); returns how many."""
+
+    @abstractmethod
+    def purge_dead(self, queue: str) -> int:
+        """Delete the dead letters of ``queue``; returns how many."""
+
+    @abstractmethod
     def purge(self, queues: Sequence[str]) -> int: ...
 
     @abstractmethod

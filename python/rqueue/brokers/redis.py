@@ -139,6 +139,12 @@ class RedisBroker(NativeBroker):
             same = self._shares_server[backend.url] = backend.same_server(self.url)
         return backend if same else None
 
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
+        return self.native.requeue_dead(queue, ids)
+
+    def purge_dead(self, queue: str) -> int:
+        return self.native.purge_dead(queue)
+
     # -- revocations -----------------------------------------------------------------------------------
 
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:

@@ -63,6 +63,13 @@ class SqliteBroker(NativeBroker):
         else:
             super().complete(backend, results, tags)
 
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
+        # Dead-letter ids are unique across queues here; ids that are not numbers match nothing.
+        return self.native.requeue_dead([int(i) for i in ids if i.isdigit()])
+
+    def purge_dead(self, queue: str) -> int:
+        return self.native.purge_dead(queue)
+
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
         self.native.revoke(task_ids, expires_at_ms)
 

@@ -227,6 +227,99 @@ def purge(ctx: click.Context, queues: str | None, force: bool) -> None:
     )
 
 
+@cli.group(context_settings=CONTEXT)
+def dlq() -> None:
+    """Inspect and replay dead-lettered messages (undecodable, unregistered, poison ...)."""
+
+
+def _dlq_queue(ctx: click.Context, queue: str | None) -> tuple[Any, str]:
+    app = get_app(ctx)
+    return app, queue or app.conf.task_default_queue
+
+
+def _task_of(payload: bytes) -> str:
+    """``name[id]`` from a dead letter's headers when they are readable, else a short note."""
+    from rqueue import _rqueue
+
+    try:
+        headers = _rqueue.loads(payload[: 1 << 20], "application/json")["headers"]
+        return f"{headers['task']}[{headers['id']}]"
+    except Exception:
+        return f"<{len(payload)} bytes, not a readable task message>"
+
+
+@dlq.command(name="list", context_settings=CONTEXT)
+@click.option("-Q", "--queue", help="The queue [default: task_default_queue].")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.pass_context
+def dlq_list(ctx: click.Context, queue: str | None, limit: int) -> None:
+    """List dead letters, oldest first: id, reason, deliveries, when, task."""
+    from datetime import datetime, timezone
+
+    app, name = _dlq_queue(ctx, queue)
+    try:
+        dead = app.broker.dead_letters(name, limit)
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    for d in dead:
+        when = datetime.fromtimestamp(d.dead_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{d.id}\t{d.reason}\t{d.deliveries}\t{when}Z\t{_task_of(d.payload)}")
+    click.echo(f"{len(dead)} dead letter{'s' if len(dead) != 1 else ''} in {name}.", err=True)
+
+
+@dlq.command(name="show", context_settings=CONTEXT)
+@click.argument("dead_id")
+@click.option("-Q", "--queue", help="The queue [default: task_default_queue].")
+@click.pass_context
+def dlq_show(ctx: click.Context, dead_id: str, queue: str | None) -> None:
+    """Show one dead letter: reason, error, deliveries and the original message."""
+    app, name = _dlq_queue(ctx, queue)
+    try:
+        found = [d for d in app.broker.dead_letters(name, 1_000_000) if d.id == dead_id]
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    if not found:
+        fail(f"no dead letter {dead_id!r} in queue {name!r} (see: rqueue -A ... dlq list -Q {name})", 1)
+    d = found[0]
+    click.echo(f"id:          {d.id}\nqueue:       {d.queue}\nreason:      {d.reason}\nerror:       {d.error}")
+    click.echo(f"deliveries:  {d.deliveries}\ntask:        {_task_of(d.payload)}\nmessage:")
+    click.echo(d.payload.decode("utf-8", "replace")[:10_000])
+
+
+@dlq.command(name="requeue", context_settings=CONTEXT)
+@click.argument("dead_ids", nargs=-1)
+@click.option("-Q", "--queue", help="The queue [default: task_default_queue].")
+@click.option("--all", "requeue_all", is_flag=True, help="Requeue every dead letter of the queue.")
+@click.pass_context
+def dlq_requeue(ctx: click.Context, dead_ids: tuple[str, ...], queue: str | None, requeue_all: bool) -> None:
+    """Put dead letters back in their queue, to be delivered again."""
+    if not dead_ids and not requeue_all:
+        fail("name the dead letters to requeue (ids from dlq list), or pass --all")
+    app, name = _dlq_queue(ctx, queue)
+    try:
+        ids = [d.id for d in app.broker.dead_letters(name, 1_000_000)] if requeue_all else list(dead_ids)
+        count = app.broker.requeue_dead(name, ids)
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    click.echo(f"Requeued {count} dead letter{'s' if count != 1 else ''} to {name}.")
+
+
+@dlq.command(name="purge", context_settings=CONTEXT)
+@click.option("-Q", "--queue", help="The queue [default: task_default_queue].")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def dlq_purge(ctx: click.Context, queue: str | None, force: bool) -> None:
+    """Delete every dead letter of the queue."""
+    app, name = _dlq_queue(ctx, queue)
+    if not force and sys.stdin.isatty():
+        click.confirm(f"Delete all dead letters of {name}?", abort=True)
+    try:
+        count = app.broker.purge_dead(name)
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    click.echo(f"Purged {count} dead letter{'s' if count != 1 else ''} from {name}.")
+
+
 def _json_arg(option: str, text: str, kind: type) -> Any:
     try:
         value = json.loads(text)
