@@ -644,10 +644,9 @@ impl RedisBroker {
         });
         let mut out = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
         out.pop(); // the closing brace
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&m.envelope).is_ok() {
-            out.extend_from_slice(b",\"envelope\":");
-            out.extend_from_slice(&m.envelope);
-        } else if let Ok(s) = std::str::from_utf8(&m.envelope) {
+                   // The envelope is kept as a JSON string, byte for byte: embedded as raw JSON, an envelope
+                   // nested deeper than the parser's limit would make the whole record unreadable.
+        if let Ok(s) = std::str::from_utf8(&m.envelope) {
             out.extend_from_slice(b",\"envelope\":");
             out.extend(serde_json::to_vec(s).unwrap_or_default());
         } else {

@@ -1,0 +1,75 @@
+"""R6: garbage pushed straight into a queue is dead-lettered with its reason; the worker keeps going."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import time
+import uuid
+
+import pytest
+
+from conftest import Project
+from rqueue import _rqueue
+from rqueue.exceptions import MessageTooLarge
+
+
+def envelope(task: str = "tasks.add", **changes: object) -> dict[str, object]:
+    """A valid add(1, 2) envelope as JSON, to be spoiled one way or another."""
+    raw = _rqueue.encode_task_message(
+        task=task, task_id=str(uuid.uuid4()), args=[1, 2], kwargs={}, routing_key="celery"
+    )
+    data: dict[str, object] = json.loads(raw)
+    data.update(changes)
+    return data
+
+
+def garbage() -> dict[str, bytes]:
+    """Each bad message, named by the reason it must be dead-lettered with."""
+    wrong_type = envelope()
+    wrong_type["content-type"] = "application/x-yaml"
+    pickled = envelope()
+    pickled["content-type"] = "application/x-python-serialize"
+    pickled["body"] = base64.b64encode(pickle.dumps([[1, 2], {}, {}])).decode()
+    bad_headers = envelope()
+    bad_headers["headers"] = {**bad_headers["headers"], "retries": "many"}  # type: ignore[dict-item]
+    deep = "[" * 100_000 + "]" * 100_000
+    return {
+        "decode_error:random": os.urandom(256),
+        "decode_error:truncated": json.dumps(envelope()).encode()[:100],
+        "content_disallowed:yaml": json.dumps(wrong_type).encode(),
+        "content_disallowed:pickle": json.dumps(pickled).encode(),
+        "unregistered:ghost": json.dumps(envelope("tasks.ghost")).encode(),
+        "too_large:10MiB": json.dumps(envelope(padding="x" * (10 << 20))).encode(),
+        "decode_error:deep": deep.encode(),
+        "decode_error:headers": json.dumps(bad_headers).encode(),
+    }
+
+
+@pytest.mark.slow
+def test_r6_garbage_is_dead_lettered_with_its_reason_and_the_worker_goes_on(project: Project) -> None:
+    tasks = project.app()
+    broker = tasks.app.broker
+    bad = garbage()
+    for payload in bad.values():
+        broker.publish("celery", payload)
+    worker = project.start_worker("-c", "1")
+    good = tasks.add.delay(20, 22)
+    assert good.get(timeout=60) == 42
+    deadline = time.monotonic() + 30
+    while len(broker.dead_letters("celery")) < len(bad) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reasons = sorted(d.reason for d in broker.dead_letters("celery"))
+    assert reasons == sorted(name.split(":")[0] for name in bad)
+    assert worker.proc.poll() is None  # alive
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+
+
+def test_producer_refuses_a_message_over_the_size_limit_before_any_io(project: Project) -> None:
+    tasks = project.app()
+    tasks.app.conf.task_max_message_size = 10_000
+    with pytest.raises(MessageTooLarge, match="exceeds the maximum of 10000 bytes"):
+        tasks.add.delay("x" * 20_000, "y")
+    assert tasks.app.broker.queue_length("celery") == 0
