@@ -95,3 +95,18 @@ def always_down(key):
 @app.task(bind=True)
 def retry_later(self):
     raise self.retry(exc=ValueError("not yet"), countdown=3600)
+
+
+@app.task
+def reject_me(requeue):
+    from rqueue.exceptions import Reject
+
+    raise Reject("not for us", requeue=requeue)
+
+
+@app.task
+def ignore_me(key):
+    from rqueue.exceptions import Ignore
+
+    _ledger(key)
+    raise Ignore()
