@@ -219,6 +219,8 @@ class SqliteBroker:
         Messages already delivered ``max_deliveries`` times are dead-lettered as ``worker_lost`` instead.
         Returns how many were requeued.
         """
+    def leased_tags(self, owner: str) -> list[str]:
+        """Tags of the messages ``owner`` holds."""
     def extend_leases(self, owner: str, lease_ms: int) -> int: ...
     def sweep_expired(self, max_deliveries: int = 5) -> tuple[int, int]:
         """Return expired leases to their queue; dead-letter those over ``max_deliveries``.

@@ -110,3 +110,10 @@ def ignore_me(key):
 
     _ledger(key)
     raise Ignore()
+
+
+@app.task
+def kill_worker(key):
+    """Kill the process running it, every time: a poison message."""
+    _ledger(key)
+    os.kill(os.getpid(), signal.SIGKILL)

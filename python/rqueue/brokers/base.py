@@ -87,6 +87,21 @@ class Broker(ABC):
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None: ...
 
     @abstractmethod
+    def leased_tags(self, owner: str) -> list[str]:
+        """Tags of the messages ``owner`` (a worker process) holds."""
+
+    def release_lost_worker(self, owner: str, max_deliveries: int, running: set[str]) -> int:
+        """Return the leases of a worker process that died; returns how many went back to the queue.
+
+        Its unstarted messages go back uncounted; the ``running`` ones (which may have killed it)
+        count as delivered and are dead-lettered (``worker_lost``) at ``max_deliveries``.
+        """
+        unstarted = [tag for tag in self.leased_tags(owner) if tag not in running]
+        if unstarted:
+            self.requeue(unstarted)
+        return len(unstarted) + self.requeue_owner(owner, max_deliveries)
+
+    @abstractmethod
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The dead letters of a queue, oldest first."""
 

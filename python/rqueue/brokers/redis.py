@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 #: Revocations: a sorted set of task ids scored by when they were revoked, and their expiries.
 REVOKED_KEY = "rqueue.revoked"
 REVOKED_EXPIRES_KEY = "rqueue.revoked.expires"
+#: The set of delivery tags a worker process holds (kept by the transport's scripts).
+OWNED_PREFIX = "rqueue.owned."
 
 _INHERITED: list[Any] = []
 
@@ -138,6 +140,11 @@ class RedisBroker(NativeBroker):
         if same is None:
             same = self._shares_server[backend.url] = backend.same_server(self.url)
         return backend if same else None
+
+    def leased_tags(self, owner: str) -> list[str]:
+        with self._as_broker_error():
+            tags = self.client.smembers(f"{self.global_keyprefix}{OWNED_PREFIX}{owner}")
+        return [t.decode() for t in tags]
 
     def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
         return self.native.requeue_dead(queue, ids)

@@ -63,6 +63,9 @@ class SqliteBroker(NativeBroker):
         else:
             super().complete(backend, results, tags)
 
+    def leased_tags(self, owner: str) -> list[str]:
+        return self.native.leased_tags(owner)
+
     def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
         # Dead-letter ids are unique across queues here; ids that are not numbers match nothing.
         return self.native.requeue_dead([int(i) for i in ids if i.isdigit()])

@@ -19,6 +19,7 @@ from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.worker.pool import RunningSlot
     from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
@@ -42,8 +43,17 @@ class Consumer:
     messages fetched but not started go back to their queue at once.
     """
 
-    def __init__(self, app: App, queues: Sequence[str], hostname: str, revoked: Revoked, threads: int = 1) -> None:
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str],
+        hostname: str,
+        revoked: Revoked,
+        threads: int = 1,
+        running: RunningSlot | None = None,
+    ) -> None:
         self.app = app
+        self.running = running
         self.revoked = revoked
         self.queues = list(queues)
         self.hostname = hostname
@@ -97,6 +107,8 @@ class Consumer:
                 if delivery is None:
                     executor.flush()
                     continue
+                if self.running is not None:
+                    self.running.set(delivery.tag)
                 try:
                     executor.handle(delivery)
                 except (BrokerError, BackendError, OSError) as exc:
@@ -104,6 +116,8 @@ class Consumer:
                     logger.error("Broker or backend failed while handling message %s: %s", delivery.tag, exc)
                     time.sleep(BROKER_ERROR_PAUSE_S)
                 finally:
+                    if self.running is not None:
+                        self.running.clear()
                     buffer.done()
                 if len(buffer) == 0 or executor.flush_due():
                     executor.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import signal
 import sys
@@ -31,6 +32,31 @@ SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT}
 CHECK_INTERVAL_S = 0.5
 
 
+class RunningSlot:
+    """Memory shared by one child slot and the supervisor: the tag of the message the child is running.
+
+    When a child dies, only that message counts as delivered (it may be what killed the child);
+    the child's prefetched, unstarted messages go back uncounted, so a poison message does not push
+    its innocent neighbours to ``broker_max_deliveries``.
+    """
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._mem = mmap.mmap(-1, self.SIZE)  # anonymous and shared: children inherit it over fork
+
+    def set(self, tag: str) -> None:
+        data = tag.encode()[: self.SIZE - 1] + b"\0"
+        self._mem[: len(data)] = data
+
+    def clear(self) -> None:
+        self._mem[:1] = b"\0"
+
+    def get(self) -> str | None:
+        tag = self._mem[: self.SIZE].split(b"\0", 1)[0]
+        return tag.decode() if tag else None
+
+
 class PreforkPool:
     """Starts, watches and replaces child processes; forwards warm and cold shutdown to them."""
 
@@ -41,6 +67,7 @@ class PreforkPool:
         self.hostname = hostname
         self.concurrency = concurrency
         self.children: dict[int, int] = {}  # pid -> slot
+        self.running = {slot: RunningSlot() for slot in range(concurrency)}
         self.shutdown = 0  # 0 running, 1 warm, 2 cold
 
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
@@ -60,7 +87,7 @@ class PreforkPool:
             slot = self.children.pop(pid, -1)
             if slot < 0:
                 continue
-            self._reap(pid, status)
+            self._reap(pid, slot, status)
             if self.shutdown == 0:
                 self._spawn(slot)
         return 0
@@ -80,9 +107,13 @@ class PreforkPool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    def _reap(self, pid: int, status: int) -> None:
+    def _reap(self, pid: int, slot: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        returned = self.app.broker.requeue_owner(owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries))
+        running = self.running[slot].get()
+        self.running[slot].clear()
+        returned = self.app.broker.release_lost_worker(
+            owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), {running} if running else set()
+        )
         if self.shutdown == 0 or code != 0:
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             logger.error(
@@ -102,7 +133,7 @@ class PreforkPool:
             return
         code = 1
         try:
-            code = run_child(self.app, self.queues, self.hostname, slot, previous, self.revoked)
+            code = run_child(self.app, self.queues, self.hostname, slot, previous, self.revoked, self.running[slot])
         except BaseException:
             logger.exception("Child process %d crashed", os.getpid())
         finally:
@@ -111,12 +142,18 @@ class PreforkPool:
 
 
 def run_child(
-    app: App, queues: Sequence[str], hostname: str, slot: int, sigmask: Iterable[int], revoked: Revoked
+    app: App,
+    queues: Sequence[str],
+    hostname: str,
+    slot: int,
+    sigmask: Iterable[int],
+    revoked: Revoked,
+    running: RunningSlot,
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
-    consumer = Consumer(app, queues, hostname, revoked, threads=1)
+    consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running)
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())

@@ -116,6 +116,11 @@ impl SqliteBroker {
             .map(|(requeued, _)| requeued)
     }
 
+    /// Tags of the messages `owner` holds.
+    fn leased_tags(&self, py: Python<'_>, owner: String) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.leased_tags(&owner)).map_py(py)
+    }
+
     fn extend_leases(&self, py: Python<'_>, owner: String, lease_ms: i64) -> PyResult<usize> {
         let lease_ms = non_negative("lease_ms", lease_ms).map_py(py)?;
         py.detach(|| self.inner.extend_leases(&owner, lease_ms))

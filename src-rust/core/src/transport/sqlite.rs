@@ -724,6 +724,15 @@ impl SqliteBroker {
         .map(|n| n > 0)
     }
 
+    /// Tags of the messages `owner` holds (a dead worker's, before its leases are returned).
+    pub fn leased_tags(&self, owner: &str) -> Result<Vec<String>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached("SELECT id FROM messages WHERE owner = ?1")?;
+            let rows = stmt.query_map([owner], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|id| id.to_string())).collect()
+        })
+    }
+
     pub fn leased_count(&self, owner: &str) -> Result<usize> {
         self.with_conn(|c| {
             c.prepare_cached("SELECT COUNT(*) FROM messages WHERE owner = ?1")?
