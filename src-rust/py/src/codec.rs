@@ -100,6 +100,25 @@ fn text(obj: &Bound<'_, PyAny>, method: &str) -> PyResult<String> {
 }
 
 /// Converts a Python object to a core value; `codec` only names the serializer in errors.
+/// The items of a list or tuple, each converted with its index in the path.
+fn items_to_value<'py>(
+    items: impl ExactSizeIterator<Item = Bound<'py, PyAny>>,
+    path: &PyPath<'_, '_>,
+    depth: usize,
+    codec: &str,
+) -> PyResult<Value> {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.enumerate() {
+        out.push(to_value(
+            &item,
+            &path.child(Seg::Index(i)),
+            depth + 1,
+            codec,
+        )?);
+    }
+    Ok(Value::List(out))
+}
+
 pub fn to_value(
     obj: &Bound<'_, PyAny>,
     path: &PyPath<'_, '_>,
@@ -157,29 +176,12 @@ pub fn to_value(
         }
         return Ok(Value::Map(map));
     }
+    // Lists and tuples both become lists.
     if let Ok(l) = obj.cast::<PyList>() {
-        let mut items = Vec::with_capacity(l.len());
-        for (i, item) in l.iter().enumerate() {
-            items.push(to_value(
-                &item,
-                &path.child(Seg::Index(i)),
-                depth + 1,
-                codec,
-            )?);
-        }
-        return Ok(Value::List(items));
+        return items_to_value(l.iter(), path, depth, codec);
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
-        let mut items = Vec::with_capacity(t.len());
-        for (i, item) in t.iter().enumerate() {
-            items.push(to_value(
-                &item,
-                &path.child(Seg::Index(i)),
-                depth + 1,
-                codec,
-            )?);
-        }
-        return Ok(Value::List(items));
+        return items_to_value(t.iter(), path, depth, codec);
     }
     // datetime before date: a datetime is a date too.
     if obj.is_instance(cached_type!(py, "datetime", "datetime")?)? {

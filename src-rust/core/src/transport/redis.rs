@@ -23,6 +23,7 @@ use crate::transport::redis_lua::Scripts;
 pub use crate::transport::redis_lua::{RESULT_FINAL_PREFIX, RESULT_KEY_PREFIX, STORE_RESULT_LUA};
 use crate::transport::redis_tls::{client_for, tls_connect_hint};
 use crate::transport::sqlite::now_ms;
+use crate::transport::{check_priority, check_queue};
 
 /// kombu's separator in bucket list names and binding members.
 pub const SEP: &str = "\x06\x16";
@@ -152,22 +153,6 @@ pub fn bucket_of(priority: u8) -> u8 {
         6..=8 => 6,
         _ => 9,
     }
-}
-
-fn check_priority(priority: u8) -> Result<()> {
-    if priority > 9 {
-        return Err(Error::Config(format!(
-            "message priority {priority} is out of range; use 0 (highest) to 9"
-        )));
-    }
-    Ok(())
-}
-
-fn check_queue(queue: &str) -> Result<()> {
-    if queue.is_empty() {
-        return Err(Error::Config("queue name must not be empty".into()));
-    }
-    Ok(())
 }
 
 /// How often an idempotent command is sent again after its reply was interrupted by a signal.

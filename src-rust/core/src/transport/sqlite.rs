@@ -28,6 +28,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
+use crate::transport::{check_priority, check_queue};
 
 /// The schema version this code writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -195,22 +196,6 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
     )
-}
-
-fn check_priority(priority: u8) -> Result<()> {
-    if priority > 9 {
-        return Err(Error::Config(format!(
-            "message priority {priority} is out of range; use 0 (highest) to 9"
-        )));
-    }
-    Ok(())
-}
-
-fn check_queue(queue: &str) -> Result<()> {
-    if queue.is_empty() {
-        return Err(Error::Config("queue name must not be empty".into()));
-    }
-    Ok(())
 }
 
 #[cfg(unix)]
