@@ -195,6 +195,8 @@ class PrefetchBuffer:
         """Block (GIL released) until a delivery is there, the timeout runs out, or the buffer closes."""
     def done(self, count: int = 1) -> None:
         """Mark taken deliveries finished (acked or returned), giving their credit back."""
+    def snapshot(self) -> list[Delivery]:
+        """Copies of the deliveries waiting in the buffer, oldest first; they stay in it."""
     def close(self) -> list[Delivery]:
         """Close the buffer, wake waiters and return the deliveries never taken."""
 
@@ -242,6 +244,12 @@ class SqliteBroker:
         """Record revoked task ids, kept until ``expires_at_ms``."""
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
         """``(task_id, expires_at_ms)`` of unexpired revocations made at or after ``since_ms``."""
+    def mailbox_post(self, channel: str, body: bytes, expires_at_ms: int) -> int:
+        """Post ``body`` on a mailbox channel (remote control), kept until ``expires_at_ms``; returns its id."""
+    def mailbox_read(self, channel: str, after_id: int) -> list[tuple[int, bytes]]:
+        """``(id, body)`` of the unexpired posts on ``channel`` after ``after_id``, oldest first."""
+    def mailbox_last_id(self) -> int:
+        """The id of the newest mailbox post (0 when none)."""
     def store_results(self, rows: Sequence[tuple[str, str, str, bytes, int | None]]) -> None:
         """Store ``(task_id, status, content_type, payload, expires_at_ms)`` records; SUCCESS is final."""
     def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[str]) -> int:

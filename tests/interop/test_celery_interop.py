@@ -279,3 +279,26 @@ def test_sigkilled_worker_messages_run_on_another_worker(
     counts = {key: rproject.ledger_count(key) for key in ["long", *(f"short-{i}" for i in range(4))]}
     print(f"held by the killed worker: {held}; every task done {recovered_s:.1f} s after the kill; runs: {counts}")
     assert counts == {"long": 1, "short-0": 1, "short-1": 1, "short-2": 1, "short-3": 1}
+
+
+# -- 4. Remote control across the two: kombu's pidbox ----------------------------------------------------
+
+
+def test_celery_inspect_and_control_reach_an_rqueue_worker(rproject: Project, celery_producer: Any) -> None:
+    rproject.start_worker("-c", "1", "-n", "rq1@test")
+    inspect = celery_producer.control.inspect(destination=["rq1@test"], timeout=5)
+    assert inspect.ping() == {"rq1@test": {"ok": "pong"}}
+    assert "tasks.add" in inspect.registered()["rq1@test"]
+    replies = celery_producer.control.rate_limit("tasks.nope", "1/s", destination=["rq1@test"], reply=True, timeout=5)
+    assert replies == [{"rq1@test": {"error": "unknown task 'tasks.nope'"}}]
+
+
+def test_rqueue_inspect_reaches_a_celery_worker(redis_url: str, celery_worker: tuple[CeleryWorker, str]) -> None:
+    _, queue = celery_worker
+    app = App("producer", broker=redis_url, backend=redis_url)
+    replies = app.control.ping(timeout=3)
+    [(name, reply)] = [item for r in replies for item in r.items()]
+    assert name.startswith(f"interop-{queue}@")
+    assert reply == {"ok": "pong"}
+    active = app.control.inspect(destination=[name], timeout=5).active_queues()
+    assert active is not None and [q["name"] for q in active[name]] == [queue]

@@ -34,6 +34,49 @@ class DeadLetter:
     payload: bytes
 
 
+class Mailbox(ABC):
+    """Remote control over the broker, in kombu's pidbox model.
+
+    A client broadcasts a command (a dict: ``method``, ``arguments``, ``destination``, ``pattern``,
+    ``matcher``, ``ticket``, ``reply_to``); every listening worker sees the commands posted after it
+    started listening, and replies to the client's ``reply_to`` with ``{hostname: reply}``.
+    """
+
+    # -- client side --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def reply_address(self) -> dict[str, str]:
+        """A new ``reply_to`` for one call, ready to receive replies until ``close_replies``."""
+
+    @abstractmethod
+    def broadcast(self, command: dict[str, Any], timeout_s: float) -> None:
+        """Post a command to every worker; it expires after ``timeout_s``."""
+
+    @abstractmethod
+    def replies(self, reply_to: dict[str, str], ticket: str, timeout_s: float, limit: int | None) -> list[Any]:
+        """The replies to ``ticket`` that arrive within ``timeout_s`` (stop early at ``limit``)."""
+
+    def close_replies(self, reply_to: dict[str, str]) -> None:  # noqa: B027 - optional hook
+        """Forget the reply address (replies that arrive later are dropped)."""
+
+    # -- worker side --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def listen(self) -> None:
+        """Start receiving commands (only those posted from now on)."""
+
+    @abstractmethod
+    def commands(self, timeout_s: float) -> list[Any]:
+        """Commands received since the last call, waiting up to ``timeout_s`` for the first one.
+
+        Each is what was posted, decoded from JSON (None when it was not JSON): anyone who can reach
+        the broker can post, so the caller checks the shape."""
+
+    @abstractmethod
+    def reply(self, reply_to: dict[str, str], ticket: str, body: dict[str, Any]) -> None:
+        """Send ``body`` (``{hostname: reply}``) to a client's reply address."""
+
+
 class Broker(ABC):
     """Publish, lease, ack and dead-letter task messages.
 
@@ -126,6 +169,10 @@ class Broker(ABC):
     @abstractmethod
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
         """``(task_id, expires_at_ms)`` of revocations made at or after ``since_ms``."""
+
+    @abstractmethod
+    def mailbox(self) -> Mailbox:
+        """A new remote-control endpoint on this broker (one per listener or client call)."""
 
 
 class NativeTransport(Protocol):

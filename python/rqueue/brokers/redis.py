@@ -6,14 +6,18 @@ second, not on the hot path) use redis-py.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sys
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import NativeBroker
+from rqueue.brokers.base import Mailbox, NativeBroker
 from rqueue.exceptions import BrokerError, ConfigurationError
 from rqueue.urls import mask_password, redis_py_url
 
@@ -26,6 +30,16 @@ REVOKED_KEY = "rqueue.revoked"
 REVOKED_EXPIRES_KEY = "rqueue.revoked.expires"
 #: The set of delivery tags a worker process holds (kept by the transport's scripts).
 OWNED_PREFIX = "rqueue.owned."
+
+#: kombu's pidbox: commands fan out on this exchange (a PUB/SUB channel), replies go to a list
+#: named ``<oid>.reply.celery.pidbox`` bound to the reply exchange under the routing key ``<oid>``.
+PIDBOX_EXCHANGE = "celery.pidbox"
+REPLY_EXCHANGE = "reply.celery.pidbox"
+BINDING_PREFIX = "_kombu.binding."
+#: kombu's separator inside binding entries.
+SEP = "\x06\x16"
+#: A reply list outlives its client by this much at most (a client that died leaves nothing).
+REPLY_KEEP_S = 60
 
 _INHERITED: list[Any] = []
 
@@ -172,6 +186,11 @@ class RedisBroker(NativeBroker):
             expiries = self.client.hmget(prefix + REVOKED_EXPIRES_KEY, ids) if ids else []
         return [(i, int(e)) for i, e in zip(ids, expiries, strict=True) if e is not None]
 
+    # -- remote control ------------------------------------------------------------------------------
+
+    def mailbox(self) -> RedisMailbox:
+        return RedisMailbox(self)
+
     @contextmanager
     def _as_broker_error(self) -> Iterator[None]:
         """redis-py's errors leave as BrokerError, like the extension's, with the password masked."""
@@ -184,3 +203,134 @@ class RedisBroker(NativeBroker):
 
     def __repr__(self) -> str:
         return f"<RedisBroker {mask_password(self.url)}>"
+
+
+class RedisMailbox(Mailbox):
+    """kombu's pidbox on Redis, so that Celery's ``inspect``/``control`` and rqueue's reach each
+    other's workers: commands are kombu envelopes PUBLISHed on ``/<db>.celery.pidbox``; replies
+    are kombu envelopes LPUSHed to the client's reply list."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self._pubsub: Any = None
+
+    @property
+    def _channel(self) -> str:
+        db = self.broker.client.connection_pool.connection_kwargs.get("db", 0)
+        return f"{self.broker.global_keyprefix}/{db}.{PIDBOX_EXCHANGE}"
+
+    def reply_address(self) -> dict[str, str]:
+        oid = str(uuid.uuid4())
+        prefix = self.broker.global_keyprefix
+        # The binding lets a Celery worker's reply (routed by kombu through the exchange) reach us.
+        with self.broker._as_broker_error():
+            self.broker.client.sadd(f"{prefix}{BINDING_PREFIX}{REPLY_EXCHANGE}", _binding(oid))
+        return {"exchange": REPLY_EXCHANGE, "routing_key": oid}
+
+    def broadcast(self, command: dict[str, Any], timeout_s: float) -> None:
+        headers = {"clock": 1, "expires": time.time() + timeout_s}
+        envelope = _envelope(command, headers, PIDBOX_EXCHANGE, "")
+        with self.broker._as_broker_error():
+            self.broker.client.publish(self._channel, envelope)
+
+    def replies(self, reply_to: dict[str, str], ticket: str, timeout_s: float, limit: int | None) -> list[Any]:
+        key = self._reply_key(reply_to)
+        deadline = time.monotonic() + timeout_s
+        found: list[Any] = []
+        with self.broker._as_broker_error():
+            while limit is None or len(found) < limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                # BRPOP's timeout has a resolution of 1 ms on Redis >= 6; never pass 0 (= forever).
+                popped = self.broker.client.brpop([key], timeout=max(left, 0.001))
+                if popped is None:
+                    break
+                envelope = _open_envelope(popped[1])
+                if envelope is not None and envelope[1].get("ticket") == ticket:
+                    found.append(envelope[0])
+        return found
+
+    def close_replies(self, reply_to: dict[str, str]) -> None:
+        prefix = self.broker.global_keyprefix
+        with self.broker._as_broker_error():
+            pipe = self.broker.client.pipeline(transaction=False)
+            pipe.srem(f"{prefix}{BINDING_PREFIX}{REPLY_EXCHANGE}", _binding(reply_to["routing_key"]))
+            pipe.delete(self._reply_key(reply_to))
+            pipe.execute()
+
+    def listen(self) -> None:
+        with self.broker._as_broker_error():
+            self._pubsub = self.broker.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(self._channel)
+
+    def commands(self, timeout_s: float) -> list[Any]:
+        if self._pubsub is None:
+            self.listen()
+        found: list[Any] = []
+        with self.broker._as_broker_error():
+            message = self._pubsub.get_message(timeout=timeout_s)
+            while message is not None:
+                if message.get("type") == "message":
+                    envelope = _open_envelope(message["data"])
+                    if envelope is None:
+                        found.append(None)
+                    elif _unexpired(envelope[1]):
+                        found.append(envelope[0])
+                message = self._pubsub.get_message(timeout=0)
+        return found
+
+    def reply(self, reply_to: dict[str, str], ticket: str, body: dict[str, Any]) -> None:
+        key = self._reply_key(reply_to)
+        envelope = _envelope(body, {"ticket": ticket, "clock": 1}, reply_to["exchange"], reply_to["routing_key"])
+        with self.broker._as_broker_error():
+            pipe = self.broker.client.pipeline(transaction=False)
+            pipe.lpush(key, envelope)
+            pipe.expire(key, REPLY_KEEP_S)
+            pipe.execute()
+
+    def _reply_key(self, reply_to: dict[str, str]) -> str:
+        return f"{self.broker.global_keyprefix}{reply_to['routing_key']}.{reply_to['exchange']}"
+
+
+def _binding(oid: str) -> str:
+    return f"{oid}{SEP}{SEP}{oid}.{REPLY_EXCHANGE}"
+
+
+def _envelope(body: Any, headers: dict[str, Any], exchange: str, routing_key: str) -> bytes:
+    """A kombu message as its Redis transport stores it: the JSON body base64-encoded inside."""
+    return json.dumps(
+        {
+            "body": base64.b64encode(json.dumps(body).encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                "delivery_mode": 1,
+                "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
+
+
+def _open_envelope(data: bytes) -> tuple[Any, dict[str, Any]] | None:
+    """``(body, headers)`` of a kombu message, or None when it is not one (JSON bodies only)."""
+    try:
+        message = json.loads(data)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        headers = message.get("headers") or {}
+        if message.get("content-type", "application/json") != "application/json" or not isinstance(headers, dict):
+            return None
+        return json.loads(body), headers
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _unexpired(headers: dict[str, Any]) -> bool:
+    expires = headers.get("expires")
+    return not isinstance(expires, (int, float)) or not expires or expires >= time.time()

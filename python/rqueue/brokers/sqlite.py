@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import NativeBroker
+from rqueue.brokers.base import Mailbox, NativeBroker
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
 
 _INHERITED: list[_rqueue.SqliteBroker] = []
+
+#: The mailbox channel of control commands; replies go to ``reply.<ticket>``.
+COMMANDS = "pidbox"
+#: Replies are kept this long (a client reads them within its timeout).
+REPLY_KEEP_S = 60.0
+#: How often the mailbox table is read while waiting (a cheap indexed query).
+MAILBOX_POLL_S = 0.02
 
 
 class SqliteBroker(NativeBroker):
@@ -79,5 +89,62 @@ class SqliteBroker(NativeBroker):
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
         return self.native.revoked_since(since_ms)
 
+    def mailbox(self) -> SqliteMailbox:
+        return SqliteMailbox(self)
+
     def __repr__(self) -> str:
         return f"<SqliteBroker {self.url}>"
+
+
+class SqliteMailbox(Mailbox):
+    """Remote control in the broker file: commands and replies are rows of the ``mailbox`` table."""
+
+    def __init__(self, broker: SqliteBroker) -> None:
+        self.broker = broker
+        self._after = 0
+
+    def reply_address(self) -> dict[str, str]:
+        return {"exchange": "reply.celery.pidbox", "routing_key": uuid.uuid4().hex}
+
+    def broadcast(self, command: dict[str, Any], timeout_s: float) -> None:
+        expires = int((time.time() + max(timeout_s, 1.0)) * 1000)
+        self.broker.native.mailbox_post(COMMANDS, json.dumps(command).encode(), expires)
+
+    def replies(self, reply_to: dict[str, str], ticket: str, timeout_s: float, limit: int | None) -> list[Any]:
+        channel = f"reply.{ticket}"
+        deadline = time.monotonic() + timeout_s
+        after, found = 0, list[Any]()
+        while True:
+            rows = self.broker.native.mailbox_read(channel, after)
+            if rows:
+                after = rows[-1][0]
+                found.extend(_json_or_none(body) for _, body in rows)
+            if (limit is not None and len(found) >= limit) or time.monotonic() >= deadline:
+                return found
+            time.sleep(MAILBOX_POLL_S)
+
+    def listen(self) -> None:
+        self._after = self.broker.native.mailbox_last_id()
+
+    def commands(self, timeout_s: float) -> list[Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.broker.native.mailbox_read(COMMANDS, self._after)
+            if rows:
+                self._after = rows[-1][0]
+                return [_json_or_none(body) for _, body in rows]
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(min(MAILBOX_POLL_S * 5, max(0.0, deadline - time.monotonic())))
+
+    def reply(self, reply_to: dict[str, str], ticket: str, body: dict[str, Any]) -> None:
+        expires = int((time.time() + REPLY_KEEP_S) * 1000)
+        self.broker.native.mailbox_post(f"reply.{ticket}", json.dumps(body).encode(), expires)
+
+
+def _json_or_none(body: bytes) -> Any:
+    """A post's JSON, or None when it is not JSON (the control server reports and skips it)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None

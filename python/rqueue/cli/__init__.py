@@ -330,6 +330,17 @@ def _json_arg(option: str, text: str, kind: type) -> Any:
     return value
 
 
+def _add_subcommands() -> None:
+    """Commands kept in their own modules (they import this one for the shared helpers)."""
+    from rqueue.cli.control import control, inspect
+
+    cli.add_command(control)
+    cli.add_command(inspect)
+
+
+_add_subcommands()
+
+
 def main() -> None:
     """Entry point of the ``rqueue`` script."""
     cli(prog_name="rqueue")

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
@@ -14,6 +15,7 @@ from rqueue import __version__
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
 from rqueue.worker.consumer import Consumer
+from rqueue.worker.control import ControlServer, InProcess
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.state import Revoked
 
@@ -90,18 +92,29 @@ class Worker:
         """Run until shutdown; returns the process exit code."""
         self._take_pidfile()
         self.app.broker.prepare_consumer(self.queues, bool(self.app.conf.broker_allow_eviction))
-        revoked = Revoked(self.app.broker, self.statedb)
+        self.revoked = Revoked(self.app.broker, self.statedb)
         try:
             print(self.banner(), file=out or sys.stdout, flush=True)
             self._warn_unenforced_options()
             if self.pool == "prefork":
-                pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency, revoked)
+                pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency, self.revoked)
+                control = ControlServer(self, pool)
+                control.listen()
                 install_shutdown_handlers(pool.signal)
-                return pool.run(on_ready=lambda: logger.info("%s ready.", self.hostname))
-            return self._run_in_process(revoked)
+                return pool.run(on_ready=lambda: logger.info("%s ready.", self.hostname), on_idle=control.serve)
+            return self._run_in_process(self.revoked)
         finally:
-            revoked.save()
+            self.revoked.save()
             self._release_pidfile()
+
+    def revoke_locally(self, task_ids: list[str]) -> None:
+        """Revoke at once in this process (remote control); children are told by the pool."""
+        self.revoked.add(task_ids)
+
+    def revoked_ids(self) -> list[str]:
+        """The unexpired revoked task ids this node knows."""
+        self.revoked.refresh()
+        return list(self.revoked.ids)
 
     def _run_in_process(self, revoked: Revoked) -> int:
         threads = self.concurrency if self.pool == "threads" else 1
@@ -121,6 +134,9 @@ class Worker:
                 os._exit(1)
 
         install_shutdown_handlers(on_signal)
+        control = ControlServer(self, InProcess(consumer))
+        control.listen()
+        threading.Thread(target=control.serve_until, args=(lambda: consumer.stopping,), daemon=True).start()
         logger.info("%s ready.", self.hostname)
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)

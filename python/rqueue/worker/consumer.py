@@ -10,15 +10,17 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
-from rqueue.exceptions import BackendError, BrokerError
-from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor
+from rqueue.exceptions import BackendError, BrokerError, RQueueError
+from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor, short_repr
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.task import Request
     from rqueue.worker.pool import RunningSlot
     from rqueue.worker.state import Revoked
 
@@ -27,8 +29,26 @@ logger = logging.getLogger("rqueue.worker")
 #: How long to pause after the broker failed mid-message.
 BROKER_ERROR_PAUSE_S = 0.5
 
+#: Inspecting reserved messages decodes their headers only (a pickle body is not unpickled).
+ANY_CONTENT = ("json", "msgpack", "pickle")
+
 #: How long an idle executor waits on the buffer before re-checking the stop flag.
 IDLE_WAIT_S = 0.1
+
+
+def request_info(request: Request, started: float, hostname: str) -> dict[str, Any]:
+    """A running task as ``inspect active`` shows it (Celery's field names)."""
+    return {
+        "id": request.id,
+        "name": request.task,
+        "args": short_repr(request.args),
+        "kwargs": short_repr(request.kwargs),
+        "hostname": hostname,
+        "time_start": started,
+        "worker_pid": os.getpid(),
+        "acknowledged": False,
+        "delivery_info": request.delivery_info,
+    }
 
 
 def owner_id(hostname: str, pid: int) -> str:
@@ -60,6 +80,7 @@ class Consumer:
         self.threads = max(1, threads)
         self.owner = owner_id(hostname, os.getpid())
         self._stop = threading.Event()
+        self.executors: list[Executor] = []
         conf = app.conf
         self.buffer = _rqueue.PrefetchBuffer(max(1, self.threads * int(conf.worker_prefetch_multiplier)))
         self.transport = app.broker.consumer(
@@ -97,9 +118,50 @@ class Consumer:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    # -- remote control ---------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """What this process runs, holds and has run, for ``inspect``."""
+        processed: Counter[str] = Counter()
+        active = []
+        for executor in list(self.executors):
+            processed.update(executor.processed)
+            current = executor.current
+            if current is not None:
+                active.append(request_info(current[0], current[1], self.hostname))
+        decode = self._describe_delivery
+        return {
+            "pid": os.getpid(),
+            "active": active,
+            "reserved": [decode(d) for d in self.buffer.snapshot()],
+            "scheduled": [],
+            "processed": dict(processed),
+        }
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        """Consume these queues from the next fetch on."""
+        self.queues = list(queues)
+        self.transport.set_queues(self.queues)
+
+    def _describe_delivery(self, delivery: _rqueue.Delivery) -> dict[str, Any]:
+        info: dict[str, Any] = {"hostname": self.hostname, "delivery_info": {"routing_key": delivery.queue}}
+        try:
+            msg = _rqueue.decode_task_message(delivery.payload, accept=ANY_CONTENT, max_size=len(delivery.payload) + 1)
+        except RQueueError as exc:
+            return {**info, "id": None, "name": None, "error": str(exc)}
+        return {
+            **info,
+            "id": msg.id,
+            "name": msg.task,
+            "args": short_repr(msg.args),
+            "kwargs": short_repr(msg.kwargs),
+            "worker_pid": os.getpid(),
+        }
+
     def _executor_loop(self) -> None:
         executor = Executor(self.app, self.app.broker, self.hostname, self.revoked)
         executor.stopping = self._stop.is_set
+        self.executors.append(executor)
         buffer = self.buffer
         try:
             while not self._stop.is_set():

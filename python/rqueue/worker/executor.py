@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,9 @@ class Executor:
         self.batch_since: float | None = None
         self.results: list[tuple[str, str, bytes]] = []
         self.acks: list[str] = []
+        #: What remote control's ``inspect active`` and ``stats`` report.
+        self.current: tuple[Request, float] | None = None
+        self.processed: Counter[str] = Counter()
 
     # -- one message ----------------------------------------------------------------------------------
 
@@ -137,6 +141,7 @@ class Executor:
         )
         started = time.perf_counter()
         push_request(request)
+        self.current = (request, time.time())
         try:
             value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
         except Ignore:
@@ -171,11 +176,13 @@ class Executor:
         else:
             runtime = time.perf_counter() - started
             if logger.isEnabledFor(logging.INFO):
-                logger.info("Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, runtime, _short_repr(value))
+                logger.info("Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, runtime, short_repr(value))
             if not ignore_result:
                 self._record(ResultRecord(msg.id, states.SUCCESS, value, None, self._extended(msg, args, kwargs)))
         finally:
             pop_request()
+            self.current = None
+            self.processed[msg.task] += 1
         if acks_late:
             self._ack(delivery)
         return None
@@ -292,7 +299,7 @@ class Executor:
         }
 
 
-def _short_repr(value: object, limit: int = 200) -> str:
+def short_repr(value: object, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 

@@ -16,9 +16,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rqueue.worker.consumer import Consumer, owner_id
+from rqueue.worker.link import ChildLink
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -30,6 +31,8 @@ SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT}
 
 #: Supervisors check that children are alive (and children that the parent is) this often.
 CHECK_INTERVAL_S = 0.5
+#: How long the supervisor waits for children to acknowledge a change (queues, revocations).
+LINK_TIMEOUT_S = 1.0
 
 
 class RunningSlot:
@@ -67,11 +70,16 @@ class PreforkPool:
         self.hostname = hostname
         self.concurrency = concurrency
         self.children: dict[int, int] = {}  # pid -> slot
+        self.links: dict[int, ChildLink] = {}  # slot -> channel to its current child
         self.running = {slot: RunningSlot() for slot in range(concurrency)}
         self.shutdown = 0  # 0 running, 1 warm, 2 cold
 
-    def run(self, on_ready: Callable[[], None] | None = None) -> int:
-        """Run until every child has exited after a shutdown signal; returns the exit code."""
+    def run(self, on_ready: Callable[[], None] | None = None, on_idle: Callable[[float], None] | None = None) -> int:
+        """Run until every child has exited after a shutdown signal; returns the exit code.
+
+        ``on_idle(seconds)`` is called between checks of the children (remote control); it may
+        take up to that long.
+        """
         for slot in range(self.concurrency):
             self._spawn(slot)
         if on_ready is not None:
@@ -82,7 +90,7 @@ class PreforkPool:
             except ChildProcessError:
                 break
             if pid == 0:
-                time.sleep(CHECK_INTERVAL_S / 10)
+                (on_idle or time.sleep)(CHECK_INTERVAL_S / 10)
                 continue
             slot = self.children.pop(pid, -1)
             if slot < 0:
@@ -101,6 +109,40 @@ class PreforkPool:
         else:
             logger.warning("Cold shutdown: stopping running tasks; their messages go back to the queue")
             self._kill_all(signal.SIGKILL)
+
+    # -- remote control (see rqueue.worker.control.Processes) ------------------------------------------
+
+    def reports(self, timeout_s: float) -> list[dict[str, Any]]:
+        return [r for r in self._ask_all({"op": "report"}, timeout_s) if isinstance(r, dict)]
+
+    def set_queues(self, queues: list[str]) -> None:
+        self.queues = list(queues)  # children started later consume these too
+        self._ask_all({"op": "queues", "queues": self.queues}, LINK_TIMEOUT_S)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        self._ask_all({"op": "revoke", "ids": task_ids}, LINK_TIMEOUT_S)
+
+    def warm_shutdown(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    def terminate(self, task_id: str, signum: int) -> bool:  # replaced by the time-limit work (merge)
+        from rqueue.worker.control import ControlError
+
+        raise ControlError("terminate is not available yet")
+
+    def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None:
+        from rqueue.worker.control import ControlError
+
+        raise ControlError("time limits are not available yet")
+
+    def _ask_all(self, request: dict[str, Any], timeout_s: float) -> list[Any]:
+        """Send ``request`` to every child, then collect the replies that come within ``timeout_s``."""
+        sent = []
+        for link in list(self.links.values()):
+            with contextlib.suppress(OSError):
+                sent.append((link, link.send(request)))
+        deadline = time.monotonic() + timeout_s
+        return [link.receive(seq, deadline) for link, seq in sent]
 
     def _kill_all(self, signum: int) -> None:
         for pid in list(self.children):
@@ -124,16 +166,27 @@ class PreforkPool:
         # Shutdown signals wait until the new child is in self.children (so it is told to stop)
         # and, in the child, until its own handlers are installed.
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+        old = self.links.pop(slot, None)
+        if old is not None:
+            old.close()
+        link = self.links[slot] = ChildLink()
         pid = os.fork()
         if pid:
+            link.in_parent()
             self.children[pid] = slot
             if self.shutdown:
                 os.kill(pid, signal.SIGTERM)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             return
         code = 1
+        for other in self.links.values():
+            if other is not link:
+                other.close()
+        link.in_child()
         try:
-            code = run_child(self.app, self.queues, self.hostname, slot, previous, self.revoked, self.running[slot])
+            code = run_child(
+                self.app, self.queues, self.hostname, slot, previous, self.revoked, self.running[slot], link
+            )
         except BaseException:
             logger.exception("Child process %d crashed", os.getpid())
         finally:
@@ -149,11 +202,24 @@ def run_child(
     sigmask: Iterable[int],
     revoked: Revoked,
     running: RunningSlot,
+    link: ChildLink,
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
     consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running)
+
+    def answer(request: dict[str, Any]) -> Any:
+        op = request.get("op")
+        if op == "report":
+            return consumer.report()
+        if op == "queues":
+            consumer.set_queues(request["queues"])
+        elif op == "revoke":
+            revoked.add(request["ids"])
+        return True
+
+    link.serve(answer)
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())

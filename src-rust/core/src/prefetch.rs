@@ -203,6 +203,11 @@ impl PrefetchBuffer {
         }
     }
 
+    /// Copies of the deliveries waiting in the buffer, oldest first (for inspection; they stay).
+    pub fn snapshot(&self) -> Vec<Delivery> {
+        self.lock().items.iter().cloned().collect()
+    }
+
     /// Closes the buffer, wakes every waiter and returns the deliveries never taken.
     /// Later `put`s are refused; `done` still works for deliveries already taken.
     pub fn close(&self) -> Vec<Delivery> {
@@ -247,6 +252,16 @@ mod tests {
         b.put(d(4)).unwrap();
         assert_eq!(b.put(d(5)).unwrap_err().tag, "5");
         assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn test_prefetch_snapshot_copies_without_taking() {
+        let b = PrefetchBuffer::new(3);
+        b.put(d(1)).unwrap();
+        b.put(d(2)).unwrap();
+        assert_eq!(b.snapshot(), vec![d(1), d(2)]);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.credits(), 1);
     }
 
     #[test]

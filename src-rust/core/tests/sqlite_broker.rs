@@ -575,3 +575,22 @@ fn test_sqlite_results_success_is_final_and_expired_is_gone() {
     assert!(b.delete_result("t1").unwrap());
     assert!(b.read_result("t1").unwrap().is_none());
 }
+
+#[test]
+fn test_sqlite_mailbox_reads_posts_after_an_id_per_channel_until_they_expire() {
+    let (_dir, b) = temp_broker();
+    assert_eq!(b.mailbox_last_id().unwrap(), 0);
+    let first = b.mailbox_post("pidbox", b"one", now_ms() + 60_000).unwrap();
+    let start = b.mailbox_last_id().unwrap();
+    assert_eq!(start, first);
+    let second = b.mailbox_post("pidbox", b"two", now_ms() + 60_000).unwrap();
+    b.mailbox_post("reply.t1", b"r1", now_ms() + 60_000)
+        .unwrap();
+    b.mailbox_post("pidbox", b"stale", now_ms() - 1).unwrap();
+
+    let read = b.mailbox_read("pidbox", start).unwrap();
+    assert_eq!(read, vec![(second, b"two".to_vec())]);
+    assert_eq!(b.mailbox_read("pidbox", 0).unwrap().len(), 2);
+    assert_eq!(b.mailbox_read("reply.t1", 0).unwrap()[0].1, b"r1".to_vec());
+    assert!(b.mailbox_read("reply.other", 0).unwrap().is_empty());
+}

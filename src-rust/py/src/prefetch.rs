@@ -142,6 +142,11 @@ impl PrefetchBuffer {
         self.inner.done(count);
     }
 
+    /// Copies of the deliveries waiting in the buffer, oldest first; they stay in it.
+    fn snapshot(&self) -> Vec<Delivery> {
+        wrap_all(self.inner.snapshot())
+    }
+
     /// Close the buffer, wake waiters and return the deliveries never taken.
     fn close(&self) -> Vec<Delivery> {
         wrap_all(self.inner.close())

@@ -205,6 +205,34 @@ impl SqliteBroker {
         py.detach(|| self.inner.revoked_since(since_ms)).map_py(py)
     }
 
+    /// Post `body` on a mailbox channel (remote control), kept until `expires_at_ms`; returns its id.
+    fn mailbox_post(
+        &self,
+        py: Python<'_>,
+        channel: String,
+        body: Vec<u8>,
+        expires_at_ms: i64,
+    ) -> PyResult<i64> {
+        py.detach(|| self.inner.mailbox_post(&channel, &body, expires_at_ms))
+            .map_py(py)
+    }
+
+    /// `(id, body)` of the unexpired posts on `channel` after `after_id`, oldest first.
+    fn mailbox_read(
+        &self,
+        py: Python<'_>,
+        channel: String,
+        after_id: i64,
+    ) -> PyResult<Vec<(i64, Vec<u8>)>> {
+        py.detach(|| self.inner.mailbox_read(&channel, after_id))
+            .map_py(py)
+    }
+
+    /// The id of the newest mailbox post (0 when none).
+    fn mailbox_last_id(&self, py: Python<'_>) -> PyResult<i64> {
+        py.detach(|| self.inner.mailbox_last_id()).map_py(py)
+    }
+
     /// Store `(task_id, status, content_type, payload, expires_at_ms)` result records in one
     /// transaction; a stored SUCCESS is never overwritten.
     fn store_results(&self, py: Python<'_>, rows: Vec<ResultTuple>) -> PyResult<()> {

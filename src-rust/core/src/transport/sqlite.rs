@@ -79,6 +79,14 @@ CREATE TABLE IF NOT EXISTS revoked (
     expires_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS revoked_at ON revoked (revoked_at_ms);
+CREATE TABLE IF NOT EXISTS mailbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    body BLOB NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mailbox_channel ON mailbox (channel, id);
+CREATE INDEX IF NOT EXISTS mailbox_expiry ON mailbox (expires_at_ms);
 ";
 
 /// A result write: a stored SUCCESS is final, so a redelivered duplicate cannot overwrite it.
@@ -675,6 +683,45 @@ impl SqliteBroker {
             )?;
             let rows = stmt.query_map(params![since_ms, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
+        })
+    }
+
+    /// Posts `body` on a mailbox `channel` (remote control: commands and replies), kept until
+    /// `expires_at_ms`; returns its id. Expired posts of every channel are deleted on the way.
+    pub fn mailbox_post(&self, channel: &str, body: &[u8], expires_at_ms: i64) -> Result<i64> {
+        let now = now_ms();
+        self.immediate(|tx| {
+            tx.prepare_cached("DELETE FROM mailbox WHERE expires_at_ms < ?1")?
+                .execute(params![now])?;
+            tx.prepare_cached(
+                "INSERT INTO mailbox (channel, body, expires_at_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![channel, body, expires_at_ms])?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// `(id, body)` of the unexpired posts on `channel` with an id above `after_id`, oldest first.
+    pub fn mailbox_read(&self, channel: &str, after_id: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let now = now_ms();
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, body FROM mailbox
+                 WHERE channel = ?1 AND id > ?2 AND expires_at_ms >= ?3 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![channel, after_id, now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The id of the newest post on any channel (0 when there is none): a reader that starts
+    /// now reads only what is posted after it.
+    pub fn mailbox_last_id(&self) -> Result<i64> {
+        self.with_conn(|c| {
+            c.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM mailbox")?
+                .query_row([], |r| r.get(0))
         })
     }
 

@@ -1,0 +1,217 @@
+"""``rqueue control`` and ``rqueue inspect``: remote control of live workers, Celery's way.
+
+Each worker's reply is printed as ``-> name@host: OK`` (or ``ERROR``) with the reply below; the
+exit code is non-zero when no worker replied in time or any replied with an error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from rqueue.cli import CONTEXT, fail, get_app
+from rqueue.control import DEFAULT_TIMEOUT_S
+from rqueue.exceptions import RQueueError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _target_options(fun: F) -> F:
+    """``--destination``, ``--timeout`` and ``--json``, shared by every control and inspect command."""
+    fun = click.option("--json", "as_json", is_flag=True, help="Print the replies as JSON.")(fun)
+    fun = click.option(
+        "-t",
+        "--timeout",
+        type=click.FloatRange(min=0.01),
+        default=DEFAULT_TIMEOUT_S,
+        show_default=True,
+        help="Seconds to wait for replies.",
+    )(fun)
+    return click.option(
+        "-d", "--destination", help="Comma-separated worker names (name@host) to address [default: all]."
+    )(fun)
+
+
+def _destinations(destination: str | None) -> list[str] | None:
+    return [d.strip() for d in destination.split(",") if d.strip()] if destination else None
+
+
+def _run(
+    ctx: click.Context, method: str, arguments: dict[str, Any], destination: str | None, timeout: float, as_json: bool
+) -> None:
+    app = get_app(ctx)
+    try:
+        replies = app.control.broadcast(
+            method, arguments, destination=_destinations(destination), reply=True, timeout=timeout
+        )
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    _show(replies, timeout, as_json)
+
+
+def _show(replies: list[dict[str, Any]] | None, timeout: float, as_json: bool) -> None:
+    merged: dict[str, Any] = {}
+    for reply in replies or []:
+        merged.update(reply)
+    if not merged:
+        fail(f"No workers replied within {timeout:g} s", 1)
+    if as_json:
+        click.echo(json.dumps(merged, indent=2, sort_keys=True, default=repr))
+    else:
+        for hostname in sorted(merged):
+            _print_reply(hostname, merged[hostname])
+        click.echo(f"\n{len(merged)} node{'s' if len(merged) != 1 else ''} online.")
+    if any(isinstance(r, dict) and "error" in r for r in merged.values()):
+        sys.exit(1)
+
+
+def _print_reply(hostname: str, reply: Any) -> None:
+    if isinstance(reply, dict) and set(reply) == {"error"}:
+        click.echo(f"-> {hostname}: ERROR")
+        click.echo(f"    {reply['error']}")
+        return
+    click.echo(f"-> {hostname}: OK")
+    if isinstance(reply, dict) and set(reply) == {"ok"}:
+        click.echo(f"    {reply['ok']}")
+    elif isinstance(reply, list):
+        if not reply:
+            click.echo("    - empty -")
+        for item in reply:
+            click.echo(f"    * {json.dumps(item, sort_keys=True, default=repr) if not isinstance(item, str) else item}")
+    else:
+        text = json.dumps(reply, indent=4, sort_keys=True, default=repr)
+        click.echo("\n".join(f"    {line}" for line in text.splitlines()))
+
+
+# -- control ------------------------------------------------------------------------------------------
+
+
+@click.group(context_settings=CONTEXT)
+def control() -> None:
+    """Change live workers: rate and time limits, revoke, queues, shutdown."""
+
+
+@control.command(name="rate_limit", context_settings=CONTEXT)
+@click.argument("task_name")
+@click.argument("rate")
+@_target_options
+@click.pass_context
+def rate_limit(
+    ctx: click.Context, task_name: str, rate: str, destination: str | None, timeout: float, as_json: bool
+) -> None:
+    """Set TASK_NAME's rate limit at once (10/s, 10/m, 10/h, a number per second; 0 removes it)."""
+    _run(ctx, "rate_limit", {"task_name": task_name, "rate_limit": rate}, destination, timeout, as_json)
+
+
+@control.command(name="time_limit", context_settings=CONTEXT)
+@click.argument("task_name")
+@click.argument("soft", type=float)
+@click.argument("hard", type=float, required=False)
+@_target_options
+@click.pass_context
+def time_limit(
+    ctx: click.Context,
+    task_name: str,
+    soft: float,
+    hard: float | None,
+    destination: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Set TASK_NAME's soft (and hard) time limit in seconds (prefork workers)."""
+    _run(ctx, "time_limit", {"task_name": task_name, "soft": soft, "hard": hard}, destination, timeout, as_json)
+
+
+@control.command(context_settings=CONTEXT)
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also stop it if running (prefork workers).")
+@click.option("--signal", "signal_name", default="SIGTERM", show_default=True, help="The first signal of --terminate.")
+@_target_options
+@click.pass_context
+def revoke(
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    terminate: bool,
+    signal_name: str,
+    destination: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Revoke tasks: workers skip them (recorded in the broker too, for workers that are offline)."""
+    app = get_app(ctx)
+    try:
+        replies = app.control.revoke(
+            list(task_ids),
+            terminate=terminate,
+            signal=signal_name,
+            destination=_destinations(destination),
+            reply=True,
+            timeout=timeout,
+        )
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    _show(replies, timeout, as_json)
+
+
+@control.command(context_settings=CONTEXT)
+@_target_options
+@click.pass_context
+def shutdown(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Warm shutdown of the workers: running tasks finish first."""
+    _run(ctx, "shutdown", {}, destination, timeout, as_json)
+
+
+@control.command(name="add_consumer", context_settings=CONTEXT)
+@click.argument("queue")
+@_target_options
+@click.pass_context
+def add_consumer(ctx: click.Context, queue: str, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Make workers consume QUEUE as well."""
+    _run(ctx, "add_consumer", {"queue": queue}, destination, timeout, as_json)
+
+
+@control.command(name="cancel_consumer", context_settings=CONTEXT)
+@click.argument("queue")
+@_target_options
+@click.pass_context
+def cancel_consumer(ctx: click.Context, queue: str, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Make workers stop consuming QUEUE."""
+    _run(ctx, "cancel_consumer", {"queue": queue}, destination, timeout, as_json)
+
+
+# -- inspect ------------------------------------------------------------------------------------------
+
+INSPECT = {
+    "ping": "Ask every worker to answer.",
+    "active": "Tasks running now.",
+    "reserved": "Tasks prefetched and not started yet.",
+    "scheduled": "Tasks held until a time (rate-limited, waiting for their turn).",
+    "registered": "Task names each worker knows.",
+    "stats": "Process ids, uptime, tasks processed, pool, prefetch, broker, memory.",
+    "active_queues": "Queues each worker consumes.",
+    "revoked": "Revoked task ids each worker knows.",
+    "conf": "Each worker's explicit settings (passwords masked).",
+}
+
+
+@click.group(context_settings=CONTEXT)
+def inspect() -> None:
+    """Ask live workers what they run, hold and know."""
+
+
+def _inspect_command(method: str, doc: str) -> None:
+    @_target_options
+    @click.pass_context
+    def command(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+        _run(ctx, method, {}, destination, timeout, as_json)
+
+    command.__doc__ = doc
+    inspect.command(name=method, context_settings=CONTEXT)(command)
+
+
+for _method, _doc in INSPECT.items():
+    _inspect_command(_method, _doc)

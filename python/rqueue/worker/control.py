@@ -1,0 +1,364 @@
+"""The worker's end of remote control: receives broadcast commands, runs them, replies.
+
+Commands and replies use kombu's pidbox shapes (``{"method", "arguments", "destination", ...}``
+in, ``{hostname: {"ok": ...} | {"error": ...} | data}`` out), so ``celery inspect``/``control`` and
+``rqueue inspect``/``control`` reach the same workers on Redis. One server per node: in the
+prefork supervisor, or in the worker process of the threads and solo pools.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rqueue import __version__
+from rqueue.exceptions import BrokerError, ConfigurationError, RQueueError
+from rqueue.urls import describe, mask_password
+
+if TYPE_CHECKING:
+    from rqueue.brokers.base import Mailbox
+    from rqueue.worker import Worker
+    from rqueue.worker.consumer import Consumer
+
+logger = logging.getLogger("rqueue.worker")
+
+#: After the broker failed, how long the server waits before listening again.
+RELISTEN_PAUSE_S = 1.0
+#: How long the processes of a node get to report (a child busy in a long task still answers:
+#: its report thread runs beside the task).
+REPORT_TIMEOUT_S = 0.5
+
+
+class Processes(Protocol):
+    """The processes that run a node's tasks, as remote control sees and steers them."""
+
+    def reports(self, timeout_s: float) -> list[dict[str, Any]]:
+        """One report per process: ``pid``, ``active``, ``reserved``, ``scheduled``, ``processed``."""
+
+    def set_queues(self, queues: list[str]) -> None:
+        """Consume these queues from now on."""
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Skip these tasks from now on (the broker also tells them, within about a second)."""
+
+    def terminate(self, task_id: str, signum: int) -> bool:
+        """Stop the task if it is running here; False when it is not running (or cannot be stopped)."""
+
+    def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None:
+        """Override a task's time limits."""
+
+    def warm_shutdown(self) -> None:
+        """Stop the node once its running tasks finish."""
+
+
+class InProcess:
+    """The one process of the threads and solo pools, steered from a thread beside its consumer."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+    def reports(self, timeout_s: float) -> list[dict[str, Any]]:
+        return [self.consumer.report()]
+
+    def set_queues(self, queues: list[str]) -> None:
+        self.consumer.set_queues(queues)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Nothing more to do: the worker's revoked set is this consumer's."""
+
+    def terminate(self, task_id: str, signum: int) -> bool:
+        raise ControlError(
+            f"cannot terminate {task_id}: the threads and solo pools run tasks inside the worker process, "
+            "where they cannot be stopped; it is flagged as revoked (the prefork pool terminates running tasks)"
+        )
+
+    def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None:
+        raise ControlError("time limits can be changed at run time with the prefork pool only")
+
+    def warm_shutdown(self) -> None:
+        self.consumer.stop()
+
+
+class ControlError(RQueueError):
+    """A command that cannot be carried out; its message is the error reply."""
+
+
+class ControlServer:
+    """Serves remote-control commands for one worker node."""
+
+    def __init__(self, worker: Worker, processes: Processes) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.hostname = worker.hostname
+        self.processes = processes
+        self.started = time.monotonic()
+        self.mailbox: Mailbox | None = None
+        self._retry_at = 0.0
+        self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "ping": lambda args: {"ok": "pong"},
+            "rate_limit": self.rate_limit,
+            "time_limit": self.time_limit,
+            "revoke": self.revoke,
+            "shutdown": self.shutdown,
+            "add_consumer": self.add_consumer,
+            "cancel_consumer": self.cancel_consumer,
+            "active": lambda args: self._gather("active"),
+            "reserved": lambda args: self._gather("reserved"),
+            "scheduled": lambda args: self._gather("scheduled"),
+            "registered": lambda args: sorted(self.app.tasks),
+            "stats": self.stats,
+            "active_queues": self.active_queues,
+            "revoked": lambda args: sorted(self.worker.revoked_ids()),
+            "conf": self.conf,
+            "report": lambda args: {"ok": self.worker.banner()},
+        }
+
+    # -- receiving ----------------------------------------------------------------------------------
+
+    def listen(self) -> None:
+        """Start receiving commands; a broker that is away now is retried by ``serve``."""
+        try:
+            mailbox = self.app.broker.mailbox()
+            mailbox.listen()
+            self.mailbox = mailbox
+        except (BrokerError, OSError) as exc:
+            logger.warning("Remote control unavailable for now: %s", exc)
+            self._retry_at = time.monotonic() + RELISTEN_PAUSE_S
+
+    def serve(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for commands and carry out those addressed to this node."""
+        if self.mailbox is None:
+            if time.monotonic() < self._retry_at:
+                time.sleep(timeout_s)
+                return
+            self.listen()
+            if self.mailbox is None:
+                return
+        try:
+            commands = self.mailbox.commands(timeout_s)
+        except (BrokerError, OSError) as exc:
+            logger.warning("Remote control lost the broker (%s); listening again shortly", exc)
+            self.mailbox = None
+            self._retry_at = time.monotonic() + RELISTEN_PAUSE_S
+            return
+        for command in commands:
+            self.handle(command)
+
+    def serve_until(self, stopped: Callable[[], bool], poll_s: float = 0.1) -> None:
+        """Serve commands until ``stopped()`` (the control thread of the threads and solo pools)."""
+        while not stopped():
+            self.serve(poll_s)
+
+    def handle(self, command: Any) -> None:
+        """Run one command if it is well-formed and addressed here; reply when asked to."""
+        if not isinstance(command, dict) or not isinstance(command.get("method"), str):
+            logger.warning("Ignoring a malformed control message: %.200r", command)
+            return
+        if not self._addressed_here(command):
+            return
+        method = command["method"]
+        arguments = command.get("arguments") or {}
+        reply = self.dispatch(method, arguments if isinstance(arguments, dict) else {})
+        reply_to, ticket = command.get("reply_to"), command.get("ticket")
+        if isinstance(reply_to, dict) and ticket and self.mailbox is not None:
+            try:
+                self.mailbox.reply(reply_to, str(ticket), {self.hostname: reply})
+            except (BrokerError, OSError, KeyError, TypeError) as exc:
+                logger.warning("Could not reply to control command %s: %s", method, exc)
+
+    def dispatch(self, method: str, arguments: dict[str, Any]) -> Any:
+        """The reply to one command: its data, ``{"ok": ...}``, or ``{"error": ...}``."""
+        handler = self.handlers.get(method)
+        if handler is None:
+            return {"error": f"unknown command {method!r}"}
+        try:
+            return handler(arguments)
+        except (ControlError, ConfigurationError) as exc:
+            return {"error": str(exc)}
+        except Exception as exc:  # a bug here must not stop the worker; the client hears of it
+            logger.exception("Control command %s failed", method)
+            return {"error": mask_password(f"{type(exc).__name__}: {exc}")}
+
+    def _addressed_here(self, command: dict[str, Any]) -> bool:
+        destination = command.get("destination")
+        if destination:
+            return self.hostname in destination
+        pattern, matcher = command.get("pattern"), command.get("matcher")
+        if pattern:
+            if matcher == "pcre":
+                return re.search(str(pattern), self.hostname) is not None
+            return fnmatch.fnmatchcase(self.hostname, str(pattern))
+        return True
+
+    # -- control ------------------------------------------------------------------------------------
+
+    def rate_limit(self, args: dict[str, Any]) -> dict[str, str]:
+        name = str(args.get("task_name", ""))
+        self._task(name)
+        rate_limits = getattr(self.worker, "rate_limits", None)
+        if rate_limits is None:
+            raise ControlError("this worker does not enforce rate limits yet")
+        rate_limits.set(name, args.get("rate_limit"))
+        logger.info("New rate limit for tasks of type %s: %s", name, args.get("rate_limit"))
+        return {"ok": "new rate limit set successfully"}
+
+    def time_limit(self, args: dict[str, Any]) -> dict[str, str]:
+        name = str(args.get("task_name", ""))
+        self._task(name)
+        soft, hard = _seconds(args.get("soft"), "soft"), _seconds(args.get("hard"), "hard")
+        if soft is not None and hard is not None and soft >= hard:
+            raise ControlError(f"the soft time limit ({soft} s) must be below the hard one ({hard} s)")
+        self.processes.set_time_limit(name, soft, hard)
+        logger.info("New time limits for tasks of type %s: soft=%s hard=%s", name, soft, hard)
+        return {"ok": "time limits set successfully"}
+
+    def revoke(self, args: dict[str, Any]) -> dict[str, str]:
+        raw = args.get("task_id")
+        ids = [raw] if isinstance(raw, str) else [str(i) for i in raw or []]
+        if not ids:
+            raise ControlError("revoke needs a task id")
+        self.worker.revoke_locally(ids)
+        self.processes.revoke(ids)
+        if not args.get("terminate"):
+            return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
+        signum = _signal(args.get("signal"))
+        stopped = [task_id for task_id in ids if self.processes.terminate(task_id, signum)]
+        return {"ok": f"tasks {', '.join(ids)} flagged as revoked; terminated: {', '.join(stopped) or 'none running'}"}
+
+    def shutdown(self, args: dict[str, Any]) -> dict[str, str]:
+        logger.warning("Got shutdown from remote control")
+        self.processes.warm_shutdown()
+        return {"ok": "shutdown signal sent"}
+
+    def add_consumer(self, args: dict[str, Any]) -> dict[str, str]:
+        queue = _queue_name(args)
+        if queue in self.worker.queues:
+            return {"ok": f"already consuming from {queue!r}"}
+        self.app.broker.prepare_consumer([queue], bool(self.app.conf.broker_allow_eviction))
+        self.worker.queues.append(queue)
+        self.processes.set_queues(list(self.worker.queues))
+        logger.info("Started consuming from %s", queue)
+        return {"ok": f"add consumer {queue}"}
+
+    def cancel_consumer(self, args: dict[str, Any]) -> dict[str, str]:
+        queue = _queue_name(args)
+        if queue not in self.worker.queues:
+            raise ControlError(f"not consuming from {queue!r}")
+        if len(self.worker.queues) == 1:
+            raise ControlError(f"{queue!r} is the only queue this worker consumes; use shutdown to stop it")
+        self.worker.queues.remove(queue)
+        self.processes.set_queues(list(self.worker.queues))
+        logger.info("Stopped consuming from %s", queue)
+        return {"ok": f"no longer consuming from {queue}"}
+
+    # -- inspect ------------------------------------------------------------------------------------
+
+    def _gather(self, key: str) -> list[Any]:
+        return [item for report in self.processes.reports(REPORT_TIMEOUT_S) for item in report.get(key, [])]
+
+    def stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        reports = self.processes.reports(REPORT_TIMEOUT_S)
+        total: dict[str, int] = {}
+        for report in reports:
+            for name, count in report.get("processed", {}).items():
+                total[name] = total.get(name, 0) + count
+        pids = [report["pid"] for report in reports]
+        worker = self.worker
+        return {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime": round(time.monotonic() - self.started, 3),
+            "total": total,
+            "pool": {
+                "implementation": worker.pool,
+                "max-concurrency": worker.concurrency,
+                "processes": pids,
+            },
+            "prefetch_count": worker.concurrency * int(self.app.conf.worker_prefetch_multiplier),
+            "broker": {"transport": describe(self.app.broker_url)},
+            "rss_kib": {str(pid): rss for pid in [os.getpid(), *pids] if (rss := _rss_kib(pid)) is not None},
+        }
+
+    def active_queues(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        exchange = self.app.conf.task_default_exchange
+        return [
+            {"name": q, "exchange": {"name": exchange, "type": "direct"}, "routing_key": q, "durable": True}
+            for q in self.worker.queues
+        ]
+
+    def conf(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The settings set explicitly (every one ``with_defaults``), URLs with passwords masked."""
+        conf = self.app.conf
+        settings = conf.as_dict() if args.get("with_defaults") else conf.explicit()
+        settings.update(broker_url=self.app.broker_url, result_backend=self.app.backend_url)
+        return {name: _json_safe(name, value) for name, value in sorted(settings.items())}
+
+    def _task(self, name: str) -> None:
+        if name not in self.app.tasks:
+            raise ControlError(f"unknown task {name!r}")
+
+
+def _queue_name(args: dict[str, Any]) -> str:
+    queue = args.get("queue")
+    if not isinstance(queue, str) or not queue:
+        raise ControlError("a queue name is required")
+    return queue
+
+
+def _seconds(value: Any, which: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ControlError(f"invalid {which} time limit {value!r}: expected seconds") from None
+    if not seconds > 0:
+        raise ControlError(f"invalid {which} time limit {value!r}: must be positive")
+    return seconds
+
+
+def _signal(name: Any) -> int:
+    if name is None:
+        return int(signal.SIGTERM)
+    if isinstance(name, int):
+        return name
+    text = str(name).upper()
+    text = text if text.startswith("SIG") else f"SIG{text}"
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        raise ControlError(f"unknown signal {name!r}") from None
+
+
+def _json_safe(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_password(value) if "url" in name or "backend" in name else value
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_safe(name, v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(name, v) for k, v in value.items()}
+    return repr(value)
+
+
+def _rss_kib(pid: int) -> int | None:
+    """Resident memory of a process in KiB (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
