@@ -26,6 +26,11 @@ def test_r10_canary_password_appears_in_no_log_banner_output_error_or_result(tmp
             tasks.fail.delay("boom").get(timeout=30)
         sent = project.run_cli("-A", "tasks", "call", "tasks.add", "--args", "[2, 2]")
         shown = project.run_cli("-A", "tasks", "result", sent.stdout.strip(), "--timeout", "30")
+        control = [
+            project.run_cli("-A", "tasks", *command, "--json")
+            for command in (("inspect", "stats"), ("inspect", "conf"), ("control", "rate_limit", "tasks.no", "1/s"))
+        ]
+        assert all(done.stdout.strip() for done in control)
         assert worker.stop() == 0
 
         unreachable = f"redis://:{CANARY}@127.0.0.1:{free_port()}/0"
@@ -40,12 +45,14 @@ def test_r10_canary_password_appears_in_no_log_banner_output_error_or_result(tmp
             "banner and stdout": worker.output(),
             "cli call": sent.stdout + sent.stderr,
             "cli result": shown.stdout + shown.stderr,
+            "control replies": "".join(done.stdout + done.stderr for done in control),
             "connection error": refused.stdout + refused.stderr,
             "exception": repr(failure.value) + str(failure.value),
             "reprs": repr(tasks.app) + repr(tasks.app.broker) + repr(tasks.app.backend),
             "stored results": stored.decode(),
         }
         assert "***" in seen["banner and stdout"] and "***" in seen["connection error"]
+        assert "***" in seen["control replies"]
         assert [where for where, text in seen.items() if CANARY in text] == []
     finally:
         server.stop()
