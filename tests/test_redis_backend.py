@@ -107,7 +107,6 @@ def test_unix_socket_url_round_trip(tmp_path: Path) -> None:
             time.sleep(0.01)
         backend = make_backend(f"unix://{sock}?db=2")
         task_id = tid()
-        backend.prepare(task_id)
         backend.store(ResultRecord(task_id, states.SUCCESS, 5))
         assert backend.wait_for(task_id, timeout=5)["result"] == 5
         assert redis.Redis(unix_socket_path=str(sock), db=2).exists(f"celery-task-meta-{task_id}") == 1
@@ -253,7 +252,6 @@ def test_success_is_final_with_other_serializers(redis_url: str, serializer: str
     meta = backend.get_meta(task_id)
     assert meta["status"] == "SUCCESS"
     assert meta["result"] == {"v": 1}
-    backend.prepare(task_id)
     assert backend.wait_for(task_id, timeout=5)["result"] == {"v": 1}
     backend.forget(task_id)
     assert backend.get_meta(task_id)["status"] == states.PENDING
@@ -310,13 +308,12 @@ def test_missing_is_pending(backend: RedisBackend) -> None:
 
 def test_get_of_result_written_before_get(backend: RedisBackend) -> None:
     task_id = tid()
-    backend.prepare(task_id)
     backend.store(ResultRecord(task_id, states.SUCCESS, 7))
     assert AsyncResult(task_id, backend).get(timeout=5) == 7
     assert backend._subs == set()
 
 
-def test_get_without_prepare_of_result_already_stored(backend: RedisBackend) -> None:
+def test_get_of_result_already_stored(backend: RedisBackend) -> None:
     task_id = tid()
     backend.store(ResultRecord(task_id, states.SUCCESS, "early"))
     assert AsyncResult(task_id, backend).get(timeout=5) == "early"
@@ -325,7 +322,6 @@ def test_get_without_prepare_of_result_already_stored(backend: RedisBackend) -> 
 
 def test_get_of_result_written_after_get_from_another_thread(backend: RedisBackend) -> None:
     task_id = tid()
-    backend.prepare(task_id)
     writer = write_later(backend, ResultRecord(task_id, states.STARTED, {"pid": 1, "hostname": "h"}), 0.1)
     write_later(backend, ResultRecord(task_id, states.SUCCESS, "late"), 0.4)
     started = time.monotonic()
@@ -334,7 +330,7 @@ def test_get_of_result_written_after_get_from_another_thread(backend: RedisBacke
     writer.join(5)
 
 
-def test_get_without_prepare_then_written_later(redis_url: str) -> None:
+def test_get_then_written_later(redis_url: str) -> None:
     reader = make_backend(redis_url)
     writer = make_backend(redis_url)
     task_id = tid()
@@ -344,7 +340,6 @@ def test_get_without_prepare_then_written_later(redis_url: str) -> None:
 
 def test_failure_propagates(backend: RedisBackend) -> None:
     task_id = tid()
-    backend.prepare(task_id)
     write_later(backend, ResultRecord(task_id, states.FAILURE, serialization.exception_to_meta(KeyError("nope"))), 0.1)
     with pytest.raises(KeyError, match="nope"):
         AsyncResult(task_id, backend).get(timeout=5)
@@ -352,7 +347,6 @@ def test_failure_propagates(backend: RedisBackend) -> None:
 
 def test_timeout_raises_within_the_timeout(backend: RedisBackend) -> None:
     task_id = tid()
-    backend.prepare(task_id)
     backend.store(ResultRecord(task_id, states.STARTED, None))
     started = time.monotonic()
     with pytest.raises(RQueueTimeoutError, match=task_id):
@@ -370,8 +364,6 @@ def test_many_outstanding_results_in_order(redis_url: str) -> None:
     reader = make_backend(redis_url)
     writer = make_backend(redis_url)
     ids = [tid() for _ in range(500)]
-    for task_id in ids:
-        reader.prepare(task_id)
     # results arrive in reverse order, in batches, while the reader waits in order
     batches = [ids[i : i + 50] for i in range(0, 500, 50)][::-1]
 
@@ -392,8 +384,6 @@ def test_concurrent_waiters_in_threads_share_one_connection(redis_url: str) -> N
     reader = make_backend(redis_url)
     writer = make_backend(redis_url)
     ids = [tid() for _ in range(20)]
-    for task_id in ids:
-        reader.prepare(task_id)
     results: dict[str, Any] = {}
 
     def wait(task_id: str) -> None:
@@ -409,9 +399,8 @@ def test_concurrent_waiters_in_threads_share_one_connection(redis_url: str) -> N
     assert results == {i: i for i in ids}
 
 
-def test_polling_a_prepared_result_unsubscribes_once_ready(backend: RedisBackend) -> None:
+def test_polling_a_result_leaves_no_subscription_once_ready(backend: RedisBackend) -> None:
     task_id = tid()
-    backend.prepare(task_id)
     result = AsyncResult(task_id, backend)
     assert not result.ready()
     backend.store(ResultRecord(task_id, states.SUCCESS, 3))
@@ -428,8 +417,6 @@ def test_reconnect_while_waiting(tmp_path: Path, settle_s: float) -> None:
         reader = make_backend(server.url)
         task_id = tid()
         other = tid()
-        reader.prepare(task_id)
-        reader.prepare(other)
         outcome: dict[str, Any] = {}
 
         def wait() -> None:
@@ -461,7 +448,6 @@ def test_result_written_during_outage_is_found_after_reconnect(tmp_path: Path) -
     try:
         reader = make_backend(server.url)
         task_id = tid()
-        reader.prepare(task_id)
         assert reader.get_meta(task_id)["status"] == states.PENDING
         outcome: dict[str, Any] = {}
 
@@ -490,18 +476,15 @@ def test_timeout_while_redis_is_down(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     reader = make_backend(server.url)
     task_id = tid()
-    reader.prepare(task_id)
     server.stop()
     started = time.monotonic()
     with pytest.raises(RQueueTimeoutError, match=task_id):
         reader.wait_for(task_id, timeout=1.0)
     assert time.monotonic() - started < 3.0
-    reader.prepare(tid())  # prepare() never fails the send because Redis is down
 
 
 def test_fork_gets_its_own_connections(backend: RedisBackend) -> None:
     task_id = tid()
-    backend.prepare(task_id)
     parent_client = backend.client
     read, write = os.pipe()
     pid = os.fork()
@@ -588,7 +571,6 @@ def test_we_read_celerys_results(backend: RedisBackend, celery_app: Any, raw: An
 
     # Our waiting sees Celery's publish.
     later = tid()
-    backend.prepare(later)
 
     def celery_writes() -> None:
         time.sleep(0.3)
@@ -600,3 +582,16 @@ def test_we_read_celerys_results(backend: RedisBackend, celery_app: Any, raw: An
     # A SUCCESS Celery stored stays final against our writes.
     backend.store(ResultRecord(ok, states.FAILURE, serialization.exception_to_meta(ValueError("x"))))
     assert backend.get_meta(ok)["result"] == {"n": 5}
+
+
+def test_sending_without_waiting_holds_no_subscription(redis_url: str, raw: Any) -> None:
+    app = App("producer", broker=redis_url, backend=redis_url)
+    sent = [app.send_task("tasks.add", (i, i)) for i in range(20)]
+    sent += app.send_many("tasks.add", [((1, 1), {})] * 5)
+    backend = app.backend
+    assert isinstance(backend, RedisBackend)
+    assert backend._subs == set()
+    assert raw.pubsub_numsub(*(f"celery-task-meta-{r.id}" for r in sent)) == [
+        (f"celery-task-meta-{r.id}".encode(), 0) for r in sent
+    ]
+    app.broker.purge(["celery"])

@@ -220,7 +220,6 @@ def test_waiters_and_real_celery_receive_results_written_by_complete(broker: Red
         assert app.AsyncResult(stored).get(timeout=5) == {"n": 1}
 
         # written while both are already waiting: delivered through pub/sub
-        backend.prepare(waited)
 
         def later() -> None:
             time.sleep(0.3)

@@ -205,8 +205,6 @@ class App:
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be importable here). Options as in ``Task.apply_async``."""
         message = self._message(name, args, kwargs, **options)
-        if not message.ignore_result:
-            self.backend.prepare(message.task_id)
         self.broker.publish(message.queue, message.payload, message.priority, message.eta_ms)
         return AsyncResult(message.task_id, self.backend, ignored=message.ignore_result, app=self)
 
@@ -219,9 +217,6 @@ class App:
         """
         messages = [self._message(name, args, kwargs, **options) for args, kwargs in calls]
         backend = self.backend
-        for m in messages:
-            if not m.ignore_result:
-                backend.prepare(m.task_id)
         self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
         return [AsyncResult(m.task_id, backend, ignored=m.ignore_result, app=self) for m in messages]
 

@@ -69,13 +69,6 @@ class ResultBackend(ABC):
             meta.update(record.extended)
         return serialization.dumps(meta, self.serializer)
 
-    def prepare(self, task_id: str) -> None:  # noqa: B027 - an optional hook
-        """Called by the producer before the task is published (not for ignored results).
-
-        A backend that is told of new results (Redis pub/sub) starts listening here, so a result
-        that arrives before ``get()`` is called is never missed.
-        """
-
     # -- reading -------------------------------------------------------------------------------
 
     def get_meta(self, task_id: str) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 A result is the serialized Celery meta under ``celery-task-meta-<task_id>``, written with an expiry
 and published on a channel of the same name. Writers send a whole batch in one pipeline; a small
-Lua script per record keeps a stored SUCCESS final. Readers subscribe to a task's channel before
-the task is published (``prepare``), ``GET`` once subscribed (or after any reconnect), and then
-wait for the notification, so a result is never missed and never polled for.
+Lua script per record keeps a stored SUCCESS final. A reader subscribes to a task's channel when
+it starts waiting (not when the task is sent: a producer that never waits holds no subscription),
+``GET``s once subscribed (and after any reconnect), then waits for the notification, so a result is
+never missed and never polled for.
 """
 
 from __future__ import annotations
@@ -211,15 +212,6 @@ class RedisBackend(ResultBackend):
         return meta
 
     # -- waiting --------------------------------------------------------------------------------
-
-    def prepare(self, task_id: str) -> None:
-        """Subscribe to the task's channel before the task is published (no round trip)."""
-        self._check_pid()
-        with self._lock:
-            try:
-                self._join(self.key(task_id).encode())
-            except _CONNECTION_ERRORS:
-                self._broken = True  # the channel is remembered; wait_for subscribes again
 
     def wait_for(self, task_id: str, timeout: float | None, interval: float = 0.5) -> dict[str, Any]:
         """The task's ready meta, from its pub/sub notification or a ``GET``; TimeoutError after ``timeout``.
