@@ -15,6 +15,7 @@ from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
+from rqueue.worker.ratelimit import RateLimits
 from rqueue.worker.state import Revoked
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 POOLS = ("prefork", "threads", "solo")
 #: Task options that travel in messages (Celery workers honour them) but rqueue workers do not enforce yet.
-UNENFORCED_OPTIONS = ("rate_limit", "time_limit", "soft_time_limit")
+UNENFORCED_OPTIONS = ("time_limit", "soft_time_limit")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 logger = logging.getLogger("rqueue.worker")
 
@@ -42,6 +43,13 @@ class Worker:
         hostname: Node name, ``name@host`` (default ``rqueue@<host>``).
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
+
+    Attributes:
+        rate_limits: The node's task rate limits, shared by every process and thread of the
+            worker; ``worker.rate_limits.set("tasks.add", "10/m")`` changes one at once.
+
+    Raises:
+        RateLimitError: a task's ``rate_limit`` (decorator, annotations or default) is invalid.
     """
 
     def __init__(
@@ -67,6 +75,8 @@ class Worker:
         self.hostname = hostname or f"rqueue@{socket.gethostname()}"
         self.pidfile = pidfile
         self.statedb = statedb
+        # Made here, before the prefork pool forks, so its shared memory reaches every child.
+        self.rate_limits = RateLimits(app)
 
     def banner(self) -> str:
         """What the worker prints at start: version, app, broker and backend (passwords masked), tasks."""
@@ -94,8 +104,9 @@ class Worker:
         try:
             print(self.banner(), file=out or sys.stdout, flush=True)
             self._warn_unenforced_options()
+            self._log_rate_limits()
             if self.pool == "prefork":
-                pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency, revoked)
+                pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency, revoked, self.rate_limits)
                 install_shutdown_handlers(pool.signal)
                 return pool.run(on_ready=lambda: logger.info("%s ready.", self.hostname))
             return self._run_in_process(revoked)
@@ -105,7 +116,9 @@ class Worker:
 
     def _run_in_process(self, revoked: Revoked) -> int:
         threads = self.concurrency if self.pool == "threads" else 1
-        consumer = Consumer(self.app, self.queues, self.hostname, revoked, threads=threads)
+        consumer = Consumer(
+            self.app, self.queues, self.hostname, revoked, threads=threads, rate_limits=self.rate_limits
+        )
         signals = 0
 
         def on_signal(signum: int) -> None:
@@ -132,6 +145,16 @@ class Worker:
             for option in UNENFORCED_OPTIONS:
                 if task.option(option) is not None:
                     logger.warning("Task %s sets %s, which this worker does not enforce yet", name, option)
+
+    def _log_rate_limits(self) -> None:
+        limits = self.rate_limits.limits()
+        if not limits:
+            return
+        if not self.rate_limits.enabled:
+            logger.info("Rate limits are disabled (worker_disable_rate_limits): %d task(s) run unlimited", len(limits))
+            return
+        for name, rate in sorted(limits.items()):
+            logger.info("Task %s: rate limit %g/s for this worker node", name, rate)
 
     # -- pidfile ----------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from rqueue.worker.consumer import Consumer, owner_id
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
@@ -60,9 +61,18 @@ class RunningSlot:
 class PreforkPool:
     """Starts, watches and replaces child processes; forwards warm and cold shutdown to them."""
 
-    def __init__(self, app: App, queues: Sequence[str], hostname: str, concurrency: int, revoked: Revoked) -> None:
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str],
+        hostname: str,
+        concurrency: int,
+        revoked: Revoked,
+        rate_limits: RateLimits | None = None,
+    ) -> None:
         self.app = app
         self.revoked = revoked
+        self.rate_limits = rate_limits
         self.queues = list(queues)
         self.hostname = hostname
         self.concurrency = concurrency
@@ -133,7 +143,16 @@ class PreforkPool:
             return
         code = 1
         try:
-            code = run_child(self.app, self.queues, self.hostname, slot, previous, self.revoked, self.running[slot])
+            code = run_child(
+                self.app,
+                self.queues,
+                self.hostname,
+                slot,
+                previous,
+                self.revoked,
+                self.running[slot],
+                self.rate_limits,
+            )
         except BaseException:
             logger.exception("Child process %d crashed", os.getpid())
         finally:
@@ -149,11 +168,12 @@ def run_child(
     sigmask: Iterable[int],
     revoked: Revoked,
     running: RunningSlot,
+    rate_limits: RateLimits | None = None,
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
-    consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running)
+    consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running, rate_limits=rate_limits)
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())

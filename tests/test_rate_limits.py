@@ -1,0 +1,244 @@
+"""Task rate limits against real workers: node-wide, non-blocking, never losing a waiting message.
+
+Start times come from the ledger the tasks write (``tests/project/tasks.py``), not from the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, WorkerProcess
+from rqueue import App
+from rqueue.exceptions import RateLimitError
+from rqueue.worker import Worker
+
+
+def use_config(project: Project, text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A settings module in the project, read by ``tasks.py`` through $TEST_CONFIG_MODULE."""
+    name = f"ratecfg_{uuid.uuid4().hex[:8]}"  # unique: the test process imports it too
+    (project.root / f"{name}.py").write_text(text)
+    monkeypatch.setenv("TEST_CONFIG_MODULE", name)
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def runs(project: Project, prefix: str) -> list[tuple[str, int, float]]:
+    return [row for row in project.ledger_rows() if row[0].startswith(prefix)]
+
+
+def kill_group(worker: WorkerProcess) -> None:
+    """SIGKILL the supervisor and its children at once: nothing gets to give messages back."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(10)
+
+
+def test_rate_limit_holds_for_the_node_across_prefork_children(project: Project) -> None:
+    """20 tasks at "5/s" (burst 5) on three child processes: together they start no faster than
+    5 per second after the burst (not 3 times that), and more than one child runs them."""
+    tasks = project.app()
+    worker = project.start_worker("-c", "3", "--prefetch-multiplier", "1")
+    results = tasks.limited.delay_many([(f"lim-{i}", 0.2) for i in range(20)])
+    for r in results:
+        r.get(timeout=60)
+    worker.stop()
+    rows = runs(project, "lim-")
+    assert sorted(k for k, _, _ in rows) == sorted(f"lim-{i}" for i in range(20))
+    times = sorted(at for _, _, at in rows)
+    # 5 at once, then one every 0.2 s: the last starts >= 3 s after the first (less ledger jitter)
+    assert times[-1] - times[0] >= 2.5, times
+    # in any window, at most the rate over it plus the burst (with slack for ledger timing)
+    for i, start in enumerate(times):
+        for j in range(i, len(times)):
+            assert j - i + 1 <= 5 * (times[j] - start + 0.3) + 5 + 1, (i, j, times)
+    assert len({pid for _, pid, _ in rows}) >= 2  # the limit was shared, not per process
+    assert "Task tasks.limited: rate limit 5/s for this worker node" in worker.log_text()
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_rate_limited_tasks_do_not_block_other_tasks(project: Project, pool: str) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-P", pool, "-c", "2")
+    limited = tasks.limited.delay_many([(f"wait-{i}",) for i in range(20)])
+    tasks.record.delay("free").get(timeout=30)
+    free_at = runs(project, "free")[0][2]
+    for r in limited:
+        r.get(timeout=60)
+    worker.stop()
+    last_limited = max(at for _, _, at in runs(project, "wait-"))
+    # the unlimited task, sent after all 20, finished while limited ones were still waiting their turn
+    assert free_at < last_limited - 1.0, (free_at, last_limited)
+    assert len(runs(project, "wait-")) == 20  # each ran once: none was acked early or lost
+
+
+def test_worker_disable_rate_limits_turns_limits_off(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_config(
+        project,
+        "task_annotations = {'tasks.annotated': {'rate_limit': '1/h'}}\nworker_disable_rate_limits = True\n",
+        monkeypatch,
+    )
+    tasks = project.app()
+    worker = project.start_worker("-c", "2")
+    for r in tasks.annotated.delay_many([(f"off-{i}",) for i in range(5)]):
+        r.get(timeout=30)  # at 1/h only one would run
+    worker.stop()
+    assert len(runs(project, "off-")) == 5
+    assert "Rate limits are disabled" in worker.log_text()
+
+
+def test_rate_limit_from_annotation_globs_in_a_list(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_config(
+        project,
+        "task_annotations = [{'tasks.add': {'priority': 3}}, {'tasks.annot*': {'rate_limit': '1/h'}}]\n",
+        monkeypatch,
+    )
+    tasks = project.app()
+    worker = project.start_worker("-c", "2")
+    tasks.annotated.delay_many([(f"glob-{i}",) for i in range(3)])
+    assert tasks.add.delay(2, 2).get(timeout=30) == 4  # other tasks are not limited
+    wait_until(lambda: len(runs(project, "glob-")) == 1, 30, "the one token of the hour used")
+    time.sleep(1.5)
+    assert len(runs(project, "glob-")) == 1  # the other two wait, not run
+    worker.stop()
+    assert tasks.app.broker.queue_length("celery") == 2  # and went back to the queue at shutdown
+    assert "Task tasks.annotated: rate limit 0.000277778/s" in worker.log_text()
+
+
+def test_task_default_rate_limit_applies_to_tasks_without_one(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_config(
+        project,
+        "task_default_rate_limit = '1/h'\ntask_annotations = {'tasks.add': {'rate_limit': None}}\n",
+        monkeypatch,
+    )
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    tasks.record.delay("dflt-1")
+    tasks.record.delay("dflt-2")
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2  # exempted by its annotation
+    wait_until(lambda: len(runs(project, "dflt-")) == 1, 30, "the default's one token used")
+    time.sleep(1.0)
+    assert len(runs(project, "dflt-")) == 1
+    worker.stop()
+
+
+def test_bad_rate_limit_in_decorator_is_a_clear_error() -> None:
+    app = App("badrate", broker="sqlite:///unused.sqlite3")
+    with pytest.raises(RateLimitError, match=r"task badrate.f: invalid rate limit \"fast\".*10/s"):
+
+        @app.task(name="badrate.f", rate_limit="fast")
+        def f() -> None: ...
+
+    with pytest.raises(RateLimitError, match=r"task badrate.g: invalid rate limit \[5\]"):
+
+        @app.task(name="badrate.g", rate_limit=[5])
+        def g() -> None: ...
+
+
+def test_bad_rate_limit_in_annotations_stops_the_worker_with_a_clear_error(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_config(project, "task_annotations = {'tasks.*': {'rate_limit': '10/fortnight'}}\n", monkeypatch)
+    worker = project.start_worker("-c", "1", wait_ready=False)
+    assert worker.proc.wait(30) == 1
+    out = worker.output()
+    assert 'invalid rate limit "10/fortnight"' in out and "task tasks." in out, out
+
+
+def test_tasks_waiting_for_their_rate_limit_survive_a_sigkilled_worker(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting tasks stay leased (not acked early): when the whole worker is SIGKILLed they come
+    back after their lease expires and run on the next worker, none lost."""
+    settings = "broker_visibility_timeout = 2\n"
+    use_config(project, settings + "task_annotations = {'tasks.annotated': {'rate_limit': '1/h'}}\n", monkeypatch)
+    tasks = project.app()
+    first = project.start_worker("-c", "2")
+    results = tasks.annotated.delay_many([(f"kill-{i}",) for i in range(5)])
+    wait_until(lambda: len(runs(project, "kill-")) == 1, 30, "the one token of the hour used")
+    ran_first = runs(project, "kill-")[0][0]
+    results[int(ran_first.split("-")[1])].get(timeout=30)
+    time.sleep(0.5)  # its ack follows its result
+    assert tasks.app.broker.queue_length("celery") == 0  # the other four are held, leased, by the worker
+    kill_group(first)
+    use_config(project, settings, monkeypatch)  # the next worker has no limit
+    second = project.start_worker("-c", "2")
+    for r in results:
+        r.get(timeout=60)
+    second.stop()
+    counts = {f"kill-{i}": project.ledger_count(f"kill-{i}") for i in range(5)}
+    assert counts == dict.fromkeys(counts, 1), counts
+
+
+def test_worker_rate_limits_set_validates_and_reports(project: Project) -> None:
+    tasks = project.app()
+    worker = Worker(tasks.app, pool="solo")
+    limits = worker.rate_limits
+    assert limits.get("tasks.limited") == pytest.approx(5.0)
+    limits.set("tasks.add", "10/m")
+    assert limits.get("tasks.add") == pytest.approx(10 / 60)
+    assert limits.limits() == {"tasks.add": pytest.approx(10 / 60), "tasks.limited": pytest.approx(5.0)}
+    for off in (None, "0", 0):
+        limits.set("tasks.add", "1/s")
+        limits.set("tasks.add", off)
+        assert limits.get("tasks.add") is None
+    with pytest.raises(RateLimitError, match=r"unknown task 'tasks.nope': not registered.*tasks.add"):
+        limits.set("tasks.nope", "1/s")
+    with pytest.raises(RateLimitError, match=r"task tasks.add: invalid rate limit \"often\""):
+        limits.set("tasks.add", "often")
+    assert limits.get("tasks.add") is None
+
+
+CONTROLLED = """
+import logging, signal, sys
+from rqueue.worker import Worker, setup_logging
+import tasks
+
+setup_logging("info", sys.argv[1])
+worker = Worker(tasks.app, pool="prefork", concurrency=2)
+# SIGUSR1 in the supervisor (after the children were forked) lifts the limit for the whole node
+signal.signal(signal.SIGUSR1, lambda *_: worker.rate_limits.set("tasks.annotated", "50/s"))
+sys.exit(worker.start())
+"""
+
+
+def test_rate_limit_changed_in_the_supervisor_reaches_running_children(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_config(project, "task_annotations = {'tasks.annotated': {'rate_limit': '1/h'}}\n", monkeypatch)
+    tasks = project.app()
+    (project.root / "controlled.py").write_text(CONTROLLED)
+    log = project.root / "controlled.log"
+    proc = subprocess.Popen(
+        [sys.executable, "controlled.py", str(log)], cwd=project.root, env=project.env, start_new_session=True
+    )
+    worker = WorkerProcess(proc, log)  # type: ignore[arg-type]
+    project.workers.append(worker)
+    worker.wait_for_log("ready.")
+    results = tasks.annotated.delay_many([(f"ctl-{i}",) for i in range(6)])
+    wait_until(lambda: len(runs(project, "ctl-")) == 1, 30, "the one token of the hour used")
+    time.sleep(1.0)
+    assert len(runs(project, "ctl-")) == 1
+    os.kill(proc.pid, signal.SIGUSR1)
+    for r in results:
+        r.get(timeout=30)
+    assert len(runs(project, "ctl-")) == 6
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert Path(log).exists()
