@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, WorkerProcess
-from rqueue import App
+from rqueue import App, _rqueue
 from rqueue.exceptions import RateLimitError
 from rqueue.worker import Worker
+from rqueue.worker.ratelimit import RateLimits, SetAside
 
 
 def use_config(project: Project, text: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,3 +243,45 @@ def test_rate_limit_changed_in_the_supervisor_reaches_running_children(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert Path(log).exists()
+
+
+def _waiting_message(tag: str) -> tuple[_rqueue.Delivery, _rqueue.TaskMessage]:
+    payload = _rqueue.encode_task_message(
+        task="tasks.add", task_id=f"id-{tag}", args=[1, 2], kwargs={}, routing_key="celery"
+    )
+    return _rqueue.Delivery(tag, "celery", payload), _rqueue.decode_task_message(payload)
+
+
+def test_set_aside_gives_back_credit_up_to_its_bound_and_orders_by_due_time() -> None:
+    aside = SetAside(max_released=2)
+    # the first two give their credit back; the third keeps it (the bound is reached)
+    assert aside.put(*_waiting_message("a"), wait_s=0.05, holds_credit=True) is True
+    assert aside.put(*_waiting_message("b"), wait_s=0.0, holds_credit=True) is True
+    assert aside.put(*_waiting_message("c"), wait_s=0.02, holds_credit=True) is False
+    assert len(aside) == 3
+    first = aside.pop_due()
+    assert first is not None and first.delivery.tag == "b" and not first.holds_credit
+    assert aside.pop_due() is None  # "c" and "a" are not due yet
+    due_in = aside.next_due_in()
+    assert due_in is not None and 0.0 < due_in <= 0.02
+    time.sleep(0.06)
+    second, third = aside.pop_due(), aside.pop_due()
+    assert second is not None and (second.delivery.tag, second.holds_credit) == ("c", True)
+    assert third is not None and (third.delivery.tag, third.holds_credit) == ("a", False)
+    # "b" ran and "a" left: two may give their credit back again
+    assert aside.put(*_waiting_message("d"), wait_s=10, holds_credit=True) is True
+    assert aside.put(*_waiting_message("e"), wait_s=10, holds_credit=True) is True
+    assert [w.delivery.tag for w in aside.drain()] == ["d", "e"]
+    assert len(aside) == 0 and aside.next_due_in() is None
+
+
+def test_set_aside_wakes_everything_when_a_limit_changes() -> None:
+    app = App("wake", broker="sqlite:///unused.sqlite3")
+    app.task(name="wake.slow", rate_limit="1/h")(lambda: None)
+    limits = RateLimits(app)
+    aside = SetAside(max_released=8, rate_limits=limits)
+    aside.put(*_waiting_message("slow"), wait_s=3600, holds_credit=True)
+    assert aside.pop_due() is None
+    limits.set("wake.slow", "100/s")
+    woken = aside.pop_due()
+    assert woken is not None and woken.delivery.tag == "slow"
