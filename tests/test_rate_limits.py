@@ -71,7 +71,7 @@ def test_rate_limit_holds_for_the_node_across_prefork_children(project: Project)
     assert "Task tasks.limited: rate limit 5/s for this worker node" in worker.log_text()
 
 
-@pytest.mark.parametrize("pool", ["prefork", "solo"])
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 def test_rate_limited_tasks_do_not_block_other_tasks(project: Project, pool: str) -> None:
     tasks = project.app()
     worker = project.start_worker("-P", pool, "-c", "2")
