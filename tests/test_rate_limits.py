@@ -285,3 +285,27 @@ def test_set_aside_wakes_everything_when_a_limit_changes() -> None:
     limits.set("wake.slow", "100/s")
     woken = aside.pop_due()
     assert woken is not None and woken.delivery.tag == "slow"
+
+
+def test_waiting_tasks_keep_their_leases_fresh_and_go_back_at_warm_shutdown(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a 1 s visibility timeout, tasks waiting for a token long past it are not taken by
+    another worker (their leases are renewed); a warm shutdown hands them over at once."""
+    settings = "broker_visibility_timeout = 1\n"
+    use_config(project, settings + "task_annotations = {'tasks.annotated': {'rate_limit': '1/h'}}\n", monkeypatch)
+    tasks = project.app()
+    holder = project.start_worker("-c", "1")
+    results = tasks.annotated.delay_many([(f"lease-{i}",) for i in range(3)])
+    wait_until(lambda: len(runs(project, "lease-")) == 1, 30, "the one token of the hour used")
+    time.sleep(2.5)  # leases not renewed would have expired by now
+    use_config(project, settings, monkeypatch)
+    other = project.start_worker("-c", "1")  # no limit: it would run anything it could lease
+    time.sleep(2.5)
+    assert len(runs(project, "lease-")) == 1
+    assert holder.stop() == 0
+    for r in results:
+        r.get(timeout=30)
+    other.stop()
+    counts = [project.ledger_count(f"lease-{i}") for i in range(3)]
+    assert counts == [1, 1, 1]
