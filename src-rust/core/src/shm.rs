@@ -7,7 +7,9 @@
 
 use std::sync::atomic::AtomicU64;
 
-use crate::error::{Error, Result};
+#[cfg(unix)]
+use crate::error::Error;
+use crate::error::Result;
 
 /// A fixed number of `AtomicU64` words, zero at creation, shared over `fork`.
 pub struct SharedWords {
