@@ -162,6 +162,33 @@ class TokenBucket:
         """0.0 when the tokens were taken, else the seconds to wait until they are available."""
     def set_rate(self, rate: str | float) -> None: ...
 
+@final
+class RateLimitTable:
+    """The rate limits of a worker node, in memory shared with the processes it forks later.
+
+    One GCRA token bucket per task name (burst: one second's worth, at least 1), updated by
+    compare-and-swap, so the limit holds for the node as a whole. Raises ``ConfigurationError``
+    for a bad rate, an empty or over-long (> 192 bytes) task name, or a full table.
+    """
+
+    def __new__(cls, slots: int = 1024) -> RateLimitTable: ...
+    @property
+    def slots(self) -> int: ...
+    @staticmethod
+    def check(rate: str | float | None) -> float | None:
+        """The rate in tasks per second, or None for no limit (None, ``"0"``, 0); raises for a bad rate."""
+    def set(self, task_name: str, rate: str | float | None) -> None:
+        """Set the limit of a task; None, ``"0"`` or 0 removes it. Seen at once by every sharing process."""
+    @property
+    def generation(self) -> int:
+        """A counter bumped by every ``set``, in any sharing process."""
+    def rate(self, task_name: str) -> float | None:
+        """Tasks per second allowed, or None when the task has no limit."""
+    def limits(self) -> list[tuple[str, float]]:
+        """Every limited task and its rate (tasks per second), by name."""
+    def try_acquire(self, task_name: str) -> float:
+        """0.0 when the task may start now (a token was taken), else the seconds until it may."""
+
 # -- prefetch and the SQLite transport ---------------------------------------------------------
 
 @final

@@ -20,6 +20,10 @@ class ConfigurationError(RQueueError, ValueError):
     """A setting, URL, rate string, route or serializer name is invalid."""
 
 
+class RateLimitError(ConfigurationError):
+    """A rate limit is invalid (a bad rate string), or names a task the worker does not know."""
+
+
 # -- messages and serialization --------------------------------------------------------------
 
 

@@ -78,6 +78,10 @@ class Task(Generic[P, R]):
             raise ConfigurationError(
                 f"task {name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(TASK_OPTIONS)}"
             )
+        if options.get("rate_limit") is not None:
+            from rqueue.worker.ratelimit import check_rate
+
+            check_rate(options["rate_limit"], f"task {name}")
         self.app = app
         self.fun = fun
         self.name = name

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rqueue._rqueue import TokenBucket, parse_rate
+from rqueue._rqueue import RateLimitTable, TokenBucket, parse_rate
 from rqueue.exceptions import ConfigurationError
 
 
@@ -65,3 +69,115 @@ def test_token_bucket_bad_arguments() -> None:
         TokenBucket("1/s", burst=0)
     with pytest.raises(ConfigurationError):
         TokenBucket("1/s", burst=2).try_acquire(3)
+
+
+# -- RateLimitTable: the node-wide table shared over fork ---------------------------------------------
+
+
+def test_rate_limit_table_limits_only_named_tasks() -> None:
+    table = RateLimitTable()
+    table.set("tasks.add", "2/s")
+    assert table.rate("tasks.add") == pytest.approx(2.0)
+    assert table.rate("tasks.other") is None
+    assert [table.try_acquire("tasks.add") for _ in range(2)] == [0.0, 0.0]
+    assert 0.0 < table.try_acquire("tasks.add") <= 0.5
+    assert table.try_acquire("tasks.other") == 0.0
+    assert table.limits() == [("tasks.add", pytest.approx(2.0))]
+
+
+@pytest.mark.parametrize("off", [None, "0", " 0/m ", 0, 0.0])
+def test_rate_limit_table_zero_or_none_removes_limit(off: str | float | None) -> None:
+    table = RateLimitTable()
+    table.set("tasks.add", "1/h")
+    assert table.try_acquire("tasks.add") == 0.0
+    assert table.try_acquire("tasks.add") > 3000
+    table.set("tasks.add", off)
+    assert table.rate("tasks.add") is None
+    assert all(table.try_acquire("tasks.add") == 0.0 for _ in range(100))
+    assert RateLimitTable.check(off) is None
+
+
+@pytest.mark.parametrize("bad", ["abc", "10/d", "-1", "0/d", "", float("nan"), -3])
+def test_rate_limit_table_bad_rate_raises(bad: str | float) -> None:
+    table = RateLimitTable()
+    with pytest.raises(ConfigurationError, match="invalid rate limit"):
+        table.set("tasks.add", bad)
+    with pytest.raises(ConfigurationError, match="invalid rate limit"):
+        RateLimitTable.check(bad)
+    assert table.rate("tasks.add") is None
+
+
+def test_rate_limit_table_bad_names_and_full_table() -> None:
+    table = RateLimitTable(slots=1)
+    with pytest.raises(ConfigurationError, match="empty"):
+        table.set("", "1/s")
+    with pytest.raises(ConfigurationError, match="at most 192 bytes"):
+        table.set("x" * 193, "1/s")
+    table.set("a", "1/s")
+    with pytest.raises(ConfigurationError, match="full"):
+        table.set("b", "1/s")
+
+
+def _in_children(n: int, body: Callable[[], str], then: Callable[[], None] | None = None) -> list[str]:
+    """Run ``body`` in ``n`` forked children (and ``then`` in this process meanwhile); their results."""
+    readers = []
+    for _ in range(n):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                os.write(w, body().encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        readers.append((pid, r))
+    if then is not None:
+        then()
+    out = []
+    for pid, r in readers:
+        with os.fdopen(r) as fh:
+            out.append(fh.read())
+        os.waitpid(pid, 0)
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_rate_limit_table_bound_holds_across_forked_processes() -> None:
+    """Four processes taking tokens from one bucket get, together, no more than the rate allows."""
+    table = RateLimitTable()
+    table.set("tasks.limited", "20/s")
+    start = time.monotonic()
+
+    def take() -> str:
+        grants = 0
+        while time.monotonic() - start < 1.0:
+            if table.try_acquire("tasks.limited") == 0.0:
+                grants += 1
+            time.sleep(0.0005)
+        return str(grants)
+
+    counts = [int(c) for c in _in_children(4, take)]
+    elapsed = time.monotonic() - start
+    assert sum(counts) <= 20 * elapsed + 20 + 1, counts  # the rate over the window plus one burst
+    assert sum(counts) >= 20, counts  # the burst at least was granted
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_rate_limit_table_change_after_fork_reaches_children() -> None:
+    table = RateLimitTable()
+    table.set("tasks.add", "1/h")
+
+    def watch() -> str:
+        deadline = time.monotonic() + 10
+        while table.rate("tasks.add") != 50.0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return str(table.rate("tasks.add"))
+
+    def change() -> None:
+        time.sleep(0.2)
+        table.set("tasks.add", "50/s")
+
+    assert _in_children(3, watch, change) == ["50.0"] * 3

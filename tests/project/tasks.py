@@ -117,3 +117,16 @@ def kill_worker(key):
     """Kill the process running it, every time: a poison message."""
     _ledger(key)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(rate_limit="5/s")
+def limited(key, seconds=0.0):
+    """At most 5 per second per worker node (burst 5); records when it ran."""
+    time.sleep(seconds)
+    return _ledger(key)
+
+
+@app.task
+def annotated(key):
+    """Rate-limited only by the settings of the tests that set them (task_annotations, defaults)."""
+    return _ledger(key)

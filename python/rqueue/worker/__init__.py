@@ -17,6 +17,7 @@ from rqueue.urls import describe
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
+from rqueue.worker.ratelimit import RateLimits
 from rqueue.worker.state import Revoked
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 POOLS = ("prefork", "threads", "solo")
 #: Task options that travel in messages (Celery workers honour them) but rqueue workers do not enforce yet.
-UNENFORCED_OPTIONS = ("rate_limit", "time_limit", "soft_time_limit")
+UNENFORCED_OPTIONS = ("time_limit", "soft_time_limit")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 logger = logging.getLogger("rqueue.worker")
 
@@ -44,6 +45,13 @@ class Worker:
         hostname: Node name, ``name@host`` (default ``rqueue@<host>``).
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
+
+    Attributes:
+        rate_limits: The node's task rate limits, shared by every process and thread of the
+            worker; ``worker.rate_limits.set("tasks.add", "10/m")`` changes one at once.
+
+    Raises:
+        RateLimitError: a task's ``rate_limit`` (decorator, annotations or default) is invalid.
     """
 
     def __init__(
@@ -69,6 +77,8 @@ class Worker:
         self.hostname = hostname or f"rqueue@{socket.gethostname()}"
         self.pidfile = pidfile
         self.statedb = statedb
+        # Made here, before the prefork pool forks, so its shared memory reaches every child.
+        self.rate_limits = RateLimits(app)
 
     def banner(self) -> str:
         """What the worker prints at start: version, app, broker and backend (passwords masked), tasks."""
@@ -96,8 +106,11 @@ class Worker:
         try:
             print(self.banner(), file=out or sys.stdout, flush=True)
             self._warn_unenforced_options()
+            self._log_rate_limits()
             if self.pool == "prefork":
-                pool = PreforkPool(self.app, self.queues, self.hostname, self.concurrency, self.revoked)
+                pool = PreforkPool(
+                    self.app, self.queues, self.hostname, self.concurrency, self.revoked, self.rate_limits
+                )
                 control = ControlServer(self, pool)
                 control.listen()
                 install_shutdown_handlers(pool.signal)
@@ -118,7 +131,9 @@ class Worker:
 
     def _run_in_process(self, revoked: Revoked) -> int:
         threads = self.concurrency if self.pool == "threads" else 1
-        consumer = Consumer(self.app, self.queues, self.hostname, revoked, threads=threads)
+        consumer = Consumer(
+            self.app, self.queues, self.hostname, revoked, threads=threads, rate_limits=self.rate_limits
+        )
         signals = 0
 
         def on_signal(signum: int) -> None:
@@ -148,6 +163,16 @@ class Worker:
             for option in UNENFORCED_OPTIONS:
                 if task.option(option) is not None:
                     logger.warning("Task %s sets %s, which this worker does not enforce yet", name, option)
+
+    def _log_rate_limits(self) -> None:
+        limits = self.rate_limits.limits()
+        if not limits:
+            return
+        if not self.rate_limits.enabled:
+            logger.info("Rate limits are disabled (worker_disable_rate_limits): %d task(s) run unlimited", len(limits))
+            return
+        for name, rate in sorted(limits.items()):
+            logger.info("Task %s: rate limit %g/s for this worker node", name, rate)
 
     # -- pidfile ----------------------------------------------------------------------------------------
 

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from rqueue import _rqueue
 from rqueue.exceptions import BackendError, BrokerError, RQueueError
 from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor, short_repr
+from rqueue.worker.ratelimit import SetAside
 
 if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.task import Request
     from rqueue.worker.pool import RunningSlot
+    from rqueue.worker.ratelimit import RateLimits, Waiting
     from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
@@ -34,6 +36,10 @@ ANY_CONTENT = ("json", "msgpack", "pickle")
 
 #: How long an idle executor waits on the buffer before re-checking the stop flag.
 IDLE_WAIT_S = 0.1
+
+#: Rate-limited deliveries set aside per prefetch credit that give their credit back (so other
+#: messages keep flowing); past that, waiting deliveries keep their credit and fetching slows.
+SET_ASIDE_PER_CREDIT = 16
 
 
 def request_info(request: Request, started: float, hostname: str) -> dict[str, Any]:
@@ -60,7 +66,8 @@ class Consumer:
     """Consumes ``queues`` in this process with ``threads`` executor threads.
 
     ``stop()`` (safe from a signal handler) is a warm shutdown: running tasks finish, and the
-    messages fetched but not started go back to their queue at once.
+    messages fetched but not started (rate-limited ones waiting for a token included) go back to
+    their queue at once.
     """
 
     def __init__(
@@ -71,9 +78,11 @@ class Consumer:
         revoked: Revoked,
         threads: int = 1,
         running: RunningSlot | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.app = app
         self.running = running
+        self.rate_limits = rate_limits
         self.revoked = revoked
         self.queues = list(queues)
         self.hostname = hostname
@@ -83,6 +92,7 @@ class Consumer:
         self.executors: list[Executor] = []
         conf = app.conf
         self.buffer = _rqueue.PrefetchBuffer(max(1, self.threads * int(conf.worker_prefetch_multiplier)))
+        self.aside = SetAside(self.buffer.capacity * SET_ASIDE_PER_CREDIT, rate_limits)
         self.transport = app.broker.consumer(
             self.queues,
             self.owner,
@@ -134,7 +144,7 @@ class Consumer:
             "pid": os.getpid(),
             "active": active,
             "reserved": [decode(d) for d in self.buffer.snapshot()],
-            "scheduled": [],
+            "scheduled": [self._describe_waiting(w) for w in self.aside.snapshot()],
             "processed": dict(processed),
         }
 
@@ -142,6 +152,16 @@ class Consumer:
         """Consume these queues from the next fetch on."""
         self.queues = list(queues)
         self.transport.set_queues(self.queues)
+
+    def _describe_waiting(self, waiting: Waiting) -> dict[str, Any]:
+        """A rate-limited delivery as ``inspect scheduled`` shows it: when it may run, and what it is."""
+        msg = waiting.message
+        eta = time.time() + max(0.0, waiting.due - time.monotonic())
+        return {
+            "eta": _rqueue.format_iso8601_ms(int(eta * 1000)),
+            "priority": msg.priority,
+            "request": self._describe_delivery(waiting.delivery),
+        }
 
     def _describe_delivery(self, delivery: _rqueue.Delivery) -> dict[str, Any]:
         info: dict[str, Any] = {"hostname": self.hostname, "delivery_info": {"routing_key": delivery.queue}}
@@ -159,20 +179,34 @@ class Consumer:
         }
 
     def _executor_loop(self) -> None:
-        executor = Executor(self.app, self.app.broker, self.hostname, self.revoked)
+        executor = Executor(self.app, self.app.broker, self.hostname, self.revoked, self.rate_limits)
         executor.stopping = self._stop.is_set
         self.executors.append(executor)
         buffer = self.buffer
+        aside = self.aside
         try:
             while not self._stop.is_set():
-                delivery = buffer.get(IDLE_WAIT_S)
-                if delivery is None:
-                    executor.flush()
-                    continue
+                msg: _rqueue.TaskMessage | None = None
+                waited = aside.pop_due()
+                if waited is not None:
+                    delivery, msg, holds_credit = waited.delivery, waited.message, waited.holds_credit
+                else:
+                    due_in = aside.next_due_in()
+                    got = buffer.get(IDLE_WAIT_S if due_in is None else min(IDLE_WAIT_S, due_in))
+                    if got is None:
+                        executor.flush()
+                        continue
+                    delivery, holds_credit = got, True
                 if self.running is not None:
                     self.running.set(delivery.tag)
                 try:
-                    executor.handle(delivery)
+                    deferred = executor.handle(delivery, msg)
+                    if deferred is not None:
+                        # Over its rate limit: wait aside (still leased) while other deliveries run.
+                        wait_s, msg = deferred
+                        if aside.put(delivery, msg, wait_s, holds_credit):
+                            buffer.done()
+                        holds_credit = False
                 except (BrokerError, BackendError, OSError) as exc:
                     # The message stays leased: it is delivered again when its lease expires.
                     logger.error("Broker or backend failed while handling message %s: %s", delivery.tag, exc)
@@ -180,7 +214,8 @@ class Consumer:
                 finally:
                     if self.running is not None:
                         self.running.clear()
-                    buffer.done()
+                    if holds_credit:
+                        buffer.done()
                 if len(buffer) == 0 or executor.flush_due():
                     executor.flush()
         finally:
@@ -191,11 +226,15 @@ class Consumer:
         lease left over (a fetch whose reply was lost, a flush that gave up) so nothing waits for
         its lease to expire."""
         unstarted = self.transport.stop()
+        waiting = self.aside.drain()
         broker = self.app.broker
         try:
             if unstarted:
                 broker.requeue([d.tag for d in unstarted])
                 logger.info("Returned %d unstarted message(s) to the queue", len(unstarted))
+            if waiting:
+                broker.requeue([w.delivery.tag for w in waiting])
+                logger.info("Returned %d message(s) waiting for their rate limit to the queue", len(waiting))
             leftover = broker.requeue_owner(self.owner, int(self.app.conf.broker_max_deliveries))
             if leftover:
                 logger.warning("Returned %d message(s) still leased by this worker to the queue", leftover)

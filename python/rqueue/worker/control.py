@@ -202,11 +202,12 @@ class ControlServer:
     def rate_limit(self, args: dict[str, Any]) -> dict[str, str]:
         name = str(args.get("task_name", ""))
         self._task(name)
-        rate_limits = getattr(self.worker, "rate_limits", None)
-        if rate_limits is None:
-            raise ControlError("this worker does not enforce rate limits yet")
-        rate_limits.set(name, args.get("rate_limit"))
-        logger.info("New rate limit for tasks of type %s: %s", name, args.get("rate_limit"))
+        rate = args.get("rate_limit")
+        self.worker.rate_limits.set(name, rate)
+        if self.worker.rate_limits.get(name) is None:
+            logger.info("Rate limit of tasks of type %s disabled", name)
+            return {"ok": "rate limit disabled successfully"}
+        logger.info("New rate limit for tasks of type %s: %s", name, rate)
         return {"ok": "new rate limit set successfully"}
 
     def time_limit(self, args: dict[str, Any]) -> dict[str, str]:

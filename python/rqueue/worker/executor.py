@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import Broker
     from rqueue.task import Task
+    from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
@@ -52,9 +53,12 @@ SHUTDOWN_FLUSH_S = 10.0
 class Executor:
     """Runs deliveries for one thread of one worker process."""
 
-    def __init__(self, app: App, broker: Broker, hostname: str, revoked: Revoked) -> None:
+    def __init__(
+        self, app: App, broker: Broker, hostname: str, revoked: Revoked, rate_limits: RateLimits | None = None
+    ) -> None:
         self.app = app
         self.revoked = revoked
+        self.rate_limits = rate_limits
         self.broker = broker
         self.backend = app.backend
         self.hostname = hostname
@@ -72,44 +76,65 @@ class Executor:
 
     # -- one message ----------------------------------------------------------------------------------
 
-    def handle(self, delivery: _rqueue.Delivery) -> None:
-        """Process one delivery; never raises for anything the message or the task did."""
+    def handle(
+        self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None = None
+    ) -> tuple[float, _rqueue.TaskMessage] | None:
+        """Process one delivery; never raises for anything the message or the task did.
+
+        ``msg`` is the delivery's decoded message when it was decoded before (a delivery offered
+        again after waiting for its rate limit). Returns None once the delivery is dealt with. A
+        task over its rate limit is not run: ``(seconds until a token may be there, the decoded
+        message)`` comes back, and nothing was done (not acked, no state recorded; still leased).
+        """
         if self.batch_since is None:
             self.batch_since = time.monotonic()
-        try:
-            msg = _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
-        except MessageTooLarge as exc:
-            return self._dead_letter(delivery, "too_large", exc)
-        except ContentDisallowed as exc:
-            return self._dead_letter(delivery, "content_disallowed", exc, _peek_id(delivery.payload))
-        except DecodeError as exc:
-            return self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
+        if msg is None:
+            try:
+                msg = _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
+            except MessageTooLarge as exc:
+                self._dead_letter(delivery, "too_large", exc)
+                return None
+            except ContentDisallowed as exc:
+                self._dead_letter(delivery, "content_disallowed", exc, _peek_id(delivery.payload))
+                return None
+            except DecodeError as exc:
+                self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
+                return None
 
         task = self.app.tasks.get(msg.task)
         if task is None:
             error = NotRegistered(f"task {msg.task!r} is not registered with this worker")
             logger.error("Received unregistered task %s[%s]; dead-lettered", msg.task, msg.id)
             self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(error)))
-            return self._dead_letter(delivery, "unregistered", error, msg.id, logged=True)
+            self._dead_letter(delivery, "unregistered", error, msg.id, logged=True)
+            return None
 
         args, kwargs = msg.args, msg.kwargs
         if args is None or kwargs is None:  # a body only Python decodes (pickle, explicitly accepted)
             try:
                 args, kwargs, _embed = serialization.loads(msg.body, msg.content_type, self.accept)
             except (DecodeError, ContentDisallowed, ValueError, TypeError) as exc:
-                return self._dead_letter(delivery, "decode_error", exc, msg.id)
+                self._dead_letter(delivery, "decode_error", exc, msg.id)
+                return None
 
         now_ms = time.time() * 1000
         if msg.expires_ms is not None and msg.expires_ms < now_ms:
             logger.info("Task %s[%s] expired before it ran; revoked", msg.task, msg.id)
-            return self._revoke(delivery, msg.id, "expired")
+            self._revoke(delivery, msg.id, "expired")
+            return None
         if msg.id in self.revoked:
             logger.info("Discarding revoked task %s[%s]", msg.task, msg.id)
-            return self._revoke(delivery, msg.id, "revoked")
+            self._revoke(delivery, msg.id, "revoked")
+            return None
         if msg.eta_ms is not None and msg.eta_ms > now_ms + 1:
             # Not due yet (a producer that did not use the broker's schedule): put it back, scheduled.
             self.broker.publish(delivery.queue, delivery.payload, msg.priority, msg.eta_ms)
-            return self._ack(delivery)
+            self._ack(delivery)
+            return None
+        if self.rate_limits is not None:
+            wait_s = self.rate_limits.acquire(msg.task)
+            if wait_s > 0.0:
+                return wait_s, msg
 
         ignore_result = msg.ignore_result or bool(task.option("ignore_result"))
         acks_late = bool(task.option("acks_late"))
@@ -156,10 +181,14 @@ class Executor:
                 logger.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, rej.reason)
                 self.broker.requeue([delivery.tag])
                 return None
-            return self._dead_letter(delivery, "rejected", rej, msg.id) if acks_late else None
+            if acks_late:
+                self._dead_letter(delivery, "rejected", rej, msg.id)
+            return None
         except Exception as exc:
             if self._auto_retry(task, request, exc):
-                return self._ack(delivery) if acks_late else None
+                if acks_late:
+                    self._ack(delivery)
+                return None
             runtime = time.perf_counter() - started
             tb = traceback.format_exc()
             logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, runtime, tb)

@@ -23,6 +23,7 @@ from rqueue.worker.link import ChildLink
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
@@ -63,9 +64,18 @@ class RunningSlot:
 class PreforkPool:
     """Starts, watches and replaces child processes; forwards warm and cold shutdown to them."""
 
-    def __init__(self, app: App, queues: Sequence[str], hostname: str, concurrency: int, revoked: Revoked) -> None:
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str],
+        hostname: str,
+        concurrency: int,
+        revoked: Revoked,
+        rate_limits: RateLimits | None = None,
+    ) -> None:
         self.app = app
         self.revoked = revoked
+        self.rate_limits = rate_limits
         self.queues = list(queues)
         self.hostname = hostname
         self.concurrency = concurrency
@@ -185,7 +195,15 @@ class PreforkPool:
         link.in_child()
         try:
             code = run_child(
-                self.app, self.queues, self.hostname, slot, previous, self.revoked, self.running[slot], link
+                self.app,
+                self.queues,
+                self.hostname,
+                slot,
+                previous,
+                self.revoked,
+                self.running[slot],
+                link,
+                self.rate_limits,
             )
         except BaseException:
             logger.exception("Child process %d crashed", os.getpid())
@@ -203,11 +221,12 @@ def run_child(
     revoked: Revoked,
     running: RunningSlot,
     link: ChildLink,
+    rate_limits: RateLimits | None = None,
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
-    consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running)
+    consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running, rate_limits=rate_limits)
 
     def answer(request: dict[str, Any]) -> Any:
         op = request.get("op")

@@ -10,7 +10,9 @@ pub mod prefetch;
 pub mod protocol;
 pub mod pyrepr;
 pub mod ratelimit;
+pub mod ratetable;
 pub mod routing;
+pub mod shm;
 pub mod transport;
 
 pub use error::{Error, Result};

@@ -38,6 +38,19 @@ pub fn parse_rate(rate: &str) -> Result<f64> {
     check_rate(per_second).map_err(|_| bad())
 }
 
+/// Like [`parse_rate`], but a zero rate (`"0"`, `"0/m"`) means "no limit" and gives `None`.
+pub fn parse_rate_or_off(rate: &str) -> Result<Option<f64>> {
+    let text = rate.trim();
+    let number = text.split_once('/').map_or(text, |(n, _)| n).trim();
+    if number.parse::<f64>().is_ok_and(|v| v == 0.0) {
+        // still refuse a bad unit: "0/d" is a mistake, not "no limit"
+        parse_rate(&text.replacen(number, "1", 1))
+            .map_err(|_| Error::Config(format!("invalid rate limit {rate:?}; {ACCEPTED}")))?;
+        return Ok(None);
+    }
+    parse_rate(rate).map(Some)
+}
+
 /// Validates a numeric rate (tokens per second): finite and strictly positive.
 pub fn check_rate(per_second: f64) -> Result<f64> {
     if per_second.is_finite() && per_second > 0.0 {
@@ -246,6 +259,18 @@ mod tests {
                 matches!(&err, Error::Config(m) if m.contains(&format!("{bad:?}")) && m.contains("10/s")),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn test_parse_rate_or_off() {
+        assert_eq!(parse_rate_or_off("0").unwrap(), None);
+        assert_eq!(parse_rate_or_off(" 0/m ").unwrap(), None);
+        assert_eq!(parse_rate_or_off("0.0/s").unwrap(), None);
+        assert_eq!(parse_rate_or_off("10/m").unwrap(), Some(10.0 / 60.0));
+        for bad in ["0/d", "-1", "x", ""] {
+            let err = parse_rate_or_off(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
     }
 

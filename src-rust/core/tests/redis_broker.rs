@@ -127,12 +127,29 @@ fn test_redis_fifo_and_priority_across_queues() {
     b.publish("a", &envelope("a3", "a", "x"), 7, None).unwrap();
     assert_eq!(b.queue_length("a").unwrap(), 3);
     let got = b.fetch(&qs(&["a", "b"]), 10, "w1").unwrap();
-    assert_eq!(tags(&got), vec!["a1", "a2", "b3", "b2", "a3", "b1"]);
+    // priority buckets first; within one, a message from each queue in turn
+    assert_eq!(tags(&got), vec!["a1", "b3", "a2", "b2", "a3", "b1"]);
     assert_eq!(got[0].queue, "a");
     assert_eq!(got[3].queue, "b");
     assert_eq!(got[0].payload, envelope("a1", "a", "x"));
     assert!(got.iter().all(|d| d.deliveries == 1));
     assert!(b.fetch(&qs(&["a", "b"]), 10, "w1").unwrap().is_empty());
+}
+
+#[test]
+fn test_redis_fetch_takes_queues_in_turn() {
+    let s = server!();
+    let b = s.broker("");
+    for i in 0..6 {
+        let tag = format!("a{i}");
+        b.publish("a", &envelope(&tag, "a", "x"), 0, None).unwrap();
+    }
+    b.publish("b", &envelope("b0", "b", "x"), 0, None).unwrap();
+    b.publish("b", &envelope("b1", "b", "x"), 0, None).unwrap();
+    let got = b.fetch(&qs(&["a", "b"]), 5, "w1").unwrap();
+    assert_eq!(tags(&got), vec!["a0", "b0", "a1", "b1", "a2"]);
+    let got = b.fetch(&qs(&["b", "a"]), 2, "w1").unwrap();
+    assert_eq!(tags(&got), vec!["a3", "a4"]);
 }
 
 #[test]

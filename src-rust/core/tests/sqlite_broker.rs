@@ -95,8 +95,59 @@ fn test_sqlite_priority_then_fifo_across_queues() {
         .iter()
         .map(|d| String::from_utf8(d.payload.clone()).unwrap())
         .collect();
-    assert_eq!(order, vec!["b-p0", "a-p0", "a-p5", "a-p5-2"]);
+    // priority first across queues; within one, a message from each queue in turn
+    assert_eq!(order, vec!["a-p0", "b-p0", "a-p5", "a-p5-2"]);
     assert_eq!(b.queue_length("b").unwrap(), 1);
+}
+
+#[test]
+fn test_sqlite_fetch_takes_queues_in_turn() {
+    let (_d, b) = temp_broker();
+    let mut msgs: Vec<NewMessage> = (0..6).map(|i| msg("a", &format!("a{i}"), 0)).collect();
+    msgs.push(msg("b", "b0", 0));
+    msgs.push(msg("b", "b1", 0));
+    b.publish_many(&msgs).unwrap();
+    let payloads = |ds: Vec<rqueue_core::prefetch::Delivery>| -> Vec<String> {
+        ds.into_iter()
+            .map(|d| String::from_utf8(d.payload).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        payloads(b.fetch(&qs(&["b", "a"]), 5, "w", 60_000).unwrap()),
+        vec!["b0", "a0", "b1", "a1", "a2"]
+    );
+    assert_eq!(
+        payloads(b.fetch(&qs(&["a", "b"]), 5, "w", 60_000).unwrap()),
+        vec!["a3", "a4", "a5"]
+    );
+}
+
+#[test]
+fn test_sqlite_consumer_alternates_queues_with_a_prefetch_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    let mut msgs: Vec<NewMessage> = (0..10).map(|i| msg("a", &format!("a{i}"), 0)).collect();
+    msgs.extend((0..3).map(|i| msg("b", &format!("b{i}"), 0)));
+    b.publish_many(&msgs).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(1));
+    let consumer = SqliteConsumer::new(
+        ConsumerConfig::new(&path, qs(&["a", "b"]), "w1"),
+        Arc::clone(&buffer),
+    )
+    .unwrap();
+    consumer.start().unwrap();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+        b.ack(&[d.tag.as_str()]).unwrap();
+        buffer.done(1);
+        order.push(String::from_utf8(d.payload).unwrap());
+    }
+    consumer.stop();
+    // one message per fetch, each fetch starting at the next queue: b is not left until a drains
+    let from_b = order.iter().filter(|p| p.starts_with('b')).count();
+    assert_eq!(from_b, 3, "{order:?}");
 }
 
 #[test]

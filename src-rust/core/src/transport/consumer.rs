@@ -5,7 +5,9 @@
 //! connection, opened on the thread. It fetches only as many messages as the buffer has credits
 //! (at most [`FETCH_BATCH`]), polls with exponential backoff when nothing is due (the
 //! transport's `poll_min` doubling up to `poll_max`), renews this owner's leases every
-//! `lease / 3`, and sweeps expired leases of any owner every `sweep_interval`. Errors are
+//! `lease / 3`, and sweeps expired leases of any owner every `sweep_interval`. With several
+//! queues, each fetch starts at the next queue in turn (transports take one message from each
+//! queue in turn within a priority), so consuming is fair between queues. Errors are
 //! recorded (see `last_error`), the connection is dropped and reopened with backoff (10 ms
 //! doubling to 1 s), so consuming resumes within about a second of the broker coming back; the
 //! thread only ends when asked to. It never takes the GIL and never starts on its own: call
@@ -209,9 +211,11 @@ struct Worker<S> {
     shared: Arc<Shared>,
 }
 
-/// When the periodic steps are next due, and the current idle poll interval.
+/// When the periodic steps are next due, the current idle poll interval, and how far the
+/// queue order is rotated for the next fetch.
 struct Timers {
     poll: Duration,
+    rotation: usize,
     extend_every: Duration,
     next_extend: Instant,
     next_sweep: Instant,
@@ -240,6 +244,7 @@ impl<S: LeaseSource> Worker<S> {
         let extend_every = self.settings.lease / 3;
         let mut timers = Timers {
             poll: self.settings.poll_min,
+            rotation: 0,
             extend_every,
             next_extend: Instant::now() + extend_every,
             next_sweep: Instant::now(),
@@ -292,7 +297,13 @@ impl<S: LeaseSource> Worker<S> {
             }
             return Ok(());
         }
-        let queues = lock(&self.shared.queues).clone();
+        let mut queues = lock(&self.shared.queues).clone();
+        if queues.len() > 1 {
+            // Each fetch starts at the next queue: with small fetches (a prefetch of one) the
+            // first queue listed would otherwise always win within a priority.
+            t.rotation = (t.rotation + 1) % queues.len();
+            queues.rotate_left(t.rotation);
+        }
         let batch = s.fetch(&queues, credits.min(FETCH_BATCH))?;
         if batch.is_empty() {
             self.nap(t.poll);

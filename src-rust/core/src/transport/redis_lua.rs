@@ -61,46 +61,53 @@ for _, q in ipairs(queues) do
     redis.call('ZREM', ek, m)
   end
 end
--- (b) pop in priority order: every queue's bucket 0 before any bucket 3
+-- (b) pop in priority order: every queue's bucket 0 before any bucket 3; within a bucket one
+-- message from each queue in turn (in the order given), so a long queue does not starve others
 local out = {}
 local got = 0
 local owned = prefix .. 'rqueue.owned.' .. owner
 for _, step in ipairs({'0', '3', '6', '9'}) do
-  for _, q in ipairs(queues) do
-    while got < limit do
+  local active = queues
+  while got < limit and #active > 0 do
+    local still = {}
+    for _, q in ipairs(active) do
+      if got >= limit then break end
       local env = redis.call('RPOP', list_key(q, step))
-      if not env then break end
-      got = got + 1
-      -- (c) lease records
-      local ok, obj = pcall(cjson.decode, env)
-      local tag, ex, rk
-      if ok and type(obj) == 'table' and type(obj.properties) == 'table' then
-        tag = obj.properties.delivery_tag
-        local di = obj.properties.delivery_info
-        if type(di) == 'table' then ex = di.exchange; rk = di.routing_key end
+      if env then
+        still[#still + 1] = q
+        got = got + 1
+        -- (c) lease records
+        local ok, obj = pcall(cjson.decode, env)
+        local tag, ex, rk
+        if ok and type(obj) == 'table' and type(obj.properties) == 'table' then
+          tag = obj.properties.delivery_tag
+          local di = obj.properties.delivery_info
+          if type(di) == 'table' then ex = di.exchange; rk = di.routing_key end
+        end
+        local entry, envlen
+        if type(tag) == 'string' and tag ~= '' and not string.find(tag, '\n', 1, true) then
+          if type(ex) ~= 'string' then ex = '' end
+          if type(rk) ~= 'string' then rk = q end
+          entry = '[' .. env .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
+          envlen = #env
+        else
+          -- not a kombu envelope: give it a tag so the worker can dead-letter it
+          tag = 'rqueue-' .. t[1] .. t[2] .. '-' .. redis.call('INCR', prefix .. 'rqueue.tagseq')
+          entry = '[' .. cjson.encode(env) .. ',"",' .. cjson.encode(q) .. ']'
+          envlen = -1
+        end
+        redis.call('HSET', unacked, tag, entry)
+        redis.call('ZADD', index, now_s, tag)
+        redis.call('SADD', owned, tag)
+        redis.call('HSET', leases, tag, owner .. '\n' .. step .. '\n' .. envlen .. '\n' .. q)
+        local n = redis.call('HINCRBY', counts, tag, 1)
+        out[#out + 1] = tag
+        out[#out + 1] = q
+        out[#out + 1] = env
+        out[#out + 1] = tostring(n)
       end
-      local entry, envlen
-      if type(tag) == 'string' and tag ~= '' and not string.find(tag, '\n', 1, true) then
-        if type(ex) ~= 'string' then ex = '' end
-        if type(rk) ~= 'string' then rk = q end
-        entry = '[' .. env .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
-        envlen = #env
-      else
-        -- not a kombu envelope: give it a tag so the worker can dead-letter it
-        tag = 'rqueue-' .. t[1] .. t[2] .. '-' .. redis.call('INCR', prefix .. 'rqueue.tagseq')
-        entry = '[' .. cjson.encode(env) .. ',"",' .. cjson.encode(q) .. ']'
-        envlen = -1
-      end
-      redis.call('HSET', unacked, tag, entry)
-      redis.call('ZADD', index, now_s, tag)
-      redis.call('SADD', owned, tag)
-      redis.call('HSET', leases, tag, owner .. '\n' .. step .. '\n' .. envlen .. '\n' .. q)
-      local n = redis.call('HINCRBY', counts, tag, 1)
-      out[#out + 1] = tag
-      out[#out + 1] = q
-      out[#out + 1] = env
-      out[#out + 1] = tostring(n)
     end
+    active = still
   end
 end
 return out

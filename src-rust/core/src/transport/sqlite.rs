@@ -19,7 +19,7 @@
 //! retried here with backoff, so "database is locked" never reaches the caller unless the file
 //! stays locked for the whole retry window.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,7 +28,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
-use crate::transport::{check_priority, check_queue};
+use crate::transport::{check_priority, check_queue, interleave};
 
 /// The schema version this code writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -395,7 +395,9 @@ impl SqliteBroker {
     }
 
     /// Leases up to `limit` due, waiting messages of `queues` to `owner` for `lease_ms`:
-    /// priority 0 first, then oldest first, across all the queues.
+    /// priority 0 first across all the queues; within one priority, oldest first in each queue,
+    /// taking one from each queue in turn (in the order given), so a long queue does not starve
+    /// the others. The consumer rotates the order from one fetch to the next.
     pub fn fetch(
         &self,
         queues: &[String],
@@ -414,7 +416,7 @@ impl SqliteBroker {
             let now = now_ms();
             // Per queue, the head of its index; merged here. This keeps each step an index walk
             // instead of sorting every waiting message of several queues.
-            let mut candidates: Vec<(i64, i64)> = Vec::new();
+            let mut per_queue: Vec<VecDeque<(i64, i64)>> = Vec::with_capacity(queues.len());
             let mut select = tx.prepare_cached(
                 "SELECT priority, id FROM messages
                  WHERE queue = ?1 AND owner IS NULL AND eta_ms <= ?2
@@ -424,14 +426,9 @@ impl SqliteBroker {
                 let rows = select.query_map(params![q, now, limit as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
-                for row in rows {
-                    candidates.push(row?);
-                }
+                per_queue.push(rows.collect::<rusqlite::Result<_>>()?);
             }
-            if queues.len() > 1 {
-                candidates.sort_unstable();
-                candidates.truncate(limit);
-            }
+            let candidates = interleave(per_queue, limit);
             let mut update = tx.prepare_cached(
                 "UPDATE messages SET owner = ?2, lease_until_ms = ?3, deliveries = deliveries + 1
                  WHERE id = ?1 RETURNING queue, payload, deliveries",
