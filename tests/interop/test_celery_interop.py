@@ -279,3 +279,18 @@ def test_sigkilled_worker_messages_run_on_another_worker(
     counts = {key: rproject.ledger_count(key) for key in ["long", *(f"short-{i}" for i in range(4))]}
     print(f"held by the killed worker: {held}; every task done {recovered_s:.1f} s after the kill; runs: {counts}")
     assert counts == {"long": 1, "short-0": 1, "short-1": 1, "short-2": 1, "short-3": 1}
+
+
+# -- 4. time limits sent by Celery ---------------------------------------------------------------------
+
+
+def test_celery_time_limits_are_honoured_by_an_rqueue_worker(rproject: Project, celery_producer: Any) -> None:
+    worker = rproject.start_worker("-c", "1")
+    hard = celery_producer.send_task("tasks.sleep", (30,), time_limit=1)  # header timelimit = [1, None]
+    with pytest.raises(Exception) as raised:  # Celery rebuilds the type: checked below
+        hard.get(timeout=30)
+    assert type(raised.value).__name__ == "TimeLimitExceeded"
+    assert hard.state == "FAILURE"
+    worker.wait_for_log(f"Hard time limit (1s) exceeded for tasks.sleep[{hard.id}]")
+    soft = celery_producer.send_task("tasks.soft_limited", (30, "celery-soft"), soft_time_limit=0.25)
+    assert soft.get(timeout=30) == "caught: soft time limit (0.25s) exceeded"

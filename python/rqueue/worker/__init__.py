@@ -16,13 +16,14 @@ from rqueue.urls import describe
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.state import Revoked
+from rqueue.worker.timelimit import install_soft_limit_handler, main_guard_target
 
 if TYPE_CHECKING:
     from rqueue.app import App
 
 POOLS = ("prefork", "threads", "solo")
 #: Task options that travel in messages (Celery workers honour them) but rqueue workers do not enforce yet.
-UNENFORCED_OPTIONS = ("rate_limit", "time_limit", "soft_time_limit")
+UNENFORCED_OPTIONS = ("rate_limit",)
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 logger = logging.getLogger("rqueue.worker")
 
@@ -121,6 +122,7 @@ class Worker:
                 os._exit(1)
 
         install_shutdown_handlers(on_signal)
+        install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
         logger.info("%s ready.", self.hostname)
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)
@@ -132,6 +134,13 @@ class Worker:
             for option in UNENFORCED_OPTIONS:
                 if task.option(option) is not None:
                     logger.warning("Task %s sets %s, which this worker does not enforce yet", name, option)
+            if self.pool != "prefork" and task.option("time_limit") is not None:
+                logger.warning(
+                    "Task %s sets time_limit, which the %s pool does not enforce (only prefork does); "
+                    "its soft_time_limit is enforced",
+                    name,
+                    self.pool,
+                )
 
     # -- pidfile ----------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from rqueue import _rqueue
 from rqueue.exceptions import BackendError, BrokerError
 from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor
+from rqueue.worker.timelimit import TaskGuard, TimeLimits, Watchdog
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -60,6 +61,11 @@ class Consumer:
         self.threads = max(1, threads)
         self.owner = owner_id(hostname, os.getpid())
         self._stop = threading.Event()
+        #: Effective time limits; in prefork the supervisor enforces them, here they pick the soft
+        #: limit the watchdog enforces (solo, threads).
+        self.limits = TimeLimits(app)
+        self.watchdog = Watchdog() if running is None else None
+        self.main_guard: TaskGuard | None = None
         conf = app.conf
         self.buffer = _rqueue.PrefetchBuffer(max(1, self.threads * int(conf.worker_prefetch_multiplier)))
         self.transport = app.broker.consumer(
@@ -98,8 +104,12 @@ class Consumer:
         return self._stop.is_set()
 
     def _executor_loop(self) -> None:
-        executor = Executor(self.app, self.app.broker, self.hostname, self.revoked)
+        executor = Executor(
+            self.app, self.app.broker, self.hostname, self.revoked, self.limits, self.running, self.watchdog
+        )
         executor.stopping = self._stop.is_set
+        if threading.current_thread() is threading.main_thread():
+            self.main_guard = executor.guard
         buffer = self.buffer
         try:
             while not self._stop.is_set():

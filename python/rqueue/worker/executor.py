@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import reprlib
 import time
 import traceback
 from collections.abc import Callable
@@ -26,15 +27,20 @@ from rqueue.exceptions import (
     Reject,
     Retry,
     SerializationError,
+    SoftTimeLimitExceeded,
     TaskRevokedError,
+    TaskTerminated,
 )
 from rqueue.task import Request, pop_request, push_request
+from rqueue.worker.timelimit import TaskGuard, TimeLimits
 
 if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import Broker
     from rqueue.task import Task
+    from rqueue.worker.pool import RunningSlot
     from rqueue.worker.state import Revoked
+    from rqueue.worker.timelimit import Watchdog
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -49,10 +55,29 @@ SHUTDOWN_FLUSH_S = 10.0
 
 
 class Executor:
-    """Runs deliveries for one thread of one worker process."""
+    """Runs deliveries for one thread of one worker process (create it in that thread).
 
-    def __init__(self, app: App, broker: Broker, hostname: str, revoked: Revoked) -> None:
+    ``slot`` (a prefork child) is told what runs, for the supervisor that enforces time limits;
+    without one, ``watchdog`` enforces the soft limit in this process.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        broker: Broker,
+        hostname: str,
+        revoked: Revoked,
+        limits: TimeLimits | None = None,
+        slot: RunningSlot | None = None,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self.app = app
+        self.limits = limits if limits is not None else TimeLimits(app)
+        self.slot = slot
+        self.watchdog = watchdog
+        self.guard = TaskGuard()
+        if watchdog is not None:
+            watchdog.add(self.guard)
         self.revoked = revoked
         self.broker = broker
         self.backend = app.backend
@@ -135,10 +160,25 @@ class Executor:
             redelivered=msg.redelivered,
             headers=msg.headers,
         )
+        soft, hard = self.limits.for_task(msg.task, msg.soft_time_limit, msg.time_limit)
+        if self.slot is not None:
+            if hard is not None and (self.results or self.acks):
+                self.flush()  # a child killed at the hard limit then loses nothing already done
+            args_repr = msg.argsrepr if msg.argsrepr is not None else reprlib.repr(args)
+            self.slot.task_started(msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, ignore_result)
+            soft = None  # the supervisor watches the slot
+        elif soft is not None and self.watchdog is not None:
+            self.watchdog.ensure_started()
         started = time.perf_counter()
         push_request(request)
+        guard = self.guard
         try:
-            value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
+            # Exceptions aimed at the task (time limit, terminate) are raised only inside the guard.
+            guard.enter(msg.id, msg.task, soft)
+            try:
+                value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
+            finally:
+                guard.leave()
         except Ignore:
             logger.info("Task %s[%s] ignored", msg.task, msg.id)
         except Retry as retry:
@@ -152,7 +192,14 @@ class Executor:
                 self.broker.requeue([delivery.tag])
                 return None
             return self._dead_letter(delivery, "rejected", rej, msg.id) if acks_late else None
+        except TaskTerminated:
+            logger.warning("Task %s[%s] terminated", msg.task, msg.id)
+            if not ignore_result:
+                meta = serialization.exception_to_meta(TaskRevokedError("terminated"))
+                self._record(ResultRecord(msg.id, states.REVOKED, meta))
         except Exception as exc:
+            if isinstance(exc, SoftTimeLimitExceeded) and not exc.args and guard.requested[1]:
+                exc.args = (guard.requested[1],)  # raised asynchronously (threads pool): by class only
             if self._auto_retry(task, request, exc):
                 return self._ack(delivery) if acks_late else None
             runtime = time.perf_counter() - started
