@@ -6,11 +6,12 @@ and ``set_time_limit`` driven in a real supervisor process."""
 from __future__ import annotations
 
 import json
-import select
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -230,14 +231,21 @@ class Driver:
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read_lines, daemon=True).start()
         assert self.read() == {"ready": True}
 
     def read(self, timeout: float = 30) -> Any:
         """The driver's next line of JSON."""
+        try:
+            return json.loads(self.lines.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError(f"the driver said nothing within {timeout} s:\n{self.log_text()}") from None
+
+    def _read_lines(self) -> None:
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, f"the driver said nothing within {timeout} s:\n{self.log_text()}"
-        return json.loads(self.proc.stdout.readline())
+        for line in self.proc.stdout:
+            self.lines.put(line)
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

@@ -81,19 +81,18 @@ class RunningSlot:
     neighbours to ``broker_max_deliveries``), then the task's id, name, args, start time and time
     limits. The supervisor reads them (a sequence counter makes each read consistent) and writes
     back requests: "raise SoftTimeLimitExceeded in run N", "terminate run N".
+
+    Text fields are UTF-8, NUL-padded and truncated to their size. Each write is one
+    ``struct.pack_into`` (fields in order, the counter first) plus the closing counter.
     """
 
     SIZE = 1024
-    _VERSION = struct.Struct("<Q")  # odd while the child is writing
-    _HEAD = struct.Struct("<QdddiBB")  # run, started, soft, hard, pid, state, ignore_result
-    _HEAD_AT = 8
-    _STATE_AT = _HEAD_AT + 36  # the state byte inside _HEAD
-    #: (offset, capacity) of the length-prefixed UTF-8 fields; longer values are truncated.
-    _TAG = (64, 254)
-    _TASK_ID = (320, 126)
-    _NAME = (448, 254)
-    _ARGS = (704, 254)
-    _TEXT = struct.Struct("<H")
+    #: version (odd while the child writes), run, started, soft, hard (NaN = none), pid, state,
+    #: ignore_result, then the tag; the task's id, name and args repr follow.
+    _FETCHED = struct.Struct("<QQdddiBB256s")
+    _RUNNING = struct.Struct("<QQdddiBB256s128s256s256s")
+    _VERSION = struct.Struct("<Q")
+    _STATE_AT = 8 + 8 + 8 * 3 + 4  # the state byte
     _REQUESTS = struct.Struct("<QdQ")  # soft-limit run, soft limit, terminate run (supervisor → child)
     _REQUESTS_AT = 960
 
@@ -101,19 +100,28 @@ class RunningSlot:
         self._mem = mmap.mmap(-1, self.SIZE)
         #: The child's current run number and message tag (meaningful in the child only).
         self.run = 0
-        self._tag = ""
+        self._tag = b""
+        self._version = 0
+        self._pid = 0
 
     # -- child side ---------------------------------------------------------------------------------
 
     def attach(self) -> None:
         """In a newly forked child: continue the slot's run numbering."""
-        self.run = self._HEAD.unpack_from(self._mem, self._HEAD_AT)[0]
+        self._version, self.run = struct.unpack_from("<QQ", self._mem, 0)
+        self._version &= ~1
+        self._pid = os.getpid()
 
     def set(self, tag: str) -> None:
         """A message was taken: its tag is what this child holds now (a new run)."""
         self.run += 1
-        self._tag = tag
-        self._write(self.run, time.time(), None, None, SlotState.FETCHED, False, tag, "", "", "")
+        self._tag = tag.encode("utf-8", "replace")
+        version = self._version + 1
+        self._FETCHED.pack_into(
+            self._mem, 0, version, self.run, time.time(), math.nan, math.nan, self._pid, SlotState.FETCHED, 0, self._tag
+        )
+        self._VERSION.pack_into(self._mem, 0, version + 1)
+        self._version = version + 1
 
     def task_started(
         self,
@@ -125,38 +133,28 @@ class RunningSlot:
         ignore_result: bool,
     ) -> None:
         """The message's task function is about to run (``soft``/``hard``: the message's limits)."""
-        self._write(
-            self.run, time.time(), soft, hard, SlotState.RUNNING, ignore_result, self._tag, task_id, name, args_repr
+        version = self._version + 1
+        self._RUNNING.pack_into(
+            self._mem,
+            0,
+            version,
+            self.run,
+            time.time(),
+            math.nan if soft is None else soft,
+            math.nan if hard is None else hard,
+            self._pid,
+            SlotState.RUNNING,
+            ignore_result,
+            self._tag,
+            task_id.encode("utf-8", "replace"),
+            name.encode("utf-8", "replace"),
+            args_repr.encode("utf-8", "replace"),
         )
+        self._VERSION.pack_into(self._mem, 0, version + 1)
+        self._version = version + 1
 
     def clear(self) -> None:
         self._mem[self._STATE_AT] = SlotState.IDLE  # one byte: no torn read possible
-
-    def _write(
-        self,
-        run: int,
-        started: float,
-        soft: float | None,
-        hard: float | None,
-        state: int,
-        ignore_result: bool,
-        tag: str,
-        task_id: str,
-        name: str,
-        args_repr: str,
-    ) -> None:
-        mem = self._mem
-        version = self._VERSION.unpack_from(mem, 0)[0] | 1
-        self._VERSION.pack_into(mem, 0, version)
-        self._HEAD.pack_into(
-            mem, self._HEAD_AT, run, started, _nan(soft), _nan(hard), os.getpid(), state, ignore_result
-        )
-        for field, value in ((self._TAG, tag), (self._TASK_ID, task_id), (self._NAME, name), (self._ARGS, args_repr)):
-            offset, capacity = field
-            data = value.encode("utf-8", "replace")[:capacity]
-            self._TEXT.pack_into(mem, offset, len(data))
-            mem[offset + 2 : offset + 2 + len(data)] = data
-        self._VERSION.pack_into(mem, 0, version + 1)
 
     def requested(self) -> tuple[int, float, int]:
         """``(soft-limit run, soft limit, terminate run)`` as last written by the supervisor."""
@@ -186,27 +184,15 @@ class RunningSlot:
     def _snapshot(self) -> tuple[str, int, RunningTask] | None:
         mem = self._mem
         for _ in range(1000):
-            before = self._VERSION.unpack_from(mem, 0)[0]
-            if before & 1:
-                time.sleep(0)
+            fields = self._RUNNING.unpack_from(mem, 0)
+            if fields[0] & 1 or self._VERSION.unpack_from(mem, 0)[0] != fields[0]:
+                time.sleep(0)  # the child is writing
                 continue
-            run, started, soft, hard, pid, state, ignore = self._HEAD.unpack_from(mem, self._HEAD_AT)
-            texts = [self._read_text(field) for field in (self._TAG, self._TASK_ID, self._NAME, self._ARGS)]
-            if self._VERSION.unpack_from(mem, 0)[0] == before:
-                tag, task_id, name, args_repr = texts
-                limits = _none(soft), _none(hard)
-                task = RunningTask(task_id, name, args_repr, started, pid, tag, *limits, run, bool(ignore))
-                return tag, state, task
+            _, run, started, soft, hard, pid, state, ignore, *texts = fields
+            tag, task_id, name, args_repr = (t.rstrip(b"\0").decode("utf-8", "ignore") for t in texts)
+            limits = _none(soft), _none(hard)
+            return tag, state, RunningTask(task_id, name, args_repr, started, pid, tag, *limits, run, bool(ignore))
         return None  # the child keeps rewriting it (it cannot for this long); treat as unknown
-
-    def _read_text(self, field: tuple[int, int]) -> str:
-        offset, capacity = field
-        (length,) = self._TEXT.unpack_from(self._mem, offset)
-        return self._mem[offset + 2 : offset + 2 + min(length, capacity)].decode("utf-8", "ignore")
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else float(value)
 
 
 def _none(value: float) -> float | None:
@@ -347,10 +333,9 @@ class PreforkPool:
                         del self._stopping[pid]  # the task ended by itself (a terminated task raised)
                     elif mono >= stop.kill_at:
                         logger.error(
-                            "Task %s[%s] still running %.1fs after it was told to stop; killing child %d",
+                            "Task %s[%s] did not stop within its grace period; killing child %d",
                             task.name,
                             task.task_id,
-                            mono - stop.kill_at,
                             pid,
                         )
                         self._kill(pid, stop)

@@ -65,25 +65,38 @@ class TimeLimits:
     def __init__(self, app: App) -> None:
         self.app = app
         self._overrides: dict[str, Limits] = {}
+        self._base: dict[str, Limits] = {}  # per task name, for one version of the settings
+        self._version = -1
 
     def set(self, name: str, soft: float | None, hard: float | None) -> None:
         """Override both limits of task ``name`` (None = no limit) for messages that carry none."""
         self._overrides[name] = (time_limit_value(soft, "soft time limit"), time_limit_value(hard, "hard time limit"))
+        self._base = {}
 
     def for_task(self, name: str, soft: float | None, hard: float | None) -> Limits:
         """The limits of a run of ``name`` whose message carries ``soft`` and ``hard``."""
-        soft, hard = _message_value(soft), _message_value(hard)
+        if soft is not None:
+            soft = _message_value(soft)
+        if hard is not None:
+            hard = _message_value(hard)
         if soft is not None and hard is not None:
             return soft, hard
-        base = self._overrides.get(name)
+        if self._version != self.app.conf.version:
+            self._base, self._version = {}, self.app.conf.version
+        base = self._base.get(name)
         if base is None:
-            task = self.app.tasks.get(name)
-            if task is not None:
-                base = (task.option("soft_time_limit"), task.option("time_limit"))
-            else:
-                conf = self.app.conf
-                base = (conf.task_soft_time_limit, conf.task_time_limit)
-        return (soft if soft is not None else base[0], hard if hard is not None else base[1])
+            base = self._base[name] = self._base_limits(name)
+        return (base[0] if soft is None else soft, base[1] if hard is None else hard)
+
+    def _base_limits(self, name: str) -> Limits:
+        override = self._overrides.get(name)
+        if override is not None:
+            return override
+        task = self.app.tasks.get(name)
+        if task is not None:
+            return task.option("soft_time_limit"), task.option("time_limit")
+        conf = self.app.conf
+        return conf.task_soft_time_limit, conf.task_time_limit
 
 
 # PyThreadState_SetAsyncExc(thread id, exception class), and the same with NULL to clear a pending one.
