@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 from rqueue import __version__
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
+from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.state import Revoked
@@ -89,6 +90,7 @@ class Worker:
 
     def start(self, out: TextIO | None = None) -> int:
         """Run until shutdown; returns the process exit code."""
+        failpoint.check()
         self._take_pidfile()
         self.app.broker.prepare_consumer(self.queues, bool(self.app.conf.broker_allow_eviction))
         revoked = Revoked(self.app.broker, self.statedb)

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 from rqueue import _rqueue
 from rqueue.exceptions import BackendError, BrokerError
+from rqueue.worker import failpoint
 from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor
+from rqueue.worker.failpoint import ACTIVE as FAILPOINT
 from rqueue.worker.timelimit import TaskGuard, TimeLimits, Watchdog
 
 if TYPE_CHECKING:
@@ -119,6 +121,8 @@ class Consumer:
                     continue
                 if self.running is not None:
                     self.running.set(delivery.tag)
+                if FAILPOINT is not None:
+                    failpoint.hit("after_fetch")
                 try:
                     executor.handle(delivery)
                 except (BrokerError, BackendError, OSError) as exc:

@@ -32,6 +32,8 @@ from rqueue.exceptions import (
     TaskTerminated,
 )
 from rqueue.task import Request, pop_request, push_request
+from rqueue.worker import failpoint
+from rqueue.worker.failpoint import ACTIVE as FAILPOINT
 from rqueue.worker.timelimit import TaskGuard, TimeLimits
 
 if TYPE_CHECKING:
@@ -105,6 +107,8 @@ class Executor:
             return self._dead_letter(delivery, "content_disallowed", exc, _peek_id(delivery.payload))
         except DecodeError as exc:
             return self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
+        if FAILPOINT is not None:
+            failpoint.hit("after_decode")
 
         task = self.app.tasks.get(msg.task)
         if task is None:
@@ -177,6 +181,8 @@ class Executor:
             guard.enter(msg.id, msg.task, soft)
             try:
                 value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
+                if FAILPOINT is not None:
+                    failpoint.hit("during_run")
             finally:
                 guard.leave()
         except Ignore:
@@ -284,7 +290,12 @@ class Executor:
         pause = 0.05
         while True:
             try:
-                self.broker.complete(self.backend, results, acks)
+                if FAILPOINT == "after_result":
+                    self._complete_in_two_steps(results, acks)
+                else:
+                    self.broker.complete(self.backend, results, acks)
+                if FAILPOINT is not None:
+                    failpoint.hit("after_ack")
                 return
             except (BrokerError, BackendError, OSError) as exc:
                 if deadline is None and self.stopping():
@@ -306,6 +317,14 @@ class Executor:
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
+
+    def _complete_in_two_steps(self, results: list[tuple[str, str, bytes]], acks: list[str]) -> None:
+        """Results, then acks, as two writes: only with the ``after_result`` failpoint armed."""
+        if results:
+            self.backend.write_encoded(results)
+        failpoint.hit("after_result")
+        if acks:
+            self.broker.ack(acks)
 
     def _dead_letter(
         self,

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from rqueue.exceptions import BackendError, BrokerError, TaskRevokedError, TaskTerminated, TimeLimitExceeded
+from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer, owner_id
 from rqueue.worker.timelimit import SOFT_LIMIT_SIGNAL, TERMINATE_SIGNAL, TimeLimits, install_soft_limit_handler
 
@@ -453,6 +454,7 @@ def run_child(
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
+    failpoint.kill_supervisor = True
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
     consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running)
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
