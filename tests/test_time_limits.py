@@ -90,6 +90,18 @@ def test_threads_pool_enforces_the_soft_limit_and_warns_about_the_hard_one(proje
     assert tasks.add.delay(2, 2).get(timeout=20) == 4
 
 
+def test_solo_pool_warns_once_that_a_global_hard_limit_is_not_enforced(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project.root / "solohard.py").write_text("task_time_limit = 5\n")
+    monkeypatch.setenv("TEST_CONFIG_MODULE", "solohard")
+    project.app()
+    text = project.start_worker("-P", "solo").log_text()
+    assert text.count("task_time_limit is set, but the solo pool does not enforce hard time limits") == 1
+    assert "Task tasks.add sets time_limit" not in text  # the global one, said once above
+    assert "Task tasks.hard_limited sets time_limit, which the solo pool does not enforce" in text
+
+
 # -- hard limit ----------------------------------------------------------------------------------------
 
 

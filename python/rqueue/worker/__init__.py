@@ -132,11 +132,20 @@ class Worker:
 
     def _warn_unenforced_options(self) -> None:
         """Say so when tasks ask for what this worker does not enforce yet, rather than ignore it quietly."""
+        hard_unenforced = self.pool != "prefork"
+        default_hard = self.app.conf.task_time_limit
+        if hard_unenforced and default_hard is not None:
+            logger.warning(
+                "task_time_limit is set, but the %s pool does not enforce hard time limits (only prefork does); "
+                "soft time limits are enforced",
+                self.pool,
+            )
         for name, task in sorted(self.app.tasks.items()):
             for option in UNENFORCED_OPTIONS:
                 if task.option(option) is not None:
                     logger.warning("Task %s sets %s, which this worker does not enforce yet", name, option)
-            if self.pool != "prefork" and task.option("time_limit") is not None:
+            hard = task.option("time_limit")
+            if hard_unenforced and hard is not None and hard != default_hard:
                 logger.warning(
                     "Task %s sets time_limit, which the %s pool does not enforce (only prefork does); "
                     "its soft_time_limit is enforced",

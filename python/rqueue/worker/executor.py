@@ -204,7 +204,7 @@ class Executor:
                 meta = serialization.exception_to_meta(TaskRevokedError("terminated"))
                 self._record(ResultRecord(msg.id, states.REVOKED, meta))
         except Exception as exc:
-            if isinstance(exc, SoftTimeLimitExceeded) and not exc.args and guard.requested[1]:
+            if isinstance(exc, SoftTimeLimitExceeded) and not exc.args and guard.requested[0] == guard.run:
                 exc.args = (guard.requested[1],)  # raised asynchronously (threads pool): by class only
             if self._auto_retry(task, request, exc):
                 return self._ack(delivery) if acks_late else None
