@@ -149,6 +149,21 @@ test-python: $(INSTALL_STAMP) ## pytest through the installed extension (PYTEST_
 .PHONY: test
 test: redis venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
 
+# cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass its -Z flags, and no sanitizer
+# (rqueue-core has no unsafe code; libFuzzer's coverage guidance still works). Crashes land in
+# fuzz/artifacts/<target>/; the corpus grows in target/fuzz-corpus/<target>/, seeded from docs/test-vectors.
+FUZZ_MINUTES ?= 1
+FUZZ_TARGETS := envelope codecs
+
+.PHONY: fuzz
+fuzz: ## Fuzz the envelope decoder and the json/msgpack codecs for FUZZ_MINUTES each (cargo-fuzz, installed if missing)
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	$(PYTHON) fuzz/seeds.py target/fuzz-corpus
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O $$t ../target/fuzz-corpus/$$t -- \
+			-max_total_time=$$(( $(FUZZ_MINUTES) * 60 )) -max_len=65536 -print_final_stats=1 || exit 1; \
+	done
+
 # -- run -----------------------------------------------------------------------------------------
 
 .PHONY: demo

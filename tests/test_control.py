@@ -204,3 +204,43 @@ def test_shutdown_stops_the_worker_warmly(project: Project) -> None:
     assert "-> w1@test: OK\n    shutdown signal sent" in done.stdout
     assert worker.proc.wait(30) == 0
     assert running.get(timeout=5) == 1
+
+
+def _wait_for_ledger(project: Project, key: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while project.ledger_count(key) == 0:
+        assert time.monotonic() < deadline, f"{key} never started"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_revoke_terminate_stops_a_running_task(project: Project, signal_name: str) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1", "-n", "w1@test")
+    running = tasks.slow.delay(60, "victim")
+    _wait_for_ledger(project, "victim")
+    done = project.run_cli("-A", "tasks", "control", "revoke", running.id, "--terminate", "--signal", signal_name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"terminated: {running.id}" in done.stdout
+    with pytest.raises(TaskRevokedError, match="terminated"):
+        running.get(timeout=30)
+    assert running.state == "REVOKED"
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2  # the node goes on (a new child after SIGKILL)
+    assert project.ledger_count("victim") == 1  # acked: never run again
+    assert f"Terminating task tasks.slow[{running.id}]" in worker.log_text()
+    idle = project.run_cli("-A", "tasks", "control", "revoke", "no-such-task", "--terminate")
+    assert "terminated: none running" in idle.stdout
+
+
+def test_control_time_limit_applies_to_the_next_tasks(project: Project) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1", "-n", "w1@test")
+    done = project.run_cli("-A", "tasks", "control", "time_limit", "tasks.stubborn", "0.3", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "-> w1@test: OK\n    time limits set successfully" in done.stdout
+    limited = tasks.stubborn.delay(30, "limited")  # swallows the soft limit: the hard one kills it
+    with pytest.raises(Exception) as raised:
+        limited.get(timeout=30)
+    assert type(raised.value).__name__ == "TimeLimitExceeded"
+    worker.wait_for_log(f"Hard time limit (1s) exceeded for tasks.stubborn[{limited.id}]")
+    assert tasks.add.delay(2, 2).get(timeout=30) == 4

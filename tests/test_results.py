@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from rqueue import App
 from rqueue.backends import ResultRecord
-from rqueue.exceptions import RemoteError
+from rqueue.exceptions import RemoteError, SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from rqueue.serialization import exception_from_meta, exception_to_meta
 
 
@@ -54,3 +55,19 @@ def test_forget_returns_to_pending(app: App) -> None:
     result = app.AsyncResult("id-4")
     result.forget()
     assert result.state == "PENDING"
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "expected"),
+    [
+        ("billiard.exceptions", "TimeLimitExceeded", TimeLimitExceeded),
+        ("celery.exceptions", "SoftTimeLimitExceeded", SoftTimeLimitExceeded),
+        ("celery.exceptions", "TaskRevokedError", TaskRevokedError),
+    ],
+)
+def test_celery_time_limit_and_revoke_exceptions_read_back_as_rqueue_classes(
+    monkeypatch: pytest.MonkeyPatch, module: str, name: str, expected: type[BaseException]
+) -> None:
+    monkeypatch.delitem(sys.modules, module, raising=False)  # Celery not imported in this process
+    exc = exception_from_meta({"exc_type": name, "exc_module": module, "exc_message": [300]})
+    assert type(exc) is expected and exc.args == (300,)

@@ -272,13 +272,3 @@ def test_second_signal_is_a_cold_shutdown_that_returns_the_running_task(project:
     assert time.monotonic() - started < 10
     assert tasks.app.broker.queue_length("celery") == 1  # the interrupted task is waiting again
     assert project.ledger_count("cold") == 0
-
-
-def test_worker_warns_about_options_it_does_not_enforce(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    plain = project.start_worker("-c", "1")
-    assert "does not enforce" not in plain.log_text()
-    plain.stop()
-    (project.root / "limits.py").write_text("task_annotations = {'tasks.add': {'time_limit': 10}}\n")
-    monkeypatch.setenv("TEST_CONFIG_MODULE", "limits")
-    limited = project.start_worker("-c", "1")
-    assert "Task tasks.add sets time_limit, which this worker does not enforce yet" in limited.log_text()

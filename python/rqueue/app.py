@@ -15,7 +15,7 @@ from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, ca
 from rqueue import _rqueue, serialization
 from rqueue.backends import ResultBackend, open_backend
 from rqueue.brokers import Broker, open_broker
-from rqueue.config import Settings
+from rqueue.config import Settings, time_limit_value
 from rqueue.control import Control
 from rqueue.exceptions import ConfigurationError, NotRegistered
 from rqueue.result import AsyncResult
@@ -275,8 +275,10 @@ class App:
             eta_ms=eta_ms,
             expires_ms=_expires_ms(now, expires),
             retries=retries,
-            time_limit=option("time_limit", time_limit),
-            soft_time_limit=option("soft_time_limit", soft_time_limit),
+            # Only per-call limits travel: the worker adds its own task options and settings
+            # (and operators' run-time overrides), as a Celery worker does for an empty header.
+            time_limit=time_limit_value(time_limit, "time_limit"),
+            soft_time_limit=time_limit_value(soft_time_limit, "soft_time_limit"),
             priority=priority,
             root_id=root_id,
             parent_id=parent_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -50,6 +51,15 @@ def _accept_list(name: str, value: Any) -> None:
 def _positive(name: str, value: Any) -> None:
     if value is not None and not isinstance(value, timedelta) and value <= 0:
         raise ConfigurationError(f"{name}: must be positive, got {value!r}")
+
+
+def time_limit_value(value: object, what: str) -> float | None:
+    """A time limit given by a caller or an operator: None, or a positive finite number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{what} must be a positive number of seconds or None, got {value!r}")
+    return float(value)
 
 
 def _non_negative(name: str, value: Any) -> None:

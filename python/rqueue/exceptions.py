@@ -77,7 +77,44 @@ class ResultIgnoredError(RQueueError):
 
 
 class TaskRevokedError(RQueueError):
-    """The task was revoked (or expired) before it ran."""
+    """The task was revoked (or expired) before it ran, or terminated while it ran."""
+
+
+class SoftTimeLimitExceeded(RQueueError):
+    """Raised inside a running task when its ``soft_time_limit`` has passed.
+
+    The task may catch it to clean up and return; if it does not, the task fails with it.
+    ``args[0]`` is the limit in seconds (Celery's class of the same name carries no arguments);
+    in the threads pool the exception is raised by class, so the task sees it without.
+    """
+
+    def __str__(self) -> str:
+        if self.args and _is_number(self.args[0]):
+            return f"soft time limit ({self.args[0]:g}s) exceeded"
+        return str(self.args[0]) if self.args else "soft time limit exceeded"
+
+
+class TimeLimitExceeded(RQueueError):
+    """A task ran past its hard ``time_limit`` and was stopped (its process killed and replaced).
+
+    Stored as the task's FAILURE; ``args[0]`` is the limit in seconds, as in Celery.
+    """
+
+    def __str__(self) -> str:
+        if self.args and _is_number(self.args[0]):
+            return f"hard time limit ({self.args[0]:g}s) exceeded"
+        return str(self.args[0]) if self.args else "hard time limit exceeded"
+
+
+class TaskTerminated(RQueueError):
+    """Raised inside a running task that is being terminated (``revoke(terminate=True)``).
+
+    The worker records the task REVOKED. A task that swallows it is killed after a grace period.
+    """
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class RemoteError(RQueueError):

@@ -96,10 +96,24 @@ def exception_from_meta(meta: Any) -> BaseException:
     return RemoteError(exc_type, exc_module if isinstance(exc_module, str) else None, message)
 
 
+#: Celery's classes for what rqueue has its own class for: a Celery worker's time limit or
+#: termination reads back as rqueue's exception when Celery is not imported here.
+_CELERY_ALIASES = {
+    ("billiard.exceptions", "SoftTimeLimitExceeded"): "SoftTimeLimitExceeded",
+    ("celery.exceptions", "SoftTimeLimitExceeded"): "SoftTimeLimitExceeded",
+    ("billiard.exceptions", "TimeLimitExceeded"): "TimeLimitExceeded",
+    ("celery.exceptions", "TimeLimitExceeded"): "TimeLimitExceeded",
+    ("celery.exceptions", "TaskRevokedError"): "TaskRevokedError",
+}
+
+
 def _find_class(module_name: str | None, qualname: str) -> type[BaseException] | None:
     module = builtins if module_name in (None, "builtins", "exceptions") else sys.modules.get(module_name or "")
     if module is None:
-        return None
+        alias = _CELERY_ALIASES.get((module_name or "", qualname))
+        if alias is None:
+            return None
+        module, qualname = sys.modules["rqueue.exceptions"], alias
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)

@@ -302,3 +302,18 @@ def test_rqueue_inspect_reaches_a_celery_worker(redis_url: str, celery_worker: t
     assert reply == {"ok": "pong"}
     active = app.control.inspect(destination=[name], timeout=5).active_queues()
     assert active is not None and [q["name"] for q in active[name]] == [queue]
+
+
+# -- 5. time limits sent by Celery ---------------------------------------------------------------------
+
+
+def test_celery_time_limits_are_honoured_by_an_rqueue_worker(rproject: Project, celery_producer: Any) -> None:
+    worker = rproject.start_worker("-c", "1")
+    hard = celery_producer.send_task("tasks.sleep", (30,), time_limit=1)  # header timelimit = [1, None]
+    with pytest.raises(Exception) as raised:  # Celery rebuilds the type: checked below
+        hard.get(timeout=30)
+    assert type(raised.value).__name__ == "TimeLimitExceeded"
+    assert hard.state == "FAILURE"
+    worker.wait_for_log(f"Hard time limit (1s) exceeded for tasks.sleep[{hard.id}]")
+    soft = celery_producer.send_task("tasks.soft_limited", (30, "celery-soft"), soft_time_limit=0.25)
+    assert soft.get(timeout=30) == "caught: soft time limit (0.25s) exceeded"

@@ -130,3 +130,65 @@ def limited(key, seconds=0.0):
 def annotated(key):
     """Rate-limited only by the settings of the tests that set them (task_annotations, defaults)."""
     return _ledger(key)
+
+
+def _sleep_in_steps(seconds):
+    """Sleep in short steps, so an exception raised asynchronously (threads pool) lands soon."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@app.task(soft_time_limit=0.5)
+def soft_limited(seconds, key):
+    """Catch the soft time limit and return what it said; "finished" when it never came."""
+    from rqueue.exceptions import SoftTimeLimitExceeded
+
+    _ledger(key)
+    try:
+        _sleep_in_steps(seconds)
+    except SoftTimeLimitExceeded as exc:
+        return f"caught: {exc}"
+    return "finished"
+
+
+@app.task(soft_time_limit=0.5)
+def soft_limited_uncaught(seconds, key):
+    _ledger(key)
+    _sleep_in_steps(seconds)
+    return "finished"
+
+
+@app.task(time_limit=1)
+def hard_limited(seconds, key):
+    """Runs past its hard time limit unless told otherwise per call."""
+    _ledger(key)
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(bind=True)
+def my_pid(self, key):
+    _ledger(key)
+    return os.getpid()
+
+
+@app.task
+def stubborn(seconds, key):
+    """Swallow every exception raised in it (a soft limit, a termination) and keep sleeping."""
+    _ledger(key)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.02)
+        except Exception:  # a soft time limit, a termination: ignored on purpose
+            continue
+    return "outlived"
+
+
+@app.task
+def slow(seconds, key):
+    """Record the execution first, then sleep."""
+    _ledger(key)
+    time.sleep(seconds)
+    return seconds

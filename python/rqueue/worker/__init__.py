@@ -14,18 +14,19 @@ from typing import TYPE_CHECKING, TextIO
 from rqueue import __version__
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
+from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.ratelimit import RateLimits
 from rqueue.worker.state import Revoked
+from rqueue.worker.timelimit import install_soft_limit_handler, main_guard_target
 
 if TYPE_CHECKING:
     from rqueue.app import App
 
 POOLS = ("prefork", "threads", "solo")
 #: Task options that travel in messages (Celery workers honour them) but rqueue workers do not enforce yet.
-UNENFORCED_OPTIONS = ("time_limit", "soft_time_limit")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 logger = logging.getLogger("rqueue.worker")
 
@@ -100,6 +101,7 @@ class Worker:
 
     def start(self, out: TextIO | None = None) -> int:
         """Run until shutdown; returns the process exit code."""
+        failpoint.check()
         self._take_pidfile()
         self.app.broker.prepare_consumer(self.queues, bool(self.app.conf.broker_allow_eviction))
         self.revoked = Revoked(self.app.broker, self.statedb)
@@ -149,6 +151,7 @@ class Worker:
                 os._exit(1)
 
         install_shutdown_handlers(on_signal)
+        install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
         control = ControlServer(self, InProcess(consumer))
         control.listen()
         threading.Thread(target=control.serve_until, args=(lambda: consumer.stopping,), daemon=True).start()
@@ -158,11 +161,24 @@ class Worker:
         return 0
 
     def _warn_unenforced_options(self) -> None:
-        """Say so when tasks ask for what this worker does not enforce yet, rather than ignore it quietly."""
+        """Say so when tasks set hard time limits this pool cannot enforce, rather than ignore them quietly."""
+        hard_unenforced = self.pool != "prefork"
+        default_hard = self.app.conf.task_time_limit
+        if hard_unenforced and default_hard is not None:
+            logger.warning(
+                "task_time_limit is set, but the %s pool does not enforce hard time limits (only prefork does); "
+                "soft time limits are enforced",
+                self.pool,
+            )
         for name, task in sorted(self.app.tasks.items()):
-            for option in UNENFORCED_OPTIONS:
-                if task.option(option) is not None:
-                    logger.warning("Task %s sets %s, which this worker does not enforce yet", name, option)
+            hard = task.option("time_limit")
+            if hard_unenforced and hard is not None and hard != default_hard:
+                logger.warning(
+                    "Task %s sets time_limit, which the %s pool does not enforce (only prefork does); "
+                    "its soft_time_limit is enforced",
+                    name,
+                    self.pool,
+                )
 
     def _log_rate_limits(self) -> None:
         limits = self.rate_limits.limits()

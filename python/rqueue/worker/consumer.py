@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
 from rqueue.exceptions import BackendError, BrokerError, RQueueError
+from rqueue.worker import failpoint
 from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor, short_repr
+from rqueue.worker.failpoint import ACTIVE as FAILPOINT
 from rqueue.worker.ratelimit import SetAside
+from rqueue.worker.timelimit import TaskGuard, TimeLimits, Watchdog
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -90,6 +93,11 @@ class Consumer:
         self.owner = owner_id(hostname, os.getpid())
         self._stop = threading.Event()
         self.executors: list[Executor] = []
+        #: Effective time limits; in prefork the supervisor enforces them, here they pick the soft
+        #: limit the watchdog enforces (solo, threads).
+        self.limits = TimeLimits(app)
+        self.watchdog = Watchdog() if running is None else None
+        self.main_guard: TaskGuard | None = None
         conf = app.conf
         self.buffer = _rqueue.PrefetchBuffer(max(1, self.threads * int(conf.worker_prefetch_multiplier)))
         self.aside = SetAside(self.buffer.capacity * SET_ASIDE_PER_CREDIT, rate_limits)
@@ -179,9 +187,20 @@ class Consumer:
         }
 
     def _executor_loop(self) -> None:
-        executor = Executor(self.app, self.app.broker, self.hostname, self.revoked, self.rate_limits)
+        executor = Executor(
+            self.app,
+            self.app.broker,
+            self.hostname,
+            self.revoked,
+            rate_limits=self.rate_limits,
+            limits=self.limits,
+            slot=self.running,
+            watchdog=self.watchdog,
+        )
         executor.stopping = self._stop.is_set
         self.executors.append(executor)
+        if threading.current_thread() is threading.main_thread():
+            self.main_guard = executor.guard
         buffer = self.buffer
         aside = self.aside
         try:
@@ -199,6 +218,8 @@ class Consumer:
                     delivery, holds_credit = got, True
                 if self.running is not None:
                     self.running.set(delivery.tag)
+                if FAILPOINT is not None:
+                    failpoint.hit("after_fetch")
                 try:
                     deferred = executor.handle(delivery, msg)
                     if deferred is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import reprlib
 import time
 import traceback
 from collections import Counter
@@ -27,16 +28,23 @@ from rqueue.exceptions import (
     Reject,
     Retry,
     SerializationError,
+    SoftTimeLimitExceeded,
     TaskRevokedError,
+    TaskTerminated,
 )
 from rqueue.task import Request, pop_request, push_request
+from rqueue.worker import failpoint
+from rqueue.worker.failpoint import ACTIVE as FAILPOINT
+from rqueue.worker.timelimit import TaskGuard, TimeLimits
 
 if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import Broker
     from rqueue.task import Task
+    from rqueue.worker.pool import RunningSlot
     from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.state import Revoked
+    from rqueue.worker.timelimit import Watchdog
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -51,12 +59,30 @@ SHUTDOWN_FLUSH_S = 10.0
 
 
 class Executor:
-    """Runs deliveries for one thread of one worker process."""
+    """Runs deliveries for one thread of one worker process (create it in that thread).
+
+    ``slot`` (a prefork child) is told what runs, for the supervisor that enforces time limits;
+    without one, ``watchdog`` enforces the soft limit in this process.
+    """
 
     def __init__(
-        self, app: App, broker: Broker, hostname: str, revoked: Revoked, rate_limits: RateLimits | None = None
+        self,
+        app: App,
+        broker: Broker,
+        hostname: str,
+        revoked: Revoked,
+        rate_limits: RateLimits | None = None,
+        limits: TimeLimits | None = None,
+        slot: RunningSlot | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.app = app
+        self.limits = limits if limits is not None else TimeLimits(app)
+        self.slot = slot
+        self.watchdog = watchdog
+        self.guard = TaskGuard()
+        if watchdog is not None:
+            watchdog.add(self.guard)
         self.revoked = revoked
         self.rate_limits = rate_limits
         self.broker = broker
@@ -100,6 +126,8 @@ class Executor:
             except DecodeError as exc:
                 self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
                 return None
+        if FAILPOINT is not None:
+            failpoint.hit("after_decode")
 
         task = self.app.tasks.get(msg.task)
         if task is None:
@@ -164,11 +192,28 @@ class Executor:
             redelivered=msg.redelivered,
             headers=msg.headers,
         )
+        soft, hard = self.limits.for_task(msg.task, msg.soft_time_limit, msg.time_limit)
+        if self.slot is not None:
+            if hard is not None and (self.results or self.acks):
+                self.flush()  # a child killed at the hard limit then loses nothing already done
+            args_repr = msg.argsrepr if msg.argsrepr is not None else reprlib.repr(args)
+            self.slot.task_started(msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, ignore_result)
+            soft = None  # the supervisor watches the slot
+        elif soft is not None and self.watchdog is not None:
+            self.watchdog.ensure_started()
         started = time.perf_counter()
         push_request(request)
         self.current = (request, time.time())
+        guard = self.guard
         try:
-            value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
+            # Exceptions aimed at the task (time limit, terminate) are raised only inside the guard.
+            guard.enter(msg.id, msg.task, soft)
+            try:
+                value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
+                if FAILPOINT is not None:
+                    failpoint.hit("during_run")
+            finally:
+                guard.leave()
         except Ignore:
             logger.info("Task %s[%s] ignored", msg.task, msg.id)
         except Retry as retry:
@@ -184,7 +229,14 @@ class Executor:
             if acks_late:
                 self._dead_letter(delivery, "rejected", rej, msg.id)
             return None
+        except TaskTerminated:
+            logger.warning("Task %s[%s] terminated", msg.task, msg.id)
+            if not ignore_result:
+                meta = serialization.exception_to_meta(TaskRevokedError("terminated"))
+                self._record(ResultRecord(msg.id, states.REVOKED, meta))
         except Exception as exc:
+            if isinstance(exc, SoftTimeLimitExceeded) and not exc.args and guard.requested[0] == guard.run:
+                exc.args = (guard.requested[1],)  # raised asynchronously (threads pool): by class only
             if self._auto_retry(task, request, exc):
                 if acks_late:
                     self._ack(delivery)
@@ -273,7 +325,12 @@ class Executor:
         pause = 0.05
         while True:
             try:
-                self.broker.complete(self.backend, results, acks)
+                if FAILPOINT == "after_result":
+                    self._complete_in_two_steps(results, acks)
+                else:
+                    self.broker.complete(self.backend, results, acks)
+                if FAILPOINT is not None:
+                    failpoint.hit("after_ack")
                 return
             except (BrokerError, BackendError, OSError) as exc:
                 if deadline is None and self.stopping():
@@ -295,6 +352,14 @@ class Executor:
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
+
+    def _complete_in_two_steps(self, results: list[tuple[str, str, bytes]], acks: list[str]) -> None:
+        """Results, then acks, as two writes: only with the ``after_result`` failpoint armed."""
+        if results:
+            self.backend.write_encoded(results)
+        failpoint.hit("after_result")
+        if acks:
+            self.broker.ack(acks)
 
     def _dead_letter(
         self,

@@ -8,18 +8,26 @@ that keeps killing children is dead-lettered after ``broker_max_deliveries``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import mmap
 import os
 import signal
+import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from rqueue.exceptions import BackendError, BrokerError, TaskRevokedError, TaskTerminated, TimeLimitExceeded
+from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer, owner_id
 from rqueue.worker.link import ChildLink
+from rqueue.worker.timelimit import SOFT_LIMIT_SIGNAL, TERMINATE_SIGNAL, TimeLimits, install_soft_limit_handler
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -30,39 +38,191 @@ logger = logging.getLogger("rqueue.worker")
 
 SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT}
 
+#: Signals the supervisor sends a child about its running task.
+TASK_SIGNALS = {SOFT_LIMIT_SIGNAL, TERMINATE_SIGNAL}
+
 #: Supervisors check that children are alive (and children that the parent is) this often.
 CHECK_INTERVAL_S = 0.5
 #: How long the supervisor waits for children to acknowledge a change (queues, revocations).
 LINK_TIMEOUT_S = 1.0
+#: ``terminate()``: how long a task has to stop after TaskTerminated is raised in it, before its child is killed.
+TERMINATE_GRACE_S = 5.0
+_SIGTERM = signal.SIGTERM  # PreforkPool.signal() shadows the module in the class body
+
+
+class SlotState:
+    IDLE = 0
+    FETCHED = 1  # a message is being decoded and checked
+    RUNNING = 2  # its task's function is running
+
+
+@dataclass(frozen=True)
+class RunningTask:
+    """What a prefork child is running, as its slot says (``inspect active``, time limits).
+
+    ``soft``/``hard`` are the limits the message carries (per call; None when it carries none):
+    :meth:`PreforkPool.active` gives the effective ones. ``started`` is in epoch seconds; ``run``
+    numbers the messages the slot's children have started, so a stale snapshot is told apart.
+    """
+
+    task_id: str
+    name: str
+    args_repr: str
+    started: float
+    pid: int
+    tag: str
+    soft: float | None
+    hard: float | None
+    run: int
+    ignore_result: bool = False
 
 
 class RunningSlot:
-    """Memory shared by one child slot and the supervisor: the tag of the message the child is running.
+    """Memory shared by one child slot and the supervisor (an anonymous mmap, inherited over fork).
 
-    When a child dies, only that message counts as delivered (it may be what killed the child);
-    the child's prefetched, unstarted messages go back uncounted, so a poison message does not push
-    its innocent neighbours to ``broker_max_deliveries``.
+    The child writes what it is running: the message's tag as soon as it takes one (when a child
+    dies, only that message counts as delivered: it may be what killed the child; its prefetched,
+    unstarted messages go back uncounted, so a poison message does not push its innocent
+    neighbours to ``broker_max_deliveries``), then the task's id, name, args, start time and time
+    limits. The supervisor reads them (a sequence counter makes each read consistent) and writes
+    back requests: "raise SoftTimeLimitExceeded in run N", "terminate run N".
+
+    Text fields are UTF-8, NUL-padded and truncated to their size. Each write is one
+    ``struct.pack_into`` (fields in order, the counter first) plus the closing counter.
     """
 
-    SIZE = 256
+    SIZE = 1024
+    #: version (odd while the child writes), run, started, soft, hard (NaN = none), pid, state,
+    #: ignore_result, then the tag; the task's id, name and args repr follow.
+    _FETCHED = struct.Struct("<QQdddiBB256s")
+    _RUNNING = struct.Struct("<QQdddiBB256s128s256s256s")
+    _VERSION = struct.Struct("<Q")
+    _STATE_AT = 8 + 8 + 8 * 3 + 4  # the state byte
+    _REQUESTS = struct.Struct("<QdQ")  # soft-limit run, soft limit, terminate run (supervisor → child)
+    _REQUESTS_AT = 960
 
     def __init__(self) -> None:
-        self._mem = mmap.mmap(-1, self.SIZE)  # anonymous and shared: children inherit it over fork
+        self._mem = mmap.mmap(-1, self.SIZE)
+        #: The child's current run number and message tag (meaningful in the child only).
+        self.run = 0
+        self._tag = b""
+        self._version = 0
+        self._pid = 0
+
+    # -- child side ---------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """In a newly forked child: continue the slot's run numbering."""
+        self._version, self.run = struct.unpack_from("<QQ", self._mem, 0)
+        self._version &= ~1
+        self._pid = os.getpid()
 
     def set(self, tag: str) -> None:
-        data = tag.encode()[: self.SIZE - 1] + b"\0"
-        self._mem[: len(data)] = data
+        """A message was taken: its tag is what this child holds now (a new run)."""
+        self.run += 1
+        self._tag = tag.encode("utf-8", "replace")
+        version = self._version + 1
+        self._FETCHED.pack_into(
+            self._mem, 0, version, self.run, time.time(), math.nan, math.nan, self._pid, SlotState.FETCHED, 0, self._tag
+        )
+        self._VERSION.pack_into(self._mem, 0, version + 1)
+        self._version = version + 1
+
+    def task_started(
+        self,
+        task_id: str,
+        name: str,
+        args_repr: str,
+        soft: float | None,
+        hard: float | None,
+        ignore_result: bool,
+    ) -> None:
+        """The message's task function is about to run (``soft``/``hard``: the message's limits)."""
+        version = self._version + 1
+        self._RUNNING.pack_into(
+            self._mem,
+            0,
+            version,
+            self.run,
+            time.time(),
+            math.nan if soft is None else soft,
+            math.nan if hard is None else hard,
+            self._pid,
+            SlotState.RUNNING,
+            ignore_result,
+            self._tag,
+            task_id.encode("utf-8", "replace"),
+            name.encode("utf-8", "replace"),
+            args_repr.encode("utf-8", "replace"),
+        )
+        self._VERSION.pack_into(self._mem, 0, version + 1)
+        self._version = version + 1
 
     def clear(self) -> None:
-        self._mem[:1] = b"\0"
+        self._mem[self._STATE_AT] = SlotState.IDLE  # one byte: no torn read possible
+
+    def requested(self) -> tuple[int, float, int]:
+        """``(soft-limit run, soft limit, terminate run)`` as last written by the supervisor."""
+        run, limit, terminate = self._REQUESTS.unpack_from(self._mem, self._REQUESTS_AT)
+        return int(run), float(limit), int(terminate)
+
+    # -- supervisor side ----------------------------------------------------------------------------
 
     def get(self) -> str | None:
-        tag = self._mem[: self.SIZE].split(b"\0", 1)[0]
-        return tag.decode() if tag else None
+        """The tag of the message the child holds (taken or running), None when idle."""
+        snapshot = self._snapshot()
+        return snapshot[0] if snapshot is not None and snapshot[1] != SlotState.IDLE else None
+
+    def read(self) -> RunningTask | None:
+        """The task the child is running, None when it is not running one."""
+        snapshot = self._snapshot()
+        return snapshot[2] if snapshot is not None and snapshot[1] == SlotState.RUNNING else None
+
+    def request_soft_limit(self, run: int, limit: float) -> None:
+        _, _, terminate = self.requested()
+        self._REQUESTS.pack_into(self._mem, self._REQUESTS_AT, run, limit, terminate)
+
+    def request_terminate(self, run: int) -> None:
+        soft_run, limit, _ = self.requested()
+        self._REQUESTS.pack_into(self._mem, self._REQUESTS_AT, soft_run, limit, run)
+
+    def _snapshot(self) -> tuple[str, int, RunningTask] | None:
+        mem = self._mem
+        for _ in range(1000):
+            fields = self._RUNNING.unpack_from(mem, 0)
+            if fields[0] & 1 or self._VERSION.unpack_from(mem, 0)[0] != fields[0]:
+                time.sleep(0)  # the child is writing
+                continue
+            _, run, started, soft, hard, pid, state, ignore, *texts = fields
+            tag, task_id, name, args_repr = (t.rstrip(b"\0").decode("utf-8", "ignore") for t in texts)
+            limits = _none(soft), _none(hard)
+            return tag, state, RunningTask(task_id, name, args_repr, started, pid, tag, *limits, run, bool(ignore))
+        return None  # the child keeps rewriting it (it cannot for this long); treat as unknown
+
+
+def _none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+@dataclass
+class _Stop:
+    """Why the supervisor is stopping a child: the task it runs went past its hard time limit
+    (``time_limit``) or is being terminated (``terminated``)."""
+
+    task: RunningTask
+    reason: str
+    limit: float  # the hard limit, for time_limit
+    kill_at: float  # time.monotonic() after which the child is SIGKILLed if still running the task
+    killed: bool = False
 
 
 class PreforkPool:
-    """Starts, watches and replaces child processes; forwards warm and cold shutdown to them."""
+    """Starts, watches and replaces child processes; forwards warm and cold shutdown to them;
+    enforces time limits and terminates tasks.
+
+    ``set_time_limit``, ``terminate`` and ``active`` may be called from other threads of the
+    supervisor (remote control).
+    """
 
     def __init__(
         self,
@@ -83,6 +243,10 @@ class PreforkPool:
         self.links: dict[int, ChildLink] = {}  # slot -> channel to its current child
         self.running = {slot: RunningSlot() for slot in range(concurrency)}
         self.shutdown = 0  # 0 running, 1 warm, 2 cold
+        self.limits = TimeLimits(app)
+        self._lock = threading.Lock()
+        self._stopping: dict[int, _Stop] = {}  # pid -> why the supervisor is stopping it
+        self._soft_told: dict[int, int] = {}  # slot -> the run told it is past its soft limit
 
     def run(self, on_ready: Callable[[], None] | None = None, on_idle: Callable[[float], None] | None = None) -> int:
         """Run until every child has exited after a shutdown signal; returns the exit code.
@@ -100,6 +264,8 @@ class PreforkPool:
             except ChildProcessError:
                 break
             if pid == 0:
+                self._enforce_limits()
+                # Remote control, or a pause; also how often time limits are checked.
                 (on_idle or time.sleep)(CHECK_INTERVAL_S / 10)
                 continue
             slot = self.children.pop(pid, -1)
@@ -123,7 +289,16 @@ class PreforkPool:
     # -- remote control (see rqueue.worker.control.Processes) ------------------------------------------
 
     def reports(self, timeout_s: float) -> list[dict[str, Any]]:
-        return [r for r in self._ask_all({"op": "report"}, timeout_s) if isinstance(r, dict)]
+        replies = self._ask_all({"op": "report"}, timeout_s)
+        reports = [reply for reply in replies.values() if isinstance(reply, dict)]
+        if len(reports) < len(self.children):
+            # A child that did not answer in time (stuck in C code that holds the GIL): what its
+            # shared slot says it runs.
+            answered = {report.get("pid") for report in reports}
+            for task in self.active():
+                if task.pid not in answered:
+                    reports.append({"pid": task.pid, "active": [_running_info(task, self.hostname)]})
+        return reports
 
     def set_queues(self, queues: list[str]) -> None:
         self.queues = list(queues)  # children started later consume these too
@@ -135,24 +310,133 @@ class PreforkPool:
     def warm_shutdown(self) -> None:
         self.signal(signal.SIGTERM)
 
-    def terminate(self, task_id: str, signum: int) -> bool:  # replaced by the time-limit work (merge)
-        from rqueue.worker.control import ControlError
+    def _ask_all(self, request: dict[str, Any], timeout_s: float) -> dict[int, Any]:
+        """Send ``request`` to every child, then collect the replies (by slot) that come within
+        ``timeout_s``; None for a child that did not reply."""
+        sent = []
+        for slot, link in list(self.links.items()):
+            with contextlib.suppress(OSError):
+                sent.append((slot, link, link.send(request)))
+        deadline = time.monotonic() + timeout_s
+        return {slot: link.receive(seq, deadline) for slot, link, seq in sent}
 
-        raise ControlError("terminate is not available yet")
+    # -- time limits and termination -----------------------------------------------------------------
 
     def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None:
-        from rqueue.worker.control import ControlError
+        """Override both time limits of ``task_name`` (seconds; None = no limit) from now on, for
+        messages that carry no limit of their own. ConfigurationError for a non-positive limit."""
+        with self._lock:
+            self.limits.set(task_name, soft, hard)
 
-        raise ControlError("time limits are not available yet")
+    def active(self) -> list[RunningTask]:
+        """The tasks the children are running, with their effective time limits."""
+        with self._lock:
+            slots = list(self.children.values())
+            tasks = [task for task in (self.running[slot].read() for slot in slots) if task is not None]
+            out = []
+            for task in tasks:
+                soft, hard = self._limits(task)
+                out.append(dataclasses.replace(task, soft=soft, hard=hard))
+            return out
 
-    def _ask_all(self, request: dict[str, Any], timeout_s: float) -> list[Any]:
-        """Send ``request`` to every child, then collect the replies that come within ``timeout_s``."""
-        sent = []
-        for link in list(self.links.values()):
-            with contextlib.suppress(OSError):
-                sent.append((link, link.send(request)))
-        deadline = time.monotonic() + timeout_s
-        return [link.receive(seq, deadline) for link, seq in sent]
+    def terminate(self, task_id: str, signum: int = _SIGTERM, grace_s: float = TERMINATE_GRACE_S) -> bool:
+        """Stop the task ``task_id`` if a child is running it; returns whether one was.
+
+        ``SIGKILL`` kills the child at once. Any other signal (SIGTERM by default) is not passed on
+        as such (a child's SIGTERM means "warm shutdown"): the child is told to raise
+        :class:`~rqueue.exceptions.TaskTerminated` in the task, which lets its ``finally`` blocks
+        run; the child records the task REVOKED, acks its message and goes on with the next one.
+        A task still running ``grace_s`` seconds later (it swallowed the exception, or is stuck in
+        C code) has its child SIGKILLed. After a kill the supervisor records the task REVOKED
+        (``TaskRevokedError("terminated")``), acks its message, returns the child's other messages
+        to the queue uncounted and starts a new child.
+        """
+        with self._lock:
+            for pid, slot in list(self.children.items()):
+                task = self.running[slot].read()
+                if task is None or task.task_id != task_id:
+                    continue
+                if pid in self._stopping:
+                    return True
+                stop = self._stopping[pid] = _Stop(task, "terminated", 0.0, time.monotonic() + max(0.0, grace_s))
+                logger.warning("Terminating task %s[%s] (signal %d)", task.name, task_id, signum)
+                if signum == signal.SIGKILL:
+                    self._kill(pid, stop)
+                else:
+                    self.running[slot].request_terminate(task.run)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, TERMINATE_SIGNAL)
+                return True
+        return False
+
+    def _limits(self, task: RunningTask) -> tuple[float | None, float | None]:
+        return self.limits.for_task(task.name, task.soft, task.hard)
+
+    def _enforce_limits(self) -> None:
+        """Tell a child whose task is past its soft limit; kill one past its hard limit or past the
+        grace period of a termination."""
+        now, mono = time.time(), time.monotonic()
+        with self._lock:
+            for pid, slot in list(self.children.items()):
+                task = self.running[slot].read()
+                stop = self._stopping.get(pid)
+                if stop is not None:
+                    if stop.killed:
+                        continue  # reaped soon
+                    if task is None or task.run != stop.task.run:
+                        del self._stopping[pid]  # the task ended by itself (a terminated task raised)
+                    elif mono >= stop.kill_at:
+                        logger.error(
+                            "Task %s[%s] did not stop within its grace period; killing child %d",
+                            task.name,
+                            task.task_id,
+                            pid,
+                        )
+                        self._kill(pid, stop)
+                    continue
+                if task is None:
+                    continue
+                soft, hard = self._limits(task)
+                elapsed = now - task.started
+                if hard is not None and elapsed >= hard:
+                    logger.error("Hard time limit (%gs) exceeded for %s[%s]", hard, task.name, task.task_id)
+                    self._kill(pid, self._stopping.setdefault(pid, _Stop(task, "time_limit", hard, mono)))
+                elif soft is not None and elapsed >= soft and self._soft_told.get(slot) != task.run:
+                    self._soft_told[slot] = task.run
+                    logger.warning("Soft time limit (%gs) exceeded for %s[%s]", soft, task.name, task.task_id)
+                    self.running[slot].request_soft_limit(task.run, soft)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, SOFT_LIMIT_SIGNAL)
+
+    def _kill(self, pid: int, stop: _Stop) -> None:
+        stop.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def _record_stop(self, stop: _Stop) -> bool:
+        """Store the outcome of a task whose child was killed to stop it, and ack its message."""
+        from rqueue import serialization, states
+        from rqueue.backends.base import ResultRecord
+
+        task = stop.task
+        exc: BaseException
+        if stop.reason == "time_limit":
+            status, exc = states.FAILURE, TimeLimitExceeded(stop.limit)
+        else:
+            status, exc = states.REVOKED, TaskRevokedError("terminated")
+        backend = self.app.backend
+        try:
+            results = []
+            if not task.ignore_result:
+                record = ResultRecord(task.task_id, status, serialization.exception_to_meta(exc))
+                results.append((task.task_id, status, backend.encode(record)))
+            self.app.broker.complete(backend, results, [task.tag])
+        except (BrokerError, BackendError, OSError) as error:
+            logger.error("Cannot record %s of task %s[%s]: %s", status, task.name, task.task_id, error)
+            return False
+        return True
+
+    # -- children -----------------------------------------------------------------------------------
 
     def _kill_all(self, signum: int) -> None:
         for pid in list(self.children):
@@ -161,12 +445,30 @@ class PreforkPool:
 
     def _reap(self, pid: int, slot: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
+        with self._lock:
+            stop = self._stopping.pop(pid, None)
+        last = self.running[slot].read()
         running = self.running[slot].get()
         self.running[slot].clear()
+        # A child killed to stop its task: that task's outcome is recorded and its message acked,
+        # so it neither runs again nor counts as a delivery that killed a worker.
+        stopped = stop is not None and stop.killed and last is not None and last.run == stop.task.run
+        if stopped and stop is not None and self._record_stop(stop):
+            running = None
         returned = self.app.broker.release_lost_worker(
             owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), {running} if running else set()
         )
-        if self.shutdown == 0 or code != 0:
+        if stopped and stop is not None:
+            why = "hard time limit" if stop.reason == "time_limit" else "task terminated"
+            logger.error(
+                "Child process %d killed (%s of %s[%s]); %d other message(s) it held went back to the queue",
+                pid,
+                why,
+                stop.task.name,
+                stop.task.task_id,
+                returned,
+            )
+        elif self.shutdown == 0 or code != 0:
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             logger.error(
                 "Child process %d exited (%s); %d message(s) it held went back to the queue", pid, how, returned
@@ -174,8 +476,8 @@ class PreforkPool:
 
     def _spawn(self, slot: int) -> None:
         # Shutdown signals wait until the new child is in self.children (so it is told to stop)
-        # and, in the child, until its own handlers are installed.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+        # and, in the child, until its own handlers are installed (so do the task signals).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS | TASK_SIGNALS)
         old = self.links.pop(slot, None)
         if old is not None:
             old.close()
@@ -194,6 +496,7 @@ class PreforkPool:
                 other.close()
         link.in_child()
         try:
+            self.running[slot].attach()
             code = run_child(
                 self.app,
                 self.queues,
@@ -225,6 +528,7 @@ def run_child(
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
+    failpoint.kill_supervisor = True
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
     consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running, rate_limits=rate_limits)
 
@@ -243,10 +547,44 @@ def run_child(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    _install_task_signal_handlers(consumer, running)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     _watch_parent(parent, consumer.stop)
     consumer.run()
     return 0
+
+
+def _running_info(task: RunningTask, hostname: str) -> dict[str, Any]:
+    """``inspect active``'s entry for a task known only from its slot (no kwargs there)."""
+    return {
+        "id": task.task_id,
+        "name": task.name,
+        "args": task.args_repr,
+        "hostname": hostname,
+        "time_start": task.started,
+        "worker_pid": task.pid,
+        "acknowledged": False,
+    }
+
+
+def _install_task_signal_handlers(consumer: Consumer, running: RunningSlot) -> None:
+    """SIGUSR1 raises SoftTimeLimitExceeded, SIGUSR2 TaskTerminated, in the task the supervisor
+    named in the slot, if this child is still running it (a late signal does nothing)."""
+
+    def inside(run: int) -> bool:
+        guard = consumer.main_guard
+        return guard is not None and guard.inside and run == running.run
+
+    def soft_target() -> float | None:
+        run, limit, _ = running.requested()
+        return limit if inside(run) else None
+
+    def on_terminate(signum: int, frame: FrameType | None) -> None:
+        if inside(running.requested()[2]):
+            raise TaskTerminated("terminated")
+
+    install_soft_limit_handler(soft_target)
+    signal.signal(TERMINATE_SIGNAL, on_terminate)
 
 
 def _watch_parent(parent: int, stop: Callable[[], None]) -> None:

@@ -621,3 +621,207 @@ fn test_encode_envelope_matches_spec_encoding() {
         via_spec
     );
 }
+
+// -- malformed envelopes (R9): mutations of valid ones never panic, and fail only as bad input --------
+
+/// Any value the codecs know, nested a few levels.
+fn arb_any() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<u64>().prop_map(Value::UInt),
+        any::<f64>().prop_map(Value::Float),
+        ".{0,12}".prop_map(Value::Str),
+        proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Bytes),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+            proptest::collection::vec(("[a-z_]{0,8}".prop_map(Value::Str), inner), 0..4)
+                .prop_map(Value::Map),
+        ]
+    })
+}
+
+/// One way to spoil an envelope.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Replace `section.field` (section `""` is the top level) with a value.
+    Set(&'static str, String, Value),
+    /// Remove `section.field`.
+    Remove(&'static str, String),
+    /// The body: base64 of these bytes.
+    RawBody(Vec<u8>),
+    /// The body: base64 of this value serialized by the message's own codec (a wrong shape).
+    ShapedBody(Value),
+    /// The body: base64 of JSON nested this deep.
+    DeepBody(usize),
+    /// The body: a string that is not base64.
+    NotBase64(String),
+    /// The serialized envelope cut after this many bytes.
+    Truncate(usize),
+}
+
+const SECTIONS: [&str; 3] = ["", "headers", "properties"];
+const FIELDS: [&str; 24] = [
+    "body",
+    "content-type",
+    "content-encoding",
+    "headers",
+    "properties",
+    "task",
+    "id",
+    "eta",
+    "expires",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "group",
+    "argsrepr",
+    "ignore_result",
+    "redelivered",
+    "compression",
+    "priority",
+    "delivery_info",
+    "delivery_tag",
+    "correlation_id",
+    "reply_to",
+    "body_encoding",
+];
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    let section = proptest::sample::select(SECTIONS.to_vec());
+    let field = prop_oneof![
+        proptest::sample::select(FIELDS.to_vec()).prop_map(String::from),
+        "[a-z]{1,6}"
+    ];
+    prop_oneof![
+        (section.clone(), field.clone(), arb_any()).prop_map(|(s, f, v)| Mutation::Set(s, f, v)),
+        (section, field).prop_map(|(s, f)| Mutation::Remove(s, f)),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Mutation::RawBody),
+        arb_any().prop_map(Mutation::ShapedBody),
+        (1usize..200_000).prop_map(Mutation::DeepBody),
+        ".{0,16}".prop_map(Mutation::NotBase64),
+        (0usize..2_000).prop_map(Mutation::Truncate),
+    ]
+}
+
+fn b64(data: &[u8]) -> Value {
+    Value::Str(base64::engine::general_purpose::STANDARD.encode(data))
+}
+
+fn section_of<'a>(env: &'a mut Value, section: &str) -> Option<&'a mut Map> {
+    let Value::Map(top) = env else { return None };
+    if section.is_empty() {
+        return Some(top);
+    }
+    match top.iter_mut().find(|(k, _)| k.as_str() == Some(section)) {
+        Some((_, Value::Map(m))) => Some(m),
+        _ => None,
+    }
+}
+
+fn set_field(map: &mut Map, field: &str, value: Value) {
+    match map.iter_mut().find(|(k, _)| k.as_str() == Some(field)) {
+        Some(entry) => entry.1 = value,
+        None => map.push((Value::Str(field.to_owned()), value)),
+    }
+}
+
+fn mutate(msgpack: bool, mutations: &[Mutation]) -> Vec<u8> {
+    let mut sp = spec();
+    sp.serializer = if msgpack {
+        "msgpack".into()
+    } else {
+        "json".into()
+    };
+    let mut env = envelope_value(&encode_task_message(&sp).unwrap());
+    let codec = if msgpack { Codec::Msgpack } else { Codec::Json };
+    let mut truncate = None;
+    for m in mutations {
+        match m {
+            Mutation::Set(section, field, value) => {
+                if let Some(map) = section_of(&mut env, section) {
+                    set_field(map, field, value.clone());
+                }
+            }
+            Mutation::Remove(section, field) => {
+                if let Some(map) = section_of(&mut env, section) {
+                    map.retain(|(k, _)| k.as_str() != Some(field.as_str()));
+                }
+            }
+            Mutation::RawBody(bytes) => {
+                set_field(section_of(&mut env, "").unwrap(), "body", b64(bytes))
+            }
+            Mutation::ShapedBody(value) => {
+                // Values a codec cannot write (bytes in JSON) leave the body as it was.
+                if let Ok(bytes) = codec::dumps(value, codec) {
+                    set_field(section_of(&mut env, "").unwrap(), "body", b64(&bytes));
+                }
+            }
+            Mutation::DeepBody(depth) => {
+                let deep = format!("{}{}", "[".repeat(*depth), "]".repeat(*depth));
+                set_field(
+                    section_of(&mut env, "").unwrap(),
+                    "body",
+                    b64(deep.as_bytes()),
+                );
+            }
+            Mutation::NotBase64(text) => {
+                set_field(
+                    section_of(&mut env, "").unwrap(),
+                    "body",
+                    Value::Str(format!("{text}!*")),
+                );
+            }
+            Mutation::Truncate(at) => truncate = Some(*at),
+        }
+    }
+    let mut data = codec::to_json(&env).unwrap_or_else(|_| encode_task_message(&sp).unwrap());
+    if let Some(at) = truncate {
+        data.truncate(at);
+    }
+    data
+}
+
+/// The errors bad input may produce: anything else (a broker or configuration error) is a bug.
+fn is_input_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Decode(_) | Error::TooLarge { .. } | Error::ContentDisallowed { .. }
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn test_decode_mutated_envelopes_fails_only_as_bad_input(
+        msgpack in any::<bool>(),
+        mutations in proptest::collection::vec(arb_mutation(), 1..4),
+    ) {
+        let data = mutate(msgpack, &mutations);
+        let accept = Accept::new(["json", "msgpack"]);
+        if let Err(e) = decode_task_message(&data, &accept, DEFAULT_MAX_SIZE) {
+            prop_assert!(is_input_error(&e), "{e:?}");
+        }
+        if let Err(e) = decode_envelope(&data, &accept, DEFAULT_MAX_SIZE) {
+            prop_assert!(is_input_error(&e), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn test_decode_arbitrary_bytes_fails_only_as_bad_input(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let accept = Accept::new(["json", "msgpack"]);
+        if let Err(e) = decode_task_message(&data, &accept, DEFAULT_MAX_SIZE) {
+            prop_assert!(is_input_error(&e), "{e:?}");
+        }
+        for codec in [Codec::Json, Codec::Msgpack] {
+            if let Err(e) = codec::loads(&data, codec) {
+                prop_assert!(is_input_error(&e), "{e:?}");
+            }
+        }
+    }
+}
