@@ -107,6 +107,11 @@ class Executor:
             return self._dead_letter(delivery, "content_disallowed", exc, _peek_id(delivery.payload))
         except DecodeError as exc:
             return self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a bug of the decoder (a panic), not of the message: keep the worker going
+            logger.exception("Decoding message %s raised %s", delivery.tag, type(exc).__name__)
+            return self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
         if FAILPOINT is not None:
             failpoint.hit("after_decode")
 
