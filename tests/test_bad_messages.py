@@ -73,3 +73,29 @@ def test_producer_refuses_a_message_over_the_size_limit_before_any_io(project: P
     with pytest.raises(MessageTooLarge, match="exceeds the maximum of 10000 bytes"):
         tasks.add.delay("x" * 20_000, "y")
     assert tasks.app.broker.queue_length("celery") == 0
+
+
+def test_msgpack_map_key_python_cannot_hash_is_dead_lettered_and_the_child_lives(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by R9 (tests/native/test_malformed.py): it used to raise TypeError and kill the child."""
+    (project.root / "withmsgpack.py").write_text("accept_content = ['json', 'msgpack']\n")
+    monkeypatch.setenv("TEST_CONFIG_MODULE", "withmsgpack")
+    tasks = project.app()
+    broker = tasks.app.broker
+    envelope = json.loads(
+        _rqueue.encode_task_message(
+            task="tasks.add", task_id=str(uuid.uuid4()), args=[1], kwargs={}, routing_key="celery", serializer="msgpack"
+        )
+    )
+    envelope["body"] = base64.b64encode(b"\x93\x90\x81\x90\x00\x80").decode()  # [[], {[]: 0}, {}]
+    worker = project.start_worker("-c", "1")
+    (child,) = worker.child_pids()
+    broker.publish("celery", json.dumps(envelope).encode())
+    assert tasks.add.delay(2, 3).get(timeout=30) == 5
+    deadline = time.monotonic() + 30
+    while not broker.dead_letters("celery") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (dead,) = broker.dead_letters("celery")
+    assert dead.reason == "decode_error" and "cannot be a Python dict key" in (dead.error or "")
+    assert worker.child_pids() == [child]

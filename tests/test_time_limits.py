@@ -218,6 +218,7 @@ def drive():
         while not pool.active() and time.monotonic() < deadline:
             time.sleep(0.02)
         (task,) = pool.active()
+        time.sleep(max(0.0, task.started + command.get("after_s", 0.0) - time.time()))
         say(active=[task.task_id, task.name, task.args_repr, task.pid, task.soft, task.hard, task.started])
         say(unknown=pool.terminate("no-such-task"))
         say(terminated=pool.terminate(task.task_id, command["terminate"], command.get("grace_s", 5.0)))
@@ -304,7 +305,7 @@ def test_terminate_records_revoked_and_acks(project: Project, driver: Any, signu
     tasks = project.app()
     key = f"terminate-{task}-{signum}"
     result = getattr(tasks, task).delay(60, key)
-    d = driver({"terminate": int(signum), "grace_s": 1.0})
+    d = driver({"terminate": int(signum), "grace_s": 1.0, "after_s": 1.0})  # after its ledger row
     task_id, name, args_repr, pid, soft, hard, started = d.read()["active"]
     assert (task_id, name, soft, hard) == (result.id, f"tasks.{task}", None, None)
     assert pid in child_of(d.proc.pid)

@@ -16,7 +16,7 @@ import string
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rqueue import _rqueue
@@ -170,6 +170,7 @@ def test_malformed_envelopes_raise_only_rqueue_errors(
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=512))
+@example(b"\x81\x90\x00")  # found by this test: a msgpack map whose key is an array
 def test_arbitrary_bytes_raise_only_rqueue_errors(data: bytes) -> None:
     decode_or_typed_error(data)
     for content_type in ("application/json", "application/x-msgpack"):
@@ -181,4 +182,13 @@ def test_a_typed_error_names_what_was_wrong() -> None:
     envelope = valid_envelope(False, [1])
     envelope["headers"]["retries"] = "many"
     with pytest.raises(DecodeError, match=r"headers\.retries"):
+        _rqueue.decode_task_message(json.dumps(envelope).encode(), accept=ACCEPT)
+
+
+def test_a_msgpack_map_key_python_cannot_hash_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="a map key is a list, which cannot be a Python dict key"):
+        _rqueue.loads(b"\x81\x90\x00", "application/x-msgpack")  # {[]: 0}
+    envelope = valid_envelope(True, [1])
+    envelope["body"] = base64.b64encode(b"\x93\x90\x81\x80\x00\x80").decode()  # [[], {{}: 0}, {}]
+    with pytest.raises(DecodeError, match="a map key is a dict"):
         _rqueue.decode_task_message(json.dumps(envelope).encode(), accept=ACCEPT)

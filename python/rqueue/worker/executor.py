@@ -126,6 +126,12 @@ class Executor:
             except DecodeError as exc:
                 self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
                 return None
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a bug of the decoder (a panic), not of the message: keep going
+                logger.exception("Decoding message %s raised %s", delivery.tag, type(exc).__name__)
+                self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
+                return None
         if FAILPOINT is not None:
             failpoint.hit("after_decode")
 

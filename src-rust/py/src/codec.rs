@@ -246,10 +246,18 @@ pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>>
     })
 }
 
-/// Converts a core map to a Python dict.
+/// Converts a core map to a Python dict. A msgpack map may have keys Python cannot hash (an array
+/// or a map): that is bad input (DecodeError), not a TypeError from deep inside the conversion.
 pub fn map_to_py<'py>(py: Python<'py>, entries: &[(Value, Value)]) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (k, v) in entries {
+        if matches!(k, Value::List(_) | Value::Map(_)) {
+            let what = format!(
+                "a map key is a {}, which cannot be a Python dict key",
+                k.type_name()
+            );
+            return Err(crate::errors::to_py(py, Error::Decode(what)));
+        }
         dict.set_item(to_py(py, k)?, to_py(py, v)?)?;
     }
     Ok(dict)
