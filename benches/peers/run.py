@@ -366,7 +366,7 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         f"Measured {report['date']} with `{report['command']}` on {m['cpus']} CPUs ({m['cpu_model']}), "
-        f"Python {m['python']}, redis-server {report['redis']}; medians of {report['reps']} repetitions. "
+        f"Python {m['python']}, redis-server {report['redis']}; medians of {report['reps']} repetition(s). "
         "Ratios in parentheses: rqueue over the peer in the same configuration (for latency, the peer over "
         f"rqueue): > 1{TIMES} means rqueue is better.",
         "",
@@ -397,6 +397,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     plt = pyplot()
+    ticker = importlib.import_module("matplotlib.ticker")
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.8))
     results = report["libraries"]
     labels = [f"{r['library']}\n({r['config']})" for r in results]
@@ -407,6 +408,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         hi = [r["summary"][c]["max"] - m for m, r in zip(med, results, strict=True)]
         ax.barh(labels, med, xerr=[lo, hi], color=colors)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:,g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(
             HEADINGS[c] + (" (lower is better)" if c in LOWER_IS_BETTER else " (higher is better)"), fontsize=9
         )
