@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -134,6 +135,31 @@ def test_bench_payload_scenario_on_redis(tmp_path: Path, redis_url: str) -> None
         client.close()
 
 
+def sqlite_rows(path: Path) -> dict[str, int]:
+    """Rows left in the broker file's tables, read with Python's sqlite3 (no rqueue in this process)."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        return {
+            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("messages", "results", "dead_letters")
+        }
+    finally:
+        conn.close()
+
+
+def test_bench_on_a_user_sqlite_file_deletes_its_messages_and_results(tmp_path: Path) -> None:
+    db = tmp_path / "mine.sqlite3"
+    out = tmp_path / "bench.json"
+    proc = run_bench(
+        tmp_path, "--broker", f"sqlite:///{db}", "--tasks", "200", "--roundtrips", "20", "--results", "--json", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = load(out)
+    assert rows_by_label(report)["drain, results stored"]["results_stored"] == 200
+    assert report["cleanup"]["results_deleted"] >= 200 + 200 + 20  # enqueue, drain and round trip results
+    assert db.exists()  # the user's file stays, emptied of what the bench put there
+    assert sqlite_rows(db) == {"messages": 0, "results": 0, "dead_letters": 0}
+
+
 def _worker_pids(bench_pid: int) -> list[int]:
     return [p for p in procstat.tree(bench_pid) if p != bench_pid]
 
@@ -177,6 +203,42 @@ def test_bench_ctrl_c_stops_workers_and_cleans_the_broker(tmp_path: Path, redis_
             proc.kill()
             proc.wait(10)
         client.close()
+
+
+@pytest.mark.skipif(not procstat.available(), reason="needs /proc to find the worker processes")
+def test_bench_ctrl_c_on_sqlite_leaves_no_worker_and_no_row(tmp_path: Path) -> None:
+    db = tmp_path / "mine.sqlite3"
+    proc = subprocess.Popen(
+        [
+            *rqueue_cmd(),
+            *("bench", "--no-progress", "--broker", f"sqlite:///{db}", "--scenario", "drain", "--results"),
+            *("--tasks", "30000", "-P", "prefork", "-c", "2", "--timeout", "200"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None and len(workers) < 3:
+            workers = _worker_pids(proc.pid)
+            time.sleep(0.05)
+        time.sleep(0.5)  # consuming by now
+        assert proc.poll() is None, proc.communicate()[0]
+        seen = set(_worker_pids(proc.pid))
+        assert len(seen) >= 3, seen
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, output
+        for pid in seen:
+            assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"worker process {pid} is still running"
+        assert sqlite_rows(db) == {"messages": 0, "results": 0, "dead_letters": 0}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def _is_zombie(pid: int) -> bool:
