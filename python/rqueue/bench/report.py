@@ -73,7 +73,11 @@ def plot_bench(report: dict[str, Any], path: str | Path) -> None:
     """A PNG with two panels: tasks/s per scenario, and latency percentiles where measured."""
     plt = pyplot()
     rows = report["scenarios"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    timed = [r for r in rows if r.get("p50_ms") is not None]
+    if timed:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    else:  # only drains: no latency panel
+        fig, left = plt.subplots(1, 1, figsize=(7, 3.2))
     labels = [r["label"] for r in rows]
     rates = [r["tasks_s"] or 0 for r in rows]
     bars = left.barh(labels, rates, color="#3b75af")
@@ -81,14 +85,16 @@ def plot_bench(report: dict[str, Any], path: str | Path) -> None:
     left.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _pos: f"{v / 1000:g}k" if v else "0"))
     left.set_xlabel("tasks/s (higher is better)")
     left.invert_yaxis()
-    timed = [r for r in rows if r.get("p50_ms") is not None]
     width = 0.25
     for k, (pct, color) in enumerate((("p50", "#3b75af"), ("p95", "#f28e2b"), ("p99", "#c44e52"))):
+        if not timed:
+            break
         xs = [i + (k - 1) * width for i in range(len(timed))]
         right.bar(xs, [r[f"{pct}_ms"] for r in timed], width, label=pct, color=color)
-    right.set_xticks(range(len(timed)), [r["label"] for r in timed], fontsize=8)
-    right.set_ylabel("latency, ms (lower is better)")
-    right.legend()
+    if timed:
+        right.set_xticks(range(len(timed)), [r["label"] for r in timed], fontsize=8)
+        right.set_ylabel("latency, ms (lower is better)")
+        right.legend()
     m, o = report["machine"], report["options"]
     fig.suptitle(
         f"rqueue bench {report['rqueue']} on {report['broker_kind']}: {o['workers']} worker(s), "
