@@ -164,8 +164,8 @@ def _worker_pids(bench_pid: int) -> list[int]:
     return [p for p in procstat.tree(bench_pid) if p != bench_pid]
 
 
-@pytest.mark.skipif(not procstat.available(), reason="needs /proc to find the worker processes")
-def test_bench_ctrl_c_stops_workers_and_cleans_the_broker(tmp_path: Path, redis_url: str) -> None:
+def start_redis_drain(tmp_path: Path, redis_url: str) -> tuple[subprocess.Popen[str], set[int]]:
+    """A ``rqueue bench`` draining a long queue on Redis, and its worker pids once they are consuming."""
     proc = subprocess.Popen(
         [
             *rqueue_cmd(),
@@ -190,19 +190,54 @@ def test_bench_ctrl_c_stops_workers_and_cleans_the_broker(tmp_path: Path, redis_
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[0]
         assert len(workers) >= 3, workers
-        seen = set(_worker_pids(proc.pid))
-        proc.send_signal(signal.SIGINT)
+        return proc, set(_worker_pids(proc.pid))
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    finally:
+        client.close()
+
+
+def assert_gone(pids: set[int], within_s: float = 0.0) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and not _is_zombie(p)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    assert not alive, f"worker processes still running: {alive}"
+
+
+@pytest.mark.skipif(not procstat.available(), reason="needs /proc to find the worker processes")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_bench_interrupted_stops_workers_and_cleans_the_broker(
+    tmp_path: Path, redis_url: str, sig: signal.Signals
+) -> None:
+    proc, workers = start_redis_drain(tmp_path, redis_url)
+    try:
+        proc.send_signal(sig)
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 130, output
         assert "interrupted" in output
-        for pid in seen:
-            assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"worker process {pid} is still running"
-        assert client.dbsize() == 0, client.keys("*")[:20]
+        assert_gone(workers)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert client.dbsize() == 0, client.keys("*")[:20]
+        finally:
+            client.close()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        client.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_bench_killed_outright_still_stops_its_workers(tmp_path: Path, redis_url: str) -> None:
+    proc, workers = start_redis_drain(tmp_path, redis_url)
+    proc.kill()  # SIGKILL: no clean-up runs in the bench; the kernel tells the workers
+    proc.wait(10)
+    assert_gone(workers, within_s=60)
 
 
 @pytest.mark.skipif(not procstat.available(), reason="needs /proc to find the worker processes")

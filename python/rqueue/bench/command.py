@@ -16,7 +16,7 @@ INTERRUPTED_EXIT = 130
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised where the bench is, so it unwinds and cleans up as for Ctrl-C."""
+    """SIGTERM or SIGHUP, raised where the bench is, so it unwinds and cleans up as for Ctrl-C."""
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -31,7 +31,9 @@ def run(options: BenchOptions, json_path: str | None, plot_path: str | None, ech
     """
     if plot_path:
         pyplot()  # fail before measuring when matplotlib is missing
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    # SIGTERM, and SIGHUP (the terminal went away), unwind like Ctrl-C: workers stop, the broker is cleaned.
+    handled = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in handled}
     bench: Bench | None = None
     try:
         bench = Bench(options)
@@ -61,7 +63,8 @@ def run(options: BenchOptions, json_path: str | None, plot_path: str | None, ech
     finally:
         if bench is not None:
             _cleanup(bench, echo)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _cleanup(bench: Bench, echo: Callable[[str], None], interrupted: bool = False) -> dict[str, Any]:
@@ -69,13 +72,13 @@ def _cleanup(bench: Bench, echo: Callable[[str], None], interrupted: bool = Fals
         return bench.cleaned
     if interrupted:
         echo("\ninterrupted: stopping workers and cleaning up (a few seconds) ...")
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignored = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ignored}
     try:
         return bench.cleanup()
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _banner(bench: Bench) -> str:

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -15,6 +15,32 @@ from rqueue.exceptions import RQueueError
 
 #: Warm shutdown gets this long before the process group is killed.
 STOP_GRACE_S = 10.0
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that has the kernel SIGTERM the child when its parent dies.
+
+    So workers stop (a warm shutdown) even when the bench is killed outright (SIGKILL, a closed
+    terminal) and no ``finally`` runs. libc's ``prctl`` is looked up here, in the parent: the child
+    between fork and exec then only calls into C.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_signal() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+    return set_signal
+
+
+_PREEXEC = _parent_death_signal()
 
 
 def rqueue_command() -> list[str]:
@@ -28,7 +54,8 @@ class WorkerExited(RQueueError):
 
 
 class WorkerProcess:
-    """One worker command, in a new session (a Ctrl-C on the terminal reaches only the bench).
+    """One worker command, in a new session (a Ctrl-C on the terminal reaches only the bench), sent
+    SIGTERM by the kernel if the process that started it dies.
 
     Its output goes to ``log``; ``stop()`` sends SIGTERM (a warm shutdown), then SIGKILL to the
     whole group after ``grace_s``, so children of a prefork pool never outlive it.
@@ -48,6 +75,7 @@ class WorkerProcess:
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_PREEXEC,  # noqa: PLW1509 - it only calls prctl(), looked up before the fork
         )
 
     @property
