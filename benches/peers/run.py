@@ -425,9 +425,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         )
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=7)
-        for y, v in enumerate(med):
-            if not math.isnan(v):
-                ax.text(v, y, f" {fmt(c, v)}", va="center", fontsize=6)
+        for y, (v, r) in enumerate(zip(med, results, strict=True)):
+            if not math.isnan(v):  # right of the error bar
+                ax.text(max(v, r["summary"][c]["max"]), y, f"  {fmt(c, v)}", va="center", fontsize=6)
     m = report["machine"]
     fig.suptitle(
         f"rqueue vs peers on one private Redis {report['redis']}, {report['date']}: "
