@@ -513,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.monotonic() - started,
     }
     report["targets"] = check_targets(results)
+    print("\nconfigurations (one worker process each in 'fast'):")
+    for r in results:
+        print(f"  {r['library']:8} {r['config']:7} $ {r['worker_command']}\n{'':19}{r['config_note']}")
     table = print_table(report["comparison"])
     print("\n" + table)
     print("  (x): rqueue over the peer, same config (latency: the peer over rqueue); ±: half the min..max spread")
