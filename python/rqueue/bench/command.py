@@ -99,7 +99,7 @@ def _banner(bench: Bench) -> str:
 
 def _row_line(row: dict[str, Any]) -> str:
     rate = row.get("tasks_s")
-    line = f"  {row['label']}: {row['tasks']:,} in {row['seconds']:.2f} s"
+    line = f"  {row['label']}: {row.get('tasks_timed', row['tasks']):,} in {row['seconds']:.2f} s"
     if rate:
         line += f", {rate:,.0f} tasks/s"
     if row.get("p50_ms") is not None:

@@ -15,7 +15,7 @@ from rqueue.exceptions import ConfigurationError
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("scenario", "label", "{}"),
     ("tasks", "tasks", "{:,}"),
-    ("seconds", "seconds", "{:.2f}"),
+    ("timed s", "seconds", "{:.2f}"),
     ("tasks/s", "tasks_s", "{:,.0f}"),
     ("p50 ms", "p50_ms", "{:.3f}"),
     ("p95 ms", "p95_ms", "{:.3f}"),
