@@ -177,6 +177,7 @@ def start_redis_drain(tmp_path: Path, redis_url: str) -> tuple[subprocess.Popen[
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # a killed bench cannot remove its temporary directory
     )
     client = redis.Redis.from_url(redis_url)
     try:
