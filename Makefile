@@ -174,6 +174,25 @@ demo: venv wheel install ## Build, install and run examples/walkthrough.py
 bench: venv wheel install ## Run the benchmark harness benches/run_all.py (use the release PROFILE)
 	$(PY) benches/run_all.py
 
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.stamp-peers
+QUICK ?=
+
+$(BENCH_STAMP): benches/peers/requirements.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet --progress-bar off -r benches/peers/requirements.txt
+	@# taskito ships binary wheels for some platforms only: the comparison runs without it elsewhere.
+	$(BENCH_VENV)/bin/python -m pip install --quiet --progress-bar off taskito \
+		|| echo "taskito does not install here: the comparison runs without it"
+	@touch $@
+
+.PHONY: bench-peers
+bench-peers: redis wheel $(BENCH_STAMP) ## rqueue vs Celery, Dramatiq, RQ, Huey (taskito) in .venv-bench (QUICK=1: a check)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps dist/rqueue-*.whl
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis,plot]"
+	$(BENCH_VENV)/bin/python benches/peers/run.py $(if $(QUICK),--quick)
+
 .PHONY: clean
 clean: ## Remove build outputs, stamps and tool caches (keeps .venv)
 	rm -rf dist target .pytest_cache .mypy_cache .ruff_cache .hypothesis
@@ -181,5 +200,5 @@ clean: ## Remove build outputs, stamps and tool caches (keeps .venv)
 	find python tests benches examples -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
 
 .PHONY: clean-all
-clean-all: clean ## clean, and remove .venv too
-	rm -rf $(VENV)
+clean-all: clean ## clean, and remove .venv (and .venv-bench) too
+	rm -rf $(VENV) $(BENCH_VENV)

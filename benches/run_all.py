@@ -1,8 +1,9 @@
-"""Run every benchmark with this interpreter and print what each one measured.
+"""Run every benchmark of rqueue itself with this interpreter and print what each one measured.
 
 Run: ``python benches/run_all.py`` (``make bench``). Extra arguments are not passed on; run a script
 directly for its options (``--seconds``, ``--tasks``, ``--json`` ...). Always exits 0: benchmarks
-report figures and targets, they do not fail a build.
+report figures and targets, they do not fail a build. The comparison with other task queues needs
+their packages and has its own virtualenv: ``make bench-peers`` (``benches/peers/run.py``).
 """
 
 from __future__ import annotations

@@ -320,6 +320,86 @@ def dlq_purge(ctx: click.Context, queue: str | None, force: bool) -> None:
     click.echo(f"Purged {count} dead letter{'s' if count != 1 else ''} from {name}.")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "-b",
+    "--broker",
+    metavar="URL",
+    help="Broker to measure [default: a temporary SQLite file in a temporary directory, removed afterwards; "
+    "never your rqueue.sqlite3].",
+)
+@click.option("--backend", metavar="URL", help="Result backend [default: the broker's].")
+@click.option(
+    "-n", "--tasks", type=click.IntRange(min=1), default=10_000, show_default=True, help="Tasks per scenario."
+)
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Per worker [default: CPUs; solo: 1].")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
+@click.option(
+    "--payload-bytes", type=click.IntRange(0, 512 * 1024), default=0, show_default=True, help="Argument size."
+)
+@click.option("--results/--no-results", default=False, show_default=True, help="Store results in drain/enqueue.")
+@click.option(
+    "-s",
+    "--scenario",
+    type=click.Choice(["drain", "enqueue", "roundtrip", "all"]),
+    default="all",
+    show_default=True,
+    help="What to measure.",
+)
+@click.option("--roundtrips", type=click.IntRange(min=1), help="Round trips [default: min(tasks, 1000)].")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Passed to the workers.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw a PNG (rqueue[plot]).")
+@click.option("--progress/--no-progress", default=None, help="Progress bars [default: on a terminal].")
+def bench(
+    broker: str | None,
+    backend: str | None,
+    tasks: int,
+    workers: int,
+    concurrency: int | None,
+    pool: str,
+    payload_bytes: int,
+    results: bool,
+    scenario: str,
+    roundtrips: int | None,
+    prefetch_multiplier: int | None,
+    timeout_s: float,
+    json_path: str | None,
+    plot_path: str | None,
+    progress: bool | None,
+) -> None:
+    """Measure throughput and latency with workers of its own (rqueue -A rqueue.bench.tasks worker).
+
+    Uses its own queue (rqueue-bench-<run id>; on Redis also that key prefix), deletes what it put in
+    the broker, and stops its workers when done or interrupted (Ctrl-C).
+    """
+    from rqueue.bench import BenchOptions
+    from rqueue.bench.command import run
+
+    options = BenchOptions(
+        broker=broker,
+        backend=backend,
+        tasks=tasks,
+        workers=workers,
+        concurrency=concurrency,
+        pool=pool,
+        payload_bytes=payload_bytes,
+        results=results,
+        scenario=scenario,
+        roundtrips=roundtrips,
+        prefetch_multiplier=prefetch_multiplier,
+        timeout_s=timeout_s,
+        progress=progress,
+    )
+    try:
+        code = run(options, json_path, plot_path, click.echo)
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    sys.exit(code)
+
+
 def _json_arg(option: str, text: str, kind: type) -> Any:
     try:
         value = json.loads(text)

@@ -1,0 +1,24 @@
+"""What every app module of the comparison shares: its environment and the commands next to Python."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+RESULTS = os.environ.get("BENCH_RESULTS", "0") == "1"
+CONFIG = os.environ.get("BENCH_CONFIG", "fast")
+#: Messages per batch publish when filling a queue.
+CHUNK = 1_000
+
+
+def script(name: str) -> str:
+    """A console script installed beside this interpreter (the bench virtualenv's)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def count_keys(client: Any, pattern: str) -> int:
+    """Keys matching ``pattern`` (SCAN, never KEYS)."""
+    return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
