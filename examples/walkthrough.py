@@ -2,14 +2,15 @@
 
 It writes ``tasks.py`` into a fresh directory, starts ``rqueue -A tasks worker --loglevel=info`` there
 (a real worker process), and then does what a newcomer does in the Python shell: ``add.delay(4, 4)``,
-``ready()``, ``get()``, ``state``, ``id``, ``backend``, a failing task, and the configuration calls.
-Run it with ``make demo``.
+``ready()``, ``get()``, ``state``, ``id``, ``backend``, a failing task, the configuration calls, and
+routing to a second worker with ``rqueue control``/``inspect``. Run it with ``make demo``.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,20 +44,32 @@ def main() -> int:
     sys.path.insert(0, str(workdir))
     rqueue = Path(sys.executable).with_name("rqueue")
 
+    def start_worker(log: Path, *args: str) -> subprocess.Popen[str] | None:
+        proc = subprocess.Popen(
+            [str(rqueue), "-A", "tasks", "worker", "--loglevel=info", "--logfile", str(log), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while "ready." not in (log.read_text() if log.exists() else ""):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(proc.stdout.read() if proc.stdout else "", log.read_text() if log.exists() else "")
+                return None
+            time.sleep(0.05)
+        return proc
+
+    def run(*args: str) -> int:
+        print(f"$ rqueue -A tasks {' '.join(args)}")
+        done = subprocess.run([str(rqueue), "-A", "tasks", *args], capture_output=True, text=True)
+        print(done.stdout + done.stderr, end="")
+        return done.returncode
+
     step(f"4. Run the worker (in {workdir}): rqueue -A tasks worker --loglevel=info")
     log = workdir / "worker.log"
-    worker = subprocess.Popen(
-        [str(rqueue), "-A", "tasks", "worker", "--loglevel=info", "--logfile", str(log)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while "ready." not in (log.read_text() if log.exists() else ""):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            print(worker.stdout.read() if worker.stdout else "", log.read_text() if log.exists() else "")
-            return 1
-        time.sleep(0.05)
+    worker = start_worker(log)
+    if worker is None:
+        return 1
     try:
         from tasks import add, app, divide  # type: ignore[import-not-found]
 
@@ -92,6 +105,22 @@ def main() -> int:
             app.conf.task_serializr = "json"
         except Exception as exc:
             print(">>> app.conf.task_serializr = 'json' ->", type(exc).__name__, exc)
+
+        step("8. Routing and rate limits: task_routes = {'tasks.add': 'low-priority'}")
+        app.conf.task_routes = {"tasks.add": "low-priority"}
+        routed = add.delay(2, 3)
+        print("$ rqueue -A tasks worker -Q low-priority -n worker1@%h")
+        second = start_worker(workdir / "worker1.log", "-Q", "low-priority", "-n", "worker1@%h", "-c", "1")
+        if second is None:
+            return 1
+        try:
+            print(">>> add.delay(2, 3).get(timeout=10)", routed.get(timeout=10))
+            assert run("control", "rate_limit", "tasks.add", "10/m") == 0
+            assert run("inspect", "ping") == 0
+            assert run("inspect", "active_queues", "-d", f"worker1@{socket.gethostname()}") == 0
+        finally:
+            second.send_signal(signal.SIGINT)
+            second.wait(30)
     finally:
         step("Ctrl-C: warm shutdown")
         worker.send_signal(signal.SIGINT)
@@ -100,7 +129,9 @@ def main() -> int:
         print("--- worker log ---")
         print(log.read_text())
         print(f"worker exited with {code}")
-    return 0 if code == 0 else 1
+    step("With no worker alive, control and inspect say so (and exit non-zero)")
+    nobody = run("inspect", "ping", "--timeout", "0.5")
+    return 0 if code == 0 and nobody != 0 else 1
 
 
 if __name__ == "__main__":
