@@ -17,11 +17,13 @@ def test_r5_poison_dead_lettered_after_max_deliveries_while_normal_and_flaky_tas
     monkeypatch.setenv("TEST_CONFIG_MODULE", "poisoncfg")
     tasks = project.app()
     poison = tasks.kill_worker.delay("killer")
-    normal = tasks.add.delay_many([(i, i) for i in range(200)])
+    normal = tasks.add.delay_many([(i, i) for i in range(2000)])
     flaky = tasks.flaky.delay("flaky", 2)
     failing = tasks.fail.delay("always")
     worker = project.start_worker("-c", "2")
-    assert [r.get(timeout=60) for r in normal] == [2 * i for i in range(200)]
+    started = time.monotonic()
+    assert [r.get(timeout=60) for r in normal] == [2 * i for i in range(2000)]
+    normal_s = time.monotonic() - started
     assert flaky.get(timeout=60) == 2 and project.ledger_count("flaky") == 3
     with pytest.raises(tasks.CustomError):
         failing.get(timeout=60)
@@ -32,3 +34,9 @@ def test_r5_poison_dead_lettered_after_max_deliveries_while_normal_and_flaky_tas
     assert dead.reason == "worker_lost" and poison.id.encode() in dead.payload
     assert project.ledger_count("killer") == 3  # delivered broker_max_deliveries times, then set aside
     assert worker.proc.poll() is None
+    print(
+        f"\nR5 [{project.kind}] normal tasks={len(normal)} all SUCCESS in {normal_s:.2f}s; "
+        f"flaky runs={project.ledger_count('flaky')}; always-raising: {failing.state}; "
+        f"killer runs={project.ledger_count('killer')}, then dead-lettered ({dead.reason}); "
+        f"dead letters={len(tasks.app.broker.dead_letters('celery'))}"
+    )
