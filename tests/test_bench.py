@@ -27,14 +27,16 @@ from rqueue.bench.report import table
 pytestmark = pytest.mark.timeout(300)
 
 
-def run_bench(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_bench(
+    cwd: Path, *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*rqueue_cmd(), "bench", "--no-progress", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={k: v for k, v in os.environ.items() if not k.startswith("RQUEUE_")},
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("RQUEUE_")}, **(env or {})},
     )
 
 
@@ -89,6 +91,23 @@ def test_bench_runs_on_the_temporary_sqlite_default(tmp_path: Path) -> None:
     assert not Path(report["cleanup"]["removed"]).exists()
     assert not (tmp_path / "rqueue.sqlite3").exists()
     assert "tasks/s" in proc.stdout and "n/a" in proc.stdout
+
+
+def test_bench_ignores_a_result_backend_from_the_environment(tmp_path: Path) -> None:
+    """$RQUEUE_RESULT_BACKEND must not send the bench's producer and its workers to different stores."""
+    elsewhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    done = run_bench(
+        tmp_path,
+        "-n",
+        "20",
+        "-s",
+        "roundtrip",
+        "--json",
+        str(tmp_path / "r.json"),
+        env={"RQUEUE_RESULT_BACKEND": elsewhere},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert load(tmp_path / "r.json")["backend"] == "the broker"
 
 
 def test_bench_on_redis_counts_every_task_and_leaves_nothing(tmp_path: Path, redis_url: str) -> None:

@@ -7,6 +7,6 @@ comparison in ``benches/peers`` uses the same pieces (``procstat``, ``processes`
 
 from __future__ import annotations
 
-from rqueue.bench.runner import SCENARIOS, Bench, BenchError, BenchOptions, bench
+from rqueue.bench.runner import SCENARIOS, Bench, BenchError, BenchOptions
 
-__all__ = ["SCENARIOS", "Bench", "BenchError", "BenchOptions", "bench"]
+__all__ = ["SCENARIOS", "Bench", "BenchError", "BenchOptions"]

@@ -66,6 +66,7 @@ class WorkerProcess:
     ) -> None:
         self.cmd = list(cmd)
         self.log = log
+        self._terminated = False
         self._log_fh: IO[bytes] = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.cmd,
@@ -93,11 +94,18 @@ class WorkerProcess:
         if self.proc.poll() is not None:
             raise WorkerExited(f"worker exited with code {self.proc.returncode}; its log ends:\n{self.log_tail()}")
 
+    def terminate(self) -> None:
+        """Ask the worker for a warm shutdown, once: a second SIGTERM would make it a cold one. The
+        worker passes it on to its own children."""
+        if not self._terminated and self.proc.poll() is None:
+            self._terminated = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         try:
             if self.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGTERM)
+                self.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(grace_s)
             # Children may outlive a killed parent; the group is the worker's alone.
@@ -129,9 +137,7 @@ class WorkerGroup:
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         for w in self.workers:
-            if w.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(w.pid, signal.SIGTERM)
+            w.terminate()
         errors: list[BaseException] = []
         for w in self.workers:
             try:

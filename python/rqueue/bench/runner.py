@@ -19,7 +19,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +53,8 @@ POLL_S = 0.002
 WARMUP_ROUNDTRIPS = 20
 #: How long workers get to answer the first round trip.
 READY_TIMEOUT_S = 60.0
+#: Untimed calls before the enqueue scenario (as the peer comparison's client does).
+WARMUP_CALLS = 10
 DEFAULT_ROUNDTRIPS = 1_000
 
 
@@ -148,8 +150,9 @@ class Bench:
         self.temporary_broker = options.broker is None
         self.broker_url = options.broker or f"sqlite:///{self.tmp / 'bench.sqlite3'}"
         self.kind = "sqlite" if scheme_of(self.broker_url, "--broker") == "sqlite" else "redis"
-        # Round trips need results: a Redis broker keeps them itself unless told otherwise.
-        self.backend_url = options.backend or (self.broker_url if self.kind == "redis" else None)
+        # Round trips need results; the broker keeps them unless told otherwise. Named explicitly for
+        # both sides, so $RQUEUE_RESULT_BACKEND cannot point the producer and the workers apart.
+        self.backend_url = options.backend or self.broker_url
         self.keyprefix = f"{self.queue}:" if self.kind == "redis" else ""
         self.app, self.noop, self.payload = make_app(
             bench_settings(self.queue, self.keyprefix), broker=self.broker_url, backend=self.backend_url
@@ -188,10 +191,7 @@ class Bench:
     def worker_env(self, counters: Path) -> dict[str, str]:
         env = dict(os.environ)
         env["RQUEUE_BROKER_URL"] = self.broker_url
-        if self.backend_url:
-            env["RQUEUE_RESULT_BACKEND"] = self.backend_url
-        else:
-            env.pop("RQUEUE_RESULT_BACKEND", None)
+        env["RQUEUE_RESULT_BACKEND"] = self.backend_url
         env[QUEUE_ENV] = self.queue
         env[KEYPREFIX_ENV] = self.keyprefix
         env[COUNTERS_ENV] = str(counters)
@@ -227,11 +227,9 @@ class Bench:
         for i, pid in enumerate(group.pids):
             for p in procstat.tree(pid):
                 self.owners.add((f"bench{i}-{self.run_id}@{host}", p))
-        try:
-            group.stop()
-        finally:
-            if group in self.groups:
-                self.groups.remove(group)
+        group.stop()  # an interrupted stop leaves the group listed: cleanup() kills what is left
+        if group in self.groups:
+            self.groups.remove(group)
 
     # -- scenarios -------------------------------------------------------------------------------------
 
@@ -278,6 +276,8 @@ class Bench:
         name, args = self.call
         task = self.app.tasks[name]
         n = o.tasks
+        for _ in range(WARMUP_CALLS):  # connect and load what the first call loads, untimed
+            task.apply_async(args, ignore_result=True)
         self._purge()
         broker_cpu = self.broker_cpu()
         samples: list[float] = []
@@ -447,7 +447,8 @@ class Bench:
         return res.get(timeout=timeout)
 
     def _wait_ready(self, group: WorkerGroup, task: Any, args: tuple[Any, ...]) -> None:
-        deadline = time.monotonic() + min(READY_TIMEOUT_S, self.options.timeout_s)
+        wait_s = min(READY_TIMEOUT_S, self.options.timeout_s)
+        deadline = time.monotonic() + wait_s
         while True:
             group.check_alive()
             try:
@@ -455,7 +456,7 @@ class Bench:
                 return
             except TimeoutError:
                 if time.monotonic() > deadline:
-                    raise BenchError(f"the workers did not answer within {READY_TIMEOUT_S:g} s") from None
+                    raise BenchError(f"the workers did not answer within {wait_s:g} s") from None
 
     def _usage(self, usage: procstat.TreeUsage, seconds: float, broker_cpu_s: float | None) -> dict[str, Any]:
         rss = usage.peak_rss_bytes
@@ -478,12 +479,19 @@ class Bench:
         if self.kind != "redis":
             return _none
 
-        def used() -> float:
-            info = self._redis().info("cpu")
-            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        import redis
+
+        def used() -> float | None:
+            try:
+                info = self._redis().info("cpu")
+                return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+            except (redis.RedisError, KeyError, ValueError):  # INFO refused (an ACL), or fields missing
+                return None
 
         start = used()
-        return lambda: used() - start
+        if start is None:
+            return _none
+        return lambda: None if (now := used()) is None else now - start
 
     def _count_stored(self, ids: list[str]) -> int:
         if self.kind == "redis" and self.backend_url == self.broker_url:
@@ -559,7 +567,7 @@ class Bench:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(),
             "broker": "temporary SQLite file" if self.temporary_broker else describe(self.broker_url),
-            "backend": describe(self.backend_url) if self.backend_url else "the broker's SQLite file",
+            "backend": "the broker" if self.backend_url == self.broker_url else describe(self.backend_url),
             "broker_kind": self.kind,
             "queue": self.queue,
             "keyprefix": self.keyprefix,
@@ -579,13 +587,3 @@ def _pct(cpu_s: float | None, seconds: float) -> float | None:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-@contextlib.contextmanager
-def bench(options: BenchOptions) -> Iterator[Bench]:
-    """A Bench that is always cleaned up (also on KeyboardInterrupt)."""
-    b = Bench(options)
-    try:
-        yield b
-    finally:
-        b.cleanup()
