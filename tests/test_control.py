@@ -178,6 +178,8 @@ def test_control_errors_are_replies_and_the_worker_lives_on(project: Project) ->
     replies = tasks.app.control.broadcast("no_such_command", reply=True)
     assert replies == [{"w1@test": {"error": "unknown command 'no_such_command'"}}]
     _post_garbage(project, tasks.app)
+    for odd in ({"method": "ping", "pattern": "(", "matcher": "pcre"}, {"method": "ping", "destination": 5}):
+        mailbox.broadcast(odd, 1.0)  # a bad regex, a destination that is not a list
     assert tasks.app.control.ping() == [{"w1@test": {"ok": "pong"}}]
     assert tasks.add.delay(2, 2).get(timeout=30) == 4
 

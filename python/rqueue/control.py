@@ -23,6 +23,13 @@ DEFAULT_TIMEOUT_S = 1.0
 Replies = list[dict[str, Any]]
 
 
+def revocation_expiry_ms(conf: Any) -> int:
+    """Until when a revocation made now is kept (epoch ms): ``result_expires``, at least three hours."""
+    expires = conf.result_expires
+    keep_s = max(float(getattr(expires, "total_seconds", lambda: expires)() or 0), MIN_REVOKE_KEEP_S)
+    return int((time.time() + keep_s) * 1000)
+
+
 class Control:
     """``app.control``: commands that live workers carry out."""
 
@@ -112,13 +119,12 @@ class Control:
 
         The ids are stored in the broker (kept for ``result_expires``, at least three hours), so a
         worker that is offline now, or restarts, still skips them; live workers are told at once.
-        With ``terminate``, a prefork worker running one stops it (``signal``, then SIGKILL after a
-        grace period) and records it REVOKED.
+        With ``terminate``, a prefork worker running one stops it and records it REVOKED: with
+        ``signal="SIGKILL"`` its child is killed at once; with any other signal ``TaskTerminated``
+        is raised in the task, and its child is killed if it has not stopped 5 s later.
         """
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        expires = self.app.conf.result_expires
-        keep_s = max(float(getattr(expires, "total_seconds", lambda: expires)() or 0), MIN_REVOKE_KEEP_S)
-        self.app.broker.revoke(ids, int((time.time() + keep_s) * 1000))
+        self.app.broker.revoke(ids, revocation_expiry_ms(self.app.conf))
         arguments = {"task_id": ids, "terminate": terminate, "signal": signal}
         return self.broadcast("revoke", arguments, destination=destination, reply=reply, timeout=timeout)
 

@@ -242,10 +242,12 @@ class RedisMailbox(Mailbox):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                # BRPOP's timeout has a resolution of 1 ms on Redis >= 6; never pass 0 (= forever).
-                popped = self.broker.client.brpop([key], timeout=max(left, 0.001))
+                # BRPOP's timeout has a resolution of 1 ms on Redis >= 6; never pass 0 (= forever),
+                # nor more than the socket's read timeout (the loop waits again).
+                wait = min(max(left, 0.001), self.broker.socket_timeout_s / 2)
+                popped = self.broker.client.brpop([key], timeout=wait)
                 if popped is None:
-                    break
+                    continue  # the deadline is checked at the top
                 envelope = _open_envelope(popped[1])
                 if envelope is not None and envelope[1].get("ticket") == ticket:
                     found.append(envelope[0])

@@ -129,7 +129,13 @@ def time_limit(
 @control.command(context_settings=CONTEXT)
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--terminate", is_flag=True, help="Also stop it if running (prefork workers).")
-@click.option("--signal", "signal_name", default="SIGTERM", show_default=True, help="The first signal of --terminate.")
+@click.option(
+    "--signal",
+    "signal_name",
+    default="SIGTERM",
+    show_default=True,
+    help="SIGKILL kills the task's child at once; any other raises TaskTerminated in the task (killed after 5 s).",
+)
 @_target_options
 @click.pass_context
 def revoke(

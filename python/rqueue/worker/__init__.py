@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from rqueue import __version__
+from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
 from rqueue.worker import failpoint
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from rqueue.app import App
 
 POOLS = ("prefork", "threads", "solo")
-#: Task options that travel in messages (Celery workers honour them) but rqueue workers do not enforce yet.
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 logger = logging.getLogger("rqueue.worker")
 
@@ -124,7 +124,7 @@ class Worker:
 
     def revoke_locally(self, task_ids: list[str]) -> None:
         """Revoke at once in this process (remote control); children are told by the pool."""
-        self.revoked.add(task_ids)
+        self.revoked.add(task_ids, revocation_expiry_ms(self.app.conf))
 
     def revoked_ids(self) -> list[str]:
         """The unexpired revoked task ids this node knows."""

@@ -143,7 +143,7 @@ class Consumer:
         processed: Counter[str] = Counter()
         active = []
         for executor in list(self.executors):
-            processed.update(executor.processed)
+            processed.update(dict(executor.processed))  # the copy is atomic; another thread counts on
             current = executor.current
             if current is not None:
                 active.append(request_info(current[0], current[1], self.hostname))

@@ -149,7 +149,10 @@ class ControlServer:
             self._retry_at = time.monotonic() + RELISTEN_PAUSE_S
             return
         for command in commands:
-            self.handle(command)
+            try:
+                self.handle(command)
+            except Exception:  # anyone who reaches the broker can post: nothing posted may stop the node
+                logger.exception("Control message %.200r could not be handled", command)
 
     def serve_until(self, stopped: Callable[[], bool], poll_s: float = 0.1) -> None:
         """Serve commands until ``stopped()`` (the control thread of the threads and solo pools)."""
@@ -189,11 +192,14 @@ class ControlServer:
     def _addressed_here(self, command: dict[str, Any]) -> bool:
         destination = command.get("destination")
         if destination:
-            return self.hostname in destination
+            return isinstance(destination, (list, tuple)) and self.hostname in destination
         pattern, matcher = command.get("pattern"), command.get("matcher")
         if pattern:
             if matcher == "pcre":
-                return re.search(str(pattern), self.hostname) is not None
+                try:
+                    return re.search(str(pattern), self.hostname) is not None
+                except re.error:
+                    return False
             return fnmatch.fnmatchcase(self.hostname, str(pattern))
         return True
 

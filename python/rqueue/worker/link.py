@@ -54,7 +54,14 @@ class ChildLink:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            frame = _read(self.parent_end, left)
+            try:
+                frame = _read(self.parent_end, left)
+            except _PartialFrame:
+                # The rest of a frame did not come in time: the stream is out of step for good.
+                # Close it; this child goes unasked until it is replaced.
+                logger.warning("Lost step with a child's control channel; closing it")
+                self.close()
+                return None
             if frame is None:
                 return None
             if frame.get("seq") == seq:
@@ -67,7 +74,10 @@ class ChildLink:
 
         def loop() -> None:
             while True:
-                request = _read(self.child_end, None)
+                try:
+                    request = _read(self.child_end, None)
+                except _PartialFrame:  # the supervisor went away mid-request
+                    return
                 if request is None:
                     return
                 try:
@@ -88,17 +98,30 @@ def _write(sock: socket.socket, obj: dict[str, Any]) -> None:
     sock.sendall(_LENGTH.pack(len(data)) + data)
 
 
+class _PartialFrame(Exception):
+    """A frame began but did not end in time."""
+
+
 def _read(sock: socket.socket, timeout_s: float | None) -> dict[str, Any] | None:
-    """One frame, or None on timeout, EOF or a broken channel."""
+    """One frame, or None on timeout (before a frame began), EOF or a broken channel;
+    _PartialFrame when a frame began and its rest did not come."""
     try:
         sock.settimeout(timeout_s)
         head = _read_exactly(sock, _LENGTH.size)
-        if head is None:
-            return None
+    except OSError:
+        return None
+    if head is None:
+        return None
+    try:
         sock.settimeout(None if timeout_s is None else max(timeout_s, 1.0))
         body = _read_exactly(sock, _LENGTH.unpack(head)[0])
-        frame = json.loads(body) if body is not None else None
-    except (OSError, ValueError):
+    except OSError:
+        raise _PartialFrame from None
+    if body is None:
+        return None
+    try:
+        frame = json.loads(body)
+    except ValueError:
         return None
     return frame if isinstance(frame, dict) else None
 

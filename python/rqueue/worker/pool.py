@@ -1,7 +1,8 @@
 """The prefork pool: a supervisor process and N child processes, each a full consumer.
 
-Each child leases its own messages, so nothing is passed between processes. A child that dies
-is replaced, and the supervisor returns its leased messages to the queue at once (a message
+Each child leases its own messages, so no message passes between processes (remote control
+reaches the children over a socket pair each, ``link.py``; time limits through a shared slot). A
+child that dies is replaced, and the supervisor returns its leased messages to the queue at once (a message
 that keeps killing children is dead-lettered after ``broker_max_deliveries``).
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import BackendError, BrokerError, TaskRevokedError, TaskTerminated, TimeLimitExceeded
 from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer, owner_id
@@ -286,7 +288,7 @@ class PreforkPool:
             logger.warning("Cold shutdown: stopping running tasks; their messages go back to the queue")
             self._kill_all(signal.SIGKILL)
 
-    # -- remote control (see rqueue.worker.control.Processes) ------------------------------------------
+    # -- remote control (rqueue.worker.control.Processes), from run()'s on_idle, in the main thread ---
 
     def reports(self, timeout_s: float) -> list[dict[str, Any]]:
         replies = self._ask_all({"op": "report"}, timeout_s)
@@ -324,9 +326,13 @@ class PreforkPool:
 
     def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None:
         """Override both time limits of ``task_name`` (seconds; None = no limit) from now on, for
-        messages that carry no limit of their own. ConfigurationError for a non-positive limit."""
+        messages that carry no limit of their own. ConfigurationError for a non-positive limit.
+
+        The children hear of it too (and new ones inherit it), so a child writes out the results it
+        holds before a task that may be killed at its hard limit."""
         with self._lock:
             self.limits.set(task_name, soft, hard)
+        self._ask_all({"op": "time_limit", "task": task_name, "soft": soft, "hard": hard}, LINK_TIMEOUT_S)
 
     def active(self) -> list[RunningTask]:
         """The tasks the children are running, with their effective time limits."""
@@ -506,6 +512,7 @@ class PreforkPool:
                 self.revoked,
                 self.running[slot],
                 link,
+                self.limits,
                 self.rate_limits,
             )
         except BaseException:
@@ -524,6 +531,7 @@ def run_child(
     revoked: Revoked,
     running: RunningSlot,
     link: ChildLink,
+    limits: TimeLimits,
     rate_limits: RateLimits | None = None,
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
@@ -531,6 +539,7 @@ def run_child(
     failpoint.kill_supervisor = True
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
     consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running, rate_limits=rate_limits)
+    consumer.limits = limits  # the supervisor's, with its run-time overrides (copied by fork)
 
     def answer(request: dict[str, Any]) -> Any:
         op = request.get("op")
@@ -539,7 +548,9 @@ def run_child(
         if op == "queues":
             consumer.set_queues(request["queues"])
         elif op == "revoke":
-            revoked.add(request["ids"])
+            revoked.add(request["ids"], revocation_expiry_ms(app.conf))
+        elif op == "time_limit":
+            consumer.limits.set(request["task"], request["soft"], request["hard"])
         return True
 
     link.serve(answer)

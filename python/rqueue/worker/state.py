@@ -45,11 +45,8 @@ class Revoked:
         expires = self.ids.get(task_id)
         return expires is not None and expires >= time.time() * 1000
 
-    def add(self, task_ids: list[str]) -> None:
-        """Revoke at once in this process (remote control); kept as long as a broker revocation."""
-        from rqueue.control import MIN_REVOKE_KEEP_S
-
-        expires = int((time.time() + MIN_REVOKE_KEEP_S) * 1000)
+    def add(self, task_ids: list[str], expires: int) -> None:
+        """Revoke at once in this process (remote control), until ``expires`` (epoch ms)."""
         with self._lock:
             for task_id in task_ids:
                 self.ids[task_id] = max(self.ids.get(task_id, 0), expires)
