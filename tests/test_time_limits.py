@@ -67,6 +67,19 @@ def test_soft_time_limit_not_caught_fails_the_task_and_the_child_goes_on(project
     assert "Child process" not in worker.log_text()
 
 
+def test_a_task_id_too_long_for_the_slot_runs_without_time_limits_and_keeps_its_id(project: Project) -> None:
+    """The supervisor records a killed task's outcome under the id it reads from the slot: an id it
+    cannot hold whole is never written there cut (its limits are not enforced; a warning says so)."""
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    long_id = "long-" + "x" * 300
+    result = tasks.hard_limited.apply_async((0.2, "long-id"), task_id=long_id)  # time_limit=1 on the task
+    assert result.get(timeout=30) == 0.2
+    assert result.state == "SUCCESS"
+    worker.wait_for_log("its id or name is over 255 bytes; its time limits are not enforced")
+    assert tasks.add.delay(1, 2).get(timeout=30) == 3
+
+
 def test_solo_pool_soft_limit_interrupts_a_blocking_sleep(project: Project) -> None:
     tasks = project.app()
     project.start_worker("-P", "solo")

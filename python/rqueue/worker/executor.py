@@ -203,8 +203,15 @@ class Executor:
             if hard is not None and (self.results or self.acks):
                 self.flush()  # a child killed at the hard limit then loses nothing already done
             args_repr = msg.argsrepr if msg.argsrepr is not None else reprlib.repr(args)
-            self.slot.task_started(msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, ignore_result)
-            soft = None  # the supervisor watches the slot
+            if self.slot.task_started(msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, ignore_result):
+                soft = None  # the supervisor watches the slot
+            elif soft is not None or hard is not None:
+                logger.warning(
+                    "Task %s[%.40s...]: its id or name is over %d bytes; its time limits are not enforced",
+                    msg.task,
+                    msg.id,
+                    self.slot.MAX_NAME,
+                )
         elif soft is not None and self.watchdog is not None:
             self.watchdog.ensure_started()
         started = time.perf_counter()

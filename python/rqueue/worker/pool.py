@@ -97,7 +97,10 @@ class RunningSlot:
     #: version (odd while the child writes), run, started, soft, hard (NaN = none), pid, state,
     #: ignore_result, then the tag; the task's id, name and args repr follow.
     _FETCHED = struct.Struct("<QQdddiBB256s")
-    _RUNNING = struct.Struct("<QQdddiBB256s128s256s256s")
+    _RUNNING = struct.Struct("<QQdddiBB256s256s256s128s")
+    #: Longest task id and name (UTF-8 bytes) the slot holds whole: the supervisor records a killed
+    #: task's outcome under the id it reads here, so a longer one must not be written cut.
+    MAX_NAME = 255
     _VERSION = struct.Struct("<Q")
     _STATE_AT = 8 + 8 + 8 * 3 + 4  # the state byte
     _REQUESTS = struct.Struct("<QdQ")  # soft-limit run, soft limit, terminate run (supervisor → child)
@@ -138,8 +141,16 @@ class RunningSlot:
         soft: float | None,
         hard: float | None,
         ignore_result: bool,
-    ) -> None:
-        """The message's task function is about to run (``soft``/``hard``: the message's limits)."""
+    ) -> bool:
+        """The message's task function is about to run (``soft``/``hard``: the message's limits).
+
+        False (nothing written) when the id or name is longer than the slot holds: the supervisor
+        then sees the message as held but no task as running, so it enforces no time limit and
+        cannot terminate it, rather than record an outcome under a cut id.
+        """
+        raw_id, raw_name = task_id.encode("utf-8", "replace"), name.encode("utf-8", "replace")
+        if len(raw_id) > self.MAX_NAME or len(raw_name) > self.MAX_NAME:
+            return False
         version = self._version + 1
         self._RUNNING.pack_into(
             self._mem,
@@ -153,12 +164,13 @@ class RunningSlot:
             SlotState.RUNNING,
             ignore_result,
             self._tag,
-            task_id.encode("utf-8", "replace"),
-            name.encode("utf-8", "replace"),
+            raw_id,
+            raw_name,
             args_repr.encode("utf-8", "replace"),
         )
         self._VERSION.pack_into(self._mem, 0, version + 1)
         self._version = version + 1
+        return True
 
     def clear(self) -> None:
         self._mem[self._STATE_AT] = SlotState.IDLE  # one byte: no torn read possible
