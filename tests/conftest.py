@@ -227,6 +227,15 @@ class Project:
             worker.wait_for_log("ready.")
         return worker
 
+    def close(self) -> None:
+        """Kill what is left of its workers (process groups) and forget its imported ``tasks``."""
+        for worker in self.workers:
+            if worker.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.proc.pid, signal.SIGKILL)
+                worker.proc.wait(10)
+        sys.modules.pop("tasks", None)
+
     def ledger_rows(self) -> list[tuple[str, int, float]]:
         """``(key, pid, unix time)`` of every recorded execution, in the order recorded."""
         if not self.ledger.exists():
@@ -301,9 +310,4 @@ def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     proj = Project(tmp_path, request.param, redis_url)
     yield proj
-    for worker in proj.workers:
-        if worker.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.proc.pid, signal.SIGKILL)
-            worker.proc.wait(10)
-    sys.modules.pop("tasks", None)
+    proj.close()

@@ -44,22 +44,13 @@ if str(BENCHES) not in sys.path:  # run as a script: make `peers` importable
 
 from peers.redis_server import RedisServer  # noqa: E402
 from rqueue.bench import BenchOptions, procstat  # noqa: E402
-from rqueue.bench.counter import COUNTERS_ENV, read_counts  # noqa: E402
+from rqueue.bench.counter import COUNTERS_ENV, DrainTimeout, watch_drain  # noqa: E402
 from rqueue.bench.processes import WorkerProcess  # noqa: E402
 from rqueue.bench.report import markdown_table, pyplot  # noqa: E402
 from rqueue.bench.runner import Bench, machine  # noqa: E402
 from rqueue.bench.stats import latency_ms, median_spread  # noqa: E402
 
 LIBRARIES = ("rqueue", "celery", "dramatiq", "rq", "huey", "taskito")
-#: The import that tells whether a library is installed in this environment.
-IMPORTS = {
-    "rqueue": "rqueue",
-    "celery": "celery",
-    "dramatiq": "dramatiq",
-    "rq": "rq",
-    "huey": "huey",
-    "taskito": "taskito",
-}
 CONFIGS = ("fast", "default")
 COLUMNS = ("enqueue", "drain", "drain_results", "rt_p50", "rt_p99")
 LOWER_IS_BETTER = {"rt_p50", "rt_p99"}
@@ -86,7 +77,6 @@ SCALING_PAYLOADS = (100, 10 * 1024, 100 * 1024)
 #: Payload drains queue at most this many bytes of arguments (Redis holds them all at once).
 PAYLOAD_BUDGET_BYTES = 64 << 20
 DRAIN_TIMEOUT_S = 120.0
-POLL_S = 0.002
 TIMES = "\N{MULTIPLICATION SIGN}"
 
 
@@ -163,38 +153,27 @@ class Harness:
         self.client(library, config, results, "fill", n)
         worker, counters = self.worker(library, config, results)
         usage = procstat.TreeUsage([worker.pid])
-        started = time.perf_counter()
-        first: float | None = None
-        done_at_first = 0
         broker_cpu0 = 0.0
+
+        def on_first() -> None:
+            nonlocal broker_cpu0
+            usage.start()
+            broker_cpu0 = self.server.cpu_seconds()
+
         try:
-            while True:
-                done = read_counts(counters)
-                now = time.perf_counter()
-                if first is None and done:
-                    first, done_at_first = now, done
-                    usage.start()
-                    broker_cpu0 = self.server.cpu_seconds()
-                if done >= n:
-                    break
-                if now - started > DRAIN_TIMEOUT_S:
-                    raise RuntimeError(f"{library} {config}: {done} of {n} tasks ran in {DRAIN_TIMEOUT_S} s")
-                worker.check_alive()
-                time.sleep(POLL_S)
-            end = time.perf_counter()
+            timing = watch_drain(counters, n, DRAIN_TIMEOUT_S, worker.check_alive, on_first)
             usage.stop()
             broker_cpu = self.server.cpu_seconds() - broker_cpu0
+        except DrainTimeout as exc:
+            raise RuntimeError(f"{library} {config}: {exc.done} of {n} tasks ran in {DRAIN_TIMEOUT_S} s") from None
         finally:
             worker.stop()
-        assert first is not None
-        seconds, measured = end - first, n - done_at_first
-        if not measured:
-            seconds, measured = end - started, n
+        seconds = timing.seconds
         stored = self.client(library, config, results, "stored", 0)["stored"] if results else None
         return {
             "tasks": n,
-            "tasks_s": measured / seconds,
-            "startup_s": first - started,
+            "tasks_s": timing.measured / seconds,
+            "startup_s": timing.first - timing.started,
             "worker_cpu_pct": usage.cpu_percent(seconds),
             "broker_cpu_pct": 100 * broker_cpu / seconds,
             "worker_rss_mib": None if usage.peak_rss_bytes is None else usage.peak_rss_bytes / (1 << 20),
@@ -212,7 +191,7 @@ class Harness:
 
 
 def available(library: str) -> bool:
-    return importlib.util.find_spec(IMPORTS[library]) is not None
+    return importlib.util.find_spec(library) is not None  # each library imports by its own name
 
 
 def version(library: str) -> str:

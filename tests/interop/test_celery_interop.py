@@ -113,12 +113,7 @@ def rproject(tmp_path: Path, redis_url: str) -> Iterator[Project]:
     """The rqueue test project on Redis (broker and backend), with a timestamped ledger."""
     proj = Project(tmp_path, "redis", redis_url)
     yield proj
-    for worker in proj.workers:
-        if worker.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.proc.pid, signal.SIGKILL)
-            worker.proc.wait(10)
-    sys.modules.pop("tasks", None)
+    proj.close()
 
 
 def make_celery(url: str, **conf: Any) -> Any:

@@ -13,6 +13,9 @@ import mmap
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 COUNTERS_ENV = "RQUEUE_BENCH_COUNTERS"
@@ -71,3 +74,68 @@ def read_counts(directory: Path) -> int:
         if len(data) == 8:
             total += int.from_bytes(data, sys.byteorder)
     return total
+
+
+#: How often a drain's counters are read.
+POLL_S = 0.002
+
+
+@dataclass(frozen=True)
+class DrainTiming:
+    """When a drain of ``n`` tasks began (workers started), first showed a task run, and ended.
+
+    Tasks that ran before the first poll saw any are not in the timed window; when all ran between
+    two polls, the window is counted from the workers' start instead.
+    """
+
+    n: int
+    started: float
+    first: float
+    done_at_first: int
+    end: float
+
+    @property
+    def measured(self) -> int:
+        return self.n - self.done_at_first or self.n
+
+    @property
+    def seconds(self) -> float:
+        return self.end - (self.first if self.n - self.done_at_first else self.started)
+
+
+class DrainTimeout(Exception):
+    """Not every task ran within the time allowed; ``done`` did."""
+
+    def __init__(self, done: int) -> None:
+        super().__init__(done)
+        self.done = done
+
+
+def watch_drain(
+    counters: Path,
+    n: int,
+    timeout_s: float,
+    check_alive: Callable[[], None],
+    on_first: Callable[[], None],
+    on_poll: Callable[[int], None] | None = None,
+) -> DrainTiming:
+    """Poll ``counters`` until ``n`` tasks ran (workers just started); ``on_first`` runs when the
+    first task shows. DrainTimeout after ``timeout_s``; ``check_alive`` raises if a worker died."""
+    started = time.perf_counter()
+    first: float | None = None
+    done_at_first = 0
+    while True:
+        done = read_counts(counters)
+        now = time.perf_counter()
+        if first is None and done:
+            first, done_at_first = now, done
+            on_first()
+        if on_poll is not None:
+            on_poll(done)
+        if done >= n:
+            assert first is not None
+            return DrainTiming(n, started, first, done_at_first, time.perf_counter())
+        if now - started > timeout_s:
+            raise DrainTimeout(done)
+        check_alive()
+        time.sleep(POLL_S)

@@ -27,6 +27,7 @@ from typing import Any
 
 from rqueue import __version__, states
 from rqueue.bench import procstat
+from rqueue.bench.counter import DrainTimeout, watch_drain
 from rqueue.bench.processes import WorkerGroup, WorkerProcess, rqueue_command
 from rqueue.bench.stats import latency_ms
 from rqueue.bench.tasks import (
@@ -48,7 +49,6 @@ POOLS = ("prefork", "threads", "solo")
 FILL_CHUNK = 1_000
 #: The largest ``--payload-bytes``: the message (base64 in kombu's envelope) must stay under 1 MiB.
 MAX_PAYLOAD_BYTES = 512 * 1024
-POLL_S = 0.002
 #: Round trips before measuring (connections, caches and the poll backoff warm up).
 WARMUP_ROUNDTRIPS = 20
 #: How long workers get to answer the first round trip.
@@ -344,37 +344,27 @@ class Bench:
         group, counters = self.start_workers()
         usage = procstat.TreeUsage(group.pids)
         broker_cpu: Callable[[], float | None] = _none
-        started = time.perf_counter()
-        first: float | None = None
-        done_at_first = 0
+
+        def on_first() -> None:
+            nonlocal broker_cpu
+            usage.start()
+            broker_cpu = self.broker_cpu()
+
         try:
             with self.bar(total=n, desc="drain", unit="task") as bar:
-                while True:
-                    done = read_counts(counters)
-                    now = time.perf_counter()
-                    if first is None and done:
-                        first, done_at_first = now, done
-                        usage.start()
-                        broker_cpu = self.broker_cpu()
-                    bar.update(done - bar.n)
-                    if done >= n:
-                        break
-                    if now - started > o.timeout_s:
-                        raise BenchError(
-                            f"drain: {done:,} of {n:,} tasks ran within --timeout {o.timeout_s:g} s "
-                            f"(worker command: {self.shown_command()})"
-                        )
-                    group.check_alive()
-                    time.sleep(POLL_S)
-            end = time.perf_counter()
+                timing = watch_drain(
+                    counters, n, o.timeout_s, group.check_alive, on_first, lambda done: bar.update(done - bar.n)
+                )
             usage.stop()
             cpu = broker_cpu()
+        except DrainTimeout as exc:
+            raise BenchError(
+                f"drain: {exc.done:,} of {n:,} tasks ran within --timeout {o.timeout_s:g} s "
+                f"(worker command: {self.shown_command()})"
+            ) from None
         finally:
             self.stop_workers(group)
-        assert first is not None
-        seconds, measured = end - first, n - done_at_first
-        if not measured:  # all ran between two polls: count from the workers' start instead
-            seconds, measured = end - started, n
+        seconds = timing.seconds
         stored = self._count_stored(self.result_ids[first_id:]) if o.results else None
         if stored is not None and stored != n:
             raise BenchError(f"drain: {n:,} tasks ran but {stored:,} results were stored")
@@ -383,12 +373,11 @@ class Bench:
             f"drain, {'results stored' if o.results else 'no results'}",
             n,
             seconds,
-            # Tasks that ran before the first poll saw any are not in the timed window.
-            tasks_s=measured / seconds,
-            tasks_timed=measured,
+            tasks_s=timing.measured / seconds,
+            tasks_timed=timing.measured,
             tasks_run=read_counts(counters),
-            startup_s=first - started,
-            tasks_s_incl_startup=n / (end - started),
+            startup_s=timing.first - timing.started,
+            tasks_s_incl_startup=n / (timing.end - timing.started),
             results_stored=stored,
             command=self.shown_command(),
             **self._usage(usage, seconds, cpu),
