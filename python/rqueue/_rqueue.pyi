@@ -54,11 +54,20 @@ def encode_task_message(
     delivery_tag: str | None = None,
     extra_headers: Mapping[str, Any] | None = None,
     max_size: int = 1048576,
+    callbacks: Sequence[Mapping[str, Any]] | None = None,
+    errbacks: Sequence[Mapping[str, Any]] | None = None,
+    chain: Sequence[Mapping[str, Any]] | None = None,
+    chord: Mapping[str, Any] | None = None,
+    group_index: int | None = None,
+    shadow: str | None = None,
 ) -> bytes:
     """Build the kombu Redis JSON envelope of a Celery protocol v2 task message.
 
     ``body`` carries a body already serialized in Python (pickle); otherwise ``[args, kwargs, embed]``
-    is serialized in Rust with ``serializer`` (json straight from the Python objects). The
+    is serialized in Rust with ``serializer`` (json straight from the Python objects). The embed
+    holds the canvas links with Celery's keys: ``callbacks``, ``errbacks`` and ``chain`` (lists of
+    signature dicts) and ``chord`` (one); all None gives Celery's default embed. ``group_index`` and
+    ``shadow`` are headers. The
     ``argsrepr``/``kwargsrepr`` headers hold the first 1024 characters of ``repr(tuple(args))`` and
     ``repr(kwargs)`` unless ``extra_headers`` sets them. Raises MessageTooLarge past ``max_size``.
     """
@@ -91,6 +100,8 @@ class TaskMessage:
     root_id: str | None
     parent_id: str | None
     group_id: str | None
+    group_index: int | None
+    shadow: str | None
     origin: str | None
     ignore_result: bool
     argsrepr: str | None

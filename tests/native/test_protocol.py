@@ -432,3 +432,65 @@ def test_protocol_new_task_id_distinct_after_fork() -> None:
         seen.update(got)
         total += len(got)
     assert len(seen) == total
+
+
+# -- canvas fields: the embed, group_index and shadow ------------------------------------------------
+
+SIG = {"task": "tasks.mul", "args": [2], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_protocol_embed_and_canvas_headers_round_trip(serializer: str) -> None:
+    chord = {**SIG, "task": "tasks.xsum", "chord_size": 3}
+    data = _encode(
+        serializer=serializer,
+        callbacks=[SIG],
+        errbacks=[{**SIG, "task": "tasks.on_error"}],
+        chain=[SIG, {**SIG, "args": [3]}],
+        chord=chord,
+        group_id="g-1",
+        group_index=2,
+        shadow="add(2, 3)",
+    )
+    msg = _rqueue.decode_task_message(data, accept=[serializer])
+    assert msg.embed == {"callbacks": [SIG], "errbacks": [{**SIG, "task": "tasks.on_error"}],
+                         "chain": [SIG, {**SIG, "args": [3]}], "chord": chord}  # fmt: skip
+    assert (msg.group_id, msg.group_index, msg.shadow) == ("g-1", 2, "add(2, 3)")
+    assert (msg.headers["group_index"], msg.headers["shadow"]) == (2, "add(2, 3)")
+
+
+def test_protocol_embed_parsed_by_kombu_as_celery_sends_it() -> None:
+    pytest.importorskip("celery", reason="celery not installed")
+    from kombu.serialization import loads as kombu_loads
+
+    raw = json.loads(_encode(callbacks=[SIG], chain=None))
+    _args, _kwargs, embed = kombu_loads(
+        base64.b64decode(raw["body"]), raw["content-type"], raw["content-encoding"], accept=["application/json"]
+    )
+    assert embed == {"callbacks": [SIG], "errbacks": None, "chain": None, "chord": None}
+
+
+def test_protocol_default_embed_is_byte_identical() -> None:
+    kw = dict(task_id="id-1", delivery_tag="tag-1", args=[1, "two"], kwargs={"x": [3]})
+    plain = _encode(**kw)
+    assert plain == _encode(**kw, callbacks=None, errbacks=None, chain=None, chord=None)
+    body = base64.b64decode(json.loads(plain)["body"])
+    assert body == b'[[1,"two"],{"x":[3]},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
+    env = json.loads(plain)
+    assert (env["headers"]["group_index"], env["headers"]["shadow"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("callbacks", {"task": "x"}, "callbacks must be a list of signature dicts or None, not dict"),
+        ("chain", "tasks.add", "chain must be a list of signature dicts or None, not str"),
+        ("chord", [SIG], "chord must be a signature dict or None, not list"),
+        ("errbacks", [object()], "errbacks"),
+    ],
+)
+def test_protocol_bad_embed_is_a_clear_error(field: str, value: object, message: str) -> None:
+    from rqueue.exceptions import SerializationError
+
+    with pytest.raises((TypeError, SerializationError), match=message):
+        _encode(**{field: value})

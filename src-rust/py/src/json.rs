@@ -13,7 +13,7 @@ use rqueue_core::codec::{self, MAX_DEPTH};
 use rqueue_core::Error;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
-use crate::codec::{to_py, to_value, PyPath};
+use crate::convert::{to_py, to_value, PyPath};
 
 /// Holds a Python exception raised while building objects (serde's errors are strings).
 struct Ctx<'py> {

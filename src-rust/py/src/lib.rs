@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 mod broker;
 mod codec;
+mod convert;
 mod errors;
 mod ids;
 mod json;

@@ -8,8 +8,9 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use rqueue_core::codec::{self, Codec, Value};
 use rqueue_core::protocol::{self, Accept, EnvelopeRef};
 
-use crate::codec::{map_to_py, to_py, to_value, unsupported, PyPath, Seg};
+use crate::convert::{map_to_py, to_py, to_value, unsupported, PyPath, Seg};
 use crate::errors::IntoPyResult;
+use crate::writer::Embed;
 use crate::{repr, writer};
 
 /// Longest `argsrepr`/`kwargsrepr` written, in characters (Celery truncates too).
@@ -53,6 +54,10 @@ pub struct TaskMessage {
     parent_id: Option<String>,
     #[pyo3(get)]
     group_id: Option<String>,
+    #[pyo3(get)]
+    group_index: Option<i64>,
+    #[pyo3(get)]
+    shadow: Option<String>,
     #[pyo3(get)]
     origin: Option<String>,
     #[pyo3(get)]
@@ -130,6 +135,40 @@ fn as_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
     }
 }
 
+/// A list of signature dicts (`callbacks`, `errbacks`, `chain`), or None.
+fn links<'a, 'py>(
+    value: Option<&'a Bound<'py, PyAny>>,
+    name: &str,
+) -> PyResult<Option<&'a Bound<'py, PyAny>>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() => Ok(Some(v)),
+        Some(v) => Err(PyTypeError::new_err(format!(
+            "{name} must be a list of signature dicts or None, not {}",
+            v.get_type().name()?
+        ))),
+    }
+}
+
+/// The embed as a value for codecs other than JSON (msgpack).
+fn embed_value(embed: &Embed<'_, '_>, c: Codec) -> PyResult<rqueue_core::codec::Map> {
+    if embed.is_default() {
+        return Ok(codec::default_embed());
+    }
+    embed
+        .fields()
+        .into_iter()
+        .map(|(key, value)| {
+            let v = match value {
+                Some(v) => to_value(v, &PyPath::root(key), 1, c.name())?,
+                None => Value::Null,
+            };
+            Ok((Value::Str(key.to_owned()), v))
+        })
+        .collect()
+}
+
 /// Extra headers as `(name, JSON text)`, written by the Python-object JSON writer.
 fn extra_headers_json(headers: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Vec<u8>)>> {
     let root = PyPath::root("headers");
@@ -153,7 +192,8 @@ fn extra_headers_json(headers: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Vec<
     eta_ms = None, expires_ms = None, retries = 0, time_limit = None, soft_time_limit = None,
     priority = None, root_id = None, parent_id = None, group_id = None, origin = None,
     ignore_result = false, reply_to = None, delivery_tag = None, extra_headers = None,
-    max_size = 1048576
+    max_size = 1048576, callbacks = None, errbacks = None, chain = None, chord = None,
+    group_index = None, shadow = None
 ))]
 fn encode_task_message<'py>(
     py: Python<'py>,
@@ -180,6 +220,12 @@ fn encode_task_message<'py>(
     delivery_tag: Option<&str>,
     extra_headers: Option<&Bound<'py, PyAny>>,
     max_size: usize,
+    callbacks: Option<&Bound<'py, PyAny>>,
+    errbacks: Option<&Bound<'py, PyAny>>,
+    chain: Option<&Bound<'py, PyAny>>,
+    chord: Option<&Bound<'py, PyAny>>,
+    group_index: Option<i64>,
+    shadow: Option<&str>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     if !(args.is_instance_of::<PyList>() || args.is_instance_of::<PyTuple>()) {
         return Err(PyTypeError::new_err(format!(
@@ -188,13 +234,27 @@ fn encode_task_message<'py>(
         )));
     }
     let kwargs = as_dict(kwargs)?;
+    let embed = Embed {
+        callbacks: links(callbacks, "callbacks")?,
+        errbacks: links(errbacks, "errbacks")?,
+        chain: links(chain, "chain")?,
+        chord: match chord {
+            Some(c) if !c.is_none() && !c.is_instance_of::<PyDict>() => {
+                return Err(PyTypeError::new_err(format!(
+                    "chord must be a signature dict or None, not {}",
+                    c.get_type().name()?
+                )))
+            }
+            other => other.filter(|c| !c.is_none()),
+        },
+    };
     let (content_type, content_encoding) = codec::content_type_of(serializer).map_py(py)?;
     let written;
     let body: &[u8] = match (body, Codec::from_content_type(content_type)) {
         (Some(raw), _) => raw,
         (None, Some(Codec::Json)) => {
             let mut out = Vec::with_capacity(128);
-            writer::write_task_body(&mut out, args, &kwargs)?;
+            writer::write_task_body(&mut out, args, &kwargs, &embed)?;
             written = out;
             &written
         }
@@ -207,9 +267,9 @@ fn encode_task_message<'py>(
             else {
                 return Err(PyTypeError::new_err("kwargs must be a mapping"));
             };
+            let embed = embed_value(&embed, c)?;
             let mut out = Vec::with_capacity(128);
-            codec::write_task_body(&mut out, c, &args, &kwargs, &codec::default_embed())
-                .map_py(py)?;
+            codec::write_task_body(&mut out, c, &args, &kwargs, &embed).map_py(py)?;
             written = out;
             &written
         }
@@ -258,13 +318,14 @@ fn encode_task_message<'py>(
         root_id,
         parent_id,
         group_id,
+        group_index,
+        shadow,
         origin,
         ignore_result,
         argsrepr: argsrepr.as_deref(),
         kwargsrepr: kwargsrepr.as_deref(),
         reply_to,
         delivery_tag: Some(delivery_tag),
-        ..EnvelopeRef::default()
     };
     let out = protocol::encode_envelope(&env, body, &extra_refs, max_size).map_py(py)?;
     Ok(PyBytes::new(py, &out))
@@ -395,6 +456,8 @@ fn decode_task_message(
         root_id: msg.root_id,
         parent_id: msg.parent_id,
         group_id: msg.group_id,
+        group_index: msg.group_index,
+        shadow: msg.shadow,
         origin: msg.origin,
         ignore_result: msg.ignore_result,
         argsrepr: msg.argsrepr,

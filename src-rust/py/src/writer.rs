@@ -16,7 +16,7 @@ use pyo3::types::{
 use rqueue_core::codec::MAX_DEPTH;
 use rqueue_core::{jsonw, pyrepr};
 
-use crate::codec::{cached_type, unsupported, PyPath, Seg};
+use crate::convert::{cached_type, unsupported, PyPath, Seg};
 
 const CODEC: &str = "json";
 
@@ -280,17 +280,61 @@ fn write_key(out: &mut Vec<u8>, k: &Bound<'_, PyAny>, path: &PyPath<'_, '_>) -> 
     Err(unsupported(k, Some(&what), path, CODEC))
 }
 
-/// Appends the protocol v2 body `[args, kwargs, embed]` with the default embed (no callbacks,
-/// errbacks, chain or chord); error paths start at `args` or `kwargs`.
+/// The `embed` of a protocol v2 body: the canvas links Celery carries in the message
+/// (`callbacks`/`errbacks`/`chain`: lists of signature dicts, `chord`: one), each None when unset.
+#[derive(Clone, Copy, Default)]
+pub struct Embed<'a, 'py> {
+    pub callbacks: Option<&'a Bound<'py, PyAny>>,
+    pub errbacks: Option<&'a Bound<'py, PyAny>>,
+    pub chain: Option<&'a Bound<'py, PyAny>>,
+    pub chord: Option<&'a Bound<'py, PyAny>>,
+}
+
+impl<'a, 'py> Embed<'a, 'py> {
+    /// `(key, value)` in Celery's order.
+    pub fn fields(&self) -> [(&'static str, Option<&'a Bound<'py, PyAny>>); 4] {
+        [
+            ("callbacks", self.callbacks),
+            ("errbacks", self.errbacks),
+            ("chain", self.chain),
+            ("chord", self.chord),
+        ]
+    }
+
+    /// True when nothing is set: the body gets Celery's default embed.
+    pub fn is_default(&self) -> bool {
+        self.fields().iter().all(|(_, v)| v.is_none())
+    }
+}
+
+/// Appends the protocol v2 body `[args, kwargs, embed]`; error paths start at `args`,
+/// `kwargs` or the embed's key.
 pub fn write_task_body(
     out: &mut Vec<u8>,
     args: &Bound<'_, PyAny>,
     kwargs: &Bound<'_, PyDict>,
+    embed: &Embed<'_, '_>,
 ) -> PyResult<()> {
     out.push(b'[');
     write_seq(out, args, &PyPath::root("args"))?;
     out.push(b',');
     write_dict(out, kwargs, &PyPath::root("kwargs"), 0)?;
-    out.extend_from_slice(br#",{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]"#);
+    if embed.is_default() {
+        out.extend_from_slice(br#",{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]"#);
+        return Ok(());
+    }
+    out.extend_from_slice(b",{");
+    for (i, (key, value)) in embed.fields().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        jsonw::write_str(out, key);
+        out.push(b':');
+        match value {
+            Some(v) => write_json(out, v, &PyPath::root(key), 1)?,
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"}]");
     Ok(())
 }

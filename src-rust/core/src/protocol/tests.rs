@@ -1,7 +1,9 @@
+use base64::Engine as _;
 use proptest::prelude::*;
 
 use super::*;
-use crate::codec::map_get;
+use crate::codec::{self, map_get, Codec, Map, Value};
+use crate::error::{Error, Result};
 
 fn s(t: &str) -> Value {
     Value::Str(t.to_owned())
@@ -824,4 +826,46 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn test_canvas_fields_round_trip_through_the_envelope() {
+    let mut sp = spec();
+    let link = vec![
+        (s("task"), s("tasks.mul")),
+        (s("args"), Value::List(vec![])),
+    ];
+    sp.embed = Some(vec![
+        (s("callbacks"), Value::List(vec![Value::Map(link.clone())])),
+        (s("errbacks"), Value::Null),
+        (s("chain"), Value::Null),
+        (s("chord"), Value::Map(link.clone())),
+    ]);
+    sp.group_id = Some("g".into());
+    sp.group_index = Some(4);
+    sp.shadow = Some("add(2, 3)".into());
+    let msg = decode(&encode_task_message(&sp).unwrap()).unwrap();
+    assert_eq!(
+        (
+            msg.group_id.as_deref(),
+            msg.group_index,
+            msg.shadow.as_deref()
+        ),
+        (Some("g"), Some(4), Some("add(2, 3)"))
+    );
+    let embed = msg.embed.unwrap();
+    assert_eq!(
+        map_get(&embed, "callbacks"),
+        Some(&Value::List(vec![Value::Map(link.clone())]))
+    );
+    assert_eq!(map_get(&embed, "chord"), Some(&Value::Map(link)));
+}
+
+#[test]
+fn test_message_body_is_the_same_bytes_the_envelope_carries() {
+    let sp = spec();
+    let (content_type, _, body) = encode_body(&sp).unwrap();
+    assert_eq!(content_type, "application/json");
+    let env = decode(&encode_task_message(&sp).unwrap()).unwrap();
+    assert_eq!(env.body, body.into_owned());
 }

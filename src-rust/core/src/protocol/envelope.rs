@@ -1,317 +1,25 @@
-//! Celery protocol v2 task messages in kombu's Redis envelope.
-//!
-//! Encoding writes every header Celery writes (unset ones as `null`), the properties kombu's
-//! virtual transport adds (`delivery_info`, `body_encoding`, `delivery_tag`), and the body
-//! `[args, kwargs, embed]` base64-encoded. Decoding checks, in this order: the size limit, the
+//! kombu's virtual-transport envelope (Redis, SQLite): the message's headers and properties
+//! as JSON with the body base64-encoded inside, written in one pass and read in one pass that
+//! keeps only what a [`TaskMessage`] needs. Encoding writes every header Celery writes (unset
+//! ones as `null`), the properties kombu's virtual transport adds (`delivery_info`,
+//! `body_encoding`, `delivery_tag`). Decoding checks, in this order: the size limit, the
 //! envelope JSON, the content type against the accept list (before the body is touched), the
 //! typed headers and properties, then the body.
 
-use std::fmt::Write as _;
-
-use base64::Engine as _;
-use chrono::{Datelike, NaiveDate, Timelike};
 use std::borrow::Cow;
 
+use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::codec::{self, Codec, Map, Seed, Skip, Value};
 use crate::error::{Error, Result};
 use crate::jsonw;
-
-/// Default maximum size of an envelope (and of its decoded body), in bytes.
-pub const DEFAULT_MAX_SIZE: usize = 1 << 20;
-
-/// Everything needed to encode one task message. Build with [`TaskMessageSpec::new`] and set
-/// the public fields; unset options are written as Celery writes them (`null`, `0`, `false`).
-#[derive(Debug, Clone)]
-pub struct TaskMessageSpec {
-    pub task: String,
-    pub id: String,
-    pub args: Vec<Value>,
-    pub kwargs: Map,
-    /// `None` means the default `{"callbacks": null, "errbacks": null, "chain": null, "chord": null}`.
-    pub embed: Option<Map>,
-    pub routing_key: String,
-    pub exchange: String,
-    /// json, msgpack, pickle or yaml; pickle/yaml need `body`.
-    pub serializer: String,
-    /// A body already serialized elsewhere (pickle, from Python); used as is.
-    pub body: Option<Vec<u8>>,
-    pub eta_ms: Option<i64>,
-    pub expires_ms: Option<i64>,
-    pub retries: i64,
-    pub time_limit: Option<f64>,
-    pub soft_time_limit: Option<f64>,
-    /// Clamped to 0..=9; `None` is written as 0 like kombu does.
-    pub priority: Option<i64>,
-    /// Defaults to the task's own id.
-    pub root_id: Option<String>,
-    pub parent_id: Option<String>,
-    pub group_id: Option<String>,
-    pub group_index: Option<i64>,
-    pub shadow: Option<String>,
-    pub origin: Option<String>,
-    pub ignore_result: bool,
-    pub argsrepr: Option<String>,
-    pub kwargsrepr: Option<String>,
-    pub reply_to: Option<String>,
-    /// A fresh uuid4 when `None`.
-    pub delivery_tag: Option<String>,
-    /// More headers; a key here replaces the standard header of that name.
-    pub extra_headers: Map,
-    pub max_size: usize,
-}
-
-impl TaskMessageSpec {
-    /// A spec with no arguments, JSON, the default exchange and the given queue.
-    pub fn new(
-        task: impl Into<String>,
-        id: impl Into<String>,
-        routing_key: impl Into<String>,
-    ) -> Self {
-        TaskMessageSpec {
-            task: task.into(),
-            id: id.into(),
-            args: Vec::new(),
-            kwargs: Vec::new(),
-            embed: None,
-            routing_key: routing_key.into(),
-            exchange: String::new(),
-            serializer: "json".to_owned(),
-            body: None,
-            eta_ms: None,
-            expires_ms: None,
-            retries: 0,
-            time_limit: None,
-            soft_time_limit: None,
-            priority: None,
-            root_id: None,
-            parent_id: None,
-            group_id: None,
-            group_index: None,
-            shadow: None,
-            origin: None,
-            ignore_result: false,
-            argsrepr: None,
-            kwargsrepr: None,
-            reply_to: None,
-            delivery_tag: None,
-            extra_headers: Vec::new(),
-            max_size: DEFAULT_MAX_SIZE,
-        }
-    }
-}
-
-/// A decoded task message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskMessage {
-    pub task: String,
-    pub id: String,
-    /// `None` for bodies Rust does not decode (pickle, yaml).
-    pub args: Option<Vec<Value>>,
-    pub kwargs: Option<Map>,
-    pub embed: Option<Map>,
-    /// The raw body after base64 decoding.
-    pub body: Vec<u8>,
-    pub content_type: String,
-    pub content_encoding: String,
-    pub eta_ms: Option<i64>,
-    pub expires_ms: Option<i64>,
-    pub retries: i64,
-    pub priority: u8,
-    pub time_limit: Option<f64>,
-    pub soft_time_limit: Option<f64>,
-    pub root_id: Option<String>,
-    pub parent_id: Option<String>,
-    pub group_id: Option<String>,
-    pub origin: Option<String>,
-    pub ignore_result: bool,
-    pub argsrepr: Option<String>,
-    pub kwargsrepr: Option<String>,
-    pub reply_to: Option<String>,
-    pub correlation_id: Option<String>,
-    pub delivery_tag: Option<String>,
-    pub exchange: String,
-    pub routing_key: String,
-    pub redelivered: bool,
-    /// Every header, as sent.
-    pub headers: Map,
-}
-
-/// The accepted content types, normalised (`"json"` → `"application/json"`).
-#[derive(Debug, Clone)]
-pub struct Accept(Vec<String>);
-
-impl Accept {
-    pub fn new<I, S>(names: I) -> Accept
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        Accept(
-            names
-                .into_iter()
-                .map(|n| codec::normalize_content_type(n.as_ref()))
-                .collect(),
-        )
-    }
-
-    /// Whether `content_type` (a MIME type, parameters ignored) is accepted.
-    pub fn allows(&self, content_type: &str) -> bool {
-        let ct = codec::normalize_content_type(content_type);
-        self.0.contains(&ct)
-    }
-}
-
-impl Default for Accept {
-    fn default() -> Self {
-        Accept(vec!["application/json".to_owned()])
-    }
-}
-
-// -- time ------------------------------------------------------------------------------------
-
-fn digits(b: &[u8], pos: &mut usize, n: usize) -> Option<u32> {
-    let part = b.get(*pos..*pos + n)?;
-    let mut v = 0u32;
-    for &c in part {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + u32::from(c - b'0');
-    }
-    *pos += n;
-    Some(v)
-}
-
-fn eat(b: &[u8], pos: &mut usize, c: u8) -> bool {
-    if b.get(*pos) == Some(&c) {
-        *pos += 1;
-        true
-    } else {
-        false
-    }
-}
-
-fn parse_iso(text: &str) -> Option<i64> {
-    let b = text.trim().as_bytes();
-    let mut p = 0;
-    let year = digits(b, &mut p, 4)?;
-    let dash = eat(b, &mut p, b'-');
-    let month = digits(b, &mut p, 2)?;
-    if dash && !eat(b, &mut p, b'-') {
-        return None;
-    }
-    let day = digits(b, &mut p, 2)?;
-    let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
-    let (mut h, mut m, mut s, mut ms, mut offset_s) = (0, 0, 0, 0, 0i64);
-    if p < b.len() {
-        if !matches!(b[p], b'T' | b't' | b' ') {
-            return None;
-        }
-        p += 1;
-        h = digits(b, &mut p, 2)?;
-        if eat(b, &mut p, b':') {
-            m = digits(b, &mut p, 2)?;
-            if eat(b, &mut p, b':') {
-                s = digits(b, &mut p, 2)?;
-                if eat(b, &mut p, b'.') || eat(b, &mut p, b',') {
-                    let start = p;
-                    while p < b.len() && b[p].is_ascii_digit() {
-                        p += 1;
-                    }
-                    let frac = &b[start..p];
-                    if frac.is_empty() {
-                        return None;
-                    }
-                    for (i, &c) in frac.iter().take(3).enumerate() {
-                        ms += u32::from(c - b'0') * [100, 10, 1][i];
-                    }
-                }
-            }
-        }
-        if p < b.len() {
-            let sign = match b[p] {
-                b'Z' | b'z' => {
-                    p += 1;
-                    0
-                }
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            if sign != 0 {
-                p += 1;
-                let oh = digits(b, &mut p, 2)?;
-                let colon = eat(b, &mut p, b':');
-                let om = if p < b.len() {
-                    digits(b, &mut p, 2)?
-                } else {
-                    0
-                };
-                let mut os = 0;
-                if colon && eat(b, &mut p, b':') {
-                    os = digits(b, &mut p, 2)?;
-                    // Python allows microseconds in an offset; they do not change milliseconds much.
-                    if eat(b, &mut p, b'.') {
-                        while p < b.len() && b[p].is_ascii_digit() {
-                            p += 1;
-                        }
-                    }
-                }
-                if oh > 23 || om > 59 || os > 59 {
-                    return None;
-                }
-                offset_s = sign * i64::from(oh * 3600 + om * 60 + os);
-            }
-        }
-        if p != b.len() {
-            return None;
-        }
-    }
-    let naive = date.and_hms_milli_opt(h, m, s, ms)?;
-    Some(naive.and_utc().timestamp_millis() - offset_s * 1000)
-}
-
-/// Epoch milliseconds of an ISO-8601 timestamp; naive means UTC, `Z` and `±HH:MM` offsets are
-/// honoured, fractions beyond milliseconds are truncated.
-pub fn parse_iso8601_ms(text: &str) -> Result<i64> {
-    parse_iso(text).ok_or_else(|| {
-        Error::Decode(format!(
-            "invalid ISO-8601 timestamp {text:?} (expected e.g. 2026-11-24T05:39:33.123456+00:00)"
-        ))
-    })
-}
-
-/// ISO-8601 UTC text with microseconds and `+00:00`, as Celery writes `eta`/`expires`.
-/// Years outside 1..=9999 (Python's range) are an error.
-pub fn format_iso8601_ms(epoch_ms: i64) -> Result<String> {
-    let out_of_range = || Error::Serialize {
-        type_name: format!("timestamp {epoch_ms} ms (outside years 1..=9999)"),
-        path: "eta/expires".to_owned(),
-        codec: "iso8601".to_owned(),
-    };
-    let t = chrono::DateTime::from_timestamp_millis(epoch_ms).ok_or_else(out_of_range)?;
-    if !(1..=9999).contains(&t.year()) {
-        return Err(out_of_range());
-    }
-    let mut s = String::with_capacity(32);
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.timestamp_subsec_micros()
-    );
-    Ok(s)
-}
-
-// -- encoding --------------------------------------------------------------------------------
+use crate::protocol::iso8601::format_iso8601_ms;
+use crate::protocol::message::{
+    bad, clamp_priority, decode_body, encode_body, num, opt_bool, opt_int, opt_str, opt_time,
+    req_str, short, take, Accept, TaskMessage, TaskMessageSpec,
+};
 
 /// The headers and properties of one task message, borrowed, for [`encode_envelope`]. Unset
 /// options are written as Celery writes them (`null`, `0`, `false`).
@@ -343,11 +51,6 @@ pub struct EnvelopeRef<'a> {
     pub reply_to: Option<&'a str>,
     /// A fresh uuid4 when `None`.
     pub delivery_tag: Option<&'a str>,
-}
-
-/// Clamps a priority to Redis's 0..=9.
-pub fn clamp_priority(priority: i64) -> u8 {
-    priority.clamp(0, 9) as u8
 }
 
 fn key(out: &mut Vec<u8>, k: &str) {
@@ -480,29 +183,7 @@ pub fn encode_envelope(
 
 /// Encodes a task message as the JSON envelope kombu's Redis transport `LPUSH`es.
 pub fn encode_task_message(spec: &TaskMessageSpec) -> Result<Vec<u8>> {
-    let (content_type, content_encoding) = codec::content_type_of(&spec.serializer)?;
-    let body = match (&spec.body, Codec::from_content_type(content_type)) {
-        (Some(raw), _) => Cow::Borrowed(raw.as_slice()),
-        (None, Some(c)) => {
-            let mut out = Vec::with_capacity(64 + 16 * spec.args.len());
-            let default_embed;
-            let embed = match &spec.embed {
-                Some(e) => e,
-                None => {
-                    default_embed = codec::default_embed();
-                    &default_embed
-                }
-            };
-            codec::write_task_body(&mut out, c, &spec.args, &spec.kwargs, embed)?;
-            Cow::Owned(out)
-        }
-        (None, None) => {
-            return Err(Error::Config(format!(
-                "serializer {:?} needs a body serialized in Python (pass body=...)",
-                spec.serializer
-            )))
-        }
-    };
+    let (content_type, content_encoding, body) = encode_body(spec)?;
     let mut extra_json = Vec::with_capacity(spec.extra_headers.len());
     for (k, v) in &spec.extra_headers {
         let Value::Str(name) = k else {
@@ -546,86 +227,6 @@ pub fn encode_task_message(spec: &TaskMessageSpec) -> Result<Vec<u8>> {
 }
 
 // -- decoding --------------------------------------------------------------------------------
-
-fn bad(field: &str, expected: &str, got: &Value) -> Error {
-    Error::Decode(format!(
-        "{field} must be {expected}, got {} {}",
-        got.type_name(),
-        short(got)
-    ))
-}
-
-fn short(v: &Value) -> String {
-    let mut s = format!("{v:?}");
-    if s.len() > 80 {
-        let mut end = 80;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
-    s
-}
-fn opt_str(v: Option<Value>, field: &str) -> Result<Option<String>> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Str(s)) => Ok(Some(s)),
-        Some(other) => Err(bad(field, "a string or null", &other)),
-    }
-}
-
-fn req_str(v: Option<Value>, field: &str) -> Result<String> {
-    match v {
-        Some(Value::Str(s)) => Ok(s),
-        None => Err(Error::Decode(format!(
-            "missing {field} (not a Celery protocol v2 task message)"
-        ))),
-        Some(other) => Err(bad(field, "a string", &other)),
-    }
-}
-
-fn opt_int(v: Option<Value>, field: &str) -> Result<Option<i64>> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Int(i)) => Ok(Some(i)),
-        Some(Value::UInt(_)) => Ok(Some(i64::MAX)),
-        Some(other) => Err(bad(field, "an integer or null", &other)),
-    }
-}
-
-fn opt_bool(v: Option<Value>, field: &str) -> Result<Option<bool>> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(b)),
-        Some(other) => Err(bad(field, "a boolean or null", &other)),
-    }
-}
-
-fn num(v: &Value, field: &str) -> Result<Option<f64>> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Int(i) => Ok(Some(*i as f64)),
-        Value::UInt(u) => Ok(Some(*u as f64)),
-        Value::Float(f) => Ok(Some(*f)),
-        other => Err(bad(field, "a number or null", other)),
-    }
-}
-
-fn opt_time(v: Option<Value>, field: &str) -> Result<Option<i64>> {
-    match opt_str(v, field)? {
-        None => Ok(None),
-        Some(t) => parse_iso(&t)
-            .map(Some)
-            .ok_or_else(|| Error::Decode(format!("{field} is not an ISO-8601 timestamp: {t:?}"))),
-    }
-}
-
-/// The value under `key` of a map, taken out (the last one if repeated).
-fn take(map: &mut Map, key: &str) -> Option<Value> {
-    let i = map.iter().rposition(|(k, _)| k.as_str() == Some(key))?;
-    Some(map.swap_remove(i).1)
-}
 
 /// The index of a key in a list of known names, or `None`; never allocates.
 struct KnownKey(&'static [&'static str]);
@@ -800,6 +401,8 @@ const HEADER_KEYS: &[&str] = &[
     "root_id",
     "parent_id",
     "group",
+    "group_index",
+    "shadow",
     "origin",
     "ignore_result",
     "argsrepr",
@@ -1013,6 +616,8 @@ pub fn decode_envelope(data: &[u8], accept: &Accept, max_size: usize) -> Result<
         root_id: opt_str(h(&mut hd, "root_id"), "headers.root_id")?,
         parent_id: opt_str(h(&mut hd, "parent_id"), "headers.parent_id")?,
         group_id: opt_str(h(&mut hd, "group"), "headers.group")?,
+        group_index: opt_int(h(&mut hd, "group_index"), "headers.group_index")?,
+        shadow: opt_str(h(&mut hd, "shadow"), "headers.shadow")?,
         origin: opt_str(h(&mut hd, "origin"), "headers.origin")?,
         ignore_result: opt_bool(h(&mut hd, "ignore_result"), "headers.ignore_result")?
             .unwrap_or(false),
@@ -1095,38 +700,6 @@ pub fn decode_headers(headers_json: &str) -> Result<Map> {
     }
 }
 
-/// `(args, kwargs, embed)` of a decoded protocol v2 body `[args, kwargs, embed]`.
-pub type BodyParts = (Vec<Value>, Map, Option<Map>);
-
-/// Deserializes a protocol v2 body with `codec` and checks its shape.
-pub fn decode_body(body: &[u8], codec: Codec) -> Result<BodyParts> {
-    let decoded = codec::loads(body, codec).map_err(|e| match e {
-        Error::Decode(m) => Error::Decode(format!("body: {m}")),
-        other => other,
-    })?;
-    let parts = match decoded {
-        Value::List(parts) if parts.len() == 3 => parts,
-        other => return Err(bad("body", "a [args, kwargs, embed] list", &other)),
-    };
-    let mut it = parts.into_iter();
-    let args = match it.next() {
-        Some(Value::List(a)) => a,
-        Some(other) => return Err(bad("body[0] (args)", "a list", &other)),
-        None => Vec::new(),
-    };
-    let kwargs = match it.next() {
-        Some(Value::Map(k)) => k,
-        Some(other) => return Err(bad("body[1] (kwargs)", "an object", &other)),
-        None => Vec::new(),
-    };
-    let embed = match it.next() {
-        Some(Value::Map(e)) => Some(e),
-        None | Some(Value::Null) => None,
-        Some(other) => return Err(bad("body[2] (embed)", "an object or null", &other)),
-    };
-    Ok((args, kwargs, embed))
-}
-
 /// Decodes a kombu Redis envelope of a Celery protocol v2 task message.
 ///
 /// Checks the size first, then the content type against `accept` before touching the body.
@@ -1145,6 +718,3 @@ pub fn decode_task_message(data: &[u8], accept: &Accept, max_size: usize) -> Res
     msg.headers = headers;
     Ok(msg)
 }
-
-#[cfg(test)]
-mod tests;
