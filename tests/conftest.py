@@ -112,14 +112,25 @@ class RedisServer:
         args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while True:
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server on port {self.port} not ready within 10 s")
+            time.sleep(0.01)
+
+    def _ready(self) -> bool:
+        """True once the server answers PING (a restarted one says LOADING while it reads its file)."""
+        if self.tls:  # a TLS port cannot be PINGed in clear text; accepting connections is enough
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
+                return True
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+                return False
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
