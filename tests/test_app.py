@@ -205,3 +205,30 @@ def test_send_many_applies_options_to_every_call(app: App) -> None:
     messages = decode_waiting(app, "batch")
     assert [(m.args, m.kwargs, m.priority) for m in messages] == [([1, 2], {}, 6), ([3], {"y": 4}, 6)]
     assert len({r.id for r in results}) == 2
+
+
+@pytest.mark.parametrize(
+    ("broker", "backend", "message"),
+    [
+        ("rpc://", None, r"broker_url: unknown URL scheme 'rpc'"),
+        (None, "amqp://guest@localhost//", r"result_backend: unknown URL scheme 'amqp'.*supported schemes: sqlite://"),
+        (None, "kafka://x", r"result_backend: unknown URL scheme 'kafka'"),
+        (None, "rpc://", r"result_backend: the rpc:// scheme \(RabbitMQ replies\) is not available"),
+    ],
+)
+def test_each_role_has_its_own_schemes(tmp_path: Path, broker: str | None, backend: str | None, message: str) -> None:
+    app = App("tasks", broker=broker or f"sqlite:///{tmp_path / 'b.sqlite3'}", backend=backend)
+    with pytest.raises(ConfigurationError, match=message):
+        app.broker if broker else app.backend  # noqa: B018 - opening is the check
+
+
+def test_unknown_send_option_is_a_clear_error(app: App) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match=r"unknown send option.*countdwn.*valid: .*countdown"):
+        add.apply_async((1, 2), countdwn=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown send option"):
+        app.send_task("tasks.add", [1, 2], quue="x")  # type: ignore[call-arg]
+    assert decode_waiting(app) == []  # nothing was sent

@@ -1,4 +1,4 @@
-"""``RedisBroker.complete``: results and acks in ONE round trip when the result backend is Redis on
+"""The joint completer of ``RedisBroker``: results and acks in ONE round trip when the result backend is Redis on
 the broker's server and database. Records land exactly where ``RedisBackend`` (and Celery) read
 them, are published for waiters, keep SUCCESS final, and the acks follow them."""
 
@@ -21,6 +21,7 @@ from rqueue.brokers.redis import RedisBroker
 from rqueue.exceptions import BrokerConnectionError
 from rqueue.result import AsyncResult
 from rqueue.urls import redis_server_of
+from rqueue.worker.completion import completer_for
 
 redis = pytest.importorskip("redis")
 
@@ -66,6 +67,13 @@ def lease(broker: RedisBroker, n: int, queue: str = "q") -> list[str]:
     return tags
 
 
+def complete(
+    broker: RedisBroker, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: list[str]
+) -> None:
+    """The worker's completing step for ``backend``, as a worker chooses it at start."""
+    completer_for(broker, backend)(results, tags)
+
+
 def encoded(backend: ResultBackend, *records: ResultRecord) -> list[tuple[str, str, bytes]]:
     return [(r.task_id, r.status, backend.encode(r)) for r in records]
 
@@ -102,7 +110,7 @@ def test_complete_stores_publishes_and_acks_in_one_call(
     pubsub.get_message(timeout=1)  # the confirmation
     calls = count_round_trips(monkeypatch, broker)
     failure = ResultRecord(failed, states.FAILURE, serialization.exception_to_meta(ValueError("boom")), "tb")
-    broker.complete(backend, encoded(backend, ResultRecord(ok, states.SUCCESS, {"a": 1}), failure), tags)
+    complete(broker, backend, encoded(backend, ResultRecord(ok, states.SUCCESS, {"a": 1}), failure), tags)
     assert calls == ["native.complete"]  # no separate backend write, no separate ack
     # stored where RedisBackend reads it, with the backend's expiry
     meta = backend.get_meta(ok)
@@ -124,10 +132,10 @@ def test_complete_stores_publishes_and_acks_in_one_call(
 def test_complete_without_expiry_and_success_stays_final(broker: RedisBroker, redis_url: str, raw: Any) -> None:
     backend = make_backend(redis_url, expires_s=None)
     task_id = tid()
-    broker.complete(backend, encoded(backend, ResultRecord(task_id, states.SUCCESS, 1)), lease(broker, 1))
+    complete(broker, backend, encoded(backend, ResultRecord(task_id, states.SUCCESS, 1)), lease(broker, 1))
     assert raw.pttl(f"celery-task-meta-{task_id}") == -1
     late = ResultRecord(task_id, states.FAILURE, serialization.exception_to_meta(ValueError("late")))
-    broker.complete(backend, encoded(backend, late, ResultRecord(task_id, states.SUCCESS, 2)), lease(broker, 1))
+    complete(broker, backend, encoded(backend, late, ResultRecord(task_id, states.SUCCESS, 2)), lease(broker, 1))
     assert backend.get_meta(task_id)["result"] == 1
     assert raw.hlen("unacked") == 0
 
@@ -137,9 +145,9 @@ def test_success_is_final_with_other_serializers(redis_url: str, serializer: str
     broker = RedisBroker(redis_url)
     backend = make_backend(redis_url, serializer)
     task_id = tid()
-    broker.complete(backend, encoded(backend, ResultRecord(task_id, states.SUCCESS, {"v": 1})), [])
+    complete(broker, backend, encoded(backend, ResultRecord(task_id, states.SUCCESS, {"v": 1})), [])
     late = ResultRecord(task_id, states.FAILURE, serialization.exception_to_meta(ValueError("late")))
-    broker.complete(backend, encoded(backend, late), [])
+    complete(broker, backend, encoded(backend, late), [])
     backend.store(late)  # the backend's own path sees the same finality
     assert backend.get_meta(task_id)["result"] == {"v": 1}
 
@@ -150,17 +158,17 @@ def test_results_under_a_global_keyprefix_stay_where_celery_reads_them(redis_url
     tags = lease(broker, 2)
     assert raw.hlen("app:unacked") == 2
     task_id = tid()
-    broker.complete(backend, encoded(backend, ResultRecord(task_id, states.SUCCESS, 5)), tags)
+    complete(broker, backend, encoded(backend, ResultRecord(task_id, states.SUCCESS, 5)), tags)
     assert raw.exists(f"celery-task-meta-{task_id}") == 1  # never prefixed, as RedisBackend writes it
     assert raw.hlen("app:unacked") == 0
 
 
 def test_script_flush_is_survived(broker: RedisBroker, redis_url: str, raw: Any) -> None:
     backend = make_backend(redis_url)
-    broker.complete(backend, encoded(backend, ResultRecord(tid(), states.SUCCESS, 0)), lease(broker, 1))
+    complete(broker, backend, encoded(backend, ResultRecord(tid(), states.SUCCESS, 0)), lease(broker, 1))
     raw.script_flush()
     task_id = tid()
-    broker.complete(backend, encoded(backend, ResultRecord(task_id, states.SUCCESS, 1)), lease(broker, 2))
+    complete(broker, backend, encoded(backend, ResultRecord(task_id, states.SUCCESS, 1)), lease(broker, 2))
     assert backend.get_meta(task_id)["result"] == 1
     assert raw.hlen("unacked") == 0
 
@@ -172,16 +180,16 @@ def test_other_servers_and_backends_fall_back_to_two_steps(
     calls = count_round_trips(monkeypatch, broker)
     other_db = make_backend(f"redis://127.0.0.1:{port}/3")
     task_id = tid()
-    broker.complete(other_db, encoded(other_db, ResultRecord(task_id, states.SUCCESS, 7)), lease(broker, 1))
+    complete(broker, other_db, encoded(other_db, ResultRecord(task_id, states.SUCCESS, 7)), lease(broker, 1))
     assert calls == ["native.ack"]
     assert other_db.get_meta(task_id)["result"] == 7
     assert raw.exists(f"celery-task-meta-{task_id}") == 0  # not in the broker's db 0
     calls.clear()
     same = make_backend(f"redis://127.0.0.1:{port}")  # another spelling of db 0
-    broker.complete(same, encoded(same, ResultRecord(tid(), states.SUCCESS, 8)), lease(broker, 1))
+    complete(broker, same, encoded(same, ResultRecord(tid(), states.SUCCESS, 8)), lease(broker, 1))
     assert calls == ["native.complete"]
     calls.clear()
-    broker.complete(same, [], lease(broker, 1))  # acks only
+    complete(broker, same, [], lease(broker, 1))  # acks only
     assert calls == ["native.ack"]
 
 
@@ -203,11 +211,11 @@ def test_unreachable_broker_raises_broker_connection_error(redis_url: str, tmp_p
     try:
         broker = RedisBroker(server.url, connect_timeout_s=1.0, socket_timeout_s=1.0)
         backend = make_backend(server.url)
-        broker.complete(backend, encoded(backend, ResultRecord(tid(), states.SUCCESS, 1)), [])
+        complete(broker, backend, encoded(backend, ResultRecord(tid(), states.SUCCESS, 1)), [])
     finally:
         server.stop()
     with pytest.raises(BrokerConnectionError):
-        broker.complete(backend, encoded(backend, ResultRecord(tid(), states.SUCCESS, 2)), ["t"])
+        complete(broker, backend, encoded(backend, ResultRecord(tid(), states.SUCCESS, 2)), ["t"])
 
 
 def test_waiters_and_real_celery_receive_results_written_by_complete(broker: RedisBroker, redis_url: str) -> None:
@@ -216,7 +224,7 @@ def test_waiters_and_real_celery_receive_results_written_by_complete(broker: Red
     try:
         backend = make_backend(redis_url)
         stored, waited, celery_waited = tid(), tid(), tid()
-        broker.complete(backend, encoded(backend, ResultRecord(stored, states.SUCCESS, {"n": 1})), lease(broker, 1))
+        complete(broker, backend, encoded(backend, ResultRecord(stored, states.SUCCESS, {"n": 1})), lease(broker, 1))
         assert app.AsyncResult(stored).get(timeout=5) == {"n": 1}
 
         # written while both are already waiting: delivered through pub/sub
@@ -226,7 +234,7 @@ def test_waiters_and_real_celery_receive_results_written_by_complete(broker: Red
             records = encoded(
                 backend, ResultRecord(waited, states.SUCCESS, "ours"), ResultRecord(celery_waited, states.SUCCESS, 42)
             )
-            broker.complete(backend, records, lease(broker, 2))
+            complete(broker, backend, records, lease(broker, 2))
 
         celery_result = app.AsyncResult(celery_waited)
         results: dict[str, Any] = {}
@@ -243,7 +251,7 @@ def test_waiters_and_real_celery_receive_results_written_by_complete(broker: Red
 
         failed = tid()
         failure = ResultRecord(failed, states.FAILURE, serialization.exception_to_meta(KeyError("k")), "Traceback: x")
-        broker.complete(backend, encoded(backend, failure), [])
+        complete(broker, backend, encoded(backend, failure), [])
         with pytest.raises(KeyError):
             app.AsyncResult(failed).get(timeout=5)
         assert app.AsyncResult(failed).traceback == "Traceback: x"

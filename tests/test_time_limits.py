@@ -20,8 +20,8 @@ import pytest
 
 from conftest import Project
 from rqueue import _rqueue
+from rqueue.brokers.base import owner_id
 from rqueue.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
-from rqueue.worker.consumer import owner_id
 
 HARD_LIMIT_LOG = "Hard time limit (1s) exceeded for tasks.hard_limited[{}]"
 

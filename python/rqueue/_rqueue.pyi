@@ -271,9 +271,10 @@ class SqliteBroker:
         """Move a leased message to the dead-letter table with a reason code and error text."""
     def dead_letters(
         self, queue: str | None = None, limit: int = 100
-    ) -> list[tuple[int, str, str, str | None, int, int, bytes]]:
-        """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows, oldest first."""
-    def requeue_dead(self, ids: Sequence[int]) -> int: ...
+    ) -> list[tuple[str, str, str, str | None, int, int, bytes]]:
+        """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows, oldest first (None: every queue)."""
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
+        """Put dead letters of ``queue`` back in it (fresh delivery count); ids of other queues match nothing."""
     def purge_dead(self, queue: str | None = None) -> int: ...
     def purge(self, queues: Sequence[str]) -> int:
         """Delete waiting (not leased) messages of these queues; returns how many."""
@@ -289,9 +290,10 @@ class SqliteBroker:
     def mailbox_last_id(self) -> int:
         """The id of the newest mailbox post (0 when none)."""
     def store_results(self, rows: Sequence[tuple[str, str, str, bytes, int | None]]) -> None:
-        """Store ``(task_id, status, content_type, payload, expires_at_ms)`` records; SUCCESS is final."""
+        """Store ``(task_id, status, content_type, payload, ttl_ms)`` records (None: kept forever); SUCCESS is final."""
     def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[str]) -> int:
-        """Store result records and ack messages in one transaction; returns how many were acked."""
+        """Store ``(task_id, status, content_type, payload, ttl_ms)`` records and ack ``tags`` in one
+        transaction; returns how many tags were in flight."""
     def read_result(self, task_id: str) -> tuple[str, bytes] | None:
         """``(content_type, payload)`` of an unexpired result, or None."""
     def delete_result(self, task_id: str) -> bool: ...
@@ -386,11 +388,16 @@ class RedisBroker:
         """
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         """Move an in-flight message to its queue's dead-letter list with a reason code and error text."""
-    def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[str, str, str, str | None, int, int, bytes]]:
-        """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows of a queue, oldest first."""
+    def leased_tags(self, owner: str) -> list[str]:
+        """Tags of the messages ``owner`` holds."""
+    def dead_letters(
+        self, queue: str | None = None, limit: int = 100
+    ) -> list[tuple[str, str, str, str | None, int, int, bytes]]:
+        """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows of a queue, oldest first
+        (None raises ConfigurationError: Redis keeps dead letters per queue)."""
     def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
         """Put dead letters (by id) back at the end of their queue with a fresh delivery count."""
-    def purge_dead(self, queue: str) -> int: ...
+    def purge_dead(self, queue: str | None = None) -> int: ...
     def purge(self, queues: Sequence[str]) -> int:
         """Delete waiting messages of these queues (every priority bucket and the ETA set)."""
     def queue_length(self, queue: str) -> int:

@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from rqueue import _rqueue, serialization
 from rqueue.backends import ResultBackend, open_backend
-from rqueue.brokers import Broker, open_broker
+from rqueue.brokers import BROKERS, Broker, open_broker
 from rqueue.config import Settings, time_limit_value
 from rqueue.control import Control
 from rqueue.exceptions import ConfigurationError, NotRegistered
 from rqueue.result import AsyncResult
-from rqueue.task import Task
-from rqueue.urls import DEFAULT_SQLITE_URL, mask_password, scheme_of
+from rqueue.routing import Route, compile_routes
+from rqueue.task import SEND_OPTIONS, SendOptions, Task
+from rqueue.urls import DEFAULT_SQLITE_URL, mask_password
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-#: A router callable: ``(name, args, kwargs, options, task) -> route dict | queue name | None``.
-RouterFunc = Callable[..., "Mapping[str, Any] | str | None"]
 
 
 class App:
@@ -68,7 +68,7 @@ class App:
     def broker_url(self) -> str:
         """The effective broker URL (unmasked: do not log it; use ``mask_password``)."""
         url = self.conf.broker_url or DEFAULT_SQLITE_URL
-        scheme_of(url, "broker_url")
+        BROKERS.scheme_of(url)
         return str(url)
 
     @property
@@ -201,21 +201,30 @@ class App:
     # -- sending -------------------------------------------------------------------------------------
 
     def send_task(
-        self, name: str, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        _task: Task[Any, Any] | None = None,
+        **options: Unpack[SendOptions],
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be importable here). Options as in ``Task.apply_async``."""
-        message = self._message(name, args, kwargs, **options)
+        message = self._message(name, args, kwargs, _task, options)
         self.broker.publish(message.queue, message.payload, message.priority, message.eta_ms)
         return AsyncResult(message.task_id, self.backend, ignored=message.ignore_result, app=self)
 
     def send_many(
-        self, name: str, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]], **options: Any
+        self,
+        name: str,
+        calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+        _task: Task[Any, Any] | None = None,
+        **options: Unpack[SendOptions],
     ) -> list[AsyncResult[Any]]:
         """Send many calls of one task in one broker round trip (one transaction on SQLite).
 
         ``calls`` holds ``(args, kwargs)`` pairs; the options apply to every call.
         """
-        messages = [self._message(name, args, kwargs, **options) for args, kwargs in calls]
+        messages = [self._message(name, args, kwargs, _task, options) for args, kwargs in calls]
         backend = self.backend
         self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
         return [AsyncResult(m.task_id, backend, ignored=m.ignore_result, app=self) for m in messages]
@@ -223,27 +232,17 @@ class App:
     def _message(
         self,
         name: str,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        *,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | timedelta | datetime | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        task_id: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        serializer: str | None = None,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
-        retries: int = 0,
-        parent_id: str | None = None,
-        root_id: str | None = None,
-        _task: Task[Any, Any] | None = None,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        task: Task[Any, Any] | None,
+        options: SendOptions,
     ) -> _Outgoing:
         """Route and encode one task message."""
-        task = _task if _task is not None else self.tasks.get(name)
+        unknown = options.keys() - SEND_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown send option(s) {', '.join(sorted(unknown))}; valid: {', '.join(SEND_OPTIONS)}")
+        if task is None:
+            task = self.tasks.get(name)
         args = list(args or ())
         kwargs = dict(kwargs or {})
 
@@ -252,13 +251,14 @@ class App:
                 return given
             return task.option(key) if task is not None else self.task_option_default(key)
 
-        serializer = option("serializer", serializer)
-        ignore_result = bool(option("ignore_result", ignore_result))
-        queue_name, exchange, routing_key, routed_priority = self._route(name, args, kwargs, queue, task)
+        serializer = option("serializer", options.get("serializer"))
+        ignore_result = bool(option("ignore_result", options.get("ignore_result")))
+        queue_name, exchange, routing_key, routed_priority = self._route(name, args, kwargs, options.get("queue"), task)
+        priority = options.get("priority")
         priority = option("priority", priority if priority is not None else routed_priority)
         now = time.time()
-        eta_ms = _eta_ms(now, countdown, eta)
-        task_id = task_id or _rqueue.new_task_id()
+        eta_ms = _eta_ms(now, options.get("countdown"), options.get("eta"))
+        task_id = options.get("task_id") or _rqueue.new_task_id()
         body = None
         if serializer not in ("json", "msgpack"):
             self._check_serializer_enabled(serializer)
@@ -273,19 +273,19 @@ class App:
             serializer=serializer,
             body=body,
             eta_ms=eta_ms,
-            expires_ms=_expires_ms(now, expires),
-            retries=retries,
+            expires_ms=_expires_ms(now, options.get("expires")),
+            retries=options.get("retries", 0),
             # Only per-call limits travel: the worker adds its own task options and settings
             # (and operators' run-time overrides), as a Celery worker does for an empty header.
-            time_limit=time_limit_value(time_limit, "time_limit"),
-            soft_time_limit=time_limit_value(soft_time_limit, "soft_time_limit"),
+            time_limit=time_limit_value(options.get("time_limit"), "time_limit"),
+            soft_time_limit=time_limit_value(options.get("soft_time_limit"), "soft_time_limit"),
             priority=priority,
-            root_id=root_id,
-            parent_id=parent_id,
+            root_id=options.get("root_id"),
+            parent_id=options.get("parent_id"),
             origin=self.origin,
             ignore_result=ignore_result,
             reply_to=self.oid,
-            extra_headers=headers,
+            extra_headers=options.get("headers"),
             max_size=self.conf.task_max_message_size,
         )
         return _Outgoing(task_id, queue_name, payload, _clamp_priority(priority), eta_ms, ignore_result)
@@ -311,29 +311,24 @@ class App:
 
     def _route(
         self, name: str, args: list[Any], kwargs: dict[str, Any], queue: str | None, task: Task[Any, Any] | None
-    ) -> tuple[str, str, str, int | None]:
+    ) -> Route:
         """``(queue, exchange, routing_key, priority)``: an explicit queue, then the task's, then routes."""
         explicit = queue or (task.options.get("queue") if task is not None else None)
         if explicit:
             return explicit, "", explicit, None
-        for stage in self._routing_stages():
-            route = stage(name, args, kwargs, task)
-            if route is not None:
-                return route
+        routes = self.derived("routing", lambda: compile_routes(self.conf.task_routes))
+        route = routes.lookup(name, args, kwargs, task)
+        if route is not None:
+            return route
         default = self.conf.task_default_queue
         return default, self.conf.task_default_exchange, default, None
 
-    def _routing_stages(self) -> list[_Stage]:
-        """``task_routes`` compiled once per settings version: dict tables go to the Rust router."""
-        return self.derived("routing", self._compile_routes)
-
-    def _compile_routes(self) -> list[_Stage]:
-        routes = self.conf.task_routes
-        items = [] if routes is None else list(routes) if isinstance(routes, (list, tuple)) else [routes]
-        return [_compile_stage(item) for item in items]
-
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'} broker={mask_password(self.broker_url)}>"
+
+
+#: The default ``embed`` of a protocol v2 body (no callbacks, no chain, no chord).
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 class _Outgoing(NamedTuple):
@@ -345,59 +340,6 @@ class _Outgoing(NamedTuple):
     priority: int
     eta_ms: int | None
     ignore_result: bool
-
-
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-_Stage = Callable[[str, list[Any], dict[str, Any], Any], "tuple[str, str, str, int | None] | None"]
-
-
-def _compile_stage(item: Any) -> _Stage:
-    if callable(item) and not isinstance(item, Mapping):
-
-        def call_router(name: str, args: list[Any], kwargs: dict[str, Any], task: Any) -> Any:
-            return _expand_route(item(name, args, kwargs, {}, task))
-
-        return call_router
-    if not isinstance(item, Mapping):
-        raise ConfigurationError(f"task_routes: expected a dict or a router callable, got {item!r}")
-    rules = []
-    for key, value in item.items():
-        if isinstance(key, re.Pattern):
-            kind, pattern = "regex", key.pattern
-        elif isinstance(key, str):
-            kind, pattern = ("glob", key) if any(c in key for c in "*?[") else ("exact", key)
-        else:
-            raise ConfigurationError(f"task_routes: a key must be a task name, glob or re.Pattern, got {key!r}")
-        queue, exchange, routing_key, priority = _route_fields(value)
-        rules.append((kind, pattern, queue, exchange, routing_key, priority))
-    router = _rqueue.Router(rules)
-
-    def lookup(
-        name: str, args: list[Any], kwargs: dict[str, Any], task: Any
-    ) -> tuple[str, str, str, int | None] | None:
-        return router.lookup(name)
-
-    return lookup
-
-
-def _route_fields(value: Any) -> tuple[str | None, str | None, str | None, int | None]:
-    if isinstance(value, str):
-        return value, None, None, None
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"queue", "exchange", "routing_key", "priority"}
-        if unknown:
-            raise ConfigurationError(f"task_routes: unknown route option(s) {sorted(unknown)}")
-        return value.get("queue"), value.get("exchange"), value.get("routing_key"), value.get("priority")
-    raise ConfigurationError(f"task_routes: a route must be a queue name or a dict, got {value!r}")
-
-
-def _expand_route(route: Any) -> tuple[str, str, str, int | None] | None:
-    if route is None:
-        return None
-    queue, exchange, routing_key, priority = _route_fields(route)
-    if not queue:
-        raise ConfigurationError(f"task_routes: router returned a route without a queue: {route!r}")
-    return queue, exchange or "", routing_key or queue, priority
 
 
 def _clamp_priority(priority: int | None) -> int:

@@ -12,6 +12,7 @@ import difflib
 import importlib
 import math
 import os
+import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -270,6 +271,4 @@ class Settings:
 
 def _is_module_noise(value: object) -> bool:
     """Imports and helpers in a config module are not settings."""
-    import types
-
     return isinstance(value, (types.ModuleType, types.FunctionType, type))

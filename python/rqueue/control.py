@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rqueue.brokers.base import RevocationStore, capability
+
 if TYPE_CHECKING:
     from rqueue.app import App
 
@@ -117,14 +119,18 @@ class Control:
     ) -> Replies | None:
         """Revoke tasks: a worker that has not started them records them REVOKED instead of running them.
 
-        The ids are stored in the broker (kept for ``result_expires``, at least three hours), so a
-        worker that is offline now, or restarts, still skips them; live workers are told at once.
+        The ids are stored in the broker when it keeps revocations (SQLite, Redis: for
+        ``result_expires``, at least three hours), so a worker that is offline now, or restarts,
+        still skips them; live workers are told at once (and keep them across restarts with
+        ``--statedb``).
         With ``terminate``, a prefork worker running one stops it and records it REVOKED: with
         ``signal="SIGKILL"`` its child is killed at once; with any other signal ``TaskTerminated``
         is raised in the task, and its child is killed if it has not stopped 5 s later.
         """
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        self.app.broker.revoke(ids, revocation_expiry_ms(self.app.conf))
+        store = capability(self.app.broker, RevocationStore)
+        if store is not None:  # else only live workers hear of it (and keep it with --statedb)
+            store.revoke(ids, revocation_expiry_ms(self.app.conf))
         arguments = {"task_id": ids, "terminate": terminate, "signal": signal}
         return self.broadcast("revoke", arguments, destination=destination, reply=reply, timeout=timeout)
 

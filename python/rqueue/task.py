@@ -7,11 +7,16 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypedDict, TypeVar
 
-from rqueue.exceptions import MaxRetriesExceededError, Retry
+from rqueue.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from rqueue.rates import check_rate
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from typing_extensions import Unpack
+
     from rqueue.app import App
     from rqueue.result import AsyncResult
 
@@ -38,6 +43,31 @@ TASK_OPTIONS: dict[str, Any] = {
     "retry_backoff_max": None,
     "retry_jitter": None,
 }
+
+
+class SendOptions(TypedDict, total=False):
+    """How one task message is sent: what ``apply_async``, ``send_task``, ``send_many`` and
+    ``retry`` accept (see ``Task.apply_async``)."""
+
+    countdown: float | None
+    eta: datetime | None
+    expires: float | timedelta | datetime | None
+    queue: str | None
+    priority: int | None
+    task_id: str | None
+    headers: Mapping[str, Any] | None
+    ignore_result: bool | None
+    serializer: str | None
+    time_limit: float | None
+    soft_time_limit: float | None
+    #: Set by ``retry()``: how many times the task ran before, and its workflow's ids.
+    retries: int
+    root_id: str | None
+    parent_id: str | None
+
+
+#: The names of ``SendOptions``, for the run-time check of keyword arguments.
+SEND_OPTIONS = frozenset(SendOptions.__annotations__)
 
 
 @dataclass
@@ -73,14 +103,10 @@ class Task(Generic[P, R]):
     def __init__(self, app: App, fun: Callable[..., R], name: str, options: dict[str, Any]) -> None:
         unknown = set(options) - set(TASK_OPTIONS)
         if unknown:
-            from rqueue.exceptions import ConfigurationError
-
             raise ConfigurationError(
                 f"task {name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(TASK_OPTIONS)}"
             )
         if options.get("rate_limit") is not None:
-            from rqueue.worker.ratelimit import check_rate
-
             check_rate(options["rate_limit"], f"task {name}")
         self.app = app
         self.fun = fun
@@ -127,20 +153,9 @@ class Task(Generic[P, R]):
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
-        *,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | timedelta | datetime | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        task_id: str | None = None,
-        headers: dict[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        serializer: str | None = None,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
+        **options: Unpack[SendOptions],
     ) -> AsyncResult[R]:
-        """Send the task to a worker with options.
+        """Send the task to a worker with options (``SendOptions``).
 
         Args:
             args: Positional arguments.
@@ -157,23 +172,7 @@ class Task(Generic[P, R]):
             time_limit: Hard time limit in seconds.
             soft_time_limit: Soft time limit in seconds.
         """
-        return self.app.send_task(
-            self.name,
-            args,
-            kwargs,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            queue=queue,
-            priority=priority,
-            task_id=task_id,
-            headers=headers,
-            ignore_result=ignore_result,
-            serializer=serializer,
-            time_limit=time_limit,
-            soft_time_limit=soft_time_limit,
-            _task=self,
-        )
+        return self.app.send_task(self.name, args, kwargs, self, **options)
 
     def retry(
         self,
@@ -208,6 +207,7 @@ class Task(Generic[P, R]):
             self.name,
             request.args,
             request.kwargs,
+            self,
             countdown=countdown,
             eta=eta,
             task_id=request.id,
@@ -215,8 +215,6 @@ class Task(Generic[P, R]):
             retries=request.retries + 1,
             root_id=request.root_id,
             parent_id=request.parent_id,
-            headers=None,
-            _task=self,
         )
         when = f"in {countdown:g} s" if countdown is not None else f"at {eta}"
         raise Retry(f"Retry {when}", exc=exc, when=countdown)
@@ -238,7 +236,7 @@ class Task(Generic[P, R]):
         ``add.delay_many([(1, 2), (3, 4)])`` is ``[add.delay(1, 2), add.delay(3, 4)]`` without a
         round trip each.
         """
-        return self.app.send_many(self.name, ((args, {}) for args in calls), _task=self)
+        return self.app.send_many(self.name, ((args, {}) for args in calls), self)
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from rqueue.exceptions import ConfigurationError
 
-#: Schemes rqueue can use today, and what each is for.
-SUPPORTED_SCHEMES = {
-    "sqlite": "embedded SQLite file (sqlite:///relative.db or sqlite:////absolute.db)",
-    "redis": "Redis (redis://[user:password@]host[:port][/db])",
-    "rediss": "Redis over TLS (rediss://host:port/db[?ssl_ca_certs=/path/ca.pem&ssl_cert_reqs=required])",
-    "unix": "Redis over a unix socket (unix:///path/redis.sock?db=N)",
-}
-#: Schemes that are known but not available yet; naming one is a clear error, not a surprise.
-PLANNED_SCHEMES = {
-    "amqp": "RabbitMQ",
-    "postgresql": "PostgreSQL",
-}
+T = TypeVar("T")
 
 DEFAULT_SQLITE_URL = "sqlite:///rqueue.sqlite3"
 
@@ -52,23 +42,49 @@ def describe(url: str) -> str:
     return mask_password(url)
 
 
-def scheme_of(url: str, setting: str) -> str:
-    """The URL's scheme, or a ConfigurationError listing the supported schemes."""
-    if not isinstance(url, str) or "://" not in url:
+class Schemes(Generic[T]):
+    """One role's URL schemes (brokers, result backends): what each names, and what opens it.
+
+    Args:
+        setting: The setting these URLs come from, for errors (``broker_url``).
+        supported: ``{scheme: (what it names, factory)}``; the factory takes the URL and the role's arguments.
+        planned: ``{scheme: product}`` of schemes known but not available for this role: a clear error.
+    """
+
+    def __init__(
+        self, setting: str, supported: Mapping[str, tuple[str, Callable[..., T]]], planned: Mapping[str, str]
+    ) -> None:
+        self.setting = setting
+        self.supported = dict(supported)
+        self.planned = dict(planned)
+
+    def scheme_of(self, url: str, setting: str | None = None) -> str:
+        """The URL's scheme, or a ConfigurationError listing the supported schemes."""
+        setting = setting or self.setting
+        supported = ", ".join(f"{s}://" for s in self.supported)
+        if not isinstance(url, str) or "://" not in url:
+            raise ConfigurationError(
+                f"{setting}: {mask_password(str(url))!r} is not a URL; supported schemes: {supported}"
+            )
+        scheme = url.split("://", 1)[0].lower()
+        if scheme in self.supported:
+            return scheme
+        if scheme in self.planned:
+            raise ConfigurationError(
+                f"{setting}: the {scheme}:// scheme ({self.planned[scheme]}) is not available in this version; "
+                f"supported schemes: {supported}"
+            )
         raise ConfigurationError(
-            f"{setting}: {mask_password(str(url))!r} is not a URL; supported schemes: {_supported_list()}"
+            f"{setting}: unknown URL scheme {scheme!r} in {mask_password(url)!r}; supported schemes: {supported}"
         )
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in SUPPORTED_SCHEMES:
-        return scheme
-    if scheme in PLANNED_SCHEMES:
-        raise ConfigurationError(
-            f"{setting}: the {scheme}:// scheme ({PLANNED_SCHEMES[scheme]}) is not available in this version; "
-            f"supported schemes: {_supported_list()}"
-        )
-    raise ConfigurationError(
-        f"{setting}: unknown URL scheme {scheme!r} in {mask_password(url)!r}; supported schemes: {_supported_list()}"
-    )
+
+    def open(self, url: str, *args: Any, **kwargs: Any) -> T:
+        """What ``url`` names, opened by its scheme's factory."""
+        return self.supported[self.scheme_of(url)][1](url, *args, **kwargs)
+
+    def describe(self) -> dict[str, str]:
+        """``{scheme: what it names}``."""
+        return {scheme: what for scheme, (what, _) in self.supported.items()}
 
 
 def sqlite_path(url: str, setting: str) -> str:
@@ -175,7 +191,3 @@ def redis_py_url(url: str) -> tuple[str, dict[str, Any]]:
     if not options:
         return url, options
     return urlunsplit(parts._replace(query=urlencode(kept))), options
-
-
-def _supported_list() -> str:
-    return ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)

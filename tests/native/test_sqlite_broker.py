@@ -100,7 +100,8 @@ def test_sqlite_broker_dead_letter_roundtrip(broker: SqliteBroker) -> None:
     dead_id, queue, reason, error, deliveries, dead_at_ms, payload = row
     assert (queue, reason, error, deliveries, payload) == ("q", "decode_error", "not json", 1, b"bad")
     assert abs(dead_at_ms - now_ms()) < 60_000
-    assert broker.requeue_dead([dead_id]) == 1
+    assert broker.requeue_dead("other", [dead_id]) == 0
+    assert broker.requeue_dead("q", [dead_id]) == 1
     assert broker.queue_length("q") == 1
     (d,) = broker.fetch(["q"], 1, "w", 60_000)
     broker.dead_letter(d.tag, "x")

@@ -1,11 +1,41 @@
-"""Result backends: where task states and return values are kept."""
+"""Result backends: where task states and return values are kept. ``open_backend`` picks one by
+the URL's scheme (``BACKENDS``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from rqueue.backends.base import DisabledBackend, ResultBackend, ResultRecord
 from rqueue.backends.sqlite import SqliteBackend
 from rqueue.exceptions import ConfigurationError
-from rqueue.urls import scheme_of, sqlite_path
+from rqueue.urls import Schemes, sqlite_path
+
+
+def _sqlite(url: str, **options: Any) -> ResultBackend:
+    return SqliteBackend(sqlite_path(url, "result_backend"), **options)
+
+
+def _redis(url: str, **options: Any) -> ResultBackend:
+    try:
+        from rqueue.backends.redis import RedisBackend  # noqa: PLC0415 - redis-py is optional (rqueue[redis])
+    except ImportError as exc:  # pragma: no cover - redis-py comes with rqueue[redis]
+        raise ConfigurationError(
+            f"the Redis result backend needs redis-py: pip install 'rqueue[redis]' ({exc})"
+        ) from None
+    return RedisBackend(url, **options)
+
+
+#: Every result backend scheme: a new backend is one line here.
+BACKENDS: Schemes[ResultBackend] = Schemes(
+    "result_backend",
+    {
+        "sqlite": ("SQLite file (sqlite:///relative.db or sqlite:////absolute.db)", _sqlite),
+        "redis": ("Redis (redis://[user:password@]host[:port][/db])", _redis),
+        "rediss": ("Redis over TLS (rediss://host:port/db?ssl_cert_reqs=required)", _redis),
+        "unix": ("Redis over a unix socket (unix:///path/redis.sock?db=N)", _redis),
+    },
+    planned={"rpc": "RabbitMQ replies", "postgresql": "PostgreSQL", "db+postgresql": "PostgreSQL"},
+)
 
 
 def open_backend(
@@ -14,24 +44,7 @@ def open_backend(
     """The backend for ``url``; None gives the DisabledBackend."""
     if url is None:
         return DisabledBackend()
-    scheme = scheme_of(url, "result_backend")
-    if scheme == "sqlite":
-        return SqliteBackend(
-            sqlite_path(url, "result_backend"),
-            serializer=serializer,
-            accept=accept,
-            expires_s=expires_s,
-            extended=extended,
-        )
-    if scheme in ("redis", "rediss", "unix"):
-        try:
-            from rqueue.backends.redis import RedisBackend
-        except ImportError as exc:  # pragma: no cover - redis-py comes with rqueue[redis]
-            raise ConfigurationError(
-                f"the Redis result backend needs redis-py: pip install 'rqueue[redis]' ({exc})"
-            ) from None
-        return RedisBackend(url, serializer=serializer, accept=accept, expires_s=expires_s, extended=extended)
-    raise AssertionError(f"scheme_of accepted {scheme!r} without a backend for it")
+    return BACKENDS.open(url, serializer=serializer, accept=accept, expires_s=expires_s, extended=extended)
 
 
-__all__ = ["DisabledBackend", "ResultBackend", "ResultRecord", "SqliteBackend", "open_backend"]
+__all__ = ["BACKENDS", "DisabledBackend", "ResultBackend", "ResultRecord", "SqliteBackend", "open_backend"]

@@ -69,6 +69,23 @@ class ResultBackend(ABC):
             meta.update(record.extended)
         return serialization.dumps(meta, self.serializer)
 
+    @property
+    def ttl_ms(self) -> int | None:
+        """How long a stored record lives, in ms; None: forever."""
+        expires = self.expires_s
+        return max(1, round(expires * 1000)) if expires and expires > 0 else None
+
+    def rows(self, items: list[tuple[str, str, bytes]]) -> list[tuple[str, str, str, bytes, int | None]]:
+        """``(task_id, status, content_type, payload, ttl_ms)`` of encoded records: what a broker
+        that shares this backend's store writes in its completing step (``Broker.joint_completer``)."""
+        ttl_ms = self.ttl_ms
+        return [(task_id, status, self.content_type, payload, ttl_ms) for task_id, status, payload in items]
+
+    def shares_store_with(self, broker_url: str) -> bool:
+        """True when the broker at ``broker_url`` keeps its messages in this backend's store, so
+        results and acks can be written in one step. Only a backend that knows says True."""
+        return False
+
     # -- reading -------------------------------------------------------------------------------
 
     def get_meta(self, task_id: str) -> dict[str, Any]:

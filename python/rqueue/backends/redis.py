@@ -141,22 +141,10 @@ class RedisBackend(ResultBackend):
             with _as_backend_error(self.url):
                 self._write_batch(items)
 
-    @property
-    def ttl_ms(self) -> int | None:
-        """How long a stored record lives, in ms (``PX``); None: forever."""
-        expires = self.expires_s
-        return max(1, round(expires * 1000)) if expires and expires > 0 else None
-
-    def rows(self, items: list[tuple[str, str, bytes]]) -> list[tuple[str, str, str, bytes, int | None]]:
-        """``(task_id, status, content_type, payload, ttl_ms)`` of encoded records, for
-        ``_rqueue.RedisBroker.complete`` (which stores them as ``write_encoded`` does)."""
-        ttl_ms = self.ttl_ms
-        return [(task_id, status, self.content_type, payload, ttl_ms) for task_id, status, payload in items]
-
-    def same_server(self, url: str) -> bool:
-        """True when ``url`` surely names this backend's Redis server and database."""
+    def shares_store_with(self, broker_url: str) -> bool:
+        """True when ``broker_url`` surely names this backend's Redis server and database."""
         mine = redis_server_of(self.url)
-        return mine is not None and mine == redis_server_of(url)
+        return mine is not None and mine == redis_server_of(broker_url)
 
     def _write_batch(self, items: list[tuple[str, str, bytes]]) -> None:
         client = self.client

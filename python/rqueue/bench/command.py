@@ -50,7 +50,7 @@ def run(options: BenchOptions, json_path: str | None, plot_path: str | None, ech
             write_json(report, json_path)
             echo(f"wrote {json_path}")
         if plot_path:
-            from rqueue.bench.report import plot_bench
+            from rqueue.bench.report import plot_bench  # noqa: PLC0415 - matplotlib is optional (rqueue[plot])
 
             plot_bench(report, plot_path)
             echo(f"wrote {plot_path}")

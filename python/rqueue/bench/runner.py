@@ -25,7 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from rqueue import __version__, states
+from rqueue.backends import BACKENDS
 from rqueue.bench import procstat
 from rqueue.bench.counter import DrainTimeout, watch_drain
 from rqueue.bench.processes import WorkerGroup, WorkerProcess, rqueue_command
@@ -40,8 +43,10 @@ from rqueue.bench.tasks import (
     make_app,
     read_counts,
 )
+from rqueue.brokers import BROKERS
+from rqueue.brokers.base import DeadLetterAdmin, LeaseRecovery, capability, owner_id, require
 from rqueue.exceptions import ConfigurationError, RQueueError
-from rqueue.urls import describe, scheme_of
+from rqueue.urls import describe
 
 SCENARIOS = ("enqueue", "drain", "roundtrip")
 POOLS = ("prefork", "threads", "solo")
@@ -103,9 +108,10 @@ class BenchOptions:
             raise ConfigurationError(f"--roundtrips must be at least 1, got {self.roundtrips}")
         if self.timeout_s <= 0:
             raise ConfigurationError(f"--timeout must be positive, got {self.timeout_s}")
-        for name, url in (("--broker", self.broker), ("--backend", self.backend)):
-            if url is not None:
-                scheme_of(url, name)
+        if self.broker is not None:
+            BROKERS.scheme_of(self.broker, "--broker")
+        if self.backend is not None:
+            BACKENDS.scheme_of(self.backend, "--backend")
 
     @property
     def scenarios(self) -> list[str]:
@@ -130,7 +136,6 @@ def machine() -> dict[str, Any]:
 
 def _progress(enabled: bool | None) -> Callable[..., Any]:
     """A tqdm bar factory (on stderr; ``None`` shows bars only on a terminal)."""
-    from tqdm import tqdm
 
     def bar(**kwargs: Any) -> Any:
         return tqdm(disable=None if enabled is None else not enabled, file=sys.stderr, leave=False, **kwargs)
@@ -149,7 +154,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="rqueue-bench-"))
         self.temporary_broker = options.broker is None
         self.broker_url = options.broker or f"sqlite:///{self.tmp / 'bench.sqlite3'}"
-        self.kind = "sqlite" if scheme_of(self.broker_url, "--broker") == "sqlite" else "redis"
+        self.kind = "sqlite" if BROKERS.scheme_of(self.broker_url, "--broker") == "sqlite" else "redis"
         # Round trips need results; the broker keeps them unless told otherwise. Named explicitly for
         # both sides, so $RQUEUE_RESULT_BACKEND cannot point the producer and the workers apart.
         self.backend_url = options.backend or self.broker_url
@@ -468,7 +473,7 @@ class Bench:
         if self.kind != "redis":
             return _none
 
-        import redis
+        import redis  # noqa: PLC0415 - redis-py is optional (rqueue[redis])
 
         def used() -> float | None:
             try:
@@ -512,14 +517,13 @@ class Bench:
 
     def _clean_broker(self) -> dict[str, Any]:
         broker = self.app.broker
-        native: Any = getattr(broker, "native", None)
+        recovery = capability(broker, LeaseRecovery)
+        dead = require(broker, DeadLetterAdmin, "rqueue bench")
         for hostname, pid in self.owners:  # leases of workers that had to be killed
-            from rqueue.worker.consumer import owner_id
-
-            if native is not None:
-                native.requeue_owner(owner_id(hostname, pid), 1_000_000)
+            if recovery is not None:
+                recovery.requeue_owner(owner_id(hostname, pid), 1_000_000)
         broker.purge([self.queue])
-        broker.purge_dead(self.queue)
+        dead.purge_dead(self.queue)
         if self.kind == "redis":
             r = self._redis()
             if self.backend_url == self.broker_url:
@@ -536,7 +540,7 @@ class Bench:
             leftover = 0
         return {
             "queue_length": broker.queue_length(self.queue),
-            "dead_letters": len(broker.dead_letters(self.queue, 10)),
+            "dead_letters": len(dead.dead_letters(self.queue, 10)),
             "prefixed_keys": leftover,
             "results_deleted": len(self.result_ids),
         }

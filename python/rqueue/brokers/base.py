@@ -1,24 +1,58 @@
-"""The broker interface the app and the worker use. Transports implement it in Rust."""
+"""The broker contract: what every broker has, the capabilities some add, and the consumer handle.
+
+Every broker publishes, hands out a consumer, purges, counts and carries remote control
+(``Broker``). Some also keep leases by owner so that another process can give back a dead
+worker's messages (``LeaseRecovery``), keep dead letters (``DeadLetterAdmin``) or store
+revocations (``RevocationStore``); code that needs one of these asks for it with ``capability``
+or ``require``. Deliveries are settled (acked, requeued, dead-lettered) through the ``BrokerConsumer``
+that delivered them: on AMQP an ack is only valid on the delivering channel.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rqueue._rqueue import Delivery, PrefetchBuffer
+from rqueue.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
 
+#: Stores encoded results ``(task_id, status, payload)`` and acks tags, results first.
+Completer = Callable[[list[tuple[str, str, bytes]], Sequence[str]], None]
 
-class Consumer(Protocol):
-    """A transport thread that leases messages into a PrefetchBuffer (see ``_rqueue.SqliteConsumer``)."""
+
+class Settler(Protocol):
+    """What can settle leased deliveries: ack them, and maybe store results in the same step."""
+
+    def ack(self, tags: Sequence[str]) -> None: ...
+
+    def joint_completer(self, backend: ResultBackend) -> Completer | None:
+        """A completer that stores ``backend``'s results and acks in ONE step (one transaction or
+        round trip), when this broker's store is the backend's; else None."""
+        ...
+
+
+class BrokerConsumer(Settler, Protocol):
+    """One worker process's consumer: a transport thread leasing messages into a PrefetchBuffer,
+    and the channel its deliveries are settled on."""
 
     def start(self) -> None: ...
-    def stop(self) -> list[Delivery]: ...
+    def stop(self) -> list[Delivery]:
+        """Stop fetching; the deliveries never handed out (still leased, not yet returned)."""
+        ...
+
     def set_queues(self, queues: Sequence[str]) -> None: ...
+    def requeue(self, tags: Sequence[str]) -> None:
+        """Return unstarted deliveries to their queue, uncounted."""
+        ...
+
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
+        """Move a delivery aside for good, with a reason code (``unregistered``, ``decode_error`` ...)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +112,7 @@ class Mailbox(ABC):
 
 
 class Broker(ABC):
-    """Publish, lease, ack and dead-letter task messages.
+    """What every broker does: publish, consume, purge, count, and carry remote control.
 
     Implementations are fork-safe: a connection opened before ``fork()`` is never used after it.
     """
@@ -100,34 +134,46 @@ class Broker(ABC):
         lease_s: float,
         max_deliveries: int,
         poll_max_ms: int,
-    ) -> Consumer: ...
+    ) -> BrokerConsumer:
+        """A consumer for one worker process (``owner``); start it after any fork."""
 
     def prepare_consumer(self, queues: Sequence[str], allow_eviction: bool) -> None:  # noqa: B027 - optional hook
         """Called once when a worker starts consuming ``queues``: declare what the broker needs."""
 
     @abstractmethod
+    def purge(self, queues: Sequence[str]) -> int: ...
+
+    @abstractmethod
+    def queue_length(self, queue: str) -> int: ...
+
+    @abstractmethod
+    def mailbox(self) -> Mailbox:
+        """A new remote-control endpoint on this broker (one per listener or client call)."""
+
+
+def owner_id(hostname: str, pid: int) -> str:
+    """The lease owner name of one worker process (``LeaseRecovery`` keys leases by it)."""
+    return f"{hostname}/{pid}"
+
+
+class LeaseRecovery(ABC):
+    """Leases are kept by owner (a worker process), so any process can settle or give back another
+    one's messages: a supervisor those of a child that died, a worker its own leftovers."""
+
+    @abstractmethod
     def ack(self, tags: Sequence[str]) -> None: ...
 
-    def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[str]) -> None:
-        """Store encoded results, then ack: the worker's step after a batch of tasks.
-
-        Results go first, so a crash in between re-runs tasks rather than losing them. A broker
-        that can reach the backend's store overrides this to do both in one transaction (SQLite)
-        or one round trip (Redis).
-        """
-        if results:
-            backend.write_encoded(results)
-        if tags:
-            self.ack(tags)
+    def joint_completer(self, backend: ResultBackend) -> Completer | None:
+        """See ``Settler.joint_completer``."""
+        return None
 
     @abstractmethod
     def requeue(self, tags: Sequence[str]) -> None: ...
 
     @abstractmethod
-    def requeue_owner(self, owner: str, max_deliveries: int) -> int: ...
-
-    @abstractmethod
-    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None: ...
+    def requeue_owner(self, owner: str, max_deliveries: int) -> int:
+        """Return every message ``owner`` holds; those delivered ``max_deliveries`` times are
+        dead-lettered (``worker_lost``). Returns how many went back."""
 
     @abstractmethod
     def leased_tags(self, owner: str) -> list[str]:
@@ -144,6 +190,10 @@ class Broker(ABC):
             self.requeue(unstarted)
         return len(unstarted) + self.requeue_owner(owner, max_deliveries)
 
+
+class DeadLetterAdmin(ABC):
+    """The broker keeps dead letters per queue, to list, requeue and purge (``rqueue dlq``)."""
+
     @abstractmethod
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The dead letters of a queue, oldest first."""
@@ -156,23 +206,34 @@ class Broker(ABC):
     def purge_dead(self, queue: str) -> int:
         """Delete the dead letters of ``queue``; returns how many."""
 
-    @abstractmethod
-    def purge(self, queues: Sequence[str]) -> int: ...
 
-    @abstractmethod
-    def queue_length(self, queue: str) -> int: ...
+class RevocationStore(ABC):
+    """The broker keeps revoked task ids, so workers that start later skip them too. Without one,
+    revocations reach live workers by broadcast and survive restarts through ``--statedb``."""
 
     @abstractmethod
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
-        """Record revoked task ids in the broker, so workers that start later skip them too."""
+        """Record revoked task ids until ``expires_at_ms``."""
 
     @abstractmethod
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
         """``(task_id, expires_at_ms)`` of revocations made at or after ``since_ms``."""
 
-    @abstractmethod
-    def mailbox(self) -> Mailbox:
-        """A new remote-control endpoint on this broker (one per listener or client call)."""
+
+Capability = TypeVar("Capability", LeaseRecovery, DeadLetterAdmin, RevocationStore)
+
+
+def capability(broker: Broker, kind: type[Capability]) -> Capability | None:
+    """``broker`` as a ``kind`` when it has that capability, else None."""
+    return broker if isinstance(broker, kind) else None
+
+
+def require(broker: Broker, kind: type[Capability], what: str) -> Capability:
+    """``broker`` as a ``kind``, or a ConfigurationError saying that ``what`` needs it."""
+    found = capability(broker, kind)
+    if found is None:
+        raise ConfigurationError(f"{what} is not available on {broker!r}: this broker has no {kind.__name__}")
+    return found
 
 
 class NativeTransport(Protocol):
@@ -181,18 +242,34 @@ class NativeTransport(Protocol):
     def publish(self, queue: str, payload: bytes, priority: int = ..., eta_ms: int | None = ...) -> None: ...
     def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None: ...
     def ack(self, tags: Sequence[str]) -> int: ...
+    def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[str]) -> int: ...
     def requeue(self, tags: Sequence[str]) -> int: ...
     def requeue_owner(self, owner: str, max_deliveries: int = ...) -> int: ...
+    def leased_tags(self, owner: str) -> list[str]: ...
     def dead_letter(self, tag: str, reason: str, error: str | None = ...) -> None: ...
     def dead_letters(
-        self, queue: str, limit: int = ...
-    ) -> Sequence[tuple[Any, str, str, str | None, int, int, bytes]]: ...
+        self, queue: str | None = ..., limit: int = ...
+    ) -> Sequence[tuple[str, str, str, str | None, int, int, bytes]]: ...
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int: ...
+    def purge_dead(self, queue: str | None = ...) -> int: ...
     def purge(self, queues: Sequence[str]) -> int: ...
     def queue_length(self, queue: str) -> int: ...
 
 
-class NativeBroker(Broker):
-    """A broker whose message operations are the extension's: each one passes straight through."""
+class NativeThread(Protocol):
+    """What the extension's consumer threads (``SqliteConsumer``, ``RedisConsumer``) have in common."""
+
+    def start(self) -> None: ...
+    def stop(self) -> list[Delivery]: ...
+    def set_queues(self, queues: list[str]) -> None: ...
+
+
+class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin):
+    """A broker whose message operations are the extension's: each one passes straight through.
+
+    Any connection may settle any lease (leases are kept by owner in the broker's own store), so
+    the consumers of a native broker settle through this process's connection.
+    """
 
     @property
     @abstractmethod
@@ -208,20 +285,75 @@ class NativeBroker(Broker):
     def ack(self, tags: Sequence[str]) -> None:
         self.native.ack(tags)
 
+    def joint_completer(self, backend: ResultBackend) -> Completer | None:
+        if not backend.shares_store_with(self.url):
+            return None
+
+        def complete(results: list[tuple[str, str, bytes]], tags: Sequence[str]) -> None:
+            if results:  # one transaction (SQLite) or round trip (Redis)
+                self.native.complete(backend.rows(results), tags)
+            elif tags:
+                self.native.ack(tags)
+
+        return complete
+
     def requeue(self, tags: Sequence[str]) -> None:
         self.native.requeue(tags)
 
     def requeue_owner(self, owner: str, max_deliveries: int) -> int:
         return self.native.requeue_owner(owner, max_deliveries)
 
+    def leased_tags(self, owner: str) -> list[str]:
+        return self.native.leased_tags(owner)
+
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         self.native.dead_letter(tag, reason, error)
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        return [DeadLetter(str(row[0]), *row[1:]) for row in self.native.dead_letters(queue, limit)]
+        return [DeadLetter(*row) for row in self.native.dead_letters(queue, limit)]
+
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
+        return self.native.requeue_dead(queue, list(ids))
+
+    def purge_dead(self, queue: str) -> int:
+        return self.native.purge_dead(queue)
 
     def purge(self, queues: Sequence[str]) -> int:
         return self.native.purge(queues)
 
     def queue_length(self, queue: str) -> int:
         return self.native.queue_length(queue)
+
+    def native_consumer(self, thread: NativeThread) -> NativeConsumer:
+        """The consumer handle of a native consumer thread of this broker."""
+        return NativeConsumer(thread, self)
+
+
+class NativeConsumer:
+    """The ``BrokerConsumer`` of a native broker: the extension's thread fetches (GIL released); its
+    deliveries are settled through the broker's connection of this process."""
+
+    def __init__(self, thread: NativeThread, broker: NativeBroker) -> None:
+        self.thread = thread
+        self.broker = broker
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> list[Delivery]:
+        return self.thread.stop()
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        self.thread.set_queues(list(queues))
+
+    def ack(self, tags: Sequence[str]) -> None:
+        self.broker.ack(tags)
+
+    def joint_completer(self, backend: ResultBackend) -> Completer | None:
+        return self.broker.joint_completer(backend)
+
+    def requeue(self, tags: Sequence[str]) -> None:
+        self.broker.requeue(tags)
+
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
+        self.broker.dead_letter(tag, reason, error)

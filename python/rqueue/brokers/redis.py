@@ -9,27 +9,20 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Mailbox, NativeBroker
+from rqueue.brokers.base import Mailbox, NativeBroker, NativeConsumer, RevocationStore
 from rqueue.exceptions import BrokerError, ConfigurationError
 from rqueue.urls import mask_password, redis_py_url
-
-if TYPE_CHECKING:
-    from rqueue.backends.base import ResultBackend
-    from rqueue.backends.redis import RedisBackend
 
 #: Revocations: a sorted set of task ids scored by when they were revoked, and their expiries.
 REVOKED_KEY = "rqueue.revoked"
 REVOKED_EXPIRES_KEY = "rqueue.revoked.expires"
-#: The set of delivery tags a worker process holds (kept by the transport's scripts).
-OWNED_PREFIX = "rqueue.owned."
 
 #: kombu's pidbox: commands fan out on this exchange (a PUB/SUB channel), replies go to a list
 #: named ``<oid>.reply.celery.pidbox`` bound to the reply exchange under the routing key ``<oid>``.
@@ -44,7 +37,7 @@ REPLY_KEEP_S = 60
 _INHERITED: list[Any] = []
 
 
-class RedisBroker(NativeBroker):
+class RedisBroker(NativeBroker, RevocationStore):
     """Messages in Redis lists, exactly where Celery's kombu transport puts them."""
 
     def __init__(
@@ -58,7 +51,6 @@ class RedisBroker(NativeBroker):
         self._native: _rqueue.RedisBroker | None = None
         self._client: Any = None
         self._pid = -1
-        self._shares_server: dict[str, bool] = {}  # backend URL -> same Redis server and db as ours
 
     def _fresh(self) -> bool:
         """True when the handles were made in this process (a fork makes them stale)."""
@@ -87,7 +79,7 @@ class RedisBroker(NativeBroker):
         self._fresh()
         if self._client is None:
             try:
-                import redis
+                import redis  # noqa: PLC0415 - redis-py is optional (rqueue[redis])
             except ImportError:  # pragma: no cover - redis is installed with rqueue[redis]
                 raise ConfigurationError("the Redis broker needs redis-py: pip install 'rqueue[redis]'") from None
             url, tls = redis_py_url(self.url)
@@ -110,8 +102,8 @@ class RedisBroker(NativeBroker):
         lease_s: float,
         max_deliveries: int,
         poll_max_ms: int,
-    ) -> _rqueue.RedisConsumer:
-        return _rqueue.RedisConsumer(
+    ) -> NativeConsumer:
+        thread = _rqueue.RedisConsumer(
             self.url,
             list(queues),
             owner,
@@ -121,6 +113,7 @@ class RedisBroker(NativeBroker):
             poll_max_ms=min(poll_max_ms, 20),
             global_keyprefix=self.global_keyprefix,
         )
+        return self.native_consumer(thread)
 
     def prepare_consumer(self, queues: Sequence[str], allow_eviction: bool) -> None:
         """Declare kombu bindings for the queues, and refuse a server that may evict messages."""
@@ -133,44 +126,9 @@ class RedisBroker(NativeBroker):
             )
         self.native.declare_bindings(list(queues))
 
-    def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[str]) -> None:
-        """Store results and ack in ONE round trip when the backend is Redis on our server and db.
-
-        Results go where ``RedisBackend`` writes them (Celery's keys, never prefixed; the same Lua
-        script), then the acks run, in one pipeline. Otherwise the backend writes, then we ack.
-        """
-        shared = self._shared_backend(backend) if results else None
-        if shared is not None:
-            self.native.complete(shared.rows(results), tags)
-        else:
-            super().complete(backend, results, tags)
-
-    def _shared_backend(self, backend: ResultBackend) -> RedisBackend | None:
-        """``backend`` when it is a RedisBackend on this broker's Redis server and database."""
-        module = sys.modules.get("rqueue.backends.redis")  # not imported: backend cannot be one
-        if module is None or not isinstance(backend, module.RedisBackend):
-            return None
-        same = self._shares_server.get(backend.url)
-        if same is None:
-            same = self._shares_server[backend.url] = backend.same_server(self.url)
-        return backend if same else None
-
-    def leased_tags(self, owner: str) -> list[str]:
-        with self._as_broker_error():
-            tags = self.client.smembers(f"{self.global_keyprefix}{OWNED_PREFIX}{owner}")
-        return [t.decode() for t in tags]
-
-    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
-        return self.native.requeue_dead(queue, ids)
-
-    def purge_dead(self, queue: str) -> int:
-        return self.native.purge_dead(queue)
-
     # -- revocations -----------------------------------------------------------------------------------
 
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
-        import time
-
         now_ms = int(time.time() * 1000)
         prefix = self.global_keyprefix
         with self._as_broker_error():
@@ -194,7 +152,7 @@ class RedisBroker(NativeBroker):
     @contextmanager
     def _as_broker_error(self) -> Iterator[None]:
         """redis-py's errors leave as BrokerError, like the extension's, with the password masked."""
-        import redis
+        import redis  # noqa: PLC0415 - redis-py is optional (rqueue[redis])
 
         try:
             yield

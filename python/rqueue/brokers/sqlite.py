@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Mailbox, NativeBroker
-
-if TYPE_CHECKING:
-    from rqueue.backends.base import ResultBackend
-
-_INHERITED: list[_rqueue.SqliteBroker] = []
+from rqueue.brokers.base import Mailbox, NativeBroker, NativeConsumer, RevocationStore
+from rqueue.sqlitefile import SqliteFile
 
 #: The mailbox channel of control commands; replies go to ``reply.<ticket>``.
 COMMANDS = "pidbox"
@@ -25,26 +20,17 @@ REPLY_KEEP_S = 60.0
 MAILBOX_POLL_S = 0.02
 
 
-class SqliteBroker(NativeBroker):
+class SqliteBroker(NativeBroker, RevocationStore):
     """Messages in one SQLite file shared by every worker and client on the machine."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
-        self._native: _rqueue.SqliteBroker | None = None
-        self._pid = -1
+        self._file = SqliteFile(path)
 
     @property
     def native(self) -> _rqueue.SqliteBroker:
-        """The connection of this process (reopened after a fork: SQLite handles must not cross one)."""
-        if self._native is None or self._pid != os.getpid():
-            if self._native is not None:
-                # Never close a connection inherited over fork: closing runs SQLite's cleanup
-                # (checkpoint, WAL removal) against the parent's live file. Keep it, unused.
-                _INHERITED.append(self._native)
-            self._native = _rqueue.SqliteBroker(self.path)
-            self._pid = os.getpid()
-        return self._native
+        return self._file.native
 
     def consumer(
         self,
@@ -54,8 +40,8 @@ class SqliteBroker(NativeBroker):
         lease_s: float,
         max_deliveries: int,
         poll_max_ms: int,
-    ) -> _rqueue.SqliteConsumer:
-        return _rqueue.SqliteConsumer(
+    ) -> NativeConsumer:
+        thread = _rqueue.SqliteConsumer(
             self.path,
             list(queues),
             owner,
@@ -64,24 +50,7 @@ class SqliteBroker(NativeBroker):
             max_deliveries=max_deliveries,
             poll_max_ms=poll_max_ms,
         )
-
-    def complete(self, backend: ResultBackend, results: list[tuple[str, str, bytes]], tags: Sequence[str]) -> None:
-        from rqueue.backends.sqlite import SqliteBackend
-
-        if isinstance(backend, SqliteBackend) and backend.path == self.path:
-            self.native.complete(backend.rows(results), tags)  # one transaction for both
-        else:
-            super().complete(backend, results, tags)
-
-    def leased_tags(self, owner: str) -> list[str]:
-        return self.native.leased_tags(owner)
-
-    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
-        # Dead-letter ids are unique across queues here; ids that are not numbers match nothing.
-        return self.native.requeue_dead([int(i) for i in ids if i.isdigit()])
-
-    def purge_dead(self, queue: str) -> int:
-        return self.native.purge_dead(queue)
+        return self.native_consumer(thread)
 
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
         self.native.revoke(task_ids, expires_at_ms)

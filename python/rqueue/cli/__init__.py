@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import sys
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import click
 
-from rqueue import __version__
+from rqueue import __version__, _rqueue
+from rqueue.brokers.base import DeadLetterAdmin, require
 from rqueue.exceptions import RQueueError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -24,7 +27,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def load_app(spec: str) -> Any:
     """The App named by ``-A``: ``module``, ``module:attribute``, or a package with an ``app`` attribute."""
-    from rqueue.app import App
+    from rqueue.app import App  # noqa: PLC0415 - `rqueue --help` stays quick
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -110,9 +113,7 @@ def worker(
     prefetch_multiplier: int | None,
 ) -> None:
     """Start a worker that runs the app's tasks."""
-    import socket
-
-    from rqueue.worker import Worker, setup_logging
+    from rqueue.worker import Worker, setup_logging  # noqa: PLC0415 - only the worker command loads the worker
 
     app = get_app(ctx)
     try:
@@ -232,15 +233,18 @@ def dlq() -> None:
     """Inspect and replay dead-lettered messages (undecodable, unregistered, poison ...)."""
 
 
-def _dlq_queue(ctx: click.Context, queue: str | None) -> tuple[Any, str]:
+def _dlq_queue(ctx: click.Context, queue: str | None) -> tuple[DeadLetterAdmin, str]:
+    """The broker's dead letters, and the queue to work on."""
     app = get_app(ctx)
-    return app, queue or app.conf.task_default_queue
+    try:
+        store = require(app.broker, DeadLetterAdmin, "rqueue dlq")
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    return store, queue or app.conf.task_default_queue
 
 
 def _task_of(payload: bytes) -> str:
     """``name[id]`` from a dead letter's headers when they are readable, else a short note."""
-    from rqueue import _rqueue
-
     try:
         headers = _rqueue.loads(payload[: 1 << 20], "application/json")["headers"]
         return f"{headers['task']}[{headers['id']}]"
@@ -254,11 +258,9 @@ def _task_of(payload: bytes) -> str:
 @click.pass_context
 def dlq_list(ctx: click.Context, queue: str | None, limit: int) -> None:
     """List dead letters, oldest first: id, reason, deliveries, when, task."""
-    from datetime import datetime, timezone
-
-    app, name = _dlq_queue(ctx, queue)
+    store, name = _dlq_queue(ctx, queue)
     try:
-        dead = app.broker.dead_letters(name, limit)
+        dead = store.dead_letters(name, limit)
     except RQueueError as exc:
         fail(str(exc), 1)
     for d in dead:
@@ -273,9 +275,9 @@ def dlq_list(ctx: click.Context, queue: str | None, limit: int) -> None:
 @click.pass_context
 def dlq_show(ctx: click.Context, dead_id: str, queue: str | None) -> None:
     """Show one dead letter: reason, error, deliveries and the original message."""
-    app, name = _dlq_queue(ctx, queue)
+    store, name = _dlq_queue(ctx, queue)
     try:
-        found = [d for d in app.broker.dead_letters(name, 1_000_000) if d.id == dead_id]
+        found = [d for d in store.dead_letters(name, 1_000_000) if d.id == dead_id]
     except RQueueError as exc:
         fail(str(exc), 1)
     if not found:
@@ -295,10 +297,10 @@ def dlq_requeue(ctx: click.Context, dead_ids: tuple[str, ...], queue: str | None
     """Put dead letters back in their queue, to be delivered again."""
     if not dead_ids and not requeue_all:
         fail("name the dead letters to requeue (ids from dlq list), or pass --all")
-    app, name = _dlq_queue(ctx, queue)
+    store, name = _dlq_queue(ctx, queue)
     try:
-        ids = [d.id for d in app.broker.dead_letters(name, 1_000_000)] if requeue_all else list(dead_ids)
-        count = app.broker.requeue_dead(name, ids)
+        ids = [d.id for d in store.dead_letters(name, 1_000_000)] if requeue_all else list(dead_ids)
+        count = store.requeue_dead(name, ids)
     except RQueueError as exc:
         fail(str(exc), 1)
     click.echo(f"Requeued {count} dead letter{'s' if count != 1 else ''} to {name}.")
@@ -310,11 +312,11 @@ def dlq_requeue(ctx: click.Context, dead_ids: tuple[str, ...], queue: str | None
 @click.pass_context
 def dlq_purge(ctx: click.Context, queue: str | None, force: bool) -> None:
     """Delete every dead letter of the queue."""
-    app, name = _dlq_queue(ctx, queue)
+    store, name = _dlq_queue(ctx, queue)
     if not force and sys.stdin.isatty():
         click.confirm(f"Delete all dead letters of {name}?", abort=True)
     try:
-        count = app.broker.purge_dead(name)
+        count = store.purge_dead(name)
     except RQueueError as exc:
         fail(str(exc), 1)
     click.echo(f"Purged {count} dead letter{'s' if count != 1 else ''} from {name}.")
@@ -375,8 +377,8 @@ def bench(
     Uses its own queue (rqueue-bench-<run id>; on Redis also that key prefix), deletes what it put in
     the broker, and stops its workers when done or interrupted (Ctrl-C).
     """
-    from rqueue.bench import BenchOptions
-    from rqueue.bench.command import run
+    from rqueue.bench import BenchOptions  # noqa: PLC0415 - only the bench command loads the bench
+    from rqueue.bench.command import run  # noqa: PLC0415 - only the bench command loads the bench
 
     options = BenchOptions(
         broker=broker,
@@ -412,7 +414,7 @@ def _json_arg(option: str, text: str, kind: type) -> Any:
 
 def _add_subcommands() -> None:
     """Commands kept in their own modules (they import this one for the shared helpers)."""
-    from rqueue.cli.control import control, inspect
+    from rqueue.cli.control import control, inspect  # noqa: PLC0415 - it imports this module's helpers
 
     cli.add_command(control)
     cli.add_command(inspect)

@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from rqueue import __version__
+from rqueue.brokers.base import LeaseRecovery, capability
 from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
 from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
+from rqueue.worker.hooks import Hooks, WorkerHook
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.ratelimit import RateLimits
 from rqueue.worker.state import Revoked
@@ -46,6 +48,7 @@ class Worker:
         hostname: Node name, ``name@host`` (default ``rqueue@<host>``).
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
+        hooks: Called at the worker's hook points in every process (``rqueue.worker.hooks``).
 
     Attributes:
         rate_limits: The node's task rate limits, shared by every process and thread of the
@@ -55,7 +58,7 @@ class Worker:
         RateLimitError: a task's ``rate_limit`` (decorator, annotations or default) is invalid.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the worker options, each named
         self,
         app: App,
         *,
@@ -65,6 +68,7 @@ class Worker:
         hostname: str | None = None,
         pidfile: str | None = None,
         statedb: str | None = None,
+        hooks: Sequence[WorkerHook] = (),
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -78,6 +82,7 @@ class Worker:
         self.hostname = hostname or f"rqueue@{socket.gethostname()}"
         self.pidfile = pidfile
         self.statedb = statedb
+        self.hooks = Hooks(hooks)
         # Made here, before the prefork pool forks, so its shared memory reaches every child.
         self.rate_limits = RateLimits(app)
 
@@ -111,7 +116,7 @@ class Worker:
             self._log_rate_limits()
             if self.pool == "prefork":
                 pool = PreforkPool(
-                    self.app, self.queues, self.hostname, self.concurrency, self.revoked, self.rate_limits
+                    self.app, self.queues, self.hostname, self.concurrency, self.revoked, self.rate_limits, self.hooks
                 )
                 control = ControlServer(self, pool)
                 control.listen()
@@ -134,7 +139,13 @@ class Worker:
     def _run_in_process(self, revoked: Revoked) -> int:
         threads = self.concurrency if self.pool == "threads" else 1
         consumer = Consumer(
-            self.app, self.queues, self.hostname, revoked, threads=threads, rate_limits=self.rate_limits
+            self.app,
+            self.queues,
+            self.hostname,
+            revoked,
+            threads=threads,
+            rate_limits=self.rate_limits,
+            hooks=self.hooks,
         )
         signals = 0
 
@@ -146,7 +157,9 @@ class Worker:
                 consumer.stop()
             else:
                 logger.warning("Cold shutdown: running tasks stop; their messages go back to the queue")
-                self.app.broker.requeue_owner(consumer.owner, int(self.app.conf.broker_max_deliveries))
+                recovery = capability(self.app.broker, LeaseRecovery)
+                if recovery is not None:  # else the broker takes them back when this process's connections drop
+                    recovery.requeue_owner(consumer.owner, int(self.app.conf.broker_max_deliveries))
                 logging.shutdown()
                 os._exit(1)
 

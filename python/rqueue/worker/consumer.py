@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
+from rqueue.brokers.base import LeaseRecovery, capability, owner_id
 from rqueue.exceptions import BackendError, BrokerError, RQueueError
 from rqueue.worker import failpoint
 from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor, short_repr
@@ -25,8 +26,9 @@ from rqueue.worker.timelimit import TaskGuard, TimeLimits, Watchdog
 if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.task import Request
-    from rqueue.worker.pool import RunningSlot
+    from rqueue.worker.hooks import Hooks
     from rqueue.worker.ratelimit import RateLimits, Waiting
+    from rqueue.worker.slot import RunningSlot
     from rqueue.worker.state import Revoked
 
 logger = logging.getLogger("rqueue.worker")
@@ -60,11 +62,6 @@ def request_info(request: Request, started: float, hostname: str) -> dict[str, A
     }
 
 
-def owner_id(hostname: str, pid: int) -> str:
-    """The lease owner name of one worker process."""
-    return f"{hostname}/{pid}"
-
-
 class Consumer:
     """Consumes ``queues`` in this process with ``threads`` executor threads.
 
@@ -73,7 +70,7 @@ class Consumer:
     their queue at once.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - what one process of a node shares, each named
         self,
         app: App,
         queues: Sequence[str],
@@ -82,8 +79,10 @@ class Consumer:
         threads: int = 1,
         running: RunningSlot | None = None,
         rate_limits: RateLimits | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.app = app
+        self.hooks = hooks
         self.running = running
         self.rate_limits = rate_limits
         self.revoked = revoked
@@ -99,6 +98,7 @@ class Consumer:
         self.watchdog = Watchdog() if running is None else None
         self.main_guard: TaskGuard | None = None
         conf = app.conf
+        self.max_deliveries = int(conf.broker_max_deliveries)
         self.buffer = _rqueue.PrefetchBuffer(max(1, self.threads * int(conf.worker_prefetch_multiplier)))
         self.aside = SetAside(self.buffer.capacity * SET_ASIDE_PER_CREDIT, rate_limits)
         self.transport = app.broker.consumer(
@@ -106,7 +106,7 @@ class Consumer:
             self.owner,
             self.buffer,
             lease_s=float(conf.broker_visibility_timeout),
-            max_deliveries=int(conf.broker_max_deliveries),
+            max_deliveries=self.max_deliveries,
             poll_max_ms=int(conf.worker_poll_max_ms),
         )
 
@@ -186,16 +186,17 @@ class Consumer:
             "worker_pid": os.getpid(),
         }
 
-    def _executor_loop(self) -> None:
+    def _executor_loop(self) -> None:  # noqa: PLR0912 - one loop: take, run, defer, settle, flush
         executor = Executor(
             self.app,
-            self.app.broker,
+            self.transport,
             self.hostname,
             self.revoked,
             rate_limits=self.rate_limits,
             limits=self.limits,
             slot=self.running,
             watchdog=self.watchdog,
+            hooks=self.hooks,
         )
         executor.stopping = self._stop.is_set
         self.executors.append(executor)
@@ -248,15 +249,15 @@ class Consumer:
         its lease to expire."""
         unstarted = self.transport.stop()
         waiting = self.aside.drain()
-        broker = self.app.broker
+        recovery = capability(self.app.broker, LeaseRecovery)
         try:
             if unstarted:
-                broker.requeue([d.tag for d in unstarted])
+                self.transport.requeue([d.tag for d in unstarted])
                 logger.info("Returned %d unstarted message(s) to the queue", len(unstarted))
             if waiting:
-                broker.requeue([w.delivery.tag for w in waiting])
+                self.transport.requeue([w.delivery.tag for w in waiting])
                 logger.info("Returned %d message(s) waiting for their rate limit to the queue", len(waiting))
-            leftover = broker.requeue_owner(self.owner, int(self.app.conf.broker_max_deliveries))
+            leftover = 0 if recovery is None else recovery.requeue_owner(self.owner, self.max_deliveries)
             if leftover:
                 logger.warning("Returned %d message(s) still leased by this worker to the queue", leftover)
         except (BrokerError, OSError) as exc:

@@ -1,4 +1,5 @@
-"""Running one message: decode, check, run the task, record the result, ack.
+"""Running one message in three steps: admit (decode and check it), run (call the task inside its
+guard), settle (record the outcome and ack), with the worker's hook points between them.
 
 Results and acks are batched: they are written when the prefetch buffer runs dry or a batch is
 full, results first, so a crash between the two re-runs a task rather than losing it.
@@ -13,7 +14,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rqueue import _rqueue, serialization, states
 from rqueue.backends.base import ResultRecord
@@ -34,15 +35,17 @@ from rqueue.exceptions import (
 )
 from rqueue.task import Request, pop_request, push_request
 from rqueue.worker import failpoint
+from rqueue.worker.completion import completer_for
 from rqueue.worker.failpoint import ACTIVE as FAILPOINT
+from rqueue.worker.hooks import Hooks
 from rqueue.worker.timelimit import TaskGuard, TimeLimits
 
 if TYPE_CHECKING:
     from rqueue.app import App
-    from rqueue.brokers.base import Broker
+    from rqueue.brokers.base import BrokerConsumer
     from rqueue.task import Task
-    from rqueue.worker.pool import RunningSlot
     from rqueue.worker.ratelimit import RateLimits
+    from rqueue.worker.slot import RunningSlot
     from rqueue.worker.state import Revoked
     from rqueue.worker.timelimit import Watchdog
 
@@ -58,23 +61,49 @@ LINGER_S = 0.001
 SHUTDOWN_FLUSH_S = 10.0
 
 
+class Admitted(NamedTuple):
+    """A delivery cleared to run now: its message, task and request, and how it is settled."""
+
+    delivery: _rqueue.Delivery
+    msg: _rqueue.TaskMessage
+    task: Task[Any, Any]
+    request: Request
+    args: list[Any]
+    kwargs: dict[str, Any]
+    ignore_result: bool
+    acks_late: bool
+
+
+class Outcome(NamedTuple):
+    """How a run ended. ``kind`` is ``succeeded`` (``value`` is the return value), ``failed``
+    (the exception, with ``traceback``), ``retried`` (the ``Retry``), ``autoretried`` (the
+    exception it retries), ``ignored``, ``rejected`` (the ``Reject``) or ``terminated``."""
+
+    kind: str
+    value: Any = None
+    traceback: str | None = None
+    runtime_s: float = 0.0
+
+
 class Executor:
     """Runs deliveries for one thread of one worker process (create it in that thread).
 
-    ``slot`` (a prefork child) is told what runs, for the supervisor that enforces time limits;
-    without one, ``watchdog`` enforces the soft limit in this process.
+    Deliveries are settled through ``consumer``, the one that delivered them. ``slot`` (a prefork
+    child) is told what runs, for the supervisor that enforces time limits; without one,
+    ``watchdog`` enforces the soft limit in this process.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the node state one executor uses, each named
         self,
         app: App,
-        broker: Broker,
+        consumer: BrokerConsumer,
         hostname: str,
         revoked: Revoked,
         rate_limits: RateLimits | None = None,
         limits: TimeLimits | None = None,
         slot: RunningSlot | None = None,
         watchdog: Watchdog | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.app = app
         self.limits = limits if limits is not None else TimeLimits(app)
@@ -85,8 +114,11 @@ class Executor:
             watchdog.add(self.guard)
         self.revoked = revoked
         self.rate_limits = rate_limits
-        self.broker = broker
+        self.consumer = consumer
         self.backend = app.backend
+        self.complete = completer_for(consumer, self.backend)
+        #: None when no hook is installed, so the hot path pays one comparison.
+        self.hooks = hooks if hooks else None
         self.hostname = hostname
         conf = app.conf
         self.accept = serialization.accepted_content_types(conf.accept_content)
@@ -114,23 +146,24 @@ class Executor:
         """
         if self.batch_since is None:
             self.batch_since = time.monotonic()
+        admitted = self.admit(delivery, msg)
+        if isinstance(admitted, Admitted):
+            self.settle(admitted, self.run(admitted))
+            return None
+        return admitted  # deferred for its rate limit, or None: dealt with
+
+    def admit(  # noqa: PLR0911, PLR0912 - one check after another; each return is an outcome
+        self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None
+    ) -> Admitted | tuple[float, _rqueue.TaskMessage] | None:
+        """Decode and check a delivery: registered, not expired, not revoked, due, within its rate limit.
+
+        Returns what may run now; ``(wait_s, msg)`` for a task over its rate limit (nothing done);
+        None when the delivery was dealt with here (dead-lettered, revoked, rescheduled).
+        """
+        first = msg is None
         if msg is None:
-            try:
-                msg = _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
-            except MessageTooLarge as exc:
-                self._dead_letter(delivery, "too_large", exc)
-                return None
-            except ContentDisallowed as exc:
-                self._dead_letter(delivery, "content_disallowed", exc, _peek_id(delivery.payload))
-                return None
-            except DecodeError as exc:
-                self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
-                return None
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # a bug of the decoder (a panic), not of the message: keep going
-                logger.exception("Decoding message %s raised %s", delivery.tag, type(exc).__name__)
-                self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
+            msg = self._decode(delivery)
+            if msg is None:
                 return None
         if FAILPOINT is not None:
             failpoint.hit("after_decode")
@@ -151,34 +184,6 @@ class Executor:
                 self._dead_letter(delivery, "decode_error", exc, msg.id)
                 return None
 
-        now_ms = time.time() * 1000
-        if msg.expires_ms is not None and msg.expires_ms < now_ms:
-            logger.info("Task %s[%s] expired before it ran; revoked", msg.task, msg.id)
-            self._revoke(delivery, msg.id, "expired")
-            return None
-        if msg.id in self.revoked:
-            logger.info("Discarding revoked task %s[%s]", msg.task, msg.id)
-            self._revoke(delivery, msg.id, "revoked")
-            return None
-        if msg.eta_ms is not None and msg.eta_ms > now_ms + 1:
-            # Not due yet (a producer that did not use the broker's schedule): put it back, scheduled.
-            self.broker.publish(delivery.queue, delivery.payload, msg.priority, msg.eta_ms)
-            self._ack(delivery)
-            return None
-        if self.rate_limits is not None:
-            wait_s = self.rate_limits.acquire(msg.task)
-            if wait_s > 0.0:
-                return wait_s, msg
-
-        ignore_result = msg.ignore_result or bool(task.option("ignore_result"))
-        acks_late = bool(task.option("acks_late"))
-        if not acks_late:
-            self.broker.ack([delivery.tag])
-        logger.info("Task %s[%s] received", msg.task, msg.id)
-        if task.option("track_started") and not ignore_result:
-            self._record(ResultRecord(msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}))
-            self.flush()
-
         request = Request(
             id=msg.id,
             task=msg.task,
@@ -198,22 +203,59 @@ class Executor:
             redelivered=msg.redelivered,
             headers=msg.headers,
         )
-        soft, hard = self.limits.for_task(msg.task, msg.soft_time_limit, msg.time_limit)
-        if self.slot is not None:
-            if hard is not None and (self.results or self.acks):
-                self.flush()  # a child killed at the hard limit then loses nothing already done
-            args_repr = msg.argsrepr if msg.argsrepr is not None else reprlib.repr(args)
-            if self.slot.task_started(msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, ignore_result):
-                soft = None  # the supervisor watches the slot
-            elif soft is not None or hard is not None:
-                logger.warning(
-                    "Task %s[%.40s...]: its id or name is over %d bytes; its time limits are not enforced",
-                    msg.task,
-                    msg.id,
-                    self.slot.MAX_NAME,
-                )
-        elif soft is not None and self.watchdog is not None:
-            self.watchdog.ensure_started()
+        hooks = self.hooks
+        if first and hooks is not None:
+            hooks.received(request)
+
+        now_ms = time.time() * 1000
+        if msg.expires_ms is not None and msg.expires_ms < now_ms:
+            logger.info("Task %s[%s] expired before it ran; revoked", msg.task, msg.id)
+            self._revoke(delivery, request, "expired")
+            return None
+        if msg.id in self.revoked:
+            logger.info("Discarding revoked task %s[%s]", msg.task, msg.id)
+            self._revoke(delivery, request, "revoked")
+            return None
+        if msg.eta_ms is not None and msg.eta_ms > now_ms + 1:
+            # Not due yet (a producer that did not use the broker's schedule): put it back, scheduled.
+            self.app.broker.publish(delivery.queue, delivery.payload, msg.priority, msg.eta_ms)
+            self._ack(delivery)
+            return None
+        if self.rate_limits is not None:
+            wait_s = self.rate_limits.acquire(msg.task)
+            if wait_s > 0.0:
+                return wait_s, msg
+
+        ignore_result = msg.ignore_result or bool(task.option("ignore_result"))
+        acks_late = bool(task.option("acks_late"))
+        if not acks_late:
+            self.consumer.ack([delivery.tag])
+        logger.info("Task %s[%s] received", msg.task, msg.id)
+        return Admitted(delivery, msg, task, request, args, kwargs, ignore_result, acks_late)
+
+    def _decode(self, delivery: _rqueue.Delivery) -> _rqueue.TaskMessage | None:
+        """The delivery's message; None when it cannot be read (it is dead-lettered)."""
+        try:
+            return _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
+        except MessageTooLarge as exc:
+            self._dead_letter(delivery, "too_large", exc)
+        except ContentDisallowed as exc:
+            self._dead_letter(delivery, "content_disallowed", exc, _peek_id(delivery.payload))
+        except DecodeError as exc:
+            self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a bug of the decoder (a panic), not of the message: keep going
+            logger.exception("Decoding message %s raised %s", delivery.tag, type(exc).__name__)
+            self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
+        return None
+
+    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0911 - one return per way a task can end
+        """Call the task inside its guard (time limits, terminate); never raises for what it did."""
+        msg, task, request, args, kwargs = job.msg, job.task, job.request, job.args, job.kwargs
+        soft = self._prepare(job)
+        if self.hooks is not None:
+            self.hooks.started(request)
         started = time.perf_counter()
         push_request(request)
         self.current = (request, time.time())
@@ -228,58 +270,126 @@ class Executor:
             finally:
                 guard.leave()
         except Ignore:
-            logger.info("Task %s[%s] ignored", msg.task, msg.id)
+            return Outcome("ignored")
         except Retry as retry:
-            logger.info("Task %s[%s] retry: %s", msg.task, msg.id, retry)
-            reason = retry.exc if retry.exc is not None else retry
-            if not ignore_result:
-                self._record(ResultRecord(msg.id, states.RETRY, serialization.exception_to_meta(reason)))
+            return Outcome("retried", retry)
         except Reject as rej:
-            if rej.requeue:
-                logger.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, rej.reason)
-                self.broker.requeue([delivery.tag])
-                return None
-            if acks_late:
-                self._dead_letter(delivery, "rejected", rej, msg.id)
-            return None
+            return Outcome("rejected", rej)
         except TaskTerminated:
-            logger.warning("Task %s[%s] terminated", msg.task, msg.id)
-            if not ignore_result:
-                meta = serialization.exception_to_meta(TaskRevokedError("terminated"))
-                self._record(ResultRecord(msg.id, states.REVOKED, meta))
+            return Outcome("terminated")
         except Exception as exc:
             if isinstance(exc, SoftTimeLimitExceeded) and not exc.args and guard.requested[0] == guard.run:
                 exc.args = (guard.requested[1],)  # raised asynchronously (threads pool): by class only
-            if self._auto_retry(task, request, exc):
-                if acks_late:
-                    self._ack(delivery)
-                return None
-            runtime = time.perf_counter() - started
-            tb = traceback.format_exc()
-            logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, runtime, tb)
-            if not ignore_result:
-                self._record(
-                    ResultRecord(
-                        msg.id,
-                        states.FAILURE,
-                        serialization.exception_to_meta(exc),
-                        tb,
-                        self._extended(msg, args, kwargs),
-                    )
-                )
+            if self._auto_retry(task, request, exc):  # while the request is current: retry() reads it
+                return Outcome("autoretried", exc)
+            return Outcome("failed", exc, traceback.format_exc(), time.perf_counter() - started)
         else:
-            runtime = time.perf_counter() - started
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, runtime, short_repr(value))
-            if not ignore_result:
-                self._record(ResultRecord(msg.id, states.SUCCESS, value, None, self._extended(msg, args, kwargs)))
+            return Outcome("succeeded", value, None, time.perf_counter() - started)
         finally:
             pop_request()
             self.current = None
             self.processed[msg.task] += 1
-        if acks_late:
-            self._ack(delivery)
-        return None
+
+    def _prepare(self, job: Admitted) -> float | None:
+        """Record STARTED (``track_started``) and set up the time limits; the soft limit to enforce
+        in this process (None when there is none or the supervisor enforces it)."""
+        msg, args = job.msg, job.args
+        if job.task.option("track_started") and not job.ignore_result:
+            self._record(ResultRecord(msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}))
+            self.flush()
+        soft, hard = self.limits.for_task(msg.task, msg.soft_time_limit, msg.time_limit)
+        if self.slot is not None:
+            if hard is not None and (self.results or self.acks):
+                self.flush()  # a child killed at the hard limit then loses nothing already done
+            args_repr = msg.argsrepr if msg.argsrepr is not None else reprlib.repr(args)
+            if self.slot.task_started(
+                msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, job.ignore_result
+            ):
+                soft = None  # the supervisor watches the slot
+            elif soft is not None or hard is not None:
+                logger.warning(
+                    "Task %s[%.40s...]: its id or name is over %d bytes; its time limits are not enforced",
+                    msg.task,
+                    msg.id,
+                    self.slot.MAX_NAME,
+                )
+        elif soft is not None and self.watchdog is not None:
+            self.watchdog.ensure_started()
+        return soft
+
+    def settle(self, job: Admitted, outcome: Outcome) -> None:
+        """Log the outcome, call the hooks, record the result and ack (batched)."""
+        if _SETTLE[outcome.kind](self, job, outcome) and job.acks_late:
+            self._ack(job.delivery)
+
+    # Each returns True when the delivery is then acked (with acks_late), False when it was moved.
+
+    def _settle_succeeded(self, job: Admitted, outcome: Outcome) -> bool:
+        msg = job.msg
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, outcome.runtime_s, short_repr(outcome.value)
+            )
+        if self.hooks is not None:
+            self.hooks.succeeded(job.request, outcome.value, outcome.runtime_s)
+        if not job.ignore_result:
+            extended = self._extended(msg, job.args, job.kwargs)
+            self._record(ResultRecord(msg.id, states.SUCCESS, outcome.value, None, extended))
+        return True
+
+    def _settle_failed(self, job: Admitted, outcome: Outcome) -> bool:
+        msg, exc, tb = job.msg, outcome.value, outcome.traceback or ""
+        logger.error(
+            "Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, outcome.runtime_s, tb
+        )
+        if self.hooks is not None:
+            self.hooks.failed(job.request, exc, tb, outcome.runtime_s)
+        if not job.ignore_result:
+            meta = serialization.exception_to_meta(exc)
+            self._record(ResultRecord(msg.id, states.FAILURE, meta, tb, self._extended(msg, job.args, job.kwargs)))
+        return True
+
+    def _settle_retried(self, job: Admitted, outcome: Outcome) -> bool:
+        retry: Retry = outcome.value
+        logger.info("Task %s[%s] retry: %s", job.msg.task, job.msg.id, retry)
+        reason = retry.exc if retry.exc is not None else retry
+        return self._retried(job, reason, not job.ignore_result)
+
+    def _settle_autoretried(self, job: Admitted, outcome: Outcome) -> bool:
+        # Logged with its countdown when it was scheduled; stored unless the task ignores results.
+        return self._retried(job, outcome.value, not job.task.option("ignore_result"))
+
+    def _retried(self, job: Admitted, reason: BaseException, record: bool) -> bool:
+        if self.hooks is not None:
+            self.hooks.retried(job.request, reason)
+        if record:
+            self._record(ResultRecord(job.msg.id, states.RETRY, serialization.exception_to_meta(reason)))
+        return True
+
+    def _settle_ignored(self, job: Admitted, outcome: Outcome) -> bool:
+        logger.info("Task %s[%s] ignored", job.msg.task, job.msg.id)
+        return True
+
+    def _settle_terminated(self, job: Admitted, outcome: Outcome) -> bool:
+        msg = job.msg
+        logger.warning("Task %s[%s] terminated", msg.task, msg.id)
+        if self.hooks is not None:
+            self.hooks.revoked(job.request, "terminated")
+        if not job.ignore_result:
+            meta = serialization.exception_to_meta(TaskRevokedError("terminated"))
+            self._record(ResultRecord(msg.id, states.REVOKED, meta))
+        return True
+
+    def _settle_rejected(self, job: Admitted, outcome: Outcome) -> bool:
+        msg, rej = job.msg, outcome.value
+        if rej.requeue:
+            logger.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, rej.reason)
+            if self.hooks is not None:
+                self.hooks.rejected(msg.id, "rejected", True)
+            self.consumer.requeue([job.delivery.tag])
+        elif job.acks_late:
+            self._dead_letter(job.delivery, "rejected", rej, msg.id)
+        return False
 
     def _auto_retry(self, task: Task[Any, Any], request: Request, exc: Exception) -> bool:
         """Retry ``exc`` when the task's ``autoretry_for`` covers it; True when a retry was scheduled."""
@@ -290,16 +400,16 @@ class Executor:
             task.retry(exc=exc, countdown=task.retry_countdown(request.retries))
         except Retry as retry:
             logger.info("Task %s[%s] retry: %s (%r)", request.task, request.id, retry, exc)
-            if not task.option("ignore_result"):
-                self._record(ResultRecord(request.id, states.RETRY, serialization.exception_to_meta(exc)))
             return True
         except Exception:  # out of retries: the original exception is the outcome
             return False
         return False
 
-    def _revoke(self, delivery: _rqueue.Delivery, task_id: str, why: str) -> None:
+    def _revoke(self, delivery: _rqueue.Delivery, request: Request, why: str) -> None:
+        if self.hooks is not None:
+            self.hooks.revoked(request, why)
         meta = serialization.exception_to_meta(TaskRevokedError(why))
-        self._record(ResultRecord(task_id, states.REVOKED, meta))
+        self._record(ResultRecord(request.id, states.REVOKED, meta))
         self._ack(delivery)
 
     # -- batching -------------------------------------------------------------------------------------
@@ -341,7 +451,7 @@ class Executor:
                 if FAILPOINT == "after_result":
                     self._complete_in_two_steps(results, acks)
                 else:
-                    self.broker.complete(self.backend, results, acks)
+                    self.complete(results, acks)
                 if FAILPOINT is not None:
                     failpoint.hit("after_ack")
                 return
@@ -372,7 +482,7 @@ class Executor:
             self.backend.write_encoded(results)
         failpoint.hit("after_result")
         if acks:
-            self.broker.ack(acks)
+            self.consumer.ack(acks)
 
     def _dead_letter(
         self,
@@ -390,8 +500,10 @@ class Executor:
                 reason,
                 exc,
             )
+        if self.hooks is not None:
+            self.hooks.rejected(task_id, reason, False)
         self.flush()  # earlier acks first: the dead letter is its own atomic move
-        self.broker.dead_letter(delivery.tag, reason, str(exc))
+        self.consumer.dead_letter(delivery.tag, reason, str(exc))
 
     def _extended(self, msg: _rqueue.TaskMessage, args: Any, kwargs: Any) -> dict[str, Any] | None:
         if not self.backend.extended:
@@ -404,6 +516,18 @@ class Executor:
             "retries": msg.retries,
             "queue": msg.routing_key,
         }
+
+
+#: How each kind of ``Outcome`` is settled.
+_SETTLE = {
+    "succeeded": Executor._settle_succeeded,
+    "failed": Executor._settle_failed,
+    "retried": Executor._settle_retried,
+    "autoretried": Executor._settle_autoretried,
+    "ignored": Executor._settle_ignored,
+    "terminated": Executor._settle_terminated,
+    "rejected": Executor._settle_rejected,
+}
 
 
 def short_repr(value: object, limit: int = 200) -> str:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
-import mmap
+import multiprocessing
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -24,15 +22,21 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from rqueue import serialization, states
+from rqueue.backends.base import ResultRecord
+from rqueue.brokers.base import LeaseRecovery, capability, owner_id
 from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import BackendError, BrokerError, TaskRevokedError, TaskTerminated, TimeLimitExceeded
 from rqueue.worker import failpoint
-from rqueue.worker.consumer import Consumer, owner_id
+from rqueue.worker.completion import completer_for
+from rqueue.worker.consumer import Consumer
 from rqueue.worker.link import ChildLink
+from rqueue.worker.slot import RunningSlot, RunningTask
 from rqueue.worker.timelimit import SOFT_LIMIT_SIGNAL, TERMINATE_SIGNAL, TimeLimits, install_soft_limit_handler
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.worker.hooks import Hooks
     from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.state import Revoked
 
@@ -50,172 +54,6 @@ LINK_TIMEOUT_S = 1.0
 #: ``terminate()``: how long a task has to stop after TaskTerminated is raised in it, before its child is killed.
 TERMINATE_GRACE_S = 5.0
 _SIGTERM = signal.SIGTERM  # PreforkPool.signal() shadows the module in the class body
-
-
-class SlotState:
-    IDLE = 0
-    FETCHED = 1  # a message is being decoded and checked
-    RUNNING = 2  # its task's function is running
-
-
-@dataclass(frozen=True)
-class RunningTask:
-    """What a prefork child is running, as its slot says (``inspect active``, time limits).
-
-    ``soft``/``hard`` are the limits the message carries (per call; None when it carries none):
-    :meth:`PreforkPool.active` gives the effective ones. ``started`` is in epoch seconds; ``run``
-    numbers the messages the slot's children have started, so a stale snapshot is told apart.
-    """
-
-    task_id: str
-    name: str
-    args_repr: str
-    started: float
-    pid: int
-    tag: str
-    soft: float | None
-    hard: float | None
-    run: int
-    ignore_result: bool = False
-
-
-class RunningSlot:
-    """Memory shared by one child slot and the supervisor (an anonymous mmap, inherited over fork).
-
-    The child writes what it is running: the message's tag as soon as it takes one (when a child
-    dies, only that message counts as delivered: it may be what killed the child; its prefetched,
-    unstarted messages go back uncounted, so a poison message does not push its innocent
-    neighbours to ``broker_max_deliveries``), then the task's id, name, args, start time and time
-    limits. The supervisor reads them (a sequence counter makes each read consistent) and writes
-    back requests: "raise SoftTimeLimitExceeded in run N", "terminate run N".
-
-    Text fields are UTF-8, NUL-padded and truncated to their size. Each write is one
-    ``struct.pack_into`` (fields in order, the counter first) plus the closing counter.
-    """
-
-    SIZE = 1024
-    #: version (odd while the child writes), run, started, soft, hard (NaN = none), pid, state,
-    #: ignore_result, then the tag; the task's id, name and args repr follow.
-    _FETCHED = struct.Struct("<QQdddiBB256s")
-    _RUNNING = struct.Struct("<QQdddiBB256s256s256s128s")
-    #: Longest task id and name (UTF-8 bytes) the slot holds whole: the supervisor records a killed
-    #: task's outcome under the id it reads here, so a longer one must not be written cut.
-    MAX_NAME = 255
-    _VERSION = struct.Struct("<Q")
-    _STATE_AT = 8 + 8 + 8 * 3 + 4  # the state byte
-    _REQUESTS = struct.Struct("<QdQ")  # soft-limit run, soft limit, terminate run (supervisor → child)
-    _REQUESTS_AT = 960
-
-    def __init__(self) -> None:
-        self._mem = mmap.mmap(-1, self.SIZE)
-        #: The child's current run number and message tag (meaningful in the child only).
-        self.run = 0
-        self._tag = b""
-        self._version = 0
-        self._pid = 0
-
-    # -- child side ---------------------------------------------------------------------------------
-
-    def attach(self) -> None:
-        """In a newly forked child: continue the slot's run numbering."""
-        self._version, self.run = struct.unpack_from("<QQ", self._mem, 0)
-        self._version &= ~1
-        self._pid = os.getpid()
-
-    def set(self, tag: str) -> None:
-        """A message was taken: its tag is what this child holds now (a new run)."""
-        self.run += 1
-        self._tag = tag.encode("utf-8", "replace")
-        version = self._version + 1
-        self._FETCHED.pack_into(
-            self._mem, 0, version, self.run, time.time(), math.nan, math.nan, self._pid, SlotState.FETCHED, 0, self._tag
-        )
-        self._VERSION.pack_into(self._mem, 0, version + 1)
-        self._version = version + 1
-
-    def task_started(
-        self,
-        task_id: str,
-        name: str,
-        args_repr: str,
-        soft: float | None,
-        hard: float | None,
-        ignore_result: bool,
-    ) -> bool:
-        """The message's task function is about to run (``soft``/``hard``: the message's limits).
-
-        False (nothing written) when the id or name is longer than the slot holds: the supervisor
-        then sees the message as held but no task as running, so it enforces no time limit and
-        cannot terminate it, rather than record an outcome under a cut id.
-        """
-        raw_id, raw_name = task_id.encode("utf-8", "replace"), name.encode("utf-8", "replace")
-        if len(raw_id) > self.MAX_NAME or len(raw_name) > self.MAX_NAME:
-            return False
-        version = self._version + 1
-        self._RUNNING.pack_into(
-            self._mem,
-            0,
-            version,
-            self.run,
-            time.time(),
-            math.nan if soft is None else soft,
-            math.nan if hard is None else hard,
-            self._pid,
-            SlotState.RUNNING,
-            ignore_result,
-            self._tag,
-            raw_id,
-            raw_name,
-            args_repr.encode("utf-8", "replace"),
-        )
-        self._VERSION.pack_into(self._mem, 0, version + 1)
-        self._version = version + 1
-        return True
-
-    def clear(self) -> None:
-        self._mem[self._STATE_AT] = SlotState.IDLE  # one byte: no torn read possible
-
-    def requested(self) -> tuple[int, float, int]:
-        """``(soft-limit run, soft limit, terminate run)`` as last written by the supervisor."""
-        run, limit, terminate = self._REQUESTS.unpack_from(self._mem, self._REQUESTS_AT)
-        return int(run), float(limit), int(terminate)
-
-    # -- supervisor side ----------------------------------------------------------------------------
-
-    def get(self) -> str | None:
-        """The tag of the message the child holds (taken or running), None when idle."""
-        snapshot = self._snapshot()
-        return snapshot[0] if snapshot is not None and snapshot[1] != SlotState.IDLE else None
-
-    def read(self) -> RunningTask | None:
-        """The task the child is running, None when it is not running one."""
-        snapshot = self._snapshot()
-        return snapshot[2] if snapshot is not None and snapshot[1] == SlotState.RUNNING else None
-
-    def request_soft_limit(self, run: int, limit: float) -> None:
-        _, _, terminate = self.requested()
-        self._REQUESTS.pack_into(self._mem, self._REQUESTS_AT, run, limit, terminate)
-
-    def request_terminate(self, run: int) -> None:
-        soft_run, limit, _ = self.requested()
-        self._REQUESTS.pack_into(self._mem, self._REQUESTS_AT, soft_run, limit, run)
-
-    def _snapshot(self) -> tuple[str, int, RunningTask] | None:
-        mem = self._mem
-        for _ in range(1000):
-            fields = self._RUNNING.unpack_from(mem, 0)
-            if fields[0] & 1 or self._VERSION.unpack_from(mem, 0)[0] != fields[0]:
-                time.sleep(0)  # the child is writing
-                continue
-            _, run, started, soft, hard, pid, state, ignore, *texts = fields
-            tag, task_id, name, args_repr = (t.rstrip(b"\0").decode("utf-8", "ignore") for t in texts)
-            limits = _none(soft), _none(hard)
-            return tag, state, RunningTask(task_id, name, args_repr, started, pid, tag, *limits, run, bool(ignore))
-        return None  # the child keeps rewriting it (it cannot for this long); treat as unknown
-
-
-def _none(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 @dataclass
@@ -238,7 +76,7 @@ class PreforkPool:
     supervisor (remote control).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the node state the supervisor hands each child, each named
         self,
         app: App,
         queues: Sequence[str],
@@ -246,8 +84,10 @@ class PreforkPool:
         concurrency: int,
         revoked: Revoked,
         rate_limits: RateLimits | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.app = app
+        self.hooks = hooks
         self.revoked = revoked
         self.rate_limits = rate_limits
         self.queues = list(queues)
@@ -433,9 +273,9 @@ class PreforkPool:
 
     def _record_stop(self, stop: _Stop) -> bool:
         """Store the outcome of a task whose child was killed to stop it, and ack its message."""
-        from rqueue import serialization, states
-        from rqueue.backends.base import ResultRecord
-
+        recovery = capability(self.app.broker, LeaseRecovery)
+        if recovery is None:  # the broker returns the dead child's message itself: it runs again
+            return False
         task = stop.task
         exc: BaseException
         if stop.reason == "time_limit":
@@ -448,7 +288,7 @@ class PreforkPool:
             if not task.ignore_result:
                 record = ResultRecord(task.task_id, status, serialization.exception_to_meta(exc))
                 results.append((task.task_id, status, backend.encode(record)))
-            self.app.broker.complete(backend, results, [task.tag])
+            completer_for(recovery, backend)(results, [task.tag])
         except (BrokerError, BackendError, OSError) as error:
             logger.error("Cannot record %s of task %s[%s]: %s", status, task.name, task.task_id, error)
             return False
@@ -473,9 +313,12 @@ class PreforkPool:
         stopped = stop is not None and stop.killed and last is not None and last.run == stop.task.run
         if stopped and stop is not None and self._record_stop(stop):
             running = None
-        returned = self.app.broker.release_lost_worker(
-            owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), {running} if running else set()
-        )
+        recovery = capability(self.app.broker, LeaseRecovery)
+        returned = 0
+        if recovery is not None:  # else the broker returns a dead child's messages when its connection drops
+            returned = recovery.release_lost_worker(
+                owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), {running} if running else set()
+            )
         if stopped and stop is not None:
             why = "hard time limit" if stop.reason == "time_limit" else "task terminated"
             logger.error(
@@ -526,6 +369,7 @@ class PreforkPool:
                 link,
                 self.limits,
                 self.rate_limits,
+                self.hooks,
             )
         except BaseException:
             logger.exception("Child process %d crashed", os.getpid())
@@ -534,7 +378,7 @@ class PreforkPool:
             os._exit(code)
 
 
-def run_child(
+def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     app: App,
     queues: Sequence[str],
     hostname: str,
@@ -545,12 +389,15 @@ def run_child(
     link: ChildLink,
     limits: TimeLimits,
     rate_limits: RateLimits | None = None,
+    hooks: Hooks | None = None,
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
     failpoint.kill_supervisor = True
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
-    consumer = Consumer(app, queues, hostname, revoked, threads=1, running=running, rate_limits=rate_limits)
+    consumer = Consumer(
+        app, queues, hostname, revoked, threads=1, running=running, rate_limits=rate_limits, hooks=hooks
+    )
     consumer.limits = limits  # the supervisor's, with its run-time overrides (copied by fork)
 
     def answer(request: dict[str, Any]) -> Any:
@@ -612,7 +459,6 @@ def _install_task_signal_handlers(consumer: Consumer, running: RunningSlot) -> N
 
 def _watch_parent(parent: int, stop: Callable[[], None]) -> None:
     """Stop warmly when the supervisor disappears (it was SIGKILLed): no orphan keeps consuming."""
-    import threading
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -623,8 +469,6 @@ def _watch_parent(parent: int, stop: Callable[[], None]) -> None:
 
 
 def _set_process_name(name: str) -> None:
-    import multiprocessing
-
     multiprocessing.current_process().name = name
 
 

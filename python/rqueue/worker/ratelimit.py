@@ -19,21 +19,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from rqueue import _rqueue
 from rqueue.exceptions import ConfigurationError, RateLimitError
+from rqueue.rates import check_rate
 
 if TYPE_CHECKING:
     from rqueue.app import App
-
-
-def check_rate(rate: str | float | None, what: str) -> float | None:
-    """Tasks per second of a rate limit (None: no limit); ``RateLimitError`` naming ``what`` otherwise."""
-    if isinstance(rate, bool) or not isinstance(rate, (str, int, float, type(None))):
-        raise RateLimitError(
-            f"{what}: invalid rate limit {rate!r}; use a string like '10/s', '100/m', '1000/h' or a number per second"
-        )
-    try:
-        return _rqueue.RateLimitTable.check(rate)
-    except ConfigurationError as exc:
-        raise RateLimitError(f"{what}: {exc}") from None
 
 
 class RateLimits:

@@ -1,7 +1,8 @@
 """What a worker remembers across tasks: the revoked task ids.
 
-They come from the broker (polled about once a second) and, with ``--statedb``, from a file the
-worker saves on shutdown and loads on start.
+They come from remote control (``revoke`` broadcasts), from the broker when it keeps revocations
+(a ``RevocationStore``, polled about once a second) and, with ``--statedb``, from a file the
+worker saves on shutdown and loads on start (a broker without a store relies on it, as Celery does).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from rqueue.brokers.base import RevocationStore, capability
 from rqueue.exceptions import BrokerError
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ class Revoked:
     """The set of revoked task ids, with expiry (milliseconds since the epoch)."""
 
     def __init__(self, broker: Broker, statedb: str | None = None) -> None:
-        self.broker = broker
+        self.store = capability(broker, RevocationStore)
         self.statedb = statedb
         self.ids: dict[str, int] = {}
         self._since_ms = 0
@@ -56,11 +58,13 @@ class Revoked:
         with self._lock:
             now_ms = int(time.time() * 1000)
             self._next_refresh = time.monotonic() + REFRESH_S
-            try:
-                revoked = self.broker.revoked_since(self._since_ms)
-            except BrokerError as exc:  # keep what is known; read again on the next refresh
-                logger.warning("Cannot read revoked task ids: %s", exc)
-                return
+            revoked: list[tuple[str, int]] = []
+            if self.store is not None:
+                try:
+                    revoked = self.store.revoked_since(self._since_ms)
+                except BrokerError as exc:  # keep what is known; read again on the next refresh
+                    logger.warning("Cannot read revoked task ids: %s", exc)
+                    return
             for task_id, expires in revoked:
                 self.ids[task_id] = expires
             self._since_ms = now_ms - OVERLAP_MS

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rqueue_core::prefetch::PrefetchBuffer;
-use rqueue_core::transport::redis::{
-    NewMessage, RedisBroker, RedisConfig, ResultRecord, PICKLE_CONTENT_TYPE,
-};
+use rqueue_core::transport::redis::{RedisBroker, RedisConfig, PICKLE_CONTENT_TYPE};
 use rqueue_core::transport::redis_consumer::{RedisConsumer, RedisConsumerConfig};
+use rqueue_core::transport::{NewMessage, ResultRow};
 use rqueue_core::Error;
 use serde_json::Value;
 
@@ -229,7 +228,7 @@ fn test_redis_requeue_owner_and_dead_letter_at_max_deliveries() {
     assert_eq!(b.requeue_owner("dead-worker", 3).unwrap(), (0, 2));
     assert_eq!(b.queue_length("q").unwrap(), 0);
     assert_eq!(b.leased_count("dead-worker").unwrap(), 0);
-    let dl = b.dead_letters("q", 10).unwrap();
+    let dl = b.dead_letters(Some("q"), 10).unwrap();
     assert_eq!(dl.len(), 2);
     assert!(dl
         .iter()
@@ -237,11 +236,11 @@ fn test_redis_requeue_owner_and_dead_letter_at_max_deliveries() {
     let v: Value = serde_json::from_slice(&dl[0].payload).unwrap();
     assert_eq!(v["headers"]["stamped_headers"], serde_json::json!([]));
     assert_eq!(b.requeue_dead("q", &[dl[0].id.as_str()]).unwrap(), 1);
-    assert_eq!(b.dead_letters("q", 10).unwrap().len(), 1);
+    assert_eq!(b.dead_letters(Some("q"), 10).unwrap().len(), 1);
     let back = b.fetch(&qs(&["q"]), 10, "w2").unwrap();
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].deliveries, 1);
-    assert_eq!(b.purge_dead("q").unwrap(), 1);
+    assert_eq!(b.purge_dead(Some("q")).unwrap(), 1);
 }
 
 #[test]
@@ -265,7 +264,7 @@ fn test_redis_dead_letter_by_tag_and_garbage() {
     assert!(!b.dead_letter(&got[0].tag, "decode_error", None).unwrap());
     assert!(b.dead_letter(&got[1].tag, "decode_error", None).unwrap());
     assert!(!b.dead_letter("unknown", "x", None).unwrap());
-    let dl = b.dead_letters("q", 10).unwrap();
+    let dl = b.dead_letters(Some("q"), 10).unwrap();
     assert_eq!(dl[0].error.as_deref(), Some("bad"));
     assert_eq!(dl[0].payload, envelope("g1", "q", "x"));
     assert_eq!(dl[1].payload, b"\xff\x00not json".to_vec());
@@ -308,14 +307,14 @@ fn test_redis_sweep_returns_expired_lease_to_front_marked_redelivered() {
         b.sweep_expired(Duration::from_millis(200), 2).unwrap(),
         (0, 1)
     );
-    assert_eq!(b.dead_letters("q", 10).unwrap()[0].id, "s1");
+    assert_eq!(b.dead_letters(Some("q"), 10).unwrap()[0].id, "s1");
 }
 
 #[test]
 fn test_redis_eta_waits_in_the_broker() {
     let s = server!();
     let b = s.broker("");
-    let now = rqueue_core::transport::sqlite::now_ms();
+    let now = rqueue_core::transport::now_ms();
     b.publish_many(&[
         NewMessage {
             queue: "q".into(),
@@ -346,7 +345,7 @@ fn test_redis_global_keyprefix_on_every_key() {
     let s = server!();
     let b = s.broker("pfx:");
     let mut raw = s.raw();
-    let now = rqueue_core::transport::sqlite::now_ms();
+    let now = rqueue_core::transport::now_ms();
     b.publish("q", &envelope("k1", "q", "x"), 0, None).unwrap();
     b.publish("q", &envelope("k2", "q", "x"), 6, None).unwrap();
     b.publish("q", &envelope("k3", "q", "x"), 0, Some(now + 60_000))
@@ -462,8 +461,8 @@ fn test_redis_consumer_reconnects_after_restart() {
 
 // -- complete: results and acks in one round trip ------------------------------------------------
 
-fn record(task_id: &str, status: &str, result: i64, ttl_ms: Option<u64>) -> ResultRecord {
-    ResultRecord {
+fn record(task_id: &str, status: &str, result: i64, ttl_ms: Option<u64>) -> ResultRow {
+    ResultRow {
         task_id: task_id.to_string(),
         status: status.to_string(),
         content_type: "application/json".to_string(),
@@ -562,7 +561,7 @@ fn test_redis_complete_keeps_success_final() {
     assert_eq!(b.complete(&rows, &leased).unwrap(), 1);
     assert_eq!(stored(&mut raw, "t1").unwrap()["result"], 1);
     // pickle: Lua cannot read the status, the marker key keeps it final
-    let pickled = |status: &str, body: &[u8]| ResultRecord {
+    let pickled = |status: &str, body: &[u8]| ResultRow {
         task_id: "p1".into(),
         status: status.into(),
         content_type: PICKLE_CONTENT_TYPE.into(),
@@ -649,7 +648,7 @@ fn test_redis_complete_is_one_round_trip() {
         .arg("RESETSTAT")
         .query::<()>(&mut raw)
         .unwrap();
-    let rows: Vec<ResultRecord> = (0..3)
+    let rows: Vec<ResultRow> = (0..3)
         .map(|i| record(&format!("r{i}"), "SUCCESS", i, Some(1_000)))
         .collect();
     assert_eq!(b.complete(&rows, &leased).unwrap(), 3);
@@ -663,4 +662,18 @@ fn test_redis_complete_is_one_round_trip() {
         .unwrap();
     assert!(evalsha.contains("calls=4,"), "{evalsha}"); // 3 stores + 1 ack, no SCRIPT LOAD
     assert!(!stats.contains("cmdstat_script"), "{stats}");
+}
+
+#[test]
+fn test_redis_leased_tags_and_dead_letters_need_a_queue() {
+    let s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("t1", "q", "[]"), 0, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w1").unwrap();
+    assert_eq!(b.leased_tags("w1").unwrap(), tags(&got));
+    assert!(b.leased_tags("nobody").unwrap().is_empty());
+    assert!(matches!(b.dead_letters(None, 10), Err(Error::Config(_))));
+    assert!(matches!(b.purge_dead(None), Err(Error::Config(_))));
+    b.ack(&tags(&got)).unwrap();
+    assert!(b.leased_tags("w1").unwrap().is_empty());
 }

@@ -9,8 +9,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rqueue_core::prefetch::PrefetchBuffer;
-use rqueue_core::transport::sqlite::{now_ms, NewMessage, SqliteBroker};
+use rqueue_core::transport::sqlite::SqliteBroker;
 use rqueue_core::transport::sqlite_consumer::{ConsumerConfig, SqliteConsumer};
+use rqueue_core::transport::{now_ms, NewMessage};
 use rqueue_core::Error;
 
 fn temp_broker() -> (tempfile::TempDir, SqliteBroker) {
@@ -274,7 +275,9 @@ fn test_sqlite_dead_letter_and_requeue_dead() {
         ("decode_error", Some("not json"))
     );
     assert!(b.dead_letters(Some("other"), 10).unwrap().is_empty());
-    assert_eq!(b.requeue_dead(&[dead[0].id]).unwrap(), 1);
+    assert_eq!(b.requeue_dead("other", &[dead[0].id.as_str()]).unwrap(), 0);
+    assert_eq!(b.requeue_dead("q", &["not-a-row-id"]).unwrap(), 0);
+    assert_eq!(b.requeue_dead("q", &[dead[0].id.as_str()]).unwrap(), 1);
     assert!(b.dead_letters(None, 10).unwrap().is_empty());
     let again = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
     assert_eq!(
@@ -601,20 +604,22 @@ fn test_sqlite_revoked_ids_are_listed_until_they_expire() {
 
 #[test]
 fn test_sqlite_results_success_is_final_and_expired_is_gone() {
-    use rqueue_core::transport::sqlite::ResultRow;
+    use rqueue_core::transport::ResultRow;
     let (_dir, b) = temp_broker();
-    let row = |id: &str, status: &str, payload: &str, expires: Option<i64>| ResultRow {
+    let row = |id: &str, status: &str, payload: &str, ttl_ms: Option<u64>| ResultRow {
         task_id: id.into(),
         status: status.into(),
         content_type: "application/json".into(),
         payload: payload.as_bytes().to_vec(),
-        expires_at_ms: expires,
+        ttl_ms,
     };
     b.store_results(&[
         row("t1", "SUCCESS", "1", None),
-        row("t2", "SUCCESS", "2", Some(now_ms() - 1)),
+        row("t2", "SUCCESS", "2", Some(0)),
+        row("t3", "SUCCESS", "3", Some(60_000)),
     ])
     .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2)); // t2's time to live runs out
     b.store_results(&[row("t1", "FAILURE", "late", None)])
         .unwrap();
     let (ct, payload) = b.read_result("t1").unwrap().unwrap();
@@ -623,6 +628,7 @@ fn test_sqlite_results_success_is_final_and_expired_is_gone() {
         ("application/json", b"1".as_slice())
     );
     assert!(b.read_result("t2").unwrap().is_none());
+    assert!(b.read_result("t3").unwrap().is_some());
     assert!(b.delete_result("t1").unwrap());
     assert!(b.read_result("t1").unwrap().is_none());
 }

@@ -1,14 +1,20 @@
-//! Argument checks and row shapes shared by the broker bindings (`sqlite.rs`, `redis.rs`).
+//! The one binding body of every transport: `transport_class!` writes a broker class's shared
+//! methods over `rqueue_core::transport::Transport` and `consumer_class!` a consumer thread's, so
+//! a new transport adds its constructor and its own extras only.
 
-use rqueue_core::transport::sqlite::NewMessage;
+use rqueue_core::transport::{DeadLetter, NewMessage, ResultRow};
 use rqueue_core::Error;
 
 /// `(id, queue, reason, error, deliveries, dead_at_ms, payload)` of a dead letter, as Python
 /// sees it; the id is a row id (SQLite) or a delivery tag (Redis).
-pub type DeadLetterRow<Id> = (Id, String, String, Option<String>, u32, i64, Vec<u8>);
+pub type DeadLetterRow = (String, String, String, Option<String>, u32, i64, Vec<u8>);
 
 /// A `(queue, payload, priority, eta_ms)` item of `publish_many`.
 pub type MessageTuple = (String, Vec<u8>, i64, Option<i64>);
+
+/// `(task_id, status, content_type, payload, ttl_ms)`: one encoded result record for `complete`
+/// and `store_results`; `ttl_ms` None keeps it forever.
+pub type ResultTuple = (String, String, String, Vec<u8>, Option<u64>);
 
 /// Checks a message priority: 0 (highest) to 9.
 pub fn priority_of(priority: i64) -> Result<u8, Error> {
@@ -36,3 +42,210 @@ pub fn new_messages(messages: Vec<MessageTuple>) -> Result<Vec<NewMessage>, Erro
         })
         .collect()
 }
+
+/// Result records from their Python tuples.
+pub fn result_rows(rows: Vec<ResultTuple>) -> Vec<ResultRow> {
+    rows.into_iter()
+        .map(
+            |(task_id, status, content_type, payload, ttl_ms)| ResultRow {
+                task_id,
+                status,
+                content_type,
+                payload,
+                ttl_ms,
+            },
+        )
+        .collect()
+}
+
+/// Dead letters as Python tuples.
+pub fn dead_letter_rows(rows: Vec<DeadLetter>) -> Vec<DeadLetterRow> {
+    rows.into_iter()
+        .map(|d| {
+            (
+                d.id,
+                d.queue,
+                d.reason,
+                d.error,
+                d.deliveries,
+                d.dead_at_ms,
+                d.payload,
+            )
+        })
+        .collect()
+}
+
+/// The `#[pymethods]` of a broker class (a struct with `inner: Arc<T: Transport>`): the methods
+/// every transport has, then the `{ ... }` extras of this one. Every call that touches the
+/// broker runs with the GIL released.
+macro_rules! transport_class {
+    ($class:ident { $($extra:tt)* }) => {
+        #[pymethods]
+        impl $class {
+            #[pyo3(signature = (queue, payload, priority = 0, eta_ms = None))]
+            fn publish(
+                &self,
+                py: Python<'_>,
+                queue: String,
+                payload: Vec<u8>,
+                priority: i64,
+                eta_ms: Option<i64>,
+            ) -> PyResult<()> {
+                let priority = $crate::broker::priority_of(priority).map_py(py)?;
+                py.detach(|| Transport::publish(&*self.inner, &queue, &payload, priority, eta_ms))
+                    .map_py(py)
+            }
+
+            /// Publish `(queue, payload, priority, eta_ms)` items, all or none, in one
+            /// transaction or round trip.
+            fn publish_many(
+                &self,
+                py: Python<'_>,
+                messages: Vec<$crate::broker::MessageTuple>,
+            ) -> PyResult<()> {
+                let messages = $crate::broker::new_messages(messages).map_py(py)?;
+                py.detach(|| Transport::publish_many(&*self.inner, &messages))
+                    .map_py(py)
+            }
+
+            /// Acknowledge finished deliveries; returns how many were in flight.
+            fn ack(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
+                py.detach(|| Transport::ack(&*self.inner, &tags)).map_py(py)
+            }
+
+            /// Store `(task_id, status, content_type, payload, ttl_ms)` result records (a stored
+            /// SUCCESS is final), then ack `tags`, in one transaction or round trip. Returns how
+            /// many tags were in flight.
+            fn complete(
+                &self,
+                py: Python<'_>,
+                rows: Vec<$crate::broker::ResultTuple>,
+                tags: Vec<String>,
+            ) -> PyResult<usize> {
+                let rows = $crate::broker::result_rows(rows);
+                py.detach(|| Transport::complete(&*self.inner, &rows, &tags))
+                    .map_py(py)
+            }
+
+            /// Return unstarted deliveries to their queue, unchanged; this delivery is not counted.
+            fn requeue(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
+                py.detach(|| Transport::requeue(&*self.inner, &tags)).map_py(py)
+            }
+
+            /// Return every message held by `owner` (a worker process that died); those
+            /// delivered `max_deliveries` times are dead-lettered as `worker_lost`. Returns how
+            /// many were requeued.
+            #[pyo3(signature = (owner, max_deliveries = 5))]
+            fn requeue_owner(
+                &self,
+                py: Python<'_>,
+                owner: String,
+                max_deliveries: u32,
+            ) -> PyResult<usize> {
+                py.detach(|| Transport::requeue_owner(&*self.inner, &owner, max_deliveries))
+                    .map_py(py)
+                    .map(|(requeued, _)| requeued)
+            }
+
+            /// Tags of the messages `owner` holds.
+            fn leased_tags(&self, py: Python<'_>, owner: String) -> PyResult<Vec<String>> {
+                py.detach(|| Transport::leased_tags(&*self.inner, &owner)).map_py(py)
+            }
+
+            /// Move a leased message aside with a reason code and error text.
+            #[pyo3(signature = (tag, reason, error = None))]
+            fn dead_letter(
+                &self,
+                py: Python<'_>,
+                tag: String,
+                reason: String,
+                error: Option<String>,
+            ) -> PyResult<()> {
+                py.detach(|| Transport::dead_letter(&*self.inner, &tag, &reason, error.as_deref()))
+                    .map_py(py)
+                    .map(|_| ())
+            }
+
+            /// `(id, queue, reason, error, deliveries, dead_at_ms, payload)` rows, oldest first;
+            /// of every queue with None where the broker can list them.
+            #[pyo3(signature = (queue = None, limit = 100))]
+            fn dead_letters(
+                &self,
+                py: Python<'_>,
+                queue: Option<String>,
+                limit: usize,
+            ) -> PyResult<Vec<$crate::broker::DeadLetterRow>> {
+                py.detach(|| Transport::dead_letters(&*self.inner, queue.as_deref(), limit))
+                    .map_py(py)
+                    .map($crate::broker::dead_letter_rows)
+            }
+
+            /// Put dead letters of `queue` back in it with a fresh delivery count; returns how many.
+            fn requeue_dead(
+                &self,
+                py: Python<'_>,
+                queue: String,
+                ids: Vec<String>,
+            ) -> PyResult<usize> {
+                py.detach(|| Transport::requeue_dead(&*self.inner, &queue, &ids))
+                    .map_py(py)
+            }
+
+            /// Delete the dead letters of `queue` (of every queue with None where the broker can).
+            #[pyo3(signature = (queue = None))]
+            fn purge_dead(&self, py: Python<'_>, queue: Option<String>) -> PyResult<usize> {
+                py.detach(|| Transport::purge_dead(&*self.inner, queue.as_deref()))
+                    .map_py(py)
+            }
+
+            /// Delete waiting messages of these queues; returns how many.
+            fn purge(&self, py: Python<'_>, queues: Vec<String>) -> PyResult<usize> {
+                py.detach(|| Transport::purge(&*self.inner, &queues)).map_py(py)
+            }
+
+            fn queue_length(&self, py: Python<'_>, queue: String) -> PyResult<usize> {
+                py.detach(|| Transport::queue_length(&*self.inner, &queue)).map_py(py)
+            }
+
+            $($extra)*
+        }
+    };
+}
+
+/// The `#[pymethods]` of a consumer-thread class (a struct with `inner` of a core consumer):
+/// start, stop, set_queues, running and last_error, then the `{ ... }` extras (the constructor).
+macro_rules! consumer_class {
+    ($class:ident { $($extra:tt)* }) => {
+        #[pymethods]
+        impl $class {
+            fn start(&self, py: Python<'_>) -> PyResult<()> {
+                self.inner.start().map_py(py)
+            }
+
+            /// Stop fetching, join the thread, close the buffer; returns unstarted deliveries
+            /// (still leased: the caller returns them).
+            fn stop(&self, py: Python<'_>) -> Vec<$crate::prefetch::Delivery> {
+                $crate::prefetch::wrap_all(py.detach(|| self.inner.stop()))
+            }
+
+            fn set_queues(&self, queues: Vec<String>) {
+                self.inner.set_queues(queues);
+            }
+
+            #[getter]
+            fn running(&self) -> bool {
+                self.inner.running()
+            }
+
+            /// The last error the thread met and is retrying past, if any.
+            #[getter]
+            fn last_error(&self) -> Option<String> {
+                self.inner.last_error()
+            }
+
+            $($extra)*
+        }
+    };
+}
+
+pub(crate) use {consumer_class, transport_class};

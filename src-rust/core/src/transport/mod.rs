@@ -1,4 +1,6 @@
-//! Broker transports. Each owns its wire layout and its atomic fetch/lease/ack steps.
+//! Broker transports, and what they share: the [`Transport`] contract, the message and
+//! result-row types, the clock. Each transport owns its wire layout and its atomic
+//! fetch/lease/ack steps.
 
 mod consumer;
 pub mod redis;
@@ -9,8 +11,160 @@ pub mod sqlite;
 pub mod sqlite_consumer;
 
 use std::collections::VecDeque;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
+
+/// Reason code of messages whose worker died too often while holding them.
+pub const REASON_WORKER_LOST: &str = "worker_lost";
+
+/// Milliseconds since the Unix epoch: the clock of ETAs, leases and expiries on every transport.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub queue: String,
+    pub payload: Vec<u8>,
+    /// 0 (highest) to 9.
+    pub priority: u8,
+    /// Due time in epoch ms; `None` = due now.
+    pub eta_ms: Option<i64>,
+}
+
+/// A message moved aside for good, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// What names it for `requeue_dead`: a row id (SQLite) or the delivery tag (Redis).
+    pub id: String,
+    pub queue: String,
+    /// A reason code (`unregistered`, `decode_error`, `worker_lost` ...).
+    pub reason: String,
+    pub error: Option<String>,
+    pub deliveries: u32,
+    pub dead_at_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// One encoded result record, stored by a transport that shares its store with the result backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultRow {
+    pub task_id: String,
+    /// The record's state (`SUCCESS`, `FAILURE` ...): a stored SUCCESS is final.
+    pub status: String,
+    /// The content type of `payload` (`application/json`, msgpack or pickle).
+    pub content_type: String,
+    /// The serialized Celery meta.
+    pub payload: Vec<u8>,
+    /// How long the record is kept, in milliseconds; `None` keeps it forever.
+    pub ttl_ms: Option<u64>,
+}
+
+/// What every broker transport does, whatever its store: the operations the Python side calls
+/// through one generic binding. Transport-specific steps (fetching with its own lease rules,
+/// renewing, sweeping, declaring) stay inherent methods.
+pub trait Transport: Send + Sync {
+    /// Publishes one message (due at `eta_ms`, or now).
+    fn publish(&self, queue: &str, payload: &[u8], priority: u8, eta_ms: Option<i64>)
+        -> Result<()>;
+    /// Publishes messages all or none, in one transaction or round trip.
+    fn publish_many(&self, messages: &[NewMessage]) -> Result<()>;
+    /// Acknowledges finished deliveries; returns how many were in flight.
+    fn ack(&self, tags: &[String]) -> Result<usize>;
+    /// Stores results, then acks, in one transaction or round trip; returns how many tags were in flight.
+    fn complete(&self, rows: &[ResultRow], tags: &[String]) -> Result<usize>;
+    /// Returns unstarted deliveries to their queue, uncounted.
+    fn requeue(&self, tags: &[String]) -> Result<usize>;
+    /// Returns every message `owner` holds; those delivered `max_deliveries` times are
+    /// dead-lettered. Returns `(requeued, dead_lettered)`.
+    fn requeue_owner(&self, owner: &str, max_deliveries: u32) -> Result<(usize, usize)>;
+    /// Tags of the messages `owner` holds.
+    fn leased_tags(&self, owner: &str) -> Result<Vec<String>>;
+    /// Moves a leased message aside with a reason; false when it was not leased.
+    fn dead_letter(&self, tag: &str, reason: &str, error: Option<&str>) -> Result<bool>;
+    /// Dead letters of `queue` (every queue with `None`, where the store can), oldest first.
+    fn dead_letters(&self, queue: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>>;
+    /// Puts dead letters of `queue` back in it with a fresh delivery count; returns how many.
+    fn requeue_dead(&self, queue: &str, ids: &[String]) -> Result<usize>;
+    /// Deletes the dead letters of `queue` (of every queue with `None`, where the store can).
+    fn purge_dead(&self, queue: Option<&str>) -> Result<usize>;
+    /// Deletes waiting messages of `queues`; returns how many.
+    fn purge(&self, queues: &[String]) -> Result<usize>;
+    /// Waiting messages of `queue`.
+    fn queue_length(&self, queue: &str) -> Result<usize>;
+}
+
+/// Implements [`Transport`] for a broker by its inherent methods of the same names and shapes.
+macro_rules! transport_by_inherent_methods {
+    ($broker:ty) => {
+        impl $crate::transport::Transport for $broker {
+            fn publish(
+                &self,
+                queue: &str,
+                payload: &[u8],
+                priority: u8,
+                eta_ms: Option<i64>,
+            ) -> Result<()> {
+                <$broker>::publish(self, queue, payload, priority, eta_ms)
+            }
+            fn publish_many(&self, messages: &[$crate::transport::NewMessage]) -> Result<()> {
+                <$broker>::publish_many(self, messages)
+            }
+            fn ack(&self, tags: &[String]) -> Result<usize> {
+                <$broker>::ack(self, tags)
+            }
+            fn complete(
+                &self,
+                rows: &[$crate::transport::ResultRow],
+                tags: &[String],
+            ) -> Result<usize> {
+                <$broker>::complete(self, rows, tags)
+            }
+            fn requeue(&self, tags: &[String]) -> Result<usize> {
+                <$broker>::requeue(self, tags)
+            }
+            fn requeue_owner(&self, owner: &str, max_deliveries: u32) -> Result<(usize, usize)> {
+                <$broker>::requeue_owner(self, owner, max_deliveries)
+            }
+            fn leased_tags(&self, owner: &str) -> Result<Vec<String>> {
+                <$broker>::leased_tags(self, owner)
+            }
+            fn dead_letter(&self, tag: &str, reason: &str, error: Option<&str>) -> Result<bool> {
+                <$broker>::dead_letter(self, tag, reason, error)
+            }
+            fn dead_letters(
+                &self,
+                queue: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<$crate::transport::DeadLetter>> {
+                <$broker>::dead_letters(self, queue, limit)
+            }
+            fn requeue_dead(&self, queue: &str, ids: &[String]) -> Result<usize> {
+                <$broker>::requeue_dead(self, queue, ids)
+            }
+            fn purge_dead(&self, queue: Option<&str>) -> Result<usize> {
+                <$broker>::purge_dead(self, queue)
+            }
+            fn purge(&self, queues: &[String]) -> Result<usize> {
+                <$broker>::purge(self, queues)
+            }
+            fn queue_length(&self, queue: &str) -> Result<usize> {
+                <$broker>::queue_length(self, queue)
+            }
+        }
+    };
+}
+pub(crate) use transport_by_inherent_methods;
+
+/// The queue name a transport needs where its store cannot list every queue.
+pub(crate) fn named_queue<'a>(queue: Option<&'a str>, what: &str) -> Result<&'a str> {
+    queue.ok_or_else(|| Error::Config(format!("{what} needs a queue name on this broker")))
+}
 
 /// Priorities are 0 (first) to 9, as on kombu's Redis transport; the same rule for every broker.
 pub(crate) fn check_priority(priority: u8) -> Result<()> {

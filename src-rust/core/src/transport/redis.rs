@@ -22,8 +22,10 @@ use crate::prefetch::Delivery;
 use crate::transport::redis_lua::Scripts;
 pub use crate::transport::redis_lua::{RESULT_FINAL_PREFIX, RESULT_KEY_PREFIX, STORE_RESULT_LUA};
 use crate::transport::redis_tls::{client_for, tls_connect_hint};
-use crate::transport::sqlite::now_ms;
-use crate::transport::{check_priority, check_queue};
+use crate::transport::{
+    check_priority, check_queue, named_queue, now_ms, transport_by_inherent_methods, DeadLetter,
+    NewMessage, ResultRow, REASON_WORKER_LOST,
+};
 
 /// kombu's separator in bucket list names and binding members.
 pub const SEP: &str = "\x06\x16";
@@ -40,7 +42,6 @@ const SWEEP_SCAN: usize = 2_000;
 pub const FOREIGN_VISIBILITY: Duration = Duration::from_secs(3600);
 /// Most dead letters read at once.
 const DEAD_SCAN: isize = 10_000;
-pub use crate::transport::sqlite::REASON_WORKER_LOST;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -62,42 +63,12 @@ impl RedisConfig {
     }
 }
 
-/// One message to publish.
-pub use crate::transport::sqlite::NewMessage;
-
 /// The content type of pickled records: Lua cannot read their status, so a stored SUCCESS is
 /// also marked under [`RESULT_FINAL_PREFIX`].
 pub const PICKLE_CONTENT_TYPE: &str = "application/x-python-serialize";
 
-/// One encoded result record to store in Celery's layout (`celery-task-meta-<task_id>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResultRecord {
-    pub task_id: String,
-    /// The record's state (`SUCCESS`, `FAILURE` ...): a SUCCESS is final.
-    pub status: String,
-    /// The content type of `payload` (`application/json`, msgpack or pickle).
-    pub content_type: String,
-    /// The serialized Celery meta.
-    pub payload: Vec<u8>,
-    /// Time to live in milliseconds (`SET ... PX`); `None` keeps the record forever.
-    pub ttl_ms: Option<u64>,
-}
-
 /// How often a batch is sent again after Redis refused a script it no longer has (NOSCRIPT).
 const NOSCRIPT_RETRIES: usize = 3;
-
-/// A dead-letter record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisDeadLetter {
-    /// The delivery tag of the message.
-    pub id: String,
-    pub queue: String,
-    pub reason: String,
-    pub error: Option<String>,
-    pub deliveries: u32,
-    pub dead_at_ms: i64,
-    pub payload: Vec<u8>,
-}
 
 /// The URL with any password replaced by `***` (for every message and `repr`).
 pub fn mask_url(url: &str) -> String {
@@ -466,7 +437,7 @@ impl RedisBroker {
     /// cache flushed meanwhile is refilled and the refused commands sent again, in order (only a
     /// flush racing with another client's reload mid-pipeline could let the ack run first).
     /// Returns how many tags were in flight.
-    pub fn complete<S: AsRef<str>>(&self, rows: &[ResultRecord], tags: &[S]) -> Result<usize> {
+    pub fn complete<S: AsRef<str>>(&self, rows: &[ResultRow], tags: &[S]) -> Result<usize> {
         if rows.is_empty() && tags.is_empty() {
             return Ok(0);
         }
@@ -753,7 +724,7 @@ impl RedisBroker {
         Ok(dead > 0)
     }
 
-    fn read_dead(&self, queue: &str, limit: isize) -> Result<Vec<(Vec<u8>, RedisDeadLetter, u8)>> {
+    fn read_dead(&self, queue: &str, limit: isize) -> Result<Vec<(Vec<u8>, DeadLetter, u8)>> {
         let raw: Vec<Vec<u8>> = self.with_conn(|c| {
             redis::cmd("LRANGE")
                 .arg(self.dlq_key(queue))
@@ -772,8 +743,9 @@ impl RedisBroker {
             .collect())
     }
 
-    /// Dead letters of `queue`, oldest first.
-    pub fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<RedisDeadLetter>> {
+    /// Dead letters of `queue`, oldest first (Redis keeps them per queue: `None` is an error).
+    pub fn dead_letters(&self, queue: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let queue = named_queue(queue, "listing dead letters")?;
         let limit = isize::try_from(limit.max(1))
             .unwrap_or(DEAD_SCAN)
             .min(DEAD_SCAN);
@@ -808,9 +780,9 @@ impl RedisBroker {
         Ok(n)
     }
 
-    /// Deletes the dead letters of `queue`; returns how many.
-    pub fn purge_dead(&self, queue: &str) -> Result<usize> {
-        let key = self.dlq_key(queue);
+    /// Deletes the dead letters of `queue` (`None` is an error); returns how many.
+    pub fn purge_dead(&self, queue: Option<&str>) -> Result<usize> {
+        let key = self.dlq_key(named_queue(queue, "purging dead letters")?);
         let (n, _): (usize, ()) =
             self.with_conn(|c| redis::pipe().atomic().llen(&key).del(&key).query(c))?;
         Ok(n)
@@ -898,6 +870,12 @@ impl RedisBroker {
         let key = self.key("rqueue.deliveries");
         let n: Option<u32> = self.with_conn(|c| redis::cmd("HGET").arg(key).arg(tag).query(c))?;
         Ok(n.unwrap_or(0))
+    }
+
+    /// Tags of the messages `owner` holds (its owner set, kept by the transport's scripts).
+    pub fn leased_tags(&self, owner: &str) -> Result<Vec<String>> {
+        let key = self.key(&format!("rqueue.owned.{owner}"));
+        self.with_conn(|c| redis::cmd("SMEMBERS").arg(key).query(c))
     }
 
     /// Messages currently held by `owner`.
@@ -995,7 +973,7 @@ fn check_owner(owner: &str) -> Result<()> {
     Ok(())
 }
 
-fn parse_dead(raw: &[u8]) -> Option<(RedisDeadLetter, u8)> {
+fn parse_dead(raw: &[u8]) -> Option<(DeadLetter, u8)> {
     let v: Value = serde_json::from_slice(raw).ok()?;
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let payload = match (v.get("envelope"), v.get("envelope_b64")) {
@@ -1013,7 +991,7 @@ fn parse_dead(raw: &[u8]) -> Option<(RedisDeadLetter, u8)> {
         .unwrap_or(0)
         .min(9) as u8;
     Some((
-        RedisDeadLetter {
+        DeadLetter {
             id: s("id")?,
             queue: s("queue").unwrap_or_default(),
             reason: s("reason").unwrap_or_default(),
@@ -1029,6 +1007,8 @@ fn parse_dead(raw: &[u8]) -> Option<(RedisDeadLetter, u8)> {
         bucket_of(step),
     ))
 }
+
+transport_by_inherent_methods!(RedisBroker);
 
 #[cfg(test)]
 mod tests {

@@ -22,13 +22,14 @@
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
-use crate::transport::{check_priority, check_queue, interleave};
+use crate::transport::{check_priority, check_queue, interleave, transport_by_inherent_methods};
+use crate::transport::{now_ms, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
 
 /// The schema version this code writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -36,9 +37,6 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub const SWEEP_BATCH: i64 = 500;
 /// Most messages leased by one [`SqliteBroker::fetch`] call.
 pub const MAX_FETCH: usize = 10_000;
-/// Reason code of messages whose worker died too often while holding them.
-pub const REASON_WORKER_LOST: &str = "worker_lost";
-
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,50 +96,9 @@ const UPSERT_RESULT: &str =
          payload = excluded.payload, expires_at_ms = excluded.expires_at_ms
      WHERE results.status != 'SUCCESS'";
 
-/// One result record to store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResultRow {
-    pub task_id: String,
-    pub status: String,
-    pub content_type: String,
-    pub payload: Vec<u8>,
-    pub expires_at_ms: Option<i64>,
-}
-
 const DEAD_LETTER_ONE: &str =
     "INSERT INTO dead_letters (queue, priority, payload, reason, error, deliveries, dead_at_ms)
      SELECT queue, priority, payload, ?2, ?3, deliveries, ?4 FROM messages WHERE id = ?1";
-
-/// Milliseconds since the Unix epoch (the broker's clock, shared by every process on the host).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// One message to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewMessage {
-    pub queue: String,
-    pub payload: Vec<u8>,
-    /// 0 (highest) to 9.
-    pub priority: u8,
-    /// Due time in epoch ms; `None` = due now.
-    pub eta_ms: Option<i64>,
-}
-
-/// A row of the dead-letter table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub queue: String,
-    pub reason: String,
-    pub error: Option<String>,
-    pub deliveries: u32,
-    pub dead_at_ms: i64,
-    pub payload: Vec<u8>,
-}
 
 /// Upserts result records and deletes up to `SWEEP_BATCH` expired ones.
 fn write_results(tx: &rusqlite::Transaction<'_>, rows: &[ResultRow]) -> rusqlite::Result<()> {
@@ -149,13 +106,17 @@ fn write_results(tx: &rusqlite::Transaction<'_>, rows: &[ResultRow]) -> rusqlite
         return Ok(());
     }
     let mut stmt = tx.prepare_cached(UPSERT_RESULT)?;
+    let now = now_ms();
     for r in rows {
+        let expires_at_ms = r
+            .ttl_ms
+            .map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
         stmt.execute(params![
             r.task_id,
             r.status,
             r.content_type,
             r.payload,
-            r.expires_at_ms
+            expires_at_ms
         ])?;
     }
     tx.prepare_cached(
@@ -587,7 +548,7 @@ impl SqliteBroker {
             )?;
             let rows = stmt.query_map(params![queue, limit], |r| {
                 Ok(DeadLetter {
-                    id: r.get(0)?,
+                    id: r.get::<_, i64>(0)?.to_string(),
                     queue: r.get(1)?,
                     reason: r.get(2)?,
                     error: r.get(3)?,
@@ -600,8 +561,10 @@ impl SqliteBroker {
         })
     }
 
-    /// Puts dead letters back at the end of their queue (due now, delivery count reset).
-    pub fn requeue_dead(&self, ids: &[i64]) -> Result<usize> {
+    /// Puts dead letters of `queue` back at its end (due now, delivery count reset); ids that
+    /// are not numbers, or name another queue's dead letters, match nothing.
+    pub fn requeue_dead<S: AsRef<str>>(&self, queue: &str, ids: &[S]) -> Result<usize> {
+        let ids: Vec<i64> = ids.iter().filter_map(|i| i.as_ref().parse().ok()).collect();
         if ids.is_empty() {
             return Ok(0);
         }
@@ -609,13 +572,14 @@ impl SqliteBroker {
         self.immediate(|tx| {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (queue, priority, eta_ms, payload, deliveries, published_ms)
-                 SELECT queue, priority, 0, payload, 0, ?2 FROM dead_letters WHERE id = ?1",
+                 SELECT queue, priority, 0, payload, 0, ?3 FROM dead_letters WHERE id = ?1 AND queue = ?2",
             )?;
-            let mut delete = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1 AND queue = ?2")?;
             let mut n = 0;
-            for id in ids {
-                n += insert.execute(params![id, now])?;
-                delete.execute([id])?;
+            for id in &ids {
+                n += insert.execute(params![id, queue, now])?;
+                delete.execute(params![id, queue])?;
             }
             Ok(n)
         })
@@ -782,3 +746,5 @@ impl SqliteBroker {
         })
     }
 }
+
+transport_by_inherent_methods!(SqliteBroker);
