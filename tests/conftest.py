@@ -118,7 +118,8 @@ class RedisServer:
             time.sleep(0.01)
 
     def _ready(self) -> bool:
-        """True once the server answers PING (a restarted one says LOADING while it reads its file)."""
+        """True once the server answers PING with anything but LOADING (a restarted one says so while
+        it reads its file; one with a password answers NOAUTH, which is ready too)."""
         if self.tls:  # a TLS port cannot be PINGed in clear text; accepting connections is enough
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
@@ -128,7 +129,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
                 conn.sendall(b"PING\r\n")
-                return conn.recv(64).startswith(b"+PONG")
+                reply = conn.recv(64)
+                return bool(reply) and not reply.startswith(b"-LOADING")
         except OSError:
             return False
 

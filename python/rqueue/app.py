@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, overload
 
 from rqueue import _rqueue, serialization
 from rqueue.backends import ResultBackend, open_backend
@@ -87,7 +87,7 @@ class App:
             self._derived_cache = {}
             self._derived_version = version
         try:
-            return cast(T, self._derived_cache[key])
+            return self._derived_cache[key]  # type: ignore[no-any-return]  # stored by build(): a T
         except KeyError:
             value = self._derived_cache[key] = build()
             return value

@@ -113,6 +113,7 @@ class Task(Generic[P, R]):
         self.name = name
         self.bind: bool = bool(options.get("bind", False))
         self.options = {k: v for k, v in options.items() if k not in ("name", "bind") and v is not None}
+        self._options_key = f"task-options:{name}"
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
         self.__module__ = fun.__module__
@@ -135,7 +136,11 @@ class Task(Generic[P, R]):
 
     def option(self, key: str) -> Any:
         """The effective value of a task option: annotations, then the decorator, then the settings."""
-        return self.app.derived(f"task-options:{self.name}", self._resolve_options).get(key)
+        return self.resolved_options().get(key)
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Every option's effective value (cached until the settings change); do not modify it."""
+        return self.app.derived(self._options_key, self._resolve_options)
 
     def _resolve_options(self) -> dict[str, Any]:
         resolved = {key: self.app.task_option_default(key) for key in TASK_OPTIONS}

@@ -72,17 +72,14 @@ class Admitted(NamedTuple):
     kwargs: dict[str, Any]
     ignore_result: bool
     acks_late: bool
+    track_started: bool
 
 
-class Outcome(NamedTuple):
-    """How a run ended. ``kind`` is ``succeeded`` (``value`` is the return value), ``failed``
-    (the exception, with ``traceback``), ``retried`` (the ``Retry``), ``autoretried`` (the
-    exception it retries), ``ignored``, ``rejected`` (the ``Reject``) or ``terminated``."""
-
-    kind: str
-    value: Any = None
-    traceback: str | None = None
-    runtime_s: float = 0.0
+#: How a run ended: ``(kind, value, traceback, runtime_s)``, a plain tuple (made once per task).
+#: ``kind`` is ``succeeded`` (``value`` is the return value), ``failed`` (the exception, with its
+#: traceback), ``retried`` (the ``Retry``), ``autoretried`` (the exception it retries), ``ignored``,
+#: ``rejected`` (the ``Reject``) or ``terminated``.
+Outcome = tuple[str, Any, "str | None", float]
 
 
 class Executor:
@@ -162,8 +159,10 @@ class Executor:
         """
         first = msg is None
         if msg is None:
-            msg = self._decode(delivery)
-            if msg is None:
+            try:
+                msg = _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
+            except BaseException as exc:
+                self._refuse_undecodable(delivery, exc)
                 return None
         if FAILPOINT is not None:
             failpoint.hit("after_decode")
@@ -226,75 +225,34 @@ class Executor:
             if wait_s > 0.0:
                 return wait_s, msg
 
-        ignore_result = msg.ignore_result or bool(task.option("ignore_result"))
-        acks_late = bool(task.option("acks_late"))
+        options = task.resolved_options()
+        ignore_result = msg.ignore_result or bool(options["ignore_result"])
+        acks_late = bool(options["acks_late"])
         if not acks_late:
             self.consumer.ack([delivery.tag])
         logger.info("Task %s[%s] received", msg.task, msg.id)
-        return Admitted(delivery, msg, task, request, args, kwargs, ignore_result, acks_late)
+        track_started = bool(options["track_started"])
+        return Admitted(delivery, msg, task, request, args, kwargs, ignore_result, acks_late, track_started)
 
-    def _decode(self, delivery: _rqueue.Delivery) -> _rqueue.TaskMessage | None:
-        """The delivery's message; None when it cannot be read (it is dead-lettered)."""
-        try:
-            return _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
-        except MessageTooLarge as exc:
+    def _refuse_undecodable(self, delivery: _rqueue.Delivery, exc: BaseException) -> None:
+        """Dead-letter a delivery whose message could not be decoded, with why."""
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        if isinstance(exc, MessageTooLarge):
             self._dead_letter(delivery, "too_large", exc)
-        except ContentDisallowed as exc:
+        elif isinstance(exc, ContentDisallowed):
             self._dead_letter(delivery, "content_disallowed", exc, _peek_id(delivery.payload))
-        except DecodeError as exc:
+        elif isinstance(exc, DecodeError):
             self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # a bug of the decoder (a panic), not of the message: keep going
-            logger.exception("Decoding message %s raised %s", delivery.tag, type(exc).__name__)
+        else:  # a bug of the decoder (a panic), not of the message: keep going
+            logger.error("Decoding message %s raised %s", delivery.tag, type(exc).__name__, exc_info=exc)
             self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
-        return None
 
-    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0911 - one return per way a task can end
-        """Call the task inside its guard (time limits, terminate); never raises for what it did."""
+    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0911, PLR0912 - a return per ending; set-up inline (per task)
+        """Record STARTED (``track_started``), set up the time limits, then call the task inside its
+        guard (time limits, terminate); never raises for what it did."""
         msg, task, request, args, kwargs = job.msg, job.task, job.request, job.args, job.kwargs
-        soft = self._prepare(job)
-        if self.hooks is not None:
-            self.hooks.started(request)
-        started = time.perf_counter()
-        push_request(request)
-        self.current = (request, time.time())
-        guard = self.guard
-        try:
-            # Exceptions aimed at the task (time limit, terminate) are raised only inside the guard.
-            guard.enter(msg.id, msg.task, soft)
-            try:
-                value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
-                if FAILPOINT is not None:
-                    failpoint.hit("during_run")
-            finally:
-                guard.leave()
-        except Ignore:
-            return Outcome("ignored")
-        except Retry as retry:
-            return Outcome("retried", retry)
-        except Reject as rej:
-            return Outcome("rejected", rej)
-        except TaskTerminated:
-            return Outcome("terminated")
-        except Exception as exc:
-            if isinstance(exc, SoftTimeLimitExceeded) and not exc.args and guard.requested[0] == guard.run:
-                exc.args = (guard.requested[1],)  # raised asynchronously (threads pool): by class only
-            if self._auto_retry(task, request, exc):  # while the request is current: retry() reads it
-                return Outcome("autoretried", exc)
-            return Outcome("failed", exc, traceback.format_exc(), time.perf_counter() - started)
-        else:
-            return Outcome("succeeded", value, None, time.perf_counter() - started)
-        finally:
-            pop_request()
-            self.current = None
-            self.processed[msg.task] += 1
-
-    def _prepare(self, job: Admitted) -> float | None:
-        """Record STARTED (``track_started``) and set up the time limits; the soft limit to enforce
-        in this process (None when there is none or the supervisor enforces it)."""
-        msg, args = job.msg, job.args
-        if job.task.option("track_started") and not job.ignore_result:
+        if job.track_started and not job.ignore_result:
             self._record(ResultRecord(msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}))
             self.flush()
         soft, hard = self.limits.for_task(msg.task, msg.soft_time_limit, msg.time_limit)
@@ -315,11 +273,45 @@ class Executor:
                 )
         elif soft is not None and self.watchdog is not None:
             self.watchdog.ensure_started()
-        return soft
+        if self.hooks is not None:
+            self.hooks.started(request)
+        started = time.perf_counter()
+        push_request(request)
+        self.current = (request, time.time())
+        guard = self.guard
+        try:
+            # Exceptions aimed at the task (time limit, terminate) are raised only inside the guard.
+            guard.enter(msg.id, msg.task, soft)
+            try:
+                value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
+                if FAILPOINT is not None:
+                    failpoint.hit("during_run")
+            finally:
+                guard.leave()
+        except Ignore:
+            return ("ignored", None, None, 0.0)
+        except Retry as retry:
+            return ("retried", retry, None, 0.0)
+        except Reject as rej:
+            return ("rejected", rej, None, 0.0)
+        except TaskTerminated:
+            return ("terminated", None, None, 0.0)
+        except Exception as exc:
+            if isinstance(exc, SoftTimeLimitExceeded) and not exc.args and guard.requested[0] == guard.run:
+                exc.args = (guard.requested[1],)  # raised asynchronously (threads pool): by class only
+            if self._auto_retry(task, request, exc):  # while the request is current: retry() reads it
+                return ("autoretried", exc, None, 0.0)
+            return ("failed", exc, traceback.format_exc(), time.perf_counter() - started)
+        else:
+            return ("succeeded", value, None, time.perf_counter() - started)
+        finally:
+            pop_request()
+            self.current = None
+            self.processed[msg.task] += 1
 
     def settle(self, job: Admitted, outcome: Outcome) -> None:
         """Log the outcome, call the hooks, record the result and ack (batched)."""
-        if _SETTLE[outcome.kind](self, job, outcome) and job.acks_late:
+        if _SETTLE[outcome[0]](self, job, outcome) and job.acks_late:
             self._ack(job.delivery)
 
     # Each returns True when the delivery is then acked (with acks_late), False when it was moved.
@@ -327,37 +319,33 @@ class Executor:
     def _settle_succeeded(self, job: Admitted, outcome: Outcome) -> bool:
         msg = job.msg
         if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, outcome.runtime_s, short_repr(outcome.value)
-            )
+            logger.info("Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, outcome[3], short_repr(outcome[1]))
         if self.hooks is not None:
-            self.hooks.succeeded(job.request, outcome.value, outcome.runtime_s)
+            self.hooks.succeeded(job.request, outcome[1], outcome[3])
         if not job.ignore_result:
             extended = self._extended(msg, job.args, job.kwargs)
-            self._record(ResultRecord(msg.id, states.SUCCESS, outcome.value, None, extended))
+            self._record(ResultRecord(msg.id, states.SUCCESS, outcome[1], None, extended))
         return True
 
     def _settle_failed(self, job: Admitted, outcome: Outcome) -> bool:
-        msg, exc, tb = job.msg, outcome.value, outcome.traceback or ""
-        logger.error(
-            "Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, outcome.runtime_s, tb
-        )
+        msg, exc, tb = job.msg, outcome[1], outcome[2] or ""
+        logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, outcome[3], tb)
         if self.hooks is not None:
-            self.hooks.failed(job.request, exc, tb, outcome.runtime_s)
+            self.hooks.failed(job.request, exc, tb, outcome[3])
         if not job.ignore_result:
             meta = serialization.exception_to_meta(exc)
             self._record(ResultRecord(msg.id, states.FAILURE, meta, tb, self._extended(msg, job.args, job.kwargs)))
         return True
 
     def _settle_retried(self, job: Admitted, outcome: Outcome) -> bool:
-        retry: Retry = outcome.value
+        retry: Retry = outcome[1]
         logger.info("Task %s[%s] retry: %s", job.msg.task, job.msg.id, retry)
         reason = retry.exc if retry.exc is not None else retry
         return self._retried(job, reason, not job.ignore_result)
 
     def _settle_autoretried(self, job: Admitted, outcome: Outcome) -> bool:
         # Logged with its countdown when it was scheduled; stored unless the task ignores results.
-        return self._retried(job, outcome.value, not job.task.option("ignore_result"))
+        return self._retried(job, outcome[1], not job.task.option("ignore_result"))
 
     def _retried(self, job: Admitted, reason: BaseException, record: bool) -> bool:
         if self.hooks is not None:
@@ -381,7 +369,7 @@ class Executor:
         return True
 
     def _settle_rejected(self, job: Admitted, outcome: Outcome) -> bool:
-        msg, rej = job.msg, outcome.value
+        msg, rej = job.msg, outcome[1]
         if rej.requeue:
             logger.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, rej.reason)
             if self.hooks is not None:
