@@ -73,6 +73,19 @@ redis: ## Install Debian's redis-server (and openssl, for the TLS tests) with ap
 		command -v redis-server; command -v openssl; \
 	fi
 
+.PHONY: rabbitmq
+rabbitmq: ## Install Debian's rabbitmq-server with apt-get unless present (tests run it from /usr/lib/rabbitmq/bin)
+	@if [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then \
+		echo "rabbitmq-server found: /usr/lib/rabbitmq/bin/rabbitmq-server"; \
+	else \
+		sudo=""; if [ "$$(id -u)" != 0 ]; then sudo="sudo -n"; fi; \
+		echo "rabbitmq-server not installed; installing Debian's package"; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rabbitmq-server; \
+		$$sudo systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true; \
+		test -x /usr/lib/rabbitmq/bin/rabbitmq-server; \
+	fi
+
 # -- build ---------------------------------------------------------------------------------------
 
 .PHONY: wheel
@@ -147,7 +160,7 @@ test-python: $(INSTALL_STAMP) ## pytest through the installed extension (PYTEST_
 	$(PY) -m pytest -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT_S) $(PYTEST_ARGS)
 
 .PHONY: test
-test: redis venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
+test: redis rabbitmq venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
 
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass its -Z flags, and no sanitizer
 # (rqueue-core has no unsafe code; libFuzzer's coverage guidance still works). Crashes land in

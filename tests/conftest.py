@@ -141,6 +141,79 @@ class RedisServer:
         self.proc = None
 
 
+#: Debian's RabbitMQ, run as root from here (the /usr/sbin wrapper switches to a user that cannot
+#: write a temporary directory).
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+class RabbitServer:
+    """A real RabbitMQ node on free loopback ports, its data, logs and config in ``workdir``."""
+
+    def __init__(self, workdir: Path) -> None:
+        if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+            pytest.skip("rabbitmq-server is not installed (make rabbitmq installs it)")
+        self.workdir = workdir
+        self.port = free_port()
+        self.node = f"rqtest{self.port}@localhost"
+        (workdir / "enabled_plugins").write_text("[].\n")
+        (workdir / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        self.env = {
+            **os.environ,
+            "HOME": str(workdir),
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(workdir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+        }
+        self.proc = subprocess.Popen(
+            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:  # the AMQP listener opens once the broker has booted
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"RabbitMQ did not start; see {workdir / 'log'}") from None
+                time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            subprocess.run(
+                [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, "stop"],
+                env=self.env,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
+    """One RabbitMQ node for the session (about 5 s to start)."""
+    server = RabbitServer(tmp_path_factory.mktemp("rabbitmq"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session; tests that need their own make a RedisServer."""

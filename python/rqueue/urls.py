@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from rqueue.exceptions import ConfigurationError
@@ -81,10 +81,6 @@ class Schemes(Generic[T]):
     def open(self, url: str, *args: Any, **kwargs: Any) -> T:
         """What ``url`` names, opened by its scheme's factory."""
         return self.supported[self.scheme_of(url)][1](url, *args, **kwargs)
-
-    def describe(self) -> dict[str, str]:
-        """``{scheme: what it names}``."""
-        return {scheme: what for scheme, (what, _) in self.supported.items()}
 
 
 def sqlite_path(url: str, setting: str) -> str:
@@ -191,3 +187,60 @@ def redis_py_url(url: str) -> tuple[str, dict[str, Any]]:
     if not options:
         return url, options
     return urlunsplit(parts._replace(query=urlencode(kept))), options
+
+
+class AmqpParams(NamedTuple):
+    """Where an ``amqp://`` URL points, by kombu's rules (what ``kombu.Connection(url).info()`` gives)."""
+
+    host: str
+    port: int
+    userid: str
+    password: str
+    virtual_host: str
+    tls: bool
+    #: ``ssl_ca_certs`` and ``ssl_cert_reqs`` (``amqps://`` only), ``heartbeat`` and ``connect_timeout`` (seconds).
+    options: dict[str, str]
+
+
+#: Schemes of RabbitMQ URLs; ``pyamqp`` is kombu's name for the same transport.
+AMQP_SCHEMES = {"amqp": False, "pyamqp": False, "amqps": True}
+#: Query options an AMQP URL may carry.
+AMQP_OPTIONS = frozenset({"heartbeat", "connect_timeout", "ssl_ca_certs", "ssl_cert_reqs"})
+AMQP_PORT = 5672
+AMQPS_PORT = 5671
+
+
+def amqp_params(url: str, setting: str) -> AmqpParams:
+    """The connection parameters of an AMQP URL, as kombu reads it.
+
+    ``amqp://`` alone is ``guest:guest@localhost:5672`` on vhost ``/``; the vhost is the path after
+    the first slash, percent-decoded, and ``/`` when empty (``amqp://guest@localhost//`` is ``/``);
+    a user given without a password gets ``guest``, as kombu gives it. ``amqps://`` is TLS (port 5671).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"{setting}: {mask_password(url)!r} is not a valid URL: {exc}") from None
+    tls = AMQP_SCHEMES.get(parts.scheme.lower())
+    if tls is None:
+        raise ConfigurationError(f"{setting}: {mask_password(url)!r} is not an amqp://, pyamqp:// or amqps:// URL")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - AMQP_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"{setting}: unknown option(s) {', '.join(unknown)} in {mask_password(url)!r}; "
+            f"supported: {', '.join(sorted(AMQP_OPTIONS))}"
+        )
+    if not tls and any(k.startswith("ssl_") for k in options):
+        raise ConfigurationError(f"{setting}: ssl_* options need an amqps:// URL, got {mask_password(url)!r}")
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    return AmqpParams(
+        host=parts.hostname or "localhost",
+        port=port or (AMQPS_PORT if tls else AMQP_PORT),
+        userid=unquote(parts.username) if parts.username else "guest",
+        password=unquote(parts.password) if parts.password else "guest",
+        virtual_host=unquote(path) or "/",
+        tls=tls,
+        options=options,
+    )
