@@ -66,13 +66,10 @@ def test_amqp_password_is_masked_in_errors() -> None:
     assert mask_password("amqp://u:s3cr3t@h:5672//") == "amqp://u:***@h:5672//"
 
 
-@pytest.mark.rabbitmq
-def test_amqp_params_reach_a_real_rabbitmq(rabbitmq_server: Any) -> None:
-    """The parameters read from a URL open a connection to RabbitMQ on its default vhost ``/``."""
+def kombu_connection(params: Any) -> Any:
+    """A py-amqp connection (through kombu) from parsed parameters."""
     kombu = pytest.importorskip("kombu")
-    params = amqp_params(f"amqp://guest@127.0.0.1:{rabbitmq_server.port}//", "broker_url")
-    assert (params.userid, params.password, params.virtual_host) == ("guest", "guest", "/")
-    with kombu.Connection(
+    return kombu.Connection(
         hostname=params.host,
         port=params.port,
         userid=params.userid,
@@ -80,23 +77,21 @@ def test_amqp_params_reach_a_real_rabbitmq(rabbitmq_server: Any) -> None:
         virtual_host=params.virtual_host,
         transport="pyamqp",
         connect_timeout=5,
-    ) as conn:
+    )
+
+
+@pytest.mark.rabbitmq
+def test_amqp_params_reach_a_real_rabbitmq(rabbitmq_server: Any) -> None:
+    """The parameters read from a URL open a connection to RabbitMQ on its default vhost ``/``."""
+    kombu = pytest.importorskip("kombu")
+    params = amqp_params(f"amqp://guest@127.0.0.1:{rabbitmq_server.port}//", "broker_url")
+    assert (params.userid, params.password, params.virtual_host) == ("guest", "guest", "/")
+    with kombu_connection(params) as conn:
         queue = kombu.Queue("rqueue-url-check", exclusive=True)
         with conn.Producer() as producer:
             producer.publish({"n": 1}, routing_key=queue.name, declare=[queue])
         message = queue(conn.default_channel).get(no_ack=True)
         assert message is not None and message.payload == {"n": 1}
     wrong_vhost = amqp_params(f"amqp://guest@127.0.0.1:{rabbitmq_server.port}/nowhere", "broker_url")
-    with (
-        pytest.raises(Exception, match=r"(?i)vhost|access|not_allowed"),
-        kombu.Connection(
-            hostname=wrong_vhost.host,
-            port=wrong_vhost.port,
-            userid=wrong_vhost.userid,
-            password=wrong_vhost.password,
-            virtual_host=wrong_vhost.virtual_host,
-            transport="pyamqp",
-            connect_timeout=5,
-        ) as conn,
-    ):
+    with pytest.raises(Exception, match=r"(?i)vhost|access|not_allowed"), kombu_connection(wrong_vhost) as conn:
         conn.connect()
