@@ -155,6 +155,7 @@ class RabbitServer:
         self.workdir = workdir
         self.port = free_port()
         self.node = f"rqtest{self.port}@localhost"
+        self.vhosts = 0
         (workdir / "enabled_plugins").write_text("[].\n")
         (workdir / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
         self.env = {
@@ -190,6 +191,30 @@ class RabbitServer:
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
 
+    def ctl(self, *args: str) -> str:
+        """``rabbitmqctl`` on this node; its output."""
+        done = subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    def new_vhost(self) -> str:
+        """The URL of a new, empty vhost (guest may do anything in it): one per test isolates queues."""
+        self.vhosts += 1
+        name = f"t{self.vhosts}"
+        self.ctl(
+            "eval",
+            f'rabbit_vhost:add(<<"{name}">>, <<"test">>), '
+            f'rabbit_auth_backend_internal:set_permissions(<<"guest">>, <<"{name}">>, '
+            '<<".*">>, <<".*">>, <<".*">>, <<"test">>).',
+        )
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{name}"
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             subprocess.run(
@@ -212,6 +237,12 @@ def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rabbit
     server = RabbitServer(tmp_path_factory.mktemp("rabbitmq"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq_server: RabbitServer) -> str:
+    """A fresh vhost on the session's RabbitMQ node, for this test alone."""
+    return rabbitmq_server.new_vhost()
 
 
 @pytest.fixture(scope="session")
@@ -243,16 +274,20 @@ def rqueue_cmd() -> list[str]:
 class Project:
     """A directory holding ``tasks.py`` and a ledger, with a broker and backend of one kind.
 
-    ``kind`` is ``sqlite`` (one file for messages and results) or ``redis`` (a real server, for
-    both). The ledger is a separate SQLite file the test tasks append to: an independent record of
-    executions.
+    ``kind`` is ``sqlite`` (one file for messages and results), ``redis`` (a real server, for
+    both) or ``amqp`` (RabbitMQ at ``amqp_url`` for messages, Redis for results). The ledger is a
+    separate SQLite file the test tasks append to: an independent record of executions.
     """
 
-    def __init__(self, root: Path, kind: str = "sqlite", redis_url: str | None = None) -> None:
+    def __init__(
+        self, root: Path, kind: str = "sqlite", redis_url: str | None = None, amqp_url: str | None = None
+    ) -> None:
         self.root = root
         self.kind = kind
         self.redis_url = redis_url
-        self.broker_url = f"sqlite:///{root / 'broker.sqlite3'}" if kind == "sqlite" else str(redis_url)
+        self.broker_url = {"sqlite": f"sqlite:///{root / 'broker.sqlite3'}", "amqp": str(amqp_url)}.get(
+            kind, str(redis_url)
+        )
         self.backend_url = "" if kind == "sqlite" else str(redis_url)
         self.ledger = root / "ledger.sqlite3"
         shutil.copy(PROJECT / "tasks.py", root / "tasks.py")
@@ -395,5 +430,17 @@ def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]
     """A project on each broker kind: the walkthrough must hold on both."""
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     proj = Project(tmp_path, request.param, redis_url)
+    yield proj
+    proj.close()
+
+
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
+def broker_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+    """A project on every broker, RabbitMQ included (results in Redis there): for the scenarios
+    that every transport must pass the same way."""
+    kind = request.param
+    redis_url = request.getfixturevalue("redis_url") if kind != "sqlite" else None
+    amqp_url = request.getfixturevalue("amqp_url") if kind == "amqp" else None
+    proj = Project(tmp_path, kind, redis_url, amqp_url)
     yield proj
     proj.close()

@@ -11,20 +11,20 @@ from conftest import Project
 
 @pytest.mark.slow
 def test_r5_poison_dead_lettered_after_max_deliveries_while_normal_and_flaky_tasks_complete(
-    project: Project, monkeypatch: pytest.MonkeyPatch
+    broker_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (project.root / "poisoncfg.py").write_text("broker_max_deliveries = 3\n")
+    (broker_project.root / "poisoncfg.py").write_text("broker_max_deliveries = 3\n")
     monkeypatch.setenv("TEST_CONFIG_MODULE", "poisoncfg")
-    tasks = project.app()
+    tasks = broker_project.app()
     poison = tasks.kill_worker.delay("killer")
     normal = tasks.add.delay_many([(i, i) for i in range(2000)])
     flaky = tasks.flaky.delay("flaky", 2)
     failing = tasks.fail.delay("always")
-    worker = project.start_worker("-c", "2")
+    worker = broker_project.start_worker("-c", "2")
     started = time.monotonic()
     assert [r.get(timeout=60) for r in normal] == [2 * i for i in range(2000)]
     normal_s = time.monotonic() - started
-    assert flaky.get(timeout=60) == 2 and project.ledger_count("flaky") == 3
+    assert flaky.get(timeout=60) == 2 and broker_project.ledger_count("flaky") == 3
     with pytest.raises(tasks.CustomError):
         failing.get(timeout=60)
     deadline = time.monotonic() + 60
@@ -32,11 +32,11 @@ def test_r5_poison_dead_lettered_after_max_deliveries_while_normal_and_flaky_tas
         time.sleep(0.1)
     (dead,) = tasks.app.broker.dead_letters("celery")  # only the poison: its neighbours were not counted
     assert dead.reason == "worker_lost" and poison.id.encode() in dead.payload
-    assert project.ledger_count("killer") == 3  # delivered broker_max_deliveries times, then set aside
+    assert broker_project.ledger_count("killer") == 3  # delivered broker_max_deliveries times, then set aside
     assert worker.proc.poll() is None
     print(
-        f"\nR5 [{project.kind}] normal tasks={len(normal)} all SUCCESS in {normal_s:.2f}s; "
-        f"flaky runs={project.ledger_count('flaky')}; always-raising: {failing.state}; "
-        f"killer runs={project.ledger_count('killer')}, then dead-lettered ({dead.reason}); "
+        f"\nR5 [{broker_project.kind}] normal tasks={len(normal)} all SUCCESS in {normal_s:.2f}s; "
+        f"flaky runs={broker_project.ledger_count('flaky')}; always-raising: {failing.state}; "
+        f"killer runs={broker_project.ledger_count('killer')}, then dead-lettered ({dead.reason}); "
         f"dead letters={len(tasks.app.broker.dead_letters('celery'))}"
     )

@@ -104,20 +104,22 @@ def cleanup(project: Project) -> None:
 
 
 @pytest.mark.slow
-def test_r1_sigkill_one_of_two_workers_every_two_seconds(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_r1_sigkill_one_of_two_workers_every_two_seconds(
+    broker_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Scaled from 2,000 tasks of 20-200 ms (2 cores): 500 tasks of 10-100 ms, 2 workers of -c 2."""
     visibility, concurrency, n, max_kills = 3, 2, 500, 5
-    use_config(project, f"broker_visibility_timeout = {visibility}\n", monkeypatch)
-    tasks = project.app()
+    use_config(broker_project, f"broker_visibility_timeout = {visibility}\n", monkeypatch)
+    tasks = broker_project.app()
     rng = random.Random(20240601)
     calls = [(rng.randint(10, 100) / 1000, f"r1-{i}") for i in range(n)]
-    workers = [project.start_worker("-c", str(concurrency), "-n", f"w{slot}@%h") for slot in range(2)]
+    workers = [broker_project.start_worker("-c", str(concurrency), "-n", f"w{slot}@%h") for slot in range(2)]
     started = time.monotonic()
     results = tasks.sleep.delay_many(calls)
     key_of = {r.id: key for r, (_, key) in zip(results, calls, strict=True)}
 
     def done() -> int:
-        return len(ledger_counts(project))
+        return len(ledger_counts(broker_project))
 
     kills, last_kill = 0, started
     running_at_kills: set[str] = set()  # received by a killed worker, never logged as finished
@@ -136,19 +138,19 @@ def test_r1_sigkill_one_of_two_workers_every_two_seconds(project: Project, monke
         kills += 1
         running_at_kills |= received_not_finished(victim, killed_at)
         finished_on_killed |= set(SUCCEEDED.findall(victim.log_text()))
-        workers[slot] = project.start_worker("-c", str(concurrency), "-n", f"w{slot}@%h")
+        workers[slot] = broker_project.start_worker("-c", str(concurrency), "-n", f"w{slot}@%h")
 
     wait_for(lambda: done() >= n, 60, f"all {n} tasks in the ledger (done: {done()})", interval=0.1)
     finished = time.monotonic()
     assert [r.get(timeout=30) for r in results] == [seconds for seconds, _ in calls]
     assert all(r.state == "SUCCESS" for r in results)
 
-    counts = ledger_counts(project)
+    counts = ledger_counts(broker_project)
     lost = [key for _, key in calls if counts[key] == 0]
     duplicates = sum(c - 1 for c in counts.values())
     duplicated_ids = {i for i, key in key_of.items() if counts[key] > 1}
     print(
-        f"\nR1 [{project.kind}] tasks={n} kills={kills} running-at-kills={len(running_at_kills)} "
+        f"\nR1 [{broker_project.kind}] tasks={n} kills={kills} running-at-kills={len(running_at_kills)} "
         f"lost={len(lost)} duplicates={duplicates} total={finished - started:.1f}s "
         f"recovery-after-last-kill={finished - last_kill:.1f}s"
     )
@@ -168,14 +170,14 @@ def test_r1_sigkill_one_of_two_workers_every_two_seconds(project: Project, monke
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["busy", "idle"])
-def test_r3_sigterm_returns_unstarted_messages_at_once(project: Project, moment: str) -> None:
+def test_r3_sigterm_returns_unstarted_messages_at_once(broker_project: Project, moment: str) -> None:
     n = 40
-    tasks = project.app()
-    worker = project.start_worker("-c", "2", "--prefetch-multiplier", "4")
+    tasks = broker_project.app()
+    worker = broker_project.start_worker("-c", "2", "--prefetch-multiplier", "4")
     calls = [(0.3, f"r3-{i}") for i in range(n)]
     if moment == "busy":
         results = tasks.sleep.delay_many(calls)
-        wait_for(lambda: project.ledger_count() >= 2, 30, "some tasks done")
+        wait_for(lambda: broker_project.ledger_count() >= 2, 30, "some tasks done")
     else:
         # The worker has been idle-polling an empty queue; the batch and the signal arrive together.
         time.sleep(1.0)
@@ -184,34 +186,34 @@ def test_r3_sigterm_returns_unstarted_messages_at_once(project: Project, moment:
     signalled = time.monotonic()
     assert worker.proc.wait(30) == 0
     exited = time.monotonic()
-    ran = project.ledger_count()
+    ran = broker_project.ledger_count()
     broker = tasks.app.broker
     back_after = wait_for(lambda: broker.queue_length("celery") == n - ran, 1.0, f"{n - ran} messages back")
     print(
-        f"\nR3 [{project.kind}/{moment}] ran-before-exit={ran} returned={n - ran} "
+        f"\nR3 [{broker_project.kind}/{moment}] ran-before-exit={ran} returned={n - ran} "
         f"shutdown={exited - signalled:.2f}s back-in-queue-after-exit={back_after:.3f}s"
     )
     assert "Warm shutdown" in worker.log_text()
 
-    project.start_worker("-c", "2")
+    broker_project.start_worker("-c", "2")
     assert [r.get(timeout=60) for r in results] == [0.3] * n
-    counts = ledger_counts(project)
+    counts = ledger_counts(broker_project)
     assert [counts[key] for _, key in calls] == [1] * n  # lost = 0, and a warm shutdown duplicates nothing
 
 
 @pytest.mark.slow
-def test_r3_sigterm_of_an_idle_worker_is_prompt_and_takes_nothing(project: Project) -> None:
-    tasks = project.app()
-    worker = project.start_worker("-c", "2")
+def test_r3_sigterm_of_an_idle_worker_is_prompt_and_takes_nothing(broker_project: Project) -> None:
+    tasks = broker_project.app()
+    worker = broker_project.start_worker("-c", "2")
     time.sleep(1.0)  # idle-polling
     signalled = time.monotonic()
     assert worker.stop() == 0
     shutdown_s = time.monotonic() - signalled
-    print(f"\nR3 [{project.kind}/idle-only] shutdown={shutdown_s:.2f}s")
+    print(f"\nR3 [{broker_project.kind}/idle-only] shutdown={shutdown_s:.2f}s")
     assert shutdown_s < 10
     results = tasks.record.delay_many([(f"after-{i}",) for i in range(5)])
     assert tasks.app.broker.queue_length("celery") == 5
-    project.start_worker("-c", "1")
+    broker_project.start_worker("-c", "1")
     assert [r.get(timeout=30) for r in results] == [1] * 5
 
 

@@ -439,3 +439,98 @@ class RedisConsumer:
     @property
     def last_error(self) -> str | None:
         """The last error the thread met (it keeps retrying with backoff), if any."""
+
+# -- the RabbitMQ transport (Celery's AMQP layout) ---------------------------------------------
+
+@final
+class AmqpBroker:
+    """A RabbitMQ broker in Celery's layout: publishes with confirms, declares, administers.
+
+    Task messages travel as Celery sends them (AMQP properties, the v2 headers table, the raw body),
+    persistent, into durable queues declared as ``topology`` says (JSON: ``queues``,
+    ``default_arguments``, ``delayed_queue_type``). Messages due later go through Celery 5.5's delay
+    levels (``celery_delayed_*``). Dead letters wait in ``<queue>.rqueue.dead``. Settling deliveries is
+    the consumer's (an ack is valid only on the delivering channel). Runs a private I/O thread made
+    in the process that creates the handle; the password is masked in every message.
+    """
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        vhost: str,
+        tls: bool = False,
+        ca_pem: str | None = None,
+        heartbeat_s: int = 60,
+        connect_timeout_s: float = 4.0,
+        confirm_timeout_s: float = 30.0,
+        topology: str = "{}",
+    ) -> AmqpBroker: ...
+    @property
+    def url(self) -> str:
+        """The URL with its password masked."""
+    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None:
+        """Publish an envelope's message and wait for the broker's confirm (a nack, a return or a
+        timeout raises BrokerError). The priority is the message's own (RabbitMQ: 9 highest)."""
+    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
+        """Publish ``(queue, payload, priority, eta_ms)`` items in one AMQP transaction (all or none)."""
+    def declare(self, queues: Sequence[str]) -> None:
+        """Declare these queues, their exchanges and bindings, and the delay levels."""
+    def queue_length(self, queue: str) -> int:
+        """Ready messages of the queue (0 when it does not exist)."""
+    def purge(self, queues: Sequence[str]) -> int: ...
+    def dead_letters(
+        self, queue: str | None = None, limit: int = 100
+    ) -> list[tuple[str, str, str, str | None, int, int, bytes]]:
+        """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows, oldest first, left in
+        place (None raises ConfigurationError: dead letters are kept per queue)."""
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
+        """Put dead letters (by id) back in their queue with a fresh delivery count."""
+    def purge_dead(self, queue: str | None = None) -> int: ...
+    def declare_transient(
+        self, exchange: str, exchange_type: str, queue: str, routing_key: str, ttl_ms: int, expires_ms: int
+    ) -> None:
+        """Declare a non-durable exchange and (unless ``queue`` is empty) a self-deleting queue bound to it."""
+    def publish_transient(self, exchange: str, routing_key: str, body: bytes, headers: str) -> None:
+        """Publish a transient JSON message with ``headers`` (a JSON object's text)."""
+    def listen(self, queue: str) -> None:
+        """Start taking the messages of ``queue`` (auto-acked: control messages)."""
+    def receive(self, queue: str, timeout_s: float, limit: int) -> list[tuple[bytes, str]]:
+        """``(body, headers JSON)`` of a listened queue's messages, waiting up to ``timeout_s`` for the first."""
+    def unlisten(self, queue: str) -> None: ...
+
+@final
+class AmqpConsumer:
+    """A Rust thread taking RabbitMQ's pushed deliveries into a PrefetchBuffer, settling them on
+    their channel.
+
+    ``basic.qos`` is the buffer's capacity, per consumer. Tags are ``<generation>.<delivery tag>``;
+    after a reconnect, acks of the lost channel's tags are dropped (the broker redelivers them).
+    A redelivery from a classic queue is republished with its count; past ``max_deliveries`` a
+    message goes to its dead-letter queue (``worker_lost``). Start it after any fork.
+    """
+
+    def __new__(
+        cls,
+        broker: AmqpBroker,
+        queues: Sequence[str],
+        owner: str,
+        buffer: PrefetchBuffer,
+        max_deliveries: int = 5,
+    ) -> AmqpConsumer: ...
+    def start(self) -> None: ...
+    def stop(self) -> list[Delivery]:
+        """Stop consuming; returns unstarted deliveries (still unacked: requeue them)."""
+    def set_queues(self, queues: Sequence[str]) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None: ...
+    def ack(self, tags: Sequence[str]) -> int:
+        """Acknowledge on the delivering channel (one ``multiple`` ack where safe); returns how many were held."""
+    def requeue(self, tags: Sequence[str]) -> int:
+        """Return unstarted deliveries, uncounted (republished with their count, then acked)."""
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> bool:
+        """Move a delivery to its dead-letter queue with a reason; False when not held here."""

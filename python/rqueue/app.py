@@ -97,8 +97,7 @@ class App:
         """The broker connection of this process (opened on first use)."""
         url = self.derived("broker_url", lambda: self.broker_url)
         if self._broker is None or self._broker[0] != url:
-            conf = self.conf
-            self._broker = (url, open_broker(url, conf.broker_transport_options, conf.broker_connection_timeout))
+            self._broker = (url, open_broker(url, self.conf))
         return self._broker[1]
 
     @property

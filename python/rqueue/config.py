@@ -63,6 +63,37 @@ def time_limit_value(value: object, what: str) -> float | None:
     return float(value)
 
 
+def _queue_type(name: str, value: Any) -> None:
+    if value not in ("classic", "quorum"):
+        raise ConfigurationError(f"{name}: must be 'classic' or 'quorum', got {value!r}")
+
+
+def queue_name(entry: Any) -> str:
+    """The name of a ``task_queues`` entry: a name, a dict with ``name``, or a kombu ``Queue``."""
+    name = (
+        entry
+        if isinstance(entry, str)
+        else entry.get("name")
+        if isinstance(entry, dict)
+        else getattr(entry, "name", None)
+    )
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(
+            f"task_queues: expected a queue name, a dict with 'name' or a kombu Queue, got {entry!r}"
+        )
+    return name
+
+
+def default_queues(conf: Any) -> list[str]:
+    """The queues a worker consumes when told none: ``task_queues``, else the default queue."""
+    return [queue_name(q) for q in conf.task_queues] if conf.task_queues else [conf.task_default_queue]
+
+
+def _queue_entries(name: str, value: Any) -> None:
+    for entry in value or ():
+        queue_name(entry)
+
+
 def _non_negative(name: str, value: Any) -> None:
     if value is not None and value < 0:
         raise ConfigurationError(f"{name}: must be zero or more, got {value!r}")
@@ -85,6 +116,10 @@ DEFAULTS: dict[str, Setting] = {
     "broker_max_deliveries": Setting(5, (int,), "deliveries before a message is dead-lettered", _positive),
     "broker_transport_options": Setting({}, (dict,), "transport options, e.g. {'global_keyprefix': 'app:'}"),
     "broker_allow_eviction": Setting(False, (bool,), "let workers use a Redis whose maxmemory-policy may evict"),
+    "broker_heartbeat": Setting(120, NUMBER, "seconds between AMQP heartbeats (0: none)", _non_negative),
+    "broker_native_delayed_delivery_queue_type": Setting(
+        "quorum", (str,), "classic or quorum: the RabbitMQ delay-level queues", _queue_type
+    ),
     # serialization
     "task_serializer": Setting("json", (str,), "serializer of task arguments", _serializer),
     "result_serializer": Setting("json", (str,), "serializer of results", _serializer),
@@ -101,7 +136,11 @@ DEFAULTS: dict[str, Setting] = {
     "task_default_exchange": Setting("", (str,), "exchange of tasks without a route"),
     "task_default_priority": Setting(None, (int, _NONE), "priority 0 (first) .. 9 (last) on Redis and SQLite"),
     "task_default_rate_limit": Setting(None, (str, int, float, _NONE), "rate limit of tasks without one"),
-    "task_queues": Setting(None, (list, tuple, _NONE), "queue names workers consume by default"),
+    "task_queues": Setting(
+        None, (list, tuple, _NONE), "queues workers consume by default: names, dicts or kombu Queues", _queue_entries
+    ),
+    "task_queue_max_priority": Setting(None, (int, _NONE), "x-max-priority of RabbitMQ queues that set none"),
+    "task_default_queue_type": Setting("classic", (str,), "classic or quorum: RabbitMQ queues declared", _queue_type),
     "task_ignore_result": Setting(False, (bool,), "store no results unless a task asks to"),
     "task_acks_late": Setting(True, (bool,), "ack after the task ran (at-least-once); False acks on receipt"),
     "task_track_started": Setting(False, (bool,), "record STARTED when a task begins"),
@@ -117,6 +156,9 @@ DEFAULTS: dict[str, Setting] = {
     "worker_prefetch_multiplier": Setting(4, (int,), "messages prefetched per process/thread", _positive),
     "worker_disable_rate_limits": Setting(False, (bool,), "ignore every rate limit"),
     "worker_poll_max_ms": Setting(40, (int,), "longest idle poll interval of polling brokers", _positive),
+    # remote control
+    "control_queue_ttl": Setting(300.0, NUMBER, "seconds a control message waits on RabbitMQ", _positive),
+    "control_queue_expires": Setting(10.0, NUMBER, "seconds an unused RabbitMQ control queue lives", _positive),
 }
 
 #: Celery's classic upper-case names, accepted with a deprecation warning.

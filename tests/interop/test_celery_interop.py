@@ -50,10 +50,10 @@ def write_config(project: Project, name: str, text: str, monkeypatch: pytest.Mon
 class CeleryWorker:
     """A real ``celery worker`` subprocess running ``celery_project.tasks``."""
 
-    def __init__(self, url: str, queue: str, log: Path) -> None:
+    def __init__(self, url: str, queue: str, log: Path, backend: str = "") -> None:
         self.log = log
         env = dict(os.environ)
-        env.update(CELERY_INTEROP_URL=url, PYTHONPATH=str(HERE), PYTHONUNBUFFERED="1")
+        env.update(CELERY_INTEROP_URL=url, CELERY_INTEROP_BACKEND=backend, PYTHONPATH=str(HERE), PYTHONUNBUFFERED="1")
         env.pop("TEST_CONFIG_MODULE", None)
         cmd = [
             sys.executable,
@@ -116,8 +116,8 @@ def rproject(tmp_path: Path, redis_url: str) -> Iterator[Project]:
     proj.close()
 
 
-def make_celery(url: str, **conf: Any) -> Any:
-    app = celery.Celery("tasks", broker=url, backend=url)
+def make_celery(url: str, backend: str | None = None, **conf: Any) -> Any:
+    app = celery.Celery("tasks", broker=url, backend=backend or url)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
+from rqueue.brokers.amqp import AmqpBroker
 from rqueue.brokers.base import Broker
 from rqueue.brokers.redis import RedisBroker
 from rqueue.brokers.sqlite import SqliteBroker
 from rqueue.urls import Schemes, sqlite_path
 
+if TYPE_CHECKING:
+    from rqueue.config import Settings
 
-def _sqlite(url: str, options: dict[str, Any], connect_timeout_s: float) -> Broker:
+
+def _sqlite(url: str, conf: Settings) -> Broker:
     return SqliteBroker(sqlite_path(url, "broker_url"))
 
 
-def _redis(url: str, options: dict[str, Any], connect_timeout_s: float) -> Broker:
-    keyprefix = str(options.get("global_keyprefix", ""))
-    return RedisBroker(url, global_keyprefix=keyprefix, connect_timeout_s=connect_timeout_s)
+def _redis(url: str, conf: Settings) -> Broker:
+    keyprefix = str(conf.broker_transport_options.get("global_keyprefix", ""))
+    return RedisBroker(url, global_keyprefix=keyprefix, connect_timeout_s=conf.broker_connection_timeout)
+
+
+def _amqp(url: str, conf: Settings) -> Broker:
+    return AmqpBroker(url, conf)
 
 
 #: Every broker scheme: a new transport is one line here.
@@ -30,14 +38,17 @@ BROKERS: Schemes[Broker] = Schemes(
             _redis,
         ),
         "unix": ("Redis over a unix socket (unix:///path/redis.sock?db=N)", _redis),
+        "amqp": ("RabbitMQ (amqp://[user:password@]host[:port]/[vhost])", _amqp),
+        "pyamqp": ("RabbitMQ, kombu's name (pyamqp://... as amqp://...)", _amqp),
+        "amqps": ("RabbitMQ over TLS (amqps://host:5671/vhost[?ssl_ca_certs=/path/ca.pem])", _amqp),
     },
-    planned={"amqp": "RabbitMQ", "pyamqp": "RabbitMQ", "postgresql": "PostgreSQL"},
+    planned={"postgresql": "PostgreSQL"},
 )
 
 
-def open_broker(url: str, transport_options: dict[str, Any] | None = None, connect_timeout_s: float = 4.0) -> Broker:
-    """A broker for ``url``; raises ConfigurationError for unsupported or malformed URLs."""
-    return BROKERS.open(url, transport_options or {}, connect_timeout_s)
+def open_broker(url: str, conf: Settings) -> Broker:
+    """A broker for ``url`` configured by ``conf``; raises ConfigurationError for unsupported or malformed URLs."""
+    return BROKERS.open(url, conf)
 
 
-__all__ = ["BROKERS", "Broker", "RedisBroker", "SqliteBroker", "open_broker"]
+__all__ = ["BROKERS", "AmqpBroker", "Broker", "RedisBroker", "SqliteBroker", "open_broker"]

@@ -14,6 +14,7 @@ import click
 
 from rqueue import __version__, _rqueue
 from rqueue.brokers.base import DeadLetterAdmin, require
+from rqueue.config import default_queues
 from rqueue.exceptions import RQueueError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -211,11 +212,7 @@ def result(ctx: click.Context, task_id: str, timeout: float | None, show_traceba
 def purge(ctx: click.Context, queues: str | None, force: bool) -> None:
     """Delete every waiting message of the queues (running ones are kept)."""
     app = get_app(ctx)
-    names = (
-        [q.strip() for q in queues.split(",")]
-        if queues
-        else list(app.conf.task_queues or [app.conf.task_default_queue])
-    )
+    names = [q.strip() for q in queues.split(",")] if queues else default_queues(app.conf)
     if not force and sys.stdin.isatty():
         click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
     try:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from rqueue import __version__
 from rqueue.brokers.base import LeaseRecovery, capability
+from rqueue.config import default_queues
 from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
@@ -76,7 +77,7 @@ class Worker:
             raise ConfigurationError("the prefork pool needs fork(), which this platform lacks; use --pool threads")
         self.app = app
         conf = app.conf
-        self.queues = list(queues or conf.task_queues or [conf.task_default_queue])
+        self.queues = list(queues or default_queues(conf))
         self.pool = pool
         self.concurrency = 1 if pool == "solo" else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         self.hostname = hostname or f"rqueue@{socket.gethostname()}"

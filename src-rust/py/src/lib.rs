@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod amqp;
 mod broker;
 mod codec;
 mod convert;
@@ -32,5 +33,6 @@ fn _rqueue(m: &Bound<'_, PyModule>) -> PyResult<()> {
     prefetch::register(m)?;
     sqlite::register(m)?;
     redis::register(m)?;
+    amqp::register(m)?;
     Ok(())
 }

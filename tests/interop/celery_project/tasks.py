@@ -2,7 +2,8 @@
 
 Started as a real worker by the tests:
 ``python -m celery -A celery_project.tasks worker --pool solo -Q <queue>``, with
-``$CELERY_INTEROP_URL`` naming the Redis server used as broker and result backend.
+``$CELERY_INTEROP_URL`` naming the broker (Redis or RabbitMQ) and ``$CELERY_INTEROP_BACKEND`` the
+Redis result backend (the broker's URL when unset).
 """
 
 import os
@@ -10,7 +11,7 @@ import os
 from celery import Celery
 
 url = os.environ["CELERY_INTEROP_URL"]
-app = Celery("celery_project", broker=url, backend=url)
+app = Celery("celery_project", broker=url, backend=os.environ.get("CELERY_INTEROP_BACKEND") or url)
 app.conf.update(
     task_serializer="json",
     result_serializer="json",

@@ -2,6 +2,9 @@
 //! result-row types, the clock. Each transport owns its wire layout and its atomic
 //! fetch/lease/ack steps.
 
+pub mod amqp;
+pub mod amqp_consumer;
+pub mod amqp_frame;
 mod consumer;
 pub mod redis;
 pub mod redis_consumer;

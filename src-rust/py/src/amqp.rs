@@ -1,0 +1,293 @@
+//! `AmqpBroker` and `AmqpConsumer` over `rqueue_core::transport::amqp`: RabbitMQ settles a
+//! delivery only on the channel that delivered it, so acks, requeues and dead letters are the
+//! consumer's methods here, not the broker's (which publishes and administers). Every method
+//! that touches the network runs with the GIL released.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use rqueue_core::transport::amqp::{AmqpBroker as CoreBroker, AmqpConfig, Topology};
+use rqueue_core::transport::amqp_consumer::{AmqpConsumer as CoreConsumer, AmqpConsumerConfig};
+use rqueue_core::Error;
+
+use crate::broker::{dead_letter_rows, new_messages, DeadLetterRow, MessageTuple};
+use crate::errors::IntoPyResult;
+use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
+
+fn seconds(name: &str, value: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{name} must be a positive number of seconds, got {value}"
+            ))
+        })
+}
+
+/// A RabbitMQ broker in Celery's layout: publishes with confirms, declares, administers. The
+/// password is masked in every message.
+#[pyclass(module = "rqueue._rqueue", frozen)]
+pub struct AmqpBroker {
+    inner: Arc<CoreBroker>,
+}
+
+#[pymethods]
+impl AmqpBroker {
+    #[new]
+    #[pyo3(signature = (host, port, username, password, vhost, tls = false, ca_pem = None, heartbeat_s = 60, connect_timeout_s = 4.0, confirm_timeout_s = 30.0, topology = "{}"))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        username: String,
+        password: String,
+        vhost: String,
+        tls: bool,
+        ca_pem: Option<String>,
+        heartbeat_s: u16,
+        connect_timeout_s: f64,
+        confirm_timeout_s: f64,
+        topology: &str,
+    ) -> PyResult<Self> {
+        let cfg = (|| {
+            Ok::<_, Error>(AmqpConfig {
+                host,
+                port,
+                username,
+                password,
+                vhost,
+                tls,
+                ca_pem,
+                heartbeat_s,
+                connect_timeout: seconds("connect_timeout_s", connect_timeout_s)?,
+                confirm_timeout: seconds("confirm_timeout_s", confirm_timeout_s)?,
+                topology: Topology::from_json(topology)?,
+            })
+        })()
+        .map_py(py)?;
+        let inner = CoreBroker::new(cfg).map_py(py)?;
+        Ok(AmqpBroker {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The URL with its password masked.
+    #[getter]
+    fn url(&self) -> String {
+        self.inner.masked_url()
+    }
+
+    /// Publish one task message (a kombu envelope) and wait for the broker's confirm; `eta_ms`
+    /// in the future travels through the delay levels. The priority is the message's own.
+    #[pyo3(signature = (queue, payload, priority = 0, eta_ms = None))]
+    fn publish(
+        &self,
+        py: Python<'_>,
+        queue: String,
+        payload: Vec<u8>,
+        priority: i64,
+        eta_ms: Option<i64>,
+    ) -> PyResult<()> {
+        crate::broker::priority_of(priority).map_py(py)?;
+        py.detach(|| self.inner.publish(&queue, &payload, eta_ms))
+            .map_py(py)
+    }
+
+    /// Publish `(queue, payload, priority, eta_ms)` items, all or none, in one transaction.
+    fn publish_many(&self, py: Python<'_>, messages: Vec<MessageTuple>) -> PyResult<()> {
+        let messages = new_messages(messages).map_py(py)?;
+        py.detach(|| self.inner.publish_many(&messages)).map_py(py)
+    }
+
+    /// Declare the queues a worker consumes, their bindings and the delay levels.
+    fn declare(&self, py: Python<'_>, queues: Vec<String>) -> PyResult<()> {
+        py.detach(|| self.inner.declare(&queues)).map_py(py)
+    }
+
+    fn queue_length(&self, py: Python<'_>, queue: String) -> PyResult<usize> {
+        py.detach(|| self.inner.queue_length(&queue)).map_py(py)
+    }
+
+    /// Delete waiting messages of these queues; returns how many.
+    fn purge(&self, py: Python<'_>, queues: Vec<String>) -> PyResult<usize> {
+        py.detach(|| self.inner.purge(&queues)).map_py(py)
+    }
+
+    /// `(id, queue, reason, error, deliveries, dead_at_ms, payload)` rows of a queue's
+    /// dead-letter queue, oldest first, left in place.
+    #[pyo3(signature = (queue = None, limit = 100))]
+    fn dead_letters(
+        &self,
+        py: Python<'_>,
+        queue: Option<String>,
+        limit: usize,
+    ) -> PyResult<Vec<DeadLetterRow>> {
+        py.detach(|| self.inner.dead_letters(queue.as_deref(), limit))
+            .map_py(py)
+            .map(dead_letter_rows)
+    }
+
+    /// Put dead letters of `queue` back in it with a fresh delivery count; returns how many.
+    fn requeue_dead(&self, py: Python<'_>, queue: String, ids: Vec<String>) -> PyResult<usize> {
+        py.detach(|| self.inner.requeue_dead(&queue, &ids))
+            .map_py(py)
+    }
+
+    #[pyo3(signature = (queue = None))]
+    fn purge_dead(&self, py: Python<'_>, queue: Option<String>) -> PyResult<usize> {
+        py.detach(|| self.inner.purge_dead(queue.as_deref()))
+            .map_py(py)
+    }
+
+    /// Declare a non-durable exchange and a self-deleting queue bound to it (remote control).
+    #[allow(clippy::too_many_arguments)]
+    fn declare_transient(
+        &self,
+        py: Python<'_>,
+        exchange: String,
+        exchange_type: String,
+        queue: String,
+        routing_key: String,
+        ttl_ms: i64,
+        expires_ms: i64,
+    ) -> PyResult<()> {
+        py.detach(|| {
+            self.inner.declare_transient(
+                &exchange,
+                &exchange_type,
+                &queue,
+                &routing_key,
+                ttl_ms,
+                expires_ms,
+            )
+        })
+        .map_py(py)
+    }
+
+    /// Publish a transient JSON message with `headers` (a JSON object's text).
+    fn publish_transient(
+        &self,
+        py: Python<'_>,
+        exchange: String,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: String,
+    ) -> PyResult<()> {
+        py.detach(|| {
+            self.inner
+                .publish_transient(&exchange, &routing_key, &body, &headers)
+        })
+        .map_py(py)
+    }
+
+    /// Start taking the messages of `queue` (auto-acked).
+    fn listen(&self, py: Python<'_>, queue: String) -> PyResult<()> {
+        py.detach(|| self.inner.listen(&queue)).map_py(py)
+    }
+
+    /// `(body, headers JSON)` of messages of a listened queue, waiting up to `timeout_s` for the first.
+    fn receive(
+        &self,
+        py: Python<'_>,
+        queue: String,
+        timeout_s: f64,
+        limit: usize,
+    ) -> PyResult<Vec<(Vec<u8>, String)>> {
+        let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::ZERO);
+        py.detach(|| self.inner.receive(&queue, timeout, limit))
+            .map_py(py)
+    }
+
+    fn unlisten(&self, py: Python<'_>, queue: String) -> PyResult<()> {
+        py.detach(|| self.inner.unlisten(&queue)).map_py(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("AmqpBroker({:?})", self.inner.masked_url())
+    }
+}
+
+/// A Rust thread that takes RabbitMQ's pushed deliveries into a PrefetchBuffer, and settles
+/// them on their channel.
+#[pyclass(module = "rqueue._rqueue", frozen)]
+pub struct AmqpConsumer {
+    inner: CoreConsumer,
+}
+
+#[pymethods]
+impl AmqpConsumer {
+    #[new]
+    #[pyo3(signature = (broker, queues, owner, buffer, max_deliveries = 5))]
+    fn new(
+        py: Python<'_>,
+        broker: &AmqpBroker,
+        queues: Vec<String>,
+        owner: String,
+        buffer: &PrefetchBuffer,
+        max_deliveries: u32,
+    ) -> PyResult<Self> {
+        let cfg = AmqpConsumerConfig {
+            amqp: broker.inner.config().clone(),
+            queues,
+            owner,
+            max_deliveries,
+        };
+        let inner = CoreConsumer::new(cfg, Arc::clone(&buffer.inner)).map_py(py)?;
+        Ok(AmqpConsumer { inner })
+    }
+
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner.start().map_py(py)
+    }
+
+    /// Stop consuming, join the thread, close the buffer; returns unstarted deliveries (still
+    /// unacked on the open channel: the caller requeues them).
+    fn stop(&self, py: Python<'_>) -> Vec<Delivery> {
+        wrap_all(py.detach(|| self.inner.stop()))
+    }
+
+    fn set_queues(&self, queues: Vec<String>) {
+        self.inner.set_queues(queues);
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.running()
+    }
+
+    #[getter]
+    fn last_error(&self) -> Option<String> {
+        self.inner.last_error()
+    }
+
+    /// Acknowledge finished deliveries on their channel; returns how many were in flight.
+    fn ack(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
+        py.detach(|| self.inner.ack(&tags)).map_py(py)
+    }
+
+    /// Return unstarted deliveries to their queue, uncounted; returns how many.
+    fn requeue(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
+        py.detach(|| self.inner.requeue(&tags)).map_py(py)
+    }
+
+    /// Move a delivery to its queue's dead-letter queue; false when not held here (any more).
+    #[pyo3(signature = (tag, reason, error = None))]
+    fn dead_letter(
+        &self,
+        py: Python<'_>,
+        tag: String,
+        reason: String,
+        error: Option<String>,
+    ) -> PyResult<bool> {
+        py.detach(|| self.inner.dead_letter(&tag, &reason, error.as_deref()))
+            .map_py(py)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<AmqpBroker>()?;
+    m.add_class::<AmqpConsumer>()
+}
