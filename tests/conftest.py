@@ -169,6 +169,10 @@ class RabbitServer:
             "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
         }
+        self.start()
+
+    def start(self) -> None:
+        """Boot the node (again, on the same data after ``kill``) and wait for its AMQP listener."""
         self.proc = subprocess.Popen(
             [str(RABBITMQ_BIN / "rabbitmq-server")],
             env=self.env,
@@ -184,8 +188,14 @@ class RabbitServer:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"RabbitMQ did not start; see {workdir / 'log'}") from None
+                    raise RuntimeError(f"RabbitMQ did not start; see {self.workdir / 'log'}") from None
                 time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the node (beam.smp and all): nothing gets to flush or close."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
 
     @property
     def url(self) -> str:
