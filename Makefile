@@ -206,6 +206,12 @@ bench-peers: redis wheel $(BENCH_STAMP) ## rqueue vs Celery, Dramatiq, RQ, Huey 
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis,plot]"
 	$(BENCH_VENV)/bin/python benches/peers/run.py $(if $(QUICK),--quick)
 
+.PHONY: bench-rabbitmq
+bench-rabbitmq: redis rabbitmq wheel $(BENCH_STAMP) ## rqueue vs Celery on a private RabbitMQ, with a raw-client baseline (QUICK=1: a check)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps dist/rqueue-*.whl
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis]"
+	$(BENCH_VENV)/bin/python benches/bench_rabbitmq.py $(if $(QUICK),--quick)
+
 .PHONY: clean
 clean: ## Remove build outputs, stamps and tool caches (keeps .venv)
 	rm -rf dist target .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -149,7 +149,7 @@ RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 class RabbitServer:
     """A real RabbitMQ node on free loopback ports, its data, logs and config in ``workdir``."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: bool = False) -> None:
         if not (RABBITMQ_BIN / "rabbitmq-server").exists():
             pytest.skip("rabbitmq-server is not installed (make rabbitmq installs it)")
         self.workdir = workdir
@@ -157,7 +157,18 @@ class RabbitServer:
         self.node = f"rqtest{self.port}@localhost"
         self.vhosts = 0
         (workdir / "enabled_plugins").write_text("[].\n")
-        (workdir / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        conf = f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        #: With ``tls``: an amqps:// listener on ``tls_port`` whose certificate the CA ``ca_certs`` signed.
+        self.tls_port = free_port() if tls else None
+        if tls:
+            self.ca_certs = make_test_ca(workdir)
+            cert, key = make_server_cert(workdir)
+            conf += (
+                f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\nssl_options.cacertfile = {self.ca_certs}\n"
+                f"ssl_options.certfile = {cert}\nssl_options.keyfile = {key}\nssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
+        (workdir / "rabbitmq.conf").write_text(conf)
         self.env = {
             **os.environ,
             "HOME": str(workdir),

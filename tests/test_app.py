@@ -163,8 +163,12 @@ def test_pickle_is_refused_unless_accepted(app: App) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("kafka://localhost", "unknown URL scheme 'kafka'.*supported schemes: sqlite://, redis://, rediss://, unix://"),
-        ("amqp://guest@localhost//", "amqp:// scheme.*not available"),
+        (
+            "kafka://localhost",
+            "unknown URL scheme 'kafka'.*supported schemes: sqlite://, redis://, rediss://, unix://, amqp://, "
+            "pyamqp://, amqps://",
+        ),
+        ("amqp://guest@localhost//?ssl_ca_certs=x", "ssl_\\* options need an amqps:// URL"),
         ("postgresql://localhost/db", "postgresql:// scheme.*not available"),
         ("rediss://localhost?ssl_cert_reqs=maybe", "ssl_cert_reqs='maybe' is not one of required, optional, none"),
         ("localhost:6379", "is not a URL"),

@@ -308,7 +308,8 @@ def _is_zombie(pid: int) -> bool:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--broker", "amqp://guest@localhost//"], "supported schemes"),
+        (["--broker", "kafka://localhost"], "supported schemes"),
+        (["--broker", "amqp://guest@localhost//"], "needs --backend"),
         (["--broker", "not a url"], "is not a URL"),
         (["--tasks", "0"], "0 is not in the range x>=1"),
         (["--scenario", "bogus"], "'bogus' is not one of"),

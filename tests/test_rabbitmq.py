@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Project, RabbitServer, free_port
 from rqueue import App, _rqueue
-from rqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError
+from rqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError, TimeLimitExceeded
 from rqueue.urls import amqp_params
 
 amqp = pytest.importorskip("amqp")  # py-amqp (kombu's client): an independent view of the broker
@@ -208,6 +208,26 @@ def test_bad_urls_and_unreachable_brokers_are_one_clear_error(rabbitmq_server: R
         app.conf.update(task_default_queue_type="stream")
 
 
+def test_amqps_verifies_the_server_certificate(tmp_path: Path, redis_url: str) -> None:
+    (tmp_path / "rabbit").mkdir()
+    (tmp_path / "project").mkdir()
+    server = RabbitServer(tmp_path / "rabbit", tls=True)
+    try:
+        base = f"amqps://guest:guest@localhost:{server.tls_port}//"
+        project = Project(tmp_path / "project", "amqp", redis_url, f"{base}?ssl_ca_certs={server.ca_certs}")
+        tasks = project.app()
+        project.start_worker("-c", "1")
+        assert tasks.add.delay(2, 2).get(timeout=30) == 4
+        inspect = project.run_cli("-A", "tasks", "inspect", "ping")
+        assert inspect.returncode == 0 and "1 node online" in inspect.stdout, inspect.stdout + inspect.stderr
+        # Not signed by a CA the system trusts: refused, with why.
+        with pytest.raises(BrokerConnectionError, match=r"(?i)certificate|UnknownIssuer"):
+            App("rq", broker=base).send_task("tasks.add", (1, 1))
+        project.close()
+    finally:
+        server.stop()
+
+
 # -- R6: garbage frames ------------------------------------------------------------------------------------
 
 
@@ -245,6 +265,24 @@ def test_r6_garbage_frames_are_dead_lettered_with_their_reason(aproject: Project
     assert sorted(d.reason for d in broker.dead_letters("celery")) == sorted(k.split(":")[0] for k in frames)
     assert worker.proc.poll() is None
     assert tasks.add.delay(1, 1).get(timeout=30) == 2
+
+
+# -- a dead child's messages ------------------------------------------------------------------------------
+
+
+def test_a_hard_time_limit_kills_once_and_its_message_is_not_run_again(aproject: Project) -> None:
+    """RabbitMQ returns the killed child's message itself; the supervisor's verdict settles it."""
+    tasks = aproject.app()
+    worker = aproject.start_worker("-c", "2")
+    limited = tasks.hard_limited.delay(30, "hard")
+    neighbours = tasks.record.delay_many([(f"n-{i}",) for i in range(20)])
+    with pytest.raises(TimeLimitExceeded):
+        limited.get(timeout=30)
+    assert [r.get(timeout=30) for r in neighbours] == [1] * 20
+    worker.wait_for_log(f"Task tasks.hard_limited[{limited.id}] was stopped and its outcome stored")
+    time.sleep(1.0)  # a second run, if any, would show up here
+    assert aproject.ledger_count("hard") == 1 and tasks.app.broker.queue_length("celery") == 0
+    assert tasks.app.broker.dead_letters("celery") == []
 
 
 # -- remote control --------------------------------------------------------------------------------------

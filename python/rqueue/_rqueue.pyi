@@ -481,6 +481,9 @@ class AmqpBroker:
     def queue_length(self, queue: str) -> int:
         """Ready messages of the queue (0 when it does not exist)."""
     def purge(self, queues: Sequence[str]) -> int: ...
+    def delete_queues(self, queues: Sequence[str]) -> int:
+        """Delete these queues and their dead-letter queues (those that exist) with their messages;
+        returns how many messages went."""
     def dead_letters(
         self, queue: str | None = None, limit: int = 100
     ) -> list[tuple[str, str, str, str | None, int, int, bytes]]:
@@ -508,8 +511,9 @@ class AmqpConsumer:
 
     ``basic.qos`` is the buffer's capacity, per consumer. Tags are ``<generation>.<delivery tag>``;
     after a reconnect, acks of the lost channel's tags are dropped (the broker redelivers them).
-    A redelivery from a classic queue is republished with its count; past ``max_deliveries`` a
-    message goes to its dead-letter queue (``worker_lost``). Start it after any fork.
+    ``Delivery.deliveries`` counts the deliveries that died running (recorded by ``recount``) plus
+    this one; past ``max_deliveries`` a message goes to its dead-letter queue (``worker_lost``).
+    Start it after any fork.
     """
 
     def __new__(
@@ -532,5 +536,8 @@ class AmqpConsumer:
         """Acknowledge on the delivering channel (one ``multiple`` ack where safe); returns how many were held."""
     def requeue(self, tags: Sequence[str]) -> int:
         """Return unstarted deliveries, uncounted (republished with their count, then acked)."""
+    def recount(self, tag: str, died_running: int) -> bool:
+        """Put a delivery back (republished, then acked) recording that ``died_running`` of its
+        deliveries died with their worker; False when not held here."""
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> bool:
         """Move a delivery to its dead-letter queue with a reason; False when not held here."""

@@ -117,6 +117,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class WorkerLostError(RQueueError):
+    """The worker process died while running the task (Celery's name): a dead letter's error when
+    the same message killed its worker ``broker_max_deliveries`` times."""
+
+
 class RemoteError(RQueueError):
     """A task raised an exception whose class could not be safely rebuilt on this side.
 

@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: Where messages go: the Redis server (the peer comparison) or RabbitMQ (``bench_rabbitmq.py``);
+#: results always go to Redis.
+BROKER_URL = os.environ.get("BENCH_BROKER_URL") or REDIS_URL
+AMQP = BROKER_URL.startswith("amqp")
 RESULTS = os.environ.get("BENCH_RESULTS", "0") == "1"
 CONFIG = os.environ.get("BENCH_CONFIG", "fast")
 #: Messages per batch publish when filling a queue.

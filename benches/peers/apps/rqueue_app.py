@@ -1,10 +1,12 @@
-"""rqueue: ``App`` on Redis (broker and results), ``rqueue -A ... worker``."""
+"""rqueue: ``App`` on Redis (or RabbitMQ) with Redis results, ``rqueue -A ... worker``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from peers.apps.common import CHUNK, CONFIG, REDIS_URL, RESULTS, count_keys, script
+import redis
+
+from peers.apps.common import BROKER_URL, CHUNK, CONFIG, REDIS_URL, RESULTS, count_keys, script
 from rqueue import App
 from rqueue.bench.counter import count
 
@@ -14,7 +16,7 @@ CONFIGS = {
     "default": "defaults: prefork pool, one child per CPU, prefetch multiplier 4",
 }
 
-app = App("bench", broker=REDIS_URL, backend=REDIS_URL, task_ignore_result=not RESULTS)
+app = App("bench", broker=BROKER_URL, backend=REDIS_URL, task_ignore_result=not RESULTS)
 
 
 @app.task(name="bench.noop")
@@ -47,7 +49,7 @@ def call(timeout_s: float) -> None:
 
 
 def stored() -> int:
-    return count_keys(app.broker.client, "celery-task-meta-*")  # type: ignore[attr-defined]
+    return count_keys(redis.Redis.from_url(REDIS_URL), "celery-task-meta-*")
 
 
 assert CONFIG in CONFIGS

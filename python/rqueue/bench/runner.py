@@ -43,7 +43,7 @@ from rqueue.bench.tasks import (
     make_app,
     read_counts,
 )
-from rqueue.brokers import BROKERS
+from rqueue.brokers import BROKERS, AmqpBroker
 from rqueue.brokers.base import DeadLetterAdmin, LeaseRecovery, capability, owner_id, require
 from rqueue.exceptions import ConfigurationError, RQueueError
 from rqueue.urls import describe
@@ -154,10 +154,14 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="rqueue-bench-"))
         self.temporary_broker = options.broker is None
         self.broker_url = options.broker or f"sqlite:///{self.tmp / 'bench.sqlite3'}"
-        self.kind = "sqlite" if BROKERS.scheme_of(self.broker_url, "--broker") == "sqlite" else "redis"
-        # Round trips need results; the broker keeps them unless told otherwise. Named explicitly for
-        # both sides, so $RQUEUE_RESULT_BACKEND cannot point the producer and the workers apart.
+        scheme = BROKERS.scheme_of(self.broker_url, "--broker")
+        self.kind = {"sqlite": "sqlite", "amqp": "amqp", "pyamqp": "amqp", "amqps": "amqp"}.get(scheme, "redis")
+        # Round trips need results; the broker keeps them unless told otherwise (RabbitMQ needs a
+        # --backend). Named explicitly for both sides, so $RQUEUE_RESULT_BACKEND cannot point the
+        # producer and the workers apart.
         self.backend_url = options.backend or self.broker_url
+        if self.kind == "amqp" and not options.backend:
+            raise ConfigurationError("rqueue bench on RabbitMQ needs --backend (a Redis URL) for results")
         self.keyprefix = f"{self.queue}:" if self.kind == "redis" else ""
         self.app, self.noop, self.payload = make_app(
             bench_settings(self.queue, self.keyprefix), broker=self.broker_url, backend=self.backend_url
@@ -524,6 +528,8 @@ class Bench:
                 recovery.requeue_owner(owner_id(hostname, pid), 1_000_000)
         broker.purge([self.queue])
         dead.purge_dead(self.queue)
+        if isinstance(broker, AmqpBroker):  # durable queues outlive the run: remove them
+            broker.native.delete_queues([self.queue])
         if self.kind == "redis":
             r = self._redis()
             if self.backend_url == self.broker_url:

@@ -227,6 +227,9 @@ class AmqpConsumer:
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         self.thread.dead_letter(tag, reason, error)
 
+    def recount(self, tag: str, died_running: int) -> None:
+        self.thread.recount(tag, died_running)
+
 
 class AmqpMailbox(Mailbox):
     """kombu's pidbox on RabbitMQ, so Celery's ``inspect``/``control`` and rqueue's reach each other's

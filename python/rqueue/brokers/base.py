@@ -13,13 +13,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from rqueue._rqueue import Delivery, PrefetchBuffer
 from rqueue.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
+
+#: The reason code of a message dead-lettered because its worker died running it too often.
+REASON_WORKER_LOST = "worker_lost"
 
 #: Stores encoded results ``(task_id, status, payload)`` and acks tags, results first.
 Completer = Callable[[list[tuple[str, str, bytes]], Sequence[str]], None]
@@ -52,6 +55,17 @@ class BrokerConsumer(Settler, Protocol):
 
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         """Move a delivery aside for good, with a reason code (``unregistered``, ``decode_error`` ...)."""
+        ...
+
+
+@runtime_checkable
+class Recounting(Protocol):
+    """A consumer whose broker cannot tell a delivery that killed its worker from the innocent
+    ones returned with it (RabbitMQ only flags redeliveries): the worker node that saw the death
+    puts the message back with its count (see ``rqueue.worker.verdicts``)."""
+
+    def recount(self, tag: str, died_running: int) -> None:
+        """Put the delivery back recording that ``died_running`` of its deliveries died running."""
         ...
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rqueue.worker.ratelimit import RateLimits, Waiting
     from rqueue.worker.slot import RunningSlot
     from rqueue.worker.state import Revoked
+    from rqueue.worker.verdicts import Verdicts
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -80,9 +81,11 @@ class Consumer:
         running: RunningSlot | None = None,
         rate_limits: RateLimits | None = None,
         hooks: Hooks | None = None,
+        verdicts: Verdicts | None = None,
     ) -> None:
         self.app = app
         self.hooks = hooks
+        self.verdicts = verdicts
         self.running = running
         self.rate_limits = rate_limits
         self.revoked = revoked
@@ -197,6 +200,7 @@ class Consumer:
             slot=self.running,
             watchdog=self.watchdog,
             hooks=self.hooks,
+            verdicts=self.verdicts,
         )
         executor.stopping = self._stop.is_set
         self.executors.append(executor)

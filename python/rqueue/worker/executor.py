@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rqueue import _rqueue, serialization, states
 from rqueue.backends.base import ResultRecord
+from rqueue.brokers.base import REASON_WORKER_LOST, Recounting
 from rqueue.exceptions import (
     BackendError,
     BrokerError,
@@ -32,6 +33,7 @@ from rqueue.exceptions import (
     SoftTimeLimitExceeded,
     TaskRevokedError,
     TaskTerminated,
+    WorkerLostError,
 )
 from rqueue.task import Request, pop_request, push_request
 from rqueue.worker import failpoint
@@ -39,6 +41,7 @@ from rqueue.worker.completion import completer_for
 from rqueue.worker.failpoint import ACTIVE as FAILPOINT
 from rqueue.worker.hooks import Hooks
 from rqueue.worker.timelimit import TaskGuard, TimeLimits
+from rqueue.worker.verdicts import LOST, STOPPED, Verdicts
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from rqueue.worker.slot import RunningSlot
     from rqueue.worker.state import Revoked
     from rqueue.worker.timelimit import Watchdog
+
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -101,8 +105,10 @@ class Executor:
         slot: RunningSlot | None = None,
         watchdog: Watchdog | None = None,
         hooks: Hooks | None = None,
+        verdicts: Verdicts | None = None,
     ) -> None:
         self.app = app
+        self.verdicts = verdicts
         self.limits = limits if limits is not None else TimeLimits(app)
         self.slot = slot
         self.watchdog = watchdog
@@ -166,6 +172,8 @@ class Executor:
                 return None
         if FAILPOINT is not None:
             failpoint.hit("after_decode")
+        if first and msg.redelivered and self.verdicts is not None and self._judged(delivery, msg):
+            return None
 
         task = self.app.tasks.get(msg.task)
         if task is None:
@@ -233,6 +241,36 @@ class Executor:
         logger.info("Task %s[%s] received", msg.task, msg.id)
         track_started = bool(options["track_started"])
         return Admitted(delivery, msg, task, request, args, kwargs, ignore_result, acks_late, track_started)
+
+    def _judged(self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage) -> bool:
+        """Act on what the supervisor saw of this redelivered message's last delivery; True when
+        that settled it (see ``rqueue.worker.verdicts``)."""
+        assert self.verdicts is not None
+        verdict = self.verdicts.take(msg.id)
+        if verdict == STOPPED:
+            logger.info("Task %s[%s] was stopped and its outcome stored; not run again", msg.task, msg.id)
+            self._ack(delivery)
+            return True
+        if verdict != LOST or not isinstance(self.consumer, Recounting):
+            return False
+        died = delivery.deliveries  # the earlier deaths, and the one that returned it now
+        max_deliveries = int(self.app.conf.broker_max_deliveries)
+        if died >= max_deliveries:
+            error = WorkerLostError(
+                f"its worker died running it {died} times (broker_max_deliveries = {max_deliveries})"
+            )
+            logger.error("Task %s[%s] killed its worker %d times; dead-lettered", msg.task, msg.id, died)
+            self._dead_letter(delivery, REASON_WORKER_LOST, error, msg.id, logged=True)
+        else:
+            logger.warning(
+                "Task %s[%s] was running when its worker died (%d of %d); requeued",
+                msg.task,
+                msg.id,
+                died,
+                max_deliveries,
+            )
+            self.consumer.recount(delivery.tag, died)
+        return True
 
     def _refuse_undecodable(self, delivery: _rqueue.Delivery, exc: BaseException) -> None:
         """Dead-letter a delivery whose message could not be decoded, with why."""

@@ -33,6 +33,7 @@ from rqueue.worker.consumer import Consumer
 from rqueue.worker.link import ChildLink
 from rqueue.worker.slot import RunningSlot, RunningTask
 from rqueue.worker.timelimit import SOFT_LIMIT_SIGNAL, TERMINATE_SIGNAL, TimeLimits, install_soft_limit_handler
+from rqueue.worker.verdicts import LOST, STOPPED, Verdicts
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -96,6 +97,9 @@ class PreforkPool:
         self.children: dict[int, int] = {}  # pid -> slot
         self.links: dict[int, ChildLink] = {}  # slot -> channel to its current child
         self.running = {slot: RunningSlot() for slot in range(concurrency)}
+        #: Without LeaseRecovery the broker returns a dead child's messages itself: the children
+        #: learn from these which one was running (counted) or stopped (outcome stored).
+        self.verdicts = Verdicts(list(self.running.values())) if capability(app.broker, LeaseRecovery) is None else None
         self.shutdown = 0  # 0 running, 1 warm, 2 cold
         self.limits = TimeLimits(app)
         self._lock = threading.Lock()
@@ -268,14 +272,15 @@ class PreforkPool:
 
     def _kill(self, pid: int, stop: _Stop) -> None:
         stop.killed = True
+        if self.verdicts is not None:  # before the kill: the message may come back at once
+            self.verdicts.record(stop.task.task_id, STOPPED)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
     def _record_stop(self, stop: _Stop) -> bool:
-        """Store the outcome of a task whose child was killed to stop it, and ack its message."""
+        """Store the outcome of a task whose child was killed to stop it, and ack its message (or,
+        where only the dead child's channel could, tell the child that receives it again)."""
         recovery = capability(self.app.broker, LeaseRecovery)
-        if recovery is None:  # the broker returns the dead child's message itself: it runs again
-            return False
         task = stop.task
         exc: BaseException
         if stop.reason == "time_limit":
@@ -283,12 +288,13 @@ class PreforkPool:
         else:
             status, exc = states.REVOKED, TaskRevokedError("terminated")
         backend = self.app.backend
+        record = ResultRecord(task.task_id, status, serialization.exception_to_meta(exc))
         try:
-            results = []
-            if not task.ignore_result:
-                record = ResultRecord(task.task_id, status, serialization.exception_to_meta(exc))
-                results.append((task.task_id, status, backend.encode(record)))
-            completer_for(recovery, backend)(results, [task.tag])
+            if recovery is not None:
+                results = [] if task.ignore_result else [(task.task_id, status, backend.encode(record))]
+                completer_for(recovery, backend)(results, [task.tag])
+            elif not task.ignore_result:  # its message comes back to a child: see _kill
+                backend.store(record)
         except (BrokerError, BackendError, OSError) as error:
             logger.error("Cannot record %s of task %s[%s]: %s", status, task.name, task.task_id, error)
             return False
@@ -315,10 +321,14 @@ class PreforkPool:
             running = None
         recovery = capability(self.app.broker, LeaseRecovery)
         returned = 0
-        if recovery is not None:  # else the broker returns a dead child's messages when its connection drops
+        if recovery is not None:
             returned = recovery.release_lost_worker(
                 owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), {running} if running else set()
             )
+        elif last is not None and self.verdicts is not None and not stopped:
+            # The broker returns the dead child's messages when its connection drops; the one
+            # it was running counts as a delivery wherever on this node it comes back.
+            self.verdicts.record(last.task_id, LOST)
         if stopped and stop is not None:
             why = "hard time limit" if stop.reason == "time_limit" else "task terminated"
             logger.error(
@@ -370,6 +380,7 @@ class PreforkPool:
                 self.limits,
                 self.rate_limits,
                 self.hooks,
+                self.verdicts,
             )
         except BaseException:
             logger.exception("Child process %d crashed", os.getpid())
@@ -390,13 +401,22 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     limits: TimeLimits,
     rate_limits: RateLimits | None = None,
     hooks: Hooks | None = None,
+    verdicts: Verdicts | None = None,
 ) -> int:
     """The body of one prefork child: consume until told to stop or the parent is gone."""
     parent = os.getppid()
     failpoint.kill_supervisor = True
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
     consumer = Consumer(
-        app, queues, hostname, revoked, threads=1, running=running, rate_limits=rate_limits, hooks=hooks
+        app,
+        queues,
+        hostname,
+        revoked,
+        threads=1,
+        running=running,
+        rate_limits=rate_limits,
+        hooks=hooks,
+        verdicts=verdicts,
     )
     consumer.limits = limits  # the supervisor's, with its run-time overrides (copied by fork)
 

@@ -116,6 +116,11 @@ impl AmqpBroker {
         py.detach(|| self.inner.purge(&queues)).map_py(py)
     }
 
+    /// Delete queues and their dead-letter queues; returns how many messages went with them.
+    fn delete_queues(&self, py: Python<'_>, queues: Vec<String>) -> PyResult<usize> {
+        py.detach(|| self.inner.delete_queues(&queues)).map_py(py)
+    }
+
     /// `(id, queue, reason, error, deliveries, dead_at_ms, payload)` rows of a queue's
     /// dead-letter queue, oldest first, left in place.
     #[pyo3(signature = (queue = None, limit = 100))]
@@ -271,6 +276,13 @@ impl AmqpConsumer {
     /// Return unstarted deliveries to their queue, uncounted; returns how many.
     fn requeue(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
         py.detach(|| self.inner.requeue(&tags)).map_py(py)
+    }
+
+    /// Put a delivery back recording that `died_running` of its deliveries died with their
+    /// worker; false when not held here (any more).
+    fn recount(&self, py: Python<'_>, tag: String, died_running: u32) -> PyResult<bool> {
+        py.detach(|| self.inner.recount(&tag, died_running))
+            .map_py(py)
     }
 
     /// Move a delivery to its queue's dead-letter queue; false when not held here (any more).

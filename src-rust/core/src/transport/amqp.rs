@@ -36,8 +36,9 @@ pub const DELAYED_DELIVERY_EXCHANGE: &str = "celery_delayed_delivery";
 /// Longest delay the levels can express, in seconds (about 8.5 years).
 pub const MAX_DELAY_S: u64 = (1 << DELAY_LEVELS) - 1;
 
-/// Headers rqueue adds: how many deliveries a message had before this copy (classic queues only
-/// flag a redelivery, so a redelivered message is republished with its count), and why and when
+/// Headers rqueue adds: how many earlier deliveries of a message died running (the broker only
+/// flags a redelivery, and also redelivers the innocent messages a dead worker had prefetched, so
+/// the worker node that saw the death republishes the message with its count), and why and when
 /// a dead letter was moved aside.
 pub const H_DELIVERED: &str = "x-rqueue-delivered";
 pub const H_DEAD_ID: &str = "x-rqueue-dead-id";
@@ -46,8 +47,6 @@ pub const H_DEAD_REASON: &str = "x-rqueue-reason";
 pub const H_DEAD_ERROR: &str = "x-rqueue-error";
 pub const H_DEAD_AT: &str = "x-rqueue-dead-at-ms";
 pub const H_DEAD_DELIVERIES: &str = "x-rqueue-deliveries";
-/// What quorum queues count themselves: earlier deliveries of this message.
-pub const H_QUORUM_COUNT: &str = "x-delivery-count";
 
 /// The dead-letter queue of `queue`.
 pub fn dead_letter_queue(queue: &str) -> String {
@@ -762,6 +761,30 @@ impl AmqpBroker {
         })
     }
 
+    /// Deletes queues and their dead-letter queues, with their messages; returns how many
+    /// messages went with them.
+    pub fn delete_queues(&self, queues: &[String]) -> Result<usize> {
+        let cfg = &self.cfg;
+        let all = queues
+            .iter()
+            .flat_map(|q| [q.clone(), dead_letter_queue(q)]);
+        all.into_iter().try_fold(0, |n, q| {
+            let name = q.as_str();
+            let gone = self.on_channel(|ch| async move {
+                let options = lapin::options::QueueDeleteOptions::default();
+                match ch.queue_delete(name.into(), options).await {
+                    Ok(count) => Ok(count as usize),
+                    Err(e) if not_found(&e) => Ok(0),
+                    Err(e) => Err(cfg.err(e)),
+                }
+            })?;
+            lock(&self.link)
+                .as_ref()
+                .map(|l| lock(&l.declared).remove(&q));
+            Ok(n + gone)
+        })
+    }
+
     /// Dead letters of `queue`, oldest first: read and left in place (the channel closes
     /// without acking, so RabbitMQ puts them back in order).
     pub fn dead_letters(&self, queue: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
@@ -1070,6 +1093,7 @@ fn dead_letter_of(queue: &str, d: &lapin::message::Delivery) -> DeadLetter {
         payload: amqp_frame::to_envelope(
             "",
             queue,
+            false,
             &without_rqueue_headers(&d.properties),
             &d.data,
             &id,

@@ -9,12 +9,14 @@
 //! new channel. Acks of a batch go out as one `multiple` ack up to the highest tag below which
 //! nothing delivered is still unsettled.
 //!
-//! Classic queues only flag a redelivery, so a redelivered message is counted by republishing
-//! it with its count (`x-rqueue-delivered`) and acking the original; quorum queues count
-//! themselves (`x-delivery-count`). Past `max_deliveries` a message goes to its dead-letter
-//! queue (`worker_lost`). Requeued unstarted messages are republished with their count
-//! unchanged, so giving them back is not a delivery. The thread never takes the GIL and never
-//! starts on its own: call `start` after any fork.
+//! The broker only flags a redelivery, and redelivers a dead worker's innocent prefetched
+//! messages with the one that killed it; so deliveries are counted by the worker node that saw
+//! the death (its supervisor knows what was running): `recount` republishes that message with
+//! the number of its deliveries that died running (`x-rqueue-delivered`) and acks the original.
+//! Past `max_deliveries` a message goes to its dead-letter queue (`worker_lost`). Requeued
+//! unstarted messages are republished with their count unchanged, so giving them back is not a
+//! delivery. The thread never takes the GIL and never starts on its own: call `start` after any
+//! fork.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +38,7 @@ use crate::prefetch::{Delivery, PrefetchBuffer};
 use crate::transport::amqp::{
     confirmed, connect, dead_letter_queue, declare_dead_letter_queue, declare_queue, runtime,
     with_headers, AmqpConfig, H_DEAD_AT, H_DEAD_DELIVERIES, H_DEAD_ERROR, H_DEAD_ID, H_DEAD_QUEUE,
-    H_DEAD_REASON, H_DELIVERED, H_QUORUM_COUNT,
+    H_DEAD_REASON, H_DELIVERED,
 };
 use crate::transport::amqp_frame::{int_header, to_envelope, Frame};
 use crate::transport::{now_ms, REASON_WORKER_LOST};
@@ -65,6 +67,7 @@ enum Incoming {
 }
 
 /// A delivered message not yet settled: what is needed to republish it.
+#[derive(Clone)]
 struct Held {
     queue: String,
     properties: BasicProperties,
@@ -114,14 +117,39 @@ impl Ledger {
     }
 }
 
-/// One connection of the consumer: the consuming channel (acks go there), a confirm channel
-/// for republishing, and the ledger of what the consuming channel delivered.
+/// One connection of the consumer: the consuming channel, a confirm channel for republishing,
+/// and the ledger of what the consuming channel delivered.
 struct Session {
     generation: u64,
     conn: Connection,
     channel: Channel,
     publish: Channel,
     ledger: Mutex<Ledger>,
+}
+
+impl Session {
+    /// Takes `tags` out of the ledger and queues their acks; returns how many were held.
+    ///
+    /// The ack frames are queued for lapin's I/O thread under the ledger's lock, so they leave
+    /// in the order the ledger settled them (a `multiple` ack never overtakes a single ack below
+    /// it, which would ack an unknown tag and close the channel). The caller does not wait for
+    /// the write: a failed ack means the channel is gone, and the broker redelivers what it held.
+    fn settle(&self, tags: &[u64]) -> usize {
+        let mut ledger = lock(&self.ledger);
+        let (upto, covered, singles) = ledger.settle(tags);
+        let writes = upto.map(|t| (t, true)).into_iter();
+        for (tag, multiple) in writes.chain(singles.iter().map(|t| (*t, false))) {
+            let mut write = Box::pin(self.channel.basic_ack(tag, BasicAckOptions { multiple }));
+            // One poll queues the frame; the write's completion is not awaited.
+            let _ = futures_lite::future::block_on(futures_lite::future::poll_once(&mut write));
+        }
+        covered + singles.len()
+    }
+
+    /// A copy of a held delivery (it stays held, so no `multiple` ack covers it meanwhile).
+    fn held(&self, tag: u64) -> Option<Held> {
+        lock(&self.ledger).held.get(&tag).cloned()
+    }
 }
 
 struct Shared {
@@ -251,29 +279,10 @@ impl AmqpConsumer {
         Some((s, mine))
     }
 
-    /// Acknowledges finished deliveries on their channel; returns how many were in flight.
+    /// Acknowledges finished deliveries on their channel; returns how many were in flight. The
+    /// acks are queued (in order) for the channel's ack task: this never waits for I/O.
     pub fn ack(&self, tags: &[String]) -> Result<usize> {
-        let Some((s, mine)) = self.current(tags) else {
-            return Ok(0);
-        };
-        let (upto, covered, singles) = lock(&s.ledger).settle(&mine);
-        let err = |e: lapin::Error| self.cfg.amqp.err(e);
-        self.rt()?.block_on(async {
-            if let Some(t) = upto {
-                s.channel
-                    .basic_ack(t, BasicAckOptions { multiple: true })
-                    .await
-                    .map_err(err)?;
-            }
-            for t in &singles {
-                s.channel
-                    .basic_ack(*t, BasicAckOptions::default())
-                    .await
-                    .map_err(err)?;
-            }
-            Ok::<_, Error>(())
-        })?;
-        Ok(covered + singles.len())
+        Ok(self.current(tags).map_or(0, |(s, mine)| s.settle(&mine)))
     }
 
     /// Returns unstarted deliveries to their queue, uncounted (republished with their count,
@@ -285,14 +294,28 @@ impl AmqpConsumer {
         let rt = self.rt()?;
         let mut n = 0;
         for tag in mine {
-            let Some(held) = lock(&s.ledger).held.remove(&tag) else {
+            let Some(held) = s.held(tag) else {
                 continue;
             };
             let earlier = held.deliveries.saturating_sub(1);
-            rt.block_on(republish(&self.cfg.amqp, &s, tag, &held, earlier))?;
-            n += 1;
+            rt.block_on(republish(&self.cfg.amqp, &s, &held, earlier))?;
+            n += s.settle(&[tag]);
         }
         Ok(n)
+    }
+
+    /// Puts a delivery back in its queue recording that `died_running` of its deliveries died
+    /// with their worker (republished, then acked); false when this consumer does not hold it.
+    pub fn recount(&self, tag: &str, died_running: u32) -> Result<bool> {
+        let Some((s, mine)) = self.current(&[tag.to_string()]) else {
+            return Ok(false);
+        };
+        let Some((t, held)) = mine.first().and_then(|t| Some((*t, s.held(*t)?))) else {
+            return Ok(false);
+        };
+        self.rt()?
+            .block_on(republish(&self.cfg.amqp, &s, &held, died_running))?;
+        Ok(s.settle(&[t]) == 1)
     }
 
     /// Moves a delivery to its queue's dead-letter queue with a reason; false when this
@@ -301,15 +324,12 @@ impl AmqpConsumer {
         let Some((s, mine)) = self.current(&[tag.to_string()]) else {
             return Ok(false);
         };
-        let Some(t) = mine.first().copied() else {
-            return Ok(false);
-        };
-        let Some(held) = lock(&s.ledger).held.remove(&t) else {
+        let Some((t, held)) = mine.first().and_then(|t| Some((*t, s.held(*t)?))) else {
             return Ok(false);
         };
         self.rt()?
-            .block_on(bury(&self.cfg.amqp, &s, t, &held, reason, error))?;
-        Ok(true)
+            .block_on(bury(&self.cfg.amqp, &s, &held, reason, error))?;
+        Ok(s.settle(&[t]) == 1)
     }
 }
 
@@ -339,15 +359,9 @@ impl Drop for AmqpConsumer {
     }
 }
 
-/// Republishes a held message to its queue with `earlier` deliveries recorded, then acks the
-/// original: the copy is confirmed before the original goes, so nothing is lost in between.
-async fn republish(
-    cfg: &AmqpConfig,
-    s: &Session,
-    tag: u64,
-    held: &Held,
-    earlier: u32,
-) -> Result<()> {
+/// Republishes a held message to its queue with `earlier` deliveries recorded. The caller then
+/// settles the original: the copy is confirmed before the original goes, so nothing is lost.
+async fn republish(cfg: &AmqpConfig, s: &Session, held: &Held, earlier: u32) -> Result<()> {
     let frame = Frame {
         exchange: String::new(),
         routing_key: String::new(),
@@ -362,18 +376,14 @@ async fn republish(
     };
     confirmed(&s.publish, "", &held.queue, &frame, cfg.confirm_timeout)
         .await?
-        .map_err(|why| cfg.err(why))?;
-    s.channel
-        .basic_ack(tag, BasicAckOptions::default())
-        .await
-        .map_err(|e| cfg.err(e))
+        .map_err(|why| cfg.err(why))
 }
 
-/// Moves a held message to the dead-letter queue of its queue with why, then acks it.
+/// Copies a held message to the dead-letter queue of its queue with why; the caller then
+/// settles the original.
 async fn bury(
     cfg: &AmqpConfig,
     s: &Session,
-    tag: u64,
     held: &Held,
     reason: &str,
     error: Option<&str>,
@@ -409,11 +419,7 @@ async fn bury(
         .map_err(|e| cfg.err(e))?;
     confirmed(&s.publish, "", &dlq, &frame, cfg.confirm_timeout)
         .await?
-        .map_err(|why| cfg.err(why))?;
-    s.channel
-        .basic_ack(tag, BasicAckOptions::default())
-        .await
-        .map_err(|e| cfg.err(e))
+        .map_err(|why| cfg.err(why))
 }
 
 struct Worker {
@@ -624,71 +630,79 @@ impl Worker {
             Ok::<_, lapin::Error>(())
         });
         while let Ok(Incoming::Message(queue, d)) = rx.recv_timeout(DRAIN) {
-            lock(&s.ledger).received(d.delivery_tag);
-            let held = self.held(queue, &d);
-            self.rt.block_on(republish(
-                amqp,
-                s,
-                d.delivery_tag,
-                &held,
-                held.deliveries.saturating_sub(1),
-            ))?;
+            let tag = d.delivery_tag;
+            let held = Held {
+                queue,
+                deliveries: deliveries_of(&d),
+                properties: d.properties,
+                body: d.data,
+            };
+            self.hold(s, tag, held.clone());
+            self.rt
+                .block_on(republish(amqp, s, &held, held.deliveries.saturating_sub(1)))?;
+            s.settle(&[tag]);
         }
         Ok(())
     }
 
-    fn held(&self, queue: String, d: &AmqpDelivery) -> Held {
-        Held {
-            queue,
-            properties: d.properties.clone(),
-            body: d.data.clone(),
-            deliveries: deliveries_of(d),
-        }
+    /// Records a delivery in the ledger: received and held in one step, so no `multiple` ack
+    /// can cover it before it is held.
+    fn hold(&self, s: &Session, tag: u64, held: Held) {
+        let mut ledger = lock(&s.ledger);
+        ledger.received(tag);
+        ledger.held.insert(tag, held);
     }
 
-    /// Counts a delivery; dead-letters it past `max_deliveries`, republishes a redelivery from
-    /// a classic queue with its count, or hands it to the buffer.
+    /// Dead-letters a delivery counted past `max_deliveries` (a guard: the node that counted it
+    /// dead-letters it first), or hands it to the buffer.
     fn admit(&self, s: &Arc<Session>, queue: String, d: AmqpDelivery) -> Result<()> {
-        let amqp = &self.cfg.amqp;
-        lock(&s.ledger).received(d.delivery_tag);
         let tag = d.delivery_tag;
+        let deliveries = deliveries_of(&d);
+        if deliveries <= self.cfg.max_deliveries {
+            let wire_tag = format!("{}.{tag}", s.generation);
+            let delivery = Delivery {
+                payload: to_envelope(
+                    d.exchange.as_str(),
+                    d.routing_key.as_str(),
+                    d.redelivered,
+                    &d.properties,
+                    &d.data,
+                    &wire_tag,
+                ),
+                tag: wire_tag,
+                queue: queue.clone(),
+                deliveries,
+            };
+            let held = Held {
+                queue,
+                properties: d.properties,
+                body: d.data,
+                deliveries,
+            };
+            self.hold(s, tag, held);
+            return self.hand_over(s, tag, delivery);
+        }
         let held = Held {
             queue,
-            deliveries: deliveries_of(&d),
             properties: d.properties,
             body: d.data,
+            deliveries,
         };
-        let quorum = int_header(held.properties.headers().as_ref(), H_QUORUM_COUNT).is_some();
-        if held.deliveries > self.cfg.max_deliveries {
-            let why = format!(
-                "delivered {} times without being settled (broker_max_deliveries = {}): its \
-                 worker died or lost its connection each time",
-                held.deliveries, self.cfg.max_deliveries
-            );
-            return self
-                .rt
-                .block_on(bury(amqp, s, tag, &held, REASON_WORKER_LOST, Some(&why)));
-        }
-        if d.redelivered && !quorum {
-            return self
-                .rt
-                .block_on(republish(amqp, s, tag, &held, held.deliveries - 1));
-        }
-        let wire_tag = format!("{}.{tag}", s.generation);
-        let delivery = Delivery {
-            payload: to_envelope(
-                d.exchange.as_str(),
-                d.routing_key.as_str(),
-                &held.properties,
-                &held.body,
-                &wire_tag,
-            ),
-            tag: wire_tag,
-            queue: held.queue.clone(),
-            deliveries: held.deliveries,
-        };
-        lock(&s.ledger).held.insert(tag, held);
-        self.hand_over(s, tag, delivery)
+        self.hold(s, tag, held.clone());
+        let why = format!(
+            "delivered {deliveries} times, each time its worker died running it \
+             (broker_max_deliveries = {})",
+            self.cfg.max_deliveries
+        );
+        self.rt.block_on(bury(
+            &self.cfg.amqp,
+            s,
+            &held,
+            REASON_WORKER_LOST,
+            Some(&why),
+        ))?;
+        s.settle(&[tag]);
+        Ok(())
     }
 
     /// Puts a delivery in the buffer, waiting for room (the broker may push a message just
@@ -700,27 +714,27 @@ impl Worker {
                 Err(back) => delivery = back,
             }
             if self.buffer.is_closed() || self.stopping() {
-                let Some(held) = lock(&s.ledger).held.remove(&tag) else {
+                let Some(held) = s.held(tag) else {
                     return Ok(());
                 };
                 let earlier = held.deliveries.saturating_sub(1);
-                return self
-                    .rt
-                    .block_on(republish(&self.cfg.amqp, s, tag, &held, earlier));
+                self.rt
+                    .block_on(republish(&self.cfg.amqp, s, &held, earlier))?;
+                s.settle(&[tag]);
+                return Ok(());
             }
             self.buffer.wait_for_credit(TICK);
         }
     }
 }
 
-/// This delivery's number: earlier deliveries recorded by rqueue or counted by a quorum queue,
-/// plus one for a classic queue's redelivery flag, plus this one.
+/// This delivery's number: the earlier deliveries that died running (as recorded when the
+/// message was recounted), plus this one. Neither the redelivery flag nor a quorum queue's
+/// `x-delivery-count` is used: both also count the innocent messages a dead worker had
+/// prefetched.
 fn deliveries_of(d: &AmqpDelivery) -> u32 {
-    let h = d.properties.headers().as_ref();
-    let recorded = int_header(h, H_DELIVERED).unwrap_or(0);
-    let quorum = int_header(h, H_QUORUM_COUNT);
-    let flagged = i64::from(d.redelivered && quorum.is_none());
-    u32::try_from(recorded + quorum.unwrap_or(0) + flagged + 1).unwrap_or(u32::MAX)
+    let recorded = int_header(d.properties.headers().as_ref(), H_DELIVERED).unwrap_or(0);
+    u32::try_from(recorded.max(0) + 1).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

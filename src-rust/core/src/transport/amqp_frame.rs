@@ -113,6 +113,7 @@ pub fn short(s: String) -> Result<ShortString> {
 pub fn to_envelope(
     exchange: &str,
     routing_key: &str,
+    redelivered: bool,
     properties: &BasicProperties,
     body: &[u8],
     delivery_tag: &str,
@@ -136,6 +137,7 @@ pub fn to_envelope(
     let mut info = Map::new();
     info.insert("exchange".into(), Value::from(exchange));
     info.insert("routing_key".into(), Value::from(routing_key));
+    info.insert("redelivered".into(), Value::from(redelivered));
     p.insert("delivery_info".into(), Value::Object(info));
     p.insert(
         "priority".into(),
@@ -295,7 +297,7 @@ mod tests {
         assert_eq!(h.inner().get("eta"), Some(&AMQPValue::Void));
         assert_eq!(int_header(Some(h), "retries"), Some(0));
 
-        let back = to_envelope("celery", "celery", p, &frame.body, "1.7");
+        let back = to_envelope("celery", "celery", true, p, &frame.body, "1.7");
         let decoded = crate::protocol::decode_task_message(
             &back,
             &crate::protocol::Accept::new(["json"]),
@@ -307,6 +309,7 @@ mod tests {
         assert_eq!(decoded.priority, 7);
         assert_eq!(decoded.delivery_tag.as_deref(), Some("1.7"));
         assert_eq!(decoded.routing_key, "celery");
+        assert!(decoded.redelivered);
     }
 
     #[test]
@@ -323,7 +326,7 @@ mod tests {
 
     #[test]
     fn test_a_message_without_content_type_is_refused_by_the_decoder() {
-        let back = to_envelope("", "q", &BasicProperties::default(), b"junk", "1.1");
+        let back = to_envelope("", "q", false, &BasicProperties::default(), b"junk", "1.1");
         let err = crate::protocol::decode_task_message(
             &back,
             &crate::protocol::Accept::new(["json"]),
