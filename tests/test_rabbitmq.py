@@ -18,7 +18,14 @@ import pytest
 
 from conftest import Project, RabbitServer, free_port
 from rqueue import App, _rqueue
-from rqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError, TimeLimitExceeded
+from rqueue.exceptions import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+    DecodeError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+)
 from rqueue.urls import amqp_params
 
 amqp = pytest.importorskip("amqp")  # py-amqp (kombu's client): an independent view of the broker
@@ -285,6 +292,20 @@ def test_a_hard_time_limit_kills_once_and_its_message_is_not_run_again(aproject:
     assert tasks.app.broker.dead_letters("celery") == []
 
 
+def test_revoke_reaches_a_task_still_waiting_in_the_queue(aproject: Project) -> None:
+    """No broker-side store on RabbitMQ: the revocation is broadcast to live workers, as in Celery."""
+    tasks = aproject.app()
+    aproject.start_worker("-c", "1", "--prefetch-multiplier", "1")
+    busy = tasks.sleep.delay(2.0)
+    time.sleep(0.5)  # the worker's one slot is taken; the next message waits in the queue
+    waiting = tasks.record.delay("revoked")
+    waiting.revoke()
+    assert busy.get(timeout=30) == 2.0
+    with pytest.raises(TaskRevokedError):
+        waiting.get(timeout=30)
+    assert aproject.ledger_count("revoked") == 0
+
+
 # -- remote control --------------------------------------------------------------------------------------
 
 
@@ -337,6 +358,7 @@ def test_r4_worker_resumes_after_rabbitmq_is_killed_and_restarted(tmp_path: Path
         assert lost == [] and worker.proc.poll() is None
         assert resumed_s < 10
         assert [r.get(timeout=30) for r in results[-5:]] == [0.01] * 5
+        assert tasks.add.delay(2, 3).get(timeout=30) == 5  # this producer reconnected too
         assert worker.stop() == 0
     finally:
         project.close()
