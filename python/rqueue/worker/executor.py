@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from rqueue.worker.state import Revoked
     from rqueue.worker.timelimit import Watchdog
 
-
 logger = logging.getLogger("rqueue.worker")
 
 #: Flush results and acks at least every this many tasks...
