@@ -10,7 +10,7 @@ For rqueue and Celery, each in its fast configuration (one process: ``--pool sol
 2. drain, no results: N messages queued, then ONE worker through the library's CLI, timed from the
    first task run to the N-th;
 3. drain, results stored in Redis;
-4. round trip: sequential ``delay().get()``, p50 and p99.
+4. round trip: sequential ``delay().get()``, p50 and p99, with Redis results and with ``rpc://``.
 
 Every measurement gets a fresh vhost. The raw baseline (``src-rust/core/examples/amqp_raw_drain.rs``,
 lapin) drains the same Celery frames with a prefetch of 1000 and one ``multiple`` ack per 100
@@ -46,6 +46,9 @@ LIBRARIES = ("rqueue", "celery")
 CONFIGS = ("fast", "default")
 #: Targets of the RabbitMQ issue: drain against the raw baseline and Celery, enqueue against Celery.
 TARGETS = {"drain_vs_raw": 0.8, "drain_vs_celery": 20.0, "enqueue_vs_celery": 4.0}
+#: Targets of the rpc:// issue: round trip p50 at most 1 ms, and at least 3x better than Celery's.
+RPC_P50_MS = 1.0
+RPC_VS_CELERY = 3.0
 DRAIN_TASKS = {"rqueue": 20_000, "celery": 3_000}
 RAW_TASKS = 20_000
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -72,10 +75,22 @@ class AmqpHarness(Harness):
         self.rabbit = servers.rabbit
         self.broker_url = self.rabbit.new_vhost()
 
+    result_url = ""
+
     def env(self, library: str, config: str, results: bool, counters: Path | None = None) -> dict[str, str]:
         env = super().env(library, config, results, counters)
         env["BENCH_BROKER_URL"] = self.broker_url
+        if self.result_url:
+            env["BENCH_RESULT_URL"] = self.result_url
         return env
+
+    def rpc_roundtrip(self, library: str, config: str) -> dict[str, Any]:
+        """Round trips with results sent back over RabbitMQ (``rpc://``)."""
+        self.result_url = "rpc://"
+        try:
+            return self.roundtrip(library, config)
+        finally:
+            self.result_url = ""
 
     def enqueue(self, library: str, config: str) -> float:
         self.broker_url = self.rabbit.new_vhost()
@@ -103,6 +118,12 @@ def raw_baseline(rabbit: RabbitServer, n: int, reps: int) -> dict[str, Any]:
         out = subprocess.run([str(exe), rabbit.new_vhost(), str(n)], capture_output=True, text=True, check=True)
         rates.append(float(json.loads(out.stdout)["tasks_s"]))
     return {"tasks": n, "tasks_s": statistics.median(rates), "runs": rates}
+
+
+def rpc_roundtrips(h: AmqpHarness, library: str, reps: int) -> dict[str, Any]:
+    """Medians over ``reps`` of the fast configuration's rpc:// round trips."""
+    runs = [h.rpc_roundtrip(library, "fast") for _ in range(reps)]
+    return {key: statistics.median(r[key] for r in runs) for key in ("p50_ms", "p99_ms")} | {"runs": runs}
 
 
 def figure(results: list[dict[str, Any]], library: str, config: str, column: str) -> float:
@@ -141,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             peers.run.DRAIN_TASKS.update(DRAIN_TASKS)
             h = AmqpHarness(Servers(redis, rabbit), workdir, sizes)
             results = [measure_library(h, lib, config, reps) for lib in LIBRARIES for config in CONFIGS]
+            rpc = {lib: rpc_roundtrips(h, lib, reps) for lib in LIBRARIES}
             raw = raw_baseline(rabbit, max(1_000, int(RAW_TASKS * scale)), reps)
         finally:
             rabbit.stop()
@@ -167,12 +189,27 @@ def main(argv: list[str] | None = None) -> int:
         }
         line = ", ".join(f"{k} {v:.2f}{TIMES}" for k, v in ratios[config].items())
         print(f"rqueue {config}: {line}")
+    rq, cel = rpc["rqueue"], rpc["celery"]
+    rpc_ratio = cel["p50_ms"] / rq["p50_ms"]
+    print(
+        f"rpc:// round trip (fast): rqueue p50 {rq['p50_ms']:.2f} ms p99 {rq['p99_ms']:.2f} ms; "
+        f"celery p50 {cel['p50_ms']:.2f} ms p99 {cel['p99_ms']:.2f} ms; {rpc_ratio:.2f}{TIMES}"
+    )
+    print(f"target rpc:// p50 <= {RPC_P50_MS} ms: {'met' if rq['p50_ms'] <= RPC_P50_MS else 'MISSED'}")
+    print(f"target rpc:// >= {RPC_VS_CELERY}{TIMES} Celery: {'met' if rpc_ratio >= RPC_VS_CELERY else 'MISSED'}")
     fast = ratios["fast"]
     for key, target in TARGETS.items():
         verdict = "met" if fast[key] >= target else "MISSED"
         print(f"target {key} >= {target}{TIMES} (fast): {fast[key]:.2f}{TIMES} {verdict}")
     if opts.json:
-        report = {"machine": machine(), "raw": raw, "results": results, "ratios": ratios, "targets": TARGETS}
+        report = {
+            "machine": machine(),
+            "raw": raw,
+            "results": results,
+            "ratios": ratios,
+            "rpc": rpc,
+            "targets": TARGETS,
+        }
         opts.json.write_text(json.dumps(report, indent=2))
     return 0
 

@@ -217,7 +217,8 @@ def test_send_many_applies_options_to_every_call(app: App) -> None:
         ("rpc://", None, r"broker_url: unknown URL scheme 'rpc'"),
         (None, "amqp://guest@localhost//", r"result_backend: unknown URL scheme 'amqp'.*supported schemes: sqlite://"),
         (None, "kafka://x", r"result_backend: unknown URL scheme 'kafka'"),
-        (None, "rpc://", r"result_backend: the rpc:// scheme \(RabbitMQ replies\) is not available"),
+        (None, "rpc://", r"result_backend rpc:// needs a RabbitMQ broker \(amqp://\), not <SqliteBroker"),
+        (None, "rpc://localhost/x", r"result_backend: 'rpc://localhost/x' takes no host or options"),
     ],
 )
 def test_each_role_has_its_own_schemes(tmp_path: Path, broker: str | None, backend: str | None, message: str) -> None:

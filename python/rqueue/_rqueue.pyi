@@ -500,8 +500,15 @@ class AmqpBroker:
         """Publish a transient JSON message with ``headers`` (a JSON object's text)."""
     def listen(self, queue: str) -> None:
         """Start taking the messages of ``queue`` (auto-acked: control messages)."""
-    def receive(self, queue: str, timeout_s: float, limit: int) -> list[tuple[bytes, str]]:
-        """``(body, headers JSON)`` of a listened queue's messages, waiting up to ``timeout_s`` for the first."""
+    def receive(self, queue: str, timeout_s: float, limit: int) -> list[tuple[bytes, str, str | None, str | None]]:
+        """``(body, headers JSON, correlation_id, content_type)`` of a listened queue's messages,
+        waiting up to ``timeout_s`` for the first (GIL released)."""
+    def declare_reply_queue(self, queue: str, expires_ms: int | None = None) -> None:
+        """Declare an ``rpc://`` client's reply queue as Celery does (durable, auto-delete, ``x-expires``)."""
+    def publish_reply(
+        self, reply_to: str, correlation_id: str, content_type: str, body: bytes, persistent: bool
+    ) -> None:
+        """Send one ``rpc://`` state message to ``reply_to`` through the default exchange."""
     def unlisten(self, queue: str) -> None: ...
 
 @final

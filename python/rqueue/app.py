@@ -122,6 +122,7 @@ class App:
             accept.append(serialization.content_type(conf.result_serializer))
             backend = open_backend(
                 self.backend_url,
+                broker=lambda: self.broker,
                 serializer=conf.result_serializer,
                 accept=accept,
                 expires_s=expires,
@@ -283,7 +284,7 @@ class App:
             parent_id=options.get("parent_id"),
             origin=self.origin,
             ignore_result=ignore_result,
-            reply_to=self.oid,
+            reply_to=options.get("reply_to") or self.backend.reply_to_for(task_id) or self.oid,
             extra_headers=options.get("headers"),
             max_size=self.conf.task_max_message_size,
         )

@@ -60,10 +60,12 @@ class SendOptions(TypedDict, total=False):
     serializer: str | None
     time_limit: float | None
     soft_time_limit: float | None
-    #: Set by ``retry()``: how many times the task ran before, and its workflow's ids.
+    #: Set by ``retry()``: how many times the task ran before, its workflow's ids, and where its
+    #: states go (the first sender's ``reply_to``, for ``rpc://``).
     retries: int
     root_id: str | None
     parent_id: str | None
+    reply_to: str | None
 
 
 #: The names of ``SendOptions``, for the run-time check of keyword arguments.
@@ -84,6 +86,8 @@ class Request:
     root_id: str | None = None
     parent_id: str | None = None
     group: str | None = None
+    #: The sending client's address for ``rpc://`` states.
+    reply_to: str | None = None
     hostname: str | None = None
     delivery_info: dict[str, Any] = field(default_factory=dict)
     redelivered: bool = False
@@ -220,6 +224,7 @@ class Task(Generic[P, R]):
             retries=request.retries + 1,
             root_id=request.root_id,
             parent_id=request.parent_id,
+            reply_to=request.reply_to,
         )
         when = f"in {countdown:g} s" if countdown is not None else f"at {eta}"
         raise Retry(f"Retry {when}", exc=exc, when=countdown)

@@ -107,6 +107,8 @@ def test_remote_control_crosses_both_ways(
     inspect = celery_producer.control.inspect(destination=["rq1@test"], timeout=5)
     assert inspect.ping() == {"rq1@test": {"ok": "pong"}}
     assert "tasks.add" in inspect.registered()["rq1@test"]
+    replies = celery_producer.control.rate_limit("tasks.add", "10/m", destination=["rq1@test"], reply=True, timeout=5)
+    assert replies == [{"rq1@test": {"ok": "new rate limit set successfully"}}]
     _, queue = celery_worker
     app = App("producer", broker=amqp_url)
     replies = app.control.ping(timeout=3)

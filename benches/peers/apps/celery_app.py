@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery  # type: ignore[import-untyped]
 
-from peers.apps.common import AMQP, BROKER_URL, CONFIG, REDIS_URL, RESULTS, count_keys
+from peers.apps.common import AMQP, BROKER_URL, CONFIG, RESULT_URL, RESULTS, count_keys
 from rqueue.bench.counter import count
 
 LIBRARY = "celery"
@@ -16,7 +16,7 @@ CONFIGS = {
     "default": "defaults: prefork pool, one child per CPU, prefetch multiplier 4, gossip/mingle/heartbeat on",
 }
 
-app = Celery("bench", broker=BROKER_URL, backend=REDIS_URL)
+app = Celery("bench", broker=BROKER_URL, backend=RESULT_URL)
 app.conf.update(task_ignore_result=not RESULTS, broker_connection_retry_on_startup=True)
 if AMQP:  # publisher confirms, as rqueue always has them on RabbitMQ
     app.conf.broker_transport_options = {"confirm_publish": True}

@@ -12,6 +12,8 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: results always go to Redis.
 BROKER_URL = os.environ.get("BENCH_BROKER_URL") or REDIS_URL
 AMQP = BROKER_URL.startswith("amqp")
+#: Where results go: Redis, or ``rpc://`` (back to the client over RabbitMQ) in ``bench_rabbitmq.py``.
+RESULT_URL = os.environ.get("BENCH_RESULT_URL") or REDIS_URL
 RESULTS = os.environ.get("BENCH_RESULTS", "0") == "1"
 CONFIG = os.environ.get("BENCH_CONFIG", "fast")
 #: Messages per batch publish when filling a queue.

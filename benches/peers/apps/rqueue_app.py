@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from peers.apps.common import BROKER_URL, CHUNK, CONFIG, REDIS_URL, RESULTS, count_keys, script
+from peers.apps.common import BROKER_URL, CHUNK, CONFIG, REDIS_URL, RESULT_URL, RESULTS, count_keys, script
 from rqueue import App
 from rqueue.bench.counter import count
 
@@ -16,7 +16,7 @@ CONFIGS = {
     "default": "defaults: prefork pool, one child per CPU, prefetch multiplier 4",
 }
 
-app = App("bench", broker=BROKER_URL, backend=REDIS_URL, task_ignore_result=not RESULTS)
+app = App("bench", broker=BROKER_URL, backend=RESULT_URL, task_ignore_result=not RESULTS)
 
 
 @app.task(name="bench.noop")

@@ -3,19 +3,32 @@ the URL's scheme (``BACKENDS``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rqueue.backends.base import DisabledBackend, ResultBackend, ResultRecord
+from rqueue.backends.rpc import RpcBackend
 from rqueue.backends.sqlite import SqliteBackend
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import Schemes, sqlite_path
 
+if TYPE_CHECKING:
+    from rqueue.brokers.base import Broker
 
-def _sqlite(url: str, **options: Any) -> ResultBackend:
+
+def _sqlite(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
     return SqliteBackend(sqlite_path(url, "result_backend"), **options)
 
 
-def _redis(url: str, **options: Any) -> ResultBackend:
+def _rpc(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
+    if url.rstrip("/") != "rpc:":
+        raise ConfigurationError(f"result_backend: {url!r} takes no host or options; write rpc://")
+    if broker is None:
+        raise ConfigurationError("result_backend rpc:// sends results through the app's broker: open it through an App")
+    return RpcBackend(broker, **options)
+
+
+def _redis(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
     try:
         from rqueue.backends.redis import RedisBackend  # noqa: PLC0415 - redis-py is optional (rqueue[redis])
     except ImportError as exc:  # pragma: no cover - redis-py comes with rqueue[redis]
@@ -33,18 +46,27 @@ BACKENDS: Schemes[ResultBackend] = Schemes(
         "redis": ("Redis (redis://[user:password@]host[:port][/db])", _redis),
         "rediss": ("Redis over TLS (rediss://host:port/db?ssl_cert_reqs=required)", _redis),
         "unix": ("Redis over a unix socket (unix:///path/redis.sock?db=N)", _redis),
+        "rpc": ("states sent back to the client that sent the task (rpc://; RabbitMQ brokers only)", _rpc),
     },
-    planned={"rpc": "RabbitMQ replies", "postgresql": "PostgreSQL", "db+postgresql": "PostgreSQL"},
+    planned={"postgresql": "PostgreSQL", "db+postgresql": "PostgreSQL"},
 )
 
 
 def open_backend(
-    url: str | None, *, serializer: str, accept: list[str], expires_s: float | None, extended: bool
+    url: str | None,
+    *,
+    broker: Callable[[], Broker] | None = None,
+    serializer: str,
+    accept: list[str],
+    expires_s: float | None,
+    extended: bool,
 ) -> ResultBackend:
-    """The backend for ``url``; None gives the DisabledBackend."""
+    """The backend for ``url`` (``broker`` gives the app's broker, for ``rpc://``); None gives the DisabledBackend."""
     if url is None:
         return DisabledBackend()
-    return BACKENDS.open(url, serializer=serializer, accept=accept, expires_s=expires_s, extended=extended)
+    return BACKENDS.open(
+        url, broker=broker, serializer=serializer, accept=accept, expires_s=expires_s, extended=extended
+    )
 
 
 __all__ = ["BACKENDS", "DisabledBackend", "ResultBackend", "ResultRecord", "SqliteBackend", "open_backend"]

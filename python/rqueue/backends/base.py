@@ -29,6 +29,9 @@ class ResultBackend(ABC):
     """Stores results as Celery does (``status``, ``result``, ``traceback``, ``date_done`` ...)."""
 
     url: str = ""
+    #: True when states go to the sending client rather than to a store (``rpc://``): the worker
+    #: then tells the backend each received task's reply address (``note_reply_route``).
+    routes_replies: bool = False
 
     def __init__(
         self,
@@ -85,6 +88,13 @@ class ResultBackend(ABC):
         """True when the broker at ``broker_url`` keeps its messages in this backend's store, so
         results and acks can be written in one step. Only a backend that knows says True."""
         return False
+
+    def note_reply_route(self, task_id: str, reply_to: str | None, correlation_id: str | None) -> None:  # noqa: B027
+        """Where the states of a received task go (only a backend that ``routes_replies`` keeps it)."""
+
+    def reply_to_for(self, task_id: str) -> str | None:
+        """The ``reply_to`` a client puts in the message of ``task_id``; None: the app's id."""
+        return None
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -264,7 +264,7 @@ class AmqpMailbox(Mailbox):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            for body, headers in self.broker.native.receive(queue, left, 100):
+            for body, headers, _, _ in self.broker.native.receive(queue, left, 100):
                 opened = _open(body, headers)
                 if opened is not None and opened[1].get("ticket") == ticket:
                     found.append(opened[0])
@@ -283,7 +283,7 @@ class AmqpMailbox(Mailbox):
             self.listen()
         assert self._queue is not None
         found: list[Any] = []
-        for body, headers in self.broker.native.receive(self._queue, timeout_s, 100):
+        for body, headers, _, _ in self.broker.native.receive(self._queue, timeout_s, 100):
             opened = _open(body, headers)
             if opened is None:
                 found.append(None)

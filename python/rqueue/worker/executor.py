@@ -33,6 +33,7 @@ from rqueue.exceptions import (
     SoftTimeLimitExceeded,
     TaskRevokedError,
     TaskTerminated,
+    TimeLimitExceeded,
     WorkerLostError,
 )
 from rqueue.task import Request, pop_request, push_request
@@ -41,7 +42,7 @@ from rqueue.worker.completion import completer_for
 from rqueue.worker.failpoint import ACTIVE as FAILPOINT
 from rqueue.worker.hooks import Hooks
 from rqueue.worker.timelimit import TaskGuard, TimeLimits
-from rqueue.worker.verdicts import LOST, STOPPED, Verdicts
+from rqueue.worker.verdicts import LOST, STOPPED, TERMINATED, Verdicts
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -171,6 +172,8 @@ class Executor:
                 return None
         if FAILPOINT is not None:
             failpoint.hit("after_decode")
+        if self.backend.routes_replies:
+            self.backend.note_reply_route(msg.id, msg.reply_to, msg.correlation_id)
         if first and msg.redelivered and self.verdicts is not None and self._judged(delivery, msg):
             return None
 
@@ -199,6 +202,7 @@ class Executor:
             root_id=msg.root_id,
             parent_id=msg.parent_id,
             group=msg.group_id,
+            reply_to=msg.reply_to,
             hostname=self.hostname,
             delivery_info={
                 "exchange": msg.exchange,
@@ -246,8 +250,12 @@ class Executor:
         that settled it (see ``rqueue.worker.verdicts``)."""
         assert self.verdicts is not None
         verdict = self.verdicts.take(msg.id)
-        if verdict == STOPPED:
+        if verdict in (STOPPED, TERMINATED):
             logger.info("Task %s[%s] was stopped and its outcome stored; not run again", msg.task, msg.id)
+            if self.backend.routes_replies:  # the supervisor had no reply address: tell the client here
+                exc = TimeLimitExceeded() if verdict == STOPPED else TaskRevokedError("terminated")
+                status = states.FAILURE if verdict == STOPPED else states.REVOKED
+                self._record(ResultRecord(msg.id, status, serialization.exception_to_meta(exc)))
             self._ack(delivery)
             return True
         if verdict != LOST or not isinstance(self.consumer, Recounting):

@@ -33,7 +33,7 @@ from rqueue.worker.consumer import Consumer
 from rqueue.worker.link import ChildLink
 from rqueue.worker.slot import RunningSlot, RunningTask
 from rqueue.worker.timelimit import SOFT_LIMIT_SIGNAL, TERMINATE_SIGNAL, TimeLimits, install_soft_limit_handler
-from rqueue.worker.verdicts import LOST, STOPPED, Verdicts
+from rqueue.worker.verdicts import LOST, STOPPED, TERMINATED, Verdicts
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -273,7 +273,7 @@ class PreforkPool:
     def _kill(self, pid: int, stop: _Stop) -> None:
         stop.killed = True
         if self.verdicts is not None:  # before the kill: the message may come back at once
-            self.verdicts.record(stop.task.task_id, STOPPED)
+            self.verdicts.record(stop.task.task_id, STOPPED if stop.reason == "time_limit" else TERMINATED)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -7,8 +7,8 @@ innocent prefetched messages along with the one that killed it. Only the supervi
 was running (its ``RunningSlot``). It records a verdict here, in memory every child inherits over
 fork; the child that receives the redelivered message takes the verdict and acts on it: ``LOST``
 counts a delivery (the message is recounted, or dead-lettered at ``broker_max_deliveries``),
-``STOPPED`` means its outcome is stored (hard time limit, terminate), so it is acked without
-running. The broker may redeliver before the supervisor has reaped the dead child: a message still
+``STOPPED``/``TERMINATED`` mean its outcome is stored (hard time limit, terminate), so it is acked
+without running. The broker may redeliver before the supervisor has reaped the dead child: a message still
 shown running in a sibling's slot is ``LOST`` too (it cannot run in two places). A redelivered
 message with no verdict (another node's death, or a prefetched neighbour) runs as it is.
 """
@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 #: The message was running when its worker process died: one delivery that may have killed it.
 LOST = 1
-#: The task was killed to stop it and its outcome was stored: ack, do not run.
+#: The task was killed by its hard time limit (STOPPED) or by ``revoke(terminate=True)`` (TERMINATED)
+#: and its outcome was stored: ack, do not run (an ``rpc://`` client is sent the outcome from there).
 STOPPED = 2
+TERMINATED = 3
 
 
 class Verdicts:

@@ -26,6 +26,9 @@ fn seconds(name: &str, value: f64) -> Result<Duration, Error> {
         })
 }
 
+/// `(body, headers JSON, correlation_id, content_type)` of a message pushed to a listened queue.
+type PushedTuple = (Vec<u8>, String, Option<String>, Option<String>);
+
 /// A RabbitMQ broker in Celery's layout: publishes with confirms, declares, administers. The
 /// password is masked in every message.
 #[pyclass(module = "rqueue._rqueue", frozen)]
@@ -193,17 +196,52 @@ impl AmqpBroker {
         py.detach(|| self.inner.listen(&queue)).map_py(py)
     }
 
-    /// `(body, headers JSON)` of messages of a listened queue, waiting up to `timeout_s` for the first.
+    /// `(body, headers JSON, correlation_id, content_type)` of messages of a listened queue,
+    /// waiting up to `timeout_s` for the first (GIL released).
     fn receive(
         &self,
         py: Python<'_>,
         queue: String,
         timeout_s: f64,
         limit: usize,
-    ) -> PyResult<Vec<(Vec<u8>, String)>> {
+    ) -> PyResult<Vec<PushedTuple>> {
         let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::ZERO);
-        py.detach(|| self.inner.receive(&queue, timeout, limit))
+        let got = py
+            .detach(|| self.inner.receive(&queue, timeout, limit))
+            .map_py(py)?;
+        Ok(got
+            .into_iter()
+            .map(|m| (m.body, m.headers, m.correlation_id, m.content_type))
+            .collect())
+    }
+
+    /// Declare an `rpc://` client's reply queue (durable, auto-delete, `x-expires`).
+    #[pyo3(signature = (queue, expires_ms = None))]
+    fn declare_reply_queue(
+        &self,
+        py: Python<'_>,
+        queue: String,
+        expires_ms: Option<i64>,
+    ) -> PyResult<()> {
+        py.detach(|| self.inner.declare_reply_queue(&queue, expires_ms))
             .map_py(py)
+    }
+
+    /// Send one `rpc://` state message to a client's reply queue.
+    fn publish_reply(
+        &self,
+        py: Python<'_>,
+        reply_to: String,
+        correlation_id: String,
+        content_type: String,
+        body: Vec<u8>,
+        persistent: bool,
+    ) -> PyResult<()> {
+        py.detach(|| {
+            self.inner
+                .publish_reply(&reply_to, &correlation_id, &content_type, &body, persistent)
+        })
+        .map_py(py)
     }
 
     fn unlisten(&self, py: Python<'_>, queue: String) -> PyResult<()> {

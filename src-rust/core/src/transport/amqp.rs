@@ -496,14 +496,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A message pushed to a listened queue (remote control): `(body, headers as JSON)`, or why
-/// listening ended.
-type Pushed = std::result::Result<(Vec<u8>, String), String>;
+/// A message pushed to a listened queue (remote control, `rpc://` replies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub body: Vec<u8>,
+    /// The headers as a JSON object's text.
+    pub headers: String,
+    pub correlation_id: Option<String>,
+    pub content_type: Option<String>,
+}
 
 /// A listened queue: its channel and what was pushed to it.
 struct Listener {
     channel: Channel,
-    rx: Mutex<std::sync::mpsc::Receiver<Pushed>>,
+    rx: Mutex<std::sync::mpsc::Receiver<std::result::Result<Pushed, String>>>,
 }
 
 /// The publishing and administering side of a RabbitMQ broker, one per process.
@@ -869,9 +875,9 @@ impl AmqpBroker {
 
 /// Remote control (kombu's pidbox): transient queues and JSON messages outside the task path.
 impl AmqpBroker {
-    /// Declares a non-durable exchange, and (unless `queue` is empty) a queue bound to it that
-    /// deletes itself `expires_ms` after its last consumer left and drops messages older than
-    /// `ttl_ms`.
+    /// Declares a non-durable exchange, and (unless `queue` is empty) a queue bound to it,
+    /// exclusive to this connection, that goes with it (or `expires_ms` after its last consumer
+    /// left) and drops messages older than `ttl_ms`.
     pub fn declare_transient(
         &self,
         exchange: &str,
@@ -887,8 +893,10 @@ impl AmqpBroker {
             let mut args = FieldTable::default();
             args.insert("x-message-ttl".into(), int_value(ttl_ms));
             args.insert("x-expires".into(), int_value(expires_ms));
+            // Exclusive to this connection: RabbitMQ 4 deprecates transient queues that are not.
             let queue_options = QueueDeclareOptions {
                 auto_delete: true,
+                exclusive: true,
                 ..QueueDeclareOptions::default()
             };
             let run = async {
@@ -953,6 +961,64 @@ impl AmqpBroker {
         })
     }
 
+    /// Declares an `rpc://` client's reply queue as Celery does: durable, deleted with its last
+    /// consumer, and after `expires_ms` unused; reached through the default exchange by name.
+    pub fn declare_reply_queue(&self, queue: &str, expires_ms: Option<i64>) -> Result<()> {
+        let cfg = &self.cfg;
+        self.on_channel(|ch| async move {
+            let mut args = FieldTable::default();
+            if let Some(ms) = expires_ms {
+                args.insert("x-expires".into(), int_value(ms));
+            }
+            let options = QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            };
+            ch.queue_declare(queue.into(), options, args)
+                .await
+                .map(drop)
+                .map_err(|e| cfg.err(e))
+        })
+    }
+
+    /// Sends one `rpc://` state message to a client's reply queue (through the default
+    /// exchange), with the task id as `correlation_id`; a client gone meanwhile is no error.
+    pub fn publish_reply(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        content_type: &str,
+        body: &[u8],
+        persistent: bool,
+    ) -> Result<()> {
+        let properties = BasicProperties::default()
+            .with_content_type(short(content_type.to_string())?)
+            .with_content_encoding("utf-8".into())
+            .with_correlation_id(short(correlation_id.to_string())?)
+            .with_delivery_mode(if persistent { 2 } else { 1 })
+            .with_priority(0);
+        let cfg = &self.cfg;
+        self.on_link(|link| async move {
+            let confirm = link
+                .confirm
+                .basic_publish(
+                    "".into(),
+                    short(reply_to.to_string())?,
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(|e| cfg.err(e))?;
+            match tokio::time::timeout(cfg.confirm_timeout, confirm).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(cfg.err(e)),
+                Err(_) => Err(cfg.err("no publisher confirm for a result")),
+            }
+        })
+    }
+
     /// Starts taking the messages of `queue` (auto-acked: control messages are not tasks).
     pub fn listen(&self, queue: &str) -> Result<()> {
         let cfg = &self.cfg;
@@ -971,12 +1037,14 @@ impl AmqpBroker {
                 use futures_lite::StreamExt;
                 while let Some(item) = consumer.next().await {
                     let msg = item.map(|d| {
-                        let h = d
-                            .properties
-                            .headers()
-                            .as_ref()
-                            .map(amqp_frame::table_to_json);
-                        (d.data, Value::Object(h.unwrap_or_default()).to_string())
+                        let p = &d.properties;
+                        let h = p.headers().as_ref().map(amqp_frame::table_to_json);
+                        Pushed {
+                            headers: Value::Object(h.unwrap_or_default()).to_string(),
+                            correlation_id: p.correlation_id().as_ref().map(|s| s.to_string()),
+                            content_type: p.content_type().as_ref().map(|s| s.to_string()),
+                            body: d.data,
+                        }
                     });
                     let failed = msg.is_err();
                     if tx.send(msg.map_err(|e| e.to_string())).is_err() || failed {
@@ -996,12 +1064,7 @@ impl AmqpBroker {
 
     /// Messages of a listened queue: waits up to `timeout` for the first, then takes what
     /// has arrived, at most `limit`.
-    pub fn receive(
-        &self,
-        queue: &str,
-        timeout: Duration,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, String)>> {
+    pub fn receive(&self, queue: &str, timeout: Duration, limit: usize) -> Result<Vec<Pushed>> {
         let listener = lock(&self.listeners)
             .get(queue)
             .cloned()
