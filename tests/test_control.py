@@ -1,4 +1,4 @@
-"""Remote control and inspect against real workers, on SQLite (mailbox table) and Redis (pidbox)."""
+"""Remote control and inspect against real workers, on SQLite (mailbox table), Redis and RabbitMQ (pidbox)."""
 
 from __future__ import annotations
 
@@ -81,30 +81,30 @@ def test_inspect_active_and_reserved_from_python(project: Project, pool: str) ->
     assert [r.get(timeout=30) for r in waiting] == [1, 2]
 
 
-def test_destination_addresses_one_of_two_workers(project: Project) -> None:
-    project.start_worker("-c", "1", "-n", "w1@test")
-    project.start_worker("-c", "1", "-P", "threads", "-n", "w2@test")
-    both = project.run_cli("-A", "tasks", "inspect", "ping")
+def test_destination_addresses_one_of_two_workers(broker_project: Project) -> None:
+    broker_project.start_worker("-c", "1", "-n", "w1@test")
+    broker_project.start_worker("-c", "1", "-P", "threads", "-n", "w2@test")
+    both = broker_project.run_cli("-A", "tasks", "inspect", "ping")
     assert "-> w1@test: OK" in both.stdout and "-> w2@test: OK" in both.stdout
     assert "2 nodes online." in both.stdout
 
-    one = project.run_cli("-A", "tasks", "inspect", "ping", "--destination", "w2@test")
+    one = broker_project.run_cli("-A", "tasks", "inspect", "ping", "--destination", "w2@test")
     assert one.returncode == 0, one.stderr
     assert "-> w2@test: OK" in one.stdout and "w1@test" not in one.stdout
 
-    tasks = project.app()
+    tasks = broker_project.app()
     replies = tasks.app.control.ping(destination=["w1@test"])
     assert replies == [{"w1@test": {"ok": "pong"}}]
 
 
-def test_no_worker_replied_is_an_error(project: Project) -> None:
-    done = project.run_cli("-A", "tasks", "inspect", "ping", "--timeout", "0.3")
+def test_no_worker_replied_is_an_error(broker_project: Project) -> None:
+    done = broker_project.run_cli("-A", "tasks", "inspect", "ping", "--timeout", "0.3")
     assert done.returncode == 1
     assert "No workers replied within 0.3 s" in done.stderr
-    done = project.run_cli("-A", "tasks", "control", "rate_limit", "tasks.add", "10/m", "-t", "0.3")
+    done = broker_project.run_cli("-A", "tasks", "control", "rate_limit", "tasks.add", "10/m", "-t", "0.3")
     assert done.returncode == 1
     assert "No workers replied within 0.3 s" in done.stderr
-    tasks = project.app()
+    tasks = broker_project.app()
     assert tasks.app.control.inspect(timeout=0.2).ping() is None
 
 
@@ -164,20 +164,20 @@ def test_terminate_in_a_threads_pool_is_an_error_reply(project: Project) -> None
     assert running.get(timeout=30) == 2  # it could not be stopped; it was flagged (not run again)
 
 
-def test_control_errors_are_replies_and_the_worker_lives_on(project: Project) -> None:
-    project.start_worker("-c", "1", "-n", "w1@test")
-    unknown = project.run_cli("-A", "tasks", "control", "rate_limit", "tasks.nope", "1/s")
+def test_control_errors_are_replies_and_the_worker_lives_on(broker_project: Project) -> None:
+    broker_project.start_worker("-c", "1", "-n", "w1@test")
+    unknown = broker_project.run_cli("-A", "tasks", "control", "rate_limit", "tasks.nope", "1/s")
     assert unknown.returncode == 1
     assert "-> w1@test: ERROR\n    unknown task 'tasks.nope'" in unknown.stdout
-    bad_limit = project.run_cli("-A", "tasks", "control", "time_limit", "tasks.add", "5", "2")
+    bad_limit = broker_project.run_cli("-A", "tasks", "control", "time_limit", "tasks.add", "5", "2")
     assert bad_limit.returncode == 1 and "must be below the hard one" in bad_limit.stdout
 
-    tasks = project.app()
+    tasks = broker_project.app()
     mailbox = tasks.app.broker.mailbox()
     mailbox.broadcast({"method": "no_such_command", "arguments": {}}, 1.0)  # type: ignore[arg-type]
     replies = tasks.app.control.broadcast("no_such_command", reply=True)
     assert replies == [{"w1@test": {"error": "unknown command 'no_such_command'"}}]
-    _post_garbage(project, tasks.app)
+    _post_garbage(broker_project, tasks.app)
     for odd in ({"method": "ping", "pattern": "(", "matcher": "pcre"}, {"method": "ping", "destination": 5}):
         mailbox.broadcast(odd, 1.0)  # a bad regex, a destination that is not a list
     assert tasks.app.control.ping() == [{"w1@test": {"ok": "pong"}}]
@@ -190,18 +190,21 @@ def _post_garbage(project: Project, app: object) -> None:
     if project.kind == "sqlite":
         for body in (b"\xff not json", b"[1, 2]", b'{"method": 5}'):
             broker.native.mailbox_post("pidbox", body, int(time.time() * 1000) + 10_000)
+    elif project.kind == "amqp":
+        for body in (b"\xff not json", b"[1, 2]", b'{"method": 5}'):
+            broker.native.publish_transient("celery.pidbox", "", body, "{}")
     else:
         channel = broker.mailbox()._channel
         for body in (b"\xff not json", b'{"body": "!!", "properties": {"body_encoding": "base64"}}', b"[1]"):
             broker.client.publish(channel, body)
 
 
-def test_shutdown_stops_the_worker_warmly(project: Project) -> None:
-    tasks = project.app()
-    worker = project.start_worker("-c", "1", "-n", "w1@test")
+def test_shutdown_stops_the_worker_warmly(broker_project: Project) -> None:
+    tasks = broker_project.app()
+    worker = broker_project.start_worker("-c", "1", "-n", "w1@test")
     running = tasks.sleep.delay(1)
     time.sleep(0.3)
-    done = project.run_cli("-A", "tasks", "control", "shutdown")
+    done = broker_project.run_cli("-A", "tasks", "control", "shutdown")
     assert done.returncode == 0, done.stderr
     assert "-> w1@test: OK\n    shutdown signal sent" in done.stdout
     assert worker.proc.wait(30) == 0
