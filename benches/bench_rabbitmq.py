@@ -126,6 +126,17 @@ def rpc_roundtrips(h: AmqpHarness, library: str, reps: int) -> dict[str, Any]:
     return {key: statistics.median(r[key] for r in runs) for key in ("p50_ms", "p99_ms")} | {"runs": runs}
 
 
+def report_rpc(rpc: dict[str, Any]) -> None:
+    rq, cel = rpc["rqueue"], rpc["celery"]
+    rpc_ratio = cel["p50_ms"] / rq["p50_ms"]
+    print(
+        f"rpc:// round trip (fast): rqueue p50 {rq['p50_ms']:.2f} ms p99 {rq['p99_ms']:.2f} ms; "
+        f"celery p50 {cel['p50_ms']:.2f} ms p99 {cel['p99_ms']:.2f} ms; {rpc_ratio:.2f}{TIMES}"
+    )
+    print(f"target rpc:// p50 <= {RPC_P50_MS} ms: {'met' if rq['p50_ms'] <= RPC_P50_MS else 'MISSED'}")
+    print(f"target rpc:// >= {RPC_VS_CELERY}{TIMES} Celery: {'met' if rpc_ratio >= RPC_VS_CELERY else 'MISSED'}")
+
+
 def figure(results: list[dict[str, Any]], library: str, config: str, column: str) -> float:
     (row,) = [r for r in results if r["library"] == library and r["config"] == config]
     return float(row["summary"][column]["median"])
@@ -136,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and one repetition (a check, not figures)")
     parser.add_argument("--reps", type=int, help="repetitions of each measurement [default: 3; quick 1]")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--rpc-only", action="store_true", help="only the rpc:// round trips of rqueue and Celery")
     opts = parser.parse_args(argv)
     reps = opts.reps or (1 if opts.quick else 3)
     scale = 0.1 if opts.quick else 1.0
@@ -161,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
             peers.run.DRAIN_TASKS.update(DRAIN_TASKS)
             h = AmqpHarness(Servers(redis, rabbit), workdir, sizes)
-            results = [measure_library(h, lib, config, reps) for lib in LIBRARIES for config in CONFIGS]
             rpc = {lib: rpc_roundtrips(h, lib, reps) for lib in LIBRARIES}
+            if opts.rpc_only:
+                report_rpc(rpc)
+                return 0
+            results = [measure_library(h, lib, config, reps) for lib in LIBRARIES for config in CONFIGS]
             raw = raw_baseline(rabbit, max(1_000, int(RAW_TASKS * scale)), reps)
         finally:
             rabbit.stop()
@@ -189,14 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         line = ", ".join(f"{k} {v:.2f}{TIMES}" for k, v in ratios[config].items())
         print(f"rqueue {config}: {line}")
-    rq, cel = rpc["rqueue"], rpc["celery"]
-    rpc_ratio = cel["p50_ms"] / rq["p50_ms"]
-    print(
-        f"rpc:// round trip (fast): rqueue p50 {rq['p50_ms']:.2f} ms p99 {rq['p99_ms']:.2f} ms; "
-        f"celery p50 {cel['p50_ms']:.2f} ms p99 {cel['p99_ms']:.2f} ms; {rpc_ratio:.2f}{TIMES}"
-    )
-    print(f"target rpc:// p50 <= {RPC_P50_MS} ms: {'met' if rq['p50_ms'] <= RPC_P50_MS else 'MISSED'}")
-    print(f"target rpc:// >= {RPC_VS_CELERY}{TIMES} Celery: {'met' if rpc_ratio >= RPC_VS_CELERY else 'MISSED'}")
+    report_rpc(rpc)
     fast = ratios["fast"]
     for key, target in TARGETS.items():
         verdict = "met" if fast[key] >= target else "MISSED"
