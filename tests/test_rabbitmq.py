@@ -309,7 +309,7 @@ def test_revoke_reaches_a_task_still_waiting_in_the_queue(aproject: Project) -> 
 # -- remote control --------------------------------------------------------------------------------------
 
 
-def test_inspect_and_control_over_amqp(aproject: Project) -> None:
+def test_inspect_and_control_over_amqp(aproject: Project, rabbitmq_server: RabbitServer) -> None:
     tasks = aproject.app()
     aproject.start_worker("-c", "2", "-n", "w1@test")
     ping = aproject.run_cli("-A", "tasks", "inspect", "ping")
@@ -320,7 +320,13 @@ def test_inspect_and_control_over_amqp(aproject: Project) -> None:
     assert added.returncode == 0, added.stderr
     assert tasks.add.apply_async((2, 3), queue="reports").get(timeout=30) == 5
     rate = aproject.run_cli("-A", "tasks", "control", "rate_limit", "tasks.add", "10/m")
-    assert rate.returncode == 0 and "new rate limit set successfully" in rate.stdout, rate.stdout + rate.stderr
+    assert rate.returncode == 0, rate.stdout + rate.stderr
+    assert "-> w1@test: OK\n    new rate limit set successfully" in rate.stdout  # the walkthrough's words
+    vhost = aproject.broker_url.rsplit("/", 1)[1]
+    listed = rabbitmq_server.ctl("list_queues", "-p", vhost, "name", "--quiet", "--no-table-headers").split()
+    # Each call's reply queue went with its client; only the worker's own command queue is left.
+    assert [q for q in listed if "pidbox" in q and "reply" in q] == []
+    assert len([q for q in listed if q.endswith(".celery.pidbox")]) == 1
 
 
 # -- R4: the broker killed and restarted -----------------------------------------------------------------
