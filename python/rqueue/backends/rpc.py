@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 #: Task ids a client remembers having sent (to tell "not mine" from "not yet"), most recent first.
 SENT_REMEMBERED = 100_000
+#: Reply routes a worker keeps (tasks that record no final state, ``ignore_result``, leave theirs):
+#: the oldest go first.
+ROUTES_REMEMBERED = 100_000
 #: Longest single wait on the reply queue, so a blocked get() notices a dead connection.
 RECEIVE_SLICE_S = 1.0
 
@@ -46,7 +49,7 @@ class RpcBackend(ResultBackend):
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._latest: dict[str, dict[str, Any]] = {}
         #: Worker side: where each running task's states go, ``task_id -> (reply_to, correlation_id)``.
-        self._routes: dict[str, tuple[str, str]] = {}
+        self._routes: OrderedDict[str, tuple[str, str]] = OrderedDict()
         _ = self.amqp  # a non-RabbitMQ broker is a configuration error now, not at the first result
 
     @property
@@ -141,6 +144,8 @@ class RpcBackend(ResultBackend):
         """Where the states of a received task go (its message's ``reply_to``)."""
         if reply_to:
             self._routes[task_id] = (reply_to, correlation_id or task_id)
+            if len(self._routes) > ROUTES_REMEMBERED:
+                self._routes.popitem(last=False)
 
     def write_encoded(self, items: list[tuple[str, str, bytes]]) -> None:
         native = self.amqp.native
