@@ -11,9 +11,10 @@ use rqueue_core::transport::amqp::{AmqpBroker as CoreBroker, AmqpConfig, Topolog
 use rqueue_core::transport::amqp_consumer::{AmqpConsumer as CoreConsumer, AmqpConsumerConfig};
 use rqueue_core::Error;
 
+use crate::broker::consumer_class;
 use crate::broker::{dead_letter_rows, new_messages, DeadLetterRow, MessageTuple};
 use crate::errors::IntoPyResult;
-use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
+use crate::prefetch::PrefetchBuffer;
 
 fn seconds(name: &str, value: f64) -> Result<Duration, Error> {
     Duration::try_from_secs_f64(value)
@@ -260,8 +261,7 @@ pub struct AmqpConsumer {
     inner: CoreConsumer,
 }
 
-#[pymethods]
-impl AmqpConsumer {
+consumer_class!(AmqpConsumer {
     #[new]
     #[pyo3(signature = (broker, queues, owner, buffer, max_deliveries = 5))]
     fn new(
@@ -280,30 +280,6 @@ impl AmqpConsumer {
         };
         let inner = CoreConsumer::new(cfg, Arc::clone(&buffer.inner)).map_py(py)?;
         Ok(AmqpConsumer { inner })
-    }
-
-    fn start(&self, py: Python<'_>) -> PyResult<()> {
-        self.inner.start().map_py(py)
-    }
-
-    /// Stop consuming, join the thread, close the buffer; returns unstarted deliveries (still
-    /// unacked on the open channel: the caller requeues them).
-    fn stop(&self, py: Python<'_>) -> Vec<Delivery> {
-        wrap_all(py.detach(|| self.inner.stop()))
-    }
-
-    fn set_queues(&self, queues: Vec<String>) {
-        self.inner.set_queues(queues);
-    }
-
-    #[getter]
-    fn running(&self) -> bool {
-        self.inner.running()
-    }
-
-    #[getter]
-    fn last_error(&self) -> Option<String> {
-        self.inner.last_error()
     }
 
     /// Acknowledge finished deliveries on their channel; returns how many were in flight.
@@ -335,7 +311,7 @@ impl AmqpConsumer {
         py.detach(|| self.inner.dead_letter(&tag, &reason, error.as_deref()))
             .map_py(py)
     }
-}
+});
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AmqpBroker>()?;

@@ -940,6 +940,18 @@ impl AmqpBroker {
             .with_delivery_mode(1)
             .with_priority(0)
             .with_headers(amqp_frame::table_from_json(&headers));
+        self.publish_unmandatory(exchange, routing_key, body, properties)
+    }
+
+    /// Publishes on the confirm channel, without `mandatory` (a message nobody is bound to take
+    /// is no error here: a client or listener that went away), and waits for the confirm.
+    fn publish_unmandatory(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         self.on_link(|link| async move {
             let confirm = link
@@ -956,7 +968,10 @@ impl AmqpBroker {
             match tokio::time::timeout(cfg.confirm_timeout, confirm).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(cfg.err(e)),
-                Err(_) => Err(cfg.err("no publisher confirm for a control message")),
+                Err(_) => Err(cfg.err(format!(
+                    "no publisher confirm within {:?}",
+                    cfg.confirm_timeout
+                ))),
             }
         })
     }
@@ -998,25 +1013,7 @@ impl AmqpBroker {
             .with_correlation_id(short(correlation_id.to_string())?)
             .with_delivery_mode(if persistent { 2 } else { 1 })
             .with_priority(0);
-        let cfg = &self.cfg;
-        self.on_link(|link| async move {
-            let confirm = link
-                .confirm
-                .basic_publish(
-                    "".into(),
-                    short(reply_to.to_string())?,
-                    BasicPublishOptions::default(),
-                    body,
-                    properties,
-                )
-                .await
-                .map_err(|e| cfg.err(e))?;
-            match tokio::time::timeout(cfg.confirm_timeout, confirm).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(cfg.err(e)),
-                Err(_) => Err(cfg.err("no publisher confirm for a result")),
-            }
-        })
+        self.publish_unmandatory("", reply_to, body, properties)
     }
 
     /// Starts taking the messages of `queue` (auto-acked: control messages are not tasks).
