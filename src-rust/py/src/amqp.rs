@@ -299,6 +299,12 @@ consumer_class!(AmqpConsumer {
             .map_py(py)
     }
 
+    /// Close the connection once the acks queued on it were written (call after the last
+    /// settle); unsettled messages go back to their queues. GIL released.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.inner.close());
+    }
+
     /// Move a delivery to its queue's dead-letter queue; false when not held here (any more).
     #[pyo3(signature = (tag, reason, error = None))]
     fn dead_letter(

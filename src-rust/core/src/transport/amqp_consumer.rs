@@ -333,23 +333,32 @@ impl AmqpConsumer {
     }
 }
 
-impl Drop for AmqpConsumer {
-    fn drop(&mut self) {
+impl AmqpConsumer {
+    /// Closes the connection after the acks queued on it were written (the close frame follows
+    /// them), waiting up to [`CLOSE_TIMEOUT`]; unsettled messages go back to their queues. Call it
+    /// after the last settle: a process that exits without it may lose its last acks, and the
+    /// broker then delivers finished tasks again.
+    pub fn close(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(h) = lock(&self.handle).take() {
             let _ = h.join();
         }
         let session = lock(&self.shared.session).take();
         if let (Some(s), Some(rt)) = (session, lock(&self.rt).as_ref()) {
-            // Unsettled messages go back to their queues when the connection closes.
             let _ = rt.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(2),
-                    s.conn.close(200, "consumer closed".into()),
-                )
-                .await
+                tokio::time::timeout(CLOSE_TIMEOUT, s.conn.close(200, "consumer closed".into()))
+                    .await
             });
         }
+    }
+}
+
+/// How long closing waits for the broker to confirm (the queued acks are written before).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Drop for AmqpConsumer {
+    fn drop(&mut self) {
+        self.close();
         if let Some(rt) = lock(&self.rt)
             .take()
             .and_then(|rt| Arc::try_unwrap(rt).ok())
