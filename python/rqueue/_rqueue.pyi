@@ -253,6 +253,8 @@ class SqliteBroker:
     def ack(self, tags: Sequence[str]) -> int: ...
     def requeue(self, tags: Sequence[str]) -> int:
         """Return unstarted leased messages to their queue now (their original place; this delivery is not counted)."""
+    def release(self, tags: Sequence[str]) -> int:
+        """Return rejected deliveries to their queue; this delivery counts towards ``broker_max_deliveries``."""
     def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:
         """Return every message leased by ``owner`` (a worker process that died).
 
@@ -373,6 +375,8 @@ class RedisBroker:
         """
     def requeue(self, tags: Sequence[str]) -> int:
         """Return unstarted deliveries to the front of their queue, unchanged; this delivery is not counted."""
+    def release(self, tags: Sequence[str]) -> int:
+        """Return rejected deliveries to their queue; this delivery counts towards ``broker_max_deliveries``."""
     def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:
         """Return every message held by ``owner`` (a dead worker process) to the front of its queue.
 
@@ -543,6 +547,8 @@ class AmqpConsumer:
         """Acknowledge on the delivering channel (one ``multiple`` ack where safe); returns how many were held."""
     def requeue(self, tags: Sequence[str]) -> int:
         """Return unstarted deliveries, uncounted (republished with their count, then acked)."""
+    def close(self) -> None:
+        """Close the connection once the acks queued on it were written (after the last settle)."""
     def recount(self, tag: str, died_running: int) -> bool:
         """Put a delivery back (republished, then acked) recording that ``died_running`` of its
         deliveries died with their worker; False when not held here."""

@@ -224,8 +224,15 @@ class AmqpConsumer:
     def requeue(self, tags: Sequence[str]) -> None:
         self.thread.requeue(list(tags))
 
+    def release(self, delivery: _rqueue.Delivery) -> None:
+        # RabbitMQ counts nothing itself: the message goes back carrying its count.
+        self.thread.recount(delivery.tag, delivery.deliveries)
+
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         self.thread.dead_letter(tag, reason, error)
+
+    def close(self) -> None:
+        self.thread.close()
 
     def recount(self, tag: str, died_running: int) -> None:
         self.thread.recount(tag, died_running)

@@ -53,8 +53,18 @@ class BrokerConsumer(Settler, Protocol):
         """Return unstarted deliveries to their queue, uncounted."""
         ...
 
+    def release(self, delivery: Delivery) -> None:
+        """Return a delivery the task rejected (``Reject(requeue=True)``) to its queue, counted: a
+        message rejected over and over reaches ``broker_max_deliveries``."""
+        ...
+
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         """Move a delivery aside for good, with a reason code (``unregistered``, ``decode_error`` ...)."""
+        ...
+
+    def close(self) -> None:
+        """After the last settle: make sure every ack was written (a channel-bound consumer closes its
+        connection, so a process exiting next loses none)."""
         ...
 
 
@@ -258,6 +268,7 @@ class NativeTransport(Protocol):
     def ack(self, tags: Sequence[str]) -> int: ...
     def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[str]) -> int: ...
     def requeue(self, tags: Sequence[str]) -> int: ...
+    def release(self, tags: Sequence[str]) -> int: ...
     def requeue_owner(self, owner: str, max_deliveries: int = ...) -> int: ...
     def leased_tags(self, owner: str) -> list[str]: ...
     def dead_letter(self, tag: str, reason: str, error: str | None = ...) -> None: ...
@@ -368,6 +379,12 @@ class NativeConsumer:
 
     def requeue(self, tags: Sequence[str]) -> None:
         self.broker.requeue(tags)
+
+    def release(self, delivery: Delivery) -> None:
+        self.broker.native.release([delivery.tag])
+
+    def close(self) -> None:
+        """Settles are synchronous round trips on this process's connection: nothing is pending."""
 
     def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
         self.broker.dead_letter(tag, reason, error)

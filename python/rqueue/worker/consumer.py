@@ -25,7 +25,7 @@ from rqueue.worker.timelimit import TaskGuard, TimeLimits, Watchdog
 
 if TYPE_CHECKING:
     from rqueue.app import App
-    from rqueue.task import Request
+    from rqueue.request import Request
     from rqueue.worker.hooks import Hooks
     from rqueue.worker.ratelimit import RateLimits, Waiting
     from rqueue.worker.slot import RunningSlot
@@ -266,3 +266,5 @@ class Consumer:
                 logger.warning("Returned %d message(s) still leased by this worker to the queue", leftover)
         except (BrokerError, OSError) as exc:
             logger.error("Could not return held messages (%s); they come back when their leases expire", exc)
+        finally:
+            self.transport.close()  # the last acks are written before the process may exit

@@ -205,6 +205,20 @@ fn test_redis_requeue_puts_it_next_and_undoes_the_count() {
 }
 
 #[test]
+fn test_redis_release_puts_it_next_and_counts() {
+    let s = server!();
+    let b = s.broker("");
+    for t in ["m1", "m2"] {
+        b.publish("q", &envelope(t, "q", "x"), 0, None).unwrap();
+    }
+    let got = b.fetch(&qs(&["q"]), 1, "w1").unwrap();
+    assert_eq!(b.release(&tags(&got)).unwrap(), 1);
+    let again = b.fetch(&qs(&["q"]), 1, "w1").unwrap();
+    assert_eq!(tags(&again), vec!["m1"]);
+    assert_eq!(again[0].deliveries, 2, "a rejected delivery counts");
+}
+
+#[test]
 fn test_redis_requeue_owner_and_dead_letter_at_max_deliveries() {
     let s = server!();
     let b = s.broker("");

@@ -195,6 +195,18 @@ fn test_sqlite_requeue_keeps_place_and_count() {
 }
 
 #[test]
+fn test_sqlite_release_keeps_place_and_counts() {
+    let (_d, b) = temp_broker();
+    b.publish_many(&[msg("q", "1", 0), msg("q", "2", 0)])
+        .unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    assert_eq!(b.release(&[got[0].tag.as_str()]).unwrap(), 1);
+    let again = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+    assert_eq!(again[0].tag, got[0].tag);
+    assert_eq!(again[0].deliveries, 2, "a rejected delivery counts");
+}
+
+#[test]
 fn test_sqlite_lease_expiry_returns_message() {
     let (_d, b) = temp_broker();
     b.publish("q", b"x", 0, None).unwrap();

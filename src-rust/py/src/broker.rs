@@ -132,6 +132,12 @@ macro_rules! transport_class {
                 py.detach(|| Transport::requeue(&*self.inner, &tags)).map_py(py)
             }
 
+            /// Return rejected deliveries to their queue; this delivery counts towards
+            /// `broker_max_deliveries`.
+            fn release(&self, py: Python<'_>, tags: Vec<String>) -> PyResult<usize> {
+                py.detach(|| Transport::release(&*self.inner, &tags)).map_py(py)
+            }
+
             /// Return every message held by `owner` (a worker process that died); those
             /// delivered `max_deliveries` times are dead-lettered as `worker_lost`. Returns how
             /// many were requeued.

@@ -83,6 +83,8 @@ pub trait Transport: Send + Sync {
     fn complete(&self, rows: &[ResultRow], tags: &[String]) -> Result<usize>;
     /// Returns unstarted deliveries to their queue, uncounted.
     fn requeue(&self, tags: &[String]) -> Result<usize>;
+    /// Returns rejected deliveries to their queue, counted (towards `max_deliveries`).
+    fn release(&self, tags: &[String]) -> Result<usize>;
     /// Returns every message `owner` holds; those delivered `max_deliveries` times are
     /// dead-lettered. Returns `(requeued, dead_lettered)`.
     fn requeue_owner(&self, owner: &str, max_deliveries: u32) -> Result<(usize, usize)>;
@@ -130,6 +132,9 @@ macro_rules! transport_by_inherent_methods {
             }
             fn requeue(&self, tags: &[String]) -> Result<usize> {
                 <$broker>::requeue(self, tags)
+            }
+            fn release(&self, tags: &[String]) -> Result<usize> {
+                <$broker>::release(self, tags)
             }
             fn requeue_owner(&self, owner: &str, max_deliveries: u32) -> Result<(usize, usize)> {
                 <$broker>::requeue_owner(self, owner, max_deliveries)

@@ -489,11 +489,22 @@ impl RedisBroker {
     /// Returns unstarted deliveries to the front of their queue (next to be consumed, in their
     /// original order), unchanged, undoing this delivery's count.
     pub fn requeue<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        self.put_back(tags, true)
+    }
+
+    /// Returns rejected deliveries to the front of their queue keeping this delivery's count, so
+    /// a message rejected again and again reaches `max_deliveries`.
+    pub fn release<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        self.put_back(tags, false)
+    }
+
+    fn put_back<S: AsRef<str>>(&self, tags: &[S], undo_count: bool) -> Result<usize> {
         if tags.is_empty() {
             return Ok(0);
         }
         let mut inv = self.scripts.requeue.prepare_invoke();
-        inv.arg(&self.config.global_keyprefix);
+        inv.arg(&self.config.global_keyprefix)
+            .arg(if undo_count { "1" } else { "0" });
         for t in tags {
             inv.arg(t.as_ref());
         }

@@ -126,11 +126,12 @@ end
 return n
 "#;
 
-/// ARGV: prefix, tags... Unstarted deliveries back to the front of their list, unchanged, with
-/// the delivery count undone. Pushed last tag first so the first tag is consumed next.
+/// ARGV: prefix, undo ('1': undo this delivery's count, '0': keep it), tags... Deliveries back to
+/// the front of their list, unchanged. Pushed last tag first so the first tag is consumed next.
 const REQUEUE_BODY: &str = r#"
 local n = 0
-for i = #ARGV, 2, -1 do
+local undo = ARGV[2] == '1'
+for i = #ARGV, 3, -1 do
   local tag = ARGV[i]
   local meta = redis.call('HGET', leases, tag)
   local entry = redis.call('HGET', unacked, tag)
@@ -141,7 +142,7 @@ for i = #ARGV, 2, -1 do
     if envlen >= 0 then env = string.sub(entry, 2, 1 + envlen) else env = cjson.decode(entry)[1] end
     redis.call('RPUSH', list_key(q, step), env)
     forget(tag, meta)
-    if redis.call('HINCRBY', counts, tag, -1) <= 0 then redis.call('HDEL', counts, tag) end
+    if undo and redis.call('HINCRBY', counts, tag, -1) <= 0 then redis.call('HDEL', counts, tag) end
     n = n + 1
   end
 end

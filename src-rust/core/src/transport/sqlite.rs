@@ -435,17 +435,27 @@ impl SqliteBroker {
     /// Returns leased messages that were never started to their queue at their original place,
     /// undoing the delivery count of that lease.
     pub fn requeue<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        self.put_back(tags, 1)
+    }
+
+    /// Returns rejected messages to their queue at their original place, keeping the delivery
+    /// count of that lease, so a message rejected again and again reaches `max_deliveries`.
+    pub fn release<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        self.put_back(tags, 0)
+    }
+
+    fn put_back<S: AsRef<str>>(&self, tags: &[S], undo_count: i64) -> Result<usize> {
         if tags.is_empty() {
             return Ok(0);
         }
         self.immediate(|tx| {
             let mut stmt = tx.prepare_cached(
-                "UPDATE messages SET owner = NULL, lease_until_ms = NULL, deliveries = MAX(deliveries - 1, 0)
+                "UPDATE messages SET owner = NULL, lease_until_ms = NULL, deliveries = MAX(deliveries - ?2, 0)
                  WHERE id = ?1 AND owner IS NOT NULL",
             )?;
             let mut n = 0;
             for id in tags.iter().filter_map(|t| row_id(t.as_ref())) {
-                n += stmt.execute([id])?;
+                n += stmt.execute(params![id, undo_count])?;
             }
             Ok(n)
         })
