@@ -3,7 +3,9 @@
 Values come from, in order of precedence: explicit settings (``App(**settings)``, ``app.conf.x = v``,
 ``app.conf.update()``, ``app.config_from_object()``), then environment variables for the URLs, then the
 defaults below. The upper-case names of Celery's classic tutorial are accepted, mapped to the
-canonical names, with one deprecation warning per name and process.
+canonical names, with one deprecation warning per name and process. A name that is valid in Celery 5.x
+but that rqueue does not implement is kept (``conf.get()`` returns it) with one warning saying it has
+no effect; a name valid in neither is an error with the closest valid names as a suggestion.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import difflib
 import importlib
 import math
 import os
+import sys
 import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from rqueue.celery_settings import CELERY_OLD_NAMES, CELERY_SETTINGS
 from rqueue.exceptions import ConfigurationError
 
 SERIALIZERS = ("json", "msgpack", "pickle")
@@ -156,70 +160,120 @@ DEFAULTS: dict[str, Setting] = {
     "worker_prefetch_multiplier": Setting(4, (int,), "messages prefetched per process/thread", _positive),
     "worker_disable_rate_limits": Setting(False, (bool,), "ignore every rate limit"),
     "worker_poll_max_ms": Setting(40, (int,), "longest idle poll interval of polling brokers", _positive),
+    "worker_hijack_root_logger": Setting(True, (bool,), "the worker replaces the root logger's handlers"),
+    # modules, eager mode, publishing
+    "include": Setting((), (list, tuple), "modules the worker imports at start (their tasks register)"),
+    "imports": Setting((), (list, tuple), "modules the worker imports at start, before include"),
+    "task_always_eager": Setting(False, (bool,), "apply_async runs the task here and now (tests)"),
+    "task_eager_propagates": Setting(False, (bool,), "an eager task's exception is raised by apply_async"),
+    "task_store_eager_result": Setting(False, (bool,), "eager tasks store their results in the backend"),
+    "task_inherit_parent_priority": Setting(False, (bool,), "a task sent from a task gets its priority"),
+    "task_publish_retry": Setting(True, (bool,), "retry sending while the broker cannot be reached"),
+    "task_publish_retry_policy": Setting(
+        {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+        (dict,),
+        "how sending retries: max_retries, interval_start/step/max in seconds",
+    ),
     # remote control
     "control_queue_ttl": Setting(300.0, NUMBER, "seconds a control message waits on RabbitMQ", _positive),
     "control_queue_expires": Setting(10.0, NUMBER, "seconds an unused RabbitMQ control queue lives", _positive),
 }
 
-#: Celery's classic upper-case names, accepted with a deprecation warning.
+#: Celery's old upper-case names (and ``CELERY_``-prefixed Django forms) of settings rqueue implements,
+#: accepted with a deprecation warning.
 LEGACY_NAMES = {
-    "BROKER_URL": "broker_url",
+    **{old: new for old, new in CELERY_OLD_NAMES.items() if new in DEFAULTS},
     "CELERY_BROKER_URL": "broker_url",
-    "CELERY_RESULT_BACKEND": "result_backend",
-    "CELERY_TASK_SERIALIZER": "task_serializer",
-    "CELERY_RESULT_SERIALIZER": "result_serializer",
-    "CELERY_ACCEPT_CONTENT": "accept_content",
-    "CELERY_TIMEZONE": "timezone",
-    "CELERY_ENABLE_UTC": "enable_utc",
-    "CELERY_ROUTES": "task_routes",
-    "CELERY_ANNOTATIONS": "task_annotations",
-    "CELERY_IGNORE_RESULT": "task_ignore_result",
-    "CELERY_ACKS_LATE": "task_acks_late",
-    "CELERY_TRACK_STARTED": "task_track_started",
-    "CELERY_DEFAULT_QUEUE": "task_default_queue",
-    "CELERY_DEFAULT_EXCHANGE": "task_default_exchange",
-    "CELERY_DEFAULT_RATE_LIMIT": "task_default_rate_limit",
-    "CELERY_QUEUES": "task_queues",
-    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
     "CELERY_RESULT_EXPIRES": "result_expires",
-    "CELERYD_CONCURRENCY": "worker_concurrency",
-    "CELERYD_PREFETCH_MULTIPLIER": "worker_prefetch_multiplier",
+    "CELERY_ENABLE_UTC": "enable_utc",
     "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
     "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
-    "CELERY_DISABLE_RATE_LIMITS": "worker_disable_rate_limits",
 }
 
-#: Environment variables that supply a setting when it is not set explicitly.
-ENVIRONMENT = {"broker_url": "RQUEUE_BROKER_URL", "result_backend": "RQUEUE_RESULT_BACKEND"}
+#: Environment variables that supply a setting when it is not set explicitly, first found wins
+#: (rqueue's own, then Celery's, so a deployment configured for Celery keeps working).
+ENVIRONMENT = {
+    "broker_url": ("RQUEUE_BROKER_URL", "CELERY_BROKER_URL"),
+    "result_backend": ("RQUEUE_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
+}
 
-_warned_legacy: set[str] = set()
+_warned: set[str] = set()
+
+
+def _warn_once(name: str, message: str, category: type[Warning]) -> None:
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(message, category, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first caller outside rqueue: the warning points at the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "rqueue":
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+class IneffectiveSettingWarning(UserWarning):
+    """A Celery setting rqueue accepts but does not implement: it has no effect."""
 
 
 def canonical_name(name: str) -> str:
-    """The canonical name of ``name``; upper-case legacy names warn once. Unknown names raise."""
+    """The canonical name of ``name``: rqueue's own, or Celery's new-style name of a setting rqueue
+    does not implement (which warns once). Upper-case legacy names warn once. Unknown names raise."""
     if name in DEFAULTS:
         return name
     if name in LEGACY_NAMES:
         new = LEGACY_NAMES[name]
-        if name not in _warned_legacy:
-            _warned_legacy.add(name)
-            warnings.warn(f"setting {name} is deprecated; use {new}", DeprecationWarning, stacklevel=4)
+        _warn_once(name, f"setting {name} is deprecated; use {new}", DeprecationWarning)
         return new
-    raise ConfigurationError(_unknown_message(name))
+    celery_name = name if name in CELERY_SETTINGS else CELERY_OLD_NAMES.get(name)
+    if celery_name is not None:
+        _warn_once(
+            celery_name,
+            f"setting {name} is a Celery setting rqueue does not implement; it has no effect",
+            IneffectiveSettingWarning,
+        )
+        return celery_name
+    raise ConfigurationError(unknown_setting_message(name))
 
 
-def _unknown_message(name: str) -> str:
-    candidates = list(DEFAULTS) + list(LEGACY_NAMES)
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    if not close:
-        close = difflib.get_close_matches(name.lower(), list(DEFAULTS), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]}?" if close else "; see rqueue.config.DEFAULTS for valid names"
+def is_ineffective(name: str) -> bool:
+    """True for a canonical name that is Celery's only (accepted, without effect)."""
+    return name not in DEFAULTS
+
+
+def unknown_setting_message(name: str) -> str:
+    """The error for a name valid in neither table, with the closest valid names."""
+    close = closest_names(name, [*DEFAULTS, *CELERY_SETTINGS])
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see rqueue.config.DEFAULTS for valid names"
     return f"unknown setting {name!r}{hint}"
 
 
+def closest_names(name: str, candidates: list[str], limit: int = 2) -> list[str]:
+    """The candidates most like ``name``: by edit similarity of the whole name, then by shared words
+    (``max_tasks_per_child`` is close to ``worker_max_tasks_per_child``, not to ``worker_poll_max_ms``)."""
+    wanted = name.lower()
+    words = set(wanted.split("_"))
+
+    def score(candidate: str) -> float:
+        whole = difflib.SequenceMatcher(None, wanted, candidate).ratio()
+        theirs = set(candidate.split("_"))
+        shared = len(words & theirs) / len(words | theirs)
+        return max(whole, shared)
+
+    scored = sorted(((score(c), c) for c in set(candidates)), reverse=True)
+    if not scored or scored[0][0] < 0.6:
+        return []
+    best = scored[0][0]
+    return [c for s, c in scored[:limit] if best - s < 0.02]  # a second name only when as close
+
+
 def validate(name: str, value: Any) -> Any:
-    """Check ``value`` for the canonical setting ``name``; return it (tuples of lists become lists)."""
-    setting = DEFAULTS[name]
+    """Check ``value`` for the canonical setting ``name``; return it. Celery-only settings are not checked."""
+    setting = DEFAULTS.get(name)
+    if setting is None:
+        return value
     if isinstance(value, bool) and bool not in setting.types and int in setting.types:
         raise ConfigurationError(f"{name}: expected {_type_names(setting.types)}, got {value!r}")
     if not isinstance(value, setting.types):
@@ -265,9 +319,11 @@ class Settings:
         explicit: dict[str, Any] = self._explicit
         if key in explicit:
             return explicit[key]
-        env = ENVIRONMENT.get(key)
-        if env and os.environ.get(env):
-            return os.environ[env]
+        if is_ineffective(key):
+            return None  # a Celery setting without effect that was never set
+        for env in ENVIRONMENT.get(key, ()):
+            if os.environ.get(env):
+                return os.environ[env]
         default = DEFAULTS[key].default
         return default.copy() if isinstance(default, (dict, list)) else default
 
@@ -277,10 +333,36 @@ class Settings:
         object.__setattr__(self, "version", self.version + 1)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in DEFAULTS or name in LEGACY_NAMES)
+        if not isinstance(name, str):
+            return False
+        return name in DEFAULTS or name in LEGACY_NAMES or name in self._explicit
 
     def __iter__(self) -> Iterator[str]:
-        return iter(DEFAULTS)
+        return iter(self.keys())
+
+    def keys(self) -> list[str]:
+        """rqueue's settings, then the Celery-only ones that were set."""
+        return [*DEFAULTS, *(k for k in self._explicit if is_ineffective(k))]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, self[k]) for k in self.keys()]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A setting's value, or ``default`` for a name that is not a setting or not set (as a dict's)."""
+        try:
+            key = canonical_name(name)
+        except ConfigurationError:
+            return default
+        if is_ineffective(key) and key not in self._explicit:
+            return default
+        return self[key]
+
+    def setdefault(self, name: str, value: Any) -> Any:
+        """Set ``name`` unless it has a value (a default counts, as in Celery); return its value."""
+        key = canonical_name(name)
+        if is_ineffective(key) and key not in self._explicit:
+            self[key] = value
+        return self[key]
 
     def update(self, other: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings; all are validated before any is applied."""
@@ -291,12 +373,20 @@ class Settings:
         self._explicit.update(checked)
         object.__setattr__(self, "version", self.version + 1)
 
-    def from_object(self, obj: object | str) -> None:
-        """Load the public names of a module (or its dotted name) or object: settings are validated."""
+    def from_object(self, obj: object | str, namespace: str | None = None) -> None:
+        """Load the public names of a module (or its dotted name) or object: settings are validated.
+
+        With ``namespace`` (Django's ``namespace="CELERY"``) only names starting with ``CELERY_`` are
+        read, without the prefix (``CELERY_BROKER_URL`` is ``broker_url``); other names are the host
+        framework's own settings and are left alone.
+        """
         if isinstance(obj, str):
-            obj = importlib.import_module(obj)
+            obj = _import_object(obj)
         names = [n for n in dir(obj) if not n.startswith("_") and (n.islower() or n.isupper())]
         values = {n: getattr(obj, n) for n in names if not _is_module_noise(getattr(obj, n))}
+        if namespace:
+            prefix = namespace.rstrip("_") + "_"
+            values = {n[len(prefix) :].lower(): v for n, v in values.items() if n.startswith(prefix)}
         self.update(values)
 
     def explicit(self) -> dict[str, Any]:
@@ -305,10 +395,27 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting with its effective value."""
-        return {name: self[name] for name in DEFAULTS}
+        return dict(self.items())
 
     def __repr__(self) -> str:
         return f"<Settings {len(self._explicit)} explicit>"
+
+
+def _import_object(name: str) -> object:
+    """``module``, ``module:attribute`` (``"django.conf:settings"``) or ``module.attribute``."""
+    module_name, _, attribute = name.partition(":")
+    if attribute:
+        return getattr(importlib.import_module(module_name), attribute)
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        parent, _, last = name.rpartition(".")
+        if not parent or exc.name != name:
+            raise
+        holder = importlib.import_module(parent)
+        if not hasattr(holder, last):
+            raise
+        return getattr(holder, last)
 
 
 def _is_module_noise(value: object) -> bool:
