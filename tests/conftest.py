@@ -351,9 +351,12 @@ class Project:
             [*rqueue_cmd(), *args], cwd=self.root, env=env or self.env, capture_output=True, text=True, timeout=timeout
         )
 
+    #: What ``-A`` names for this project's workers.
+    app_spec = "tasks"
+
     def start_worker(self, *args: str, wait_ready: bool = True) -> WorkerProcess:
         log = self.root / f"worker-{len(self.workers)}.log"
-        cmd = [*rqueue_cmd(), "-A", "tasks", "worker", "--loglevel=info", "--logfile", str(log), *args]
+        cmd = [*rqueue_cmd(), "-A", self.app_spec, "worker", "--loglevel=info", "--logfile", str(log), *args]
         proc = subprocess.Popen(
             cmd,
             cwd=self.root,

@@ -11,7 +11,7 @@ import pytest
 
 from rqueue import App, _rqueue, states
 from rqueue.exceptions import Reject
-from rqueue.task import Request
+from rqueue.request import Request
 from rqueue.worker.executor import Executor
 from rqueue.worker.hooks import HOOK_POINTS, Hooks, WorkerHook
 from rqueue.worker.state import Revoked

@@ -1,6 +1,6 @@
 """rqueue: a Celery-compatible distributed task queue with a Rust hot path.
 
-from rqueue import App
+from rqueue import App   # or: from rqueue import Celery
 
 app = App("tasks")
 
@@ -10,8 +10,13 @@ def add(x, y):
 """
 
 from rqueue._rqueue import __version__
-from rqueue.app import App
+from rqueue.app import App, shared_task
+from rqueue.current import current_app
+from rqueue.request import Request
 from rqueue.result import AsyncResult
-from rqueue.task import Request, Task
+from rqueue.task import Task
 
-__all__ = ["App", "AsyncResult", "Request", "Task", "__version__"]
+#: Celery's name of the application class: ``from rqueue import Celery`` is the one-line migration.
+Celery = App
+
+__all__ = ["App", "AsyncResult", "Celery", "Request", "Task", "__version__", "current_app", "shared_task"]

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import importlib.util
+import logging
 import os
 import socket
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, overload
 
-from rqueue import _rqueue, serialization
+from rqueue import _rqueue, current, serialization, signals
 from rqueue.backends import ResultBackend, open_backend
 from rqueue.brokers import BROKERS, Broker, open_broker
 from rqueue.config import Settings, time_limit_value
 from rqueue.control import Control
-from rqueue.exceptions import ConfigurationError, NotRegistered
+from rqueue.current import current_app
+from rqueue.exceptions import BrokerConnectionError, ConfigurationError, NotRegistered
+from rqueue.request import current_request
 from rqueue.result import AsyncResult
 from rqueue.routing import Route, compile_routes
 from rqueue.task import SEND_OPTIONS, SendOptions, Task
@@ -28,20 +35,38 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+logger = logging.getLogger("rqueue")
 
 
 class App:
-    """An rqueue application.
+    """An rqueue application (``from rqueue import Celery`` names the same class).
 
     Args:
         main: Name of the main module, used for task names when tasks are defined in ``__main__``.
-        broker: Broker URL; unset uses ``$RQUEUE_BROKER_URL`` or the embedded ``sqlite:///rqueue.sqlite3``.
-        backend: Result backend URL; unset uses ``$RQUEUE_RESULT_BACKEND``, or the broker's file for SQLite.
-        **settings: Any setting of ``rqueue.config.DEFAULTS``.
+        broker: Broker URL; unset uses ``$RQUEUE_BROKER_URL`` (or ``$CELERY_BROKER_URL``), else the
+            embedded ``sqlite:///rqueue.sqlite3``.
+        backend: Result backend URL; unset uses ``$RQUEUE_RESULT_BACKEND`` (or
+            ``$CELERY_RESULT_BACKEND``), or the broker's file for SQLite.
+        include: Modules the worker imports at start, so their tasks register.
+        task_cls: The base class of this app's tasks (``app.Task``); default ``rqueue.Task``.
+        set_as_current: Make this the current app (used by ``shared_task`` and ``AsyncResult(id)``).
+        config_source: An object or module name to load settings from (``config_from_object``).
+        namespace: With ``config_source``: the settings' prefix, e.g. ``"CELERY"``.
+        **settings: Any setting of ``rqueue.config.DEFAULTS`` (or a Celery setting, with a warning).
     """
 
-    def __init__(
-        self, main: str | None = None, broker: str | None = None, backend: str | None = None, **settings: Any
+    def __init__(  # noqa: PLR0913 - Celery's constructor
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        *,
+        include: Sequence[str] | None = None,
+        task_cls: type[Task[Any, Any]] | None = None,
+        set_as_current: bool = True,
+        config_source: object | str | None = None,
+        namespace: str | None = None,
+        **settings: Any,
     ) -> None:
         self.main = main
         self.conf = Settings()
@@ -49,20 +74,122 @@ class App:
             settings["broker_url"] = broker
         if backend is not None:
             settings["result_backend"] = backend
+        if include is not None:
+            settings["include"] = list(include)
+        if config_source is not None:
+            self.config_from_object(config_source, namespace=namespace)
         self.conf.update(settings)
+        self.namespace = namespace
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: The base class of ``@app.task`` tasks; subclass it for shared behaviour (``class MyTask(app.Task)``).
+        self.Task: type[Task[Any, Any]] = task_cls or Task
+        #: Sent once the configuration is complete (at finalize), and once every task is registered.
+        self.on_after_configure = signals.Signal("on_after_configure", ("source",))
+        self.on_after_finalize = signals.Signal("on_after_finalize")
+        self.finalized = False
+        self._autodiscover: list[tuple[Any, str]] = []
         self._broker: tuple[str, Broker] | None = None
         self._backend: tuple[tuple[Any, ...], ResultBackend] | None = None
         self._derived_version = -1
         self._derived_cache: dict[str, Any] = {}
         self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
         self.oid = str(uuid.uuid4())
+        _register_app(self, set_as_current)
 
     # -- configuration -------------------------------------------------------------------------------
 
-    def config_from_object(self, obj: object | str) -> None:
-        """Load settings from a module (or its importable name) or an object's attributes."""
-        self.conf.from_object(obj)
+    def config_from_object(
+        self,
+        obj: object | str,
+        namespace: str | None = None,
+        silent: bool = False,
+        force: bool = True,
+    ) -> None:
+        """Load settings from a module (or its importable name) or an object's attributes.
+
+        ``namespace="CELERY"`` (Django) reads only ``CELERY_``-prefixed names, without the prefix.
+        ``silent`` ignores a module that cannot be imported.
+        """
+        try:
+            self.conf.from_object(obj, namespace=namespace or self.namespace)
+        except ImportError:
+            if not silent:
+                raise
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False, force: bool = True) -> None:
+        """Load settings from the module named by an environment variable."""
+        module = os.environ.get(variable_name)
+        if not module:
+            if silent:
+                return
+            raise ConfigurationError(f"the environment variable {variable_name} is not set: it must name a module")
+        self.config_from_object(module, silent=silent, force=force)
+
+    def autodiscover_tasks(
+        self,
+        packages: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.tasks`` of each package when the worker starts (at once with ``force``).
+
+        ``packages`` may be a callable (Django: ``lambda: settings.INSTALLED_APPS``); None means
+        Django's installed apps when Django is configured. A package without the module is skipped.
+        """
+        self._autodiscover.append((packages, related_name))
+        if force:
+            self._discover()
+
+    def _discover(self) -> None:
+        pending, self._autodiscover = self._autodiscover, []
+        for packages, related_name in pending:
+            names = packages() if callable(packages) else packages
+            if names is None:
+                names = _django_installed_apps()
+            for package in names:
+                _import_related(package, related_name)
+
+    def import_default_modules(self) -> None:
+        """Import ``imports`` and ``include`` and the autodiscovered task modules (worker start)."""
+        signals.import_modules.send(sender=self)
+        for module in [*self.conf.imports, *self.conf.include]:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigurationError(f"cannot import module {module!r} named in imports/include: {exc}") from exc
+        self._discover()
+
+    def finalize(self, auto: bool = False) -> None:
+        """Import the task modules and announce the app complete (``on_after_configure``, then
+        ``on_after_finalize``); the worker calls it at start. Later calls do nothing."""
+        if self.finalized:
+            return
+        self.finalized = True
+        self.on_after_configure.send(sender=self, source=self.conf)
+        _bind_shared_tasks(self)
+        self.import_default_modules()
+        self.on_after_finalize.send(sender=self)
+
+    def set_current(self) -> None:
+        """Make this the current app (``shared_task``, ``AsyncResult(id)`` use it)."""
+        current.set_current(self)
+
+    def set_default(self) -> None:
+        """Make this the default app (the current one in threads that set none)."""
+        current.set_default(self)
+
+    def start(self, argv: Sequence[str] | None = None) -> None:
+        """Run the ``rqueue`` command line for this app (``argv`` without the program name)."""
+        from rqueue.cli import run_for_app  # noqa: PLC0415 - the CLI is not needed to send tasks
+
+        run_for_app(self, list(sys.argv[1:] if argv is None else argv))
+
+    def worker_main(self, argv: Sequence[str] | None = None) -> None:
+        """Run a worker of this app: ``app.worker_main(["worker", "--loglevel=INFO"])``."""
+        args = list(sys.argv[1:] if argv is None else argv)
+        if not args or args[0] != "worker":
+            args.insert(0, "worker")
+        self.start(args)
 
     @property
     def broker_url(self) -> str:
@@ -147,21 +274,43 @@ class App:
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
-        self, fun: Callable[..., Any] | None = None, /, *, bind: bool = False, name: str | None = None, **options: Any
+        self,
+        fun: Callable[..., Any] | None = None,
+        /,
+        *,
+        bind: bool = False,
+        name: str | None = None,
+        base: type[Task[Any, Any]] | None = None,
+        **options: Any,
     ) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, base=MyTask, ...)``.
+
+        ``base`` is the task's class (default ``app.Task``): its class attributes are option
+        defaults and its hook methods are called by the worker. Options: ``rqueue.task.TASK_OPTIONS``.
+        """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or self.gen_task_name(f)
-            task: Task[Any, Any] = Task(self, f, task_name, {**options, "bind": bind})
-            self.tasks[task_name] = task
-            return task
+            task: Task[Any, Any] = (base or self.Task)()
+            task.bind_app(self, name, f, {**options, "bind": bind})
+            return self.register_task(task)
 
         if fun is not None:
             return register(fun)
         return register
 
-    def gen_task_name(self, fun: Callable[..., Any]) -> str:
+    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]], **options: Any) -> Task[Any, Any]:
+        """Register a class-based task (an instance, or a class, of a ``Task`` subclass that defines ``run``)."""
+        if isinstance(task, type):
+            task = task()
+        if getattr(task, "app", None) is not self:
+            task.bind_app(self, task.__dict__.get("name"), None, options)
+        existing = self.tasks.get(task.name)
+        if existing is not None and existing is not task and _origin(existing) != _origin(task):
+            logger.warning("Task %s registered twice; the later definition wins", task.name)
+        self.tasks[task.name] = task
+        return task
+
+    def gen_task_name(self, fun: Callable[..., Any] | type) -> str:
         module = fun.__module__
         if module == "__main__" and self.main:
             module = self.main
@@ -196,6 +345,10 @@ class App:
             "default_retry_delay": conf.task_default_retry_delay,
             "rate_limit": conf.task_default_rate_limit,
             "priority": conf.task_default_priority,
+            "typing": True,
+            "acks_on_failure_or_timeout": True,
+            "store_errors_even_if_ignored": False,
+            "store_eager_result": conf.task_store_eager_result,
         }
 
     # -- sending -------------------------------------------------------------------------------------
@@ -208,10 +361,58 @@ class App:
         _task: Task[Any, Any] | None = None,
         **options: Unpack[SendOptions],
     ) -> AsyncResult[Any]:
-        """Send a task by name (it need not be importable here). Options as in ``Task.apply_async``."""
+        """Send a task by name (it need not be importable here). Options as in ``Task.apply_async``.
+
+        Sent from inside a running task, the new task's ``parent_id`` is the running task and its
+        ``root_id`` the running task's root, as in Celery.
+        """
         message = self._message(name, args, kwargs, _task, options)
-        self.broker.publish(message.queue, message.payload, message.priority, message.eta_ms)
+        self._publish(message, options)
         return AsyncResult(message.task_id, self.backend, ignored=message.ignore_result, app=self)
+
+    def _publish(self, message: _Outgoing, options: SendOptions) -> None:
+        """Publish one message: the publish signals around it, retried per ``retry_policy`` while the
+        broker cannot be reached."""
+        published = {
+            "body": message.payload,
+            "exchange": message.exchange,
+            "routing_key": message.routing_key,
+            "headers": {"id": message.task_id, "task": message.name},
+        }
+        if signals.before_task_publish:
+            signals.before_task_publish.send(
+                sender=message.name,
+                **published,
+                properties={"priority": message.priority},
+                declare=[],
+                retry_policy=options.get("retry_policy"),
+            )
+        retry = options.get("retry")
+        if retry is None:
+            retry = self.conf.task_publish_retry
+        policy = {**self.conf.task_publish_retry_policy, **(options.get("retry_policy") or {})}
+        attempts = int(policy.get("max_retries") or 0) if retry else 0
+        pause = float(policy.get("interval_start") or 0)
+        for attempt in range(attempts + 1):
+            try:
+                self.broker.publish(message.queue, message.payload, message.priority, message.eta_ms)
+                break
+            except BrokerConnectionError as exc:
+                if attempt == attempts:
+                    raise
+                logger.warning(
+                    "Sending %s[%s]: %s; retrying in %.2f s (%d of %d)",
+                    message.name,
+                    message.task_id,
+                    exc,
+                    pause,
+                    attempt + 1,
+                    attempts,
+                )
+                time.sleep(pause)
+                pause = min(pause + float(policy.get("interval_step") or 0), float(policy.get("interval_max") or 1))
+        if signals.after_task_publish:
+            signals.after_task_publish.send(sender=message.name, **published)
 
     def send_many(
         self,
@@ -241,6 +442,11 @@ class App:
         unknown = options.keys() - SEND_OPTIONS
         if unknown:
             raise TypeError(f"unknown send option(s) {', '.join(sorted(unknown))}; valid: {', '.join(SEND_OPTIONS)}")
+        if options.get("compression"):
+            raise ConfigurationError(
+                f"compression={options['compression']!r}: rqueue does not compress messages "
+                "(and refuses compressed ones); send without compression"
+            )
         if task is None:
             task = self.tasks.get(name)
         args = list(args or ())
@@ -253,16 +459,28 @@ class App:
 
         serializer = option("serializer", options.get("serializer"))
         ignore_result = bool(option("ignore_result", options.get("ignore_result")))
-        queue_name, exchange, routing_key, routed_priority = self._route(name, args, kwargs, options.get("queue"), task)
+        queue_name, exchange, routing_key, routed_priority = self._route(name, args, kwargs, options, task)
         priority = options.get("priority")
+        root_id, parent_id = options.get("root_id"), options.get("parent_id")
+        parent = current_request() if root_id is None or parent_id is None else None
+        if parent is not None:
+            root_id = root_id or parent.root_id or parent.id
+            parent_id = parent_id or parent.id
+            if priority is None and self.conf.task_inherit_parent_priority:
+                priority = parent.delivery_info.get("priority")
         priority = option("priority", priority if priority is not None else routed_priority)
         now = time.time()
         eta_ms = _eta_ms(now, options.get("countdown"), options.get("eta"))
         task_id = options.get("task_id") or _rqueue.new_task_id()
+        shadow = options.get("shadow")
+        if shadow is None and task is not None:
+            shadow = task.shadow_name(tuple(args), kwargs, options) or task.option("shadow")
         body = None
+        callbacks, errbacks = _links(options.get("link")), _links(options.get("link_error"))
         if serializer not in ("json", "msgpack"):
             self._check_serializer_enabled(serializer)
-            body = serialization.dumps([args, kwargs, _EMBED], serializer)
+            embed = {**_EMBED, "callbacks": callbacks, "errbacks": errbacks}
+            body = serialization.dumps([args, kwargs, embed], serializer)
         payload = _rqueue.encode_task_message(
             task=name,
             task_id=task_id,
@@ -273,22 +491,27 @@ class App:
             serializer=serializer,
             body=body,
             eta_ms=eta_ms,
-            expires_ms=_expires_ms(now, options.get("expires")),
+            expires_ms=_expires_ms(now, option("expires", options.get("expires"))),
             retries=options.get("retries", 0),
             # Only per-call limits travel: the worker adds its own task options and settings
             # (and operators' run-time overrides), as a Celery worker does for an empty header.
             time_limit=time_limit_value(options.get("time_limit"), "time_limit"),
             soft_time_limit=time_limit_value(options.get("soft_time_limit"), "soft_time_limit"),
             priority=priority,
-            root_id=options.get("root_id"),
-            parent_id=options.get("parent_id"),
+            root_id=root_id,
+            parent_id=parent_id,
             origin=self.origin,
             ignore_result=ignore_result,
             reply_to=options.get("reply_to") or self.backend.reply_to_for(task_id) or self.oid,
             extra_headers=options.get("headers"),
             max_size=self.conf.task_max_message_size,
+            callbacks=callbacks,
+            errbacks=errbacks,
+            shadow=shadow,
         )
-        return _Outgoing(task_id, queue_name, payload, _clamp_priority(priority), eta_ms, ignore_result)
+        return _Outgoing(
+            task_id, name, queue_name, exchange, routing_key, payload, _clamp_priority(priority), eta_ms, ignore_result
+        )
 
     def _check_serializer_enabled(self, serializer: str) -> None:
         accept = [serialization.serializer_name(c) for c in self.conf.accept_content]
@@ -310,9 +533,16 @@ class App:
     # -- routing ---------------------------------------------------------------------------------------
 
     def _route(
-        self, name: str, args: list[Any], kwargs: dict[str, Any], queue: str | None, task: Task[Any, Any] | None
+        self, name: str, args: list[Any], kwargs: dict[str, Any], options: SendOptions, task: Task[Any, Any] | None
     ) -> Route:
-        """``(queue, exchange, routing_key, priority)``: an explicit queue, then the task's, then routes."""
+        """``(queue, exchange, routing_key, priority)``: an explicit queue (or exchange and routing
+        key), then the task's queue, then routes."""
+        queue, exchange, routing_key = options.get("queue"), options.get("exchange"), options.get("routing_key")
+        if exchange or routing_key:
+            # Celery's explicit exchange/routing key: the queue a direct exchange delivers it to is
+            # the one named by the routing key (on Redis and SQLite there is no exchange).
+            key = routing_key or queue or self.conf.task_default_queue
+            return queue or key, exchange or "", key, None
         explicit = queue or (task.options.get("queue") if task is not None else None)
         if explicit:
             return explicit, "", explicit, None
@@ -335,11 +565,28 @@ class _Outgoing(NamedTuple):
     """An encoded message ready to publish."""
 
     task_id: str
+    name: str
     queue: str
+    exchange: str
+    routing_key: str
     payload: bytes
     priority: int
     eta_ms: int | None
     ignore_result: bool
+
+
+def _links(value: Any) -> list[dict[str, Any]] | None:
+    """``link=``/``link_error=`` as the wire's list of signature dicts (one signature or several)."""
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    links = []
+    for item in items:
+        as_dict = dict(item) if isinstance(item, Mapping) else None
+        if as_dict is None or not isinstance(as_dict.get("task"), str):
+            raise TypeError(f"link/link_error takes signatures (task.s(...)), got {item!r}")
+        links.append(as_dict)
+    return links or None
 
 
 def _clamp_priority(priority: int | None) -> int:
@@ -373,3 +620,107 @@ def find_task(app: App, name: str) -> Task[Any, Any]:
         return app.tasks[name]
     except KeyError:
         raise NotRegistered(f"task {name!r} is not registered with app {app.main!r}") from None
+
+
+# -- the current app, and tasks shared by every app ----------------------------------------------------
+
+
+_all_apps: list[App] = []
+#: ``shared_task`` registrations: ``(function, options)``, bound to every app made before or after.
+_shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+_shared_lock = threading.Lock()
+
+
+def _register_app(app: App, set_as_current: bool) -> None:
+    with _shared_lock:
+        _all_apps.append(app)
+    current.register(app, set_as_current)
+    _bind_shared_tasks(app)
+
+
+current.make_default = lambda: App("default")
+
+
+def _bind_shared_tasks(app: App) -> None:
+    with _shared_lock:
+        pending = list(_shared)
+    for fun, options in pending:
+        name = options.get("name") or app.gen_task_name(fun)
+        if name not in app.tasks:
+            register: Callable[[Callable[..., Any]], Task[Any, Any]] = app.task(**options)
+            register(fun)
+
+
+class SharedTask:
+    """What ``@shared_task`` returns: the task of the current app, looked up on each use, so a
+    reusable module defines tasks without importing any app."""
+
+    def __init__(self, fun: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.fun = fun
+        self.options = options
+        self.__doc__ = fun.__doc__
+        self.__wrapped__ = fun
+        self.__name__ = fun.__name__
+        self.__module__ = fun.__module__
+
+    @property
+    def task(self) -> Task[Any, Any]:
+        app = current_app()
+        name = self.options.get("name") or app.gen_task_name(self.fun)
+        task = app.tasks.get(name)
+        if task is None:
+            _bind_shared_tasks(app)
+            task = app.tasks[name]
+        return task
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(self.task, key)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.task(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<@shared_task: {self.options.get('name') or self.fun.__module__ + '.' + self.fun.__name__}>"
+
+
+def shared_task(fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """``@shared_task`` (or ``@shared_task(bind=True, ...)``): a task registered with every app, for
+    modules that must not import a particular app (Django reusable apps, libraries)."""
+
+    def share(f: Callable[..., Any]) -> Any:
+        with _shared_lock:
+            _shared.append((f, options))
+            apps = list(_all_apps)
+        for app in apps:
+            _bind_shared_tasks(app)
+        return SharedTask(f, options)
+
+    if fun is not None:
+        return share(fun)
+    return share
+
+
+def _origin(task: Task[Any, Any]) -> object:
+    return getattr(task.fun, "__code__", None) or type(task)
+
+
+def _django_installed_apps() -> list[str]:
+    try:
+        from django.conf import settings  # type: ignore[import-not-found]  # noqa: PLC0415 - optional
+    except ImportError:
+        raise ConfigurationError("autodiscover_tasks() without packages needs Django; name the packages") from None
+    return list(settings.INSTALLED_APPS)
+
+
+def _import_related(package: str, related_name: str) -> None:
+    """Import ``package.related_name`` if the package has it (a package without it is fine)."""
+    try:
+        pkg = importlib.import_module(package)
+    except ImportError as exc:
+        raise ConfigurationError(f"autodiscover_tasks: cannot import package {package!r}: {exc}") from exc
+    if not hasattr(pkg, "__path__"):  # a plain module cannot have submodules
+        return
+    module_name = f"{package}.{related_name}"
+    if importlib.util.find_spec(module_name) is None:
+        return
+    importlib.import_module(module_name)

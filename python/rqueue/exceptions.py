@@ -1,7 +1,11 @@
-"""Every exception rqueue raises, under one root, grouped by area.
+"""Every exception rqueue raises, under one root, grouped by area, with Celery's names beside.
 
 The Rust extension raises into these classes too (see ``src-rust/py/src/errors.rs``), so a
 caller catches ``rqueue.exceptions.DecodeError`` whether the failure happened in Rust or Python.
+Code written for ``celery.exceptions`` finds the same names here (``CeleryError``,
+``ImproperlyConfigured``, ``TaskPredicate`` ... at the end of this module). The standard failures
+rqueue stores (revoked, time limits, worker lost ...) carry Celery's ``exc_module`` in results, so
+a Celery client reading them raises its own classes (``CELERY_MODULES``).
 """
 
 from __future__ import annotations
@@ -166,3 +170,91 @@ class Reject(TaskControl):
 
 class Ignore(TaskControl):
     """Stop processing the task without recording a state."""
+
+
+# -- Celery's names ------------------------------------------------------------------------------
+
+#: ``celery.exceptions.CeleryError``: the root of everything raised.
+CeleryError = RQueueError
+#: Celery's name for a bad configuration.
+ImproperlyConfigured = ConfigurationError
+#: Celery's base of Retry, Ignore and Reject.
+TaskPredicate = TaskControl
+#: A message that is not a valid task message.
+InvalidTaskError = DecodeError
+#: Celery's name for the error of ``revoke(terminate=True)``.
+Terminated = TaskTerminated
+#: ``celery.exceptions.TimeoutError`` (``get()`` ran out of time).
+CeleryTimeoutError = TimeoutError
+
+
+class TaskError(RQueueError):
+    """Task related errors (Celery's base name)."""
+
+
+class QueueNotFound(ConfigurationError):
+    """A task was routed to a queue that is not defined."""
+
+
+class IncompleteStream(RQueueError):
+    """Found the end of a stream of data, but the data is not complete."""
+
+
+class AlwaysEagerIgnored(UserWarning):
+    """Send options that have no meaning in eager mode."""
+
+
+class ChordError(TaskError):
+    """A task that is part of a chord failed."""
+
+
+class OperationalError(BrokerError):
+    """Recoverable failure talking to the broker (Celery's name)."""
+
+
+class SecurityError(RQueueError):
+    """Message signing failed or a signature did not verify."""
+
+
+class WorkerShutdown(SystemExit):
+    """Raise in a task (or signal handler) to ask the worker for a warm shutdown."""
+
+
+class WorkerTerminate(SystemExit):
+    """Raise to ask the worker for a cold shutdown."""
+
+
+class BackendGetMetaError(BackendError):
+    """Reading a task's state from the result backend failed."""
+
+
+class BackendStoreError(BackendError):
+    """Storing a task's state in the result backend failed."""
+
+
+class CPendingDeprecationWarning(PendingDeprecationWarning):
+    """Celery's pending deprecation warning."""
+
+
+class CDeprecationWarning(DeprecationWarning):
+    """Celery's deprecation warning."""
+
+
+#: The module a Celery process finds each of rqueue's standard failures in (``exc_module`` of a
+#: stored result), so ``except celery.exceptions.TaskRevokedError`` works on a Celery client.
+CELERY_MODULES: dict[type[BaseException], str] = {
+    TaskRevokedError: "celery.exceptions",
+    NotRegistered: "celery.exceptions",
+    MaxRetriesExceededError: "celery.exceptions",
+    Reject: "celery.exceptions",
+    Retry: "celery.exceptions",
+    Ignore: "celery.exceptions",
+    ResultIgnoredError: "celery.exceptions",
+    ChordError: "celery.exceptions",
+    SoftTimeLimitExceeded: "billiard.exceptions",
+    TimeLimitExceeded: "billiard.exceptions",
+    WorkerLostError: "billiard.exceptions",
+    TaskTerminated: "billiard.exceptions",
+}
+#: Class names that differ between Celery and rqueue.
+CELERY_NAMES: dict[type[BaseException], str] = {TaskTerminated: "Terminated"}

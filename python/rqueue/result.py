@@ -1,10 +1,12 @@
-"""``AsyncResult``: a handle on a task's state and return value."""
+"""``AsyncResult``: a handle on a task's state and return value; ``EagerResult``: the outcome of a
+task run here and now (``task.apply()``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from rqueue import states
+from rqueue.current import current_app
 from rqueue.exceptions import ResultIgnoredError, TaskRevokedError
 from rqueue.serialization import exception_from_meta
 
@@ -20,16 +22,35 @@ class AsyncResult(Generic[R]):
 
     Args:
         id: The task id.
-        backend: The backend to read from (the app's, when made through the app).
+        backend: The backend to read from; default the app's.
+        task_name: The task's name, when known.
+        app: The app; default the current app (as Celery's ``AsyncResult(id)``).
         ignored: True when the task was sent with ``ignore_result``: ``get()`` then fails fast.
     """
 
-    def __init__(self, id: str, backend: ResultBackend, *, ignored: bool = False, app: App | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        backend: ResultBackend | None = None,
+        task_name: str | None = None,
+        app: App | None = None,
+        *,
+        ignored: bool = False,
+    ) -> None:
         self.id = id
-        self.backend = backend
+        self._backend = backend
+        self.name = task_name
         self.ignored = ignored
         self.app = app
         self._final: dict[str, Any] | None = None
+
+    @property
+    def backend(self) -> ResultBackend:
+        if self._backend is None:
+            if self.app is None:
+                self.app = current_app()
+            self._backend = self.app.backend
+        return self._backend
 
     def _meta(self) -> dict[str, Any]:
         if self._final is not None:
@@ -91,16 +112,25 @@ class AsyncResult(Generic[R]):
         tb = self._meta().get("traceback")
         return None if tb is None else str(tb)
 
-    def revoke(self) -> None:
-        """Revoke the task: a worker that has not started it records it REVOKED instead of running it."""
+    def revoke(self, terminate: bool = False, signal: str | None = None) -> None:
+        """Revoke the task: a worker that has not started it records it REVOKED instead of running it;
+        with ``terminate`` a running one is stopped."""
         if self.app is None:
-            raise RuntimeError("this AsyncResult has no app; use app.AsyncResult(task_id).revoke()")
-        self.app.control.revoke(self.id)
+            self.app = current_app()
+        options: dict[str, Any] = {"terminate": terminate}
+        if signal is not None:
+            options["signal"] = signal
+        self.app.control.revoke(self.id, **options)
 
     def forget(self) -> None:
         """Delete the stored result."""
         self._final = None
         self.backend.forget(self.id)
+
+    @property
+    def date_done(self) -> Any:
+        """When the task reached a ready state (ISO-8601 text as stored), or None."""
+        return self._meta().get("date_done")
 
     @staticmethod
     def _value(meta: dict[str, Any]) -> Any:
@@ -121,3 +151,35 @@ class AsyncResult(Generic[R]):
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+class EagerResult(AsyncResult[R]):
+    """The outcome of a task run eagerly: ready at once, nothing read from a backend."""
+
+    def __init__(self, id: str, value: Any, state: str, traceback: str | None = None, name: str | None = None) -> None:
+        super().__init__(id, backend=None, task_name=name)
+        self._value_now = value
+        self._state = state
+        self._traceback = traceback
+
+    def _meta(self) -> dict[str, Any]:
+        return {"status": self._state, "result": self._value_now, "traceback": self._traceback, "task_id": self.id}
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> R:
+        if isinstance(self._value_now, BaseException) and propagate:
+            raise self._value_now
+        return self._value_now  # type: ignore[no-any-return]
+
+    wait = get
+
+    @property
+    def result(self) -> Any:
+        return self._value_now
+
+    info = result
+
+    def forget(self) -> None:
+        """Nothing is stored for an eager result unless ``task_store_eager_result``."""
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"

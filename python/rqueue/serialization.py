@@ -14,7 +14,7 @@ from typing import Any
 
 from rqueue import _rqueue
 from rqueue.config import CONTENT_TYPE_NAMES
-from rqueue.exceptions import ContentDisallowed, DecodeError, RemoteError
+from rqueue.exceptions import CELERY_MODULES, CELERY_NAMES, ContentDisallowed, DecodeError, RemoteError
 
 PICKLE_CONTENT_TYPE = "application/x-python-serialize"
 
@@ -60,7 +60,8 @@ def exception_to_meta(exc: BaseException) -> dict[str, Any]:
     """Celery's exception record: qualified type name, module and the args as a list."""
     cls = type(exc)
     message: list[Any] = [_plain(arg) for arg in exc.args]
-    return {"exc_type": cls.__qualname__, "exc_message": message, "exc_module": cls.__module__}
+    module = CELERY_MODULES.get(cls, cls.__module__)
+    return {"exc_type": CELERY_NAMES.get(cls, cls.__qualname__), "exc_message": message, "exc_module": module}
 
 
 def _plain(value: Any) -> Any:
@@ -96,24 +97,20 @@ def exception_from_meta(meta: Any) -> BaseException:
     return RemoteError(exc_type, exc_module if isinstance(exc_module, str) else None, message)
 
 
-#: Celery's classes for what rqueue has its own class for: a Celery worker's time limit or
-#: termination reads back as rqueue's exception when Celery is not imported here.
-_CELERY_ALIASES = {
-    ("billiard.exceptions", "SoftTimeLimitExceeded"): "SoftTimeLimitExceeded",
-    ("celery.exceptions", "SoftTimeLimitExceeded"): "SoftTimeLimitExceeded",
-    ("billiard.exceptions", "TimeLimitExceeded"): "TimeLimitExceeded",
-    ("celery.exceptions", "TimeLimitExceeded"): "TimeLimitExceeded",
-    ("celery.exceptions", "TaskRevokedError"): "TaskRevokedError",
-}
+#: Modules of Celery's standard exceptions: a result naming one reads back as rqueue's class of
+#: that name (``rqueue.exceptions`` carries Celery's names), so ``except TaskRevokedError`` works
+#: whether a Celery or an rqueue worker stored it, and whether or not Celery is imported here.
+_CELERY_EXCEPTION_MODULES = frozenset({"celery.exceptions", "billiard.exceptions"})
 
 
 def _find_class(module_name: str | None, qualname: str) -> type[BaseException] | None:
+    if module_name in _CELERY_EXCEPTION_MODULES:
+        ours = getattr(sys.modules["rqueue.exceptions"], qualname, None)
+        if isinstance(ours, type) and issubclass(ours, BaseException):
+            return ours
     module = builtins if module_name in (None, "builtins", "exceptions") else sys.modules.get(module_name or "")
     if module is None:
-        alias = _CELERY_ALIASES.get((module_name or "", qualname))
-        if alias is None:
-            return None
-        module, qualname = sys.modules["rqueue.exceptions"], alias
+        return None
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import random
-import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypedDict, TypeVar
 
 from rqueue.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from rqueue.rates import check_rate
+from rqueue.request import ExceptionInfo, Request, custom_headers, pop_request, push_request, request_stack
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from typing_extensions import Unpack
 
     from rqueue.app import App
-    from rqueue.result import AsyncResult
+    from rqueue.result import AsyncResult as _AsyncResult
+    from rqueue.result import EagerResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Options ``@app.task(...)`` accepts, with their defaults (None = follow the app's settings).
+#: Options ``@app.task(...)`` accepts (and a ``Task`` subclass may set as class attributes), with
+#: their defaults (None = follow the app's settings).
 TASK_OPTIONS: dict[str, Any] = {
     "name": None,
     "bind": False,
@@ -39,10 +41,30 @@ TASK_OPTIONS: dict[str, Any] = {
     "serializer": None,
     "track_started": None,
     "autoretry_for": None,
+    "dont_autoretry_for": None,
+    "retry_kwargs": None,
     "retry_backoff": None,
     "retry_backoff_max": None,
     "retry_jitter": None,
+    "expires": None,
+    "throws": None,
+    "typing": None,
+    "reject_on_worker_lost": None,
+    "acks_on_failure_or_timeout": None,
+    "store_errors_even_if_ignored": None,
+    "store_eager_result": None,
+    "shadow": None,
+    "pydantic": None,
+    "pydantic_strict": None,
+    "pydantic_context": None,
+    "pydantic_dump_kwargs": None,
 }
+
+#: Options of Celery's task decorator that rqueue accepts and does not act on (see the docs'
+#: differences): events are the monitoring issue's, the others tune Celery internals.
+CELERY_ONLY_OPTIONS = frozenset(
+    {"trail", "send_events", "resultrepr_maxsize", "autoregister", "request_stack", "abstract", "lazy", "shared"}
+)
 
 
 class SendOptions(TypedDict, total=False):
@@ -53,6 +75,8 @@ class SendOptions(TypedDict, total=False):
     eta: datetime | None
     expires: float | timedelta | datetime | None
     queue: str | None
+    exchange: str | None
+    routing_key: str | None
     priority: int | None
     task_id: str | None
     headers: Mapping[str, Any] | None
@@ -60,6 +84,17 @@ class SendOptions(TypedDict, total=False):
     serializer: str | None
     time_limit: float | None
     soft_time_limit: float | None
+    shadow: str | None
+    #: Retry publishing while the broker cannot be reached (default ``task_publish_retry``), with
+    #: ``retry_policy`` (``max_retries``, ``interval_start``, ``interval_step``, ``interval_max``).
+    retry: bool | None
+    retry_policy: Mapping[str, Any] | None
+    #: Canvas links with Celery's wire form (signature dicts); run by the worker after the task.
+    link: Any
+    link_error: Any
+    #: Accepted for Celery's sake: rqueue does not compress (``None`` only) and keeps no trail.
+    compression: str | None
+    add_to_parent: bool
     #: Set by ``retry()``: how many times the task ran before, its workflow's ids, and where its
     #: states go (the first sender's ``reply_to``, for ``rpc://``).
     retries: int
@@ -72,71 +107,151 @@ class SendOptions(TypedDict, total=False):
 SEND_OPTIONS = frozenset(SendOptions.__annotations__)
 
 
-@dataclass
-class Request:
-    """What a running task knows about its own message (``self.request`` in ``bind=True`` tasks)."""
-
-    id: str
-    task: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    eta: str | None = None
-    expires: str | None = None
-    root_id: str | None = None
-    parent_id: str | None = None
-    group: str | None = None
-    #: The sending client's address for ``rpc://`` states.
-    reply_to: str | None = None
-    hostname: str | None = None
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    redelivered: bool = False
-    is_eager: bool = False
-    headers: dict[str, Any] = field(default_factory=dict)
-
-
-_context = threading.local()
+#: The task hook methods a subclass may override, called by the worker in Celery's order.
+HOOK_METHODS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
 
 
 class Task(Generic[P, R]):
-    """A task function registered with an app.
+    """A task: a function (``@app.task``) or a subclass with a ``run`` method, registered with an app.
 
-    Calling the task runs the function inline; ``delay``/``apply_async`` send it to a worker.
+    Calling the task runs it inline; ``delay``/``apply_async`` send it to a worker. A subclass may
+    set options as class attributes (``max_retries = 5``, ``autoretry_for = (IOError,)``, any of
+    ``TASK_OPTIONS``) and override the hooks ``before_start``, ``on_success``, ``on_failure``,
+    ``on_retry`` and ``after_return``; use it with ``@app.task(base=MyTask)``, or register an
+    instance of a subclass that defines ``run`` with ``app.register_task(MyTask())``.
     """
 
-    def __init__(self, app: App, fun: Callable[..., R], name: str, options: dict[str, Any]) -> None:
-        unknown = set(options) - set(TASK_OPTIONS)
-        if unknown:
-            raise ConfigurationError(
-                f"task {name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(TASK_OPTIONS)}"
-            )
+    #: The registered name (set by the app, or by a class-based task's class attribute).
+    name: str
+    app: App
+    #: The function for ``@app.task`` tasks (None for a class-based task, which defines ``run``).
+    fun: Callable[..., Any] | None = None
+    bind: bool = False
+    #: Called as the task's body: ``run``, or the instance when the class overrides ``__call__``.
+    entry: Callable[..., Any]
+    #: The hook methods this task's class overrides (the worker skips the others).
+    hooked: frozenset[str] = frozenset()
+
+    def bind_app(
+        self,
+        app: App,
+        name: str | None = None,
+        fun: Callable[..., Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> Task[P, R]:
+        """Attach this task to ``app`` under ``name`` (made from the function or the class when None)."""
+        options = dict(options or {})
+        cls = type(self)
+        class_options = {
+            key: value
+            for klass in reversed(cls.__mro__[: cls.__mro__.index(Task)])
+            for key, value in vars(klass).items()
+            if key in TASK_OPTIONS and key not in ("name", "bind") and value is not None
+        }
+        _check_options(name or getattr(cls, "name", None) or cls.__name__, options)
         if options.get("rate_limit") is not None:
             check_rate(options["rate_limit"], f"task {name}")
         self.app = app
-        self.fun = fun
-        self.name = name
-        self.bind: bool = bool(options.get("bind", False))
-        self.options = {k: v for k, v in options.items() if k not in ("name", "bind") and v is not None}
-        self._options_key = f"task-options:{name}"
-        self.__doc__ = fun.__doc__
-        self.__wrapped__ = fun
-        self.__module__ = fun.__module__
+        if fun is not None:
+            self.fun = fun
+            self.__doc__ = fun.__doc__
+            self.__wrapped__ = fun
+            self.__module__ = fun.__module__
+            self.__name__ = fun.__name__
+            self.__qualname__ = fun.__qualname__
+        self.bind = bool(options.pop("bind", False))
+        options.pop("name", None)
+        self.name = name or getattr(cls, "name", None) or app.gen_task_name(self.fun or cls)
+        self.options = {
+            **class_options,
+            **{k: v for k, v in options.items() if k in TASK_OPTIONS and v is not None},
+        }
+        for key, value in options.items():
+            # Celery sets every decorator keyword as an attribute: options read as ``self.max_retries``
+            # then give the decorator's value over a base class's, and other keywords are the user's own.
+            if key not in TASK_OPTIONS or (value is not None and hasattr(cls, key)):
+                setattr(self, key, value)
+        self._options_key = f"task-options:{self.name}"
+        self.hooked = frozenset(h for h in HOOK_METHODS if getattr(cls, h) is not getattr(Task, h))
+        body = self._body()
+        if self.options.get("pydantic"):
+            from rqueue.contrib.pydantic import validating  # noqa: PLC0415 - optional dependency
+
+            body = validating(self, body)
+        self.run_body = body
+        self.entry = self if cls.__call__ is not Task.__call__ else body
+        return self
+
+    def _body(self) -> Callable[..., Any]:
+        fun = self.fun
+        if fun is None:
+            return self.run
+        if self.bind:
+            return functools.partial(fun, self)
+        return fun
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The task's body: a class-based task overrides it; a function task runs its function."""
+        if self.fun is None:
+            raise NotImplementedError(f"task {type(self).__name__} defines no run() method")
+        return self._body()(*args, **kwargs)
+
+    def __getattr__(self, key: str) -> Any:
+        # Celery code reads options as attributes (``self.max_retries``): the effective values.
+        if key in TASK_OPTIONS and "app" in self.__dict__:
+            return self.option(key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
     # -- running ---------------------------------------------------------------------------------
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function here and now, as a plain call."""
-        if self.bind:
-            return self.fun(self, *args, **kwargs)
-        return self.fun(*args, **kwargs)
+        """Run the task here and now, as a plain call (``self.request.called_directly`` is True)."""
+        if request_stack():  # called from inside another task: no request of its own (as in Celery)
+            return self.run_body(*args, **kwargs)  # type: ignore[no-any-return]
+        push_request(Request(id="", task=self.name, args=list(args), kwargs=dict(kwargs), called_directly=True))
+        try:
+            return self.run_body(*args, **kwargs)  # type: ignore[no-any-return]
+        finally:
+            pop_request()
 
     @property
     def request(self) -> Request:
         """The request of the task running in this thread (``bind=True`` tasks use it)."""
-        stack: list[Request] = getattr(_context, "stack", [])
+        stack = request_stack()
         if not stack:
-            return Request(id="", task=self.name, is_eager=True)
+            return Request(id="", task=self.name, is_eager=True, called_directly=True)
         return stack[-1]
+
+    # -- hooks: override in a subclass (Celery's names and arguments) -----------------------------
+
+    def before_start(self, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Called in the worker just before the task runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Called in the worker after the task returned ``retval``."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Sequence[Any], kwargs: dict[str, Any], einfo: ExceptionInfo
+    ) -> None:
+        """Called in the worker after the task raised ``exc`` (and no retry was scheduled)."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Sequence[Any], kwargs: dict[str, Any], einfo: ExceptionInfo
+    ) -> None:
+        """Called in the worker after a retry of the task was scheduled."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        einfo: ExceptionInfo | None,
+    ) -> None:
+        """Called in the worker after the task ended (succeeded, failed or retried), last."""
+
+    # -- options ---------------------------------------------------------------------------------
 
     def option(self, key: str) -> Any:
         """The effective value of a task option: annotations, then the decorator, then the settings."""
@@ -152,9 +267,34 @@ class Task(Generic[P, R]):
         resolved.update(self.app.annotations_for(self.name))
         return resolved
 
+    @property
+    def backend(self) -> Any:
+        """The app's result backend."""
+        return self.app.backend
+
+    def AsyncResult(self, task_id: str) -> _AsyncResult[R]:  # noqa: N802 - Celery's spelling
+        """A result handle for a task id of this task."""
+        return self.app.AsyncResult(task_id)
+
+    def shadow_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: Mapping[str, Any]) -> str | None:
+        """Override to name a message differently in logs and monitors (Celery's hook); None keeps the name."""
+        return None
+
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
+        """Store a state now (``PROGRESS`` with ``meta={'done': 3}``): clients read it through
+        ``AsyncResult.state`` and ``.info`` while the task runs. Defaults to this task's running request."""
+        from rqueue.backends.base import ResultRecord  # noqa: PLC0415 - the backend layer sits above tasks
+
+        task_id = task_id or self.request.id
+        if not task_id:
+            raise RuntimeError(f"{self.name}.update_state() needs a task_id outside a running task")
+        self.app.backend.store(ResultRecord(task_id, state or "PENDING", meta))
+
     # -- sending ---------------------------------------------------------------------------------
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> _AsyncResult[R]:
         """Send the task with these arguments; a shortcut of ``apply_async(args, kwargs)``."""
         return self.apply_async(args, kwargs)
 
@@ -163,8 +303,9 @@ class Task(Generic[P, R]):
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Unpack[SendOptions],
-    ) -> AsyncResult[R]:
-        """Send the task to a worker with options (``SendOptions``).
+    ) -> _AsyncResult[R]:
+        """Send the task to a worker with options (``SendOptions``); with ``task_always_eager`` run
+        it here instead (see ``apply``).
 
         Args:
             args: Positional arguments.
@@ -173,6 +314,8 @@ class Task(Generic[P, R]):
             eta: Run no earlier than this time (a naive datetime is taken as UTC).
             expires: Seconds from now, or a time, after which the task is revoked instead of run.
             queue: The queue to send to (overrides routes).
+            exchange: The exchange to publish to (with ``routing_key``; RabbitMQ).
+            routing_key: The routing key (default: the queue's name).
             priority: 0 (first) to 9 (last).
             task_id: Use this id instead of a new UUID.
             headers: Extra message headers.
@@ -180,28 +323,82 @@ class Task(Generic[P, R]):
             serializer: ``json``, ``msgpack`` or (when enabled) ``pickle``.
             time_limit: Hard time limit in seconds.
             soft_time_limit: Soft time limit in seconds.
+            shadow: The name logs and monitors show for this message.
+            retry: Retry publishing while the broker is unreachable (default ``task_publish_retry``).
+            retry_policy: ``max_retries``, ``interval_start``, ``interval_step``, ``interval_max``.
+            link: Signature(s) to apply with the result when the task succeeds.
+            link_error: Signature(s) to apply when the task fails.
+
+        Raises:
+            TypeError: the arguments do not fit the task's signature (``typing``, default on).
         """
+        if self.option("typing") is not False:
+            self.check_arguments(args or (), kwargs or {})
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, self, **options)
 
-    def retry(
+    def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise TypeError, here in the caller, when ``args``/``kwargs`` do not fit the task's signature."""
+        signature = self.app.derived(f"task-signature:{self.name}", self._call_signature)
+        if signature is None:
+            return
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}() {exc}") from None
+
+    def _call_signature(self) -> inspect.Signature | None:
+        target = self.fun if self.fun is not None else self.run
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            return None  # a builtin or C function: nothing to check
+        if self.fun is not None and self.bind:
+            parameters = list(signature.parameters.values())[1:]
+            signature = signature.replace(parameters=parameters)
+        return signature
+
+    def apply(
         self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult[R]:
+        """Run the task here and now, as a worker would, and return an ``EagerResult``.
+
+        The arguments go through the task's serializer and back first, so a test catches what a
+        worker would refuse. Retries run at once, in a loop; ``task_eager_propagates`` (or
+        ``throw=True``) re-raises a failure. Hooks and signals are called as in a worker.
+        """
+        from rqueue.trace import run_eagerly  # noqa: PLC0415 - trace runs tasks: it imports this module's callers
+
+        return run_eagerly(self, list(args or ()), dict(kwargs or {}), options)
+
+    def retry(  # noqa: PLR0913 - Celery's signature
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
         exc: BaseException | None = None,
-        countdown: float | None = None,
+        throw: bool = True,
         eta: datetime | None = None,
+        countdown: float | None = None,
         max_retries: int | None = None,
+        **options: Any,
     ) -> NoReturn:
         """Schedule this task to run again, then stop the current run (call it as ``raise self.retry(...)``).
 
-        The new message (same id, ``retries + 1``) waits in the broker until its time comes
-        (``countdown`` seconds, default ``default_retry_delay``); nothing sleeps in the worker.
-        Past ``max_retries`` (default the task's, 3; None = forever) ``exc`` is raised instead, or
-        ``MaxRetriesExceededError`` when there is none.
+        The new message (same id, ``retries + 1``, the same priority and custom headers) waits in
+        the broker until its time comes (``countdown`` seconds, default ``default_retry_delay``);
+        nothing sleeps in the worker. ``args``/``kwargs`` replace the arguments when given; other
+        keywords are send options (``queue=``, ``priority=`` ...). Past ``max_retries`` (default the
+        task's, 3; None = forever) ``exc`` is raised instead, or ``MaxRetriesExceededError``.
 
         Raises:
             Retry: always, when a retry was scheduled; the worker records the state RETRY.
         """
         request = self.request
-        if request.is_eager:
+        if request.called_directly:
             raise RuntimeError(f"{self.name}.retry() called outside a worker: there is no message to retry")
         limit = max_retries if max_retries is not None else self.option("max_retries")
         if limit is not None and request.retries >= limit:
@@ -212,22 +409,54 @@ class Task(Generic[P, R]):
             )
         if countdown is None and eta is None:
             countdown = float(self.option("default_retry_delay") or 0)
+        when = f"in {countdown:g} s" if countdown is not None else f"at {eta}"
+        if request.is_eager:  # run again here and now (the eager loop catches Retry)
+            raise Retry(f"Retry {when}", exc=exc, when=countdown)
+        sent: dict[str, Any] = {
+            "queue": request.delivery_info.get("routing_key"),
+            "priority": request.delivery_info.get("priority"),
+            "headers": custom_headers(request.headers),
+            "reply_to": request.reply_to,
+            "shadow": request.shadow,
+            "time_limit": request.timelimit[0],
+            "soft_time_limit": request.timelimit[1],
+            **options,
+        }
         self.app.send_task(
             self.name,
-            request.args,
-            request.kwargs,
+            request.args if args is None else args,
+            request.kwargs if kwargs is None else kwargs,
             self,
             countdown=countdown,
             eta=eta,
             task_id=request.id,
-            queue=request.delivery_info.get("routing_key"),
             retries=request.retries + 1,
             root_id=request.root_id,
             parent_id=request.parent_id,
-            reply_to=request.reply_to,
+            link=request.callbacks,
+            link_error=request.errbacks,
+            **sent,
         )
-        when = f"in {countdown:g} s" if countdown is not None else f"at {eta}"
         raise Retry(f"Retry {when}", exc=exc, when=countdown)
+
+    def auto_retry(self, exc: Exception) -> Retry | None:
+        """Schedule a retry for ``exc`` when ``autoretry_for`` covers it (and ``dont_autoretry_for``
+        does not), with ``retry_kwargs`` and the backoff; the ``Retry`` when one was scheduled, None
+        when not (not covered, or out of retries: ``exc`` is then the outcome)."""
+        options = self.resolved_options()
+        retry_for, dont = options["autoretry_for"], options["dont_autoretry_for"]
+        if not retry_for or not isinstance(exc, tuple(retry_for)) or (dont and isinstance(exc, tuple(dont))):
+            return None
+        kwargs = dict(options["retry_kwargs"] or {})
+        if kwargs.get("countdown") is None and kwargs.get("eta") is None:
+            kwargs["countdown"] = self.retry_countdown(self.request.retries)
+        try:
+            self.retry(exc=exc, **kwargs)
+        except Retry as retry:
+            return retry
+        except Exception:
+            return None
+        return None  # pragma: no cover - retry() always raises
 
     def retry_countdown(self, retries: int) -> float:
         """The delay before automatic retry number ``retries + 1`` (``retry_backoff``, capped, with jitter)."""
@@ -240,7 +469,7 @@ class Task(Generic[P, R]):
             delay = random.uniform(0, delay)
         return delay
 
-    def delay_many(self, calls: Iterable[tuple[Any, ...] | list[Any]]) -> list[AsyncResult[R]]:
+    def delay_many(self, calls: Iterable[tuple[Any, ...] | list[Any]]) -> list[_AsyncResult[R]]:
         """Send one message per argument tuple, all in one broker round trip.
 
         ``add.delay_many([(1, 2), (3, 4)])`` is ``[add.delay(1, 2), add.delay(3, 4)]`` without a
@@ -249,16 +478,18 @@ class Task(Generic[P, R]):
         return self.app.send_many(self.name, ((args, {}) for args in calls), self)
 
     def __repr__(self) -> str:
-        return f"<@task: {self.name}>"
+        return f"<@task: {getattr(self, 'name', type(self).__name__)}>"
 
 
-def push_request(request: Request) -> None:
-    """Make ``request`` the current task request of this thread."""
-    stack: list[Request] | None = getattr(_context, "stack", None)
-    if stack is None:
-        stack = _context.stack = []
-    stack.append(request)
+def _check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Celery accepts any decorator keyword as an attribute; one that looks like a misspelt option
+    is refused with the option it resembles."""
+    from rqueue.config import closest_names  # noqa: PLC0415 - config imports nothing of tasks
 
-
-def pop_request() -> None:
-    _context.stack.pop()
+    known = [*TASK_OPTIONS, *CELERY_ONLY_OPTIONS]
+    for key in options:
+        if key in TASK_OPTIONS or key in CELERY_ONLY_OPTIONS:
+            continue
+        close = closest_names(key, known, limit=1)
+        if close and difflib.SequenceMatcher(None, key, close[0]).ratio() >= 0.8:
+            raise ConfigurationError(f"task {name}: unknown option {key!r}; did you mean {close[0]!r}?")

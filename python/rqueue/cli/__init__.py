@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import socket
@@ -27,31 +28,69 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def load_app(spec: str) -> Any:
-    """The App named by ``-A``: ``module``, ``module:attribute``, or a package with an ``app`` attribute."""
-    from rqueue.app import App  # noqa: PLC0415 - `rqueue --help` stays quick
-
+    """The App named by ``-A``, found as Celery finds it: ``module:attribute`` (or ``module.attribute``);
+    else in the module its ``app``, then its ``celery`` attribute, then (a package) the same in its
+    ``celery`` submodule (``proj/celery.py``), then the one App instance it holds. An unmodified
+    ``celery.Celery`` app found the same way runs on rqueue (``rqueue.from_celery``)."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, _, attr = spec.partition(":")
+    module = _import_for_app(spec, module_name, attr)
+    if attr:
+        found = getattr(module, attr, None)
+        if not _is_app(found):
+            fail(f"cannot load app {spec!r}: {module_name} has no App named {attr!r}")
+    else:
+        found = _app_in(module)
+        if found is None and hasattr(module, "__path__"):
+            submodule = f"{module_name}.celery"
+            if importlib.util.find_spec(submodule) is not None:
+                found = _app_in(_import_for_app(spec, submodule, ""))
+        if found is None:
+            fail(f"cannot load app {spec!r}: no App found in module {module_name} (use module:attribute)")
+    from rqueue.from_celery import adopt, is_celery_app  # noqa: PLC0415 - `rqueue --help` stays quick
+
+    if is_celery_app(found):
+        try:
+            return adopt(found)
+        except RQueueError as exc:
+            fail(f"cannot run Celery app {spec!r} on rqueue: {exc}")
+    return found
+
+
+def _is_app(obj: object) -> bool:
+    from rqueue.app import App  # noqa: PLC0415 - `rqueue --help` stays quick
+    from rqueue.from_celery import is_celery_app  # noqa: PLC0415
+
+    return isinstance(obj, App) or is_celery_app(obj)
+
+
+def _import_for_app(spec: str, module_name: str, attr: str) -> Any:
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as exc:
+        parent, _, last = module_name.rpartition(".")
+        if parent and not attr and exc.name == module_name:  # ``proj.app``: an attribute, not a module
+            holder = _import_for_app(spec, parent, "")
+            if hasattr(holder, last):
+                return holder
         fail(f"cannot load app {spec!r}: {exc}")
     except Exception as exc:  # the user's module raised while importing
         fail(f"cannot load app {spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}")
-    if attr:
-        app = getattr(module, attr, None)
-        if not isinstance(app, App):
-            fail(f"cannot load app {spec!r}: {module_name} has no App named {attr!r}")
-        return app
+
+
+def _app_in(module: Any) -> Any:
     for name in ("app", "celery"):
         candidate = getattr(module, name, None)
-        if isinstance(candidate, App):
+        if _is_app(candidate):
             return candidate
-    apps = [v for v in vars(module).values() if isinstance(v, App)]
-    if len(apps) == 1:
-        return apps[0]
-    fail(f"cannot load app {spec!r}: no App found in module {module_name} (use module:attribute)")
+    apps = [v for v in vars(module).values() if _is_app(v)]
+    return apps[0] if len(apps) == 1 else None
+
+
+def run_for_app(app: Any, argv: list[str]) -> None:
+    """Run the command line with ``app`` as the application (``app.start()``, ``app.worker_main()``)."""
+    cli.main(args=argv, prog_name="rqueue", obj={"app": app})
 
 
 @click.group(context_settings=CONTEXT, invoke_without_command=False)
@@ -62,11 +101,14 @@ def load_app(spec: str) -> Any:
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None) -> None:
     """rqueue: a Celery-compatible distributed task queue with a Rust hot path."""
-    ctx.obj = {"app_spec": app_spec}
+    ctx.obj = {**(ctx.obj or {}), "app_spec": app_spec}
 
 
 def get_app(ctx: click.Context) -> Any:
-    spec = (ctx.find_root().obj or {}).get("app_spec")
+    obj = ctx.find_root().obj or {}
+    if obj.get("app") is not None and not obj.get("app_spec"):
+        return obj["app"]
+    spec = obj.get("app_spec")
     if not spec:
         fail("no application given: pass -A MODULE (e.g. rqueue -A tasks worker)")
     return load_app(spec)
@@ -118,7 +160,7 @@ def worker(
 
     app = get_app(ctx)
     try:
-        setup_logging(loglevel, logfile)
+        setup_logging(loglevel, logfile, bool(app.conf.worker_hijack_root_logger))
         if prefetch_multiplier:
             app.conf.worker_prefetch_multiplier = prefetch_multiplier
         if allow_eviction:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from rqueue import __version__
+from rqueue import __version__, signals
 from rqueue.brokers.base import LeaseRecovery, capability
 from rqueue.config import default_queues
 from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
+from rqueue.utils.log import TASK_LOGGER_NAME
 from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
@@ -76,6 +78,7 @@ class Worker:
         if pool == "prefork" and not hasattr(os, "fork"):
             raise ConfigurationError("the prefork pool needs fork(), which this platform lacks; use --pool threads")
         self.app = app
+        app.finalize()  # imports, include, autodiscovered modules: every task registered from here on
         conf = app.conf
         self.queues = list(queues or default_queues(conf))
         self.pool = pool
@@ -84,6 +87,9 @@ class Worker:
         self.pidfile = pidfile
         self.statedb = statedb
         self.hooks = Hooks(hooks)
+        #: Set once the worker takes work (``worker_ready``); tests running a worker in a thread wait on it.
+        self.ready = threading.Event()
+        self.consumer: Consumer | None = None
         # Made here, before the prefork pool forks, so its shared memory reaches every child.
         self.rate_limits = RateLimits(app)
 
@@ -109,6 +115,7 @@ class Worker:
         """Run until shutdown; returns the process exit code."""
         failpoint.check()
         self._take_pidfile()
+        signals.worker_init.send(sender=self)
         self.app.broker.prepare_consumer(self.queues, bool(self.app.conf.broker_allow_eviction))
         self.revoked = Revoked(self.app.broker, self.statedb)
         try:
@@ -121,12 +128,42 @@ class Worker:
                 )
                 control = ControlServer(self, pool)
                 control.listen()
-                install_shutdown_handlers(pool.signal)
-                return pool.run(on_ready=lambda: logger.info("%s ready.", self.hostname), on_idle=control.serve)
+
+                def on_signal(signum: int) -> None:
+                    self._announce_shutdown(signum, pool.shutdown + 1)
+                    pool.signal(signum)
+
+                install_shutdown_handlers(on_signal)
+                return pool.run(on_ready=self._ready, on_idle=control.serve)
             return self._run_in_process(self.revoked)
         finally:
             self.revoked.save()
             self._release_pidfile()
+            signals.worker_shutdown.send(sender=self)
+
+    def _ready(self) -> None:
+        logger.info("%s ready.", self.hostname)
+        self.ready.set()
+        signals.worker_ready.send(sender=self)
+
+    def reload(self) -> None:
+        """Celery's test workers reload the app to see tasks registered after they started. An rqueue
+        worker looks tasks up in the app's registry as each message arrives, so a worker running in
+        this process sees them already; this only imports modules added to ``include`` since."""
+        self.app.import_default_modules()
+
+    def stop(self) -> None:
+        """Warm shutdown of a worker running in this process (solo or threads pool, e.g. in a thread
+        of a test): running tasks finish, prefetched messages go back. ``start()`` then returns."""
+        if self.consumer is None:
+            raise RuntimeError("stop() stops a solo or threads worker started in this process")
+        self.consumer.stop()
+
+    def _announce_shutdown(self, signum: int, count: int) -> None:
+        """``worker_shutting_down`` on the first signal (warm) and the second (cold)."""
+        if count <= 2:
+            how = "Warm" if count == 1 else "Cold"
+            signals.worker_shutting_down.send(sender=self.hostname, sig=_signal_name(signum), how=how, exitcode=0)
 
     def revoke_locally(self, task_ids: list[str]) -> None:
         """Revoke at once in this process (remote control); children are told by the pool."""
@@ -148,12 +185,13 @@ class Worker:
             rate_limits=self.rate_limits,
             hooks=self.hooks,
         )
-        signals = 0
+        received = 0
 
         def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
+            nonlocal received
+            received += 1
+            self._announce_shutdown(signum, received)
+            if received == 1:
                 logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
                 consumer.stop()
             else:
@@ -164,12 +202,16 @@ class Worker:
                 logging.shutdown()
                 os._exit(1)
 
-        install_shutdown_handlers(on_signal)
-        install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
+        if threading.current_thread() is threading.main_thread():
+            install_shutdown_handlers(on_signal)
+            install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
+        self.consumer = consumer
         control = ControlServer(self, InProcess(consumer))
         control.listen()
         threading.Thread(target=control.serve_until, args=(lambda: consumer.stopping,), daemon=True).start()
-        logger.info("%s ready.", self.hostname)
+        if self.pool == "solo":  # Celery's solo pool announces its one process too
+            signals.worker_process_init.send(sender=None)
+        self._ready()
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)
         return 0
@@ -241,6 +283,13 @@ class Worker:
             return 0
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -251,13 +300,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def setup_logging(loglevel: str, logfile: str | None) -> None:
-    """stdlib logging for the worker: one format, to stderr or a file."""
+def setup_logging(loglevel: str, logfile: str | None, hijack_root_logger: bool = True) -> None:
+    """stdlib logging for the worker: one format, to stderr or a file.
+
+    A receiver of the ``setup_logging`` signal replaces this setup entirely (Celery's rule); with
+    ``hijack_root_logger`` False the root logger keeps the handlers it has. The
+    ``after_setup_logger`` and ``after_setup_task_logger`` receivers may then adjust the loggers.
+    """
     level = logging.getLevelName(loglevel.upper())
     if not isinstance(level, int):
         raise ConfigurationError(f"unknown log level {loglevel!r}; use debug, info, warning, error or critical")
-    handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    details = {"loglevel": level, "logfile": logfile, "format": LOG_FORMAT, "colorize": False}
+    if signals.setup_logging:
+        signals.setup_logging.send(sender=None, **details)
+        return
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if hijack_root_logger or not root.handlers:
+        handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.handlers[:] = [handler]
     root.setLevel(level)
+    signals.after_setup_logger.send(sender=None, logger=root, **details)
+    signals.after_setup_task_logger.send(sender=None, logger=logging.getLogger(TASK_LOGGER_NAME), **details)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rqueue import _rqueue, serialization, states
+from rqueue import _rqueue, serialization, signals, states, trace
 from rqueue.backends.base import ResultRecord
 from rqueue.brokers.base import REASON_WORKER_LOST, Recounting
 from rqueue.exceptions import (
@@ -36,7 +36,7 @@ from rqueue.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from rqueue.task import Request, pop_request, push_request
+from rqueue.request import Request, pop_request, push_request
 from rqueue.worker import failpoint
 from rqueue.worker.completion import completer_for
 from rqueue.worker.failpoint import ACTIVE as FAILPOINT
@@ -155,7 +155,7 @@ class Executor:
             return None
         return admitted  # deferred for its rate limit, or None: dealt with
 
-    def admit(  # noqa: PLR0911, PLR0912 - one check after another; each return is an outcome
+    def admit(  # noqa: PLR0911, PLR0912, PLR0915 - one check after another; each return is an outcome
         self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None
     ) -> Admitted | tuple[float, _rqueue.TaskMessage] | None:
         """Decode and check a delivery: registered, not expired, not revoked, due, within its rate limit.
@@ -181,6 +181,8 @@ class Executor:
         if task is None:
             error = NotRegistered(f"task {msg.task!r} is not registered with this worker")
             logger.error("Received unregistered task %s[%s]; dead-lettered", msg.task, msg.id)
+            if signals.task_unknown:
+                signals.task_unknown.send(sender=None, name=msg.task, id=msg.id, message=delivery, exc=error)
             self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(error)))
             self._dead_letter(delivery, "unregistered", error, msg.id, logged=True)
             return None
@@ -193,29 +195,14 @@ class Executor:
                 self._dead_letter(delivery, "decode_error", exc, msg.id)
                 return None
 
-        request = Request(
-            id=msg.id,
-            task=msg.task,
-            args=list(args),
-            kwargs=dict(kwargs),
-            retries=msg.retries,
-            root_id=msg.root_id,
-            parent_id=msg.parent_id,
-            group=msg.group_id,
-            reply_to=msg.reply_to,
-            hostname=self.hostname,
-            delivery_info={
-                "exchange": msg.exchange,
-                "routing_key": msg.routing_key,
-                "priority": msg.priority,
-                "redelivered": msg.redelivered,
-            },
-            redelivered=msg.redelivered,
-            headers=msg.headers,
-        )
+        request = _request(msg, args, kwargs, self.hostname)
+        if first and (request.callbacks or request.errbacks or request.chain or request.chord):
+            _warn_canvas_not_run(request)
         hooks = self.hooks
         if first and hooks is not None:
             hooks.received(request)
+        if first and signals.task_received:
+            signals.task_received.send(sender=None, request=request)
 
         now_ms = time.time() * 1000
         if msg.expires_ms is not None and msg.expires_ms < now_ms:
@@ -241,7 +228,7 @@ class Executor:
         acks_late = bool(options["acks_late"])
         if not acks_late:
             self.consumer.ack([delivery.tag])
-        logger.info("Task %s[%s] received", msg.task, msg.id)
+        logger.info("Task %s[%s] received", msg.shadow or msg.task, msg.id)
         track_started = bool(options["track_started"])
         return Admitted(delivery, msg, task, request, args, kwargs, ignore_result, acks_late, track_started)
 
@@ -258,7 +245,17 @@ class Executor:
                 self._record(ResultRecord(msg.id, status, serialization.exception_to_meta(exc)))
             self._ack(delivery)
             return True
-        if verdict != LOST or not isinstance(self.consumer, Recounting):
+        if verdict != LOST:
+            return False
+        task = self.app.tasks.get(msg.task)
+        if task is not None and task.option("reject_on_worker_lost") is False:
+            # Celery's default, asked for explicitly: the task fails, its message is not run again.
+            logger.error("Task %s[%s] was running when its worker died; stored as failed", msg.task, msg.id)
+            lost: BaseException = WorkerLostError("the worker process running the task died")
+            self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(lost)))
+            self._ack(delivery)
+            return True
+        if not isinstance(self.consumer, Recounting):
             return False
         died = delivery.deliveries  # the earlier deaths, and the one that returned it now
         max_deliveries = int(self.app.conf.broker_max_deliveries)
@@ -283,6 +280,8 @@ class Executor:
         """Dead-letter a delivery whose message could not be decoded, with why."""
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc
+        if signals.task_rejected:
+            signals.task_rejected.send(sender=None, message=delivery, exc=exc)
         if isinstance(exc, MessageTooLarge):
             self._dead_letter(delivery, "too_large", exc)
         elif isinstance(exc, ContentDisallowed):
@@ -323,12 +322,16 @@ class Executor:
         started = time.perf_counter()
         push_request(request)
         self.current = (request, time.time())
+        if signals.task_prerun:
+            trace.prerun(task, request)
         guard = self.guard
         try:
             # Exceptions aimed at the task (time limit, terminate) are raised only inside the guard.
             guard.enter(msg.id, msg.task, soft)
             try:
-                value = task.fun(task, *args, **kwargs) if task.bind else task.fun(*args, **kwargs)
+                if task.hooked and "before_start" in task.hooked:
+                    task.before_start(msg.id, args, kwargs)
+                value = task.entry(*args, **kwargs)
                 if FAILPOINT is not None:
                     failpoint.hit("during_run")
             finally:
@@ -358,45 +361,64 @@ class Executor:
         """Log the outcome, call the hooks, record the result and ack (batched)."""
         if _SETTLE[outcome[0]](self, job, outcome) and job.acks_late:
             self._ack(job.delivery)
+        if signals.task_postrun:
+            trace.postrun(job.task, job.request, outcome[1], _STATE_OF[outcome[0]])
 
     # Each returns True when the delivery is then acked (with acks_late), False when it was moved.
 
     def _settle_succeeded(self, job: Admitted, outcome: Outcome) -> bool:
         msg = job.msg
         if logger.isEnabledFor(logging.INFO):
-            logger.info("Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, outcome[3], short_repr(outcome[1]))
+            name = msg.shadow or msg.task  # the name the sender chose to show
+            logger.info("Task %s[%s] succeeded in %.6fs: %s", name, msg.id, outcome[3], short_repr(outcome[1]))
         if self.hooks is not None:
             self.hooks.succeeded(job.request, outcome[1], outcome[3])
         if not job.ignore_result:
             extended = self._extended(msg, job.args, job.kwargs)
             self._record(ResultRecord(msg.id, states.SUCCESS, outcome[1], None, extended))
+        if job.task.hooked or signals.task_success:
+            trace.succeeded(job.task, job.request, outcome[1])
         return True
 
     def _settle_failed(self, job: Admitted, outcome: Outcome) -> bool:
-        msg, exc, tb = job.msg, outcome[1], outcome[2] or ""
-        logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", msg.task, msg.id, exc, outcome[3], tb)
+        msg, exc, tb, task = job.msg, outcome[1], outcome[2] or "", job.task
+        options = task.resolved_options()
+        expected = options["throws"]
+        name = msg.shadow or msg.task
+        if expected and isinstance(exc, tuple(expected)):  # an expected error: no traceback in the log
+            logger.info("Task %s[%s] raised expected: %r (after %.6fs)", name, msg.id, exc, outcome[3])
+        else:
+            logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", name, msg.id, exc, outcome[3], tb)
         if self.hooks is not None:
             self.hooks.failed(job.request, exc, tb, outcome[3])
-        if not job.ignore_result:
+        if not job.ignore_result or options["store_errors_even_if_ignored"]:
             meta = serialization.exception_to_meta(exc)
             self._record(ResultRecord(msg.id, states.FAILURE, meta, tb, self._extended(msg, job.args, job.kwargs)))
+        if task.hooked or signals.task_failure:
+            trace.failed(task, job.request, exc, tb)
+        if job.acks_late and options["acks_on_failure_or_timeout"] is False:
+            # Celery rejects such a message without requeueing it: here it goes to the dead letters.
+            self._dead_letter(job.delivery, "failed", exc, msg.id, logged=True)
+            return False
         return True
 
     def _settle_retried(self, job: Admitted, outcome: Outcome) -> bool:
         retry: Retry = outcome[1]
         logger.info("Task %s[%s] retry: %s", job.msg.task, job.msg.id, retry)
         reason = retry.exc if retry.exc is not None else retry
-        return self._retried(job, reason, not job.ignore_result)
+        return self._retried(job, retry, reason, not job.ignore_result)
 
     def _settle_autoretried(self, job: Admitted, outcome: Outcome) -> bool:
         # Logged with its countdown when it was scheduled; stored unless the task ignores results.
-        return self._retried(job, outcome[1], not job.task.option("ignore_result"))
+        return self._retried(job, outcome[1], outcome[1], not job.task.option("ignore_result"))
 
-    def _retried(self, job: Admitted, reason: BaseException, record: bool) -> bool:
+    def _retried(self, job: Admitted, retry: BaseException, reason: BaseException, record: bool) -> bool:
         if self.hooks is not None:
             self.hooks.retried(job.request, reason)
         if record:
             self._record(ResultRecord(job.msg.id, states.RETRY, serialization.exception_to_meta(reason)))
+        if job.task.hooked or signals.task_retry:
+            trace.retried(job.task, job.request, retry, reason)
         return True
 
     def _settle_ignored(self, job: Admitted, outcome: Outcome) -> bool:
@@ -408,6 +430,7 @@ class Executor:
         logger.warning("Task %s[%s] terminated", msg.task, msg.id)
         if self.hooks is not None:
             self.hooks.revoked(job.request, "terminated")
+        trace.revoked(job.task, job.request, "terminated")
         if not job.ignore_result:
             meta = serialization.exception_to_meta(TaskRevokedError("terminated"))
             self._record(ResultRecord(msg.id, states.REVOKED, meta))
@@ -416,31 +439,41 @@ class Executor:
     def _settle_rejected(self, job: Admitted, outcome: Outcome) -> bool:
         msg, rej = job.msg, outcome[1]
         if rej.requeue:
+            delivery, max_deliveries = job.delivery, int(self.app.conf.broker_max_deliveries)
+            if delivery.deliveries >= max_deliveries:
+                rejected = Reject(f"rejected with requeue {delivery.deliveries} times ({rej.reason})")
+                if not job.ignore_result:  # never run again: the client must not wait forever
+                    self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(rejected)))
+                self._dead_letter(delivery, "rejected", rejected, msg.id)
+                return False
             logger.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, rej.reason)
             if self.hooks is not None:
                 self.hooks.rejected(msg.id, "rejected", True)
-            self.consumer.requeue([job.delivery.tag])
-        elif job.acks_late:
+            self.flush()  # earlier acks first: the release is its own step
+            self.consumer.release(delivery)
+            return False
+        # Never run again: Celery stores FAILURE so the client does not wait forever.
+        if not job.ignore_result:
+            self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(rej)))
+        if signals.task_failure:
+            trace.failed(job.task, job.request, rej, None)
+        if job.acks_late:
             self._dead_letter(job.delivery, "rejected", rej, msg.id)
         return False
 
     def _auto_retry(self, task: Task[Any, Any], request: Request, exc: Exception) -> bool:
         """Retry ``exc`` when the task's ``autoretry_for`` covers it; True when a retry was scheduled."""
-        retry_for = task.option("autoretry_for")
-        if not retry_for or not isinstance(exc, tuple(retry_for)):
+        retry = task.auto_retry(exc)
+        if retry is None:
             return False
-        try:
-            task.retry(exc=exc, countdown=task.retry_countdown(request.retries))
-        except Retry as retry:
-            logger.info("Task %s[%s] retry: %s (%r)", request.task, request.id, retry, exc)
-            return True
-        except Exception:  # out of retries: the original exception is the outcome
-            return False
-        return False
+        logger.info("Task %s[%s] retry: %s (%r)", request.task, request.id, retry, exc)
+        return True
 
     def _revoke(self, delivery: _rqueue.Delivery, request: Request, why: str) -> None:
         if self.hooks is not None:
             self.hooks.revoked(request, why)
+        if signals.task_revoked:
+            trace.revoked(self.app.tasks.get(request.task), request, why)
         meta = serialization.exception_to_meta(TaskRevokedError(why))
         self._record(ResultRecord(request.id, states.REVOKED, meta))
         self._ack(delivery)
@@ -561,6 +594,84 @@ _SETTLE = {
     "terminated": Executor._settle_terminated,
     "rejected": Executor._settle_rejected,
 }
+
+
+#: The state ``task_postrun`` reports for each kind of outcome.
+_STATE_OF = {
+    "succeeded": states.SUCCESS,
+    "failed": states.FAILURE,
+    "retried": states.RETRY,
+    "autoretried": states.RETRY,
+    "ignored": states.IGNORED,
+    "terminated": states.REVOKED,
+    "rejected": states.REJECTED,
+}
+
+
+def _request(msg: _rqueue.TaskMessage, args: list[Any], kwargs: dict[str, Any], hostname: str) -> Request:
+    """The task's ``self.request``: Celery's request fields from the message."""
+    embed = msg.embed or {}
+    eta, expires = msg.eta_ms, msg.expires_ms
+    return Request(
+        id=msg.id,
+        task=msg.task,
+        args=list(args),
+        kwargs=dict(kwargs),
+        retries=msg.retries,
+        eta=None if eta is None else _rqueue.format_iso8601_ms(eta),
+        expires=None if expires is None else _rqueue.format_iso8601_ms(expires),
+        root_id=msg.root_id,
+        parent_id=msg.parent_id,
+        group=msg.group_id,
+        group_index=msg.group_index,
+        reply_to=msg.reply_to,
+        correlation_id=msg.correlation_id or msg.id,
+        origin=msg.origin,
+        hostname=hostname,
+        delivery_info={
+            "exchange": msg.exchange,
+            "routing_key": msg.routing_key,
+            "priority": msg.priority,
+            "redelivered": msg.redelivered,
+        },
+        properties={
+            "correlation_id": msg.correlation_id or msg.id,
+            "reply_to": msg.reply_to,
+            "priority": msg.priority,
+            "content_type": msg.content_type,
+            "content_encoding": msg.content_encoding,
+        },
+        redelivered=msg.redelivered,
+        headers=msg.headers,
+        timelimit=(msg.time_limit, msg.soft_time_limit),
+        shadow=msg.shadow,
+        argsrepr=msg.argsrepr,
+        kwargsrepr=msg.kwargsrepr,
+        ignore_result=msg.ignore_result,
+        callbacks=embed.get("callbacks"),
+        errbacks=embed.get("errbacks"),
+        chain=embed.get("chain"),
+        chord=embed.get("chord"),
+    )
+
+
+_canvas_warned: set[str] = set()
+
+
+def _warn_canvas_not_run(request: Request) -> None:
+    """Until rqueue has the canvas, say (once per task name) that a message's links are not run,
+    rather than drop them in silence."""
+    if request.task in _canvas_warned:
+        return
+    _canvas_warned.add(request.task)
+    parts = [name for name in ("callbacks", "errbacks", "chain", "chord") if getattr(request, name)]
+    logger.warning(
+        "Task %s[%s] carries %s: this rqueue version runs the task but not its linked tasks "
+        "(the canvas is not implemented yet); logged once per task name",
+        request.task,
+        request.id,
+        "/".join(parts),
+    )
 
 
 def short_repr(value: object, limit: int = 200) -> str:

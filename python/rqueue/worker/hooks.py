@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rqueue.task import Request
+    from rqueue.request import Request
 
 logger = logging.getLogger("rqueue.worker")
 

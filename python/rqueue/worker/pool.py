@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from rqueue import serialization, states
+from rqueue import serialization, signals, states
 from rqueue.backends.base import ResultRecord
 from rqueue.brokers.base import LeaseRecovery, capability, owner_id
 from rqueue.control import revocation_expiry_ms
@@ -407,6 +407,8 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     parent = os.getppid()
     failpoint.kill_supervisor = True
     _set_process_name(f"ForkPoolWorker-{slot + 1}")
+    # Before the consumer connects: receivers open this process's own connections here.
+    signals.worker_process_init.send(sender=None)
     consumer = Consumer(
         app,
         queues,
@@ -441,6 +443,7 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     _watch_parent(parent, consumer.stop)
     consumer.run()
+    signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Optional integrations: the pytest plugin (``rqueue.contrib.pytest``) and pydantic arguments."""

@@ -1,0 +1,37 @@
+"""Loggers for task code: ``get_task_logger(__name__)`` adds the running task's name and id to every line."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rqueue.request import current_request
+
+#: The parent of every task logger; the worker's logging setup configures it like the root logger.
+TASK_LOGGER_NAME = "rqueue.task"
+
+
+class TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes each message with ``task_name[task_id]`` of the task running in this thread (the
+    fields ``task_name`` and ``task_id`` are also on the record, for formats that use them)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        request = current_request()
+        name, task_id = (request.task, request.id) if request is not None else ("???", "???")
+        extra = kwargs.setdefault("extra", {})
+        extra.setdefault("task_name", name)
+        extra.setdefault("task_id", task_id)
+        return f"{name}[{task_id}]: {msg}", kwargs
+
+
+def get_task_logger(name: str) -> TaskLogger:
+    """A logger for a tasks module, child of ``rqueue.task``: every line names the running task and
+    its id (``tasks.add[2f1c...]: Adding 4 + 4``); outside a task they read ``???``."""
+    if name in (TASK_LOGGER_NAME, "celery.task"):
+        raise ValueError(f"logger name {name!r} is reserved; use get_task_logger(__name__)")
+    return TaskLogger(logging.getLogger(f"{TASK_LOGGER_NAME}.{name}"), {})
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A plain logger (Celery's ``celery.utils.log.get_logger``)."""
+    return logging.getLogger(name)
