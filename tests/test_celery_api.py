@@ -549,3 +549,25 @@ def test_publish_retries_while_the_broker_is_away_then_raises(caplog: pytest.Log
     with pytest.raises(BrokerConnectionError):
         app.send_task("tasks.add", (1, 1), retry=False)
     assert caplog.text.count("retrying in") == 2
+
+
+def test_apply_async_exchange_and_routing_key_pick_the_queue(app: App) -> None:
+    @app.task
+    def routed() -> None: ...
+
+    routed.apply_async(exchange="", routing_key="reports")
+    routed.apply_async(routing_key="reports")
+    assert app.broker.queue_length("reports") == 2
+    assert app.broker.queue_length("celery") == 0
+
+
+def test_worker_main_passes_its_arguments_to_the_worker_command(tmp_path: Path) -> None:
+    script = tmp_path / "wm.py"
+    script.write_text(
+        "from rqueue import Celery\n"
+        f"app = Celery('wm', broker='sqlite:///{tmp_path / 'b.sqlite3'}')\n"
+        "app.worker_main(['--help'])\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Start a worker that runs the app's tasks." in out.stdout

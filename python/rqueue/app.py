@@ -330,7 +330,10 @@ class App:
 
     def task_option_default(self, key: str) -> Any:
         """The app-wide default of a task option."""
-        return self.derived("task_option_defaults", self._task_option_defaults).get(key)
+        return self._task_option_defaults_cached().get(key)
+
+    def _task_option_defaults_cached(self) -> dict[str, Any]:
+        return self.derived("task_option_defaults", self._task_option_defaults)
 
     def _task_option_defaults(self) -> dict[str, Any]:
         conf = self.conf
@@ -379,7 +382,7 @@ class App:
             "routing_key": message.routing_key,
             "headers": {"id": message.task_id, "task": message.name},
         }
-        if signals.before_task_publish:
+        if signals.before_task_publish.receivers:
             signals.before_task_publish.send(
                 sender=message.name,
                 **published,
@@ -411,7 +414,7 @@ class App:
                 )
                 time.sleep(pause)
                 pause = min(pause + float(policy.get("interval_step") or 0), float(policy.get("interval_max") or 1))
-        if signals.after_task_publish:
+        if signals.after_task_publish.receivers:
             signals.after_task_publish.send(sender=message.name, **published)
 
     def send_many(
@@ -452,10 +455,10 @@ class App:
         args = list(args or ())
         kwargs = dict(kwargs or {})
 
+        defaults = task.resolved_options() if task is not None else self._task_option_defaults_cached()
+
         def option(key: str, given: Any) -> Any:
-            if given is not None:
-                return given
-            return task.option(key) if task is not None else self.task_option_default(key)
+            return given if given is not None else defaults.get(key)
 
         serializer = option("serializer", options.get("serializer"))
         ignore_result = bool(option("ignore_result", options.get("ignore_result")))
@@ -474,7 +477,9 @@ class App:
         task_id = options.get("task_id") or _rqueue.new_task_id()
         shadow = options.get("shadow")
         if shadow is None and task is not None:
-            shadow = task.shadow_name(tuple(args), kwargs, options) or task.option("shadow")
+            shadow = defaults["shadow"] or (
+                task.shadow_name(tuple(args), kwargs, options) if task.names_shadow else None
+            )
         body = None
         callbacks, errbacks = _links(options.get("link")), _links(options.get("link_error"))
         if serializer not in ("json", "msgpack"):

@@ -3,10 +3,14 @@ per-thread stack of the requests being run (a task may call another task's funct
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rqueue._rqueue import TaskMessage
 
 
 @dataclass
@@ -54,6 +58,110 @@ class Request:
     @property
     def correlation(self) -> str:
         return self.correlation_id or self.id
+
+
+class MessageRequest(Request):
+    """The request of a task a worker runs, read from its decoded message: the fields every task
+    needs are set at once; Celery's rarer ones are read from the message on first use (each read
+    of the message costs a conversion, and most tasks never look)."""
+
+    def __init__(
+        self, msg: TaskMessage, args: list[Any], kwargs: dict[str, Any], hostname: str, embed: dict[str, Any] | None
+    ) -> None:
+        self.message = msg
+        self.embed = embed or {}
+        self.id = msg.id
+        self.task = msg.task
+        self.args = args
+        self.kwargs = kwargs
+        self.retries = msg.retries
+        self.root_id = msg.root_id
+        self.parent_id = msg.parent_id
+        self.group = msg.group_id
+        self.reply_to = msg.reply_to
+        self.hostname = hostname
+        redelivered = msg.redelivered
+        self.delivery_info = {
+            "exchange": msg.exchange,
+            "routing_key": msg.routing_key,
+            "priority": msg.priority,
+            "redelivered": redelivered,
+        }
+        self.redelivered = redelivered
+        self.headers = msg.headers
+
+    @functools.cached_property
+    def eta(self) -> str | None:  # type: ignore[override]
+        return _iso(self.message.eta_ms)
+
+    @functools.cached_property
+    def expires(self) -> str | None:  # type: ignore[override]
+        return _iso(self.message.expires_ms)
+
+    @functools.cached_property
+    def group_index(self) -> int | None:  # type: ignore[override]
+        return self.message.group_index
+
+    @functools.cached_property
+    def correlation_id(self) -> str | None:  # type: ignore[override]
+        return self.message.correlation_id or self.id
+
+    @functools.cached_property
+    def origin(self) -> str | None:  # type: ignore[override]
+        return self.message.origin
+
+    @functools.cached_property
+    def properties(self) -> dict[str, Any]:  # type: ignore[override]
+        msg = self.message
+        return {
+            "correlation_id": self.correlation_id,
+            "reply_to": self.reply_to,
+            "priority": msg.priority,
+            "content_type": msg.content_type,
+            "content_encoding": msg.content_encoding,
+        }
+
+    @functools.cached_property
+    def timelimit(self) -> tuple[float | None, float | None]:  # type: ignore[override]
+        return (self.message.time_limit, self.message.soft_time_limit)
+
+    @functools.cached_property
+    def shadow(self) -> str | None:  # type: ignore[override]
+        return self.message.shadow
+
+    @functools.cached_property
+    def argsrepr(self) -> str | None:  # type: ignore[override]
+        return self.message.argsrepr
+
+    @functools.cached_property
+    def kwargsrepr(self) -> str | None:  # type: ignore[override]
+        return self.message.kwargsrepr
+
+    @functools.cached_property
+    def ignore_result(self) -> bool:  # type: ignore[override]
+        return self.message.ignore_result
+
+    @property
+    def callbacks(self) -> list[Any] | None:  # type: ignore[override]
+        return self.embed.get("callbacks")
+
+    @property
+    def errbacks(self) -> list[Any] | None:  # type: ignore[override]
+        return self.embed.get("errbacks")
+
+    @property
+    def chain(self) -> list[Any] | None:  # type: ignore[override]
+        return self.embed.get("chain")
+
+    @property
+    def chord(self) -> Any:
+        return self.embed.get("chord")
+
+
+def _iso(epoch_ms: int | None) -> str | None:
+    from rqueue._rqueue import format_iso8601_ms  # noqa: PLC0415 - only when a task asks
+
+    return None if epoch_ms is None else format_iso8601_ms(epoch_ms)
 
 
 class ExceptionInfo:

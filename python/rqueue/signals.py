@@ -104,6 +104,7 @@ class Signal:
     send_robust = send
 
     def __bool__(self) -> bool:
+        # Hot paths test ``signal.receivers`` instead: an attribute, not a call.
         return bool(self.receivers)
 
     def __repr__(self) -> str:

@@ -131,6 +131,7 @@ class Task(Generic[P, R]):
     entry: Callable[..., Any]
     #: The hook methods this task's class overrides (the worker skips the others).
     hooked: frozenset[str] = frozenset()
+    names_shadow: bool = False
 
     def bind_app(
         self,
@@ -173,6 +174,8 @@ class Task(Generic[P, R]):
                 setattr(self, key, value)
         self._options_key = f"task-options:{self.name}"
         self.hooked = frozenset(h for h in HOOK_METHODS if getattr(cls, h) is not getattr(Task, h))
+        #: True when the class overrides ``shadow_name`` (sending then asks it for each message).
+        self.names_shadow = cls.shadow_name is not Task.shadow_name
         body = self._body()
         if self.options.get("pydantic"):
             from rqueue.contrib.pydantic import validating  # noqa: PLC0415 - optional dependency

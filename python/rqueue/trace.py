@@ -40,14 +40,14 @@ def _hook(task: Task[Any, Any], name: str, *args: Any) -> None:
 
 
 def prerun(task: Task[Any, Any], request: Request) -> None:
-    if signals.task_prerun:
+    if signals.task_prerun.receivers:
         signals.task_prerun.send(sender=task, task_id=request.id, task=task, args=request.args, kwargs=request.kwargs)
 
 
 def succeeded(task: Task[Any, Any], request: Request, retval: Any) -> None:
     if "on_success" in task.hooked:
         _hook(task, "on_success", retval, request.id, request.args, request.kwargs)
-    if signals.task_success:
+    if signals.task_success.receivers:
         signals.task_success.send(sender=task, result=retval)
     _after_return(task, request, states.SUCCESS, retval)
 
@@ -56,7 +56,7 @@ def failed(task: Task[Any, Any], request: Request, exc: BaseException, traceback
     einfo = ExceptionInfo(exc, traceback)
     if "on_failure" in task.hooked:
         _hook(task, "on_failure", exc, request.id, request.args, request.kwargs, einfo)
-    if signals.task_failure:
+    if signals.task_failure.receivers:
         signals.task_failure.send(
             sender=task,
             task_id=request.id,
@@ -74,7 +74,7 @@ def retried(task: Task[Any, Any], request: Request, retry: BaseException, reason
     einfo = ExceptionInfo(reason, None)
     if "on_retry" in task.hooked:
         _hook(task, "on_retry", reason, request.id, request.args, request.kwargs, einfo)
-    if signals.task_retry:
+    if signals.task_retry.receivers:
         signals.task_retry.send(sender=task, request=request, reason=retry, einfo=einfo)
     _after_return(task, request, states.RETRY, reason)
 
@@ -85,7 +85,7 @@ def _after_return(task: Task[Any, Any], request: Request, state: str, retval: An
 
 
 def postrun(task: Task[Any, Any], request: Request, retval: Any, state: str) -> None:
-    if signals.task_postrun:
+    if signals.task_postrun.receivers:
         signals.task_postrun.send(
             sender=task,
             task_id=request.id,
@@ -98,7 +98,7 @@ def postrun(task: Task[Any, Any], request: Request, retval: Any, state: str) -> 
 
 
 def revoked(task: Task[Any, Any] | None, request: Request, reason: str) -> None:
-    if signals.task_revoked:
+    if signals.task_revoked.receivers:
         signals.task_revoked.send(
             sender=task,
             request=request,

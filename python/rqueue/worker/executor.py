@@ -36,7 +36,7 @@ from rqueue.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from rqueue.request import Request, pop_request, push_request
+from rqueue.request import MessageRequest, Request, pop_request, push_request
 from rqueue.worker import failpoint
 from rqueue.worker.completion import completer_for
 from rqueue.worker.failpoint import ACTIVE as FAILPOINT
@@ -181,7 +181,7 @@ class Executor:
         if task is None:
             error = NotRegistered(f"task {msg.task!r} is not registered with this worker")
             logger.error("Received unregistered task %s[%s]; dead-lettered", msg.task, msg.id)
-            if signals.task_unknown:
+            if signals.task_unknown.receivers:
                 signals.task_unknown.send(sender=None, name=msg.task, id=msg.id, message=delivery, exc=error)
             self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(error)))
             self._dead_letter(delivery, "unregistered", error, msg.id, logged=True)
@@ -195,13 +195,14 @@ class Executor:
                 self._dead_letter(delivery, "decode_error", exc, msg.id)
                 return None
 
-        request = _request(msg, args, kwargs, self.hostname)
-        if first and (request.callbacks or request.errbacks or request.chain or request.chord):
+        embed = msg.embed
+        request = MessageRequest(msg, args, kwargs, self.hostname, embed)
+        if first and embed and any(embed.values()):
             _warn_canvas_not_run(request)
         hooks = self.hooks
         if first and hooks is not None:
             hooks.received(request)
-        if first and signals.task_received:
+        if first and signals.task_received.receivers:
             signals.task_received.send(sender=None, request=request)
 
         now_ms = time.time() * 1000
@@ -280,7 +281,7 @@ class Executor:
         """Dead-letter a delivery whose message could not be decoded, with why."""
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc
-        if signals.task_rejected:
+        if signals.task_rejected.receivers:
             signals.task_rejected.send(sender=None, message=delivery, exc=exc)
         if isinstance(exc, MessageTooLarge):
             self._dead_letter(delivery, "too_large", exc)
@@ -322,7 +323,7 @@ class Executor:
         started = time.perf_counter()
         push_request(request)
         self.current = (request, time.time())
-        if signals.task_prerun:
+        if signals.task_prerun.receivers:
             trace.prerun(task, request)
         guard = self.guard
         try:
@@ -361,7 +362,7 @@ class Executor:
         """Log the outcome, call the hooks, record the result and ack (batched)."""
         if _SETTLE[outcome[0]](self, job, outcome) and job.acks_late:
             self._ack(job.delivery)
-        if signals.task_postrun:
+        if signals.task_postrun.receivers:
             trace.postrun(job.task, job.request, outcome[1], _STATE_OF[outcome[0]])
 
     # Each returns True when the delivery is then acked (with acks_late), False when it was moved.
@@ -376,7 +377,7 @@ class Executor:
         if not job.ignore_result:
             extended = self._extended(msg, job.args, job.kwargs)
             self._record(ResultRecord(msg.id, states.SUCCESS, outcome[1], None, extended))
-        if job.task.hooked or signals.task_success:
+        if job.task.hooked or signals.task_success.receivers:
             trace.succeeded(job.task, job.request, outcome[1])
         return True
 
@@ -394,7 +395,7 @@ class Executor:
         if not job.ignore_result or options["store_errors_even_if_ignored"]:
             meta = serialization.exception_to_meta(exc)
             self._record(ResultRecord(msg.id, states.FAILURE, meta, tb, self._extended(msg, job.args, job.kwargs)))
-        if task.hooked or signals.task_failure:
+        if task.hooked or signals.task_failure.receivers:
             trace.failed(task, job.request, exc, tb)
         if job.acks_late and options["acks_on_failure_or_timeout"] is False:
             # Celery rejects such a message without requeueing it: here it goes to the dead letters.
@@ -417,7 +418,7 @@ class Executor:
             self.hooks.retried(job.request, reason)
         if record:
             self._record(ResultRecord(job.msg.id, states.RETRY, serialization.exception_to_meta(reason)))
-        if job.task.hooked or signals.task_retry:
+        if job.task.hooked or signals.task_retry.receivers:
             trace.retried(job.task, job.request, retry, reason)
         return True
 
@@ -455,7 +456,7 @@ class Executor:
         # Never run again: Celery stores FAILURE so the client does not wait forever.
         if not job.ignore_result:
             self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(rej)))
-        if signals.task_failure:
+        if signals.task_failure.receivers:
             trace.failed(job.task, job.request, rej, None)
         if job.acks_late:
             self._dead_letter(job.delivery, "rejected", rej, msg.id)
@@ -472,7 +473,7 @@ class Executor:
     def _revoke(self, delivery: _rqueue.Delivery, request: Request, why: str) -> None:
         if self.hooks is not None:
             self.hooks.revoked(request, why)
-        if signals.task_revoked:
+        if signals.task_revoked.receivers:
             trace.revoked(self.app.tasks.get(request.task), request, why)
         meta = serialization.exception_to_meta(TaskRevokedError(why))
         self._record(ResultRecord(request.id, states.REVOKED, meta))
@@ -606,53 +607,6 @@ _STATE_OF = {
     "terminated": states.REVOKED,
     "rejected": states.REJECTED,
 }
-
-
-def _request(msg: _rqueue.TaskMessage, args: list[Any], kwargs: dict[str, Any], hostname: str) -> Request:
-    """The task's ``self.request``: Celery's request fields from the message."""
-    embed = msg.embed or {}
-    eta, expires = msg.eta_ms, msg.expires_ms
-    return Request(
-        id=msg.id,
-        task=msg.task,
-        args=list(args),
-        kwargs=dict(kwargs),
-        retries=msg.retries,
-        eta=None if eta is None else _rqueue.format_iso8601_ms(eta),
-        expires=None if expires is None else _rqueue.format_iso8601_ms(expires),
-        root_id=msg.root_id,
-        parent_id=msg.parent_id,
-        group=msg.group_id,
-        group_index=msg.group_index,
-        reply_to=msg.reply_to,
-        correlation_id=msg.correlation_id or msg.id,
-        origin=msg.origin,
-        hostname=hostname,
-        delivery_info={
-            "exchange": msg.exchange,
-            "routing_key": msg.routing_key,
-            "priority": msg.priority,
-            "redelivered": msg.redelivered,
-        },
-        properties={
-            "correlation_id": msg.correlation_id or msg.id,
-            "reply_to": msg.reply_to,
-            "priority": msg.priority,
-            "content_type": msg.content_type,
-            "content_encoding": msg.content_encoding,
-        },
-        redelivered=msg.redelivered,
-        headers=msg.headers,
-        timelimit=(msg.time_limit, msg.soft_time_limit),
-        shadow=msg.shadow,
-        argsrepr=msg.argsrepr,
-        kwargsrepr=msg.kwargsrepr,
-        ignore_result=msg.ignore_result,
-        callbacks=embed.get("callbacks"),
-        errbacks=embed.get("errbacks"),
-        chain=embed.get("chain"),
-        chord=embed.get("chord"),
-    )
 
 
 _canvas_warned: set[str] = set()
