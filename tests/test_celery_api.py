@@ -571,3 +571,20 @@ def test_worker_main_passes_its_arguments_to_the_worker_command(tmp_path: Path) 
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Start a worker that runs the app's tasks." in out.stdout
+
+
+def test_custom_call_keeps_the_worker_request_and_direct_calls_get_their_own(app: App) -> None:
+    class Traced(Task):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return ("traced", super().__call__(*args, **kwargs))
+
+    @app.task(bind=True)
+    def inner(self: Task[Any, Any]) -> tuple[str, bool]:
+        return self.request.id, self.request.called_directly
+
+    @app.task(base=Traced, bind=True)
+    def outer(self: Task[Any, Any]) -> tuple[str, bool, Any]:
+        return self.request.id, self.request.called_directly, inner()
+
+    result = outer.apply(task_id="outer-1").get()
+    assert result == ("traced", ("outer-1", False, ("", True)))

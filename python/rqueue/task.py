@@ -89,7 +89,8 @@ class SendOptions(TypedDict, total=False):
     #: ``retry_policy`` (``max_retries``, ``interval_start``, ``interval_step``, ``interval_max``).
     retry: bool | None
     retry_policy: Mapping[str, Any] | None
-    #: Canvas links with Celery's wire form (signature dicts); run by the worker after the task.
+    #: Canvas links in Celery's wire form (signature dicts), carried in the message: Celery workers
+    #: run them; rqueue workers will with the canvas (they log that they did not, meanwhile).
     link: Any
     link_error: Any
     #: Accepted for Celery's sake: rqueue does not compress (``None`` only) and keeps no trail.
@@ -131,6 +132,7 @@ class Task(Generic[P, R]):
     entry: Callable[..., Any]
     #: The hook methods this task's class overrides (the worker skips the others).
     hooked: frozenset[str] = frozenset()
+    #: True when the class overrides ``shadow_name`` (sending then asks it for each message).
     names_shadow: bool = False
 
     def bind_app(
@@ -149,9 +151,11 @@ class Task(Generic[P, R]):
             for key, value in vars(klass).items()
             if key in TASK_OPTIONS and key not in ("name", "bind") and value is not None
         }
-        _check_options(name or getattr(cls, "name", None) or cls.__name__, options)
-        if options.get("rate_limit") is not None:
-            check_rate(options["rate_limit"], f"task {name}")
+        label = name or (fun.__name__ if fun is not None else None) or getattr(cls, "name", None) or cls.__name__
+        _check_options(label, options)
+        rate_limit = options.get("rate_limit") or class_options.get("rate_limit")
+        if rate_limit is not None:
+            check_rate(rate_limit, f"task {label}")
         self.app = app
         if fun is not None:
             self.fun = fun
@@ -174,7 +178,6 @@ class Task(Generic[P, R]):
                 setattr(self, key, value)
         self._options_key = f"task-options:{self.name}"
         self.hooked = frozenset(h for h in HOOK_METHODS if getattr(cls, h) is not getattr(Task, h))
-        #: True when the class overrides ``shadow_name`` (sending then asks it for each message).
         self.names_shadow = cls.shadow_name is not Task.shadow_name
         body = self._body()
         if self.options.get("pydantic"):
@@ -209,7 +212,10 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task here and now, as a plain call (``self.request.called_directly`` is True)."""
-        if request_stack():  # called from inside another task: no request of its own (as in Celery)
+        stack = request_stack()
+        if stack and stack[-1].task == self.name:
+            # The worker (or an eager run) calling a class's own __call__: its request stands, as
+            # Celery's per-task request stack would have it.
             return self.run_body(*args, **kwargs)  # type: ignore[no-any-return]
         push_request(Request(id="", task=self.name, args=list(args), kwargs=dict(kwargs), called_directly=True))
         try:
@@ -222,7 +228,7 @@ class Task(Generic[P, R]):
         """The request of the task running in this thread (``bind=True`` tasks use it)."""
         stack = request_stack()
         if not stack:
-            return Request(id="", task=self.name, is_eager=True, called_directly=True)
+            return Request(id="", task=self.name, called_directly=True)
         return stack[-1]
 
     # -- hooks: override in a subclass (Celery's names and arguments) -----------------------------
