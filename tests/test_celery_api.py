@@ -588,3 +588,32 @@ def test_custom_call_keeps_the_worker_request_and_direct_calls_get_their_own(app
 
     result = outer.apply(task_id="outer-1").get()
     assert result == ("traced", ("outer-1", False, ("", True)))
+
+
+def test_eager_chain_and_links(app: App) -> None:
+    from rqueue import chain
+
+    seen: list[Any] = []
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def note(value: Any) -> None:
+        seen.append(value)
+
+    @app.task
+    def boom() -> None:
+        raise ValueError("boom")
+
+    @app.task
+    def on_error(request: Any, exc: BaseException, traceback: str) -> None:
+        seen.append(("errback", request.id, type(exc).__name__))
+
+    app.conf.task_always_eager = True
+    assert chain(add.s(1, 1), add.s(2), add.s(3))().get() == 7
+    assert (add.s(2, 2) | add.s(4)).apply().get() == 8
+    add.apply_async((5, 5), link=note.s())
+    boom.apply_async(task_id="b-1", link_error=on_error.s())
+    assert seen == [10, ("errback", "b-1", "ValueError")]

@@ -11,6 +11,7 @@ def add(x, y):
 
 from rqueue._rqueue import __version__
 from rqueue.app import App, shared_task
+from rqueue.canvas import Signature, chain, signature
 from rqueue.current import current_app
 from rqueue.request import Request
 from rqueue.result import AsyncResult
@@ -19,4 +20,16 @@ from rqueue.task import Task
 #: Celery's name of the application class: ``from rqueue import Celery`` is the one-line migration.
 Celery = App
 
-__all__ = ["App", "AsyncResult", "Celery", "Request", "Task", "__version__", "current_app", "shared_task"]
+__all__ = [
+    "App",
+    "AsyncResult",
+    "Celery",
+    "Request",
+    "Signature",
+    "Task",
+    "__version__",
+    "chain",
+    "current_app",
+    "shared_task",
+    "signature",
+]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, NamedTuple, ParamSp
 from rqueue import _rqueue, current, serialization, signals
 from rqueue.backends import ResultBackend, open_backend
 from rqueue.brokers import BROKERS, Broker, open_broker
+from rqueue.canvas import Signature, links_of, signature
 from rqueue.config import Settings, time_limit_value
 from rqueue.control import Control
 from rqueue.current import current_app
@@ -481,10 +482,11 @@ class App:
                 task.shadow_name(tuple(args), kwargs, options) if task.names_shadow else None
             )
         body = None
-        callbacks, errbacks = _links(options.get("link")), _links(options.get("link_error"))
+        callbacks, errbacks = links_of(options.get("link")), links_of(options.get("link_error"))
+        chain = links_of(options.get("chain"))
         if serializer not in ("json", "msgpack"):
             self._check_serializer_enabled(serializer)
-            embed = {**_EMBED, "callbacks": callbacks, "errbacks": errbacks}
+            embed = {**_EMBED, "callbacks": callbacks, "errbacks": errbacks, "chain": chain}
             body = serialization.dumps([args, kwargs, embed], serializer)
         payload = _rqueue.encode_task_message(
             task=name,
@@ -512,6 +514,7 @@ class App:
             max_size=self.conf.task_max_message_size,
             callbacks=callbacks,
             errbacks=errbacks,
+            chain=chain,
             shadow=shadow,
         )
         return _Outgoing(
@@ -525,6 +528,12 @@ class App:
                 f"serializer {serializer!r} is not enabled: add it to accept_content explicitly "
                 f"(accept_content is {self.conf.accept_content})"
             )
+
+    def signature(
+        self, name: str, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        """A signature of a task by name, sent through this app (``app.signature("tasks.add", (2, 2))``)."""
+        return signature(name, args, kwargs, app=self, **options)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
         """A result handle for a task id."""
@@ -578,20 +587,6 @@ class _Outgoing(NamedTuple):
     priority: int
     eta_ms: int | None
     ignore_result: bool
-
-
-def _links(value: Any) -> list[dict[str, Any]] | None:
-    """``link=``/``link_error=`` as the wire's list of signature dicts (one signature or several)."""
-    if value is None:
-        return None
-    items = value if isinstance(value, (list, tuple)) else [value]
-    links = []
-    for item in items:
-        as_dict = dict(item) if isinstance(item, Mapping) else None
-        if as_dict is None or not isinstance(as_dict.get("task"), str):
-            raise TypeError(f"link/link_error takes signatures (task.s(...)), got {item!r}")
-        links.append(as_dict)
-    return links or None
 
 
 def _clamp_priority(priority: int | None) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypedDict, TypeVar
 
+from rqueue.canvas import Signature
 from rqueue.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from rqueue.rates import check_rate
 from rqueue.request import ExceptionInfo, Request, custom_headers, pop_request, push_request, request_stack
@@ -89,10 +90,11 @@ class SendOptions(TypedDict, total=False):
     #: ``retry_policy`` (``max_retries``, ``interval_start``, ``interval_step``, ``interval_max``).
     retry: bool | None
     retry_policy: Mapping[str, Any] | None
-    #: Canvas links in Celery's wire form (signature dicts), carried in the message: Celery workers
-    #: run them; rqueue workers will with the canvas (they log that they did not, meanwhile).
+    #: Signatures applied when the task succeeds (``link``, with its result) or fails (``link_error``).
     link: Any
     link_error: Any
+    #: The rest of a chain (signature dicts, the next one last), carried in the message's embed.
+    chain: Any
     #: Accepted for Celery's sake: rqueue does not compress (``None`` only) and keeps no trail.
     compression: str | None
     add_to_parent: bool
@@ -302,6 +304,25 @@ class Task(Generic[P, R]):
         self.app.backend.store(ResultRecord(task_id, state or "PENDING", meta))
 
     # -- sending ---------------------------------------------------------------------------------
+
+    # -- signatures (rqueue.canvas) ---------------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of a call of this task: ``add.s(2, 2)``; a parent's result comes first."""
+        return Signature(self, args, kwargs, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a parent's result is not passed to it."""
+        return Signature(self, args, kwargs, immutable=True, app=self.app)
+
+    def signature(
+        self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        """A signature with send options: ``add.signature((2, 2), countdown=10)``."""
+        immutable = bool(options.pop("immutable", False))
+        return Signature(self, args, kwargs, options, immutable=immutable, app=self.app)
+
+    subtask = signature
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> _AsyncResult[R]:
         """Send the task with these arguments; a shortcut of ``apply_async(args, kwargs)``."""

@@ -18,7 +18,7 @@ import socket
 import traceback
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rqueue import _rqueue, serialization, signals, states
+from rqueue import _rqueue, canvas, serialization, signals, states
 from rqueue.backends.base import ResultRecord
 from rqueue.exceptions import Ignore, Reject, Retry
 from rqueue.request import ExceptionInfo, Request, current_request, pop_request, push_request
@@ -136,11 +136,19 @@ def run_eagerly(task: Task[Any, R], args: list[Any], kwargs: dict[str, Any], opt
             is_eager=True,
             delivery_info={"is_eager": True, "priority": options.get("priority")},
             headers=dict(options.get("headers") or {}),
+            callbacks=canvas.links_of(options.get("link")),
+            errbacks=canvas.links_of(options.get("link_error")),
+            chain=canvas.links_of(options.get("chain")),
         )
         state, value, tb = _run_once(task, request)
         if state != states.RETRY:
             break
         retries += 1
+    # Links are applied as a worker would (sent, or run here too under task_always_eager).
+    if state == states.SUCCESS and (request.callbacks or request.chain):
+        canvas.apply_success_links(app, request, value)
+    elif state == states.FAILURE and request.errbacks:
+        canvas.apply_error_links(app, request, value, tb)
     if task.option("store_eager_result") and not task.option("ignore_result"):
         stored = serialization.exception_to_meta(value) if isinstance(value, BaseException) else value
         app.backend.store(ResultRecord(task_id, state, stored, tb))

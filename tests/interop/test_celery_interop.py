@@ -312,3 +312,26 @@ def test_celery_time_limits_are_honoured_by_an_rqueue_worker(rproject: Project, 
     worker.wait_for_log(f"Hard time limit (1s) exceeded for tasks.sleep[{hard.id}]")
     soft = celery_producer.send_task("tasks.soft_limited", (30, "celery-soft"), soft_time_limit=0.25)
     assert soft.get(timeout=30) == "caught: soft time limit (0.25s) exceeded"
+
+
+# -- 3. chains and links across the two --------------------------------------------------------------
+
+
+def test_celery_chain_and_link_run_on_rqueue_workers(rproject: Project, celery_producer: Any) -> None:
+    rproject.start_worker("-c", "1")
+    add = celery_producer.signature("tasks.add")
+    result = celery.chain(add.clone((4, 4)), add.clone((8,)), add.clone((1,)))()
+    assert result.get(timeout=20) == 17
+    linked = celery_producer.send_task(
+        "tasks.add", (1, 2), link=celery_producer.signature("tasks.record", ("via-link",), immutable=True)
+    )
+    assert linked.get(timeout=20) == 3
+    wait_for(lambda: rproject.ledger_count("via-link") == 1, 20, "the linked task ran")
+
+
+def test_rqueue_chain_runs_on_a_celery_worker(redis_url: str, celery_worker: tuple[CeleryWorker, str]) -> None:
+    _, queue = celery_worker
+    app = App("producer", broker=redis_url, backend=redis_url)
+    first = app.signature("tasks.add", (2, 2), queue=queue)
+    result = (first | app.signature("tasks.add", (10,), queue=queue) | app.signature("tasks.add", (1,), queue=queue))()
+    assert result.get(timeout=20) == 15

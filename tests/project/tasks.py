@@ -192,3 +192,25 @@ def slow(seconds, key):
     _ledger(key)
     time.sleep(seconds)
     return seconds
+
+
+@app.task
+def mul(x, y):
+    return x * y
+
+
+@app.task
+def on_error(request, exc, traceback):
+    """A new-style errback: called in the worker with the failed task's request and exception."""
+    _ledger(f"errback:{request.id}:{type(exc).__name__}")
+
+
+@app.task
+def on_error_id(task_id):
+    """An old-style errback: sent with the failed task's id."""
+    _ledger(f"errback-id:{task_id}")
+
+
+@app.task(bind=True)
+def lineage(self):
+    return {"id": self.request.id, "parent_id": self.request.parent_id, "root_id": self.request.root_id}

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rqueue import _rqueue, serialization, signals, states, trace
+from rqueue import _rqueue, canvas, serialization, signals, states, trace
 from rqueue.backends.base import ResultRecord
 from rqueue.brokers.base import REASON_WORKER_LOST, Recounting
 from rqueue.exceptions import (
@@ -197,8 +197,14 @@ class Executor:
 
         embed = msg.embed
         request = MessageRequest(msg, args, kwargs, self.hostname, embed)
-        if first and embed and any(embed.values()):
-            _warn_canvas_not_run(request)
+        if embed and any(embed.values()):
+            try:
+                canvas.check_links(embed)
+            except DecodeError as exc:
+                self._dead_letter(delivery, "decode_error", exc, msg.id)
+                return None
+            if first:
+                _warn_canvas_not_run(request, canvas.unsupported_links(embed))
         hooks = self.hooks
         if first and hooks is not None:
             hooks.received(request)
@@ -374,6 +380,9 @@ class Executor:
             logger.info("Task %s[%s] succeeded in %.6fs: %s", name, msg.id, outcome[3], short_repr(outcome[1]))
         if self.hooks is not None:
             self.hooks.succeeded(job.request, outcome[1], outcome[3])
+        request = job.request
+        if request.chain or request.callbacks:  # sent before the result is stored, as in Celery
+            self._apply_links(canvas.apply_success_links, request, outcome[1])
         if not job.ignore_result:
             extended = self._extended(msg, job.args, job.kwargs)
             self._record(ResultRecord(msg.id, states.SUCCESS, outcome[1], None, extended))
@@ -397,6 +406,8 @@ class Executor:
             self._record(ResultRecord(msg.id, states.FAILURE, meta, tb, self._extended(msg, job.args, job.kwargs)))
         if task.hooked or signals.task_failure.receivers:
             trace.failed(task, job.request, exc, tb)
+        if job.request.errbacks:
+            self._apply_links(canvas.apply_error_links, job.request, exc, tb)
         if job.acks_late and options["acks_on_failure_or_timeout"] is False:
             # Celery rejects such a message without requeueing it: here it goes to the dead letters.
             self._dead_letter(job.delivery, "failed", exc, msg.id, logged=True)
@@ -461,6 +472,13 @@ class Executor:
         if job.acks_late:
             self._dead_letter(job.delivery, "rejected", rej, msg.id)
         return False
+
+    def _apply_links(self, apply: Callable[..., None], request: Request, *outcome: Any) -> None:
+        """Send a finished task's linked tasks; a failure to send is logged, the task's outcome stands."""
+        try:
+            apply(self.app, request, *outcome)
+        except Exception:
+            logger.exception("Task %s[%s]: sending its linked tasks failed", request.task, request.id)
 
     def _auto_retry(self, task: Task[Any, Any], request: Request, exc: Exception) -> bool:
         """Retry ``exc`` when the task's ``autoretry_for`` covers it; True when a retry was scheduled."""
@@ -612,19 +630,18 @@ _STATE_OF = {
 _canvas_warned: set[str] = set()
 
 
-def _warn_canvas_not_run(request: Request) -> None:
-    """Until rqueue has the canvas, say (once per task name) that a message's links are not run,
-    rather than drop them in silence."""
-    if request.task in _canvas_warned:
+def _warn_canvas_not_run(request: Request, parts: list[str]) -> None:
+    """Say (once per task name) which parts of a message's canvas this version does not run yet
+    (groups and chords), rather than drop them in silence."""
+    if not parts or request.task in _canvas_warned:
         return
     _canvas_warned.add(request.task)
-    parts = [name for name in ("callbacks", "errbacks", "chain", "chord") if getattr(request, name)]
     logger.warning(
-        "Task %s[%s] carries %s: this rqueue version runs the task but not its linked tasks "
-        "(the canvas is not implemented yet); logged once per task name",
+        "Task %s[%s] carries %s: this rqueue version runs the task, its chain and plain links, "
+        "but not groups or chords yet; logged once per task name",
         request.task,
         request.id,
-        "/".join(parts),
+        ", ".join(parts),
     )
 
 
