@@ -24,10 +24,11 @@ from rqueue.config import Settings, time_limit_value
 from rqueue.control import Control
 from rqueue.current import current_app
 from rqueue.exceptions import BrokerConnectionError, ConfigurationError, NotRegistered
+from rqueue.options import SEND_OPTIONS, SendOptions
 from rqueue.request import current_request
 from rqueue.result import AsyncResult
 from rqueue.routing import Route, compile_routes
-from rqueue.task import SEND_OPTIONS, SendOptions, Task
+from rqueue.task import Task
 from rqueue.urls import DEFAULT_SQLITE_URL, mask_password
 
 if TYPE_CHECKING:
@@ -310,6 +311,13 @@ class App:
             logger.warning("Task %s registered twice; the later definition wins", task.name)
         self.tasks[task.name] = task
         return task
+
+    def registered(self, name: str) -> Task[Any, Any]:
+        """The registered task ``name``, or NotRegistered."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(f"task {name!r} is not registered with app {self.main!r}") from None
 
     def gen_task_name(self, fun: Callable[..., Any] | type) -> str:
         module = fun.__module__
@@ -612,14 +620,6 @@ def _expires_ms(now: float, expires: float | timedelta | datetime | None) -> int
         return _to_epoch_ms(expires)
     seconds = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
     return int((now + seconds) * 1000)
-
-
-def find_task(app: App, name: str) -> Task[Any, Any]:
-    """The registered task ``name``, or NotRegistered."""
-    try:
-        return app.tasks[name]
-    except KeyError:
-        raise NotRegistered(f"task {name!r} is not registered with app {app.main!r}") from None
 
 
 # -- the current app, and tasks shared by every app ----------------------------------------------------

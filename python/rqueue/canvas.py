@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rqueue._rqueue import new_task_id
 from rqueue.current import current_app
 from rqueue.exceptions import DecodeError
+from rqueue.options import SEND_OPTIONS
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -102,9 +103,7 @@ class Signature(dict):  # type: ignore[type-arg]  # Celery's signatures are dict
     @property
     def type(self) -> Task[Any, Any]:
         """The registered task (NotRegistered when this process does not know it)."""
-        from rqueue.app import find_task  # noqa: PLC0415 - the app module imports this one
-
-        return find_task(self.app, self.task)
+        return self.app.registered(self.task)
 
     # -- building -----------------------------------------------------------------------------------
 
@@ -154,8 +153,6 @@ class Signature(dict):  # type: ignore[type-arg]  # Celery's signatures are dict
         self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> AsyncResult[Any]:
         """Send the task with the merged arguments and options."""
-        from rqueue.task import SEND_OPTIONS  # noqa: PLC0415 - the task module imports this one
-
         call_args, call_kwargs, call_options = self._merge(args, kwargs, options)
         sendable = {k: v for k, v in call_options.items() if k in SEND_OPTIONS}
         ignored = call_options.keys() - sendable.keys()

@@ -7,11 +7,12 @@ import functools
 import inspect
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypedDict, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from rqueue.canvas import Signature
 from rqueue.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from rqueue.options import SendOptions
 from rqueue.rates import check_rate
 from rqueue.request import ExceptionInfo, Request, custom_headers, pop_request, push_request, request_stack
 
@@ -66,48 +67,6 @@ TASK_OPTIONS: dict[str, Any] = {
 CELERY_ONLY_OPTIONS = frozenset(
     {"trail", "send_events", "resultrepr_maxsize", "autoregister", "request_stack", "abstract", "lazy", "shared"}
 )
-
-
-class SendOptions(TypedDict, total=False):
-    """How one task message is sent: what ``apply_async``, ``send_task``, ``send_many`` and
-    ``retry`` accept (see ``Task.apply_async``)."""
-
-    countdown: float | None
-    eta: datetime | None
-    expires: float | timedelta | datetime | None
-    queue: str | None
-    exchange: str | None
-    routing_key: str | None
-    priority: int | None
-    task_id: str | None
-    headers: Mapping[str, Any] | None
-    ignore_result: bool | None
-    serializer: str | None
-    time_limit: float | None
-    soft_time_limit: float | None
-    shadow: str | None
-    #: Retry publishing while the broker cannot be reached (default ``task_publish_retry``), with
-    #: ``retry_policy`` (``max_retries``, ``interval_start``, ``interval_step``, ``interval_max``).
-    retry: bool | None
-    retry_policy: Mapping[str, Any] | None
-    #: Signatures applied when the task succeeds (``link``, with its result) or fails (``link_error``).
-    link: Any
-    link_error: Any
-    #: The rest of a chain (signature dicts, the next one last), carried in the message's embed.
-    chain: Any
-    #: Accepted for Celery's sake: rqueue does not compress (``None`` only) and keeps no trail.
-    compression: str | None
-    add_to_parent: bool
-    #: Set by ``retry()``: how many times the task ran before, its workflow's ids, and where its
-    #: states go (the first sender's ``reply_to``, for ``rpc://``).
-    retries: int
-    root_id: str | None
-    parent_id: str | None
-    reply_to: str | None
-
-
-#: The names of ``SendOptions``, for the run-time check of keyword arguments.
-SEND_OPTIONS = frozenset(SendOptions.__annotations__)
 
 
 #: The task hook methods a subclass may override, called by the worker in Celery's order.
