@@ -55,10 +55,6 @@ class Request:
     chord: Any = None
     utc: bool = True
 
-    @property
-    def correlation(self) -> str:
-        return self.correlation_id or self.id
-
 
 class MessageRequest(Request):
     """The request of a task a worker runs, read from its decoded message: the fields every task

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from rqueue.canvas import Signature
+from rqueue.config import closest_names
 from rqueue.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from rqueue.options import SendOptions
 from rqueue.rates import check_rate
@@ -473,8 +474,6 @@ class Task(Generic[P, R]):
 def _check_options(name: str, options: Mapping[str, Any]) -> None:
     """Celery accepts any decorator keyword as an attribute; one that looks like a misspelt option
     is refused with the option it resembles."""
-    from rqueue.config import closest_names  # noqa: PLC0415 - config imports nothing of tasks
-
     known = [*TASK_OPTIONS, *CELERY_ONLY_OPTIONS]
     for key in options:
         if key in TASK_OPTIONS or key in CELERY_ONLY_OPTIONS:
