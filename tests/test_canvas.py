@@ -1,5 +1,5 @@
-"""The canvas so far: signatures, chains and links (callbacks, errbacks) through real workers on
-SQLite and Redis. Groups and chords are not built yet (issue #15 stays open)."""
+"""Signatures, chains and links (callbacks, errbacks) through real workers on SQLite and Redis;
+groups, chords and the rest of the canvas are in ``test_canvas_workflows.py``."""
 
 from __future__ import annotations
 

@@ -11,10 +11,10 @@ def add(x, y):
 
 from rqueue._rqueue import __version__
 from rqueue.app import App, shared_task
-from rqueue.canvas import Signature, chain, signature
+from rqueue.canvas import Signature, chain, chord, chunks, group, maybe_signature, signature, xmap, xstarmap
 from rqueue.current import current_app
 from rqueue.request import Request
-from rqueue.result import AsyncResult
+from rqueue.result import AsyncResult, GroupResult, ResultSet
 from rqueue.task import Task
 
 #: Celery's name of the application class: ``from rqueue import Celery`` is the one-line migration.
@@ -24,12 +24,20 @@ __all__ = [
     "App",
     "AsyncResult",
     "Celery",
+    "GroupResult",
     "Request",
+    "ResultSet",
     "Signature",
     "Task",
     "__version__",
     "chain",
+    "chord",
+    "chunks",
     "current_app",
+    "group",
+    "maybe_signature",
     "shared_task",
     "signature",
+    "xmap",
+    "xstarmap",
 ]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, NamedTuple, ParamSp
 from rqueue import _rqueue, current, serialization, signals
 from rqueue.backends import ResultBackend, open_backend
 from rqueue.brokers import BROKERS, Broker, open_broker
+from rqueue.builtins import builtin_tasks
 from rqueue.canvas import Signature, links_of, signature
 from rqueue.config import Settings, time_limit_value
 from rqueue.control import Control
@@ -313,11 +314,17 @@ class App:
         return task
 
     def registered(self, name: str) -> Task[Any, Any]:
-        """The registered task ``name``, or NotRegistered."""
-        try:
-            return self.tasks[name]
-        except KeyError:
-            raise NotRegistered(f"task {name!r} is not registered with app {self.main!r}") from None
+        """The registered (or built-in) task ``name``, or NotRegistered."""
+        task = self.tasks.get(name) or self.builtin(name)
+        if task is None:
+            raise NotRegistered(f"task {name!r} is not registered with app {self.main!r}")
+        return task
+
+    def builtin(self, name: str) -> Task[Any, Any] | None:
+        """Celery's built-in task ``name`` (``celery.map`` ...; ``rqueue.builtins``), or None."""
+        if not name.startswith("celery."):
+            return None
+        return self.derived("builtins", lambda: builtin_tasks(self)).get(name)
 
     def gen_task_name(self, fun: Callable[..., Any] | type) -> str:
         module = fun.__module__
@@ -380,7 +387,10 @@ class App:
         """
         message = self._message(name, args, kwargs, _task, options)
         self._publish(message, options)
-        return AsyncResult(message.task_id, self.backend, ignored=message.ignore_result, app=self)
+        result: AsyncResult[Any] = AsyncResult(message.task_id, self.backend, ignored=message.ignore_result, app=self)
+        if options.get("add_to_parent", True):
+            _add_to_parent(result)
+        return result
 
     def _publish(self, message: _Outgoing, options: SendOptions) -> None:
         """Publish one message: the publish signals around it, retried per ``retry_policy`` while the
@@ -442,6 +452,17 @@ class App:
         self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
         return [AsyncResult(m.task_id, backend, ignored=m.ignore_result, app=self) for m in messages]
 
+    def send_batch(self, calls: Sequence[tuple[str, Sequence[Any], Mapping[str, Any], SendOptions]]) -> None:
+        """Send ``(name, args, kwargs, options)`` calls in one broker round trip (a group's members);
+        each known task's arguments are checked first, so nothing is sent when one does not fit."""
+        messages = []
+        for name, args, kwargs, options in calls:
+            task = self.tasks.get(name)
+            if task is not None and task.option("typing") is not False:
+                task.check_arguments(list(args), kwargs)
+            messages.append(self._message(name, args, kwargs, task, options))
+        self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
+
     def _message(
         self,
         name: str,
@@ -492,9 +513,11 @@ class App:
         body = None
         callbacks, errbacks = links_of(options.get("link")), links_of(options.get("link_error"))
         chain = links_of(options.get("chain"))
+        chord = options.get("chord")
+        chord = dict(chord) if chord is not None else None
         if serializer not in ("json", "msgpack"):
             self._check_serializer_enabled(serializer)
-            embed = {**_EMBED, "callbacks": callbacks, "errbacks": errbacks, "chain": chain}
+            embed = {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord}
             body = serialization.dumps([args, kwargs, embed], serializer)
         payload = _rqueue.encode_task_message(
             task=name,
@@ -523,6 +546,9 @@ class App:
             callbacks=callbacks,
             errbacks=errbacks,
             chain=chain,
+            chord=chord,
+            group_id=options.get("group_id"),
+            group_index=options.get("group_index"),
             shadow=shadow,
         )
         return _Outgoing(
@@ -579,10 +605,6 @@ class App:
         return f"<App {self.main or '__main__'} broker={mask_password(self.broker_url)}>"
 
 
-#: The default ``embed`` of a protocol v2 body (no callbacks, no chain, no chord).
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
 class _Outgoing(NamedTuple):
     """An encoded message ready to publish."""
 
@@ -629,6 +651,15 @@ _all_apps: list[App] = []
 #: ``shared_task`` registrations: ``(function, options)``, bound to every app made before or after.
 _shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 _shared_lock = threading.Lock()
+
+
+def _add_to_parent(result: AsyncResult[Any]) -> None:
+    """A task sent from inside a running task is one of its children (stored with its result)."""
+    parent = current_request()
+    if parent is not None and not parent.called_directly and not parent.is_eager:
+        if parent.children is None:
+            parent.children = []
+        parent.children.append(result.as_tuple())
 
 
 def _register_app(app: App, set_as_current: bool) -> None:

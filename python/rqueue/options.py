@@ -35,6 +35,11 @@ class SendOptions(TypedDict, total=False):
     link_error: Any
     #: The rest of a chain (signature dicts, the next one last), carried in the message's embed.
     chain: Any
+    #: Set by the canvas: the group the task belongs to, its place in it, and the body of the
+    #: chord it counts towards (``group``/``group_index`` headers, ``embed.chord``).
+    group_id: str | None
+    group_index: int | None
+    chord: Any
     #: Accepted for Celery's sake: rqueue does not compress (``None`` only) and keeps no trail.
     compression: str | None
     add_to_parent: bool

@@ -54,6 +54,8 @@ class Request:
     chain: list[Any] | None = None
     chord: Any = None
     utc: bool = True
+    #: The tasks it sent while running, as Celery's result tuples (stored with its result).
+    children: list[Any] | None = None
 
 
 class MessageRequest(Request):

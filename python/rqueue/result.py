@@ -1,13 +1,17 @@
 """``AsyncResult``: a handle on a task's state and return value; ``EagerResult``: the outcome of a
-task run here and now (``task.apply()``)."""
+task run here and now (``task.apply()``); ``ResultSet`` and ``GroupResult``: many results read
+together (a group's). Results link up as Celery's do: ``parent`` (the previous step of a chain),
+``children`` (the tasks a task sent, stored with its result), and Celery's tuple form of both."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from rqueue import states
 from rqueue.current import current_app
-from rqueue.exceptions import ResultIgnoredError, TaskRevokedError
+from rqueue.exceptions import DecodeError, ResultIgnoredError, TaskRevokedError, TimeoutError
 from rqueue.serialization import exception_from_meta
 
 if TYPE_CHECKING:
@@ -36,12 +40,15 @@ class AsyncResult(Generic[R]):
         app: App | None = None,
         *,
         ignored: bool = False,
+        parent: AsyncResult[Any] | None = None,
     ) -> None:
         self.id = id
         self._backend = backend
         self.name = task_name
         self.ignored = ignored
         self.app = app
+        #: The result this one's task got its input from (a chain's previous step), when known.
+        self.parent = parent
         self._final: dict[str, Any] | None = None
 
     @property
@@ -128,6 +135,30 @@ class AsyncResult(Generic[R]):
         self.backend.forget(self.id)
 
     @property
+    def children(self) -> list[AsyncResult[Any]]:
+        """The tasks this task sent while it ran (read from its stored result; empty until ready)."""
+        return [result_from_tuple(child, self.app) for child in self._meta().get("children") or ()]
+
+    def collect(self, timeout: float | None = None) -> Iterator[tuple[AsyncResult[Any], Any]]:
+        """``(result, value)`` of this task and, depth first, of every task it sent (and they sent),
+        waiting for each: a task that starts subtasks and returns is followed to the end."""
+        for node in self._walk():
+            yield node, node.get(timeout=timeout)
+
+    def _walk(self) -> Iterator[AsyncResult[Any]]:
+        stack: list[AsyncResult[Any]] = [self]
+        while stack:
+            node = stack.pop()
+            if not isinstance(node, ResultSet):
+                node.get(propagate=False)  # children are known once it is ready
+            yield node
+            stack.extend(reversed(node.children))
+
+    def as_tuple(self) -> Any:
+        """Celery's tuple form: ``((id, parent_tuple), None)``."""
+        return (self.id, self.parent.as_tuple() if self.parent is not None else None), None
+
+    @property
     def date_done(self) -> Any:
         """When the task reached a ready state (ISO-8601 text as stored), or None."""
         return self._meta().get("date_done")
@@ -153,6 +184,189 @@ class AsyncResult(Generic[R]):
         return hash(self.id)
 
 
+class ResultSet(AsyncResult[list[Any]]):
+    """Several results read together: ``get()`` returns their values in order."""
+
+    def __init__(self, results: Iterable[AsyncResult[Any]], app: App | None = None, **kwargs: Any) -> None:
+        super().__init__(kwargs.pop("id", ""), app=app, **kwargs)
+        self.results = list(results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def add(self, result: AsyncResult[Any]) -> None:
+        if result not in self.results:
+            self.results.append(result)
+
+    def _states(self) -> list[str]:
+        """The state of every result (nested sets flattened), read in as few round trips as the backend allows."""
+        plain = [r for r in self.results if not isinstance(r, ResultSet)]
+        metas = {m["task_id"]: m for m in self._metas(plain)}
+        found: list[str] = []
+        for r in self.results:
+            found.extend(r._states() if isinstance(r, ResultSet) else [metas[r.id]["status"]])
+        return found
+
+    def _metas(self, results: list[AsyncResult[Any]]) -> list[dict[str, Any]]:
+        todo = [r for r in results if r._final is None]
+        if todo:
+            for r, meta in zip(todo, self.backend.get_many_meta([r.id for r in todo]), strict=True):
+                meta.setdefault("task_id", r.id)
+                if meta["status"] in states.READY_STATES:
+                    r._final = meta
+        return [r._final or {"status": states.PENDING, "task_id": r.id} for r in results]
+
+    @property
+    def state(self) -> str:
+        found = self._states()
+        for state in (states.FAILURE, states.REVOKED):
+            if state in found:
+                return state
+        return states.SUCCESS if all(s == states.SUCCESS for s in found) else states.PENDING
+
+    def ready(self) -> bool:
+        """True once every result is ready."""
+        return all(s in states.READY_STATES for s in self._states())
+
+    def successful(self) -> bool:
+        """True once every task succeeded."""
+        return all(s == states.SUCCESS for s in self._states())
+
+    def failed(self) -> bool:
+        """True when any task failed."""
+        return any(s == states.FAILURE for s in self._states())
+
+    def waiting(self) -> bool:
+        """True while any task is not ready."""
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        """How many tasks succeeded."""
+        return sum(s == states.SUCCESS for s in self._states())
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> list[Any]:
+        """Wait for every result; their values in order (a nested group's as a list). With
+        ``propagate`` the first failure (in order) is raised once all are ready or it is seen."""
+        return self.join(timeout=timeout, propagate=propagate, interval=interval)
+
+    def join(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        plain = self._leaves()
+        while True:
+            metas = self._metas(plain)
+            if propagate:
+                for meta in metas:  # fail fast: the first failure in order raises now
+                    if meta["status"] in states.PROPAGATE_STATES:
+                        value = self._value(meta)
+                        raise value if isinstance(value, BaseException) else TaskRevokedError(str(value))
+            if all(meta["status"] in states.READY_STATES for meta in metas):
+                return self._values()
+            if deadline is not None and time.monotonic() >= deadline:
+                waiting = sum(meta["status"] not in states.READY_STATES for meta in metas)
+                raise TimeoutError(f"{waiting} of {len(metas)} results were not ready within {timeout} s")
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 1.5, interval)
+
+    def _leaves(self) -> list[AsyncResult[Any]]:
+        leaves: list[AsyncResult[Any]] = []
+        for r in self.results:
+            leaves.extend(r._leaves() if isinstance(r, ResultSet) else [r])
+        return leaves
+
+    def _values(self) -> list[Any]:
+        return [r._values() if isinstance(r, ResultSet) else r._value(r._meta()) for r in self.results]
+
+    @property
+    def result(self) -> list[Any]:
+        return [r.result for r in self.results]
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        return list(self.results)
+
+    def revoke(self, terminate: bool = False, signal: str | None = None) -> None:
+        """Revoke every task of the set."""
+        for r in self.results:
+            r.revoke(terminate=terminate, signal=signal)
+
+    def forget(self) -> None:
+        for r in self.results:
+            r.forget()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: [{', '.join(r.id for r in self.results)}]>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ResultSet) and other.id == self.id and other.results == self.results
+
+    def __hash__(self) -> int:
+        return hash((self.id, len(self.results)))
+
+
+class GroupResult(ResultSet):
+    """The results of a group: ``id`` is the group's id (its members' ``group`` header)."""
+
+    def __init__(
+        self,
+        id: str,
+        results: Iterable[AsyncResult[Any]],
+        app: App | None = None,
+        parent: AsyncResult[Any] | None = None,
+        backend: ResultBackend | None = None,
+    ) -> None:
+        super().__init__(results, app=app, id=id, parent=parent, backend=backend)
+
+    def save(self, backend: ResultBackend | None = None) -> None:
+        """Store the group's result ids, so ``GroupResult.restore(id)`` finds them anywhere."""
+        (backend or self.backend).save_group(self.id, self.as_tuple())
+
+    def delete(self, backend: ResultBackend | None = None) -> None:
+        """Remove the saved group (not its tasks' results)."""
+        (backend or self.backend).forget_group(self.id)
+
+    @classmethod
+    def restore(cls, id: str, backend: ResultBackend | None = None, app: App | None = None) -> GroupResult | None:
+        """The group saved under ``id``, or None."""
+        app = app if app is not None else current_app()
+        saved = (backend or app.backend).restore_group(id)
+        if saved is None:
+            return None
+        result = result_from_tuple(saved, app)
+        if not isinstance(result, GroupResult):
+            raise DecodeError(f"group {id}: the saved record is not a group's")
+        return result
+
+    def as_tuple(self) -> Any:
+        """Celery's tuple form: ``((id, parent_tuple), [member tuples])``."""
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return (self.id, parent), [r.as_tuple() for r in self.results]
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+def result_from_tuple(value: Any, app: App | None = None) -> AsyncResult[Any]:
+    """A result from Celery's tuple form (``as_tuple()``), as stored in ``children`` and saved groups."""
+    if isinstance(value, AsyncResult):
+        return value
+    try:
+        head, nodes = value
+        task_id, parent = head if isinstance(head, (list, tuple)) else (head, None)
+    except (TypeError, ValueError):
+        raise DecodeError(f"not a result tuple: {value!r:.200}") from None
+    parent_result = result_from_tuple(parent, app) if parent else None
+    if nodes is not None:
+        return GroupResult(str(task_id), [result_from_tuple(n, app) for n in nodes], app=app, parent=parent_result)
+    return AsyncResult(str(task_id), app=app, parent=parent_result)
+
+
 class EagerResult(AsyncResult[R]):
     """The outcome of a task run eagerly: ready at once, nothing read from a backend."""
 
@@ -161,6 +375,7 @@ class EagerResult(AsyncResult[R]):
         self._value_now = value
         self._state = state
         self._traceback = traceback
+        self._final = self._meta()  # ready now: a ResultSet never reads a backend for it
 
     def _meta(self) -> dict[str, Any]:
         return {"status": self._state, "result": self._value_now, "traceback": self._traceback, "task_id": self.id}

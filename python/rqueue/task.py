@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
-from rqueue.canvas import Signature
+from rqueue.canvas import Signature, chain, chord, chunks, group, maybe_signature, xmap, xstarmap
 from rqueue.config import closest_names
-from rqueue.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from rqueue.exceptions import ConfigurationError, Ignore, MaxRetriesExceededError, Retry
 from rqueue.options import SendOptions
 from rqueue.rates import check_rate
 from rqueue.request import ExceptionInfo, Request, custom_headers, pop_request, push_request, request_stack
@@ -284,6 +284,43 @@ class Task(Generic[P, R]):
 
     subtask = signature
 
+    def map(self, it: Iterable[Any]) -> Signature:
+        """One message that calls this task's function with each item (``celery.map``)."""
+        return xmap(self, it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> Signature:
+        """One message that calls this task's function with each item's arguments (``celery.starmap``)."""
+        return xstarmap(self, it, app=self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> Signature:
+        """The calls ``task(*item)`` split into messages of ``n`` items each (a group of starmaps)."""
+        return chunks(self, it, n, app=self.app)
+
+    def replace(self, sig: Any) -> Any:
+        """Replace this running task with ``sig`` (a signature or workflow), which keeps this task's
+        place: its id for the final result, its callbacks and errbacks, its chord, the rest of its
+        chain. Sends ``sig`` and stops this run (``Ignore``); under eager mode runs it here and
+        returns its value. Call it as ``return self.replace(sig)``."""
+        request = self.request
+        if request.called_directly:
+            raise RuntimeError(f"{self.name}.replace() called outside a worker: there is no task to replace")
+        replacement = maybe_signature(sig, self.app).clone()
+        if replacement["options"].get("chord"):
+            raise ConfigurationError("a signature replacing a task must not be part of a chord itself")
+        if isinstance(replacement, group):  # one result in this task's place: the list of the group's
+            replacement = chord(replacement.tasks, self.app.registered("celery.accumulate").s(index=0), app=self.app)
+        for callback in request.callbacks or ():
+            replacement.link(callback)
+        for errback in request.errbacks or ():
+            replacement.link_error(errback)
+        replacement.freeze(request.id, request.group, request.chord, request.root_id, None, request.group_index)
+        if request.is_eager:
+            return replacement.apply().get()
+        rest = [maybe_signature(step, self.app) for step in reversed(request.chain or ())]
+        whole = chain(replacement, *rest, app=self.app) if rest else replacement
+        whole.apply_async(parent_id=request.id, root_id=request.root_id or request.id)
+        raise Ignore("replaced by a new task")
+
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> _AsyncResult[R]:
         """Send the task with these arguments; a shortcut of ``apply_async(args, kwargs)``."""
         return self.apply_async(args, kwargs)
@@ -425,6 +462,10 @@ class Task(Generic[P, R]):
             parent_id=request.parent_id,
             link=request.callbacks,
             link_error=request.errbacks,
+            chain=request.chain,
+            chord=request.chord,
+            group_id=request.group,
+            group_index=request.group_index,
             **sent,
         )
         raise Retry(f"Retry {when}", exc=exc, when=countdown)

@@ -335,3 +335,52 @@ def test_rqueue_chain_runs_on_a_celery_worker(redis_url: str, celery_worker: tup
     first = app.signature("tasks.add", (2, 2), queue=queue)
     result = (first | app.signature("tasks.add", (10,), queue=queue) | app.signature("tasks.add", (1,), queue=queue))()
     assert result.get(timeout=20) == 15
+
+
+# -- 4. groups and chords across the two ---------------------------------------------------------------
+
+
+def test_celery_group_chord_and_link_run_on_rqueue_workers(rproject: Project, celery_producer: Any) -> None:
+    rproject.start_worker("-c", "2")
+    add, xsum = celery_producer.signature("tasks.add"), celery_producer.signature("tasks.xsum")
+    grouped = celery.group(add.clone((i, i)) for i in range(10))()
+    assert grouped.get(timeout=30) == [i + i for i in range(10)]
+    joined = celery.chord((add.clone((i, i)) for i in range(10)), xsum)()
+    assert joined.get(timeout=30) == 90
+    flow = celery.chain(add.clone((4, 4)), celery.group(add.clone((1,)), add.clone((2,))), xsum)()
+    assert flow.get(timeout=30) == 19
+    failing = celery.chord([add.clone((1, 1)), celery_producer.signature("tasks.fail", ("header",))], xsum)()
+    with pytest.raises(Exception, match="header"):
+        failing.get(timeout=30)  # Celery raises the header's failure (its parent) first
+    wait_for(lambda: failing.state == "FAILURE", 30, "the body stored as failed")
+    assert type(failing.result).__name__ == "ChordError"
+
+
+def test_rqueue_group_and_chord_run_on_a_celery_worker(redis_url: str, celery_worker: tuple[CeleryWorker, str]) -> None:
+    from rqueue import chord, group
+
+    _, queue = celery_worker
+    app = App("producer", broker=redis_url, backend=redis_url)
+    add, xsum = app.signature("tasks.add", queue=queue), app.signature("tasks.xsum", queue=queue)
+    assert group(add.clone((i, i)) for i in range(5))().get(timeout=30) == [0, 2, 4, 6, 8]
+    assert chord((add.clone((i, i)) for i in range(5)), xsum)().get(timeout=30) == 20
+    flow = (add.clone((1, 1)) | group(add.clone((1,)), add.clone((2,))) | xsum)()
+    assert flow.get(timeout=30) == 7
+
+
+def test_a_chord_whose_header_runs_on_celery_and_rqueue_fires_its_body_once(
+    rproject: Project, redis_url: str, celery_worker: tuple[CeleryWorker, str]
+) -> None:
+    """Header members on both kinds of worker: they count in the same Celery keys, and whichever
+    counts last fires the body, once."""
+    from rqueue import chord
+
+    _, celery_queue = celery_worker
+    rproject.start_worker("-c", "2")
+    tasks = rproject.app()
+    header = [tasks.add.s(i, i).set(queue=celery_queue if i % 2 else "celery") for i in range(20)]
+    body = tasks.record_sum.s()
+    result = chord(header, body)()
+    assert result.get(timeout=60) == sum(i + i for i in range(20))
+    time.sleep(1)
+    assert rproject.ledger_count(f"sum:{sum(i + i for i in range(20))}") == 1

@@ -214,3 +214,39 @@ def on_error_id(task_id):
 @app.task(bind=True)
 def lineage(self):
     return {"id": self.request.id, "parent_id": self.request.parent_id, "root_id": self.request.root_id}
+
+
+@app.task
+def xsum(numbers):
+    return sum(numbers)
+
+
+@app.task(bind=True)
+def replaced_by(self, kind, x):
+    """Replaces itself with a task, a chain or a group, keeping its place."""
+    from rqueue import group
+
+    if kind == "task":
+        return self.replace(add.s(x, 1))
+    if kind == "chain":
+        return self.replace(add.s(x, 1) | mul.s(2))
+    return self.replace(group(add.s(x, i) for i in range(3)))
+
+
+@app.task
+def spawn(n):
+    """Sends ``n`` tasks from inside a task: they become its children."""
+    return [add.delay(i, i).id for i in range(n)]
+
+
+@app.task
+def identity(value):
+    return value
+
+
+@app.task
+def record_sum(numbers):
+    """A chord body that counts how often it ran."""
+    total = sum(numbers)
+    _ledger(f"sum:{total}")
+    return total

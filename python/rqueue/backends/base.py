@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from rqueue import serialization, states
 from rqueue.exceptions import ConfigurationError, DecodeError, TimeoutError
@@ -23,6 +23,24 @@ class ResultRecord:
     result: Any = None
     traceback: str | None = None
     extended: dict[str, Any] | None = None
+    #: The tasks it sent while running, as Celery's result tuples (``AsyncResult.children``).
+    children: list[Any] | None = None
+
+
+#: How long a fired chord stays marked done, so late duplicates of its header tasks change
+#: nothing (Celery's Redis backend keeps its marker as long).
+CHORD_DONE_KEPT_S = 300
+
+
+class ChordCount(NamedTuple):
+    """Where a chord's join stands after one header result was counted."""
+
+    #: Header results counted so far (each header member once, however often it ran).
+    ready: int
+    #: How many the body waits for; None until the sender has set it.
+    total: int | None
+    #: True when this call took the right to fire the body.
+    claimed: bool
 
 
 class ResultBackend(ABC):
@@ -64,7 +82,7 @@ class ResultBackend(ABC):
             "status": record.status,
             "result": record.result,
             "traceback": record.traceback,
-            "children": [],
+            "children": record.children or [],
             "date_done": _now_iso() if record.status in states.READY_STATES else None,
             "task_id": record.task_id,
         }
@@ -128,9 +146,101 @@ class ResultBackend(ABC):
             time.sleep(max(sleep, 0.0))
             delay = min(delay * 1.5, interval)
 
+    def get_many_meta(self, task_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The stored meta of several tasks (a backend that can reads them in one round trip)."""
+        return [self.get_meta(task_id) for task_id in task_ids]
+
     def forget(self, task_id: str) -> None:
         """Delete what is stored about a task."""
         self._delete(task_id)
+
+    # -- groups (``GroupResult.save()``/``restore()``) ----------------------------------------------
+
+    def save_group(self, group_id: str, result_tuple: Any) -> None:
+        """Store a group's result ids (Celery's ``{"result": as_tuple}`` record)."""
+        payload = serialization.dumps({"result": result_tuple}, self.serializer)
+        self._write_group(group_id, payload)
+
+    def restore_group(self, group_id: str) -> Any | None:
+        """The result tuple a ``save_group`` stored, or None."""
+        raw = self._read_group(group_id)
+        if raw is None:
+            return None
+        meta = serialization.loads(raw, self.content_type, self.accept)
+        if not isinstance(meta, dict) or "result" not in meta:
+            raise DecodeError(f"group {group_id} record is not a saved group: {meta!r:.200}")
+        return meta["result"]
+
+    def forget_group(self, group_id: str) -> None:
+        self._delete_group(group_id)
+
+    def _write_group(self, group_id: str, payload: bytes) -> None:
+        self._no_store("saving a group")
+
+    def _read_group(self, group_id: str) -> bytes | None:
+        self._no_store("restoring a group")
+
+    def _delete_group(self, group_id: str) -> None:
+        self._no_store("forgetting a group")
+
+    # -- chords: counting header results until the body may fire ------------------------------------
+
+    #: True for a backend that keeps chord joins (Redis, SQLite).
+    supports_chords: bool = False
+
+    def ensure_chords_allowed(self) -> None:
+        """Raise ConfigurationError unless this backend can join chords."""
+        if not self.supports_chords:
+            raise ConfigurationError(
+                f"chords need a result backend that counts their header results (Redis or SQLite); "
+                f"{mask_password(self.url) or 'no backend'} cannot: set result_backend"
+            )
+
+    def encode_chord_part(self, task_id: str, state: str, value: Any) -> bytes:
+        """A header result as Celery's join keeps it: ``[1, task_id, state, result]``."""
+        return serialization.dumps([1, task_id, state, value], self.serializer)
+
+    def decode_chord_part(self, data: bytes) -> tuple[str, str, Any]:
+        """``(task_id, state, result)`` of an ``encode_chord_part`` record."""
+        part = serialization.loads(data, self.content_type, self.accept)
+        if not isinstance(part, (list, tuple)) or len(part) != 4:
+            raise DecodeError(f"not a chord header result: {part!r:.200}")
+        return str(part[1]), str(part[2]), part[3]
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        self.ensure_chords_allowed()
+
+    def add_to_chord(self, group_id: str, n: int) -> None:
+        self.ensure_chords_allowed()
+
+    def chord_part_return(
+        self, group_id: str, member: str, index: float, part: bytes, token: str, claim_s: int
+    ) -> ChordCount | None:
+        """Count ``part`` (once per ``member``); take the right to fire the body (for ``claim_s``,
+        under ``token``) when the count is complete and nobody holds it. None: already fired."""
+        self.ensure_chords_allowed()
+        return None
+
+    def chord_renew_claim(self, group_id: str, token: str, claim_s: int) -> bool:
+        """Keep the right to fire the body, or take it when it lapsed; False when another has it."""
+        return False
+
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        """The counted header results, in header order."""
+        return []
+
+    def chord_done(self, group_id: str, token: str) -> bool:
+        """The body was fired: drop the parts, mark the chord done (late duplicates change nothing)."""
+        return False
+
+    @property
+    def chord_ttl_s(self) -> int | None:
+        """How long a chord's join is kept (``result_expires``), in whole seconds; None: forever."""
+        expires = self.expires_s
+        return max(1, int(expires)) if expires and expires > 0 else None
+
+    def _no_store(self, what: str) -> NoReturn:
+        raise ConfigurationError(f"{what} needs a result store (Redis or SQLite); {mask_password(self.url)} has none")
 
     # -- what each backend implements --------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from rqueue import _rqueue, serialization, states
-from rqueue.backends.base import ResultBackend
+from rqueue.backends.base import CHORD_DONE_KEPT_S, ChordCount, ResultBackend
 from rqueue.exceptions import BackendError, DecodeError, TimeoutError
 from rqueue.urls import mask_password, redis_py_url, redis_server_of
 
@@ -39,6 +39,77 @@ FINAL_PREFIX = "rqueue-task-final-"
 #: KEYS[1] result key, KEYS[2] (pickle only) SUCCESS marker; ARGV: payload, expiry in ms ('' = none), status.
 #: The text lives in the Rust transport, which runs it too (``RedisBroker.complete``).
 STORE_LUA = _rqueue.REDIS_STORE_RESULT_LUA
+
+#: Celery's key prefix of a group: the saved group itself, and its chord join under suffixes:
+#: ``.j`` the header results (a sorted set scored by ``group_index``), ``.s`` the chord size,
+#: ``.t`` extra results to wait for (a replaced header task), ``.d`` the members counted,
+#: ``.c`` who fires the body (a token with expiry; ``done`` once fired).
+GROUP_PREFIX = "celery-taskset-meta-"
+
+#: Count one header result, once per member, and take the right to fire the body when the count
+#: is complete and nobody holds it: the same keys and steps as Celery 5.7's Redis backend, so a
+#: chord's header may finish on Celery and rqueue workers alike.
+#: KEYS: .j .t .s .d group .c; ARGV: task id, encoded result, ordered (1/0), score, expiry s (0:
+#: none), claim s, claim token. Returns {ready, extra, size, claimed}, or {-1} once fired.
+CHORD_PART_LUA = """
+local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+if redis.call('GET', ckey) == 'done' then
+    return {-1, false, false, 0}
+end
+local member = ARGV[1] .. ':' .. ARGV[4]
+if redis.call('SADD', dkey, member) == 1 then
+    if ARGV[3] == '1' then
+        redis.call('ZADD', jkey, ARGV[4], ARGV[2])
+    else
+        redis.call('RPUSH', jkey, ARGV[2])
+    end
+end
+local ready
+if ARGV[3] == '1' then
+    ready = redis.call('ZCARD', jkey)
+else
+    ready = redis.call('LLEN', jkey)
+end
+local expires = tonumber(ARGV[5])
+if expires > 0 then
+    for _, key in ipairs({jkey, tkey, skey, dkey}) do
+        redis.call('EXPIRE', key, expires)
+    end
+end
+local extra = redis.call('GET', tkey)
+local size = redis.call('GET', skey)
+local claimed = 0
+if size and ready == tonumber(size) + tonumber(extra or 0) then
+    if redis.call('SET', ckey, ARGV[7], 'NX', 'EX', tonumber(ARGV[6])) then
+        claimed = 1
+    end
+end
+return {ready, extra, size, claimed}
+"""
+
+#: Keep the right to fire a chord's body, or take it when it lapsed and the chord is not fired.
+#: KEYS: .c .s; ARGV: token, claim s. Returns 1 when held.
+CHORD_RENEW_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+    return redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+if not current and redis.call('EXISTS', KEYS[2]) == 1 then
+    return redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]), 'NX') and 1 or 0
+end
+return 0
+"""
+
+#: The body was fired by the token's holder: drop the join, mark the chord done for a while.
+#: KEYS: .c .j .t .s .d; ARGV: token, done s. Returns 1 when the token held the claim.
+CHORD_DONE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+    redis.call('SET', KEYS[1], 'done', 'EX', tonumber(ARGV[2]))
+    return 1
+end
+return 0
+"""
 
 #: Longest time one waiting call holds the pub/sub connection before letting other threads in.
 _SLICE_S = 0.1
@@ -97,6 +168,7 @@ class RedisBackend(ResultBackend):
         self._lock = threading.RLock()
         self._client = None
         self._script: Any = None
+        self._scripts: dict[str, Any] = {}  # the chord scripts, registered on first use
         self._pubsub: _PubSub | None = None
         self._broken = False  # the pub/sub connection failed: rebuild it before the next use
         self._subs: set[bytes] = set()  # channels of results someone waits for
@@ -184,6 +256,91 @@ class RedisBackend(ResultBackend):
     def _delete(self, task_id: str) -> None:
         with _as_backend_error(self.url):
             self.client.delete(self.key(task_id), f"{FINAL_PREFIX}{task_id}")
+
+    def get_many_meta(self, task_ids: Any) -> list[dict[str, Any]]:
+        """Several tasks' meta with ``MGET`` (in slices of 1,000 keys)."""
+        ids = list(task_ids)
+        metas: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            with _as_backend_error(self.url):
+                values = self.client.mget([self.key(task_id) for task_id in chunk])
+            for task_id, data in zip(chunk, values, strict=True):
+                if data is None:
+                    metas.append({"status": states.PENDING, "result": None, "traceback": None, "task_id": task_id})
+                else:
+                    metas.append(self._decode(task_id, data if isinstance(data, bytes) else data.encode()))
+        return metas
+
+    # -- groups and chords (Celery's keys) ---------------------------------------------------------
+
+    supports_chords = True
+    #: Header results are kept in a sorted set by header position: Celery's default
+    #: (``result_chord_ordered``); its list form (that option off) is not written by rqueue.
+    chord_ordered = True
+
+    def _group_key(self, group_id: str, suffix: str = "") -> str:
+        return f"{GROUP_PREFIX}{group_id}{suffix}"
+
+    def _write_group(self, group_id: str, payload: bytes) -> None:
+        with _as_backend_error(self.url):
+            self.client.set(self._group_key(group_id), payload, px=self.ttl_ms)
+
+    def _read_group(self, group_id: str) -> bytes | None:
+        with _as_backend_error(self.url):
+            data = self.client.get(self._group_key(group_id))
+        return data if data is None or isinstance(data, bytes) else data.encode()
+
+    def _delete_group(self, group_id: str) -> None:
+        with _as_backend_error(self.url):
+            self.client.delete(self._group_key(group_id))
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Celery's ``set_chord_size``: a new run of the chord (any claim cleared), its size in ``.s``."""
+        with _as_backend_error(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self._group_key(group_id, ".c"))
+            pipe.set(self._group_key(group_id, ".s"), size, ex=self.chord_ttl_s)
+            pipe.execute()
+
+    def add_to_chord(self, group_id: str, n: int) -> None:
+        with _as_backend_error(self.url):
+            self.client.incrby(self._group_key(group_id, ".t"), n)
+
+    def chord_part_return(
+        self, group_id: str, member: str, index: float, part: bytes, token: str, claim_s: int
+    ) -> ChordCount | None:
+        keys = [self._group_key(group_id, suffix) for suffix in (".j", ".t", ".s", ".d", "", ".c")]
+        score = "+inf" if index == float("inf") else repr(index)
+        args = [member, part, "1" if self.chord_ordered else "0", score, self.chord_ttl_s or 0, claim_s, token]
+        with _as_backend_error(self.url):
+            ready, extra, size, claimed = self._run_script(CHORD_PART_LUA, keys, args)
+        if ready == -1:
+            return None
+        total = None if size is None else int(size) + int(extra or 0)
+        return ChordCount(int(ready), total, bool(claimed))
+
+    def chord_renew_claim(self, group_id: str, token: str, claim_s: int) -> bool:
+        keys = [self._group_key(group_id, ".c"), self._group_key(group_id, ".s")]
+        with _as_backend_error(self.url):
+            return bool(self._run_script(CHORD_RENEW_LUA, keys, [token, claim_s]))
+
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        key = self._group_key(group_id, ".j")
+        with _as_backend_error(self.url):
+            parts: Any = self.client.zrange(key, 0, -1) if self.chord_ordered else self.client.lrange(key, 0, -1)
+        return [p if isinstance(p, bytes) else str(p).encode() for p in parts]
+
+    def chord_done(self, group_id: str, token: str) -> bool:
+        keys = [self._group_key(group_id, suffix) for suffix in (".c", ".j", ".t", ".s", ".d")]
+        with _as_backend_error(self.url):
+            return bool(self._run_script(CHORD_DONE_LUA, keys, [token, CHORD_DONE_KEPT_S]))
+
+    def _run_script(self, text: str, keys: list[str], args: list[Any]) -> Any:
+        script = self._scripts.get(text)
+        if script is None:
+            script = self._scripts[text] = self.client.register_script(text)
+        return script(keys=keys, args=args)
 
     def get_meta(self, task_id: str) -> dict[str, Any]:
         meta = super().get_meta(task_id)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from rqueue.backends.base import ResultBackend
+from rqueue.backends.base import CHORD_DONE_KEPT_S, ChordCount, ResultBackend
 from rqueue.sqlitefile import SqliteFile
 from rqueue.urls import sqlite_path
 
 
 class SqliteBackend(ResultBackend):
-    """Result records keyed by task id, with expiry, in one SQLite file."""
+    """Result records keyed by task id, with expiry, in one SQLite file; chord joins in its
+    ``chords`` tables, each header result counted in one transaction."""
+
+    supports_chords = True
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(**options)
@@ -35,3 +38,41 @@ class SqliteBackend(ResultBackend):
 
     def _delete(self, task_id: str) -> None:
         self._file.native.delete_result(task_id)
+
+    # -- groups and chords ----------------------------------------------------------------------
+
+    def _write_group(self, group_id: str, payload: bytes) -> None:
+        self._file.native.store_results(self.rows([(_group_key(group_id), "SUCCESS", payload)]))
+
+    def _read_group(self, group_id: str) -> bytes | None:
+        raw = self._read(_group_key(group_id))
+        return None if raw is None else raw[0]
+
+    def _delete_group(self, group_id: str) -> None:
+        self._delete(_group_key(group_id))
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        self._file.native.chord_set_size(group_id, size, self.ttl_ms)
+
+    def add_to_chord(self, group_id: str, n: int) -> None:
+        self._file.native.chord_add(group_id, n)
+
+    def chord_part_return(
+        self, group_id: str, member: str, index: float, part: bytes, token: str, claim_s: int
+    ) -> ChordCount | None:
+        count = self._file.native.chord_part_return(group_id, member, index, part, self.ttl_ms, token, claim_s * 1000)
+        return None if count is None else ChordCount(*count)
+
+    def chord_renew_claim(self, group_id: str, token: str, claim_s: int) -> bool:
+        return self._file.native.chord_renew_claim(group_id, token, claim_s * 1000)
+
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        return self._file.native.chord_parts(group_id)
+
+    def chord_done(self, group_id: str, token: str) -> bool:
+        return self._file.native.chord_done(group_id, token, CHORD_DONE_KEPT_S * 1000)
+
+
+def _group_key(group_id: str) -> str:
+    """Where a saved group lives in the results table (Celery's key name)."""
+    return f"celery-taskset-meta-{group_id}"

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rqueue import _rqueue, canvas, serialization, signals, states, trace
+from rqueue import _rqueue, canvas, chord_join, serialization, signals, states, trace
 from rqueue.backends.base import ResultRecord
 from rqueue.brokers.base import REASON_WORKER_LOST, Recounting
 from rqueue.exceptions import (
@@ -177,7 +177,7 @@ class Executor:
         if first and msg.redelivered and self.verdicts is not None and self._judged(delivery, msg):
             return None
 
-        task = self.app.tasks.get(msg.task)
+        task = self.app.tasks.get(msg.task) or self.app.builtin(msg.task)
         if task is None:
             error = NotRegistered(f"task {msg.task!r} is not registered with this worker")
             logger.error("Received unregistered task %s[%s]; dead-lettered", msg.task, msg.id)
@@ -185,6 +185,7 @@ class Executor:
                 signals.task_unknown.send(sender=None, name=msg.task, id=msg.id, message=delivery, exc=error)
             self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(error)))
             self._dead_letter(delivery, "unregistered", error, msg.id, logged=True)
+            self._never_runs(msg, states.FAILURE, error)
             return None
 
         args, kwargs = msg.args, msg.kwargs
@@ -203,8 +204,6 @@ class Executor:
             except DecodeError as exc:
                 self._dead_letter(delivery, "decode_error", exc, msg.id)
                 return None
-            if first:
-                _warn_canvas_not_run(request, canvas.unsupported_links(embed))
         hooks = self.hooks
         if first and hooks is not None:
             hooks.received(request)
@@ -246,10 +245,11 @@ class Executor:
         verdict = self.verdicts.take(msg.id)
         if verdict in (STOPPED, TERMINATED):
             logger.info("Task %s[%s] was stopped and its outcome stored; not run again", msg.task, msg.id)
+            exc = TimeLimitExceeded() if verdict == STOPPED else TaskRevokedError("terminated")
+            status = states.FAILURE if verdict == STOPPED else states.REVOKED
             if self.backend.routes_replies:  # the supervisor had no reply address: tell the client here
-                exc = TimeLimitExceeded() if verdict == STOPPED else TaskRevokedError("terminated")
-                status = states.FAILURE if verdict == STOPPED else states.REVOKED
                 self._record(ResultRecord(msg.id, status, serialization.exception_to_meta(exc)))
+            self._never_runs(msg, status, exc)
             self._ack(delivery)
             return True
         if verdict != LOST:
@@ -260,6 +260,7 @@ class Executor:
             logger.error("Task %s[%s] was running when its worker died; stored as failed", msg.task, msg.id)
             lost: BaseException = WorkerLostError("the worker process running the task died")
             self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(lost)))
+            self._never_runs(msg, states.FAILURE, lost)
             self._ack(delivery)
             return True
         if not isinstance(self.consumer, Recounting):
@@ -272,6 +273,7 @@ class Executor:
             )
             logger.error("Task %s[%s] killed its worker %d times; dead-lettered", msg.task, msg.id, died)
             self._dead_letter(delivery, REASON_WORKER_LOST, error, msg.id, logged=True)
+            self._never_runs(msg, states.FAILURE, error)
         else:
             logger.warning(
                 "Task %s[%s] was running when its worker died (%d of %d); requeued",
@@ -385,7 +387,9 @@ class Executor:
             self._apply_links(canvas.apply_success_links, request, outcome[1])
         if not job.ignore_result:
             extended = self._extended(msg, job.args, job.kwargs)
-            self._record(ResultRecord(msg.id, states.SUCCESS, outcome[1], None, extended))
+            self._record(ResultRecord(msg.id, states.SUCCESS, outcome[1], None, extended, request.children))
+        if request.chord:
+            self._chord_part(request, states.SUCCESS, outcome[1], msg.redelivered)
         if job.task.hooked or signals.task_success.receivers:
             trace.succeeded(job.task, job.request, outcome[1])
         return True
@@ -401,9 +405,15 @@ class Executor:
             logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", name, msg.id, exc, outcome[3], tb)
         if self.hooks is not None:
             self.hooks.failed(job.request, exc, tb, outcome[3])
+        request = job.request
         if not job.ignore_result or options["store_errors_even_if_ignored"]:
             meta = serialization.exception_to_meta(exc)
-            self._record(ResultRecord(msg.id, states.FAILURE, meta, tb, self._extended(msg, job.args, job.kwargs)))
+            extended = self._extended(msg, job.args, job.kwargs)
+            self._record(ResultRecord(msg.id, states.FAILURE, meta, tb, extended, request.children))
+        if request.chord:
+            self._chord_part(request, states.FAILURE, exc, msg.redelivered)
+        if request.chain:  # the steps after it never run: stored as failed, not left PENDING
+            self._apply_links(chord_join.fail_chain, request, exc, tb)
         if task.hooked or signals.task_failure.receivers:
             trace.failed(task, job.request, exc, tb)
         if job.request.errbacks:
@@ -446,6 +456,8 @@ class Executor:
         if not job.ignore_result:
             meta = serialization.exception_to_meta(TaskRevokedError("terminated"))
             self._record(ResultRecord(msg.id, states.REVOKED, meta))
+        if job.request.chord:
+            self._chord_part(job.request, states.REVOKED, TaskRevokedError("terminated"), msg.redelivered)
         return True
 
     def _settle_rejected(self, job: Admitted, outcome: Outcome) -> bool:
@@ -467,11 +479,59 @@ class Executor:
         # Never run again: Celery stores FAILURE so the client does not wait forever.
         if not job.ignore_result:
             self._record(ResultRecord(msg.id, states.FAILURE, serialization.exception_to_meta(rej)))
+        if job.request.chord:
+            self._chord_part(job.request, states.FAILURE, rej, msg.redelivered)
         if signals.task_failure.receivers:
             trace.failed(job.task, job.request, rej, None)
         if job.acks_late:
             self._dead_letter(job.delivery, "rejected", rej, msg.id)
         return False
+
+    def _chord_part(self, request: Request, state: str, value: Any, redelivered: bool) -> None:
+        """Count this chord header member's outcome (``rqueue.chord_join``), after its result is stored
+        and before its message is acked: a crash in between runs it again, and it is counted once.
+        While the result backend is unreachable, keep trying (as ``flush`` does)."""
+        if self.results:
+            results, self.results = self.results, []
+            self._retrying("store result(s)", lambda: self.backend.write_encoded(results))
+        try:
+            self._retrying(
+                f"count chord member {request.id}",
+                lambda: chord_join.part_returned(self.app, request, state, value, redelivered=redelivered),
+            )
+        except Exception:
+            logger.exception("Task %s[%s]: counting it in its chord failed", request.task, request.id)
+
+    def _retrying(self, what: str, step: Callable[[], None]) -> None:
+        """Run ``step``, retrying with backoff while the broker or backend is unreachable (at
+        shutdown, for at most SHUTDOWN_FLUSH_S)."""
+        deadline = None
+        pause = 0.05
+        while True:
+            try:
+                step()
+                return
+            except (BrokerError, BackendError, OSError) as exc:
+                if deadline is None and self.stopping():
+                    deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+                if deadline is not None and time.monotonic() >= deadline:
+                    logger.error("Gave up trying to %s: %s", what, exc)
+                    return
+                logger.warning("Cannot %s yet (%s); retrying in %.2f s", what, exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _never_runs(self, msg: _rqueue.TaskMessage, state: str, exc: BaseException) -> None:
+        """A message whose task will not run (again): the chord it belongs to counts it as
+        ``state``, and the rest of its chain is stored as failed."""
+        embed = msg.embed
+        if not embed or not (embed.get("chord") or embed.get("chain")):
+            return
+        request = MessageRequest(msg, msg.args or [], msg.kwargs or {}, self.hostname, embed)
+        if request.chord:
+            self._chord_part(request, state, exc, msg.redelivered)
+        if request.chain:
+            self._apply_links(chord_join.fail_chain, request, exc, None)
 
     def _apply_links(self, apply: Callable[..., None], request: Request, *outcome: Any) -> None:
         """Send a finished task's linked tasks; a failure to send is logged, the task's outcome stands."""
@@ -495,6 +555,8 @@ class Executor:
             trace.revoked(self.app.tasks.get(request.task), request, why)
         meta = serialization.exception_to_meta(TaskRevokedError(why))
         self._record(ResultRecord(request.id, states.REVOKED, meta))
+        if request.chord:
+            self._chord_part(request, states.REVOKED, TaskRevokedError(why), request.redelivered)
         self._ack(delivery)
 
     # -- batching -------------------------------------------------------------------------------------
@@ -625,24 +687,6 @@ _STATE_OF = {
     "terminated": states.REVOKED,
     "rejected": states.REJECTED,
 }
-
-
-_canvas_warned: set[str] = set()
-
-
-def _warn_canvas_not_run(request: Request, parts: list[str]) -> None:
-    """Say (once per task name) which parts of a message's canvas this version does not run yet
-    (groups and chords), rather than drop them in silence."""
-    if not parts or request.task in _canvas_warned:
-        return
-    _canvas_warned.add(request.task)
-    logger.warning(
-        "Task %s[%s] carries %s: this rqueue version runs the task, its chain and plain links, "
-        "but not groups or chords yet; logged once per task name",
-        request.task,
-        request.id,
-        ", ".join(parts),
-    )
 
 
 def short_repr(value: object, limit: int = 200) -> str:

@@ -663,3 +663,69 @@ fn test_sqlite_mailbox_reads_posts_after_an_id_per_channel_until_they_expire() {
     assert_eq!(b.mailbox_read("reply.t1", 0).unwrap()[0].1, b"r1".to_vec());
     assert!(b.mailbox_read("reply.other", 0).unwrap().is_empty());
 }
+
+#[test]
+fn test_sqlite_chord_counts_each_member_once_and_claims_once() {
+    let (_d, b) = temp_broker();
+    // A member that finishes before the sender set the size is counted, but nobody claims yet.
+    let early = b
+        .chord_part_return("g", "t0:0", 0.0, b"r0", Some(60_000), "w1", 10_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!((early.ready, early.total, early.claimed), (1, None, false));
+    b.chord_set_size("g", 3, Some(60_000)).unwrap();
+    // A redelivered member that ran again: still one result.
+    let dup = b
+        .chord_part_return("g", "t0:0", 0.0, b"r0-again", Some(60_000), "w1", 10_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!((dup.ready, dup.total, dup.claimed), (1, Some(3), false));
+    b.chord_part_return("g", "t2:2", 2.0, b"r2", Some(60_000), "w2", 10_000)
+        .unwrap();
+    let last = b
+        .chord_part_return("g", "t1:1", 1.0, b"r1", Some(60_000), "w3", 10_000)
+        .unwrap()
+        .unwrap();
+    assert!(last.claimed);
+    assert_eq!(
+        b.chord_parts("g").unwrap(),
+        vec![b"r0".to_vec(), b"r1".to_vec(), b"r2".to_vec()]
+    );
+    // A late duplicate while the claim is held: complete, but not claimed again.
+    let held = b
+        .chord_part_return("g", "t1:1", 1.0, b"r1", Some(60_000), "w4", 10_000)
+        .unwrap()
+        .unwrap();
+    assert!(!held.claimed);
+    assert!(!b.chord_renew_claim("g", "w4", 10_000).unwrap());
+    assert!(b.chord_renew_claim("g", "w3", 10_000).unwrap());
+    assert!(!b.chord_done("g", "w4", 60_000).unwrap());
+    assert!(b.chord_done("g", "w3", 60_000).unwrap());
+    assert!(b.chord_parts("g").unwrap().is_empty());
+    // Done: a late duplicate changes nothing.
+    assert_eq!(
+        b.chord_part_return("g", "t1:1", 1.0, b"r1", Some(60_000), "w5", 10_000)
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn test_sqlite_chord_claim_lapses_for_a_crashed_claimer() {
+    let (_d, b) = temp_broker();
+    b.chord_set_size("g", 1, None).unwrap();
+    let first = b
+        .chord_part_return("g", "t0:0", 0.0, b"r0", None, "dead", 0)
+        .unwrap()
+        .unwrap();
+    assert!(first.claimed);
+    thread::sleep(Duration::from_millis(5));
+    // The member is delivered again (its worker died before firing the body): it may claim now.
+    let again = b
+        .chord_part_return("g", "t0:0", 0.0, b"r0", None, "alive", 10_000)
+        .unwrap()
+        .unwrap();
+    assert!(again.claimed);
+    b.chord_add("g", 1).unwrap();
+    assert!(b.chord_renew_claim("g", "alive", 10_000).unwrap());
+}

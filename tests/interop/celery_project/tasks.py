@@ -34,3 +34,13 @@ def fail(message):
 @app.task(name="tasks.fail_builtin")
 def fail_builtin(message):
     raise KeyError(message)
+
+
+@app.task(name="tasks.mul")
+def mul(x, y):
+    return x * y
+
+
+@app.task(name="tasks.xsum")
+def xsum(numbers):
+    return sum(numbers)

@@ -13,6 +13,8 @@
 //!   in one process (Python's `sqlite3` and this bundled one) on one file break each other's
 //!   POSIX locks and can corrupt it.
 //! - `revoked`: ids of revoked tasks with an expiry, so a worker that was offline still skips them.
+//! - `chords` and `chord_parts`: the join of each chord (its size, the header results counted so
+//!   far, who fires the body); see [`SqliteBroker::chord_part_return`].
 //!
 //! The file uses WAL with `synchronous=NORMAL` (a commit survives a process crash; a power loss
 //! may drop the last commits) and a busy timeout. SQLITE_BUSY that escapes the busy handler is
@@ -85,7 +87,39 @@ CREATE TABLE IF NOT EXISTS mailbox (
 );
 CREATE INDEX IF NOT EXISTS mailbox_channel ON mailbox (channel, id);
 CREATE INDEX IF NOT EXISTS mailbox_expiry ON mailbox (expires_at_ms);
+CREATE TABLE IF NOT EXISTS chords (
+    group_id TEXT PRIMARY KEY,
+    size INTEGER,
+    added INTEGER NOT NULL DEFAULT 0,
+    claim TEXT,
+    claim_until_ms INTEGER,
+    done INTEGER NOT NULL DEFAULT 0,
+    expires_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS chords_expiry ON chords (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS chord_parts (
+    group_id TEXT NOT NULL,
+    member TEXT NOT NULL,
+    idx REAL NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (group_id, member)
+);
 ";
+
+/// Where a chord's join stands after a header result was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChordCount {
+    /// Header results counted so far (each header member once, however often it ran).
+    pub ready: i64,
+    /// Results the body waits for; `None` until the sender has set the size.
+    pub total: Option<i64>,
+    /// True when this call took the right to fire the body (the count is complete).
+    pub claimed: bool,
+}
+
+fn expiry(ttl_ms: Option<u64>) -> Option<i64> {
+    ttl_ms.map(|ttl| now_ms().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
+}
 
 /// A result write: a stored SUCCESS is final, so a redelivered duplicate cannot overwrite it.
 const UPSERT_RESULT: &str =
@@ -725,6 +759,147 @@ impl SqliteBroker {
                 .execute(params![task_id])
         })
         .map(|n| n > 0)
+    }
+
+    /// Sets the number of header results a chord's body waits for (a new run of the chord: any
+    /// earlier claim and done mark are cleared). The join's rows expire after `ttl_ms`.
+    pub fn chord_set_size(&self, group_id: &str, size: i64, ttl_ms: Option<u64>) -> Result<()> {
+        let expires = expiry(ttl_ms);
+        self.immediate(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO chords (group_id, size, expires_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_id) DO UPDATE SET size = excluded.size, claim = NULL,
+                     claim_until_ms = NULL, done = 0, expires_at_ms = excluded.expires_at_ms",
+            )?
+            .execute(params![group_id, size, expires])?;
+            tx.prepare_cached(
+                "DELETE FROM chord_parts WHERE group_id IN (SELECT group_id FROM chords
+                 WHERE expires_at_ms IS NOT NULL AND expires_at_ms < ?1 LIMIT ?2)",
+            )?
+            .execute(params![now_ms(), SWEEP_BATCH])?;
+            tx.prepare_cached(
+                "DELETE FROM chords WHERE group_id IN (SELECT group_id FROM chords
+                 WHERE expires_at_ms IS NOT NULL AND expires_at_ms < ?1 LIMIT ?2)",
+            )?
+            .execute(params![now_ms(), SWEEP_BATCH])?;
+            Ok(())
+        })
+    }
+
+    /// Makes a chord wait for `n` more header results (a header task replaced by a workflow).
+    pub fn chord_add(&self, group_id: &str, n: i64) -> Result<()> {
+        self.immediate(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO chords (group_id, added) VALUES (?1, ?2)
+                 ON CONFLICT (group_id) DO UPDATE SET added = added + excluded.added",
+            )?
+            .execute(params![group_id, n])
+            .map(drop)
+        })
+    }
+
+    /// Counts one header result of a chord, in one transaction: the result of `member` at `index`
+    /// is kept once (a redelivered member that runs again is not counted twice), and when every
+    /// result is in and nobody holds the right to fire the body, this call takes it for `claim_ms`
+    /// under `token`. `None` once the body was fired (a late duplicate changes nothing).
+    #[allow(clippy::too_many_arguments)]
+    pub fn chord_part_return(
+        &self,
+        group_id: &str,
+        member: &str,
+        index: f64,
+        payload: &[u8],
+        ttl_ms: Option<u64>,
+        token: &str,
+        claim_ms: u64,
+    ) -> Result<Option<ChordCount>> {
+        let expires = expiry(ttl_ms);
+        let claim_ms = i64::try_from(claim_ms).unwrap_or(i64::MAX);
+        self.immediate(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO chords (group_id, expires_at_ms) VALUES (?1, ?2)
+                 ON CONFLICT (group_id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
+            )?
+            .execute(params![group_id, expires])?;
+            let (size, added, claim, claim_until, done): (Option<i64>, i64, Option<String>, Option<i64>, i64) = tx
+                .prepare_cached(
+                    "SELECT size, added, claim, claim_until_ms, done FROM chords WHERE group_id = ?1",
+                )?
+                .query_row([group_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+            if done != 0 {
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO chord_parts (group_id, member, idx, payload) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![group_id, member, index, payload])?;
+            let ready: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM chord_parts WHERE group_id = ?1")?
+                .query_row([group_id], |r| r.get(0))?;
+            let total = size.map(|s| s + added);
+            let now = now_ms();
+            let free = claim.is_none() || claim_until.is_some_and(|until| until < now);
+            let claimed = total == Some(ready) && free;
+            if claimed {
+                tx.prepare_cached(
+                    "UPDATE chords SET claim = ?2, claim_until_ms = ?3 WHERE group_id = ?1",
+                )?
+                .execute(params![group_id, token, now.saturating_add(claim_ms)])?;
+            }
+            Ok(Some(ChordCount {
+                ready,
+                total,
+                claimed,
+            }))
+        })
+    }
+
+    /// Keeps (or, when it lapsed and the chord is not done, takes) the right to fire a chord's
+    /// body for `claim_ms` more; false when another holds it or the body was fired.
+    pub fn chord_renew_claim(&self, group_id: &str, token: &str, claim_ms: u64) -> Result<bool> {
+        let until = now_ms().saturating_add(i64::try_from(claim_ms).unwrap_or(i64::MAX));
+        self.immediate(|tx| {
+            tx.prepare_cached(
+                "UPDATE chords SET claim = ?2, claim_until_ms = ?3
+                 WHERE group_id = ?1 AND done = 0 AND size IS NOT NULL
+                   AND (claim = ?2 OR claim IS NULL OR claim_until_ms < ?4)",
+            )?
+            .execute(params![group_id, token, until, now_ms()])
+            .map(|n| n > 0)
+        })
+    }
+
+    /// The counted header results of a chord, in header order.
+    pub fn chord_parts(&self, group_id: &str) -> Result<Vec<Vec<u8>>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT payload FROM chord_parts WHERE group_id = ?1 ORDER BY idx, member",
+            )?;
+            let rows = stmt.query_map([group_id], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// The body was fired by the holder of `token`: its parts are deleted and the chord is
+    /// marked done (kept `done_ttl_ms`, so late duplicates of header tasks change nothing).
+    /// False when `token` no longer holds the claim.
+    pub fn chord_done(&self, group_id: &str, token: &str, done_ttl_ms: u64) -> Result<bool> {
+        let expires = expiry(Some(done_ttl_ms));
+        self.immediate(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE chords SET done = 1, claim = NULL, expires_at_ms = ?3
+                     WHERE group_id = ?1 AND claim = ?2",
+                )?
+                .execute(params![group_id, token, expires])?;
+            if n > 0 {
+                tx.prepare_cached("DELETE FROM chord_parts WHERE group_id = ?1")?
+                    .execute([group_id])?;
+            }
+            Ok(n > 0)
+        })
     }
 
     /// Tags of the messages `owner` holds (a dead worker's, before its leases are returned).
