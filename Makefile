@@ -212,6 +212,10 @@ bench-rabbitmq: redis rabbitmq wheel $(BENCH_STAMP) ## rqueue vs Celery on a pri
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis]"
 	$(BENCH_VENV)/bin/python benches/bench_rabbitmq.py $(if $(QUICK),--quick)
 
+.PHONY: bench-canvas
+bench-canvas: redis install ## Group, chord and chain: rqueue vs Celery on a private Redis (QUICK=1: a check)
+	.venv/bin/python benches/bench_canvas.py $(if $(QUICK),--quick)
+
 .PHONY: clean
 clean: ## Remove build outputs, stamps and tool caches (keeps .venv)
 	rm -rf dist target .pytest_cache .mypy_cache .ruff_cache .hypothesis

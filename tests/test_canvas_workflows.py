@@ -16,6 +16,17 @@ from rqueue import GroupResult, ResultSet, Signature, chain, chord, group, signa
 from rqueue.exceptions import ChordError, ConfigurationError, DecodeError
 
 
+def test_next_steps_examples_as_written(project: Project) -> None:
+    """The walkthrough's "Next Steps" snippet, line for line."""
+    tasks = project.app()
+    add, mul, xsum = tasks.add, tasks.mul, tasks.xsum
+    project.start_worker("-c", "2")
+    assert add.s(2, 2).delay().get(timeout=30) == 4
+    assert chain(add.s(4, 4) | mul.s(8))().get(timeout=30) == 64
+    assert group(add.s(i, i) for i in range(10))().get(timeout=30) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert chord((add.s(i, i) for i in range(10)), xsum.s())().get(timeout=30) == 90
+
+
 def test_group_runs_every_member_and_lists_their_values_in_order(project: Project) -> None:
     tasks = project.app()
     project.start_worker("-c", "2")
@@ -161,6 +172,9 @@ def test_malformed_chord_in_a_message_is_dead_lettered(project: Project) -> None
     worker = project.start_worker("-c", "1")
     bad = tasks.app.send_task("tasks.add", (1, 1), chain=[{"task": "celery.chord", "subtask_type": "chord"}])
     worker.wait_for_log(f"Message {bad.id} from queue 'celery' dead-lettered (decode_error)")
+    body = {"task": "tasks.xsum", "args": "not a list"}
+    bad_body = tasks.app.send_task("tasks.add", (1, 1), chord=body, group_id="g-bad")
+    worker.wait_for_log(f"Message {bad_body.id} from queue 'celery' dead-lettered (decode_error)")
     assert tasks.add.delay(1, 1).get(timeout=30) == 2
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, RedisServer, WorkerProcess
+from rqueue import chord
 
 #: The supervisor and every child of a worker are in one process group (start_new_session).
 RECEIVED = re.compile(r"Task tasks\.\w+\[([0-9a-f-]+)\] received")
@@ -328,3 +329,36 @@ def test_r8_task_longer_than_visibility_timeout_runs_once(project: Project, monk
     assert counts == {"r8-0": 1, "r8-1": 1}
     assert received == Counter({r.id: 1 for r in results})
     assert tasks.app.broker.queue_length("celery") == 0
+
+
+# -- a chord's header while a worker is SIGKILLed ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_chord_of_200_fires_its_body_once_with_the_right_value_across_a_sigkill(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Header members running on the killed worker are delivered again and run twice; each is
+    counted once, and the body runs once, with every member's value in header order."""
+    use_config(project, "broker_visibility_timeout = 3\n", monkeypatch)
+    tasks = project.app()
+    workers = [project.start_worker("-c", "2", "-n", f"c{slot}@%h") for slot in range(2)]
+    header = [tasks.sleep.s((i % 5 + 1) / 100, f"chord-{i}") for i in range(200)]
+    expected = sum((i % 5 + 1) / 100 for i in range(200))
+    result = chord(header, tasks.record_sum.s())()
+    wait_for(lambda: len(ledger_counts(project)) >= 40, 60, "a fifth of the header ran")
+    killed_at = time.time()
+    kill_group(workers[0])
+    running = received_not_finished(workers[0], killed_at)
+    workers[0] = project.start_worker("-c", "2", "-n", "c0@%h")
+    assert result.get(timeout=120) == pytest.approx(expected)
+    time.sleep(2)  # a second firing of the body would be in the ledger by now
+    counts = ledger_counts(project)
+    fired = [key for key in counts if key.startswith("sum:")]
+    print(
+        f"\nchord-sigkill [{project.kind}] header=200 running-at-kill={len(running)} "
+        f"ran-twice={sum(1 for k, c in counts.items() if k.startswith('chord-') and c > 1)} body-runs={len(fired)}"
+    )
+    assert len(fired) == 1 and counts[fired[0]] == 1
+    assert all(counts[f"chord-{i}"] >= 1 for i in range(200))
+    cleanup(project)

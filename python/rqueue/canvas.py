@@ -784,8 +784,10 @@ def links_of(value: Any) -> list[dict[str, Any]] | None:
 
 
 def check_links(embed: Mapping[str, Any]) -> None:
-    """Raise DecodeError when a message's callbacks, errbacks or chain hold something that is not a
-    signature (the worker dead-letters it before running the task)."""
+    """Raise DecodeError when a message's callbacks, errbacks, chain or chord body hold something
+    that is not a signature (the worker dead-letters it before running the task)."""
+    if embed.get("chord") is not None:
+        Signature.from_wire(embed["chord"])
     for key in ("callbacks", "errbacks", "chain"):
         value = embed.get(key)
         if value is None:

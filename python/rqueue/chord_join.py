@@ -144,5 +144,7 @@ def fail_chain(app: App, request: Request, exc: BaseException, traceback: str | 
 
 
 def _fail_steps(app: App, steps: Any, exc: BaseException, traceback: str | None) -> None:
-    for step in steps or ():
+    """Fail the rest of a chain (the wire's order: the next step last), in the order they would
+    have run, so a client that sees the last one failed finds the earlier ones failed too."""
+    for step in reversed(steps or ()):
         fail_signature(app, Signature.from_wire(step, app), exc, traceback)

@@ -49,10 +49,10 @@ GROUP_PREFIX = "celery-taskset-meta-"
 #: Count one header result, once per member, and take the right to fire the body when the count
 #: is complete and nobody holds it: the same keys and steps as Celery 5.7's Redis backend, so a
 #: chord's header may finish on Celery and rqueue workers alike.
-#: KEYS: .j .t .s .d group .c; ARGV: task id, encoded result, ordered (1/0), score, expiry s (0:
+#: KEYS: .j .t .s .d .c; ARGV: task id, encoded result, ordered (1/0), score, expiry s (0:
 #: none), claim s, claim token. Returns {ready, extra, size, claimed}, or {-1} once fired.
 CHORD_PART_LUA = """
-local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local jkey, tkey, skey, dkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 if redis.call('GET', ckey) == 'done' then
     return {-1, false, false, 0}
 end
@@ -310,7 +310,7 @@ class RedisBackend(ResultBackend):
     def chord_part_return(
         self, group_id: str, member: str, index: float, part: bytes, token: str, claim_s: int
     ) -> ChordCount | None:
-        keys = [self._group_key(group_id, suffix) for suffix in (".j", ".t", ".s", ".d", "", ".c")]
+        keys = [self._group_key(group_id, suffix) for suffix in (".j", ".t", ".s", ".d", ".c")]
         score = "+inf" if index == float("inf") else repr(index)
         args = [member, part, "1" if self.chord_ordered else "0", score, self.chord_ttl_s or 0, claim_s, token]
         with _as_backend_error(self.url):
