@@ -261,3 +261,55 @@ def test_random_workflow_trees_give_the_plain_python_value(project: Project) -> 
         assert workflow.apply_async().get(timeout=60) == _evaluate(tree, start), tree
 
     check()
+
+
+# -- the join itself: duplicates and a worker that died while firing the body ---------------------------
+
+
+def _member(group_id: str, index: int, body: Signature) -> Any:
+    from rqueue import Request
+
+    return Request(id=f"{group_id}-m{index}", task="tasks.add", group=group_id, group_index=index, chord=dict(body))
+
+
+def test_a_header_member_counted_twice_fires_the_body_once(project: Project) -> None:
+    from rqueue.chord_join import Part, count_parts
+
+    tasks = project.app()
+    app = tasks.app
+    body = tasks.record_sum.s()
+    result = body.freeze()
+    group_id = f"dup-{project.kind}"
+    app.backend.set_chord_size(group_id, 2)
+    first, second = _member(group_id, 0, body), _member(group_id, 1, body)
+    count_parts(app, [Part(first, "SUCCESS", 10)], "worker-a")
+    count_parts(app, [Part(first, "SUCCESS", 99, redelivered=True)], "worker-b")  # ran again: not counted
+    # The last member, twice in one batch (and again later): the body is sent once.
+    count_parts(app, [Part(second, "SUCCESS", 5), Part(second, "SUCCESS", 5)], "worker-a")
+    count_parts(app, [Part(second, "SUCCESS", 5, redelivered=True)], "worker-c")
+    project.start_worker("-c", "1")
+    assert result.get(timeout=30) == 15
+    time.sleep(1)
+    assert project.ledger_count("sum:15") == 1
+
+
+@pytest.mark.slow
+def test_a_body_whose_firing_worker_died_is_fired_by_the_redelivered_member(project: Project) -> None:
+    from rqueue.chord_join import CLAIM_S, Part, count_parts
+
+    tasks = project.app()
+    app = tasks.app
+    body = tasks.record_sum.s()
+    result = body.freeze()
+    group_id = f"claimed-{project.kind}"
+    app.backend.set_chord_size(group_id, 1)
+    member = _member(group_id, 0, body)
+    # The first run counted the member and took the right to fire, then died before sending.
+    part = app.backend.encode_chord_part(member.id, "SUCCESS", 7)
+    [count] = app.backend.count_chord_parts([(group_id, member.id, 0.0, part)], "dead-worker", CLAIM_S, [])
+    assert count is not None and count.claimed
+    started = time.monotonic()
+    count_parts(app, [Part(member, "SUCCESS", 7, redelivered=True)], "new-worker")  # waits for the claim to lapse
+    assert time.monotonic() - started < CLAIM_S + 2
+    project.start_worker("-c", "1")
+    assert result.get(timeout=30) == 7

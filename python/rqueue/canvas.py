@@ -261,9 +261,14 @@ def maybe_signature(value: Any, app: App | None = None) -> Signature:
 def _copy(value: Any) -> Any:
     """A copy of signature data deep enough that changing the copy's options never changes the
     original (signatures keep their class and app; other leaves are shared)."""
-    if isinstance(value, Signature):
-        copied = Signature.from_wire({k: _copy(v) for k, v in value.items()}, value._app)
+    if type(value) is Signature:  # the common case, made without re-reading the dict
+        copied = dict.__new__(Signature)
+        dict.update(copied, value)
+        copied["kwargs"], copied["options"] = _copy(value["kwargs"]), _copy(value["options"])
+        copied._app = value._app
         return copied
+    if isinstance(value, Signature):
+        return Signature.from_wire({k: _copy(v) for k, v in value.items()}, value._app)
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -548,19 +553,31 @@ class group(Signature):  # noqa: N801 - Celery's name
         return f"group({self.tasks!r})"
 
 
+#: A group's plain members are published this many per broker round trip: large groups start
+#: running while the rest is still being sent.
+SEND_BATCH = 500
+
+
 def _send_members(app: App, members: list[Signature], options: dict[str, Any]) -> None:
-    """Send a group's members: plain tasks in one broker round trip, workflows one by one."""
-    batch = []
-    for member in (m for m in members if not m.subtask_type):
-        merged = {**member["options"], **options}
-        task_id = merged.pop("task_id")
-        sendable = {k: v for k, v in merged.items() if k in SEND_OPTIONS}
-        batch.append((member.task, member.args, member.kwargs, cast("SendOptions", {**sendable, "task_id": task_id})))
-    if batch:
-        app.send_batch(batch)
+    """Send a group's members: plain tasks in batches (one broker round trip each), workflows one by
+    one. Every known task's arguments are checked first: nothing is sent when one does not fit."""
+    for member in members:
+        task = None if member.subtask_type else app.tasks.get(member.task)
+        if task is not None and task.option("typing") is not False:
+            task.check_arguments(member["args"], member["kwargs"])
+    batch: list[tuple[str, Any, Any, SendOptions]] = []
     for member in members:
         if member.subtask_type:
             member.apply_async(**options)
+            continue
+        merged = {**member["options"], **options}
+        sendable = {k: v for k, v in merged.items() if k in SEND_OPTIONS}
+        batch.append((member.task, member["args"], member["kwargs"], cast("SendOptions", sendable)))
+        if len(batch) >= SEND_BATCH:
+            app.send_batch(batch)
+            batch = []
+    if batch:
+        app.send_batch(batch)
 
 
 class chord(Signature):  # noqa: N801 - Celery's name
@@ -773,6 +790,9 @@ def links_of(value: Any) -> list[dict[str, Any]] | None:
     items = value if isinstance(value, (list, tuple)) else [value]
     links = []
     for item in items:
+        if type(item) is dict and isinstance(item.get("task"), str):
+            links.append(item)  # already wire data (the rest of a chain a worker passes on): no copy
+            continue
         as_dict = dict(item) if isinstance(item, Mapping) else None
         if as_dict is None or not isinstance(as_dict.get("task"), str):
             raise TypeError(f"link/link_error takes signatures (task.s(...)), got {item!r}")
@@ -784,8 +804,10 @@ def links_of(value: Any) -> list[dict[str, Any]] | None:
 
 
 def check_links(embed: Mapping[str, Any]) -> None:
-    """Raise DecodeError when a message's callbacks, errbacks, chain or chord body hold something
-    that is not a signature (the worker dead-letters it before running the task)."""
+    """Raise DecodeError when a message's callbacks, errbacks, chord body or next chain step is not
+    a signature (the worker dead-letters it before running the task). Of a chain only the next step
+    is read in full: each later one is the next step of some message in turn, and is checked then
+    (a chain of N steps would otherwise cost N² reads)."""
     if embed.get("chord") is not None:
         Signature.from_wire(embed["chord"])
     for key in ("callbacks", "errbacks", "chain"):
@@ -794,7 +816,7 @@ def check_links(embed: Mapping[str, Any]) -> None:
             continue
         if not isinstance(value, list):
             raise DecodeError(f"embed.{key} must be a list of signatures, got {type(value).__name__}")
-        for item in value:
+        for item in value[-1:] if key == "chain" else value:
             Signature.from_wire(item)
 
 

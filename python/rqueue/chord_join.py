@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rqueue import serialization, states
 from rqueue.backends.base import ResultRecord
@@ -36,25 +36,46 @@ logger = logging.getLogger("rqueue.worker")
 CLAIM_S = 10
 
 
-def part_returned(app: App, request: Request, state: str, value: Any, *, redelivered: bool = False) -> None:
-    """Count a finished chord header member (``state`` and its value or exception); fire the body
-    when it was the last. ``redelivered``: the member ran before, and that run may have taken the
-    right to fire the body and died: wait for that right to lapse rather than leave the body unsent."""
-    group_id, body = request.group, request.chord
-    if not group_id or not body:
-        return
+class Part(NamedTuple):
+    """A finished chord header member, to be counted: its request, how it ended (``state`` and
+    its value or exception), and whether it ran before (see ``count_parts``)."""
+
+    request: Request
+    state: str
+    value: Any
+    redelivered: bool = False
+
+
+def count_parts(
+    app: App, parts: Sequence[Part], token: str, results: list[tuple[str, str, bytes]] | None = None
+) -> None:
+    """Store ``results`` and count ``parts`` (in one round trip where the backend can), then fire
+    each chord they complete, under ``token`` (one per worker process, so a retried count keeps
+    the right it took). A part that ``redelivered`` may find the right held by its earlier run, which
+    may have died before firing: it then waits for that right to lapse rather than leave the body
+    unsent."""
     backend = app.backend
-    if isinstance(value, BaseException):
-        value = serialization.exception_to_meta(value)
-    index = float(request.group_index) if request.group_index is not None else float("inf")
-    token = uuid.uuid4().hex
-    part = backend.encode_chord_part(request.id, state, value)
-    count = backend.chord_part_return(group_id, request.id, index, part, token, CLAIM_S)
-    if count is None or count.total is None or count.ready < count.total:
-        return  # fired already, or results still to come
-    if not count.claimed and not (redelivered and _take_lapsed_claim(backend, group_id, token)):
-        return  # another worker fires it
-    _fire(app, group_id, Signature.from_wire(body, app), token)
+    items = []
+    for part in parts:
+        request = part.request
+        value = serialization.exception_to_meta(part.value) if isinstance(part.value, BaseException) else part.value
+        index = float(request.group_index) if request.group_index is not None else float("inf")
+        items.append((str(request.group), request.id, index, backend.encode_chord_part(request.id, part.state, value)))
+    counts = backend.count_chord_parts(items, token, CLAIM_S, results or [])
+    fired: set[str] = set()
+    for part, (group_id, *_), count in zip(parts, items, counts, strict=True):
+        if count is None or count.total is None or count.ready < count.total or group_id in fired:
+            continue  # fired already, or results still to come
+        if not count.claimed and not (part.redelivered and _take_lapsed_claim(backend, group_id, token)):
+            continue  # another worker fires it
+        fired.add(group_id)
+        _fire(app, group_id, Signature.from_wire(part.request.chord, app), token)
+
+
+def part_returned(app: App, request: Request, state: str, value: Any) -> None:
+    """Count one finished chord header member now (see ``count_parts``)."""
+    if request.group and request.chord:
+        count_parts(app, [Part(request, state, value)], uuid.uuid4().hex)
 
 
 def _take_lapsed_claim(backend: ResultBackend, group_id: str, token: str) -> bool:

@@ -213,13 +213,19 @@ class ResultBackend(ABC):
     def add_to_chord(self, group_id: str, n: int) -> None:
         self.ensure_chords_allowed()
 
-    def chord_part_return(
-        self, group_id: str, member: str, index: float, part: bytes, token: str, claim_s: int
-    ) -> ChordCount | None:
-        """Count ``part`` (once per ``member``); take the right to fire the body (for ``claim_s``,
-        under ``token``) when the count is complete and nobody holds it. None: already fired."""
+    def count_chord_parts(
+        self,
+        items: Sequence[tuple[str, str, float, bytes]],
+        token: str,
+        claim_s: int,
+        results: list[tuple[str, str, bytes]],
+    ) -> list[ChordCount | None]:
+        """Store ``results`` (encoded records), then count each ``(group_id, member, index, part)``
+        once per member; when a count is complete and nobody else holds the right to fire the body,
+        take it for ``claim_s`` under ``token`` (a holder of ``token`` keeps it). None for a chord
+        already fired."""
         self.ensure_chords_allowed()
-        return None
+        return []
 
     def chord_renew_claim(self, group_id: str, token: str, claim_s: int) -> bool:
         """Keep the right to fire the body, or take it when it lapsed; False when another has it."""

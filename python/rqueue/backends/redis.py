@@ -10,6 +10,8 @@ never missed and never polled for.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import threading
 import time
@@ -47,8 +49,8 @@ STORE_LUA = _rqueue.REDIS_STORE_RESULT_LUA
 GROUP_PREFIX = "celery-taskset-meta-"
 
 #: Count one header result, once per member, and take the right to fire the body when the count
-#: is complete and nobody holds it: the same keys and steps as Celery 5.7's Redis backend, so a
-#: chord's header may finish on Celery and rqueue workers alike.
+#: is complete and nobody else holds it (the token's holder keeps it): the same keys and steps as
+#: Celery 5.7's Redis backend, so a chord's header may finish on Celery and rqueue workers alike.
 #: KEYS: .j .t .s .d .c; ARGV: task id, encoded result, ordered (1/0), score, expiry s (0:
 #: none), claim s, claim token. Returns {ready, extra, size, claimed}, or {-1} once fired.
 CHORD_PART_LUA = """
@@ -80,7 +82,10 @@ local extra = redis.call('GET', tkey)
 local size = redis.call('GET', skey)
 local claimed = 0
 if size and ready == tonumber(size) + tonumber(extra or 0) then
-    if redis.call('SET', ckey, ARGV[7], 'NX', 'EX', tonumber(ARGV[6])) then
+    if redis.call('GET', ckey) == ARGV[7] then
+        redis.call('EXPIRE', ckey, tonumber(ARGV[6]))
+        claimed = 1
+    elseif redis.call('SET', ckey, ARGV[7], 'NX', 'EX', tonumber(ARGV[6])) then
         claimed = 1
     end
 end
@@ -167,8 +172,6 @@ class RedisBackend(ResultBackend):
         self._pid = os.getpid()
         self._lock = threading.RLock()
         self._client = None
-        self._script: Any = None
-        self._scripts: dict[str, Any] = {}  # the chord scripts, registered on first use
         self._pubsub: _PubSub | None = None
         self._broken = False  # the pub/sub connection failed: rebuild it before the next use
         self._subs: set[bytes] = set()  # channels of results someone waits for
@@ -198,7 +201,6 @@ class RedisBackend(ResultBackend):
                 retry_on_timeout=True,
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
             )
-            self._script = self._client.register_script(STORE_LUA)
         return self._client
 
     def key(self, task_id: str) -> str:
@@ -219,30 +221,42 @@ class RedisBackend(ResultBackend):
         return mine is not None and mine == redis_server_of(broker_url)
 
     def _write_batch(self, items: list[tuple[str, str, bytes]]) -> None:
-        client = self.client
+        self._eval_pipeline([(STORE_LUA, self._store_args(*item)) for item in items])
+
+    def _store_args(self, task_id: str, status: str, payload: bytes) -> list[Any]:
+        """``EVALSHA`` arguments (after the sha) of STORE_LUA for one record."""
         ttl_ms = self.ttl_ms
-        px = "" if ttl_ms is None else str(ttl_ms)
-        calls: list[tuple[int, list[str | bytes]]] = []
-        for task_id, status, payload in items:
-            keys = [self.key(task_id)]
-            if self._pickle:
-                keys.append(f"{FINAL_PREFIX}{task_id}")
-            calls.append((len(keys), [*keys, payload, px, status]))
-        todo = calls
+        keys = [self.key(task_id)]
+        if self._pickle:
+            keys.append(f"{FINAL_PREFIX}{task_id}")
+        return [len(keys), *keys, payload, "" if ttl_ms is None else str(ttl_ms), status]
+
+    def _eval_pipeline(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Run ``(script text, EVALSHA arguments)`` calls in one pipeline; scripts the server lacks
+        (a new or flushed server) are loaded and their calls sent again. The replies, in order."""
+        client = self.client
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
         for _ in range(3):
             pipe = client.pipeline(transaction=False)
-            for numkeys, args in todo:
-                pipe.evalsha(self._script.sha, numkeys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            missing = [call for call, reply in zip(todo, replies, strict=True) if isinstance(reply, NoScriptError)]
-            for reply in replies:
-                if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
-                    raise reply
+            for i in todo:
+                text, args = calls[i]
+                pipe.evalsha(_sha(text), *args)
+            answers = pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError):
+                    missing.append(i)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    replies[i] = answer
             if not missing:
-                return
-            client.script_load(STORE_LUA)  # a new or flushed server: load, then send what was refused
+                return replies
+            for text in {calls[i][0] for i in missing}:
+                client.script_load(text)
             todo = missing
-        raise RuntimeError("Redis keeps refusing the result script (SCRIPT FLUSH in a loop?)")
+        raise RuntimeError("Redis keeps refusing rqueue's scripts (SCRIPT FLUSH in a loop?)")
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -307,18 +321,31 @@ class RedisBackend(ResultBackend):
         with _as_backend_error(self.url):
             self.client.incrby(self._group_key(group_id, ".t"), n)
 
-    def chord_part_return(
-        self, group_id: str, member: str, index: float, part: bytes, token: str, claim_s: int
-    ) -> ChordCount | None:
-        keys = [self._group_key(group_id, suffix) for suffix in (".j", ".t", ".s", ".d", ".c")]
-        score = "+inf" if index == float("inf") else repr(index)
-        args = [member, part, "1" if self.chord_ordered else "0", score, self.chord_ttl_s or 0, claim_s, token]
+    def count_chord_parts(
+        self,
+        items: Any,
+        token: str,
+        claim_s: int,
+        results: list[tuple[str, str, bytes]],
+    ) -> list[ChordCount | None]:
+        """Results and counts in one pipeline (one round trip)."""
+        calls: list[tuple[str, list[Any]]] = [(STORE_LUA, self._store_args(*item)) for item in results]
+        ttl_s = self.chord_ttl_s or 0
+        for group_id, member, index, part in items:
+            keys = [self._group_key(group_id, suffix) for suffix in (".j", ".t", ".s", ".d", ".c")]
+            score = "+inf" if index == float("inf") else repr(index)
+            args = [member, part, "1" if self.chord_ordered else "0", score, ttl_s, claim_s, token]
+            calls.append((CHORD_PART_LUA, [len(keys), *keys, *args]))
         with _as_backend_error(self.url):
-            ready, extra, size, claimed = self._run_script(CHORD_PART_LUA, keys, args)
-        if ready == -1:
-            return None
-        total = None if size is None else int(size) + int(extra or 0)
-        return ChordCount(int(ready), total, bool(claimed))
+            replies = self._eval_pipeline(calls)
+        counts: list[ChordCount | None] = []
+        for ready, extra, size, claimed in replies[len(results) :]:
+            if ready == -1:
+                counts.append(None)
+            else:
+                total = None if size is None else int(size) + int(extra or 0)
+                counts.append(ChordCount(int(ready), total, bool(claimed)))
+        return counts
 
     def chord_renew_claim(self, group_id: str, token: str, claim_s: int) -> bool:
         keys = [self._group_key(group_id, ".c"), self._group_key(group_id, ".s")]
@@ -337,10 +364,7 @@ class RedisBackend(ResultBackend):
             return bool(self._run_script(CHORD_DONE_LUA, keys, [token, CHORD_DONE_KEPT_S]))
 
     def _run_script(self, text: str, keys: list[str], args: list[Any]) -> Any:
-        script = self._scripts.get(text)
-        if script is None:
-            script = self._scripts[text] = self.client.register_script(text)
-        return script(keys=keys, args=args)
+        return self._eval_pipeline([(text, [len(keys), *keys, *args])])[0]
 
     def get_meta(self, task_id: str) -> dict[str, Any]:
         meta = super().get_meta(task_id)
@@ -478,6 +502,12 @@ class RedisBackend(ResultBackend):
             return None
         meta = self._decode(task_id, data)
         return meta if meta["status"] in states.READY_STATES else None
+
+
+@functools.cache
+def _sha(text: str) -> str:
+    """The SHA1 Redis names a script by."""
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 @contextmanager

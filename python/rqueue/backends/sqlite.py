@@ -6,6 +6,7 @@ SQLite connection of this process (``rqueue.sqlitefile``), the same one the brok
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rqueue.backends.base import CHORD_DONE_KEPT_S, ChordCount, ResultBackend
@@ -57,11 +58,22 @@ class SqliteBackend(ResultBackend):
     def add_to_chord(self, group_id: str, n: int) -> None:
         self._file.native.chord_add(group_id, n)
 
-    def chord_part_return(
-        self, group_id: str, member: str, index: float, part: bytes, token: str, claim_s: int
-    ) -> ChordCount | None:
-        count = self._file.native.chord_part_return(group_id, member, index, part, self.ttl_ms, token, claim_s * 1000)
-        return None if count is None else ChordCount(*count)
+    def count_chord_parts(
+        self,
+        items: Sequence[tuple[str, str, float, bytes]],
+        token: str,
+        claim_s: int,
+        results: list[tuple[str, str, bytes]],
+    ) -> list[ChordCount | None]:
+        native = self._file.native
+        if results:
+            native.store_results(self.rows(results))
+        ttl_ms = self.ttl_ms
+        counts = []
+        for group_id, member, index, part in items:
+            count = native.chord_part_return(group_id, member, index, part, ttl_ms, token, claim_s * 1000)
+            counts.append(None if count is None else ChordCount(*count))
+        return counts
 
     def chord_renew_claim(self, group_id: str, token: str, claim_s: int) -> bool:
         return self._file.native.chord_renew_claim(group_id, token, claim_s * 1000)

@@ -12,6 +12,7 @@ import os
 import reprlib
 import time
 import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -131,6 +132,10 @@ class Executor:
         self.batch_since: float | None = None
         self.results: list[tuple[str, str, bytes]] = []
         self.acks: list[str] = []
+        #: Chord header members finished in this batch, counted at the flush.
+        self.chord_parts: list[chord_join.Part] = []
+        #: This process's right to fire chord bodies (kept across a retried flush).
+        self.chord_token = uuid.uuid4().hex
         #: What remote control's ``inspect active`` and ``stats`` report.
         self.current: tuple[Request, float] | None = None
         self.processed: Counter[str] = Counter()
@@ -488,38 +493,10 @@ class Executor:
         return False
 
     def _chord_part(self, request: Request, state: str, value: Any, redelivered: bool) -> None:
-        """Count this chord header member's outcome (``rqueue.chord_join``), after its result is stored
-        and before its message is acked: a crash in between runs it again, and it is counted once.
-        While the result backend is unreachable, keep trying (as ``flush`` does)."""
-        if self.results:
-            results, self.results = self.results, []
-            self._retrying("store result(s)", lambda: self.backend.write_encoded(results))
-        try:
-            self._retrying(
-                f"count chord member {request.id}",
-                lambda: chord_join.part_returned(self.app, request, state, value, redelivered=redelivered),
-            )
-        except Exception:
-            logger.exception("Task %s[%s]: counting it in its chord failed", request.task, request.id)
-
-    def _retrying(self, what: str, step: Callable[[], None]) -> None:
-        """Run ``step``, retrying with backoff while the broker or backend is unreachable (at
-        shutdown, for at most SHUTDOWN_FLUSH_S)."""
-        deadline = None
-        pause = 0.05
-        while True:
-            try:
-                step()
-                return
-            except (BrokerError, BackendError, OSError) as exc:
-                if deadline is None and self.stopping():
-                    deadline = time.monotonic() + SHUTDOWN_FLUSH_S
-                if deadline is not None and time.monotonic() >= deadline:
-                    logger.error("Gave up trying to %s: %s", what, exc)
-                    return
-                logger.warning("Cannot %s yet (%s); retrying in %.2f s", what, exc, pause)
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
+        """Count this chord header member's outcome with the batch (``rqueue.chord_join``): at the
+        flush, after the batch's results are stored and before its acks, so a crash in between
+        runs the member again and it is counted once."""
+        self.chord_parts.append(chord_join.Part(request, state, value, redelivered))
 
     def _never_runs(self, msg: _rqueue.TaskMessage, state: str, exc: BaseException) -> None:
         """A message whose task will not run (again): the chord it belongs to counts it as
@@ -587,16 +564,18 @@ class Executor:
         and the unacked messages are delivered again once their lease expires.
         """
         self.batch_since = None
-        if not (self.results or self.acks):
+        if not (self.results or self.acks or self.chord_parts):
             return
-        results, acks = self.results, self.acks
-        self.results, self.acks = [], []
+        results, acks, parts = self.results, self.acks, self.chord_parts
+        self.results, self.acks, self.chord_parts = [], [], []
         deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
         pause = 0.05
         while True:
             try:
                 if FAILPOINT == "after_result":
                     self._complete_in_two_steps(results, acks)
+                elif parts:
+                    self._complete_with_chords(results, acks, parts)
                 else:
                     self.complete(results, acks)
                 if FAILPOINT is not None:
@@ -622,6 +601,22 @@ class Executor:
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
+
+    def _complete_with_chords(
+        self, results: list[tuple[str, str, bytes]], acks: list[str], parts: list[chord_join.Part]
+    ) -> None:
+        """Results, then chord counts (one round trip on Redis), then acks. A count that fails for
+        a reason other than an unreachable server is logged; the members are acked all the same."""
+        try:
+            chord_join.count_parts(self.app, parts, self.chord_token, results)
+        except (BrokerError, BackendError, OSError):
+            raise
+        except Exception:
+            logger.exception("Counting %d chord member(s) failed", len(parts))
+            if results:
+                self.backend.write_encoded(results)
+        if acks:
+            self.consumer.ack(acks)
 
     def _complete_in_two_steps(self, results: list[tuple[str, str, bytes]], acks: list[str]) -> None:
         """Results, then acks, as two writes: only with the ``after_result`` failpoint armed."""

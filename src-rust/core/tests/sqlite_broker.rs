@@ -729,3 +729,25 @@ fn test_sqlite_chord_claim_lapses_for_a_crashed_claimer() {
     b.chord_add("g", 1).unwrap();
     assert!(b.chord_renew_claim("g", "alive", 10_000).unwrap());
 }
+
+#[test]
+fn test_sqlite_chord_claim_is_kept_by_its_holder() {
+    let (_d, b) = temp_broker();
+    b.chord_set_size("g", 1, None).unwrap();
+    let first = b
+        .chord_part_return("g", "t0:0", 0.0, b"r0", None, "me", 10_000)
+        .unwrap()
+        .unwrap();
+    assert!(first.claimed);
+    // The same process counting again (its flush was retried) still holds the claim; others do not.
+    let again = b
+        .chord_part_return("g", "t0:0", 0.0, b"r0", None, "me", 10_000)
+        .unwrap()
+        .unwrap();
+    assert!(again.claimed);
+    let other = b
+        .chord_part_return("g", "t0:0", 0.0, b"r0", None, "other", 10_000)
+        .unwrap()
+        .unwrap();
+    assert!(!other.claimed);
+}

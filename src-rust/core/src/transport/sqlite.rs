@@ -800,8 +800,9 @@ impl SqliteBroker {
 
     /// Counts one header result of a chord, in one transaction: the result of `member` at `index`
     /// is kept once (a redelivered member that runs again is not counted twice), and when every
-    /// result is in and nobody holds the right to fire the body, this call takes it for `claim_ms`
-    /// under `token`. `None` once the body was fired (a late duplicate changes nothing).
+    /// result is in and nobody else holds the right to fire the body, this call takes it (or, for
+    /// the holder of `token`, keeps it) for `claim_ms`. `None` once the body was fired (a late
+    /// duplicate changes nothing).
     #[allow(clippy::too_many_arguments)]
     pub fn chord_part_return(
         &self,
@@ -840,7 +841,11 @@ impl SqliteBroker {
                 .query_row([group_id], |r| r.get(0))?;
             let total = size.map(|s| s + added);
             let now = now_ms();
-            let free = claim.is_none() || claim_until.is_some_and(|until| until < now);
+            let ours_or_none = match claim.as_deref() {
+                None => true,
+                Some(holder) => holder == token,
+            };
+            let free = ours_or_none || claim_until.is_some_and(|until| until < now);
             let claimed = total == Some(ready) && free;
             if claimed {
                 tx.prepare_cached(
