@@ -128,6 +128,20 @@ def test_failing_chain_step_fails_the_rest_instead_of_leaving_it_pending(project
     assert result.parent is not None and result.parent.state == "FAILURE"
 
 
+def test_workflows_travel_in_msgpack(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rqueue import serialization
+
+    msgpack = "application/x-msgpack"
+    (project.root / "msgpack_settings.py").write_text("accept_content = ['json', 'msgpack']\n")
+    monkeypatch.setenv("TEST_CONFIG_MODULE", "msgpack_settings")
+    tasks = project.app()
+    made = chord([tasks.add.s(1, 1), tasks.add.s(2, 2) | tasks.mul.s(3)], tasks.xsum.s())
+    again = Signature.from_wire(serialization.loads(serialization.dumps(made, "msgpack"), msgpack, [msgpack]))
+    assert isinstance(again, chord) and json.loads(json.dumps(again)) == json.loads(json.dumps(made))
+    project.start_worker("-c", "2")
+    assert made.apply_async(serializer="msgpack").get(timeout=30) == 14
+
+
 def test_chunks_map_and_starmap(project: Project) -> None:
     tasks = project.app()
     project.start_worker("-c", "2")

@@ -442,7 +442,7 @@ class group(Signature):  # noqa: N801 - Celery's name
     """Tasks run in parallel: ``group(add.s(i, i) for i in range(10))()`` returns a
     ``GroupResult`` whose ``get()`` lists their values in order. Nested groups are flattened
     into their parent (as Celery does); a member may be a chain or a chord (its result is then
-    that workflow's). Members are sent in one broker round trip where they are plain tasks.
+    that workflow's). Plain members are sent in batches, one broker round trip per 500.
     """
 
     def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
