@@ -99,3 +99,26 @@ def test_msgpack_map_key_python_cannot_hash_is_dead_lettered_and_the_child_lives
     (dead,) = broker.dead_letters("celery")
     assert dead.reason == "decode_error" and "cannot be a Python dict key" in (dead.error or "")
     assert worker.child_pids() == [child]
+
+
+def test_newlines_and_escapes_in_a_message_cannot_forge_log_or_cli_lines(project: Project) -> None:
+    """A task id and name are the sender's text: a newline or an ANSI escape in them is written
+    escaped, on one line, in the worker log and in ``rqueue dlq list``/``show``."""
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    forged = "\n[2026-01-01 00:00:00,000: INFO/MainProcess] Task tasks.add[x] succeeded in 0.1s: 3"
+    evil_id = f"id{forged}\x1b[2J"
+    tasks.app.send_task(f"no.such{forged}", (1, 2), task_id=evil_id)
+    worker.wait_for_log("Received unregistered task no.such")
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+    log = worker.log_text()
+    assert "\x1b" not in log
+    assert not any(line.startswith("[2026-01-01") for line in log.splitlines())
+    assert "id\\n[2026-01-01 00:00:00,000: INFO/MainProcess]" in log  # still there, escaped
+    listed = project.run_cli("-A", "tasks", "dlq", "list")
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout
+    rows = [line for line in listed.stdout.splitlines() if line.strip()]
+    assert len(rows) == 1 and "\\n[2026-01-01" in rows[0]
+    shown = project.run_cli("-A", "tasks", "dlq", "show", rows[0].split("\t")[0])
+    assert shown.returncode == 0 and "\x1b" not in shown.stdout
+    assert not any(line.startswith("[2026-01-01") for line in shown.stdout.splitlines())

@@ -157,6 +157,22 @@ def test_pidfile_held_by_a_live_worker_refuses_a_second(project: Project) -> Non
     assert not pidfile.exists()
 
 
+def test_pidfile_that_is_a_symlink_is_refused_and_its_target_untouched(project: Project) -> None:
+    target = project.root / "precious.txt"
+    target.write_text("do not truncate me\n")
+    pidfile = project.root / "w.pid"
+    pidfile.symlink_to(target)
+    result = project.run_cli("-A", "tasks", "worker", "--pidfile", str(pidfile))
+    assert result.returncode != 0
+    assert "is a symbolic link; refusing to use it" in result.stderr and "Traceback" not in result.stderr
+    assert target.read_text() == "do not truncate me\n"
+    dangling = project.root / "dangling.pid"
+    dangling.symlink_to(project.root / "created-by-nobody")
+    result = project.run_cli("-A", "tasks", "worker", "--pidfile", str(dangling))
+    assert result.returncode != 0 and "symbolic link" in result.stderr
+    assert not (project.root / "created-by-nobody").exists()
+
+
 def test_stale_pidfile_is_taken_over(project: Project) -> None:
     pidfile = project.root / "w.pid"
     pidfile.write_text("999999\n")

@@ -17,6 +17,7 @@ from rqueue import __version__, _rqueue
 from rqueue.brokers.base import DeadLetterAdmin, require
 from rqueue.config import default_queues
 from rqueue.exceptions import RQueueError
+from rqueue.utils.log import printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -286,7 +287,7 @@ def _task_of(payload: bytes) -> str:
     """``name[id]`` from a dead letter's headers when they are readable, else a short note."""
     try:
         headers = _rqueue.loads(payload[: 1 << 20], "application/json")["headers"]
-        return f"{headers['task']}[{headers['id']}]"
+        return printable(f"{headers['task']}[{headers['id']}]")
     except Exception:
         return f"<{len(payload)} bytes, not a readable task message>"
 
@@ -322,9 +323,10 @@ def dlq_show(ctx: click.Context, dead_id: str, queue: str | None) -> None:
     if not found:
         fail(f"no dead letter {dead_id!r} in queue {name!r} (see: rqueue -A ... dlq list -Q {name})", 1)
     d = found[0]
-    click.echo(f"id:          {d.id}\nqueue:       {d.queue}\nreason:      {d.reason}\nerror:       {d.error}")
+    error = printable(str(d.error))
+    click.echo(f"id:          {d.id}\nqueue:       {printable(d.queue)}\nreason:      {d.reason}\nerror:       {error}")
     click.echo(f"deliveries:  {d.deliveries}\ntask:        {_task_of(d.payload)}\nmessage:")
-    click.echo(d.payload.decode("utf-8", "replace")[:10_000])
+    click.echo("\n".join(printable(line) for line in d.payload.decode("utf-8", "replace")[:10_000].splitlines()))
 
 
 @dlq.command(name="requeue", context_settings=CONTEXT)

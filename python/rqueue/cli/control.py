@@ -16,6 +16,7 @@ import click
 from rqueue.cli import CONTEXT, fail, get_app
 from rqueue.control import DEFAULT_TIMEOUT_S
 from rqueue.exceptions import RQueueError
+from rqueue.utils.log import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,16 +73,17 @@ def _show(replies: list[dict[str, Any]] | None, timeout: float, as_json: bool) -
 def _print_reply(hostname: str, reply: Any) -> None:
     if isinstance(reply, dict) and set(reply) == {"error"}:
         click.echo(f"-> {hostname}: ERROR")
-        click.echo(f"    {reply['error']}")
+        click.echo(f"    {printable(str(reply['error']))}")
         return
     click.echo(f"-> {hostname}: OK")
     if isinstance(reply, dict) and set(reply) == {"ok"}:
-        click.echo(f"    {reply['ok']}")
+        click.echo(f"    {printable(str(reply['ok']))}")
     elif isinstance(reply, list):
         if not reply:
             click.echo("    - empty -")
         for item in reply:
-            click.echo(f"    * {json.dumps(item, sort_keys=True, default=repr) if not isinstance(item, str) else item}")
+            shown = printable(item) if isinstance(item, str) else json.dumps(item, sort_keys=True, default=repr)
+            click.echo(f"    * {shown}")
     else:
         text = json.dumps(reply, indent=4, sort_keys=True, default=repr)
         click.echo("\n".join(f"    {line}" for line in text.splitlines()))

@@ -1,4 +1,6 @@
-"""Loggers for task code: ``get_task_logger(__name__)`` adds the running task's name and id to every line."""
+"""Loggers for task code (``get_task_logger(__name__)`` adds the running task's name and id to
+every line), and the escaping of untrusted text in logs and terminal output: a task id or name
+comes from whoever sent the message, and a newline or an ANSI escape in it must not forge lines."""
 
 from __future__ import annotations
 
@@ -11,6 +13,31 @@ from rqueue.request import current_request
 TASK_LOGGER_NAME = "rqueue.task"
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (newlines, ANSI escapes, other controls) written
+    as its Python escape: one line, exactly as received, harmless to a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class Verbatim(str):
+    """Text logged as it is, several lines included (a traceback): exempt from ``EscapeUntrusted``."""
+
+    __slots__ = ()
+
+
+class EscapeUntrusted(logging.Filter):
+    """A handler filter: string arguments of a log record are made ``printable`` (unless marked
+    ``Verbatim``), so a message's fields cannot write forged lines into the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(type(a) is str and not a.isprintable() for a in args):
+            record.args = tuple(printable(a) if type(a) is str else a for a in args)
+        return True
+
+
 class TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes each message with ``task_name[task_id]`` of the task running in this thread (the
     fields ``task_name`` and ``task_id`` are also on the record, for formats that use them)."""
@@ -21,7 +48,7 @@ class TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         extra = kwargs.setdefault("extra", {})
         extra.setdefault("task_name", name)
         extra.setdefault("task_id", task_id)
-        return f"{name}[{task_id}]: {msg}", kwargs
+        return f"{printable(name)}[{printable(task_id)}]: {msg}", kwargs
 
 
 def get_task_logger(name: str) -> TaskLogger:

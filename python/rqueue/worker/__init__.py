@@ -18,7 +18,7 @@ from rqueue.config import default_queues
 from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
-from rqueue.utils.log import TASK_LOGGER_NAME
+from rqueue.utils.log import TASK_LOGGER_NAME, EscapeUntrusted
 from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
@@ -249,37 +249,54 @@ class Worker:
     # -- pidfile ----------------------------------------------------------------------------------------
 
     def _take_pidfile(self) -> None:
+        """Create the pidfile exclusively, never through a symbolic link (a worker run as root must
+        not be made to overwrite another file); a stale one (its worker is gone) is removed first."""
         path = self.pidfile
         if not path:
             return
         path = os.path.abspath(path)
         self.pidfile = path
-        try:
-            with open(path) as fh:
-                other = int(fh.read().strip() or "0")
-        except FileNotFoundError:
-            other = 0
-        except (OSError, ValueError):
-            other = 0
-        if other and other != os.getpid() and _alive(other):
-            raise PidfileError(f"pidfile {path} is held by a running worker (pid {other}); not starting a second one")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            raise PidfileError(f"pidfile {path} is not writable: {exc.strerror}") from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
+        for _ in range(3):
+            other = _read_pidfile(path)
+            if other and other != os.getpid() and _alive(other):
+                raise PidfileError(
+                    f"pidfile {path} is held by a running worker (pid {other}); not starting a second one"
+                )
+            if other is not None:  # stale (or unreadable): remove the entry itself, never a link's target
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                continue  # another worker created it meanwhile: look again
+            except OSError as exc:
+                raise PidfileError(f"pidfile {path} is not writable: {exc.strerror}") from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            return
+        raise PidfileError(f"pidfile {path} keeps being created by another process; not starting")
 
     def _release_pidfile(self) -> None:
-        if self.pidfile and os.getpid() == self._pidfile_owner():
+        if self.pidfile and _read_pidfile(self.pidfile) == os.getpid():
             with contextlib.suppress(OSError):
                 os.unlink(self.pidfile)
 
-    def _pidfile_owner(self) -> int:
+
+def _read_pidfile(path: str) -> int | None:
+    """The pid in a pidfile: None when there is none, 0 when it holds no pid; PidfileError for a
+    symbolic link (refused: it could point anywhere)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise PidfileError(f"pidfile {path} is a symbolic link; refusing to use it (remove it first)") from None
+        raise PidfileError(f"pidfile {path} is not readable: {exc.strerror}") from None
+    with os.fdopen(fd) as fh:
         try:
-            with open(str(self.pidfile)) as fh:
-                return int(fh.read().strip() or "0")
-        except (OSError, ValueError):
+            return int(fh.read(32).strip() or "0")
+        except ValueError:
             return 0
 
 
@@ -318,6 +335,7 @@ def setup_logging(loglevel: str, logfile: str | None, hijack_root_logger: bool =
     if hijack_root_logger or not root.handlers:
         handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(EscapeUntrusted())
         root.handlers[:] = [handler]
     root.setLevel(level)
     signals.after_setup_logger.send(sender=None, logger=root, **details)

@@ -38,6 +38,7 @@ from rqueue.exceptions import (
     WorkerLostError,
 )
 from rqueue.request import MessageRequest, Request, pop_request, push_request
+from rqueue.utils.log import Verbatim
 from rqueue.worker import failpoint
 from rqueue.worker.completion import completer_for
 from rqueue.worker.failpoint import ACTIVE as FAILPOINT
@@ -407,7 +408,9 @@ class Executor:
         if expected and isinstance(exc, tuple(expected)):  # an expected error: no traceback in the log
             logger.info("Task %s[%s] raised expected: %r (after %.6fs)", name, msg.id, exc, outcome[3])
         else:
-            logger.error("Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", name, msg.id, exc, outcome[3], tb)
+            logger.error(
+                "Task %s[%s] raised unexpected: %r (after %.6fs)\n%s", name, msg.id, exc, outcome[3], Verbatim(tb)
+            )
         if self.hooks is not None:
             self.hooks.failed(job.request, exc, tb, outcome[3])
         request = job.request
