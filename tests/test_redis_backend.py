@@ -595,3 +595,28 @@ def test_sending_without_waiting_holds_no_subscription(redis_url: str, raw: Any)
         (f"celery-task-meta-{r.id}".encode(), 0) for r in sent
     ]
     app.broker.purge(["celery"])
+
+
+def test_get_through_a_backend_outage_warns_then_gives_up_after_max_retries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No timeout and the backend gone: ``get()`` says so in the log after a few seconds, keeps
+    retrying, and raises a clear BackendError after ``result_backend_max_retries``."""
+    import logging
+
+    from rqueue.backends.redis import UNREACHABLE_WARN_S
+    from rqueue.exceptions import BackendError
+
+    server = RedisServer(tmp_path)
+    app = App("outage", broker=f"sqlite:///{tmp_path}/b.db", backend=server.url)
+    app.conf.result_backend_max_retries = 12  # backoff 0.02 s doubling to 1 s: about 7 s in all
+    server.stop()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="rqueue"), pytest.raises(BackendError) as raised:
+        app.AsyncResult("never-sent").get()
+    waited = time.monotonic() - started
+    assert "gave up waiting for task never-sent after 12 retries (result_backend_max_retries)" in str(raised.value)
+    assert "the task itself may still run" in str(raised.value)
+    warnings = [r.getMessage() for r in caplog.records if "has been unreachable for" in r.getMessage()]
+    assert len(warnings) == 1 and "never-sent" in warnings[0] and "still retrying" in warnings[0]
+    assert UNREACHABLE_WARN_S <= waited < 30

@@ -242,6 +242,7 @@ class App:
                 tuple(conf.result_accept_content or conf.accept_content),
                 conf.result_expires,
                 conf.result_extended,
+                conf.result_backend_max_retries,
             ),
         )
         if self._backend is None or self._backend[0] != key:
@@ -257,6 +258,7 @@ class App:
                 accept=accept,
                 expires_s=expires,
                 extended=conf.result_extended,
+                max_retries=conf.result_backend_max_retries,
             )
             self._backend = (key, backend)
         return self._backend[1]

@@ -155,6 +155,9 @@ DEFAULTS: dict[str, Setting] = {
     # results
     "result_expires": Setting(86400, (*NUMBER, timedelta, _NONE), "seconds results are kept", _positive),
     "result_extended": Setting(False, (bool,), "also store name, args, kwargs, worker, queue"),
+    "result_backend_max_retries": Setting(
+        float("inf"), NUMBER, "times get() retries an unreachable result backend before raising", _non_negative
+    ),
     # worker
     "worker_concurrency": Setting(None, (int, _NONE), "child processes (default: CPU count)", _positive),
     "worker_prefetch_multiplier": Setting(4, (int,), "messages prefetched per process/thread", _positive),

@@ -52,7 +52,7 @@ BACKENDS: Schemes[ResultBackend] = Schemes(
 )
 
 
-def open_backend(
+def open_backend(  # noqa: PLR0913 - each backend setting named
     url: str | None,
     *,
     broker: Callable[[], Broker] | None = None,
@@ -60,12 +60,19 @@ def open_backend(
     accept: list[str],
     expires_s: float | None,
     extended: bool,
+    max_retries: float = float("inf"),
 ) -> ResultBackend:
     """The backend for ``url`` (``broker`` gives the app's broker, for ``rpc://``); None gives the DisabledBackend."""
     if url is None:
         return DisabledBackend()
     return BACKENDS.open(
-        url, broker=broker, serializer=serializer, accept=accept, expires_s=expires_s, extended=extended
+        url,
+        broker=broker,
+        serializer=serializer,
+        accept=accept,
+        expires_s=expires_s,
+        extended=extended,
+        max_retries=max_retries,
     )
 
 

@@ -58,12 +58,16 @@ class ResultBackend(ABC):
         accept: list[str] | None = None,
         expires_s: float | None = 86400,
         extended: bool = False,
+        max_retries: float = float("inf"),
     ) -> None:
         self.serializer = serializer
         self.content_type = serialization.content_type(serializer)
         self.accept = accept if accept is not None else [self.content_type]
         self.expires_s = expires_s
         self.extended = extended
+        #: How many times waiting for a result retries a store that cannot be reached
+        #: (``result_backend_max_retries``) before raising BackendError.
+        self.max_retries = max_retries
 
     # -- writing -------------------------------------------------------------------------------
 

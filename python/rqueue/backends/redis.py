@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -31,6 +32,8 @@ from rqueue import _rqueue, serialization, states
 from rqueue.backends.base import CHORD_DONE_KEPT_S, ChordCount, ResultBackend
 from rqueue.exceptions import BackendError, DecodeError, TimeoutError
 from rqueue.urls import mask_password, redis_py_url, redis_server_of
+
+logger = logging.getLogger("rqueue")
 
 #: Celery's key (and channel) prefix of a task's result.
 KEY_PREFIX = "celery-task-meta-"
@@ -115,6 +118,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+#: How long ``get()`` waits through an unreachable backend before it says so in the log.
+UNREACHABLE_WARN_S = 5.0
 
 #: Longest time one waiting call holds the pub/sub connection before letting other threads in.
 _SLICE_S = 0.1
@@ -392,6 +398,7 @@ class RedisBackend(ResultBackend):
         deadline = None if timeout is None else time.monotonic() + timeout
         fetched = -1  # the connection generation of the last GET
         backoff = 0.02
+        outage = _Outage(self, task_id)
         try:
             while True:
                 self._check_pid()
@@ -415,9 +422,11 @@ class RedisBackend(ResultBackend):
                         remaining = _SLICE_S if deadline is None else min(_SLICE_S, deadline - time.monotonic())
                         self._pump(max(remaining, 0.0))
                         backoff = 0.02
+                        outage.over()
                         continue
-                    except _CONNECTION_ERRORS:
+                    except _CONNECTION_ERRORS as exc:
                         self._broken = True
+                        outage.failed(exc)
                 # Redis is unreachable: retry (re-subscribe, GET) after a pause, never past the deadline.
                 pause = backoff
                 if deadline is not None:
@@ -502,6 +511,41 @@ class RedisBackend(ResultBackend):
             return None
         meta = self._decode(task_id, data)
         return meta if meta["status"] in states.READY_STATES else None
+
+
+class _Outage:
+    """One ``get()``'s view of an unreachable backend: a warning once it lasted UNREACHABLE_WARN_S,
+    BackendError after ``result_backend_max_retries`` retries."""
+
+    def __init__(self, backend: RedisBackend, task_id: str) -> None:
+        self.backend, self.task_id = backend, task_id
+        self.failures, self.since, self.warned = 0, 0.0, False
+
+    def failed(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            self.since = time.monotonic()
+        url = mask_password(self.backend.url)
+        if self.failures > self.backend.max_retries:
+            raise BackendError(
+                f"Redis result backend {url} unreachable ({exc}): gave up waiting for task {self.task_id} after "
+                f"{self.failures - 1} retries (result_backend_max_retries); the task itself may still run, and "
+                "its result be stored once the backend is back"
+            ) from exc
+        lasted = time.monotonic() - self.since
+        if not self.warned and lasted >= UNREACHABLE_WARN_S:
+            self.warned = True
+            logger.warning(
+                "Waiting for the result of task %s: the Redis result backend %s has been unreachable for %.0f s "
+                "(%s); still retrying",
+                self.task_id,
+                url,
+                lasted,
+                exc,
+            )
+
+    def over(self) -> None:
+        self.failures = 0
 
 
 @functools.cache
