@@ -372,6 +372,7 @@ class RedisBroker:
         global_keyprefix: str = "",
         socket_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
+        foreign_visibility_s: float = 3600.0,
     ) -> RedisBroker: ...
     @property
     def url(self) -> str:
@@ -455,6 +456,7 @@ class RedisConsumer:
         max_deliveries: int = 5,
         poll_max_ms: int = 20,
         global_keyprefix: str = "",
+        foreign_visibility_s: float = 3600.0,
     ) -> RedisConsumer: ...
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]:

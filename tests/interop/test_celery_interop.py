@@ -276,6 +276,42 @@ def test_sigkilled_worker_messages_run_on_another_worker(
     assert counts == {"long": 1, "short-0": 1, "short-1": 1, "short-2": 1, "short-3": 1}
 
 
+@pytest.mark.slow
+def test_a_dead_celery_workers_messages_come_back_after_celerys_visibility_timeout(
+    rproject: Project, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A Celery worker's in-flight messages carry no rqueue lease: rqueue restores them once they
+    are older than the visibility timeout Celery uses (``broker_transport_options``), not kombu's
+    default hour."""
+    queue = "celery-dies"
+    celery_side = CeleryWorker(redis_url, queue, tmp_path / "dying-celery.log")
+    celery_side.wait_ready()
+    producer = make_celery(redis_url)
+    try:
+        held = producer.send_task("tasks.sleep", (2,), queue=queue)
+        wait_for(lambda: f"Task tasks.sleep[{held.id}] received" in celery_side.log.read_text(), 20, "Celery took it")
+        assert redis.Redis.from_url(redis_url).hlen("unacked") == 1  # in flight on Celery, no rqueue lease
+        celery_side.kill()
+        killed_at = time.monotonic()
+        write_config(
+            rproject, "celery_visibility", "broker_transport_options = {'visibility_timeout': 3}\n", monkeypatch
+        )
+        rproject.start_worker("-c", "1", "-Q", queue)
+        assert held.get(timeout=40) == 2
+        restored_after = time.monotonic() - killed_at
+        print(f"done {restored_after:.1f} s after the Celery worker died (visibility 3 s, sweeps every 5 s, task 2 s)")
+        assert 3 <= restored_after < 30  # not before Celery's visibility, and far sooner than kombu's default hour
+    finally:
+        producer.close()
+
+
+def test_a_bad_celery_visibility_timeout_is_a_clear_error() -> None:
+    app = App("badvis", broker="redis://127.0.0.1:1/0")
+    app.conf.broker_transport_options = {"visibility_timeout": "soon"}
+    with pytest.raises(Exception, match=r"broker_transport_options\['visibility_timeout'\] must be a positive number"):
+        app.broker  # noqa: B018 - opening the broker checks its options
+
+
 # -- 4. Remote control across the two: kombu's pidbox ----------------------------------------------------
 
 

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from rqueue.brokers.amqp import AmqpBroker
 from rqueue.brokers.base import Broker
-from rqueue.brokers.redis import RedisBroker
+from rqueue.brokers.redis import KOMBU_VISIBILITY_S, RedisBroker
 from rqueue.brokers.sqlite import SqliteBroker
+from rqueue.exceptions import ConfigurationError
 from rqueue.urls import Schemes, sqlite_path
 
 if TYPE_CHECKING:
@@ -19,8 +20,21 @@ def _sqlite(url: str, conf: Settings) -> Broker:
 
 
 def _redis(url: str, conf: Settings) -> Broker:
-    keyprefix = str(conf.broker_transport_options.get("global_keyprefix", ""))
-    return RedisBroker(url, global_keyprefix=keyprefix, connect_timeout_s=conf.broker_connection_timeout)
+    options = conf.broker_transport_options
+    keyprefix = str(options.get("global_keyprefix", ""))
+    # kombu's option: how long Celery workers on this Redis leave an unacked message alone. rqueue
+    # restores their in-flight messages (which carry no rqueue lease) only after it.
+    foreign = options.get("visibility_timeout", KOMBU_VISIBILITY_S)
+    if isinstance(foreign, bool) or not isinstance(foreign, (int, float)) or foreign <= 0:
+        raise ConfigurationError(
+            f"broker_transport_options['visibility_timeout'] must be a positive number of seconds, got {foreign!r}"
+        )
+    return RedisBroker(
+        url,
+        global_keyprefix=keyprefix,
+        connect_timeout_s=conf.broker_connection_timeout,
+        foreign_visibility_s=float(foreign),
+    )
 
 
 def _amqp(url: str, conf: Settings) -> Broker:

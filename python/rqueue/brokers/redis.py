@@ -37,15 +37,29 @@ REPLY_KEEP_S = 60
 _INHERITED: list[Any] = []
 
 
+#: kombu's default ``visibility_timeout`` (seconds): how long a Celery worker's unacked message
+#: is left alone unless ``broker_transport_options['visibility_timeout']`` says otherwise.
+KOMBU_VISIBILITY_S = 3600.0
+
+
 class RedisBroker(NativeBroker, RevocationStore):
     """Messages in Redis lists, exactly where Celery's kombu transport puts them."""
 
     def __init__(
-        self, url: str, *, global_keyprefix: str = "", connect_timeout_s: float = 4.0, socket_timeout_s: float = 10.0
+        self,
+        url: str,
+        *,
+        global_keyprefix: str = "",
+        connect_timeout_s: float = 4.0,
+        socket_timeout_s: float = 10.0,
+        foreign_visibility_s: float = KOMBU_VISIBILITY_S,
     ) -> None:
         redis_py_url(url)  # a bad TLS option fails at configuration, not at first use
         self.url = url
         self.global_keyprefix = global_keyprefix
+        #: When another client's (a Celery worker's) in-flight message, which has no rqueue lease,
+        #: counts as abandoned and is restored: that client's visibility timeout.
+        self.foreign_visibility_s = foreign_visibility_s
         self.connect_timeout_s = connect_timeout_s
         self.socket_timeout_s = socket_timeout_s
         self._native: _rqueue.RedisBroker | None = None
@@ -70,6 +84,7 @@ class RedisBroker(NativeBroker, RevocationStore):
                 global_keyprefix=self.global_keyprefix,
                 socket_timeout_s=self.socket_timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
+                foreign_visibility_s=self.foreign_visibility_s,
             )
         return self._native
 
@@ -112,6 +127,7 @@ class RedisBroker(NativeBroker, RevocationStore):
             max_deliveries=max_deliveries,
             poll_max_ms=min(poll_max_ms, 20),
             global_keyprefix=self.global_keyprefix,
+            foreign_visibility_s=self.foreign_visibility_s,
         )
         return self.native_consumer(thread)
 

@@ -31,13 +31,18 @@ fn config(
     global_keyprefix: String,
     socket_timeout_s: f64,
     connect_timeout_s: f64,
+    foreign_visibility_s: f64,
 ) -> Result<RedisConfig, Error> {
     let mut c = RedisConfig::new(url);
     c.global_keyprefix = global_keyprefix;
     c.socket_timeout = seconds("socket_timeout_s", socket_timeout_s)?;
     c.connect_timeout = seconds("connect_timeout_s", connect_timeout_s)?;
+    c.foreign_visibility = seconds("foreign_visibility_s", foreign_visibility_s)?;
     Ok(c)
 }
+
+/// kombu's default visibility timeout, in seconds (see `FOREIGN_VISIBILITY`).
+const KOMBU_VISIBILITY_S: f64 = 3600.0;
 
 /// A Redis broker in kombu's layout (Celery-compatible); the password is masked in every message.
 #[pyclass(module = "rqueue._rqueue", frozen)]
@@ -47,19 +52,21 @@ pub struct RedisBroker {
 
 transport_class!(RedisBroker {
     #[new]
-    #[pyo3(signature = (url, global_keyprefix = "", socket_timeout_s = 10.0, connect_timeout_s = 5.0))]
+    #[pyo3(signature = (url, global_keyprefix = "", socket_timeout_s = 10.0, connect_timeout_s = 5.0, foreign_visibility_s = KOMBU_VISIBILITY_S))]
     fn new(
         py: Python<'_>,
         url: String,
         global_keyprefix: &str,
         socket_timeout_s: f64,
         connect_timeout_s: f64,
+        foreign_visibility_s: f64,
     ) -> PyResult<Self> {
         let cfg = config(
             url,
             global_keyprefix.to_string(),
             socket_timeout_s,
             connect_timeout_s,
+            foreign_visibility_s,
         )
         .map_py(py)?;
         let inner = py.detach(move || CoreBroker::connect(cfg)).map_py(py)?;
@@ -142,7 +149,7 @@ pub struct RedisConsumer {
 
 consumer_class!(RedisConsumer {
     #[new]
-    #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, poll_max_ms = 20, global_keyprefix = ""))]
+    #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, poll_max_ms = 20, global_keyprefix = "", foreign_visibility_s = KOMBU_VISIBILITY_S))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -154,8 +161,16 @@ consumer_class!(RedisConsumer {
         max_deliveries: u32,
         poll_max_ms: u64,
         global_keyprefix: &str,
+        foreign_visibility_s: f64,
     ) -> PyResult<Self> {
-        let redis = config(url, global_keyprefix.to_string(), 10.0, 5.0).map_py(py)?;
+        let redis = config(
+            url,
+            global_keyprefix.to_string(),
+            10.0,
+            5.0,
+            foreign_visibility_s,
+        )
+        .map_py(py)?;
         let mut cfg = RedisConsumerConfig::new(redis, queues, owner);
         cfg.lease = Duration::from_millis(lease_ms);
         cfg.max_deliveries = max_deliveries;

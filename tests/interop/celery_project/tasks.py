@@ -44,3 +44,11 @@ def mul(x, y):
 @app.task(name="tasks.xsum")
 def xsum(numbers):
     return sum(numbers)
+
+
+@app.task(name="tasks.sleep")
+def sleep(seconds, key=None):
+    import time
+
+    time.sleep(seconds)
+    return seconds

@@ -37,8 +37,9 @@ pub const ETA_BATCH: usize = 100;
 pub const SWEEP_BATCH: usize = 500;
 /// Most index entries one sweep looks at.
 const SWEEP_SCAN: usize = 2_000;
-/// In-flight entries written by other clients (kombu workers) are only swept after kombu's own
-/// default visibility timeout: those clients do not renew their leases.
+/// In-flight entries written by other clients (kombu workers), which do not renew their leases,
+/// are swept after kombu's visibility timeout: its default unless configured
+/// ([`RedisConfig::foreign_visibility`], from `broker_transport_options['visibility_timeout']`).
 pub const FOREIGN_VISIBILITY: Duration = Duration::from_secs(3600);
 /// Most dead letters read at once.
 const DEAD_SCAN: isize = 10_000;
@@ -50,6 +51,9 @@ pub struct RedisConfig {
     pub global_keyprefix: String,
     pub connect_timeout: Duration,
     pub socket_timeout: Duration,
+    /// How old another client's in-flight entry (no rqueue lease) must be before it is restored:
+    /// the visibility timeout those clients (Celery workers) use.
+    pub foreign_visibility: Duration,
 }
 
 impl RedisConfig {
@@ -59,6 +63,7 @@ impl RedisConfig {
             global_keyprefix: String::new(),
             connect_timeout: Duration::from_secs(5),
             socket_timeout: Duration::from_secs(10),
+            foreign_visibility: FOREIGN_VISIBILITY,
         }
     }
 }
@@ -693,7 +698,7 @@ impl RedisBroker {
 
     /// Returns up to [`SWEEP_BATCH`] leases older than `visibility` to the front of their queue
     /// (marked redelivered), or dead-letters them at `max_deliveries`. Entries of other clients
-    /// are only taken after [`FOREIGN_VISIBILITY`]. Returns `(requeued, dead_lettered)`.
+    /// are only taken after [`RedisConfig::foreign_visibility`]. Returns `(requeued, dead_lettered)`.
     pub fn sweep_expired(
         &self,
         visibility: Duration,
@@ -703,7 +708,7 @@ impl RedisBroker {
         inv.arg(&self.config.global_keyprefix)
             .arg("expired")
             .arg(visibility.as_secs_f64())
-            .arg(FOREIGN_VISIBILITY.max(visibility).as_secs_f64())
+            .arg(self.config.foreign_visibility.as_secs_f64())
             .arg(SWEEP_BATCH)
             .arg(SWEEP_SCAN);
         let (ceil, found) = self.inspect(&inv)?;
@@ -714,7 +719,7 @@ impl RedisBroker {
                 m.deliveries
             )
         });
-        // Foreign entries are checked against the same ceiling: they are older still.
+        // Each entry is checked again against its own ceiling (leased or another client's).
         self.restore(&ceil, "", &items)
     }
 

@@ -163,7 +163,9 @@ return n
 
 /// ARGV: prefix, mode, ... Reads in-flight entries for the Rust side to decide on.
 /// mode `tags`: tags...; `owner`: owner; `expired`: visibility s, foreign visibility s, limit, scan.
-/// Returns `[ceiling, (tag, entry, meta, deliveries)...]` with '' for missing values.
+/// Returns `[ceilings, (tag, entry, meta, deliveries)...]` with '' for missing values; in mode
+/// `expired`, `ceilings` is `"<lease ceiling>,<other clients' ceiling>"` (epoch seconds), which the
+/// restore script checks each entry against again.
 const INSPECT_BODY: &str = r#"
 local mode = ARGV[2]
 local out = {''}
@@ -180,18 +182,21 @@ elseif mode == 'owner' then
 else
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  local ceil = string.format('%.6f', now - tonumber(ARGV[3]))
-  local fceil = now - tonumber(ARGV[4])
+  -- rqueue's leases expire after the visibility timeout; other clients' entries (kombu workers,
+  -- no lease record) after theirs
+  local ceil, fceil = now - tonumber(ARGV[3]), now - tonumber(ARGV[4])
   local limit, scan = tonumber(ARGV[5]), tonumber(ARGV[6])
-  out[1] = ceil
+  out[1] = string.format('%.6f,%.6f', ceil, fceil)
+  local upper = string.format('%.6f', math.max(ceil, fceil))
   local offset, found = 0, 0
   while found < limit and offset < scan do
-    local page = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ceil, 'WITHSCORES', 'LIMIT', offset, 100)
+    local page = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. upper, 'WITHSCORES', 'LIMIT', offset, 100)
     if #page == 0 then break end
     for i = 1, #page, 2 do
       local tag = page[i]
-      -- entries of other clients (kombu workers) only after their own, longer timeout
-      if found < limit and (redis.call('HEXISTS', leases, tag) == 1 or tonumber(page[i + 1]) < fceil) then
+      local leased = redis.call('HEXISTS', leases, tag) == 1
+      local score = tonumber(page[i + 1])
+      if found < limit and ((leased and score < ceil) or (not leased and score < fceil)) then
         add(tag)
         found = found + 1
       end
@@ -202,7 +207,7 @@ end
 return out
 "#;
 
-/// ARGV: prefix, ceiling ('' = none), owner ('' = any), then `(tag, kind, key, data)` groups;
+/// ARGV: prefix, ceilings from the inspect script ('' = none), owner ('' = any), then `(tag, kind, key, data)` groups;
 /// kind `q` = RPUSH data to key (front of the queue), `d` = LPUSH data to key (dead letters),
 /// `x` = only forget records of a message no longer in flight.
 /// Acts only on entries still in flight (and still expired / still held by owner).
@@ -218,8 +223,10 @@ for i = 4, #ARGV, 4 do
     forget(tag, meta)
   else
     if ceil ~= '' then
+      -- still expired: against the lease ceiling when leased, else the other clients' one
+      local own, foreign = string.match(ceil, '^([^,]+),([^,]+)$')
       local s = redis.call('ZSCORE', index, tag)
-      ok = s and tonumber(s) < tonumber(ceil)
+      ok = s and tonumber(s) < tonumber(meta and own or foreign)
     end
     if ok and owner ~= '' then ok = meta and parse_meta(meta) == owner end
     if ok and kind ~= 'x' then
