@@ -41,9 +41,6 @@ fn config(
     Ok(c)
 }
 
-/// kombu's default visibility timeout, in seconds (see `FOREIGN_VISIBILITY`).
-const KOMBU_VISIBILITY_S: f64 = 3600.0;
-
 /// A Redis broker in kombu's layout (Celery-compatible); the password is masked in every message.
 #[pyclass(module = "rqueue._rqueue", frozen)]
 pub struct RedisBroker {
@@ -52,7 +49,7 @@ pub struct RedisBroker {
 
 transport_class!(RedisBroker {
     #[new]
-    #[pyo3(signature = (url, global_keyprefix = "", socket_timeout_s = 10.0, connect_timeout_s = 5.0, foreign_visibility_s = KOMBU_VISIBILITY_S))]
+    #[pyo3(signature = (url, global_keyprefix = "", socket_timeout_s = 10.0, connect_timeout_s = 5.0, foreign_visibility_s = 3600.0))]
     fn new(
         py: Python<'_>,
         url: String,
@@ -149,7 +146,7 @@ pub struct RedisConsumer {
 
 consumer_class!(RedisConsumer {
     #[new]
-    #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, poll_max_ms = 20, global_keyprefix = "", foreign_visibility_s = KOMBU_VISIBILITY_S))]
+    #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, poll_max_ms = 20, global_keyprefix = "", foreign_visibility_s = 3600.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
