@@ -348,7 +348,13 @@ class Project:
         self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*rqueue_cmd(), *args], cwd=self.root, env=env or self.env, capture_output=True, text=True, timeout=timeout
+            [*rqueue_cmd(), *args],
+            cwd=self.root,
+            env=env or self.env,
+            stdin=subprocess.DEVNULL,  # never a terminal: what a command asks, it must not assume
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     #: What ``-A`` names for this project's workers.

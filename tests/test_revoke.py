@@ -24,6 +24,18 @@ def test_revoked_before_start_is_recorded_revoked_and_not_run(project: Project) 
     assert f"Discarding revoked task tasks.record[{doomed.id}]" in worker.log_text()
 
 
+def test_cli_revoke_with_no_live_worker_says_it_is_stored(project: Project) -> None:
+    tasks = project.app()
+    doomed = tasks.record.delay("offline")
+    said = project.run_cli("-A", "tasks", "control", "revoke", doomed.id, "--timeout", "0.5")
+    assert said.returncode == 0, said.stderr
+    assert f"Revoked {doomed.id}: stored in the broker; no live worker replied" in said.stdout
+    project.start_worker("-c", "1")
+    with pytest.raises(TaskRevokedError):
+        doomed.get(timeout=30)
+    assert project.ledger_count("offline") == 0
+
+
 def test_revoke_reaches_a_running_worker(project: Project) -> None:
     tasks = project.app()
     project.start_worker("-c", "1")

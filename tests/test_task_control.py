@@ -43,3 +43,14 @@ def test_reject_with_requeue_is_counted_then_dead_lettered(broker_project: Proje
         time.sleep(0.05)
     assert [d.reason for d in tasks.app.broker.dead_letters("celery")] == ["rejected"]
     assert tasks.add.delay(1, 1).get(timeout=30) == 2
+
+
+def test_get_inside_a_task_is_refused_unless_allowed(project: Project) -> None:
+    tasks = project.app()
+    project.start_worker("-c", "2", "-O", "fair")  # the waiting child holds nothing the other needs
+    refused = tasks.waits_for_subtask.delay("plain")
+    with pytest.raises(RuntimeError, match=r"Never call result.get\(\) within a task!"):
+        refused.get(timeout=30)
+    assert tasks.waits_for_subtask.delay("disabled").get(timeout=30) == 5
+    assert tasks.waits_for_subtask.delay("allowed").get(timeout=30) == 5
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2  # outside a task, as always

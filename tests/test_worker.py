@@ -288,3 +288,22 @@ def test_second_signal_is_a_cold_shutdown_that_returns_the_running_task(project:
     assert time.monotonic() - started < 10
     assert tasks.app.broker.queue_length("celery") == 1  # the interrupted task is waiting again
     assert project.ledger_count("cold") == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "per_child"), [(("--max-tasks-per-child", "3"), 3), (("--max-memory-per-child", "1"), 1)]
+)
+def test_prefork_children_are_replaced_after_max_tasks_or_memory(
+    project: Project, option: tuple[str, str], per_child: int
+) -> None:
+    """Between tasks a child past its limit stops (returning what it holds) and a fresh one takes
+    its place: every task runs once, on at most ``per_child`` tasks per process."""
+    tasks = project.app()
+    worker = project.start_worker("-c", "1", *option)
+    results = [tasks.my_pid.delay(f"retire-{i}") for i in range(7)]
+    pids = [r.get(timeout=60) for r in results]
+    assert all(project.ledger_count(f"retire-{i}") == 1 for i in range(7))
+    assert max(pids.count(pid) for pid in set(pids)) <= per_child
+    assert len(set(pids)) >= -(-7 // per_child)
+    log = worker.log_text()
+    assert "replacing it" in log and "exited (" not in log  # retired, not reported as a failure

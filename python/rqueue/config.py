@@ -161,6 +161,12 @@ DEFAULTS: dict[str, Setting] = {
     # worker
     "worker_concurrency": Setting(None, (int, _NONE), "child processes (default: CPU count)", _positive),
     "worker_prefetch_multiplier": Setting(4, (int,), "messages prefetched per process/thread", _positive),
+    "worker_max_tasks_per_child": Setting(
+        None, (int, _NONE), "replace a prefork child after this many tasks (None: never)", _positive
+    ),
+    "worker_max_memory_per_child": Setting(
+        None, (int, _NONE), "replace a prefork child once its RSS passes this many KiB (None: never)", _positive
+    ),
     "worker_disable_rate_limits": Setting(False, (bool,), "ignore every rate limit"),
     "worker_poll_max_ms": Setting(40, (int,), "longest idle poll interval of polling brokers", _positive),
     "worker_hijack_root_logger": Setting(True, (bool,), "the worker replaces the root logger's handlers"),

@@ -5,13 +5,16 @@ together (a group's). Results link up as Celery's do: ``parent`` (the previous s
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from rqueue import states
 from rqueue.current import current_app
 from rqueue.exceptions import DecodeError, ResultIgnoredError, TaskRevokedError, TimeoutError
+from rqueue.request import current_request
 from rqueue.serialization import exception_from_meta
 
 if TYPE_CHECKING:
@@ -84,7 +87,13 @@ class AsyncResult(Generic[R]):
     def failed(self) -> bool:
         return self.state == states.FAILURE
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> R:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> R:
         """Wait for the task and return its value.
 
         Args:
@@ -92,7 +101,11 @@ class AsyncResult(Generic[R]):
             propagate: Re-raise the task's exception (same type and message) when it failed; with
                 False the exception is returned instead.
             interval: The longest pause between two polls of the backend, in seconds.
+            disable_sync_subtasks: Refuse to wait inside a running task (Celery's rule: a task
+                waiting for another can deadlock the pool); False, or ``allow_join_result()``, allows it.
         """
+        if disable_sync_subtasks:
+            assert_will_not_block()
         if self.ignored:
             raise ResultIgnoredError(
                 f"task {self.id} was sent with ignore_result=True, so no result will ever be stored"
@@ -250,12 +263,26 @@ class ResultSet(AsyncResult[list[Any]]):
         """How many tasks succeeded."""
         return sum(s == states.SUCCESS for s in self._states())
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> list[Any]:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
         """Wait for every result; their values in order (a nested group's as a list). With
         ``propagate`` the first failure (in order) is raised once all are ready or it is seen."""
-        return self.join(timeout=timeout, propagate=propagate, interval=interval)
+        return self.join(timeout, propagate, interval, disable_sync_subtasks)
 
-    def join(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> list[Any]:
+    def join(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        if disable_sync_subtasks:
+            assert_will_not_block()
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.001
         plain = self._leaves()
@@ -352,6 +379,38 @@ class GroupResult(ResultSet):
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
 
 
+#: Celery's words, so a search for them finds its docs on why.
+E_WOULDBLOCK = (
+    "Never call result.get() within a task! See "
+    "https://docs.celeryq.dev/en/latest/userguide/tasks.html#avoid-launching-synchronous-subtasks"
+)
+
+_join_allowed = threading.local()
+
+
+def assert_will_not_block() -> None:
+    """RuntimeError when called inside a task a worker runs (unless ``allow_join_result()``)."""
+    request = current_request()
+    if (
+        request is not None
+        and not request.is_eager
+        and not request.called_directly
+        and not getattr(_join_allowed, "on", False)
+    ):
+        raise RuntimeError(E_WOULDBLOCK)
+
+
+@contextmanager
+def allow_join_result() -> Iterator[None]:
+    """Allow ``get()`` inside a task within this block (Celery's escape hatch; it can deadlock)."""
+    previous = getattr(_join_allowed, "on", False)
+    _join_allowed.on = True
+    try:
+        yield
+    finally:
+        _join_allowed.on = previous
+
+
 def result_from_tuple(value: Any, app: App | None = None) -> AsyncResult[Any]:
     """A result from Celery's tuple form (``as_tuple()``), as stored in ``children`` and saved groups."""
     if isinstance(value, AsyncResult):
@@ -380,7 +439,13 @@ class EagerResult(AsyncResult[R]):
     def _meta(self) -> dict[str, Any]:
         return {"status": self._state, "result": self._value_now, "traceback": self._traceback, "task_id": self.id}
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> R:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> R:
         if isinstance(self._value_now, BaseException) and propagate:
             raise self._value_now
         return self._value_now  # type: ignore[no-any-return]

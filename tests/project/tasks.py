@@ -250,3 +250,17 @@ def record_sum(numbers):
     total = sum(numbers)
     _ledger(f"sum:{total}")
     return total
+
+
+@app.task
+def waits_for_subtask(how):
+    """Calls get() on a subtask inside a task: refused unless explicitly allowed (Celery's rule)."""
+    from rqueue.result import allow_join_result
+
+    child = add.delay(2, 3)
+    if how == "plain":
+        return child.get(timeout=10)
+    if how == "disabled":
+        return child.get(timeout=10, disable_sync_subtasks=False)
+    with allow_join_result():
+        return child.get(timeout=10)

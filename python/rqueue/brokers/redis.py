@@ -42,6 +42,18 @@ _INHERITED: list[Any] = []
 KOMBU_VISIBILITY_S = 3600.0
 
 
+def redis_py() -> Any:
+    """The redis-py module (remote control and admin go through it), or a ConfigurationError
+    saying how to install it: it is optional (``rqueue[redis]``)."""
+    try:
+        import redis  # noqa: PLC0415 - optional
+    except ImportError:
+        raise ConfigurationError(
+            "the Redis broker needs redis-py, which is not installed: pip install 'rqueue[redis]'"
+        ) from None
+    return redis
+
+
 class RedisBroker(NativeBroker, RevocationStore):
     """Messages in Redis lists, exactly where Celery's kombu transport puts them."""
 
@@ -93,10 +105,7 @@ class RedisBroker(NativeBroker, RevocationStore):
         """A redis-py client for the broker's database (control data, not messages)."""
         self._fresh()
         if self._client is None:
-            try:
-                import redis  # noqa: PLC0415 - redis-py is optional (rqueue[redis])
-            except ImportError:  # pragma: no cover - redis is installed with rqueue[redis]
-                raise ConfigurationError("the Redis broker needs redis-py: pip install 'rqueue[redis]'") from None
+            redis = redis_py()
             url, tls = redis_py_url(self.url)
             self._client = redis.Redis.from_url(
                 url,
@@ -133,6 +142,7 @@ class RedisBroker(NativeBroker, RevocationStore):
 
     def prepare_consumer(self, queues: Sequence[str], allow_eviction: bool) -> None:
         """Declare kombu bindings for the queues, and refuse a server that may evict messages."""
+        redis_py()  # a worker needs it (remote control): say so now, not at the first command
         policy = self.native.check_maxmemory_policy()
         if policy is not None and not allow_eviction:
             raise ConfigurationError(
@@ -168,8 +178,7 @@ class RedisBroker(NativeBroker, RevocationStore):
     @contextmanager
     def _as_broker_error(self) -> Iterator[None]:
         """redis-py's errors leave as BrokerError, like the extension's, with the password masked."""
-        import redis  # noqa: PLC0415 - redis-py is optional (rqueue[redis])
-
+        redis = redis_py()
         try:
             yield
         except redis.RedisError as exc:

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import socket
 import sys
 from datetime import datetime, timezone
@@ -89,6 +90,15 @@ def _app_in(module: Any) -> Any:
     return apps[0] if len(apps) == 1 else None
 
 
+def node_name(template: str) -> str:
+    """A ``-n`` node name with Celery's expansions: ``%h`` the host name, ``%n`` its first part,
+    ``%d`` its domain, ``%%`` a percent sign."""
+    host = socket.getfqdn() if "%d" in template else socket.gethostname()
+    name, _, domain = host.partition(".")
+    expanded = {"%h": host, "%n": name, "%d": domain, "%%": "%"}
+    return re.sub(r"%[hnd%]", lambda m: expanded[m.group(0)], template)
+
+
 def run_for_app(app: Any, argv: list[str]) -> None:
     """Run the command line with ``app`` as the application (``app.start()``, ``app.worker_main()``)."""
     cli.main(args=argv, prog_name="rqueue", obj={"app": app})
@@ -98,21 +108,40 @@ def run_for_app(app: Any, argv: list[str]) -> None:
 @click.option(
     "-A", "--app", "app_spec", metavar="MODULE[:ATTR]", help="The application: module, module:attr or package."
 )
+@click.option("--config", "config_module", metavar="MODULE", help="A settings module to load into the app.")
+@click.option("-b", "--broker", help="The broker URL (instead of the app's broker_url).")
+@click.option("--result-backend", help="The result backend URL (instead of the app's result_backend).")
 @click.version_option(__version__, "--version", prog_name="rqueue", message="rqueue %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, app_spec: str | None) -> None:
+def cli(
+    ctx: click.Context, app_spec: str | None, config_module: str | None, broker: str | None, result_backend: str | None
+) -> None:
     """rqueue: a Celery-compatible distributed task queue with a Rust hot path."""
-    ctx.obj = {**(ctx.obj or {}), "app_spec": app_spec}
+    given = {"app_spec": app_spec, "config": config_module, "broker": broker, "result_backend": result_backend}
+    ctx.obj = {**(ctx.obj or {}), **given}
 
 
 def get_app(ctx: click.Context) -> Any:
     obj = ctx.find_root().obj or {}
     if obj.get("app") is not None and not obj.get("app_spec"):
-        return obj["app"]
-    spec = obj.get("app_spec")
-    if not spec:
-        fail("no application given: pass -A MODULE (e.g. rqueue -A tasks worker)")
-    return load_app(spec)
+        app = obj["app"]
+    else:
+        spec = obj.get("app_spec")
+        if not spec:
+            fail("no application given: pass -A MODULE (e.g. rqueue -A tasks worker)")
+        app = load_app(spec)
+    try:
+        if obj.get("config"):
+            app.config_from_object(obj["config"])
+        if obj.get("broker"):
+            app.conf.broker_url = obj["broker"]
+        if obj.get("result_backend"):
+            app.conf.result_backend = obj["result_backend"]
+    except ImportError as exc:
+        fail(f"--config {obj['config']}: cannot import it ({exc})")
+    except RQueueError as exc:
+        fail(str(exc))
+    return app
 
 
 @cli.command(name="help", context_settings=CONTEXT)
@@ -133,15 +162,35 @@ def help_(ctx: click.Context) -> None:
     show_default=True,
     help="Run tasks in child processes, threads, or the worker process itself.",
 )
-@click.option("-Q", "--queues", help="Comma-separated queues to consume [default: task_default_queue].")
-@click.option("-n", "--hostname", help="Node name, e.g. w1@%h (%h = host name) [default: rqueue@<host>].")
+@click.option("-Q", "--queues", help="Comma-separated queues to consume [default: task_queues or task_default_queue].")
+@click.option("-X", "--exclude-queues", help="Comma-separated queues not to consume (of the default ones).")
+@click.option(
+    "-n", "--hostname", help="Node name: %h host name, %n its first part, %d its domain [default: rqueue@%h]."
+)
 @click.option(
     "--pidfile", type=click.Path(dir_okay=False), help="Write the pid here; refuse if a live worker holds it."
 )
-@click.option("--statedb", type=click.Path(dir_okay=False), help="Keep revoked task ids in this file across restarts.")
+@click.option(
+    "-S", "--statedb", type=click.Path(dir_okay=False), help="Keep revoked task ids in this file across restarts."
+)
 @click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
 @click.option("--allow-eviction", is_flag=True, help="Start even if Redis may evict messages (maxmemory-policy).")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Messages prefetched per process or thread.")
+@click.option(
+    "-O",
+    "optimization",
+    type=click.Choice(["fair", "default"]),
+    help="fair: each process holds one message at a time (prefetch multiplier 1).",
+)
+@click.option("--disable-prefetch", is_flag=True, help="Hold only the messages being run (prefetch multiplier 1).")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Replace a prefork child after N tasks.")
+@click.option(
+    "--max-memory-per-child", type=click.IntRange(min=1), help="Replace a prefork child once its RSS passes N KiB."
+)
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), help="Hard time limit of every task, s.")
+@click.option(
+    "--soft-time-limit", type=click.FloatRange(min=0, min_open=True), help="Soft time limit of every task, s."
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -149,12 +198,19 @@ def worker(
     concurrency: int | None,
     pool: str,
     queues: str | None,
+    exclude_queues: str | None,
     hostname: str | None,
     pidfile: str | None,
     statedb: str | None,
     logfile: str | None,
     allow_eviction: bool,
     prefetch_multiplier: int | None,
+    optimization: str | None,
+    disable_prefetch: bool,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    time_limit: float | None,
+    soft_time_limit: float | None,
 ) -> None:
     """Start a worker that runs the app's tasks."""
     from rqueue.worker import Worker, setup_logging  # noqa: PLC0415 - only the worker command loads the worker
@@ -164,10 +220,25 @@ def worker(
         setup_logging(loglevel, logfile, bool(app.conf.worker_hijack_root_logger))
         if prefetch_multiplier:
             app.conf.worker_prefetch_multiplier = prefetch_multiplier
+        if optimization == "fair" or disable_prefetch:
+            app.conf.worker_prefetch_multiplier = 1
+        if max_tasks_per_child is not None:
+            app.conf.worker_max_tasks_per_child = max_tasks_per_child
+        if max_memory_per_child is not None:
+            app.conf.worker_max_memory_per_child = max_memory_per_child
+        if time_limit is not None:
+            app.conf.task_time_limit = time_limit
+        if soft_time_limit is not None:
+            app.conf.task_soft_time_limit = soft_time_limit
         if allow_eviction:
             app.conf.broker_allow_eviction = True
-        node = hostname.replace("%h", socket.gethostname()) if hostname else None
+        node = node_name(hostname) if hostname else None
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+        if exclude_queues:
+            excluded = {q.strip() for q in exclude_queues.split(",")}
+            queue_list = [q for q in (queue_list or default_queues(app.conf)) if q not in excluded]
+            if not queue_list:
+                fail(f"-X {exclude_queues} leaves no queue to consume")
         code = Worker(
             app,
             queues=queue_list,
@@ -248,6 +319,14 @@ def result(ctx: click.Context, task_id: str, timeout: float | None, show_traceba
         click.echo(state)
 
 
+def confirm(question: str) -> None:
+    """Ask ``question`` on a terminal (abort unless yes); with no terminal to ask on, refuse:
+    deleting messages is never assumed to be wanted (``-f`` says it is)."""
+    if not sys.stdin.isatty():
+        fail(f"{question} Not without confirmation, and stdin is not a terminal: pass -f to go ahead", 1)
+    click.confirm(question, abort=True)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("-Q", "--queues", help="Comma-separated queues [default: the default queue].")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
@@ -256,8 +335,8 @@ def purge(ctx: click.Context, queues: str | None, force: bool) -> None:
     """Delete every waiting message of the queues (running ones are kept)."""
     app = get_app(ctx)
     names = [q.strip() for q in queues.split(",")] if queues else default_queues(app.conf)
-    if not force and sys.stdin.isatty():
-        click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
+    if not force:
+        confirm(f"Delete all waiting messages in {', '.join(names)}?")
     try:
         count = app.broker.purge(names)
     except RQueueError as exc:
@@ -354,8 +433,8 @@ def dlq_requeue(ctx: click.Context, dead_ids: tuple[str, ...], queue: str | None
 def dlq_purge(ctx: click.Context, queue: str | None, force: bool) -> None:
     """Delete every dead letter of the queue."""
     store, name = _dlq_queue(ctx, queue)
-    if not force and sys.stdin.isatty():
-        click.confirm(f"Delete all dead letters of {name}?", abort=True)
+    if not force:
+        confirm(f"Delete all dead letters of {name}?")
     try:
         count = store.purge_dead(name)
     except RQueueError as exc:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from rqueue.brokers.base import RevocationStore, capability
 from rqueue.cli import CONTEXT, fail, get_app
 from rqueue.control import DEFAULT_TIMEOUT_S
 from rqueue.exceptions import RQueueError
@@ -162,6 +163,11 @@ def revoke(
         )
     except RQueueError as exc:
         fail(str(exc), 1)
+    if not replies and capability(app.broker, RevocationStore) is not None:
+        # Stored in the broker: every worker that starts or polls skips the tasks all the same.
+        ids = ", ".join(printable(i) for i in task_ids)
+        click.echo(f"Revoked {ids}: stored in the broker; no live worker replied within {timeout:g} s.")
+        return
     _show(replies, timeout, as_json)
 
 

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
@@ -132,6 +132,10 @@ class Consumer:
         finally:
             self._return_unstarted()
 
+    #: Asked after each task: True when this process should stop now to be replaced (a prefork
+    #: child past ``worker_max_tasks_per_child`` or ``worker_max_memory_per_child``).
+    retire: Callable[[Executor], bool] | None = None
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -244,6 +248,8 @@ class Consumer:
                         buffer.done()
                 if len(buffer) == 0 or executor.flush_due():
                     executor.flush()
+                if self.retire is not None and self.retire(executor):
+                    self.stop()  # between tasks: what it holds goes back, then the process ends
         finally:
             executor.flush(give_up_after_s=SHUTDOWN_FLUSH_S)
 

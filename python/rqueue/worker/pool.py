@@ -37,6 +37,7 @@ from rqueue.worker.verdicts import LOST, STOPPED, TERMINATED, Verdicts
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.worker.executor import Executor
     from rqueue.worker.hooks import Hooks
     from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.state import Revoked
@@ -339,6 +340,8 @@ class PreforkPool:
                 stop.task.task_id,
                 returned,
             )
+        elif code == EXIT_RETIRED and self.shutdown == 0:
+            logger.debug("Child process %d retired (it logged why); starting a new one", pid)
         elif self.shutdown == 0 or code != 0:
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             logger.error(
@@ -434,6 +437,9 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
             consumer.limits.set(request["task"], request["soft"], request["hard"])
         return True
 
+    retiring = Retirement(app)
+    if retiring.max_tasks is not None or retiring.max_kib is not None:
+        consumer.retire = retiring.due
     link.serve(answer)
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -443,8 +449,46 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     _watch_parent(parent, consumer.stop)
     consumer.run()
-    signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
-    return 0
+    code = EXIT_RETIRED if retiring.reason else 0
+    signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
+    return code
+
+
+#: A child's exit code when it stopped to be replaced (``Retirement``): the supervisor starts a
+#: new one without reporting a failure.
+EXIT_RETIRED = 75
+
+
+class Retirement:
+    """When a prefork child should stop to be replaced by a fresh one, checked between tasks:
+    after ``worker_max_tasks_per_child`` tasks, or once its resident memory passes
+    ``worker_max_memory_per_child`` KiB (a leaking task's memory comes back with the process)."""
+
+    def __init__(self, app: App) -> None:
+        self.max_tasks = app.conf.worker_max_tasks_per_child
+        self.max_kib = app.conf.worker_max_memory_per_child
+        self.reason = ""
+
+    def due(self, executor: Executor) -> bool:
+        done = sum(executor.processed.values())
+        if self.max_tasks is not None and done >= self.max_tasks:
+            self.reason = f"{done} tasks done (worker_max_tasks_per_child = {self.max_tasks})"
+        elif self.max_kib is not None and (rss := _rss_kib()) > self.max_kib:
+            self.reason = f"resident memory {rss} KiB (worker_max_memory_per_child = {self.max_kib} KiB)"
+        else:
+            return False
+        logger.info("Child process %d: %s; replacing it", os.getpid(), self.reason)
+        return True
+
+
+def _rss_kib() -> int:
+    """This process's resident memory now, in KiB (Linux's /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def _running_info(task: RunningTask, hostname: str) -> dict[str, Any]:
