@@ -307,3 +307,18 @@ def test_prefork_children_are_replaced_after_max_tasks_or_memory(
     assert len(set(pids)) >= -(-7 // per_child)
     log = worker.log_text()
     assert "replacing it" in log and "exited (" not in log  # retired, not reported as a failure
+
+
+def test_print_in_a_task_goes_to_the_logfile(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    assert tasks.prints.delay("hello-from-print").get(timeout=30) == "hello-from-print"
+    worker.wait_for_log("hello-from-print on stderr")
+    lines = [line for line in worker.log_text().splitlines() if "WARNING/ForkPoolWorker-1] hello-from-print" in line]
+    assert [line.split("] ", 1)[1] for line in lines] == ["hello-from-print", "hello-from-print on stderr"]
+    worker.stop()
+    (project.root / "quiet_settings.py").write_text("worker_redirect_stdouts = False\n")
+    monkeypatch.setenv("TEST_CONFIG_MODULE", "quiet_settings")
+    unredirected = project.start_worker("-c", "1")
+    assert tasks.prints.delay("not-in-the-log").get(timeout=30) == "not-in-the-log"
+    assert "] not-in-the-log" not in unredirected.log_text()  # only its "succeeded" line names it

@@ -161,6 +161,8 @@ DEFAULTS: dict[str, Setting] = {
     # worker
     "worker_concurrency": Setting(None, (int, _NONE), "child processes (default: CPU count)", _positive),
     "worker_prefetch_multiplier": Setting(4, (int,), "messages prefetched per process/thread", _positive),
+    "worker_redirect_stdouts": Setting(True, (bool,), "with --logfile, tasks' print() output goes to the log"),
+    "worker_redirect_stdouts_level": Setting("WARNING", (str,), "the log level of redirected print() output"),
     "worker_max_tasks_per_child": Setting(
         None, (int, _NONE), "replace a prefork child after this many tasks (None: never)", _positive
     ),

@@ -264,3 +264,13 @@ def waits_for_subtask(how):
         return child.get(timeout=10, disable_sync_subtasks=False)
     with allow_join_result():
         return child.get(timeout=10)
+
+
+@app.task
+def prints(text):
+    """Writes to stdout and stderr, as careless task code does."""
+    import sys
+
+    print(text)
+    print(f"{text} on stderr", file=sys.stderr)
+    return text

@@ -247,6 +247,7 @@ def worker(
             hostname=node,
             pidfile=pidfile,
             statedb=statedb,
+            redirect_stdouts=logfile is not None,
         ).start()
     except RQueueError as exc:
         fail(str(exc), 1)

@@ -4,7 +4,10 @@ comes from whoever sent the message, and a newline or an ANSI escape in it must 
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
+import threading
 from typing import Any
 
 from rqueue.request import current_request
@@ -62,3 +65,53 @@ def get_task_logger(name: str) -> TaskLogger:
 def get_logger(name: str) -> logging.Logger:
     """A plain logger (Celery's ``celery.utils.log.get_logger``)."""
     return logging.getLogger(name)
+
+
+#: The logger ``print()`` output of tasks goes to once redirected (Celery's ``celery.redirected``).
+REDIRECTED_LOGGER_NAME = "rqueue.redirected"
+
+
+class LoggingProxy(io.TextIOBase):
+    """A text stream that logs each line written to it (``sys.stdout``/``sys.stderr`` of a worker
+    that logs to a file, so a task's ``print()`` lands in the log instead of being lost)."""
+
+    _inside = threading.local()
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        self.logger, self.level = logger, level
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if getattr(self._inside, "on", False):  # logging itself wrote here (an error report): drop it
+            return len(text)
+        self._inside.on = True
+        try:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+            for line in lines:
+                if line.strip():
+                    self.logger.log(self.level, "%s", line.rstrip())
+        finally:
+            self._inside.on = False
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            partial, self._partial = self._partial, ""
+            self.write(partial + "\n")
+
+
+def redirect_stdouts(level_name: str) -> None:
+    """Send ``sys.stdout`` and ``sys.stderr`` to the log at ``level_name`` (``worker_redirect_stdouts``)."""
+    level = logging.getLevelName(str(level_name).upper())
+    if not isinstance(level, int):
+        raise ValueError(f"worker_redirect_stdouts_level: unknown log level {level_name!r}")
+    logger = logging.getLogger(REDIRECTED_LOGGER_NAME)
+    sys.stdout = LoggingProxy(logger, level)
+    sys.stderr = LoggingProxy(logger, level)

@@ -18,7 +18,7 @@ from rqueue.config import default_queues
 from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
-from rqueue.utils.log import TASK_LOGGER_NAME, EscapeUntrusted
+from rqueue.utils.log import TASK_LOGGER_NAME, EscapeUntrusted, redirect_stdouts
 from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
@@ -72,6 +72,7 @@ class Worker:
         pidfile: str | None = None,
         statedb: str | None = None,
         hooks: Sequence[WorkerHook] = (),
+        redirect_stdouts: bool = False,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -86,6 +87,8 @@ class Worker:
         self.hostname = hostname or f"rqueue@{socket.gethostname()}"
         self.pidfile = pidfile
         self.statedb = statedb
+        #: Log ``print()`` output after the banner (a worker logging to a file: it would be lost).
+        self.redirect_stdouts = redirect_stdouts
         self.hooks = Hooks(hooks)
         #: Set once the worker takes work (``worker_ready``); tests running a worker in a thread wait on it.
         self.ready = threading.Event()
@@ -120,6 +123,11 @@ class Worker:
         self.revoked = Revoked(self.app.broker, self.statedb)
         try:
             print(self.banner(), file=out or sys.stdout, flush=True)
+            if self.redirect_stdouts and self.app.conf.worker_redirect_stdouts:
+                try:
+                    redirect_stdouts(self.app.conf.worker_redirect_stdouts_level)
+                except ValueError as exc:
+                    raise ConfigurationError(str(exc)) from None
             self._warn_unenforced_options()
             self._log_rate_limits()
             if self.pool == "prefork":
