@@ -258,6 +258,14 @@ def maybe_signature(value: Any, app: App | None = None) -> Signature:
     return Signature.from_wire(value, app)
 
 
+def _given(tasks: tuple[Any, ...]) -> list[Any]:
+    """A workflow's tasks as Celery takes them: ``chain(a, b)`` or ``chain([a, b])`` (any iterable
+    of signatures, a generator too, as the one argument)."""
+    if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
+        return list(tasks[0])
+    return list(tasks)
+
+
 def _copy(value: Any) -> Any:
     """A copy of signature data deep enough that changing the copy's options never changes the
     original (signatures keep their class and app; other leaves are shared)."""
@@ -294,10 +302,7 @@ class chain(Signature):  # noqa: N801 - Celery's name
 
     def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
         steps: list[Signature] = []
-        items: list[Any] = list(tasks)
-        if len(items) == 1 and not isinstance(items[0], Mapping) and isinstance(items[0], Iterable):
-            items = list(items[0])
-        for item in items:
+        for item in _given(tasks):
             sig = maybe_signature(item, app)
             if isinstance(sig, chain) and not sig["options"]:
                 steps.extend(sig.tasks)
@@ -446,10 +451,7 @@ class group(Signature):  # noqa: N801 - Celery's name
     """
 
     def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
-        items: list[Any] = list(tasks)
-        if len(items) == 1 and not isinstance(items[0], Mapping) and isinstance(items[0], Iterable):
-            items = list(items[0])
-        members = [maybe_signature(t, app) for t in items]
+        members = [maybe_signature(t, app) for t in _given(tasks)]
         first_app = next((m._app for m in members if m._app is not None), None)
         super().__init__("celery.group", (), {"tasks": members}, options, "group", app=app or first_app)
 
