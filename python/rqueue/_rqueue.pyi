@@ -263,7 +263,8 @@ class SqliteBroker:
         """
     def leased_tags(self, owner: str) -> list[str]:
         """Tags of the messages ``owner`` holds."""
-    def extend_leases(self, owner: str, lease_ms: int) -> int: ...
+    def extend_leases(self, owner: str, lease_ms: int, held: list[str]) -> list[str]:
+        """Renew the leases of ``held`` (tags ``owner`` holds); returns every tag leased to ``owner``."""
     def sweep_expired(self, max_deliveries: int = 5) -> tuple[int, int]:
         """Return expired leases to their queue; dead-letter those over ``max_deliveries``.
 
@@ -406,8 +407,12 @@ class RedisBroker:
         They are marked redelivered; those delivered ``max_deliveries`` times are dead-lettered as
         ``worker_lost`` instead. Returns how many were requeued.
         """
-    def extend_leases(self, owner: str) -> int:
-        """Renew every lease of ``owner`` with the broker's clock; returns how many it holds."""
+    def extend_leases(self, owner: str, held: list[str]) -> list[str]:
+        """Renew, with the broker's clock, the leases of ``held`` (tags ``owner`` holds).
+
+        Returns every tag leased to ``owner``; one not in ``held`` was leased by a fetch whose reply
+        never arrived.
+        """
     def sweep_expired(self, visibility_timeout_ms: int, max_deliveries: int = 5) -> tuple[int, int]:
         """Return leases older than the timeout to the front of their queue (marked redelivered).
 
@@ -457,6 +462,8 @@ class RedisConsumer:
         poll_max_ms: int = 20,
         global_keyprefix: str = "",
         foreign_visibility_s: float = 3600.0,
+        socket_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
     ) -> RedisConsumer: ...
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]:

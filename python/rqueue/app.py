@@ -24,7 +24,7 @@ from rqueue.canvas import Signature, links_of, signature
 from rqueue.config import Settings, time_limit_value
 from rqueue.control import Control
 from rqueue.current import current_app
-from rqueue.exceptions import BrokerConnectionError, ConfigurationError, NotRegistered
+from rqueue.exceptions import BrokerConnectionError, BrokerNoReplyError, ConfigurationError, NotRegistered
 from rqueue.options import SEND_OPTIONS, SendOptions
 from rqueue.request import current_request
 from rqueue.result import AsyncResult
@@ -417,12 +417,20 @@ class App:
         policy = {**self.conf.task_publish_retry_policy, **(options.get("retry_policy") or {})}
         attempts = int(policy.get("max_retries") or 0) if retry else 0
         pause = float(policy.get("interval_start") or 0)
+        # Retries stop at the connection timeout: a frozen broker must not hold delay() for long.
+        deadline = time.monotonic() + float(self.conf.broker_connection_timeout)
         for attempt in range(attempts + 1):
             try:
                 self.broker.publish(message.queue, message.payload, message.priority, message.eta_ms)
                 break
+            except BrokerNoReplyError as exc:
+                # Sent, but unanswered: sending again could run the task twice. The caller decides.
+                raise BrokerNoReplyError(
+                    f"Sending {message.name}[{message.task_id}]: {exc}. Whether the task was queued is "
+                    f"unknown: check AsyncResult({message.task_id!r}).state, or the queue, before sending it again"
+                ) from None
             except BrokerConnectionError as exc:
-                if attempt == attempts:
+                if attempt == attempts or time.monotonic() + pause >= deadline:
                     raise
                 logger.warning(
                     "Sending %s[%s]: %s; retrying in %.2f s (%d of %d)",

@@ -58,6 +58,16 @@ class BrokerConnectionError(BrokerError, builtins.ConnectionError):
     """The broker cannot be reached."""
 
 
+class BrokerNoReplyError(BrokerConnectionError, builtins.TimeoutError):
+    """A request reached the broker (as far as this process knows) but no reply came in time: it
+    may or may not have been carried out."""
+
+
+class BrokerReplacedError(BrokerError):
+    """The broker's storage was replaced under this process (an SQLite file deleted or swapped):
+    nothing more is written to it; restart the process to use the new one."""
+
+
 class BackendError(RQueueError):
     """The result backend failed to carry out an operation."""
 

@@ -111,8 +111,8 @@ def test_sqlite_broker_dead_letter_roundtrip(broker: SqliteBroker) -> None:
 
 def test_sqlite_broker_purge_and_extend(broker: SqliteBroker) -> None:
     broker.publish_many([("q", b"1", 0, None), ("q", b"2", 0, None)])
-    broker.fetch(["q"], 1, "w", 60_000)
-    assert broker.extend_leases("w", 60_000) == 1
+    [got] = broker.fetch(["q"], 1, "w", 60_000)
+    assert broker.extend_leases("w", 60_000, [got.tag]) == [got.tag]
     assert broker.purge(["q"]) == 1
     assert broker.queue_length("q") == 0
 

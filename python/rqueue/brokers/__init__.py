@@ -33,6 +33,9 @@ def _redis(url: str, conf: Settings) -> Broker:
         url,
         global_keyprefix=keyprefix,
         connect_timeout_s=conf.broker_connection_timeout,
+        # Also the longest wait for a reply: a frozen Redis fails a publish (or an ack) after this,
+        # not after minutes.
+        socket_timeout_s=conf.broker_connection_timeout,
         foreign_visibility_s=float(foreign),
     )
 

@@ -215,6 +215,9 @@ class AmqpConsumer:
     def set_queues(self, queues: Sequence[str]) -> None:
         self.thread.set_queues(list(queues))
 
+    def failure(self) -> str | None:
+        return None if self.thread.running else self.thread.last_error
+
     def ack(self, tags: Sequence[str]) -> None:
         self.thread.ack(list(tags))
 

@@ -49,6 +49,11 @@ class BrokerConsumer(Settler, Protocol):
         ...
 
     def set_queues(self, queues: Sequence[str]) -> None: ...
+    def failure(self) -> str | None:
+        """Why the fetching thread ended on its own (it retries every passing fault, so only a
+        broker that can never be used again ends it); None while it runs or was stopped."""
+        ...
+
     def requeue(self, tags: Sequence[str]) -> None:
         """Return unstarted deliveries to their queue, uncounted."""
         ...
@@ -287,6 +292,10 @@ class NativeThread(Protocol):
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]: ...
     def set_queues(self, queues: list[str]) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None: ...
 
 
 class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin):
@@ -370,6 +379,9 @@ class NativeConsumer:
 
     def set_queues(self, queues: Sequence[str]) -> None:
         self.thread.set_queues(list(queues))
+
+    def failure(self) -> str | None:
+        return None if self.thread.running else self.thread.last_error
 
     def ack(self, tags: Sequence[str]) -> None:
         self.broker.ack(tags)

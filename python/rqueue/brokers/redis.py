@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
 import uuid
@@ -35,6 +36,11 @@ SEP = "\x06\x16"
 REPLY_KEEP_S = 60
 
 _INHERITED: list[Any] = []
+
+logger = logging.getLogger(__name__)
+
+#: How the transport's errors say that Redis refused a write because its memory is full.
+OUT_OF_MEMORY = "is out of memory"
 
 
 #: kombu's default ``visibility_timeout`` (seconds): how long a Celery worker's unacked message
@@ -137,6 +143,8 @@ class RedisBroker(NativeBroker, RevocationStore):
             poll_max_ms=min(poll_max_ms, 20),
             global_keyprefix=self.global_keyprefix,
             foreign_visibility_s=self.foreign_visibility_s,
+            socket_timeout_s=self.socket_timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
         )
         return self.native_consumer(thread)
 
@@ -150,7 +158,14 @@ class RedisBroker(NativeBroker, RevocationStore):
                 "messages under memory pressure. Set it to noeviction (CONFIG SET maxmemory-policy noeviction), "
                 "or start the worker with --allow-eviction to accept the risk"
             )
-        self.native.declare_bindings(list(queues))
+        try:
+            self.native.declare_bindings(list(queues))
+        except BrokerError as exc:
+            if OUT_OF_MEMORY not in str(exc):
+                raise
+            # The bindings only route Celery producers' messages (and are there after any earlier
+            # start): a full Redis must not keep the worker that would drain it from starting.
+            logger.warning("%s; could not declare the queues' bindings for Celery producers", exc)
 
     # -- revocations -----------------------------------------------------------------------------------
 

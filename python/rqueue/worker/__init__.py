@@ -222,7 +222,7 @@ class Worker:
         self._ready()
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)
-        return 0
+        return 0 if consumer.failure is None else 1
 
     def _warn_unenforced_options(self) -> None:
         """Say so when tasks set hard time limits this pool cannot enforce, rather than ignore them quietly."""

@@ -223,6 +223,7 @@ class Consumer:
                     got = buffer.get(IDLE_WAIT_S if due_in is None else min(IDLE_WAIT_S, due_in))
                     if got is None:
                         executor.flush()
+                        self._check_fetching()
                         continue
                     delivery, holds_credit = got, True
                 if self.running is not None:
@@ -252,6 +253,19 @@ class Consumer:
                     self.stop()  # between tasks: what it holds goes back, then the process ends
         finally:
             executor.flush(give_up_after_s=SHUTDOWN_FLUSH_S)
+
+    #: Why this process stopped consuming on its own (its broker can never be used again), if it did.
+    failure: str | None = None
+
+    def _check_fetching(self) -> None:
+        """Stop when the fetching thread ended on its own: it retries every passing fault, so the
+        broker can never be used again (an SQLite file replaced). Held messages stay in that
+        broker; a restarted process uses the new one."""
+        failure = None if self._stop.is_set() else self.transport.failure()
+        if failure is not None and self.failure is None:
+            self.failure = failure
+            logger.critical("Stopped consuming: %s", failure)
+            self.stop()
 
     def _return_unstarted(self) -> None:
         """Give back what this process still holds: the unstarted prefetched messages, then any

@@ -102,6 +102,7 @@ class PreforkPool:
         #: learn from these which one was running (counted) or stopped (outcome stored).
         self.verdicts = Verdicts(list(self.running.values())) if capability(app.broker, LeaseRecovery) is None else None
         self.shutdown = 0  # 0 running, 1 warm, 2 cold
+        self.failed = False  # a child's broker became unusable: exit non-zero so a supervisor restarts us
         self.limits = TimeLimits(app)
         self._lock = threading.Lock()
         self._stopping: dict[int, _Stop] = {}  # pid -> why the supervisor is stopping it
@@ -133,7 +134,7 @@ class PreforkPool:
             self._reap(pid, slot, status)
             if self.shutdown == 0:
                 self._spawn(slot)
-        return 0
+        return 1 if self.failed else 0
 
     def signal(self, signum: int) -> None:
         """First signal: warm shutdown of every child; second: cold (SIGKILL)."""
@@ -320,12 +321,22 @@ class PreforkPool:
         stopped = stop is not None and stop.killed and last is not None and last.run == stop.task.run
         if stopped and stop is not None and self._record_stop(stop):
             running = None
+        if code == EXIT_CONSUMING_FAILED:
+            # Its broker can never be used again (the child logged why): so can no other child.
+            logger.critical("Child process %d stopped consuming; stopping this worker so that it is restarted", pid)
+            self.failed = True
+            if self.shutdown == 0:
+                self.signal(signal.SIGTERM)
+            return
         recovery = capability(self.app.broker, LeaseRecovery)
         returned = 0
         if recovery is not None:
-            returned = recovery.release_lost_worker(
-                owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), {running} if running else set()
-            )
+            try:
+                owner = owner_id(self.hostname, pid)
+                held = {running} if running else set()
+                returned = recovery.release_lost_worker(owner, int(self.app.conf.broker_max_deliveries), held)
+            except BrokerError as exc:
+                logger.error("Could not return the messages of child process %d: %s", pid, exc)
         elif last is not None and self.verdicts is not None and not stopped:
             # The broker returns the dead child's messages when its connection drops; the one
             # it was running counts as a delivery wherever on this node it comes back.
@@ -449,7 +460,7 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     _watch_parent(parent, consumer.stop)
     consumer.run()
-    code = EXIT_RETIRED if retiring.reason else 0
+    code = EXIT_CONSUMING_FAILED if consumer.failure else EXIT_RETIRED if retiring.reason else 0
     signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
     return code
 
@@ -457,6 +468,9 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
 #: A child's exit code when it stopped to be replaced (``Retirement``): the supervisor starts a
 #: new one without reporting a failure.
 EXIT_RETIRED = 75
+#: A child's exit code when it stopped consuming because its broker can never be used again
+#: (``Consumer.failure``): the whole worker stops, with a non-zero exit code.
+EXIT_CONSUMING_FAILED = 76
 
 
 class Retirement:

@@ -33,6 +33,14 @@ pub enum Error {
     /// The broker cannot be reached.
     #[error("cannot connect to broker: {0}")]
     Connection(String),
+    /// A request was sent but no reply came within the socket timeout: whether it took effect is
+    /// unknown (a publish may or may not have stored its message).
+    #[error("no reply from the broker: {0}")]
+    NoReply(String),
+    /// The broker's storage is no longer the one this connection opened (an SQLite file deleted
+    /// or replaced): retrying cannot help, and writing on would lose what is written.
+    #[error("{0}")]
+    Replaced(String),
 }
 
 /// Result alias used across the core.

@@ -296,7 +296,10 @@ fn test_redis_sweep_returns_expired_lease_to_front_marked_redelivered() {
     assert_eq!(b.sweep_expired(Duration::from_secs(60), 5).unwrap(), (0, 0));
     std::thread::sleep(Duration::from_millis(300));
     // a renewed lease is not swept
-    b.extend_leases("w").unwrap();
+    assert_eq!(
+        b.extend_leases("w", &["s1"]).unwrap(),
+        vec!["s1".to_string()]
+    );
     assert_eq!(
         b.sweep_expired(Duration::from_millis(200), 5).unwrap(),
         (0, 0)
@@ -447,6 +450,87 @@ fn test_redis_consumer_fills_buffer_and_stop_returns_unstarted() {
     let next = b.fetch(&qs(&["q"]), 1, "w").unwrap();
     assert_eq!(next[0].tag, "c1");
     assert!(c.last_error().is_none());
+}
+
+#[test]
+fn test_redis_consumer_hands_back_a_lease_it_never_received() {
+    // A fetch that ran after the consumer gave up on its reply (a broker stall) leaves a message
+    // leased to the consumer's owner that the worker never got.
+    let s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("orphan", "q", "x"), 0, None)
+        .unwrap();
+    assert_eq!(b.fetch(&qs(&["q"]), 1, "c1").unwrap()[0].tag, "orphan");
+    let buffer = Arc::new(PrefetchBuffer::new(4));
+    let mut cfg = RedisConsumerConfig::new(RedisConfig::new(s.url()), qs(&["q"]), "c1");
+    cfg.lease = Duration::from_millis(300);
+    cfg.poll_max = Duration::from_millis(5);
+    let c = RedisConsumer::new(cfg, Arc::clone(&buffer)).unwrap();
+    c.start().unwrap();
+    // handed back at the first renewal (lease / 3), not renewed; fetched again, count undone
+    let got = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!((got.tag.as_str(), got.deliveries), ("orphan", 1));
+    // now held: renewed, never handed back or swept while the worker has it
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(b.leased_tags("c1").unwrap(), vec!["orphan".to_string()]);
+    assert!(buffer.get(Some(Duration::from_millis(1))).is_none());
+    c.stop();
+}
+
+#[test]
+fn test_redis_full_memory_refuses_producers_but_the_worker_scripts_still_drain() {
+    let s = server!();
+    let b = s.broker("");
+    let body = "x".repeat(10_000);
+    for i in 0..50 {
+        b.publish("q", &envelope(&format!("m{i}"), "q", &body), 0, None)
+            .unwrap();
+    }
+    let mut c = redis::Client::open(s.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut c).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // well over the limit, as after results filled it: every command that adds memory is refused
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg((used - 400_000).to_string())
+        .query(&mut c)
+        .unwrap();
+    let refused = b
+        .publish("q", &envelope("late", "q", &body), 0, None)
+        .unwrap_err();
+    assert!(refused.to_string().contains("maxmemory"), "{refused}");
+    let mut drained = Vec::new();
+    loop {
+        let got = b.fetch(&qs(&["q"]), 7, "w").unwrap();
+        if got.is_empty() {
+            break;
+        }
+        let tags: Vec<&str> = got.iter().map(|d| d.tag.as_str()).collect();
+        // leases are renewed, and results stored with the acks, while memory is full
+        assert_eq!(b.extend_leases("w", &tags).unwrap().len(), got.len());
+        let (results, acks) = tags.split_at(tags.len() / 2);
+        let rows: Vec<ResultRow> = results
+            .iter()
+            .map(|t| record(t, "SUCCESS", 1, None))
+            .collect();
+        assert_eq!(b.complete(&rows, results).unwrap(), results.len());
+        assert_eq!(b.ack(acks).unwrap(), acks.len());
+        drained.extend(got.into_iter().map(|d| d.tag));
+    }
+    assert!(stored(&mut c, "m0").is_some());
+    assert_eq!(drained.len(), 50);
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+    assert_eq!(b.leased_count("w").unwrap(), 0);
 }
 
 #[test]

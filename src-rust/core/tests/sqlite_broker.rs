@@ -224,12 +224,32 @@ fn test_sqlite_extend_leases_prevents_expiry() {
     let (_d, b) = temp_broker();
     b.publish("q", b"x", 0, None).unwrap();
     let got = b.fetch(&qs(&["q"]), 1, "w", 50).unwrap();
-    assert_eq!(b.extend_leases("w", 60_000).unwrap(), 1);
+    assert_eq!(
+        b.extend_leases("w", 60_000, &[&got[0].tag]).unwrap(),
+        vec![got[0].tag.clone()]
+    );
     thread::sleep(Duration::from_millis(80));
     assert_eq!(b.sweep_expired(5).unwrap(), (0, 0));
     let (owner, until) = b.lease_of(&got[0].tag).unwrap().unwrap();
     assert_eq!(owner.as_deref(), Some("w"));
     assert!(until.unwrap() > now_ms() + 50_000);
+}
+
+#[test]
+fn test_sqlite_extend_leases_renews_only_held_tags_and_reports_the_rest() {
+    let (_d, b) = temp_broker();
+    b.publish("q", b"a", 0, None).unwrap();
+    b.publish("q", b"b", 0, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 2, "w", 50).unwrap();
+    let (held, orphan) = (&got[0].tag, &got[1].tag);
+    let mut owned = b.extend_leases("w", 60_000, &[held]).unwrap();
+    owned.sort();
+    assert_eq!(owned, vec![held.clone(), orphan.clone()]);
+    thread::sleep(Duration::from_millis(80));
+    // the orphan's lease was not renewed: it expires and goes back
+    assert_eq!(b.sweep_expired(5).unwrap(), (1, 0));
+    assert_eq!(b.lease_of(orphan).unwrap().unwrap().0, None);
+    assert_eq!(b.lease_of(held).unwrap().unwrap().0.as_deref(), Some("w"));
 }
 
 #[test]
@@ -750,4 +770,38 @@ fn test_sqlite_chord_claim_is_kept_by_its_holder() {
         .unwrap()
         .unwrap();
     assert!(!other.claimed);
+}
+
+#[test]
+fn test_sqlite_file_deleted_or_replaced_fails_loudly_and_the_consumer_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.sqlite3");
+    let b = SqliteBroker::open(&path, 5_000).unwrap();
+    b.publish("q", b"before", 0, None).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(4));
+    let mut cfg = ConsumerConfig::new(&path, qs(&["q"]), "c1");
+    cfg.poll_max = Duration::from_millis(5);
+    let c = SqliteConsumer::new(cfg, Arc::clone(&buffer)).unwrap();
+    c.start().unwrap();
+    assert!(buffer.get(Some(Duration::from_secs(5))).is_some());
+    // replaced: another file renamed over the path (as a restore from backup does)
+    let other = dir.path().join("other.sqlite3");
+    drop(SqliteBroker::open(&other, 5_000).unwrap());
+    std::fs::rename(&other, &path).unwrap();
+    let err = b.publish("q", b"lost?", 0, None).unwrap_err();
+    assert!(matches!(err, Error::Replaced(_)), "{err}");
+    assert!(err.to_string().contains("deleted or replaced"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.running() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !c.running(),
+        "the consumer must stop, not consume another file"
+    );
+    assert!(c.last_error().unwrap().contains("deleted or replaced"));
+    // deleted: also refused
+    let b2 = SqliteBroker::open(&path, 5_000).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(b2.queue_length("q"), Err(Error::Replaced(_))));
 }

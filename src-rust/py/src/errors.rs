@@ -33,6 +33,8 @@ pub fn to_py(py: Python<'_>, err: Error) -> PyErr {
         Error::Config(_) => class!(py, "ConfigurationError"),
         Error::Broker(_) => class!(py, "BrokerError"),
         Error::Connection(_) => class!(py, "BrokerConnectionError"),
+        Error::NoReply(_) => class!(py, "BrokerNoReplyError"),
+        Error::Replaced(_) => class!(py, "BrokerReplacedError"),
     };
     match class {
         Ok(cls) => PyErr::from_type(cls, err.to_string()),

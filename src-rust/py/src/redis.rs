@@ -97,9 +97,10 @@ transport_class!(RedisBroker {
         Ok(wrap_all(got))
     }
 
-    /// Renew every lease of `owner` with the broker's clock; returns how many it holds.
-    fn extend_leases(&self, py: Python<'_>, owner: String) -> PyResult<usize> {
-        py.detach(|| self.inner.extend_leases(&owner)).map_py(py)
+    /// Renew, with the broker's clock, the leases of `held` (tags `owner` holds); returns every
+    /// tag leased to `owner`.
+    fn extend_leases(&self, py: Python<'_>, owner: String, held: Vec<String>) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.extend_leases(&owner, &held)).map_py(py)
     }
 
     /// Return leases older than `visibility_timeout_ms` to the front of their queue (redelivered),
@@ -146,7 +147,7 @@ pub struct RedisConsumer {
 
 consumer_class!(RedisConsumer {
     #[new]
-    #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, poll_max_ms = 20, global_keyprefix = "", foreign_visibility_s = 3600.0))]
+    #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, poll_max_ms = 20, global_keyprefix = "", foreign_visibility_s = 3600.0, socket_timeout_s = 10.0, connect_timeout_s = 5.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -159,12 +160,14 @@ consumer_class!(RedisConsumer {
         poll_max_ms: u64,
         global_keyprefix: &str,
         foreign_visibility_s: f64,
+        socket_timeout_s: f64,
+        connect_timeout_s: f64,
     ) -> PyResult<Self> {
         let redis = config(
             url,
             global_keyprefix.to_string(),
-            10.0,
-            5.0,
+            socket_timeout_s,
+            connect_timeout_s,
             foreign_visibility_s,
         )
         .map_py(py)?;

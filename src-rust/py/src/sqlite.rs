@@ -62,9 +62,16 @@ transport_class!(SqliteBroker {
         Ok(wrap_all(got))
     }
 
-    fn extend_leases(&self, py: Python<'_>, owner: String, lease_ms: i64) -> PyResult<usize> {
+    /// Renew the leases of `held` (tags `owner` holds); returns every tag leased to `owner`.
+    fn extend_leases(
+        &self,
+        py: Python<'_>,
+        owner: String,
+        lease_ms: i64,
+        held: Vec<String>,
+    ) -> PyResult<Vec<String>> {
         let lease_ms = non_negative("lease_ms", lease_ms).map_py(py)?;
-        py.detach(|| self.inner.extend_leases(&owner, lease_ms))
+        py.detach(|| self.inner.extend_leases(&owner, lease_ms, &held))
             .map_py(py)
     }
 

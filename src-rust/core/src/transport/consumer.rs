@@ -5,14 +5,24 @@
 //! connection, opened on the thread. It fetches only as many messages as the buffer has credits
 //! (at most [`FETCH_BATCH`]), polls with exponential backoff when nothing is due (the
 //! transport's `poll_min` doubling up to `poll_max`), renews this owner's leases every
-//! `lease / 3`, and sweeps expired leases of any owner every `sweep_interval`. With several
+//! `lease / 3`, and sweeps expired leases of any owner every `sweep_interval`.
+//!
+//! It renews only the leases of tags it fetched itself. After a broker stall, a fetch whose reply
+//! never arrived (the client gave up; the broker ran it later) leaves messages leased to this
+//! owner that nobody will run: renewing the whole owner set would keep them stranded for as long
+//! as the worker lives. The broker's answer to a renewal lists the owner's tags, so such orphans
+//! are handed back (count undone) at the next renewal, and tags gone from the broker (acked,
+//! swept) are forgotten. Fetch and renewal run on this one thread, so a tag is always recorded
+//! before the next renewal can see it. With several
 //! queues, each fetch starts at the next queue in turn (transports take one message from each
 //! queue in turn within a priority), so consuming is fair between queues. Errors are
 //! recorded (see `last_error`), the connection is dropped and reopened with backoff (10 ms
 //! doubling to 1 s), so consuming resumes within about a second of the broker coming back; the
-//! thread only ends when asked to. It never takes the GIL and never starts on its own: call
+//! thread only ends when asked to, or when the broker's storage was replaced (`Error::Replaced`,
+//! kept as `last_error`). It never takes the GIL and never starts on its own: call
 //! `start` after any fork.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,12 +49,13 @@ const LEASE_MIN: Duration = Duration::from_millis(30);
 pub(crate) trait LeaseSource: Send + 'static {
     /// Leases up to `limit` messages of `queues` to this owner.
     fn fetch(&mut self, queues: &[String], limit: usize) -> Result<Vec<Delivery>>;
-    /// Renews every lease this owner holds.
-    fn extend_leases(&mut self) -> Result<()>;
+    /// Renews the leases of `held` (tags this owner fetched) and returns every tag the broker
+    /// has leased to this owner.
+    fn extend_leases(&mut self, held: &[String]) -> Result<Vec<String>>;
     /// Returns expired leases of any owner to their queues (dead-lettering the over-delivered).
     fn sweep(&mut self) -> Result<()>;
     /// Returns leased messages that were never handed out, unchanged and not counted.
-    fn give_back(&mut self, unstarted: &[Delivery]) -> Result<()>;
+    fn give_back(&mut self, tags: &[String]) -> Result<()>;
 }
 
 /// Opens a [`LeaseSource`]; called on the consumer thread, again after every error.
@@ -72,6 +83,9 @@ struct Shared {
     stop: AtomicBool,
     queues: Mutex<Vec<String>>,
     last_error: Mutex<Option<String>>,
+    /// Tags fetched by this consumer and, at the last renewal, still leased to its owner. Kept
+    /// here, not on the thread, so that a restarted thread still renews what the worker runs.
+    held: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,6 +124,7 @@ impl<S: LeaseSource> Consumer<S> {
             stop: AtomicBool::new(false),
             queues: Mutex::new(settings.queues.clone()),
             last_error: Mutex::new(None),
+            held: Mutex::new(HashSet::new()),
         });
         Ok(Consumer {
             settings,
@@ -262,6 +277,12 @@ impl<S: LeaseSource> Worker<S> {
             };
             match self.step(s, &mut timers) {
                 Ok(()) => error_backoff = ERROR_BACKOFF_MIN,
+                Err(e @ Error::Replaced(_)) => {
+                    // Reopening would consume another store than the one this worker's
+                    // deliveries and acks belong to: stop, and let the process be restarted.
+                    *lock(&self.shared.last_error) = Some(e.to_string());
+                    return;
+                }
                 Err(e) => {
                     // Drop the connection and open a new one; each transport's `connect` says
                     // why (a restarted server, a replaced file, a broken connection).
@@ -279,10 +300,24 @@ impl<S: LeaseSource> Worker<S> {
         *backoff = (*backoff * 2).min(ERROR_BACKOFF_MAX);
     }
 
+    /// Renews the leases this thread fetched; hands back orphans (see the module docs).
+    fn renew(&self, s: &mut S) -> Result<()> {
+        let tags: Vec<String> = lock(&self.shared.held).iter().cloned().collect();
+        let owned: HashSet<String> = s.extend_leases(&tags)?.into_iter().collect();
+        let mut held = lock(&self.shared.held);
+        held.retain(|t| owned.contains(t));
+        let orphans: Vec<String> = owned.into_iter().filter(|t| !held.contains(t)).collect();
+        drop(held);
+        if !orphans.is_empty() {
+            s.give_back(&orphans)?;
+        }
+        Ok(())
+    }
+
     fn step(&self, s: &mut S, t: &mut Timers) -> Result<()> {
         let now = Instant::now();
         if now >= t.next_extend {
-            s.extend_leases()?;
+            self.renew(s)?;
             t.next_extend = now + t.extend_every;
         }
         if now >= t.next_sweep {
@@ -312,10 +347,12 @@ impl<S: LeaseSource> Worker<S> {
             return Ok(());
         }
         t.poll = self.settings.poll_min;
+        lock(&self.shared.held).extend(batch.iter().map(|d| d.tag.clone()));
         let rejected = self.buffer.put_many(batch);
         if !rejected.is_empty() {
             // The buffer was closed under us: give these back now rather than at lease expiry.
-            s.give_back(&rejected)?;
+            let tags: Vec<String> = rejected.into_iter().map(|d| d.tag).collect();
+            s.give_back(&tags)?;
         }
         Ok(())
     }

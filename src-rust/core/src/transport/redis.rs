@@ -11,6 +11,7 @@
 //!
 //! Every key carries the optional `global_keyprefix`, as kombu does.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -191,8 +192,16 @@ pub struct RedisBroker {
     /// `rediss://`: connection errors get TLS hints.
     tls: bool,
     conn: Mutex<Option<Connection>>,
-    scripts: Scripts,
+    /// Plain scripts, and the same flagged `allow-oom` (Redis 7 or later).
+    scripts: [Scripts; 2],
+    /// Which of `scripts` this server takes: [`SCRIPTS_UNKNOWN`] until the first connection
+    /// reads its version, then an index into `scripts`.
+    script_kind: AtomicUsize,
 }
+
+const SCRIPTS_UNKNOWN: usize = usize::MAX;
+/// The first Redis version whose scripts may carry flags (`#!lua flags=...`).
+const SCRIPT_FLAGS_SINCE_MAJOR: u32 = 7;
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,7 +239,8 @@ impl RedisBroker {
             client,
             tls,
             conn: Mutex::new(None),
-            scripts: Scripts::new(),
+            scripts: [Scripts::new(false), Scripts::new(true)],
+            script_kind: AtomicUsize::new(SCRIPTS_UNKNOWN),
         })
     }
 
@@ -256,7 +266,7 @@ impl RedisBroker {
             };
             Error::Connection(format!("{} ({e}); {hint}", self.masked))
         };
-        let c = self
+        let mut c = self
             .client
             .get_connection_with_timeout(self.config.connect_timeout)
             .map_err(map)?;
@@ -264,7 +274,23 @@ impl RedisBroker {
             .map_err(map)?;
         c.set_write_timeout(Some(self.config.socket_timeout))
             .map_err(map)?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut c)
+            .map_err(map)?;
+        let flags = server_major(&info).is_some_and(|m| m >= SCRIPT_FLAGS_SINCE_MAJOR);
+        self.script_kind
+            .store(usize::from(flags), Ordering::Relaxed);
         Ok(c)
+    }
+
+    /// The scripts this server takes (connecting first if no connection was ever made).
+    fn scripts(&self) -> Result<&Scripts> {
+        if self.script_kind.load(Ordering::Relaxed) == SCRIPTS_UNKNOWN {
+            self.with_conn(|_| Ok(()))?;
+        }
+        let kind = self.script_kind.load(Ordering::Relaxed);
+        Ok(&self.scripts[kind.min(1)])
     }
 
     /// Runs `f` on the connection; a connection error drops it so the next call reconnects.
@@ -283,7 +309,22 @@ impl RedisBroker {
     /// The error of a failed command; a connection error drops the connection so the next call
     /// reconnects.
     fn failed(&self, conn: &mut Option<Connection>, e: RedisError) -> Error {
-        if is_connection_error(&e) {
+        if e.is_timeout() {
+            // The request may have been carried out: say so. The connection is out of step with
+            // its replies now; drop it.
+            *conn = None;
+            Error::NoReply(format!(
+                "{} did not answer within {:?} (socket timeout); the request may or may not \
+                 have been carried out",
+                self.masked, self.config.socket_timeout
+            ))
+        } else if e.code() == Some("OOM") {
+            Error::Broker(format!(
+                "{} is out of memory (used memory > maxmemory, policy noeviction): it refuses new \
+                 messages until memory is freed; workers keep draining it ({e})",
+                self.masked
+            ))
+        } else if is_connection_error(&e) {
             *conn = None;
             Error::Connection(format!("{}: {e}", self.masked))
         } else {
@@ -393,7 +434,7 @@ impl RedisBroker {
         if limit == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = self.scripts.fetch.prepare_invoke();
+        let mut inv = self.scripts()?.fetch.prepare_invoke();
         inv.arg(&self.config.global_keyprefix)
             .arg(owner)
             .arg(limit)
@@ -426,7 +467,7 @@ impl RedisBroker {
         if tags.is_empty() {
             return Ok(0);
         }
-        let mut inv = self.scripts.ack.prepare_invoke();
+        let mut inv = self.scripts()?.ack.prepare_invoke();
         inv.arg(&self.config.global_keyprefix);
         for t in tags {
             inv.arg(t.as_ref());
@@ -446,8 +487,8 @@ impl RedisBroker {
         if rows.is_empty() && tags.is_empty() {
             return Ok(0);
         }
-        let store = &self.scripts.store_result;
-        let ack = &self.scripts.ack;
+        let store = &self.scripts()?.store_result;
+        let ack = &self.scripts()?.ack;
         let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(rows.len() + 1);
         for r in rows {
             let mut cmd = redis::cmd("EVALSHA");
@@ -507,7 +548,7 @@ impl RedisBroker {
         if tags.is_empty() {
             return Ok(0);
         }
-        let mut inv = self.scripts.requeue.prepare_invoke();
+        let mut inv = self.scripts()?.requeue.prepare_invoke();
         inv.arg(&self.config.global_keyprefix)
             .arg(if undo_count { "1" } else { "0" });
         for t in tags {
@@ -516,10 +557,15 @@ impl RedisBroker {
         self.with_conn(|c| inv.invoke(c))
     }
 
-    /// Renews every lease of `owner` with the broker's clock; returns how many it holds.
-    pub fn extend_leases(&self, owner: &str) -> Result<usize> {
-        let mut inv = self.scripts.extend.prepare_invoke();
+    /// Renews the leases of the tags in `held` that `owner` holds, with the broker's clock, and
+    /// returns every tag the broker has leased to `owner` (those not in `held` are orphans, see
+    /// [`crate::transport::consumer`]).
+    pub fn extend_leases<S: AsRef<str>>(&self, owner: &str, held: &[S]) -> Result<Vec<String>> {
+        let mut inv = self.scripts()?.extend.prepare_invoke();
         inv.arg(&self.config.global_keyprefix).arg(owner);
+        for t in held {
+            inv.arg(t.as_ref());
+        }
         self.with_conn_idempotent(|c| inv.invoke(c))
     }
 
@@ -641,7 +687,7 @@ impl RedisBroker {
         if items.is_empty() {
             return Ok((0, 0));
         }
-        let mut inv = self.scripts.restore.prepare_invoke();
+        let mut inv = self.scripts()?.restore.prepare_invoke();
         inv.arg(&self.config.global_keyprefix).arg(ceil).arg(owner);
         for (tag, kind, key, data) in items {
             inv.arg(tag.as_str())
@@ -682,7 +728,7 @@ impl RedisBroker {
     /// `worker_lost`. Returns `(requeued, dead_lettered)`.
     pub fn requeue_owner(&self, owner: &str, max_deliveries: u32) -> Result<(usize, usize)> {
         check_owner(owner)?;
-        let mut inv = self.scripts.inspect.prepare_invoke();
+        let mut inv = self.scripts()?.inspect.prepare_invoke();
         inv.arg(&self.config.global_keyprefix)
             .arg("owner")
             .arg(owner);
@@ -704,7 +750,7 @@ impl RedisBroker {
         visibility: Duration,
         max_deliveries: u32,
     ) -> Result<(usize, usize)> {
-        let mut inv = self.scripts.inspect.prepare_invoke();
+        let mut inv = self.scripts()?.inspect.prepare_invoke();
         inv.arg(&self.config.global_keyprefix)
             .arg("expired")
             .arg(visibility.as_secs_f64())
@@ -725,7 +771,7 @@ impl RedisBroker {
 
     /// Moves an in-flight message to its queue's dead-letter list; false when it is not in flight.
     pub fn dead_letter(&self, tag: &str, reason: &str, error: Option<&str>) -> Result<bool> {
-        let mut inv = self.scripts.inspect.prepare_invoke();
+        let mut inv = self.scripts()?.inspect.prepare_invoke();
         inv.arg(&self.config.global_keyprefix).arg("tags").arg(tag);
         let (_, found) = self.inspect(&inv)?;
         let Some(m) = found.into_iter().next() else {
@@ -783,7 +829,7 @@ impl RedisBroker {
             if !wanted.contains(d.id.as_str()) {
                 continue;
             }
-            let mut inv = self.scripts.requeue_dead.prepare_invoke();
+            let mut inv = self.scripts()?.requeue_dead.prepare_invoke();
             inv.arg(&self.config.global_keyprefix)
                 .arg(self.dlq_key(queue))
                 .arg(&raw[..])
@@ -980,6 +1026,14 @@ fn lua_json_string(entry: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The major version in `INFO server` (`redis_version:7.0.15`; Valkey reports its Redis version).
+fn server_major(info: &str) -> Option<u32> {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))?;
+    version.split('.').next()?.trim().parse().ok()
+}
+
 fn check_owner(owner: &str) -> Result<()> {
     if owner.is_empty() || owner.contains('\n') {
         return Err(Error::Config(format!(
@@ -1028,6 +1082,14 @@ transport_by_inherent_methods!(RedisBroker);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn test_server_major_reads_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
+        assert_eq!(super::server_major(info), Some(7));
+        assert_eq!(super::server_major("redis_version:6.2.14\n"), Some(6));
+        assert_eq!(super::server_major("# Server\n"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -124,8 +124,8 @@ impl LeaseSource for Leases {
         self.broker.fetch(queues, limit, &self.owner)
     }
 
-    fn extend_leases(&mut self) -> Result<()> {
-        self.broker.extend_leases(&self.owner).map(drop)
+    fn extend_leases(&mut self, held: &[String]) -> Result<Vec<String>> {
+        self.broker.extend_leases(&self.owner, held)
     }
 
     fn sweep(&mut self) -> Result<()> {
@@ -134,8 +134,7 @@ impl LeaseSource for Leases {
             .map(drop)
     }
 
-    fn give_back(&mut self, unstarted: &[Delivery]) -> Result<()> {
-        let tags: Vec<&str> = unstarted.iter().map(|d| d.tag.as_str()).collect();
-        self.broker.requeue(&tags).map(drop)
+    fn give_back(&mut self, tags: &[String]) -> Result<()> {
+        self.broker.requeue(tags).map(drop)
     }
 }

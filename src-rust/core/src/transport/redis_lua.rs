@@ -149,16 +149,20 @@ end
 return n
 "#;
 
-/// ARGV: prefix, owner. Renews the owner's leases with the broker's clock.
+/// ARGV: prefix, owner, held tags... Renews, with the broker's clock, the leases of the owner's
+/// tags that the owner says it holds, and returns every tag in its owner set. A tag the owner
+/// does not hold got there by a fetch whose reply never reached it (the script ran after the
+/// client gave up on it); renewing it would strand the message, so the caller hands it back.
 const EXTEND_BODY: &str = r#"
 local t = redis.call('TIME')
 local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local n = 0
-for _, tag in ipairs(redis.call('SMEMBERS', prefix .. 'rqueue.owned.' .. ARGV[2])) do
-  redis.call('ZADD', index, 'XX', now_s, tag)
-  n = n + 1
+local held = {}
+for i = 3, #ARGV do held[ARGV[i]] = true end
+local owned = redis.call('SMEMBERS', prefix .. 'rqueue.owned.' .. ARGV[2])
+for _, tag in ipairs(owned) do
+  if held[tag] then redis.call('ZADD', index, 'XX', now_s, tag) end
 end
-return n
+return owned
 "#;
 
 /// ARGV: prefix, mode, ... Reads in-flight entries for the Rust side to decide on.
@@ -297,11 +301,21 @@ redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 "#;
 
-fn script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{PRELUDE}{body}"))
+/// Redis 7 refuses every write command of a script without flags while its memory is full
+/// (`noeviction`), even after the script has popped a message: the fetch script would lose it,
+/// and acks could never free memory. Scripts flagged `allow-oom` run to the end. Redis 6 knows
+/// no flags (a shebang does not compile there), but checks memory only before a script's first
+/// write, which in these scripts is the one that frees memory (RPOP, HDEL, LREM).
+const ALLOW_OOM: &str = "#!lua flags=allow-oom\n";
+
+fn script(body: &str, allow_oom: bool) -> redis::Script {
+    let flags = if allow_oom { ALLOW_OOM } else { "" };
+    redis::Script::new(&format!("{flags}{PRELUDE}{body}"))
 }
 
-/// The scripts, hashed once; invoked by SHA (loaded on first NOSCRIPT).
+/// The scripts, hashed once; invoked by SHA (loaded on first NOSCRIPT). The worker's scripts may
+/// run while Redis is out of memory (see [`ALLOW_OOM`]): a full Redis must still drain, with
+/// each completed task freeing its message. Producers' plain commands are refused, clearly.
 pub(crate) struct Scripts {
     pub fetch: redis::Script,
     pub ack: redis::Script,
@@ -315,16 +329,18 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub fn new() -> Self {
+    /// `allow_oom` needs Redis 7 or later.
+    pub fn new(allow_oom: bool) -> Self {
+        let flags = if allow_oom { ALLOW_OOM } else { "" };
         Scripts {
-            fetch: script(FETCH_BODY),
-            ack: script(ACK_BODY),
-            requeue: script(REQUEUE_BODY),
-            extend: script(EXTEND_BODY),
-            inspect: script(INSPECT_BODY),
-            restore: script(RESTORE_BODY),
-            requeue_dead: script(REQUEUE_DEAD_BODY),
-            store_result: redis::Script::new(STORE_RESULT_LUA),
+            fetch: script(FETCH_BODY, allow_oom),
+            ack: script(ACK_BODY, allow_oom),
+            requeue: script(REQUEUE_BODY, allow_oom),
+            extend: script(EXTEND_BODY, allow_oom),
+            inspect: script(INSPECT_BODY, false),
+            restore: script(RESTORE_BODY, allow_oom),
+            requeue_dead: script(REQUEUE_DEAD_BODY, allow_oom),
+            store_result: redis::Script::new(&format!("{flags}{STORE_RESULT_LUA}")),
         }
     }
 }

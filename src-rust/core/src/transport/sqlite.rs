@@ -201,6 +201,28 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// A file's device and inode number (`None` where the platform has none, or it is missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+#[cfg(unix)]
+fn file_identity(path: &Path) -> Option<FileIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileIdentity {
+        device: m.dev(),
+        inode: m.ino(),
+    })
+}
+
+#[cfg(not(unix))]
+fn file_identity(_path: &Path) -> Option<FileIdentity> {
+    None
+}
+
 #[cfg(unix)]
 fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -229,6 +251,9 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 #[derive(Debug)]
 pub struct SqliteBroker {
     path: PathBuf,
+    /// Which file `conn` opened (see [`file_identity`]): checked before every statement, because
+    /// SQLite keeps writing to a deleted or replaced file as if nothing happened.
+    identity: Option<FileIdentity>,
     conn: Mutex<Connection>,
     /// How long to keep retrying SQLITE_BUSY after the busy handler gave up.
     retry_window: Duration,
@@ -255,8 +280,10 @@ impl SqliteBroker {
         let busy = Duration::from_millis(busy_timeout_ms);
         conn.busy_handler(Some(wait_while_busy))?;
         conn.set_prepared_statement_cache_capacity(64);
+        let identity = file_identity(&path);
         let broker = SqliteBroker {
             path,
+            identity,
             conn: Mutex::new(conn),
             retry_window: busy.max(Duration::from_secs(30)),
         };
@@ -299,6 +326,7 @@ impl SqliteBroker {
     /// whole transaction (or a single statement) so a retry repeats it from the start.
     fn with_conn<T>(&self, mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
         let mut conn = self.lock();
+        self.check_same_file()?;
         let start = Instant::now();
         let mut backoff = Duration::from_millis(1);
         loop {
@@ -317,6 +345,19 @@ impl SqliteBroker {
                 other => return other.map_err(Error::from),
             }
         }
+    }
+
+    /// Fails once the path no longer names the file this connection opened.
+    fn check_same_file(&self) -> Result<()> {
+        if self.identity.is_none() || file_identity(&self.path) == self.identity {
+            return Ok(());
+        }
+        Err(Error::Replaced(format!(
+            "the SQLite broker file {} was deleted or replaced after this process opened it; \
+             nothing more is written to the old file (it would be lost). Restart this process, \
+             and every producer and worker using the file, to use the file now at that path",
+            self.path.display()
+        )))
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -522,12 +563,26 @@ impl SqliteBroker {
         })
     }
 
-    /// Pushes the lease of every message held by `owner` to now + `lease_ms`.
-    pub fn extend_leases(&self, owner: &str, lease_ms: u64) -> Result<usize> {
+    /// Pushes the lease of each message in `held` that `owner` holds to now + `lease_ms`, and
+    /// returns the tags of every message leased to `owner` (those not in `held` are orphans, see
+    /// [`crate::transport::consumer`]).
+    pub fn extend_leases<S: AsRef<str>>(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        held: &[S],
+    ) -> Result<Vec<String>> {
         let until = now_ms().saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
-        self.with_conn(|c| {
-            c.prepare_cached("UPDATE messages SET lease_until_ms = ?2 WHERE owner = ?1")?
-                .execute(params![owner, until])
+        self.immediate(|tx| {
+            let mut renew = tx.prepare_cached(
+                "UPDATE messages SET lease_until_ms = ?3 WHERE id = ?1 AND owner = ?2",
+            )?;
+            for id in held.iter().filter_map(|t| t.as_ref().parse::<i64>().ok()) {
+                renew.execute(params![id, owner, until])?;
+            }
+            tx.prepare_cached("SELECT id FROM messages WHERE owner = ?1")?
+                .query_map([owner], |r| r.get::<_, i64>(0).map(|id| id.to_string()))?
+                .collect()
         })
     }
 

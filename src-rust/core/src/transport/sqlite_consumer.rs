@@ -121,19 +121,16 @@ impl LeaseSource for Leases {
         self.broker.fetch(queues, limit, &self.owner, self.lease_ms)
     }
 
-    fn extend_leases(&mut self) -> Result<()> {
-        self.broker
-            .extend_leases(&self.owner, self.lease_ms)
-            .map(drop)
+    fn extend_leases(&mut self, held: &[String]) -> Result<Vec<String>> {
+        self.broker.extend_leases(&self.owner, self.lease_ms, held)
     }
 
     fn sweep(&mut self) -> Result<()> {
         self.broker.sweep_expired(self.max_deliveries).map(drop)
     }
 
-    fn give_back(&mut self, unstarted: &[Delivery]) -> Result<()> {
-        let tags: Vec<&str> = unstarted.iter().map(|d| d.tag.as_str()).collect();
-        self.broker.requeue(&tags).map(drop)
+    fn give_back(&mut self, tags: &[String]) -> Result<()> {
+        self.broker.requeue(tags).map(drop)
     }
 }
 

@@ -1,0 +1,212 @@
+"""Reliability under partial failure (docs/reliability.md R11 to R13): a frozen Redis, a full Redis, a
+replaced SQLite file; with real workers started through the CLI and real servers.
+
+Each scenario prints sent, lost, duplicated and stranded (still leased or in kombu's ``unacked``
+once everything ran) and its recovery time. The ledger is the independent record of executions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, RedisServer
+from rqueue import _rqueue
+from rqueue.exceptions import BrokerError, BrokerNoReplyError, BrokerReplacedError
+from test_reliability import cleanup, ledger_counts, use_config, wait_for
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, Project]]:
+    """A Redis of this test's own (it is frozen, filled or killed) and a project on it."""
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "project").mkdir()
+    server = RedisServer(tmp_path / "redis", extra_args=["--maxmemory-policy", "noeviction"])
+    project = Project(tmp_path / "project", "redis", server.url)
+    try:
+        yield server, project
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGCONT)
+        cleanup(project)
+        server.stop()
+
+
+def redis_client(server: RedisServer) -> object:
+    import redis
+
+    return redis.Redis.from_url(server.url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def stranded(client: object) -> tuple[int, int]:
+    """(entries in kombu's ``unacked`` hash, tags in rqueue owner sets) once everything ran."""
+    owned = sum(int(client.scard(k)) for k in client.scan_iter("rqueue.owned.*"))  # type: ignore[attr-defined]
+    return int(client.hlen("unacked")), owned  # type: ignore[attr-defined]
+
+
+# -- R11: Redis frozen (SIGSTOP) past the visibility timeout, under load -------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_r11_redis_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
+    private_redis: tuple[RedisServer, Project], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, project = private_redis
+    visibility, freeze = 3, 10
+    use_config(project, f"broker_visibility_timeout = {visibility}\nbroker_connection_timeout = 1.0\n", monkeypatch)
+    tasks = project.app()
+    n = 400
+    results = tasks.sleep.delay_many([(0.01, f"r11-{i}") for i in range(n)])
+    workers = [project.start_worker("-c", "2"), project.start_worker("-c", "2")]
+    wait_for(lambda: project.ledger_count() >= 40, 30, "the workers are draining")
+
+    # A producer keeps sending through the freeze: each call returns an id, or fails within the
+    # connection timeout saying whether the outcome is unknown.
+    sent: list[str] = []
+    unknown: list[str] = []
+    refused: list[str] = []
+    slowest = [0.0]
+    stop = threading.Event()
+
+    def produce() -> None:
+        i = 0
+        while not stop.is_set():
+            key = f"r11-live-{i}"
+            began = time.monotonic()
+            try:
+                tasks.sleep.delay(0.01, key)
+                sent.append(key)
+            except BrokerNoReplyError as exc:
+                assert "unknown" in str(exc)
+                unknown.append(key)
+            except BrokerError:
+                refused.append(key)
+            slowest[0] = max(slowest[0], time.monotonic() - began)
+            i += 1
+            time.sleep(0.05)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    time.sleep(freeze)
+    server.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    resumed = time.monotonic()
+    before = project.ledger_count()
+    wait_for(lambda: project.ledger_count() > before, 30, "consuming resumed")
+    recovery_s = time.monotonic() - resumed
+    time.sleep(1.0)
+    stop.set()
+    producer.join(10)
+
+    wait_for(lambda: all(ledger_counts(project)[f"r11-{i}"] for i in range(n)), 60, "the backlog ran", interval=0.2)
+    wait_for(lambda: all(ledger_counts(project)[k] for k in sent), 60, "every accepted send ran", interval=0.2)
+    client = redis_client(server)
+    # Everything ran; what is still leased was leased to no one who will run it. Renewals hand such
+    # orphans back within a third of the visibility timeout.
+    wait_for(lambda: stranded(client) == (0, 0), visibility * 2, "nothing stays leased")
+    counts = ledger_counts(project)
+    keys = [f"r11-{i}" for i in range(n)] + sent
+    lost = [k for k in keys if counts[k] == 0]
+    duplicated = sum(counts[k] - 1 for k in keys if counts[k] > 1)
+    print(
+        f"\nR11 [redis] frozen={freeze}s visibility={visibility}s sent={len(keys)} lost={len(lost)} "
+        f"duplicated={duplicated} stranded={stranded(client)} recovery={recovery_s:.2f}s "
+        f"sends-unknown={len(unknown)} sends-refused={len(refused)} slowest-send={slowest[0]:.2f}s"
+    )
+    assert lost == []
+    assert [r.get(timeout=30) for r in results[:10]] == [0.01] * 10
+    # a send never waits out the freeze: it fails within about the connection timeout (1 s) per try
+    assert slowest[0] < freeze / 2
+    assert unknown or refused, "sends during the freeze must fail, not hang"
+    assert all(w.proc.poll() is None for w in workers)
+
+
+# -- R12: Redis memory full (noeviction), then freed ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_r12_full_redis_refuses_producers_while_workers_drain(private_redis: tuple[RedisServer, Project]) -> None:
+    server, project = private_redis
+    tasks = project.app()
+    n = 300
+    pad = "x" * 2000
+    results = tasks.sleep.delay_many([(0, f"r12-{i}") for i in range(n)])
+    client = redis_client(server)
+    used = int(client.info("memory")["used_memory"])  # type: ignore[attr-defined]
+    client.config_set("maxmemory", used - 200_000)  # type: ignore[attr-defined]
+
+    with pytest.raises(BrokerError, match="maxmemory") as refused:
+        tasks.sleep.delay(0, pad)
+    # a worker started while Redis is full starts, drains the backlog and stores every result
+    worker = project.start_worker("-c", "2")
+    wait_for(lambda: len(ledger_counts(project)) >= n, 60, "the backlog drained", interval=0.2)
+    assert [r.get(timeout=30) for r in results] == [0] * n
+    assert stranded(client) == (0, 0)
+    log = worker.log_text()
+    client.config_set("maxmemory", 0)  # type: ignore[attr-defined]
+    freed = time.monotonic()
+    late = tasks.sleep.delay(0, "r12-after")
+    assert late.get(timeout=30) == 0
+    counts = ledger_counts(project)
+    lost = [i for i in range(n) if counts[f"r12-{i}"] == 0]
+    print(
+        f"\nR12 [redis] sent={n + 1} lost={len(lost)} duplicated={sum(c - 1 for c in counts.values())} "
+        f"stranded={stranded(client)} recovery-after-free={time.monotonic() - freed:.2f}s "
+        f"producer-error={str(refused.value)[:90]!r}"
+    )
+    assert lost == []
+    assert worker.proc.poll() is None
+    assert "Traceback" not in log
+    assert log.count("is out of memory") == 1, log  # said once, clearly
+
+
+# -- R13: the SQLite file deleted or replaced under live producers ------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_r13_sqlite_file_replaced_is_refused_loudly_and_workers_restart_on_the_new_one(
+    tmp_path: Path, how: str
+) -> None:
+    project = Project(tmp_path, "sqlite")
+    try:
+        tasks = project.app()
+        worker = project.start_worker("-c", "2")
+        assert tasks.sleep.delay(0, "r13-before").get(timeout=30) == 0
+        path = Path(project.broker_url.removeprefix("sqlite:///"))
+        if how == "deleted":
+            os.unlink(path)
+        else:
+            other = tmp_path / "restored.sqlite3"
+            _rqueue.SqliteBroker(str(other)).publish("celery", b"{}")  # another rqueue file
+            shutil.copy(other, tmp_path / "copy.sqlite3")
+            os.replace(tmp_path / "copy.sqlite3", path)
+        # no delay() returns an id for a message that could never run
+        with pytest.raises(BrokerReplacedError, match="deleted or replaced"):
+            tasks.sleep.delay(0, "r13-lost")
+        with pytest.raises(BrokerReplacedError):
+            tasks.sleep.delay(0, "r13-lost-again")
+        # the worker stops (non-zero: a supervisor restarts it) instead of serving the old file
+        code = worker.proc.wait(30)
+        assert code != 0
+        assert "deleted or replaced" in worker.log_text()
+        # restarted, producer and worker use the file now at that path
+        restarted = project.start_worker("-c", "1")
+        fresh = project.app()
+        assert fresh.sleep.delay(0, "r13-after").get(timeout=30) == 0
+        counts = ledger_counts(project)
+        print(f"\nR13 [sqlite, {how}] refused=2 ran-after-restart={counts['r13-after']} lost-accepted=0")
+        assert counts["r13-lost"] == 0 and counts["r13-after"] == 1
+        restarted.stop()
+    finally:
+        cleanup(project)
