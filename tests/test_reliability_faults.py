@@ -210,3 +210,47 @@ def test_r13_sqlite_file_replaced_is_refused_loudly_and_workers_restart_on_the_n
         restarted.stop()
     finally:
         cleanup(project)
+
+
+# -- the SQLite write-ahead log under contention ------------------------------------------------------
+
+PRODUCE = """
+import sys, time
+import tasks
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    tasks.add.delay(1, 2)
+"""
+
+
+@pytest.mark.slow
+def test_sqlite_wal_stays_bounded_under_four_producers_and_two_workers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    project = Project(tmp_path, "sqlite")
+    try:
+        (tmp_path / "produce.py").write_text(PRODUCE)
+        [project.start_worker("-c", "2") for _ in range(2)]
+        seconds = 12.0
+        producers = [
+            subprocess.Popen([sys.executable, "produce.py", str(seconds)], cwd=tmp_path, env=project.env)
+            for _ in range(4)
+        ]
+        wal = Path(project.broker_url.removeprefix("sqlite:///") + "-wal")
+        sizes = []
+        while any(p.poll() is None for p in producers):
+            sizes.append(wal.stat().st_size if wal.exists() else 0)
+            time.sleep(0.1)
+        assert all(p.wait() == 0 for p in producers)
+        db = Path(project.broker_url.removeprefix("sqlite:///")).stat().st_size
+        mib = 1024 * 1024
+        print(
+            f"\nSQLite WAL, 4 producers + 2 workers for {seconds:.0f} s: max {max(sizes) / mib:.0f} MiB, "
+            f"median {sorted(sizes)[len(sizes) // 2] / mib:.0f} MiB, database {db / mib:.0f} MiB "
+            f"(checkpointed past {_rqueue.SQLITE_WAL_LIMIT_BYTES / mib:.0f} MiB)"
+        )
+        # Unbounded, it reached gigabytes within 30 s here; bounded, a few times the limit at most.
+        assert max(sizes) < 8 * _rqueue.SQLITE_WAL_LIMIT_BYTES
+    finally:
+        cleanup(project)

@@ -11,6 +11,8 @@ __version__: str
 #: The Lua script that stores one result record in Redis (SET with expiry + PUBLISH unless a
 #: SUCCESS is stored); ``RedisBroker.complete`` and ``rqueue.backends.redis`` both run it.
 REDIS_STORE_RESULT_LUA: str
+#: The SQLite broker checkpoints and truncates its write-ahead log once it is larger than this.
+SQLITE_WAL_LIMIT_BYTES: int
 
 # -- codecs -------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -201,6 +202,12 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// The write-ahead log is checkpointed and truncated once it is larger than this.
+pub const WAL_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
+/// How often a connection that writes or fetches looks at the log's size (a `stat`): at over
+/// 100 MB/s of log under heavy load, the log then stays within a few tens of MB of the limit.
+const WAL_CHECK_INTERVAL_MS: i64 = 50;
+
 /// A file's device and inode number (`None` where the platform has none, or it is missing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileIdentity {
@@ -254,6 +261,8 @@ pub struct SqliteBroker {
     /// Which file `conn` opened (see [`file_identity`]): checked before every statement, because
     /// SQLite keeps writing to a deleted or replaced file as if nothing happened.
     identity: Option<FileIdentity>,
+    /// When this connection next looks at the write-ahead log's size (epoch ms).
+    next_wal_check_ms: AtomicI64,
     conn: Mutex<Connection>,
     /// How long to keep retrying SQLITE_BUSY after the busy handler gave up.
     retry_window: Duration,
@@ -284,6 +293,7 @@ impl SqliteBroker {
         let broker = SqliteBroker {
             path,
             identity,
+            next_wal_check_ms: AtomicI64::new(0),
             conn: Mutex::new(conn),
             retry_window: busy.max(Duration::from_secs(30)),
         };
@@ -347,6 +357,48 @@ impl SqliteBroker {
         }
     }
 
+    /// Keeps the write-ahead log bounded: at most every [`WAL_CHECK_INTERVAL_MS`], checkpoints it
+    /// when it is over [`WAL_LIMIT_BYTES`]. Called after the calls that grow it. A checkpoint that
+    /// fails (busy) is tried again at the next check; it never fails the call that wrote.
+    fn bound_wal(&self) {
+        let now = now_ms();
+        let next = self.next_wal_check_ms.load(Ordering::Relaxed);
+        if now < next
+            || self
+                .next_wal_check_ms
+                .compare_exchange(
+                    next,
+                    now + WAL_CHECK_INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let _ = self.checkpoint_if_over(WAL_LIMIT_BYTES);
+    }
+
+    /// Checkpoints the write-ahead log into the database and truncates it when it has grown past
+    /// `limit_bytes`; returns whether it did. SQLite's automatic checkpoint never resets the log
+    /// while some reader is using it, and busy workers always are: without this it grows without
+    /// bound (3.8 GB within 30 s under 4 producers and 2 workers here). The TRUNCATE checkpoint
+    /// waits (busy handler) for the readers of the moment to finish, holding off new writers.
+    pub fn checkpoint_if_over(&self, limit_bytes: u64) -> Result<bool> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if size <= limit_bytes {
+            return Ok(false);
+        }
+        self.with_conn(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .map(|busy| busy == 0)
+    }
+
     /// Fails once the path no longer names the file this connection opened.
     fn check_same_file(&self) -> Result<()> {
         if self.identity.is_none() || file_identity(&self.path) == self.identity {
@@ -399,6 +451,7 @@ impl SqliteBroker {
             )?
             .execute(params![queue, priority, eta_ms.unwrap_or(0), payload, now])
         })?;
+        self.bound_wal();
         Ok(())
     }
 
@@ -427,7 +480,9 @@ impl SqliteBroker {
                 ])?;
             }
             Ok(())
-        })
+        })?;
+        self.bound_wal();
+        Ok(())
     }
 
     /// Leases up to `limit` due, waiting messages of `queues` to `owner` for `lease_ms`:
@@ -447,6 +502,8 @@ impl SqliteBroker {
         if limit == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        // Workers poll even while only producers write: they keep the log bounded too.
+        self.bound_wal();
         let lease = i64::try_from(lease_ms).unwrap_or(i64::MAX);
         self.immediate(|tx| {
             let now = now_ms();

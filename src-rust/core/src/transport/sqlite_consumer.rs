@@ -5,7 +5,8 @@
 //! many messages as the buffer has credits, polls with exponential backoff when nothing is due
 //! (0.5 ms doubling up to `poll_max`), extends this owner's leases every `lease / 3`, and sweeps
 //! expired leases of any owner every `sweep_interval`. Errors are recorded and retried with
-//! backoff; the thread only ends when asked to. It never starts on its own: call
+//! backoff; the thread only ends when asked to, or when the file was replaced. It never starts
+//! on its own: call
 //! [`SqliteConsumer::start`] after any fork.
 
 use std::path::PathBuf;
