@@ -254,3 +254,59 @@ def test_sqlite_wal_stays_bounded_under_four_producers_and_two_workers(tmp_path:
         assert max(sizes) < 8 * _rqueue.SQLITE_WAL_LIMIT_BYTES
     finally:
         cleanup(project)
+
+
+# -- R11 on RabbitMQ: the node frozen under load --------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.rabbitmq
+def test_r11_rabbitmq_frozen_under_load_loses_and_strands_nothing(
+    tmp_path: Path, rabbitmq_server: object, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = rabbitmq_server
+    project = Project(tmp_path, "amqp", redis_url, server.new_vhost())  # type: ignore[attr-defined]
+    freeze = 10
+    use_config(project, "broker_connection_timeout = 1.0\n", monkeypatch)
+    try:
+        tasks = project.app()
+        n = 400
+        results = tasks.sleep.delay_many([(0.01, f"r11q-{i}") for i in range(n)])
+        worker = project.start_worker("-c", "2")
+        wait_for(lambda: project.ledger_count() >= 40, 30, "the worker is draining")
+        group = os.getpgid(server.proc.pid)  # type: ignore[attr-defined]
+        began = time.monotonic()
+        os.killpg(group, signal.SIGSTOP)
+        outcome = "sent"
+        try:
+            tasks.sleep.delay(0.01, "r11q-frozen")
+        except BrokerNoReplyError:
+            outcome = "unknown"
+        except BrokerError as exc:
+            outcome = f"refused ({exc})"
+        send_s = time.monotonic() - began
+        time.sleep(max(0.0, freeze - send_s))
+        os.killpg(group, signal.SIGCONT)
+        resumed = time.monotonic()
+        before = project.ledger_count()
+        wait_for(lambda: project.ledger_count() > before, 60, "consuming resumed")
+        recovery_s = time.monotonic() - resumed
+        keys = [f"r11q-{i}" for i in range(n)]
+        wait_for(lambda: all(ledger_counts(project)[k] for k in keys), 90, "the backlog ran", interval=0.2)
+        counts = ledger_counts(project)
+        lost = [i for i in range(n) if counts[f"r11q-{i}"] == 0]
+        duplicated = sum(counts[f"r11q-{i}"] - 1 for i in range(n) if counts[f"r11q-{i}"] > 1)
+        vhost = project.broker_url.rsplit("/", 1)[1]
+        queues = server.ctl("list_queues", "-p", vhost, "name", "messages", "--quiet")  # type: ignore[attr-defined]
+        left = sum(int(line.split()[1]) for line in queues.splitlines() if line.startswith("celery\t"))
+        print(
+            f"\nR11 [amqp] frozen={freeze}s sent={n} lost={len(lost)} duplicated={duplicated} "
+            f"left-in-queue={left} recovery={recovery_s:.2f}s send-during-freeze={outcome} in {send_s:.2f}s"
+        )
+        assert lost == []
+        assert left == (1 if not outcome.startswith("refused") and counts["r11q-frozen"] == 0 else 0)
+        assert send_s < freeze / 2
+        assert [r.get(timeout=30) for r in results[:10]] == [0.01] * 10
+        assert worker.proc.poll() is None
+    finally:
+        cleanup(project)

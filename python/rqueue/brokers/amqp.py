@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 #: through the reply exchange to the client's queue, bound under its id.
 PIDBOX_EXCHANGE = "celery.pidbox"
 REPLY_EXCHANGE = "reply.celery.pidbox"
-#: kombu's transport option for how long a publish waits for the broker's confirm.
-CONFIRM_TIMEOUT_S = 30.0
 
 _INHERITED: list[Any] = []
 
@@ -116,7 +114,9 @@ class AmqpBroker(Broker, DeadLetterAdmin):
             "ca_pem": _ca_pem(params.options),
             "heartbeat_s": int(float(options.get("heartbeat", conf.broker_heartbeat))),
             "connect_timeout_s": float(options.get("connect_timeout", conf.broker_connection_timeout)),
-            "confirm_timeout_s": float(options.get("confirm_timeout", CONFIRM_TIMEOUT_S)),
+            # A publish (and its confirm) fails within this, with its outcome unknown: a frozen
+            # node must not hold delay() for long.
+            "confirm_timeout_s": float(options.get("confirm_timeout", conf.broker_connection_timeout)),
             "topology": topology(conf),
         }
         self.control_ttl_ms = int(conf.control_queue_ttl * 1000)

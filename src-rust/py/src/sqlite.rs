@@ -243,7 +243,10 @@ consumer_class!(SqliteConsumer {
 });
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("SQLITE_WAL_LIMIT_BYTES", rqueue_core::transport::sqlite::WAL_LIMIT_BYTES)?;
+    m.add(
+        "SQLITE_WAL_LIMIT_BYTES",
+        rqueue_core::transport::sqlite::WAL_LIMIT_BYTES,
+    )?;
     m.add_class::<SqliteBroker>()?;
     m.add_class::<SqliteConsumer>()
 }

@@ -204,6 +204,15 @@ impl AmqpConfig {
     pub(crate) fn err(&self, e: impl std::fmt::Display) -> Error {
         Error::Broker(format!("RabbitMQ {}: {e}", self.masked_url()))
     }
+
+    /// A publish that got no answer within `confirm_timeout`: it may or may not have been queued.
+    fn no_reply(&self, what: &str) -> Error {
+        Error::NoReply(format!(
+            "RabbitMQ {}: no {what} within {:?}; the message may or may not be queued",
+            self.masked_url(),
+            self.confirm_timeout
+        ))
+    }
 }
 
 /// A private runtime for one handle: lapin's I/O runs on its worker thread.
@@ -431,13 +440,13 @@ pub fn delay_seconds(eta_ms: Option<i64>, now_ms: i64) -> Option<u64> {
     (wait > 0).then(|| u64::try_from(wait).unwrap_or(0).div_ceil(1000))
 }
 
-/// What a publish waits for: the broker's confirm, within `timeout`.
+/// What a publish waits for: the broker's confirm, within `timeout` (`None`: the caller bounds it).
 pub(crate) async fn confirmed(
     ch: &Channel,
     exchange: &str,
     routing_key: &str,
     frame: &Frame,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> Result<std::result::Result<(), String>> {
     let broker = |e: lapin::Error| Error::Broker(e.to_string());
     let send = async {
@@ -457,7 +466,11 @@ pub(crate) async fn confirmed(
             .map_err(broker)?;
         confirm.await.map_err(broker)
     };
-    let outcome = match tokio::time::timeout(timeout, send).await {
+    let waited = match timeout {
+        Some(t) => tokio::time::timeout(t, send).await,
+        None => Ok(send.await),
+    };
+    let outcome = match waited {
         Ok(c) => c?,
         Err(_) => {
             return Ok(Err(format!(
@@ -671,20 +684,23 @@ impl AmqpBroker {
     /// Publishes one task message (a kombu envelope) and waits for the broker's confirm. The
     /// priority travels in the message (RabbitMQ's meaning: 9 highest); `eta_ms` in the future
     /// goes through the delay levels.
+    /// The whole publish (declaring its route on first use, then the confirm) is bounded by
+    /// `confirm_timeout`: a frozen node fails it with [`Error::NoReply`], not after minutes.
     pub fn publish(&self, queue: &str, payload: &[u8], eta_ms: Option<i64>) -> Result<()> {
         let frame = from_envelope(payload)?;
+        let cfg = &self.cfg;
         self.on_link(|link| async move {
-            let (exchange, rk) = self.target(&link, queue, &frame, eta_ms).await?;
-            confirmed(
-                &link.confirm,
-                &exchange,
-                &rk,
-                &frame,
-                self.cfg.confirm_timeout,
-            )
-            .await
-            .map_err(|e| self.cfg.err(e))?
-            .map_err(|why| self.cfg.err(why))
+            let publish = async {
+                let (exchange, rk) = self.target(&link, queue, &frame, eta_ms).await?;
+                confirmed(&link.confirm, &exchange, &rk, &frame, None)
+                    .await
+                    .map_err(|e| cfg.err(e))?
+                    .map_err(|why| cfg.err(why))
+            };
+            match tokio::time::timeout(cfg.confirm_timeout, publish).await {
+                Ok(out) => out,
+                Err(_) => Err(cfg.no_reply("publisher confirm")),
+            }
         })
     }
 
@@ -721,10 +737,7 @@ impl AmqpBroker {
                 Ok(r) => {
                     r.map_err(|e| cfg.err(format!("transaction failed, nothing published: {e}")))
                 }
-                Err(_) => Err(cfg.err(format!(
-                    "no commit within {:?}: the messages may or may not be queued",
-                    cfg.confirm_timeout
-                ))),
+                Err(_) => Err(cfg.no_reply("commit")),
             }
         })
     }
@@ -852,7 +865,7 @@ impl AmqpBroker {
                     &spec.exchange,
                     &spec.routing_key,
                     &frame,
-                    cfg.confirm_timeout,
+                    Some(cfg.confirm_timeout),
                 )
                 .await?
                 .map_err(|why| cfg.err(why))?;

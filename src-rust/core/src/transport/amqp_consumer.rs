@@ -383,9 +383,15 @@ async fn republish(cfg: &AmqpConfig, s: &Session, held: &Held, earlier: u32) -> 
         ),
         body: held.body.clone(),
     };
-    confirmed(&s.publish, "", &held.queue, &frame, cfg.confirm_timeout)
-        .await?
-        .map_err(|why| cfg.err(why))
+    confirmed(
+        &s.publish,
+        "",
+        &held.queue,
+        &frame,
+        Some(cfg.confirm_timeout),
+    )
+    .await?
+    .map_err(|why| cfg.err(why))
 }
 
 /// Copies a held message to the dead-letter queue of its queue with why; the caller then
@@ -426,7 +432,7 @@ async fn bury(
     declare_dead_letter_queue(&s.publish, &dlq)
         .await
         .map_err(|e| cfg.err(e))?;
-    confirmed(&s.publish, "", &dlq, &frame, cfg.confirm_timeout)
+    confirmed(&s.publish, "", &dlq, &frame, Some(cfg.confirm_timeout))
         .await?
         .map_err(|why| cfg.err(why))
 }
