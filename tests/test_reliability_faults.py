@@ -310,3 +310,49 @@ def test_r11_rabbitmq_frozen_under_load_loses_and_strands_nothing(
         assert worker.proc.poll() is None
     finally:
         cleanup(project)
+
+
+# -- R12 on RabbitMQ: a memory alarm blocks publishers ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.rabbitmq
+def test_r12_rabbitmq_memory_alarm_refuses_producers_while_workers_drain(
+    tmp_path: Path, rabbitmq_server: object, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = rabbitmq_server
+    project = Project(tmp_path, "amqp", redis_url, server.new_vhost())  # type: ignore[attr-defined]
+    use_config(project, "broker_connection_timeout = 1.0\n", monkeypatch)
+    try:
+        tasks = project.app()
+        n = 300
+        results = tasks.sleep.delay_many([(0, f"r12q-{i}") for i in range(n)])
+        server.ctl("set_vm_memory_high_watermark", "absolute", "1MB")  # type: ignore[attr-defined]
+        try:
+            began = time.monotonic()
+            with pytest.raises(BrokerError) as refused:
+                tasks.sleep.delay(0, "r12q-blocked")
+            refused_s = time.monotonic() - began
+            assert isinstance(refused.value, BrokerNoReplyError)  # queued later, once the alarm clears
+            assert "memory or disk alarm" in str(refused.value)
+            # a worker started during the alarm starts, drains the backlog and stores every result
+            worker = project.start_worker("-c", "2")
+            wait_for(lambda: len(ledger_counts(project)) >= n, 60, "the backlog drained", interval=0.2)
+            assert [r.get(timeout=30) for r in results] == [0] * n
+        finally:
+            server.ctl("set_vm_memory_high_watermark", "0.4")  # type: ignore[attr-defined]
+        freed = time.monotonic()
+        assert tasks.sleep.delay(0, "r12q-after").get(timeout=30) == 0
+        counts = ledger_counts(project)
+        lost = [i for i in range(n) if counts[f"r12q-{i}"] == 0]
+        print(
+            f"\nR12 [amqp] sent={n + 1} lost={len(lost)} duplicated={sum(c - 1 for c in counts.values())} "
+            f"recovery-after-free={time.monotonic() - freed:.2f}s refused-in={refused_s:.2f}s "
+            f"producer-error={str(refused.value)[-150:]!r} blocked-send-ran-later={counts['r12q-blocked']}"
+        )
+        assert lost == []
+        assert refused_s < 5
+        assert counts["r12q-blocked"] <= 1
+        assert worker.proc.poll() is None
+    finally:
+        cleanup(project)

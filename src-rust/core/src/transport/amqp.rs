@@ -699,6 +699,11 @@ impl AmqpBroker {
             };
             match tokio::time::timeout(cfg.confirm_timeout, publish).await {
                 Ok(out) => out,
+                // RabbitMQ stops reading from publishers during a memory or disk alarm (and
+                // queues what they sent once it clears): say so.
+                Err(_) if link.conn.status().blocked() => Err(cfg.no_reply(
+                    "publisher confirm (the node blocks publishers: a memory or disk alarm)",
+                )),
                 Err(_) => Err(cfg.no_reply("publisher confirm")),
             }
         })
