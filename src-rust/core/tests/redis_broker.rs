@@ -534,6 +534,46 @@ fn test_redis_full_memory_refuses_producers_but_the_worker_scripts_still_drain()
 }
 
 #[test]
+fn test_redis_stale_lease_left_by_a_kombu_restore_leaves_the_celery_workers_message_alone() {
+    let s = server!();
+    let b = s.broker("");
+    let mut raw = s.raw();
+    b.publish("q", &envelope("k1", "q", "x"), 0, None).unwrap();
+    assert_eq!(b.fetch(&qs(&["q"]), 1, "dead").unwrap().len(), 1);
+    // kombu restores it (its unacked entry and index only) and a Celery worker takes it again,
+    // writing its own entry: JSON with ", " separators, the envelope marked redelivered
+    let kombu_entry = format!(
+        "[{}, \"\", \"q\"]",
+        String::from_utf8(envelope("k1", "q", "x"))
+            .unwrap()
+            .replace(r#""lang":"py""#, r#""lang": "py", "redelivered": true"#)
+    );
+    let now: (u64, u64) = redis::cmd("TIME").query(&mut raw).unwrap();
+    let _: () = redis::pipe()
+        .hset("unacked", "k1", &kombu_entry)
+        .zadd("unacked_index", "k1", now.0 - 2)
+        .query(&mut raw)
+        .unwrap();
+    // past rqueue's visibility (1 s), not Celery's (kombu's default 3600 s): left to Celery
+    assert_eq!(b.sweep_expired(Duration::from_secs(1), 5).unwrap(), (0, 0));
+    let still: Option<String> = redis::cmd("HGET").arg("unacked").arg("k1").query(&mut raw).unwrap();
+    assert_eq!(still.as_deref(), Some(kombu_entry.as_str()));
+    // past Celery's too: restored whole (kombu's envelope), not cut at the old length
+    let _: () = redis::cmd("ZADD")
+        .arg("unacked_index")
+        .arg(now.0 - 4000)
+        .arg("k1")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(b.sweep_expired(Duration::from_secs(1), 5).unwrap(), (1, 0));
+    let again = b.fetch(&qs(&["q"]), 1, "w").unwrap();
+    let v: Value = serde_json::from_slice(&again[0].payload).unwrap();
+    assert_eq!(v["headers"]["redelivered"], true);
+    assert_eq!(v["properties"]["delivery_tag"], "k1");
+    assert!(b.dead_letters(Some("q"), 10).unwrap().is_empty());
+}
+
+#[test]
 fn test_redis_consumer_reconnects_after_restart() {
     let mut s = server!();
     let buffer = Arc::new(PrefetchBuffer::new(8));

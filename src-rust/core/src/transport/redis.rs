@@ -608,19 +608,27 @@ impl RedisBroker {
         {
             let step: u8 = step.parse().unwrap_or(0);
             let len: i64 = len.parse().unwrap_or(-1);
+            // Only a record that still describes the entry (see `lease_holds` in the scripts);
+            // a stale one, left behind by kombu's restore, is ignored: the entry is kombu's.
             let envelope = match usize::try_from(len) {
-                Ok(len) if entry.len() > len => entry[1..=len].to_vec(),
-                _ => lua_json_string(entry).unwrap_or_else(|| entry.to_vec()),
+                Ok(len) if entry.starts_with(b"[{") && entry.get(len..len + 3) == Some(b"},\"") => {
+                    Some(entry[1..=len].to_vec())
+                }
+                Ok(_) => None,
+                Err(_) if entry.starts_with(b"[\"") => lua_json_string(entry),
+                Err(_) => None,
             };
-            return InFlight {
-                tag,
-                envelope,
-                list_key: Some(self.list_key(queue, step)),
-                queue: queue.to_string(),
-                step,
-                deliveries,
-                owner: Some(owner.to_string()),
-            };
+            if let Some(envelope) = envelope {
+                return InFlight {
+                    tag,
+                    envelope,
+                    list_key: Some(self.list_key(queue, step)),
+                    queue: queue.to_string(),
+                    step,
+                    deliveries,
+                    owner: Some(owner.to_string()),
+                };
+            }
         }
         // Written by another client (kombu): `[envelope, exchange, routing_key]`.
         let (envelope, queue, step) = match serde_json::from_slice::<Value>(entry) {

@@ -25,6 +25,19 @@ end
 local function parse_meta(meta)
   return string.match(meta, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
 end
+-- Whether a lease record still describes the in-flight entry: the entry must be the one rqueue
+-- wrote, '[' envelope ',' exchange ',' routing key ']' with the envelope envlen bytes long (or, for
+-- envlen -1, '[' JSON string ...). kombu's restore and a Celery worker's redelivery rewrite the
+-- entry (as '[{...}, "...", "..."]') but leave the record behind: a stale record must neither
+-- apply rqueue's visibility timeout to a Celery worker's message nor cut its entry.
+local function lease_holds(meta, entry)
+  if not meta or not entry then return false end
+  local _, _, envlen = parse_meta(meta)
+  envlen = tonumber(envlen)
+  if not envlen then return false end
+  if envlen < 0 then return string.sub(entry, 1, 2) == '["' end
+  return string.sub(entry, 1, 2) == '[{' and string.sub(entry, 1 + envlen, 3 + envlen) == '},"'
+end
 local function forget(tag, meta)
   redis.call('HDEL', unacked, tag)
   redis.call('ZREM', index, tag)
@@ -135,7 +148,11 @@ for i = #ARGV, 3, -1 do
   local tag = ARGV[i]
   local meta = redis.call('HGET', leases, tag)
   local entry = redis.call('HGET', unacked, tag)
-  if meta and entry then
+  if meta and entry and not lease_holds(meta, entry) then
+    -- restored by kombu and delivered to a Celery worker since: its message now; drop the record
+    redis.call('HDEL', leases, tag)
+    redis.call('SREM', prefix .. 'rqueue.owned.' .. parse_meta(meta), tag)
+  elseif meta and entry then
     local _, step, envlen, q = parse_meta(meta)
     envlen = tonumber(envlen) or -1
     local env
@@ -198,7 +215,8 @@ else
     if #page == 0 then break end
     for i = 1, #page, 2 do
       local tag = page[i]
-      local leased = redis.call('HEXISTS', leases, tag) == 1
+      local meta = redis.call('HGET', leases, tag)
+      local leased = meta and lease_holds(meta, redis.call('HGET', unacked, tag))
       local score = tonumber(page[i + 1])
       if found < limit and ((leased and score < ceil) or (not leased and score < fceil)) then
         add(tag)
@@ -222,17 +240,19 @@ local moved, dead = 0, 0
 for i = 4, #ARGV, 4 do
   local tag, kind, key, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local meta = redis.call('HGET', leases, tag)
-  local ok = redis.call('HEXISTS', unacked, tag) == 1
+  local entry = redis.call('HGET', unacked, tag)
+  local ok = entry ~= false
   if not ok then
     forget(tag, meta)
   else
+    local held = lease_holds(meta, entry)
     if ceil ~= '' then
       -- still expired: against the lease ceiling when leased, else the other clients' one
       local own, foreign = string.match(ceil, '^([^,]+),([^,]+)$')
       local s = redis.call('ZSCORE', index, tag)
-      ok = s and tonumber(s) < tonumber(meta and own or foreign)
+      ok = s and tonumber(s) < tonumber(held and own or foreign)
     end
-    if ok and owner ~= '' then ok = meta and parse_meta(meta) == owner end
+    if ok and owner ~= '' then ok = held and parse_meta(meta) == owner end
     if ok and kind ~= 'x' then
       forget(tag, meta)
       if kind == 'q' then
