@@ -574,6 +574,29 @@ fn test_redis_stale_lease_left_by_a_kombu_restore_leaves_the_celery_workers_mess
 }
 
 #[test]
+fn test_redis_wait_for_message_wakes_without_taking_or_reordering() {
+    let s = server!();
+    let b = s.broker("");
+    assert!(!b.wait_for_message("q", Duration::from_millis(20)).unwrap());
+    for i in 0..3 {
+        b.publish("q", &envelope(&format!("w{i}"), "q", "x"), 0, None)
+            .unwrap();
+    }
+    assert!(b.wait_for_message("q", Duration::from_secs(5)).unwrap());
+    let got = b.fetch(&qs(&["q"]), 3, "w").unwrap();
+    assert_eq!(tags(&got), vec!["w0", "w1", "w2"]);
+    // a waiting consumer is woken by a publish from another connection
+    let waiter = {
+        let b = s.broker("");
+        std::thread::spawn(move || b.wait_for_message("q", Duration::from_secs(10)).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    b.publish("q", &envelope("w3", "q", "x"), 0, None).unwrap();
+    assert!(waiter.join().unwrap());
+    assert_eq!(b.queue_length("q").unwrap(), 1);
+}
+
+#[test]
 fn test_redis_consumer_reconnects_after_restart() {
     let mut s = server!();
     let buffer = Arc::new(PrefetchBuffer::new(8));

@@ -56,6 +56,12 @@ pub(crate) trait LeaseSource: Send + 'static {
     fn sweep(&mut self) -> Result<()>;
     /// Returns leased messages that were never handed out, unchanged and not counted.
     fn give_back(&mut self, tags: &[String]) -> Result<()>;
+    /// Waits up to `wait` after a fetch found nothing; a transport that can be woken by a new
+    /// message returns early. `wait` is at most the transport's `poll_max`.
+    fn idle(&mut self, _queues: &[String], wait: Duration) -> Result<()> {
+        std::thread::sleep(wait);
+        Ok(())
+    }
 }
 
 /// Opens a [`LeaseSource`]; called on the consumer thread, again after every error.
@@ -341,7 +347,7 @@ impl<S: LeaseSource> Worker<S> {
         }
         let batch = s.fetch(&queues, credits.min(FETCH_BATCH))?;
         if batch.is_empty() {
-            self.nap(t.poll);
+            s.idle(&queues, t.poll.min(TICK))?;
             let ceiling = self.settings.poll_max.max(self.settings.poll_min);
             t.poll = (t.poll * 2).min(ceiling);
             return Ok(());

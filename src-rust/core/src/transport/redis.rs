@@ -11,7 +11,7 @@
 //!
 //! Every key carries the optional `global_keyprefix`, as kombu does.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -194,14 +194,17 @@ pub struct RedisBroker {
     conn: Mutex<Option<Connection>>,
     /// Plain scripts, and the same flagged `allow-oom` (Redis 7 or later).
     scripts: [Scripts; 2],
-    /// Which of `scripts` this server takes: [`SCRIPTS_UNKNOWN`] until the first connection
-    /// reads its version, then an index into `scripts`.
-    script_kind: AtomicUsize,
+    /// The server's version as `major * 1000 + minor`, read by each new connection; 0 until the
+    /// first one (an unreadable version counts as the oldest).
+    version: AtomicU32,
 }
 
-const SCRIPTS_UNKNOWN: usize = usize::MAX;
 /// The first Redis version whose scripts may carry flags (`#!lua flags=...`).
-const SCRIPT_FLAGS_SINCE_MAJOR: u32 = 7;
+const SCRIPT_FLAGS_SINCE: u32 = 7_000;
+/// The first Redis version with `BLMOVE` (an idle consumer's wait, see `wait_for_message`).
+const BLMOVE_SINCE: u32 = 6_002;
+/// The shortest wait `wait_for_message` asks the server for, in seconds (its resolution).
+const WAIT_MIN_S: f64 = 0.001;
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -240,7 +243,7 @@ impl RedisBroker {
             tls,
             conn: Mutex::new(None),
             scripts: [Scripts::new(false), Scripts::new(true)],
-            script_kind: AtomicUsize::new(SCRIPTS_UNKNOWN),
+            version: AtomicU32::new(0),
         })
     }
 
@@ -278,19 +281,24 @@ impl RedisBroker {
             .arg("server")
             .query(&mut c)
             .map_err(map)?;
-        let flags = server_major(&info).is_some_and(|m| m >= SCRIPT_FLAGS_SINCE_MAJOR);
-        self.script_kind
-            .store(usize::from(flags), Ordering::Relaxed);
+        let version = server_version(&info).unwrap_or(1);
+        self.version.store(version, Ordering::Relaxed);
         Ok(c)
     }
 
-    /// The scripts this server takes (connecting first if no connection was ever made).
-    fn scripts(&self) -> Result<&Scripts> {
-        if self.script_kind.load(Ordering::Relaxed) == SCRIPTS_UNKNOWN {
+    /// The server's version (`major * 1000 + minor`), connecting first if no connection was ever
+    /// made.
+    fn server_version(&self) -> Result<u32> {
+        if self.version.load(Ordering::Relaxed) == 0 {
             self.with_conn(|_| Ok(()))?;
         }
-        let kind = self.script_kind.load(Ordering::Relaxed);
-        Ok(&self.scripts[kind.min(1)])
+        Ok(self.version.load(Ordering::Relaxed))
+    }
+
+    /// The scripts this server takes.
+    fn scripts(&self) -> Result<&Scripts> {
+        let flags = self.server_version()? >= SCRIPT_FLAGS_SINCE;
+        Ok(&self.scripts[usize::from(flags)])
     }
 
     /// Runs `f` on the connection; a connection error drops it so the next call reconnects.
@@ -460,6 +468,32 @@ impl RedisBroker {
             });
         }
         Ok(out)
+    }
+
+    /// Waits up to `wait` for a message in `queue`'s main list (priority bucket 0, where every
+    /// message without a priority goes), without taking it: `BLMOVE` from the list's tail to its
+    /// tail leaves the list as it was and returns once it holds a message. So an idle consumer
+    /// answers a new message in one round trip instead of at its next poll, and producers,
+    /// Celery's included, need do nothing. Returns whether the list holds one; on servers
+    /// without `BLMOVE` (before 6.2) it only sleeps.
+    pub fn wait_for_message(&self, queue: &str, wait: Duration) -> Result<bool> {
+        if self.server_version()? < BLMOVE_SINCE {
+            std::thread::sleep(wait);
+            return Ok(false);
+        }
+        // BLMOVE's timeout 0 means forever; its resolution is 1 ms.
+        let wait_s = wait.as_secs_f64().max(WAIT_MIN_S);
+        let key = self.list_key(queue, 0);
+        self.with_conn(|c| {
+            redis::cmd("BLMOVE")
+                .arg(&key)
+                .arg(&key)
+                .arg("RIGHT")
+                .arg("RIGHT")
+                .arg(wait_s)
+                .query::<Option<Vec<u8>>>(c)
+        })
+        .map(|got| got.is_some())
     }
 
     /// Acknowledges finished messages (removes every lease record); returns how many were in flight.
@@ -1034,12 +1068,16 @@ fn lua_json_string(entry: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The major version in `INFO server` (`redis_version:7.0.15`; Valkey reports its Redis version).
-fn server_major(info: &str) -> Option<u32> {
+/// `major * 1000 + minor` of `INFO server`'s `redis_version:7.0.15` (Valkey reports its Redis
+/// version there too).
+fn server_version(info: &str) -> Option<u32> {
     let version = info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))?;
-    version.split('.').next()?.trim().parse().ok()
+    let mut parts = version.trim().split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next().unwrap_or("0").parse().ok()?;
+    Some(major * 1000 + minor.min(999))
 }
 
 fn check_owner(owner: &str) -> Result<()> {
@@ -1091,11 +1129,11 @@ transport_by_inherent_methods!(RedisBroker);
 #[cfg(test)]
 mod tests {
     #[test]
-    fn test_server_major_reads_info() {
+    fn test_server_version_reads_info() {
         let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
-        assert_eq!(super::server_major(info), Some(7));
-        assert_eq!(super::server_major("redis_version:6.2.14\n"), Some(6));
-        assert_eq!(super::server_major("# Server\n"), None);
+        assert_eq!(super::server_version(info), Some(7_000));
+        assert_eq!(super::server_version("redis_version:6.2.14\n"), Some(6_002));
+        assert_eq!(super::server_version("# Server\n"), None);
     }
 
     use super::*;

@@ -137,4 +137,16 @@ impl LeaseSource for Leases {
     fn give_back(&mut self, tags: &[String]) -> Result<()> {
         self.broker.requeue(tags).map(drop)
     }
+
+    /// Woken by a message in the first queue's main list; other queues and priority buckets, and
+    /// ETA messages falling due, are seen at the next fetch (within `poll_max`).
+    fn idle(&mut self, queues: &[String], wait: Duration) -> Result<()> {
+        match queues.first() {
+            Some(q) => self.broker.wait_for_message(q, wait).map(drop),
+            None => {
+                std::thread::sleep(wait);
+                Ok(())
+            }
+        }
+    }
 }
