@@ -535,10 +535,11 @@ def _json_arg(option: str, text: str, kind: type) -> Any:
 
 def _add_subcommands() -> None:
     """Commands kept in their own modules (they import this one for the shared helpers)."""
-    from rqueue.cli.control import control, inspect  # noqa: PLC0415 - it imports this module's helpers
+    from rqueue.cli.control import control, inspect, status  # noqa: PLC0415 - it imports this module's helpers
 
     cli.add_command(control)
     cli.add_command(inspect)
+    cli.add_command(status)
 
 
 _add_subcommands()

@@ -15,7 +15,7 @@ import click
 
 from rqueue.brokers.base import RevocationStore, capability
 from rqueue.cli import CONTEXT, fail, get_app
-from rqueue.control import DEFAULT_TIMEOUT_S
+from rqueue.control import DEFAULT_TIMEOUT_S, duplicate_nodename_message
 from rqueue.exceptions import RQueueError
 from rqueue.utils.log import printable
 
@@ -229,3 +229,34 @@ def _inspect_command(method: str, doc: str) -> None:
 
 for _method, _doc in INSPECT.items():
     _inspect_command(_method, _doc)
+
+
+# -- status -------------------------------------------------------------------------------------------
+
+#: ``celery status``'s exit code when no worker answers (``os.EX_UNAVAILABLE``).
+EXIT_NO_NODES = 69
+
+
+@click.command(context_settings=CONTEXT)
+@_target_options
+@click.pass_context
+def status(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Show the workers that are online (each answers a ping)."""
+    app = get_app(ctx)
+    try:
+        replies = app.control.ping(destination=_destinations(destination), timeout=timeout)
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    merged = {name: answer for reply in replies for name, answer in reply.items()}
+    nodes = sorted(merged)
+    if not nodes:
+        fail(f"No nodes replied within time constraint ({timeout:g} s)", EXIT_NO_NODES)
+    if as_json:  # the count goes to stderr: stdout stays one JSON document
+        click.echo(json.dumps(merged, sort_keys=True, default=repr))
+    else:
+        for name in nodes:
+            click.echo(f"->  {printable(name)}: OK")
+    dupes = sorted({name for name in nodes if sum(name in reply for reply in replies) > 1})
+    if dupes:
+        click.echo(f"Warning: {duplicate_nodename_message(dupes)}", err=True)
+    click.echo(f"\n{len(nodes)} node{'s' if len(nodes) != 1 else ''} online.", err=as_json)
