@@ -540,6 +540,10 @@ def _add_subcommands() -> None:
     cli.add_command(control)
     cli.add_command(inspect)
     cli.add_command(status)
+    from rqueue.cli.ops import report, shell  # noqa: PLC0415 - it imports this module's helpers
+
+    cli.add_command(report)
+    cli.add_command(shell)
 
 
 _add_subcommands()
