@@ -38,6 +38,7 @@ def _detached(project: Project, pidfile: Path, *args: str) -> Iterator[int]:
     """Start a detached worker; its pid (from the pidfile). It is killed, with its children, if the test fails."""
     done = project.run_cli("-A", "tasks", "worker", "--detach", "--pidfile", str(pidfile), "-l", "info", *args)
     assert done.returncode == 0, done.stderr
+    assert "has not said it is ready" not in done.stderr  # it said so: the command returned at once
     pid = int(pidfile.read_text())
     try:
         yield pid
@@ -54,20 +55,23 @@ def test_detached_worker_runs_tasks_and_stops_on_sigterm(project: Project) -> No
         assert os.getsid(pid) != os.getsid(0)  # a session of its own: no terminal to lose
         assert tasks.process_info.delay().get(timeout=30)["pid"] != pid  # a prefork child of the detached worker
         assert "ready." in log.read_text()
+        assert [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
         os.kill(pid, signal.SIGTERM)
         _wait_gone(pid)
         assert not pidfile.exists()
         assert "Warm shutdown" in log.read_text()
 
 
-def test_detach_applies_workdir_and_umask(project: Project) -> None:
+def test_detach_applies_workdir_and_umask(project: Project) -> None:  # and the solo pool detaches too
     tasks = project.app()
     workdir = project.root / "run"
     workdir.mkdir()
     pidfile = project.root / "w.pid"
-    with _detached(project, pidfile, "--logfile", "w.log", "--workdir", str(workdir), "--umask", "027") as pid:
+    with _detached(
+        project, pidfile, "--logfile", "w.log", "--workdir", str(workdir), "--umask", "027", "-P", "solo"
+    ) as pid:
         info = tasks.process_info.delay().get(timeout=30)
-        assert info["cwd"] == str(workdir) and info["umask"] == 0o027
+        assert info["cwd"] == str(workdir) and info["umask"] == 0o027 and info["pid"] == pid
         log = workdir / "w.log"  # relative to the working directory, as Celery's
         assert stat.S_IMODE(log.stat().st_mode) == 0o640
         assert stat.S_IMODE(pidfile.stat().st_mode) == 0o640

@@ -112,7 +112,7 @@ class Daemon:
             )
         if self.workdir is not None and not os.path.isdir(self.workdir):
             raise ConfigurationError(f"--workdir {self.workdir}: no such directory")
-        self._pipe: int | None = None
+        self._pid = os.getpid()
 
     def enter(self) -> None:
         """Become the worker process: detach (the calling process waits for the worker to be ready
@@ -133,7 +133,7 @@ class Daemon:
         self._drop_privileges()
         if self.detach:
             signals.worker_ready.connect(weak=False)(self._on_ready)
-            signals.worker_process_init.connect(weak=False)(_stderr_to_null)
+            signals.worker_process_init.connect(weak=False)(self._on_child_start)
 
     # -- detaching ------------------------------------------------------------------------------------
 
@@ -158,11 +158,19 @@ class Daemon:
         os.dup2(write_end, 2)  # until ready, errors reach the command that detached
         os.close(null)
         os.close(write_end)
+        self._pid = os.getpid()
 
     def _on_ready(self, **_: object) -> None:
+        sys.stderr.flush()
         with contextlib.suppress(OSError):
             os.write(2, READY)
         _stderr_to_null()
+
+    def _on_child_start(self, **_: object) -> None:
+        """A prefork child must not hold the pipe open (nor write to it); the solo pool's process,
+        which announces itself the same way, still has to say it is ready."""
+        if os.getpid() != self._pid:
+            _stderr_to_null()
 
     # -- files and privileges -------------------------------------------------------------------------
 
