@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT, Project
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="watches the detached worker through /proc (Linux)")
 
 
 def _gone(pid: int) -> bool:
@@ -191,7 +194,6 @@ def test_uid_drops_privileges_after_making_the_files_theirs(shared_dir: Path) ->
         pytest.skip("changing the user needs root")
     import pwd
     import subprocess
-    import sys
 
     nobody = pwd.getpwnam("nobody")
     code = (
