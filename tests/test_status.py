@@ -49,6 +49,8 @@ def test_second_worker_with_the_same_name_is_warned_at_start(project: Project) -
     status = project.run_cli("-A", "tasks", "status")
     assert "Received multiple replies from node name: same@test" in status.stderr
     assert status.stdout.count("->  same@test: OK") == 1
+    inspect = project.run_cli("-A", "tasks", "inspect", "ping")
+    assert "Received multiple replies from node name: same@test" in inspect.stderr
 
 
 def test_a_lone_worker_is_not_warned(project: Project) -> None:

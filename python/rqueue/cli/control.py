@@ -55,12 +55,21 @@ def _run(
     _show(replies, timeout, as_json)
 
 
+def _warn_duplicates(replies: list[dict[str, Any]]) -> None:
+    """Celery's DuplicateNodenameWarning, on stderr: several workers answered under one name."""
+    names = [name for reply in replies for name in reply]
+    dupes = {name for name in names if names.count(name) > 1}
+    if dupes:
+        click.echo(f"Warning: {printable(duplicate_nodename_message(sorted(dupes)))}", err=True)
+
+
 def _show(replies: list[dict[str, Any]] | None, timeout: float, as_json: bool) -> None:
     merged: dict[str, Any] = {}
     for reply in replies or []:
         merged.update(reply)
     if not merged:
         fail(f"No workers replied within {timeout:g} s", 1)
+    _warn_duplicates(replies or [])
     if as_json:
         click.echo(json.dumps(merged, indent=2, sort_keys=True, default=repr))
     else:
@@ -256,7 +265,5 @@ def status(ctx: click.Context, destination: str | None, timeout: float, as_json:
     else:
         for name in nodes:
             click.echo(f"->  {printable(name)}: OK")
-    dupes = sorted({name for name in nodes if sum(name in reply for reply in replies) > 1})
-    if dupes:
-        click.echo(f"Warning: {duplicate_nodename_message(dupes)}", err=True)
+    _warn_duplicates(replies)
     click.echo(f"\n{len(nodes)} node{'s' if len(nodes) != 1 else ''} online.", err=as_json)
