@@ -293,8 +293,8 @@ def take_pidfile(path: str) -> str:
 
 
 def release_pidfile(path: str) -> None:
-    """Remove the pidfile if it holds this process's pid."""
-    with contextlib.suppress(OSError):
+    """Remove the pidfile if it holds this process's pid (quietly: the worker is stopping)."""
+    with contextlib.suppress(OSError, PidfileError):
         if _read_pidfile(path) == os.getpid():
             os.unlink(path)
 
