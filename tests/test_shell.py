@@ -66,3 +66,18 @@ def test_shell_falls_back_to_the_plain_console_without_ipython(tmp_path: Path) -
     assert "tasks.add" in done.stdout
     if importlib.util.find_spec("IPython") is None:
         assert ">>> " in done.stdout  # code.interact's prompt
+
+
+def test_shell_uses_ipython_when_installed(tmp_path: Path) -> None:
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("IPython") is None:
+        pytest.skip("IPython is not installed (pip install ipython)")
+    project = Project(tmp_path, "sqlite")
+    done = _shell(project, "print(add.name, celery is app)\n")
+    assert done.returncode == 0, done.stderr
+    assert "IPython" in done.stdout and "tasks.add True" in done.stdout
+    plain = _shell(project, "print(add.name)\n", "--python")
+    assert "IPython" not in plain.stdout and ">>> " in plain.stdout
