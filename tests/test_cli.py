@@ -15,7 +15,7 @@ def test_cli_help_lists_commands(project: Project) -> None:
     for args in (["--help"], ["help"]):
         result = project.run_cli(*args)
         assert result.returncode == 0
-        for command in ("worker", "call", "result", "purge"):
+        for command in ("worker", "call", "result", "purge", "status", "report", "shell"):
             assert command in result.stdout
 
 
@@ -31,6 +31,11 @@ def test_cli_worker_help_lists_every_option(project: Project) -> None:
         "--pidfile",
         "--logfile",
         "--statedb",
+        "--detach",
+        "--uid",
+        "--gid",
+        "--umask",
+        "--workdir",
     ):
         assert option in result.stdout
 

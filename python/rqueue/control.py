@@ -25,6 +25,15 @@ DEFAULT_TIMEOUT_S = 1.0
 Replies = list[dict[str, Any]]
 
 
+def duplicate_nodename_message(names: Sequence[str]) -> str:
+    """Celery's ``DuplicateNodenameWarning`` text for ``names`` answered by more than one node."""
+    label = "name" if len(names) == 1 else "names"
+    return (
+        f"Received multiple replies from node {label}: {', '.join(sorted(names))}. "
+        "Please make sure you give each node a unique nodename using the rqueue worker `-n` option."
+    )
+
+
 def revocation_expiry_ms(conf: Any) -> int:
     """Until when a revocation made now is kept (epoch ms): ``result_expires``, at least three hours."""
     expires = conf.result_expires

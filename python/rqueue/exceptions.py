@@ -250,6 +250,11 @@ class CDeprecationWarning(DeprecationWarning):
     """Celery's deprecation warning."""
 
 
+class DuplicateNodenameWarning(UserWarning):
+    """Several live workers use the same node name (Celery's warning): replies and remote control
+    cannot tell them apart."""
+
+
 #: The module a Celery process finds each of rqueue's standard failures in (``exc_module`` of a
 #: stored result), so ``except celery.exceptions.TaskRevokedError`` works on a Celery client.
 CELERY_MODULES: dict[type[BaseException], str] = {

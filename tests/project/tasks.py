@@ -274,3 +274,11 @@ def prints(text):
     print(text)
     print(f"{text} on stderr", file=sys.stderr)
     return text
+
+
+@app.task
+def process_info():
+    """Where and as whom the task runs: the working directory, umask, user and group ids."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return {"cwd": os.getcwd(), "umask": mask, "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}

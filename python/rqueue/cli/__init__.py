@@ -6,8 +6,6 @@ import importlib
 import importlib.util
 import json
 import os
-import re
-import socket
 import sys
 from datetime import datetime, timezone
 from typing import Any, NoReturn
@@ -91,12 +89,13 @@ def _app_in(module: Any) -> Any:
 
 
 def node_name(template: str) -> str:
-    """A ``-n`` node name with Celery's expansions: ``%h`` the host name, ``%n`` its first part,
-    ``%d`` its domain, ``%%`` a percent sign."""
-    host = socket.getfqdn() if "%d" in template else socket.gethostname()
-    name, _, domain = host.partition(".")
-    expanded = {"%h": host, "%n": name, "%d": domain, "%%": "%"}
-    return re.sub(r"%[hnd%]", lambda m: expanded[m.group(0)], template)
+    """A ``-n`` node name with Celery's expansions (``rqueue.nodenames.host_format``)."""
+    from rqueue.nodenames import host_format  # noqa: PLC0415 - `rqueue --help` stays quick
+
+    try:
+        return host_format(template)
+    except RQueueError as exc:
+        fail(str(exc))
 
 
 def run_for_app(app: Any, argv: list[str]) -> None:
@@ -168,12 +167,24 @@ def help_(ctx: click.Context) -> None:
     "-n", "--hostname", help="Node name: %h host name, %n its first part, %d its domain [default: rqueue@%h]."
 )
 @click.option(
-    "--pidfile", type=click.Path(dir_okay=False), help="Write the pid here; refuse if a live worker holds it."
+    "--pidfile",
+    type=click.Path(dir_okay=False),
+    help="Write the pid here; refuse if a live worker holds it. Expands %p (node name), %n, %h, %d, %i.",
 )
 @click.option(
     "-S", "--statedb", type=click.Path(dir_okay=False), help="Keep revoked task ids in this file across restarts."
 )
-@click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Log to this file instead of stderr.")
+@click.option(
+    "-f",
+    "--logfile",
+    type=click.Path(dir_okay=False),
+    help="Log to this file instead of stderr. Expands %p (node name), %n, %h, %d; %i/%I: a file per prefork process.",
+)
+@click.option("-D", "--detach", is_flag=True, help="Run in the background (needs --logfile).")
+@click.option("--uid", help="Run as this user (name or id; root only); the log file and pidfile become theirs.")
+@click.option("--gid", help="Run as this group (name or id) [default with --uid: the user's group].")
+@click.option("--umask", help="The umask of the worker's files (octal with a leading 0, e.g. 022).")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Change to this directory before starting.")
 @click.option("--allow-eviction", is_flag=True, help="Start even if Redis may evict messages (maxmemory-policy).")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Messages prefetched per process or thread.")
 @click.option(
@@ -203,6 +214,11 @@ def worker(
     pidfile: str | None,
     statedb: str | None,
     logfile: str | None,
+    detach: bool,
+    uid: str | None,
+    gid: str | None,
+    umask: str | None,
+    workdir: str | None,
     allow_eviction: bool,
     prefetch_multiplier: int | None,
     optimization: str | None,
@@ -213,11 +229,17 @@ def worker(
     soft_time_limit: float | None,
 ) -> None:
     """Start a worker that runs the app's tasks."""
+    from rqueue.nodenames import has_process_index, log_per_process  # noqa: PLC0415
     from rqueue.worker import Worker, setup_logging  # noqa: PLC0415 - only the worker command loads the worker
 
+    log_template = logfile
+    node = node_name(hostname or "rqueue@%h")
+    logfile, pidfile = _become_worker_process(node, logfile, pidfile, detach, uid, gid, umask, workdir)
     app = get_app(ctx)
     try:
         setup_logging(loglevel, logfile, bool(app.conf.worker_hijack_root_logger))
+        if log_template and has_process_index(log_template):
+            log_per_process(os.path.abspath(log_template), node)
         if prefetch_multiplier:
             app.conf.worker_prefetch_multiplier = prefetch_multiplier
         if optimization == "fair" or disable_prefetch:
@@ -232,7 +254,6 @@ def worker(
             app.conf.task_soft_time_limit = soft_time_limit
         if allow_eviction:
             app.conf.broker_allow_eviction = True
-        node = node_name(hostname) if hostname else None
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         if exclude_queues:
             excluded = {q.strip() for q in exclude_queues.split(",")}
@@ -252,6 +273,36 @@ def worker(
     except RQueueError as exc:
         fail(str(exc), 1)
     sys.exit(code)
+
+
+def _become_worker_process(
+    node: str,
+    logfile: str | None,
+    pidfile: str | None,
+    detach: bool,
+    uid: str | None,
+    gid: str | None,
+    umask: str | None,
+    workdir: str | None,
+) -> tuple[str | None, str | None]:
+    """Expand ``%p``/``%n``/``%i``... in the log file and pidfile names (the main process's) and,
+    with any daemon option, set the process up (``rqueue.worker.daemon``); the file names to use."""
+    from rqueue.nodenames import node_format  # noqa: PLC0415
+    from rqueue.worker.daemon import Daemon  # noqa: PLC0415
+
+    try:
+        logfile = node_format(logfile, node, index=0, what="--logfile") if logfile else None
+        pidfile = node_format(pidfile, node, index=0, what="--pidfile") if pidfile else None
+        daemon = Daemon(detach, logfile, pidfile, uid, gid, umask, workdir)
+    except RQueueError as exc:
+        fail(str(exc))
+    if not (detach or uid or gid or umask is not None or workdir):
+        return logfile, pidfile
+    try:
+        daemon.enter()  # with --detach, only the detached worker comes back
+    except (RQueueError, OSError) as exc:
+        fail(str(exc), 1)
+    return daemon.logfile, daemon.pidfile
 
 
 @cli.command(context_settings=CONTEXT)
@@ -535,10 +586,15 @@ def _json_arg(option: str, text: str, kind: type) -> Any:
 
 def _add_subcommands() -> None:
     """Commands kept in their own modules (they import this one for the shared helpers)."""
-    from rqueue.cli.control import control, inspect  # noqa: PLC0415 - it imports this module's helpers
+    from rqueue.cli.control import control, inspect, status  # noqa: PLC0415 - it imports this module's helpers
 
     cli.add_command(control)
     cli.add_command(inspect)
+    cli.add_command(status)
+    from rqueue.cli.ops import report, shell  # noqa: PLC0415 - it imports this module's helpers
+
+    cli.add_command(report)
+    cli.add_command(shell)
 
 
 _add_subcommands()

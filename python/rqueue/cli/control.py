@@ -15,7 +15,7 @@ import click
 
 from rqueue.brokers.base import RevocationStore, capability
 from rqueue.cli import CONTEXT, fail, get_app
-from rqueue.control import DEFAULT_TIMEOUT_S
+from rqueue.control import DEFAULT_TIMEOUT_S, duplicate_nodename_message
 from rqueue.exceptions import RQueueError
 from rqueue.utils.log import printable
 
@@ -55,12 +55,21 @@ def _run(
     _show(replies, timeout, as_json)
 
 
+def _warn_duplicates(replies: list[dict[str, Any]]) -> None:
+    """Celery's DuplicateNodenameWarning, on stderr: several workers answered under one name."""
+    names = [name for reply in replies for name in reply]
+    dupes = {name for name in names if names.count(name) > 1}
+    if dupes:
+        click.echo(f"Warning: {printable(duplicate_nodename_message(sorted(dupes)))}", err=True)
+
+
 def _show(replies: list[dict[str, Any]] | None, timeout: float, as_json: bool) -> None:
     merged: dict[str, Any] = {}
     for reply in replies or []:
         merged.update(reply)
     if not merged:
         fail(f"No workers replied within {timeout:g} s", 1)
+    _warn_duplicates(replies or [])
     if as_json:
         click.echo(json.dumps(merged, indent=2, sort_keys=True, default=repr))
     else:
@@ -229,3 +238,32 @@ def _inspect_command(method: str, doc: str) -> None:
 
 for _method, _doc in INSPECT.items():
     _inspect_command(_method, _doc)
+
+
+# -- status -------------------------------------------------------------------------------------------
+
+#: ``celery status``'s exit code when no worker answers (``os.EX_UNAVAILABLE``).
+EXIT_NO_NODES = 69
+
+
+@click.command(context_settings=CONTEXT)
+@_target_options
+@click.pass_context
+def status(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Show the workers that are online (each answers a ping)."""
+    app = get_app(ctx)
+    try:
+        replies = app.control.ping(destination=_destinations(destination), timeout=timeout)
+    except RQueueError as exc:
+        fail(str(exc), 1)
+    merged = {name: answer for reply in replies for name, answer in reply.items()}
+    nodes = sorted(merged)
+    if not nodes:
+        fail(f"No nodes replied within time constraint ({timeout:g} s)", EXIT_NO_NODES)
+    if as_json:  # the count goes to stderr: stdout stays one JSON document
+        click.echo(json.dumps(merged, sort_keys=True, default=repr))
+    else:
+        for name in nodes:
+            click.echo(f"->  {printable(name)}: OK")
+    _warn_duplicates(replies)
+    click.echo(f"\n{len(nodes)} node{'s' if len(nodes) != 1 else ''} online.", err=as_json)

@@ -257,37 +257,46 @@ class Worker:
     # -- pidfile ----------------------------------------------------------------------------------------
 
     def _take_pidfile(self) -> None:
-        """Create the pidfile exclusively, never through a symbolic link (a worker run as root must
-        not be made to overwrite another file); a stale one (its worker is gone) is removed first."""
-        path = self.pidfile
-        if not path:
-            return
-        path = os.path.abspath(path)
-        self.pidfile = path
-        for _ in range(3):
-            other = _read_pidfile(path)
-            if other and other != os.getpid() and _alive(other):
-                raise PidfileError(
-                    f"pidfile {path} is held by a running worker (pid {other}); not starting a second one"
-                )
-            if other is not None:  # stale (or unreadable): remove the entry itself, never a link's target
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            except FileExistsError:
-                continue  # another worker created it meanwhile: look again
-            except OSError as exc:
-                raise PidfileError(f"pidfile {path} is not writable: {exc.strerror}") from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            return
-        raise PidfileError(f"pidfile {path} keeps being created by another process; not starting")
+        if self.pidfile:
+            self.pidfile = take_pidfile(self.pidfile)
 
     def _release_pidfile(self) -> None:
-        if self.pidfile and _read_pidfile(self.pidfile) == os.getpid():
-            with contextlib.suppress(OSError):
-                os.unlink(self.pidfile)
+        if self.pidfile:
+            release_pidfile(self.pidfile)
+
+
+def take_pidfile(path: str) -> str:
+    """Create the pidfile exclusively, never through a symbolic link (a worker run as root must
+    not be made to overwrite another file); a stale one (its worker is gone) is removed first.
+    One already holding this process's pid (made before privileges were dropped) is kept.
+    Returns its absolute path."""
+    path = os.path.abspath(path)
+    for _ in range(3):
+        other = _read_pidfile(path)
+        if other == os.getpid():
+            return path
+        if other and _alive(other):
+            raise PidfileError(f"pidfile {path} is held by a running worker (pid {other}); not starting a second one")
+        if other is not None:  # stale (or unreadable): remove the entry itself, never a link's target
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            continue  # another worker created it meanwhile: look again
+        except OSError as exc:
+            raise PidfileError(f"pidfile {path} is not writable: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return path
+    raise PidfileError(f"pidfile {path} keeps being created by another process; not starting")
+
+
+def release_pidfile(path: str) -> None:
+    """Remove the pidfile if it holds this process's pid (quietly: the worker is stopping)."""
+    with contextlib.suppress(OSError, PidfileError):
+        if _read_pidfile(path) == os.getpid():
+            os.unlink(path)
 
 
 def _read_pidfile(path: str) -> int | None:

@@ -8,18 +8,21 @@ prefork supervisor, or in the worker process of the threads and solo pools.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
 import re
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rqueue import __version__
-from rqueue.exceptions import BrokerError, ConfigurationError, RQueueError
+from rqueue.control import duplicate_nodename_message
+from rqueue.exceptions import BrokerError, ConfigurationError, DuplicateNodenameWarning, RQueueError
 from rqueue.urls import describe, mask_password
 
 if TYPE_CHECKING:
@@ -101,6 +104,7 @@ class ControlServer:
         self.started = time.monotonic()
         self.mailbox: Mailbox | None = None
         self._retry_at = 0.0
+        self._probe: DuplicateProbe | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": lambda args: {"ok": "pong"},
             "rate_limit": self.rate_limit,
@@ -126,7 +130,9 @@ class ControlServer:
         """Start receiving commands; a broker that is away now is retried by ``serve``."""
         try:
             mailbox = self.app.broker.mailbox()
-            mailbox.listen()
+            if self._probe is None:
+                self._probe = DuplicateProbe(mailbox, self.hostname)
+            mailbox.listen()  # after the probe's ping: this node does not hear (and answer) its own
             self.mailbox = mailbox
         except (BrokerError, OSError) as exc:
             logger.warning("Remote control unavailable for now: %s", exc)
@@ -141,6 +147,8 @@ class ControlServer:
             self.listen()
             if self.mailbox is None:
                 return
+        if self._probe is not None and not self._probe.done:
+            timeout_s = max(0.0, timeout_s - self._probe.check())
         try:
             commands = self.mailbox.commands(timeout_s)
         except (BrokerError, OSError) as exc:
@@ -311,6 +319,54 @@ class ControlServer:
     def _task(self, name: str) -> None:
         if name not in self.app.tasks:
             raise ControlError(f"unknown task {name!r}")
+
+
+class DuplicateProbe:
+    """At start, a ping addressed to this node's own name, sent before the node listens: any answer
+    comes from another live node of the same name, and is logged as Celery's DuplicateNodenameWarning.
+    Its replies are collected a little at a time while serving, so the worker does not start later."""
+
+    #: How long answers are awaited (Celery's mingle waits 1 s; a busy prefork supervisor answers
+    #: between its checks of the children).
+    WAIT_S = 2.0
+    #: The longest one check blocks.
+    STEP_S = 0.02
+
+    def __init__(self, mailbox: Mailbox, hostname: str) -> None:
+        self.mailbox = mailbox
+        self.hostname = hostname
+        self.ticket = str(uuid.uuid4())
+        self.reply_to = mailbox.reply_address()
+        self.deadline = time.monotonic() + self.WAIT_S
+        self.done = False
+        command: dict[str, Any] = {
+            "method": "ping",
+            "arguments": {},
+            "destination": [hostname],
+            "pattern": None,
+            "matcher": None,
+        }
+        mailbox.broadcast({**command, "ticket": self.ticket, "reply_to": self.reply_to}, self.WAIT_S)
+
+    def check(self) -> float:
+        """Look for answers for at most ``STEP_S``; the seconds it took."""
+        started = time.monotonic()
+        try:
+            found = self.mailbox.replies(self.reply_to, self.ticket, self.STEP_S, 1)
+        except (BrokerError, OSError):
+            found = []
+        if any(isinstance(r, dict) and self.hostname in r for r in found):
+            message = duplicate_nodename_message([self.hostname])
+            logger.warning("%s: %s", DuplicateNodenameWarning.__name__, message)
+            self.close()
+        elif time.monotonic() >= self.deadline:
+            self.close()
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        self.done = True
+        with contextlib.suppress(BrokerError, OSError):
+            self.mailbox.close_replies(self.reply_to)
 
 
 def _queue_name(args: dict[str, Any]) -> str:
