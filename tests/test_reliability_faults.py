@@ -123,6 +123,7 @@ def test_r11_redis_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
         f"sends-unknown={len(unknown)} sends-refused={len(refused)} slowest-send={slowest[0]:.2f}s"
     )
     assert lost == []
+    assert duplicated == 0  # every worker renewed before any swept (a stall delays sweeping)
     assert [r.get(timeout=30) for r in results[:10]] == [0.01] * 10
     # a send never waits out the freeze: it fails within about the connection timeout (1 s) per try
     assert slowest[0] < freeze / 2
@@ -356,3 +357,77 @@ def test_r12_rabbitmq_memory_alarm_refuses_producers_while_workers_drain(
         assert worker.proc.poll() is None
     finally:
         cleanup(project)
+
+
+# -- R11 on SQLite: the file locked by another process past the visibility timeout -------------------
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+@pytest.mark.slow
+def test_r11_sqlite_locked_past_the_visibility_timeout_loses_and_strands_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    project = Project(tmp_path, "sqlite")
+    visibility, locked = 3, 8
+    use_config(project, f"broker_visibility_timeout = {visibility}\n", monkeypatch)
+    try:
+        tasks = project.app()
+        n = 300
+        tasks.sleep.delay_many([(0.01, f"r11s-{i}") for i in range(n)])
+        workers = [project.start_worker("-c", "2"), project.start_worker("-c", "2")]
+        wait_for(lambda: project.ledger_count() >= 40, 30, "the workers are draining")
+        path = project.broker_url.removeprefix("sqlite:///")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, path, str(locked)], stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        began = time.monotonic()
+        tasks.sleep.delay(0.01, "r11s-during")  # waits for the lock (SQLite has no unknown outcome)
+        send_s = time.monotonic() - began
+        assert holder.wait(30) == 0
+        before = project.ledger_count()
+        resumed = time.monotonic()
+        wait_for(lambda: project.ledger_count() > before, 30, "consuming resumed")
+        recovery_s = time.monotonic() - resumed
+        keys = [f"r11s-{i}" for i in range(n)] + ["r11s-during"]
+        wait_for(lambda: all(ledger_counts(project)[k] for k in keys), 60, "everything ran", interval=0.2)
+        broker = tasks.app.broker
+        wait_for(lambda: broker.queue_length("celery") == 0, 10, "the queue drained")
+        counts = ledger_counts(project)
+        lost = [k for k in keys if counts[k] == 0]
+        duplicated = sum(counts[k] - 1 for k in keys if counts[k] > 1)
+        held = sqlite_leased(path)
+        print(
+            f"\nR11 [sqlite, locked {locked}s] visibility={visibility}s sent={len(keys)} lost={len(lost)} "
+            f"duplicated={duplicated} stranded={held} recovery={recovery_s:.2f}s send-waited={send_s:.2f}s"
+        )
+        assert lost == [] and held == 0
+        # every worker renewed before any swept (a stall delays sweeping), so none took another's
+        assert duplicated == 0
+        assert all(w.proc.poll() is None for w in workers)
+    finally:
+        cleanup(project)
+
+
+def sqlite_leased(path: str) -> int:
+    """Messages leased to anyone in the broker file, counted by another process (two SQLite
+    libraries in one process must not open one file)."""
+    import subprocess
+    import sys
+
+    count = (
+        "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("
+        "'SELECT COUNT(*) FROM messages WHERE owner IS NOT NULL').fetchone()[0])"
+    )
+    return int(subprocess.run([sys.executable, "-c", count, path], capture_output=True, text=True, check=True).stdout)

@@ -556,7 +556,11 @@ fn test_redis_stale_lease_left_by_a_kombu_restore_leaves_the_celery_workers_mess
         .unwrap();
     // past rqueue's visibility (1 s), not Celery's (kombu's default 3600 s): left to Celery
     assert_eq!(b.sweep_expired(Duration::from_secs(1), 5).unwrap(), (0, 0));
-    let still: Option<String> = redis::cmd("HGET").arg("unacked").arg("k1").query(&mut raw).unwrap();
+    let still: Option<String> = redis::cmd("HGET")
+        .arg("unacked")
+        .arg("k1")
+        .query(&mut raw)
+        .unwrap();
     assert_eq!(still.as_deref(), Some(kombu_entry.as_str()));
     // past Celery's too: restored whole (kombu's envelope), not cut at the old length
     let _: () = redis::cmd("ZADD")

@@ -242,6 +242,16 @@ struct Timers {
     next_sweep: Instant,
 }
 
+impl Timers {
+    /// After the broker stalled this thread (a step failed, or took a renewal interval or more),
+    /// it stalled the other workers too, and their leases may have lapsed meanwhile: sweep only
+    /// after every live worker has had a renewal interval to renew (each renews first, being
+    /// overdue), so no sweep takes messages from workers that are running them.
+    fn after_stall(&mut self) {
+        self.next_sweep = self.next_sweep.max(Instant::now() + self.extend_every * 2);
+    }
+}
+
 impl<S: LeaseSource> Worker<S> {
     fn stopping(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
@@ -281,7 +291,12 @@ impl<S: LeaseSource> Worker<S> {
                     }
                 },
             };
-            match self.step(s, &mut timers) {
+            let began = Instant::now();
+            let outcome = self.step(s, &mut timers);
+            if outcome.is_err() || began.elapsed() >= extend_every {
+                timers.after_stall();
+            }
+            match outcome {
                 Ok(()) => error_backoff = ERROR_BACKOFF_MIN,
                 Err(e @ Error::Replaced(_)) => {
                     // Reopening would consume another store than the one this worker's
