@@ -247,6 +247,13 @@ class SqliteBroker:
     def __new__(cls, path: str, busy_timeout_ms: int = 10000) -> SqliteBroker: ...
     @property
     def path(self) -> str: ...
+    def results_seen(self) -> int:
+        """The results bell's sequence: read it before reading a result, pass it to ``wait_results``."""
+    def wait_results(self, seen: int, timeout_s: float) -> None:
+        """Wait (GIL released) up to ``timeout_s`` for results stored by any process after ``seen``."""
+    @property
+    def has_bells(self) -> bool:
+        """Whether waits are woken by other processes' commits (Linux), or only sleep."""
     def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None: ...
     def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
         """Publish ``(queue, payload, priority, eta_ms)`` items in one transaction."""

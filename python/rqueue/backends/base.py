@@ -135,11 +135,13 @@ class ResultBackend(ABC):
         """Poll until the task is ready; TimeoutError when ``timeout`` runs out.
 
         Polls start at 0.2 ms and back off to ``interval``, so a quick task is seen at once and a
-        slow one costs little.
+        slow one costs little; a backend whose stores wake waiters (``_results_mark``) is read
+        again as soon as any result is stored.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.0002
         while True:
+            mark = self._results_mark()
             meta = self.get_meta(task_id)
             if meta["status"] in states.READY_STATES:
                 return meta
@@ -147,8 +149,21 @@ class ResultBackend(ABC):
             if deadline is not None and now >= deadline:
                 raise TimeoutError(f"the result of task {task_id} was not ready within {timeout} s")
             sleep = delay if deadline is None else min(delay, deadline - now)
-            time.sleep(max(sleep, 0.0))
-            delay = min(delay * 1.5, interval)
+            if mark is None:
+                time.sleep(max(sleep, 0.0))
+                delay = min(delay * 1.5, interval)
+            else:
+                self._wait_results(mark, max(sleep, 0.0001))
+                delay = interval
+
+    def _results_mark(self) -> int | None:
+        """A backend that can be woken when results are stored: a mark to read before reading a
+        result (see ``_wait_results``); None (the default) to poll."""
+        return None
+
+    def _wait_results(self, mark: int, seconds: float) -> None:
+        """Wait up to ``seconds`` for a result to be stored after ``mark`` was read."""
+        time.sleep(seconds)
 
     def get_many_meta(self, task_ids: Sequence[str]) -> list[dict[str, Any]]:
         """The stored meta of several tasks (a backend that can reads them in one round trip)."""

@@ -40,6 +40,13 @@ class SqliteBackend(ResultBackend):
     def _delete(self, task_id: str) -> None:
         self._file.native.delete_result(task_id)
 
+    def _results_mark(self) -> int | None:
+        native = self._file.native
+        return native.results_seen() if native.has_bells else None
+
+    def _wait_results(self, mark: int, seconds: float) -> None:
+        self._file.native.wait_results(mark, seconds)
+
     # -- groups and chords ----------------------------------------------------------------------
 
     def _write_group(self, group_id: str, payload: bytes) -> None:

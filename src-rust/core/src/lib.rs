@@ -4,6 +4,7 @@
 //! `rqueue._rqueue` extension; everything here is tested with `cargo test` alone.
 
 pub mod codec;
+pub mod doorbell;
 pub mod error;
 pub mod jsonw;
 pub mod prefetch;

@@ -12,20 +12,10 @@ use rqueue_core::transport::amqp_consumer::{AmqpConsumer as CoreConsumer, AmqpCo
 use rqueue_core::Error;
 
 use crate::broker::consumer_class;
+use crate::broker::seconds;
 use crate::broker::{dead_letter_rows, new_messages, DeadLetterRow, MessageTuple};
 use crate::errors::IntoPyResult;
 use crate::prefetch::PrefetchBuffer;
-
-fn seconds(name: &str, value: f64) -> Result<Duration, Error> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "{name} must be a positive number of seconds, got {value}"
-            ))
-        })
-}
 
 /// `(body, headers JSON, correlation_id, content_type)` of a message pushed to a listened queue.
 type PushedTuple = (Vec<u8>, String, Option<String>, Option<String>);

@@ -2,8 +2,22 @@
 //! methods over `rqueue_core::transport::Transport` and `consumer_class!` a consumer thread's, so
 //! a new transport adds its constructor and its own extras only.
 
+use std::time::Duration;
+
 use rqueue_core::transport::{DeadLetter, NewMessage, ResultRow};
 use rqueue_core::Error;
+
+/// A positive duration given in seconds, for every binding that takes one.
+pub(crate) fn seconds(name: &str, value: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{name} must be a positive number of seconds, got {value}"
+            ))
+        })
+}
 
 /// `(id, queue, reason, error, deliveries, dead_at_ms, payload)` of a dead letter, as Python
 /// sees it; the id is a row id (SQLite) or a delivery tag (Redis).

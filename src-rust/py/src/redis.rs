@@ -11,20 +11,10 @@ use rqueue_core::transport::redis_consumer::{RedisConsumer as CoreConsumer, Redi
 use rqueue_core::transport::Transport;
 use rqueue_core::Error;
 
+use crate::broker::seconds;
 use crate::broker::{consumer_class, transport_class};
 use crate::errors::IntoPyResult;
 use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
-
-fn seconds(name: &str, value: f64) -> Result<Duration, Error> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "{name} must be a positive number of seconds, got {value}"
-            ))
-        })
-}
 
 fn config(
     url: String,

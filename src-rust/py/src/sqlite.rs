@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use rqueue_core::doorbell::Bell;
 use rqueue_core::transport::sqlite::SqliteBroker as CoreBroker;
 use rqueue_core::transport::sqlite_consumer::{ConsumerConfig, SqliteConsumer as CoreConsumer};
 use rqueue_core::transport::Transport;
 use rqueue_core::Error;
 
+use crate::broker::seconds;
 use crate::broker::{consumer_class, result_rows, transport_class, ResultTuple};
 use crate::errors::IntoPyResult;
 use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
@@ -60,6 +62,25 @@ transport_class!(SqliteBroker {
             .detach(|| self.inner.fetch(&queues, limit, &owner, lease_ms))
             .map_py(py)?;
         Ok(wrap_all(got))
+    }
+
+    /// The results bell's sequence: read it before reading a result, pass it to `wait_results`.
+    fn results_seen(&self) -> u32 {
+        self.inner.seen(Bell::Results)
+    }
+
+    /// Wait (GIL released) up to `timeout_s` for results to be stored in this file by any
+    /// process after `seen` was read; without bells (`has_bells` False) this only sleeps.
+    fn wait_results(&self, py: Python<'_>, seen: u32, timeout_s: f64) -> PyResult<()> {
+        let timeout = seconds("timeout_s", timeout_s).map_py(py)?;
+        py.detach(|| self.inner.wait(Bell::Results, seen, timeout));
+        Ok(())
+    }
+
+    /// Whether waits are woken by other processes' commits (Linux), or only sleep.
+    #[getter]
+    fn has_bells(&self) -> bool {
+        self.inner.has_bells()
     }
 
     /// Renew the leases of `held` (tags `owner` holds); returns every tag leased to `owner`.

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
+use crate::doorbell::{Bell, Doorbells};
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
 use crate::transport::{check_priority, check_queue, interleave, transport_by_inherent_methods};
@@ -263,6 +264,8 @@ pub struct SqliteBroker {
     identity: Option<FileIdentity>,
     /// When this connection next looks at the write-ahead log's size (epoch ms).
     next_wal_check_ms: AtomicI64,
+    /// Rung after commits that make messages or results available; `None` where unsupported.
+    bells: Option<Doorbells>,
     conn: Mutex<Connection>,
     /// How long to keep retrying SQLITE_BUSY after the busy handler gave up.
     retry_window: Duration,
@@ -290,10 +293,12 @@ impl SqliteBroker {
         conn.busy_handler(Some(wait_while_busy))?;
         conn.set_prepared_statement_cache_capacity(64);
         let identity = file_identity(&path);
+        let bells = Doorbells::open(&path);
         let broker = SqliteBroker {
             path,
             identity,
             next_wal_check_ms: AtomicI64::new(0),
+            bells,
             conn: Mutex::new(conn),
             retry_window: busy.max(Duration::from_secs(30)),
         };
@@ -399,6 +404,37 @@ impl SqliteBroker {
         .map(|busy| busy == 0)
     }
 
+    fn ring(&self, bell: Bell) {
+        if let Some(b) = &self.bells {
+            b.ring(bell);
+        }
+    }
+
+    fn ring_if(&self, cond: bool, bell: Bell) {
+        if cond {
+            self.ring(bell);
+        }
+    }
+
+    /// The sequence of `bell` to pass to [`SqliteBroker::wait`]: read it before looking for work.
+    pub fn seen(&self, bell: Bell) -> u32 {
+        self.bells.as_ref().map_or(0, |b| b.seen(bell))
+    }
+
+    /// Waits up to `timeout` for `bell` to ring after `seen` was read (any process using this
+    /// file rings it); where there are no bells, sleeps `timeout`.
+    pub fn wait(&self, bell: Bell, seen: u32, timeout: Duration) {
+        match &self.bells {
+            Some(b) => b.wait(bell, seen, timeout),
+            None => std::thread::sleep(timeout),
+        }
+    }
+
+    /// Whether waiting is woken by rings (else it only sleeps, and callers poll).
+    pub fn has_bells(&self) -> bool {
+        self.bells.is_some()
+    }
+
     /// Fails once the path no longer names the file this connection opened.
     fn check_same_file(&self) -> Result<()> {
         if self.identity.is_none() || file_identity(&self.path) == self.identity {
@@ -451,6 +487,7 @@ impl SqliteBroker {
             )?
             .execute(params![queue, priority, eta_ms.unwrap_or(0), payload, now])
         })?;
+        self.ring(Bell::Messages);
         self.bound_wal();
         Ok(())
     }
@@ -481,6 +518,7 @@ impl SqliteBroker {
             }
             Ok(())
         })?;
+        self.ring(Bell::Messages);
         self.bound_wal();
         Ok(())
     }
@@ -558,10 +596,14 @@ impl SqliteBroker {
         if rows.is_empty() && tags.is_empty() {
             return Ok(0);
         }
-        self.immediate(|tx| {
+        let acked = self.immediate(|tx| {
             write_results(tx, rows)?;
             delete_messages(tx, tags)
-        })
+        })?;
+        if !rows.is_empty() {
+            self.ring(Bell::Results);
+        }
+        Ok(acked)
     }
 
     /// Returns leased messages that were never started to their queue at their original place,
@@ -591,6 +633,7 @@ impl SqliteBroker {
             }
             Ok(n)
         })
+        .inspect(|&n| self.ring_if(n > 0, Bell::Messages))
     }
 
     /// Returns every message leased by `owner` (a worker that died) to its queue; those already
@@ -618,6 +661,7 @@ impl SqliteBroker {
                 .execute([owner])?;
             Ok((requeued, dead))
         })
+        .inspect(|&(requeued, _)| self.ring_if(requeued > 0, Bell::Messages))
     }
 
     /// Pushes the lease of each message in `held` that `owner` holds to now + `lease_ms`, and
@@ -676,6 +720,7 @@ impl SqliteBroker {
             }
             Ok((requeued, dead))
         })
+        .inspect(|&(requeued, _)| self.ring_if(requeued > 0, Bell::Messages))
     }
 
     /// Moves a message to the dead-letter table; false when it no longer exists.
@@ -848,7 +893,9 @@ impl SqliteBroker {
         if rows.is_empty() {
             return Ok(());
         }
-        self.immediate(|tx| write_results(tx, rows))
+        self.immediate(|tx| write_results(tx, rows))?;
+        self.ring(Bell::Results);
+        Ok(())
     }
 
     /// `(content_type, payload)` of a task's unexpired result, if stored.

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::doorbell::Bell;
 use crate::error::Result;
 use crate::prefetch::{Delivery, PrefetchBuffer};
 use crate::transport::consumer::{Consumer, LeaseSource, Settings};
@@ -77,6 +78,7 @@ impl SqliteConsumer {
                 owner: config.owner.clone(),
                 lease_ms: lease_ms(config.lease),
                 max_deliveries: config.max_deliveries,
+                seen: 0,
             })
         });
         let inner = Consumer::new(settings, connect, buffer)?;
@@ -115,10 +117,13 @@ struct Leases {
     owner: String,
     lease_ms: u64,
     max_deliveries: u32,
+    /// The messages bell's sequence read before the last fetch (see [`crate::doorbell`]).
+    seen: u32,
 }
 
 impl LeaseSource for Leases {
     fn fetch(&mut self, queues: &[String], limit: usize) -> Result<Vec<Delivery>> {
+        self.seen = self.broker.seen(Bell::Messages);
         self.broker.fetch(queues, limit, &self.owner, self.lease_ms)
     }
 
@@ -132,6 +137,13 @@ impl LeaseSource for Leases {
 
     fn give_back(&mut self, tags: &[String]) -> Result<()> {
         self.broker.requeue(tags).map(drop)
+    }
+
+    /// Woken by any process that makes messages available in this file (where doorbells exist);
+    /// ETA messages falling due are seen at the next fetch (within `poll_max`).
+    fn idle(&mut self, _queues: &[String], wait: Duration) -> Result<()> {
+        self.broker.wait(Bell::Messages, self.seen, wait);
+        Ok(())
     }
 }
 
