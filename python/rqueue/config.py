@@ -169,6 +169,12 @@ DEFAULTS: dict[str, Setting] = {
     "worker_max_memory_per_child": Setting(
         None, (int, _NONE), "replace a prefork child once its RSS passes this many KiB (None: never)", _positive
     ),
+    "worker_soft_shutdown_timeout": Setting(
+        0.0, NUMBER, "seconds running tasks get after a warm shutdown; then their messages go back", _non_negative
+    ),
+    "worker_enable_soft_shutdown_on_idle": Setting(
+        False, (bool,), "wait worker_soft_shutdown_timeout out even with no task running"
+    ),
     "worker_disable_rate_limits": Setting(False, (bool,), "ignore every rate limit"),
     "worker_poll_max_ms": Setting(40, (int,), "longest idle poll interval of polling brokers", _positive),
     "worker_hijack_root_logger": Setting(True, (bool,), "the worker replaces the root logger's handlers"),

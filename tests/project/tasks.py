@@ -274,3 +274,12 @@ def prints(text):
     print(text)
     print(f"{text} on stderr", file=sys.stderr)
     return text
+
+
+@app.task
+def slow_first(key, seconds):
+    """Sleep ``seconds`` on the first execution only (recorded in the ledger before): a long task
+    that, sent back to the queue, runs again quickly."""
+    if _ledger(key) == 1:
+        time.sleep(seconds)
+    return "done"

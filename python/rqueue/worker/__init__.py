@@ -200,7 +200,18 @@ class Worker:
             received += 1
             self._announce_shutdown(signum, received)
             if received == 1:
-                logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
+                soft_s = float(self.app.conf.worker_soft_shutdown_timeout or 0.0)
+                if soft_s > 0:
+                    logger.warning(
+                        "Warm shutdown: running tasks have %gs to finish (worker_soft_shutdown_timeout), "
+                        "then their messages go back to the queue",
+                        soft_s,
+                    )
+                    timer = threading.Timer(soft_s, on_signal, args=(signum,))
+                    timer.daemon = True  # the process ends without it once the tasks finish
+                    timer.start()
+                else:
+                    logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
                 consumer.stop()
             else:
                 logger.warning("Cold shutdown: running tasks stop; their messages go back to the queue")

@@ -106,6 +106,14 @@ class PreforkPool:
         self._lock = threading.Lock()
         self._stopping: dict[int, _Stop] = {}  # pid -> why the supervisor is stopping it
         self._soft_told: dict[int, int] = {}  # slot -> the run told it is past its soft limit
+        conf = app.conf
+        #: Soft shutdown (``worker_soft_shutdown_timeout``): after a warm shutdown began, running
+        #: tasks get this long; then a cold shutdown returns their messages. 0: wait for them.
+        self.soft_shutdown_s = float(conf.worker_soft_shutdown_timeout or 0.0)
+        self.soft_shutdown_on_idle = bool(conf.worker_enable_soft_shutdown_on_idle)
+        self._soft_deadline: float | None = None  # time.monotonic()
+        self._cold_reason = ""  # why the cold shutdown happened, for the final log line
+        self._returned_cold = 0  # messages of running tasks given back by the cold shutdown
 
     def run(self, on_ready: Callable[[], None] | None = None, on_idle: Callable[[float], None] | None = None) -> int:
         """Run until every child has exited after a shutdown signal; returns the exit code.
@@ -124,6 +132,7 @@ class PreforkPool:
                 break
             if pid == 0:
                 self._enforce_limits()
+                self._check_soft_shutdown()
                 # Remote control, or a pause; also how often time limits are checked.
                 (on_idle or time.sleep)(CHECK_INTERVAL_S / 10)
                 continue
@@ -133,16 +142,66 @@ class PreforkPool:
             self._reap(pid, slot, status)
             if self.shutdown == 0:
                 self._spawn(slot)
+        self._wait_soft_on_idle()
+        self._log_stopped()
         return 0
 
+    def _check_soft_shutdown(self) -> None:
+        """After ``worker_soft_shutdown_timeout`` of a warm shutdown, go cold: the running tasks'
+        messages go back to the queue now rather than when the orchestrator kills the worker."""
+        if self.shutdown != 1 or self._soft_deadline is None or time.monotonic() < self._soft_deadline:
+            return
+        logger.warning(
+            "Soft shutdown timeout (%gs) passed with %d task(s) still running: cold shutdown; "
+            "their messages go back to the queue",
+            self.soft_shutdown_s,
+            len(self.active()),
+        )
+        self._cold_reason = f"worker_soft_shutdown_timeout of {self.soft_shutdown_s:g}s passed"
+        self.shutdown = 2
+        self._kill_all(signal.SIGKILL)
+
+    def _wait_soft_on_idle(self) -> None:
+        """``worker_enable_soft_shutdown_on_idle``: Celery waits the soft shutdown timeout out even
+        with nothing running; so does this pool (only after a warm shutdown that did not go cold)."""
+        if self.shutdown != 1 or not self.soft_shutdown_on_idle or self._soft_deadline is None:
+            return
+        left = self._soft_deadline - time.monotonic()
+        if left > 0:
+            logger.info("Soft shutdown on idle: waiting %.1fs (worker_enable_soft_shutdown_on_idle)", left)
+            time.sleep(left)
+
+    def _log_stopped(self) -> None:
+        """The pool's last line: that the worker stopped, and how."""
+        if self.shutdown >= 2:
+            why = f" ({self._cold_reason})" if self._cold_reason else ""
+            logger.warning(
+                "Worker %s stopped: cold shutdown%s; %d message(s) of running tasks went back to the queue",
+                self.hostname,
+                why,
+                self._returned_cold,
+            )
+        else:
+            logger.info("Worker %s stopped: warm shutdown; every running task finished", self.hostname)
+
     def signal(self, signum: int) -> None:
-        """First signal: warm shutdown of every child; second: cold (SIGKILL)."""
+        """First signal: warm shutdown of every child (limited to ``worker_soft_shutdown_timeout``
+        when that is set); second: cold (SIGKILL, the running tasks' messages go back)."""
         self.shutdown += 1
         if self.shutdown == 1:
-            logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
+            if self.soft_shutdown_s > 0:
+                self._soft_deadline = time.monotonic() + self.soft_shutdown_s
+                logger.warning(
+                    "Warm shutdown: running tasks have %gs to finish (worker_soft_shutdown_timeout), "
+                    "then their messages go back to the queue (signal again for a cold shutdown now)",
+                    self.soft_shutdown_s,
+                )
+            else:
+                logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
             self._kill_all(signal.SIGTERM)
-        else:
+        elif self.shutdown == 2:
             logger.warning("Cold shutdown: stopping running tasks; their messages go back to the queue")
+            self._cold_reason = "signal received during the warm shutdown"
             self._kill_all(signal.SIGKILL)
 
     # -- remote control (rqueue.worker.control.Processes), from run()'s on_idle, in the main thread ---
@@ -320,13 +379,22 @@ class PreforkPool:
         stopped = stop is not None and stop.killed and last is not None and last.run == stop.task.run
         if stopped and stop is not None and self._record_stop(stop):
             running = None
+        # A cold shutdown killed it: its running task was not at fault, so its message goes back
+        # uncounted (it must not be dead-lettered as a message that kills workers).
+        cold = self.shutdown >= 2 and code == -signal.SIGKILL and not stopped
         recovery = capability(self.app.broker, LeaseRecovery)
         returned = 0
         if recovery is not None:
-            returned = recovery.release_lost_worker(
-                owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), {running} if running else set()
-            )
-        elif last is not None and self.verdicts is not None and not stopped:
+            counted = {running} if running and not cold else set()
+            try:
+                returned = recovery.release_lost_worker(
+                    owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), counted
+                )
+            except (BrokerError, OSError) as error:
+                logger.error(
+                    "Cannot return the messages of child %d (%s): they come back when their leases expire", pid, error
+                )
+        elif last is not None and self.verdicts is not None and not stopped and not cold:
             # The broker returns the dead child's messages when its connection drops; the one
             # it was running counts as a delivery wherever on this node it comes back.
             self.verdicts.record(last.task_id, LOST)
@@ -340,6 +408,16 @@ class PreforkPool:
                 stop.task.task_id,
                 returned,
             )
+        elif cold:
+            if running or last is not None:
+                self._returned_cold += 1
+                what = f"{last.name}[{last.task_id}]" if last is not None else f"message {running}"
+                logger.warning(
+                    "Child process %d stopped in cold shutdown while running %s; %d message(s) it held went back",
+                    pid,
+                    what,
+                    returned,
+                )
         elif code == EXIT_RETIRED and self.shutdown == 0:
             logger.debug("Child process %d retired (it logged why); starting a new one", pid)
         elif self.shutdown == 0 or code != 0:
