@@ -1,13 +1,15 @@
 """The prefork pool's operations through real workers: soft shutdown, the final stop line, idle stop
-time."""
+time, pool_grow / pool_shrink / autoscale (rqueue's CLI and Celery's) and ``--autoscale``."""
 
 from __future__ import annotations
 
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,3 +134,101 @@ def test_soft_shutdown_on_idle_waits_the_timeout_out(project: Project, monkeypat
     assert worker.stop(signal.SIGTERM, timeout=20) == 0
     assert 1.5 <= time.monotonic() - started < 10  # Celery's rule: waited even with nothing running
     assert "stopped: warm shutdown" in _last_line(worker.log_text())
+
+
+# -- pool size ----------------------------------------------------------------------------------------
+
+
+def _control(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    return project.run_cli("-A", "tasks", "control", *args, "-d", "w1@test", "-t", "5", "--json")
+
+
+def _stats_pool(project: Project) -> dict[str, Any]:
+    stats = _json(project.run_cli("-A", "tasks", "inspect", "stats", "-d", "w1@test", "-t", "5", "--json"))
+    pool: dict[str, Any] = stats["w1@test"]["pool"]
+    return pool
+
+
+def test_pool_grow_and_shrink_resize_a_fixed_prefork_pool(project: Project) -> None:
+    worker = project.start_worker("-c", "1", "-n", "w1@test")
+    assert _json(_control(project, "pool_grow", "2")) == {"w1@test": {"ok": "pool will grow"}}
+    _wait(lambda: len(worker.child_pids()) == 3, 10, "three children")
+    pool = _stats_pool(project)
+    assert pool["max-concurrency"] == 3 and len(pool["processes"]) == 3
+
+    assert _json(_control(project, "pool_shrink", "2")) == {"w1@test": {"ok": "pool will shrink"}}
+    _wait(lambda: len(worker.child_pids()) == 1, 10, "one child")
+    assert _stats_pool(project)["max-concurrency"] == 1
+    assert project.app().add.delay(2, 3).get(timeout=10) == 5  # the one left still works
+
+
+def test_pool_resize_refuses_bad_input(project: Project) -> None:
+    worker = project.start_worker("-c", "1", "-n", "w1@test")
+    done = _control(project, "pool_shrink", "1")
+    assert done.returncode == 1
+    assert "at least one must stay" in json.loads(done.stdout)["w1@test"]["error"]
+    done = _control(project, "autoscale", "3", "1")
+    assert done.returncode == 1 and "autoscale is not enabled" in done.stdout
+    for bad in (["pool_shrink", "0"], ["pool_grow", "two"], ["autoscale", "1", "3"]):
+        done = _control(project, *bad)
+        assert done.returncode == 2, done.stdout
+        assert "Invalid value" in done.stderr, done.stderr
+    assert len(worker.child_pids()) == 1
+
+
+def test_autoscale_option_is_checked(project: Project) -> None:
+    for bad in ("1,3", "x,1", "0"):
+        done = project.run_cli("-A", "tasks", "worker", f"--autoscale={bad}", timeout=20)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "worker_autoscale" in done.stderr
+
+
+def test_autoscale_grows_with_waiting_work_and_shrinks_after_keepalive(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _config(project, monkeypatch, worker_autoscale_keepalive_s=2)
+    worker = project.start_worker("--autoscale=3,1", "-O", "fair", "-n", "w1@test")
+    pool = _stats_pool(project)
+    assert pool["max-concurrency"] == 1 and pool["autoscaler"] == {"max": 3, "min": 1, "qty": 1}
+    tasks = project.app()
+    results = [tasks.sleep.delay(4, key=f"k{i}") for i in range(3)]
+    _wait(lambda: len(worker.child_pids()) == 3, 8, "grown to three children")
+    assert [r.get(timeout=20) for r in results] == [4, 4, 4]
+    _wait(lambda: len(worker.child_pids()) == 1, 15, "shrunk back to one child")
+    assert "Pool grew by" in worker.log_text()
+
+    # pool_grow/pool_shrink are refused while autoscaling (Celery's reply); autoscale moves the range.
+    done = _control(project, "pool_grow", "1")
+    assert done.returncode == 1 and "not supported with autoscale" in done.stdout
+    reply = _json(_control(project, "autoscale", "4", "2"))
+    assert reply == {"w1@test": {"ok": "autoscale now max=4 min=2"}}
+    _wait(lambda: len(worker.child_pids()) == 2, 10, "grown to the new minimum")
+    assert _stats_pool(project)["autoscaler"] == {"max": 4, "min": 2, "qty": 2}
+
+
+def test_celery_control_cli_resizes_an_rqueue_pool(tmp_path: Path, redis_url: str) -> None:
+    """Celery reaches rqueue workers over Redis (kombu's pidbox)."""
+    project = Project(tmp_path, "redis", redis_url)
+    try:
+        _celery_resizes(project, tmp_path)
+    finally:
+        project.close()
+
+
+def _celery_resizes(project: Project, tmp_path: Path) -> None:
+    worker = project.start_worker("-c", "1", "-n", "w1@test")
+    (tmp_path / "capp.py").write_text(f"import celery\napp = celery.Celery('capp', broker={project.broker_url!r})\n")
+    celery_cli = [sys.executable, "-m", "celery", "-A", "capp", "control"]
+
+    def celery(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [*celery_cli, *args, "-d", "w1@test", "--timeout", "5"]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+
+    done = celery("pool_grow", "1")
+    assert "pool will grow" in done.stdout, done.stdout + done.stderr
+    _wait(lambda: len(worker.child_pids()) == 2, 10, "two children")
+    done = celery("pool_shrink", "1")
+    assert "pool will shrink" in done.stdout, done.stdout + done.stderr
+    _wait(lambda: len(worker.child_pids()) == 1, 10, "one child")
+    done = celery("autoscale", "3", "1")
+    assert "autoscale is not enabled" in done.stdout + done.stderr
