@@ -88,6 +88,23 @@ def test_soft_shutdown_lets_a_task_finishing_in_time_complete_and_acks_it_once(
     second.stop()
 
 
+def test_warm_shutdown_gives_back_a_busy_childs_prefetched_messages_at_once(project: Project) -> None:
+    first = project.start_worker("-c", "1")
+    tasks = project.app()
+    long = tasks.slow_first.delay("busy", 8)
+    _wait(lambda: project.ledger_count("busy") == 1, 30, "the long task started")
+    quick = [tasks.record.delay(f"q{i}") for i in range(3)]
+    _wait(lambda: tasks.app.broker.queue_length("celery") == 0, 10, "the child prefetched the quick tasks")
+    first.proc.send_signal(signal.SIGTERM)
+    # Another worker runs them while the long task still runs on the first (not after it).
+    project.start_worker("-c", "1")
+    assert [r.get(timeout=5) for r in quick] == [1, 1, 1]
+    assert first.proc.poll() is None
+    assert first.proc.wait(20) == 0  # the long task finished there
+    assert long.get(timeout=5) == "done"
+    assert project.ledger_count("busy") == 1
+
+
 def test_idle_prefork_worker_stops_within_a_second(project: Project) -> None:
     worker = project.start_worker("-c", "2")
     time.sleep(1)

@@ -674,7 +674,7 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     link.serve(answer)
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    signal.signal(signal.SIGTERM, lambda *_: _warm_stop(consumer))
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     _install_task_signal_handlers(consumer, running)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
@@ -683,6 +683,13 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     code = EXIT_RETIRED if retiring.reason else 0
     signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
     return code
+
+
+def _warm_stop(consumer: Consumer) -> None:
+    """A child's SIGTERM (in its main thread, which runs the executor): stop taking messages, and
+    give back the prefetched ones now rather than once the running task ends."""
+    consumer.stop()
+    consumer.give_back_prefetched()
 
 
 #: A child's exit code when it stopped to be replaced (``Retirement``): the supervisor starts a
