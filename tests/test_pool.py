@@ -50,7 +50,8 @@ def _json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 def test_soft_shutdown_returns_a_long_task_which_runs_again_on_another_worker(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _config(project, monkeypatch, worker_soft_shutdown_timeout=2)
+    # max_deliveries 1: the message must go back uncounted (the task did not kill its worker).
+    _config(project, monkeypatch, worker_soft_shutdown_timeout=2, broker_max_deliveries=1)
     first = project.start_worker("-c", "1")
     result = project.app().slow_first.delay("long", 60)
     _wait(lambda: project.ledger_count("long") == 1, 30, "the task started")
