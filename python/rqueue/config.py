@@ -26,6 +26,9 @@ from rqueue.celery_settings import CELERY_OLD_NAMES, CELERY_SETTINGS
 from rqueue.exceptions import ConfigurationError
 
 SERIALIZERS = ("json", "msgpack", "pickle")
+#: Autoscaling: how long a prefork child stays idle before the pool shrinks by it (Celery's
+#: autoscaler keepalive); the default of ``worker_autoscale_keepalive_s``.
+AUTOSCALE_KEEPALIVE_S = 30.0
 _NONE = type(None)
 
 
@@ -98,6 +101,28 @@ def _queue_entries(name: str, value: Any) -> None:
         queue_name(entry)
 
 
+def parse_autoscale(name: str, value: Any) -> tuple[int, int] | None:
+    """``worker_autoscale`` / ``--autoscale``: ``"MAX,MIN"`` (or ``"MAX"``: min 1), or a
+    ``(max, min)`` pair, as ``(max, min)``; None when unset. ConfigurationError otherwise."""
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    if not 1 <= len(parts) <= 2:
+        raise ConfigurationError(f"{name}: expected MAX,MIN (e.g. 10,3), got {value!r}")
+    try:
+        numbers = [int(str(part).strip()) for part in parts]
+    except ValueError:
+        raise ConfigurationError(f"{name}: expected whole numbers MAX,MIN (e.g. 10,3), got {value!r}") from None
+    max_size, min_size = numbers[0], numbers[1] if len(numbers) == 2 else 1
+    if min_size < 1 or max_size < min_size:
+        raise ConfigurationError(f"{name}: need 1 <= MIN <= MAX, got max={max_size} min={min_size}")
+    return max_size, min_size
+
+
+def _autoscale(name: str, value: Any) -> None:
+    parse_autoscale(name, value)
+
+
 def _non_negative(name: str, value: Any) -> None:
     if value is not None and value < 0:
         raise ConfigurationError(f"{name}: must be zero or more, got {value!r}")
@@ -168,6 +193,21 @@ DEFAULTS: dict[str, Setting] = {
     ),
     "worker_max_memory_per_child": Setting(
         None, (int, _NONE), "replace a prefork child once its RSS passes this many KiB (None: never)", _positive
+    ),
+    "worker_soft_shutdown_timeout": Setting(
+        0.0, NUMBER, "seconds running tasks get after a warm shutdown; then their messages go back", _non_negative
+    ),
+    "worker_enable_soft_shutdown_on_idle": Setting(
+        False, (bool,), "wait worker_soft_shutdown_timeout out even with no task running"
+    ),
+    "worker_autoscale": Setting(
+        None,
+        (str, list, tuple, _NONE),
+        "prefork pool size range 'MAX,MIN' (--autoscale)",
+        _autoscale,
+    ),
+    "worker_autoscale_keepalive_s": Setting(
+        AUTOSCALE_KEEPALIVE_S, NUMBER, "seconds a prefork child stays idle before autoscaling stops it", _positive
     ),
     "worker_disable_rate_limits": Setting(False, (bool,), "ignore every rate limit"),
     "worker_poll_max_ms": Setting(40, (int,), "longest idle poll interval of polling brokers", _positive),

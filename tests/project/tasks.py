@@ -282,3 +282,12 @@ def process_info():
     mask = os.umask(0)
     os.umask(mask)
     return {"cwd": os.getcwd(), "umask": mask, "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}
+
+
+@app.task
+def slow_first(key, seconds):
+    """Sleep ``seconds`` on the first execution only (recorded in the ledger before): a long task
+    that, sent back to the queue, runs again quickly."""
+    if _ledger(key) == 1:
+        time.sleep(seconds)
+    return "done"

@@ -194,6 +194,7 @@ def help_(ctx: click.Context) -> None:
     help="fair: each process holds one message at a time (prefetch multiplier 1).",
 )
 @click.option("--disable-prefetch", is_flag=True, help="Hold only the messages being run (prefetch multiplier 1).")
+@click.option("--autoscale", help="MAX,MIN: scale the prefork pool between MIN and MAX processes with the load.")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Replace a prefork child after N tasks.")
 @click.option(
     "--max-memory-per-child", type=click.IntRange(min=1), help="Replace a prefork child once its RSS passes N KiB."
@@ -223,6 +224,7 @@ def worker(
     prefetch_multiplier: int | None,
     optimization: str | None,
     disable_prefetch: bool,
+    autoscale: str | None,
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
     time_limit: float | None,
@@ -244,6 +246,8 @@ def worker(
             app.conf.worker_prefetch_multiplier = prefetch_multiplier
         if optimization == "fair" or disable_prefetch:
             app.conf.worker_prefetch_multiplier = 1
+        if autoscale is not None:
+            app.conf.worker_autoscale = autoscale
         if max_tasks_per_child is not None:
             app.conf.worker_max_tasks_per_child = max_tasks_per_child
         if max_memory_per_child is not None:

@@ -104,7 +104,7 @@ def _print_reply(hostname: str, reply: Any) -> None:
 
 @click.group(context_settings=CONTEXT)
 def control() -> None:
-    """Change live workers: rate and time limits, revoke, queues, shutdown."""
+    """Change live workers: rate and time limits, revoke, queues, pool size, shutdown."""
 
 
 @control.command(name="rate_limit", context_settings=CONTEXT)
@@ -204,6 +204,38 @@ def add_consumer(ctx: click.Context, queue: str, destination: str | None, timeou
 def cancel_consumer(ctx: click.Context, queue: str, destination: str | None, timeout: float, as_json: bool) -> None:
     """Make workers stop consuming QUEUE."""
     _run(ctx, "cancel_consumer", {"queue": queue}, destination, timeout, as_json)
+
+
+@control.command(name="pool_grow", context_settings=CONTEXT)
+@click.argument("n", type=click.IntRange(min=1), default=1)
+@_target_options
+@click.pass_context
+def pool_grow(ctx: click.Context, n: int, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Start N more prefork processes (not while autoscaling)."""
+    _run(ctx, "pool_grow", {"n": n}, destination, timeout, as_json)
+
+
+@control.command(name="pool_shrink", context_settings=CONTEXT)
+@click.argument("n", type=click.IntRange(min=1), default=1)
+@_target_options
+@click.pass_context
+def pool_shrink(ctx: click.Context, n: int, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Stop N prefork processes once their tasks finish (not while autoscaling)."""
+    _run(ctx, "pool_shrink", {"n": n}, destination, timeout, as_json)
+
+
+@control.command(context_settings=CONTEXT)
+@click.argument("max_size", metavar="MAX", type=click.IntRange(min=1))
+@click.argument("min_size", metavar="MIN", type=click.IntRange(min=1))
+@_target_options
+@click.pass_context
+def autoscale(
+    ctx: click.Context, max_size: int, min_size: int, destination: str | None, timeout: float, as_json: bool
+) -> None:
+    """Scale autoscaling workers between MIN and MAX processes from now on."""
+    if min_size > max_size:
+        raise click.BadParameter(f"MIN ({min_size}) must not exceed MAX ({max_size})", param_hint="MIN")
+    _run(ctx, "autoscale", {"max": max_size, "min": min_size}, destination, timeout, as_json)
 
 
 # -- inspect ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from rqueue import __version__, signals
 from rqueue.brokers.base import LeaseRecovery, capability
-from rqueue.config import default_queues
+from rqueue.config import default_queues, parse_autoscale
 from rqueue.control import revocation_expiry_ms
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import describe
@@ -83,7 +83,14 @@ class Worker:
         conf = app.conf
         self.queues = list(queues or default_queues(conf))
         self.pool = pool
-        self.concurrency = 1 if pool == "solo" else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        #: ``worker_autoscale`` (``--autoscale``) as (max, min): the prefork pool starts at min.
+        self.autoscale = parse_autoscale("worker_autoscale", conf.worker_autoscale) if pool == "prefork" else None
+        if self.autoscale is not None:
+            self.concurrency = self.autoscale[1]
+        else:
+            self.concurrency = (
+                1 if pool == "solo" else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+            )
         self.hostname = hostname or f"rqueue@{socket.gethostname()}"
         self.pidfile = pidfile
         self.statedb = statedb
@@ -109,10 +116,15 @@ class Worker:
             f".> app:         {app.main or '__main__'}\n"
             f".> transport:   {describe(app.broker_url)}\n"
             f".> results:     {describe(backend) if backend else 'disabled://'}\n"
-            f".> concurrency: {self.concurrency} ({self.pool})\n"
+            f".> concurrency: {self._concurrency_text()}\n"
             f"\n[queues]\n{queues}\n"
             f"\n[tasks]\n{tasks}\n"
         )
+
+    def _concurrency_text(self) -> str:
+        if self.autoscale is not None:
+            return f"{self.autoscale[1]}-{self.autoscale[0]} ({self.pool}, autoscale)"
+        return f"{self.concurrency} ({self.pool})"
 
     def start(self, out: TextIO | None = None) -> int:
         """Run until shutdown; returns the process exit code."""
@@ -134,6 +146,8 @@ class Worker:
                 pool = PreforkPool(
                     self.app, self.queues, self.hostname, self.concurrency, self.revoked, self.rate_limits, self.hooks
                 )
+                if self.autoscale is not None:
+                    pool.autoscale = self.autoscale
                 control = ControlServer(self, pool)
                 control.listen()
 
@@ -200,7 +214,18 @@ class Worker:
             received += 1
             self._announce_shutdown(signum, received)
             if received == 1:
-                logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
+                soft_s = float(self.app.conf.worker_soft_shutdown_timeout or 0.0)
+                if soft_s > 0:
+                    logger.warning(
+                        "Warm shutdown: running tasks have %gs to finish (worker_soft_shutdown_timeout), "
+                        "then their messages go back to the queue",
+                        soft_s,
+                    )
+                    timer = threading.Timer(soft_s, on_signal, args=(signum,))
+                    timer.daemon = True  # the process ends without it once the tasks finish
+                    timer.start()
+                else:
+                    logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
                 consumer.stop()
             else:
                 logger.warning("Cold shutdown: running tasks stop; their messages go back to the queue")
@@ -226,6 +251,11 @@ class Worker:
 
     def _warn_unenforced_options(self) -> None:
         """Say so when tasks set hard time limits this pool cannot enforce, rather than ignore them quietly."""
+        if self.pool != "prefork" and self.app.conf.worker_autoscale is not None:
+            logger.warning(
+                "worker_autoscale (--autoscale) applies to the prefork pool only; the %s pool has a fixed size",
+                self.pool,
+            )
         hard_unenforced = self.pool != "prefork"
         default_hard = self.app.conf.task_time_limit
         if hard_unenforced and default_hard is not None:

@@ -139,6 +139,25 @@ class Consumer:
     def stop(self) -> None:
         self._stop.set()
 
+    def give_back_prefetched(self) -> None:
+        """Return the prefetched, unstarted messages now, while a task still runs (a prefork
+        child's warm shutdown): other workers take them at once instead of after the task. The
+        buffer closes; the transport keeps renewing the running task's lease (and gives back
+        whatever it fetches meanwhile). Called in the thread that runs the executor, between its
+        calls into the transport (a signal handler of a one-thread consumer)."""
+        unstarted = self.buffer.close()
+        if not unstarted:
+            return
+        try:
+            self.transport.requeue([d.tag for d in unstarted])
+            logger.info("Returned %d unstarted message(s) to the queue", len(unstarted))
+        except (BrokerError, OSError) as exc:
+            logger.error(
+                "Could not return %d unstarted message(s) (%s); they come back when their leases expire",
+                len(unstarted),
+                exc,
+            )
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()

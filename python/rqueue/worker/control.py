@@ -60,6 +60,13 @@ class Processes(Protocol):
     def warm_shutdown(self) -> None:
         """Stop the node once its running tasks finish."""
 
+    def resize(self, method: str, args: dict[str, Any]) -> str:
+        """``pool_grow``, ``pool_shrink`` or ``autoscale``: the ``ok`` reply; ControlError when
+        this pool cannot."""
+
+    def size(self) -> dict[str, Any]:
+        """``inspect stats``' ``pool`` entries about its size: ``max-concurrency``, ``autoscaler``."""
+
 
 class InProcess:
     """The one process of the threads and solo pools, steered from a thread beside its consumer."""
@@ -87,6 +94,12 @@ class InProcess:
 
     def warm_shutdown(self) -> None:
         self.consumer.stop()
+
+    def resize(self, method: str, args: dict[str, Any]) -> str:
+        raise ControlError(f"{method}: the threads and solo pools have a fixed size; the prefork pool can be resized")
+
+    def size(self) -> dict[str, Any]:
+        return {"max-concurrency": self.consumer.threads}
 
 
 class ControlError(RQueueError):
@@ -122,6 +135,9 @@ class ControlServer:
             "revoked": lambda args: sorted(self.worker.revoked_ids()),
             "conf": self.conf,
             "report": lambda args: {"ok": self.worker.banner()},
+            "pool_grow": lambda args: {"ok": self.processes.resize("pool_grow", args)},
+            "pool_shrink": lambda args: {"ok": self.processes.resize("pool_shrink", args)},
+            "autoscale": lambda args: {"ok": self.processes.resize("autoscale", args)},
         }
 
     # -- receiving ----------------------------------------------------------------------------------
@@ -286,18 +302,15 @@ class ControlServer:
                 total[name] = total.get(name, 0) + count
         pids = [report["pid"] for report in reports]
         worker = self.worker
+        size = self.processes.size()
         return {
             "hostname": self.hostname,
             "pid": os.getpid(),
             "version": __version__,
             "uptime": round(time.monotonic() - self.started, 3),
             "total": total,
-            "pool": {
-                "implementation": worker.pool,
-                "max-concurrency": worker.concurrency,
-                "processes": pids,
-            },
-            "prefetch_count": worker.concurrency * int(self.app.conf.worker_prefetch_multiplier),
+            "pool": {"implementation": worker.pool, **size, "processes": pids},
+            "prefetch_count": int(size["max-concurrency"]) * int(self.app.conf.worker_prefetch_multiplier),
             "broker": {"transport": describe(self.app.broker_url)},
             "rss_kib": {str(pid): rss for pid in [os.getpid(), *pids] if (rss := _rss_kib(pid)) is not None},
         }

@@ -30,6 +30,7 @@ from rqueue.exceptions import BackendError, BrokerError, TaskRevokedError, TaskT
 from rqueue.worker import failpoint
 from rqueue.worker.completion import completer_for
 from rqueue.worker.consumer import Consumer
+from rqueue.worker.control import ControlError
 from rqueue.worker.link import ChildLink
 from rqueue.worker.slot import RunningSlot, RunningTask
 from rqueue.worker.timelimit import SOFT_LIMIT_SIGNAL, TERMINATE_SIGNAL, TimeLimits, install_soft_limit_handler
@@ -55,6 +56,10 @@ CHECK_INTERVAL_S = 0.5
 LINK_TIMEOUT_S = 1.0
 #: ``terminate()``: how long a task has to stop after TaskTerminated is raised in it, before its child is killed.
 TERMINATE_GRACE_S = 5.0
+#: Autoscaling: how often the supervisor looks at how busy its children are. (How long a child
+#: stays idle before the pool shrinks by it is ``worker_autoscale_keepalive_s``, default
+#: ``rqueue.config.AUTOSCALE_KEEPALIVE_S``.)
+AUTOSCALE_CHECK_S = 1.0
 _SIGTERM = signal.SIGTERM  # PreforkPool.signal() shadows the module in the class body
 
 
@@ -107,6 +112,21 @@ class PreforkPool:
         self._lock = threading.Lock()
         self._stopping: dict[int, _Stop] = {}  # pid -> why the supervisor is stopping it
         self._soft_told: dict[int, int] = {}  # slot -> the run told it is past its soft limit
+        conf = app.conf
+        #: Soft shutdown (``worker_soft_shutdown_timeout``): after a warm shutdown began, running
+        #: tasks get this long; then a cold shutdown returns their messages. 0: wait for them.
+        self.soft_shutdown_s = float(conf.worker_soft_shutdown_timeout or 0.0)
+        self.soft_shutdown_on_idle = bool(conf.worker_enable_soft_shutdown_on_idle)
+        self._soft_deadline: float | None = None  # time.monotonic()
+        self._cold_reason = ""  # why the cold shutdown happened, for the final log line
+        self._returned_cold = 0  # messages of running tasks given back by the cold shutdown
+        #: Children told to stop because the pool shrinks (pid -> slot): not replaced.
+        self._retiring: dict[int, int] = {}
+        #: Autoscaling (``--autoscale=MAX,MIN``): None when the pool has a fixed size.
+        self.autoscale: tuple[int, int] | None = None
+        self.keepalive_s = float(conf.worker_autoscale_keepalive_s)
+        self._idle_since: dict[int, float] = {}  # slot -> time.monotonic() since when its child is idle
+        self._next_scale = 0.0
 
     def run(self, on_ready: Callable[[], None] | None = None, on_idle: Callable[[float], None] | None = None) -> int:
         """Run until every child has exited after a shutdown signal; returns the exit code.
@@ -125,25 +145,79 @@ class PreforkPool:
                 break
             if pid == 0:
                 self._enforce_limits()
+                self._check_soft_shutdown()
+                if self.shutdown == 0 and self.autoscale is not None:
+                    self._autoscale_step()
                 # Remote control, or a pause; also how often time limits are checked.
                 (on_idle or time.sleep)(CHECK_INTERVAL_S / 10)
                 continue
             slot = self.children.pop(pid, -1)
             if slot < 0:
                 continue
-            self._reap(pid, slot, status)
-            if self.shutdown == 0:
+            retired = self._retiring.pop(pid, None) is not None
+            self._reap(pid, slot, status, retired)
+            if self.shutdown == 0 and not retired:
                 self._spawn(slot)
+        self._wait_soft_on_idle()
+        self._log_stopped()
         return 1 if self.failed else 0
 
+    def _check_soft_shutdown(self) -> None:
+        """After ``worker_soft_shutdown_timeout`` of a warm shutdown, go cold: the running tasks'
+        messages go back to the queue now rather than when the orchestrator kills the worker."""
+        if self.shutdown != 1 or self._soft_deadline is None or time.monotonic() < self._soft_deadline:
+            return
+        logger.warning(
+            "Soft shutdown timeout (%gs) passed with %d task(s) still running: cold shutdown; "
+            "their messages go back to the queue",
+            self.soft_shutdown_s,
+            len(self.active()),
+        )
+        self._cold_reason = f"worker_soft_shutdown_timeout of {self.soft_shutdown_s:g}s passed"
+        self.shutdown = 2
+        self._kill_all(signal.SIGKILL)
+
+    def _wait_soft_on_idle(self) -> None:
+        """``worker_enable_soft_shutdown_on_idle``: Celery waits the soft shutdown timeout out even
+        with nothing running; so does this pool (only after a warm shutdown that did not go cold)."""
+        if self.shutdown != 1 or not self.soft_shutdown_on_idle or self._soft_deadline is None:
+            return
+        left = self._soft_deadline - time.monotonic()
+        if left > 0:
+            logger.info("Soft shutdown on idle: waiting %.1fs (worker_enable_soft_shutdown_on_idle)", left)
+            time.sleep(left)
+
+    def _log_stopped(self) -> None:
+        """The pool's last line: that the worker stopped, and how."""
+        if self.shutdown >= 2:
+            why = f" ({self._cold_reason})" if self._cold_reason else ""
+            logger.warning(
+                "Worker %s stopped: cold shutdown%s; %d message(s) of running tasks went back to the queue",
+                self.hostname,
+                why,
+                self._returned_cold,
+            )
+        else:
+            logger.info("Worker %s stopped: warm shutdown; every running task finished", self.hostname)
+
     def signal(self, signum: int) -> None:
-        """First signal: warm shutdown of every child; second: cold (SIGKILL)."""
+        """First signal: warm shutdown of every child (limited to ``worker_soft_shutdown_timeout``
+        when that is set); second: cold (SIGKILL, the running tasks' messages go back)."""
         self.shutdown += 1
         if self.shutdown == 1:
-            logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
+            if self.soft_shutdown_s > 0:
+                self._soft_deadline = time.monotonic() + self.soft_shutdown_s
+                logger.warning(
+                    "Warm shutdown: running tasks have %gs to finish (worker_soft_shutdown_timeout), "
+                    "then their messages go back to the queue (signal again for a cold shutdown now)",
+                    self.soft_shutdown_s,
+                )
+            else:
+                logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
             self._kill_all(signal.SIGTERM)
-        else:
+        elif self.shutdown == 2:
             logger.warning("Cold shutdown: stopping running tasks; their messages go back to the queue")
+            self._cold_reason = "signal received during the warm shutdown"
             self._kill_all(signal.SIGKILL)
 
     # -- remote control (rqueue.worker.control.Processes), from run()'s on_idle, in the main thread ---
@@ -170,6 +244,40 @@ class PreforkPool:
     def warm_shutdown(self) -> None:
         self.signal(signal.SIGTERM)
 
+    def resize(self, method: str, args: dict[str, Any]) -> str:
+        """Remote control ``pool_grow N``, ``pool_shrink N`` (not while autoscaling, as in Celery)
+        and ``autoscale MAX MIN``; the ``ok`` reply. ControlError for bad input."""
+        if self.shutdown:
+            raise ControlError(f"{method}: the worker is shutting down")
+        if method == "autoscale":
+            if self.autoscale is None:
+                raise ControlError("autoscale is not enabled on this worker (start it with --autoscale=MAX,MIN)")
+            max_size = _count(args.get("max"), "max", self.autoscale[0])
+            min_size = _count(args.get("min"), "min", self.autoscale[1])
+            if min_size > max_size:
+                raise ControlError(f"autoscale: min ({min_size}) must not exceed max ({max_size})")
+            self.set_autoscale(max_size, min_size)
+            logger.info("Autoscale now max=%d min=%d", max_size, min_size)
+            return f"autoscale now max={max_size} min={min_size}"
+        if self.autoscale is not None:
+            raise ControlError(f"{method} is not supported with autoscale. Adjust autoscale range instead.")
+        n = _count(args.get("n", 1), "n", 1)
+        if method == "pool_grow":
+            self.grow(n)
+            return "pool will grow"
+        if n >= self.concurrency:
+            raise ControlError(
+                f"pool_shrink {n}: the pool has {self.concurrency} process(es) and at least one must stay"
+            )
+        self.shrink(n)
+        return "pool will shrink"
+
+    def size(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"max-concurrency": self.concurrency}
+        if self.autoscale is not None:
+            info["autoscaler"] = {"max": self.autoscale[0], "min": self.autoscale[1], "qty": self.concurrency}
+        return info
+
     def _ask_all(self, request: dict[str, Any], timeout_s: float) -> dict[int, Any]:
         """Send ``request`` to every child, then collect the replies (by slot) that come within
         ``timeout_s``; None for a child that did not reply."""
@@ -179,6 +287,92 @@ class PreforkPool:
                 sent.append((slot, link, link.send(request)))
         deadline = time.monotonic() + timeout_s
         return {slot: link.receive(seq, deadline) for slot, link, seq in sent}
+
+    # -- pool size (remote control pool_grow / pool_shrink / autoscale; autoscaling) -------------------
+
+    def grow(self, n: int) -> None:
+        """Start ``n`` more children (in the main thread: remote control runs there)."""
+        for _ in range(n):
+            self._spawn(self._free_slot())
+            self.concurrency += 1
+        logger.info("Pool grew by %d to %d process(es)", n, self.concurrency)
+
+    def shrink(self, n: int) -> None:
+        """Stop ``n`` children warmly, idle ones first: a busy one finishes its task, and its
+        prefetched messages go back to the queue."""
+        if n >= self.concurrency:
+            raise ValueError(f"cannot shrink a pool of {self.concurrency} process(es) by {n}: at least one must stay")
+        live = [(pid, slot) for pid, slot in self.children.items() if pid not in self._retiring]
+        live.sort(key=lambda item: self.running[item[1]].read() is not None)  # idle first
+        for pid, slot in live[:n]:
+            self._retire(pid, slot)
+        logger.info("Pool shrinks by %d to %d process(es)", n, self.concurrency)
+
+    def set_autoscale(self, max_size: int, min_size: int) -> None:
+        """Scale between ``min_size`` and ``max_size`` processes from now on; a pool outside the
+        new range is brought into it at once."""
+        if not 1 <= min_size <= max_size:
+            raise ValueError(f"invalid autoscale range max={max_size} min={min_size}: need 1 <= min <= max")
+        self.autoscale = (max_size, min_size)
+        if self.concurrency > max_size:
+            self.shrink(self.concurrency - max_size)
+        elif self.concurrency < min_size:
+            self.grow(min_size - self.concurrency)
+
+    def _free_slot(self) -> int:
+        used = set(self.children.values())
+        slot = next(i for i in range(len(self.running) + 1) if i not in used)
+        if slot not in self.running:
+            self.running[slot] = RunningSlot()
+            if self.verdicts is not None:
+                self.verdicts.add_slot(self.running[slot])
+        return slot
+
+    def _retire(self, pid: int, slot: int) -> None:
+        self._retiring[pid] = slot
+        self.concurrency -= 1
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+    def _autoscale_step(self) -> None:
+        """Grow by what waits in the queues (up to max) when every child is busy; shrink by one
+        child idle for the keepalive (down to min). Checked every ``AUTOSCALE_CHECK_S``."""
+        now = time.monotonic()
+        if now < self._next_scale or self.autoscale is None:
+            return
+        self._next_scale = now + AUTOSCALE_CHECK_S
+        max_size, min_size = self.autoscale
+        live = {pid: slot for pid, slot in self.children.items() if pid not in self._retiring}
+        busy = 0
+        for slot in live.values():
+            if self.running[slot].read() is not None:
+                busy += 1
+                self._idle_since.pop(slot, None)
+            else:
+                self._idle_since.setdefault(slot, now)
+        if busy >= len(live) and self.concurrency < max_size:
+            waiting = self._waiting()
+            if waiting:
+                self.grow(min(max_size - self.concurrency, waiting))
+                return
+        if self.concurrency > min_size:
+            for pid, slot in live.items():
+                since = self._idle_since.get(slot)
+                if since is not None and now - since >= self.keepalive_s:
+                    logger.info("Child process %d idle for %gs: the pool shrinks", pid, self.keepalive_s)
+                    self._retire(pid, slot)
+                    self._idle_since.pop(slot, None)
+                    return
+
+    def _waiting(self) -> int:
+        """Messages ready in the consumed queues (0 when the broker cannot tell)."""
+        total = 0
+        for queue in self.queues:
+            try:
+                total += int(self.app.broker.queue_length(queue))
+            except (BrokerError, OSError, NotImplementedError) as error:
+                logger.debug("Autoscale: cannot read the length of %s: %s", queue, error)
+        return total
 
     # -- time limits and termination -----------------------------------------------------------------
 
@@ -309,8 +503,9 @@ class PreforkPool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    def _reap(self, pid: int, slot: int, status: int) -> None:
+    def _reap(self, pid: int, slot: int, status: int, retired: bool = False) -> None:
         code = os.waitstatus_to_exitcode(status)
+        self._idle_since.pop(slot, None)
         with self._lock:
             stop = self._stopping.pop(pid, None)
         last = self.running[slot].read()
@@ -328,16 +523,22 @@ class PreforkPool:
             if self.shutdown == 0:
                 self.signal(signal.SIGTERM)
             return
+        # A cold shutdown killed it: its running task was not at fault, so its message goes back
+        # uncounted (it must not be dead-lettered as a message that kills workers).
+        cold = self.shutdown >= 2 and code == -signal.SIGKILL and not stopped
         recovery = capability(self.app.broker, LeaseRecovery)
         returned = 0
         if recovery is not None:
+            counted = {running} if running and not cold else set()
             try:
-                owner = owner_id(self.hostname, pid)
-                held = {running} if running else set()
-                returned = recovery.release_lost_worker(owner, int(self.app.conf.broker_max_deliveries), held)
-            except BrokerError as exc:
-                logger.error("Could not return the messages of child process %d: %s", pid, exc)
-        elif last is not None and self.verdicts is not None and not stopped:
+                returned = recovery.release_lost_worker(
+                    owner_id(self.hostname, pid), int(self.app.conf.broker_max_deliveries), counted
+                )
+            except (BrokerError, OSError) as error:
+                logger.error(
+                    "Cannot return the messages of child %d (%s): they come back when their leases expire", pid, error
+                )
+        elif last is not None and self.verdicts is not None and not stopped and not cold:
             # The broker returns the dead child's messages when its connection drops; the one
             # it was running counts as a delivery wherever on this node it comes back.
             self.verdicts.record(last.task_id, LOST)
@@ -351,6 +552,18 @@ class PreforkPool:
                 stop.task.task_id,
                 returned,
             )
+        elif cold:
+            if running or last is not None:
+                self._returned_cold += 1
+                what = f"{last.name}[{last.task_id}]" if last is not None else f"message {running}"
+                logger.warning(
+                    "Child process %d stopped in cold shutdown while running %s; %d message(s) it held went back",
+                    pid,
+                    what,
+                    returned,
+                )
+        elif retired and code == 0:
+            logger.info("Child process %d stopped (the pool shrank to %d)", pid, self.concurrency)
         elif code == EXIT_RETIRED and self.shutdown == 0:
             logger.debug("Child process %d retired (it logged why); starting a new one", pid)
         elif self.shutdown == 0 or code != 0:
@@ -401,6 +614,21 @@ class PreforkPool:
         finally:
             logging.shutdown()
             os._exit(code)
+
+
+def _count(value: Any, name: str, default: int) -> int:
+    """A process count from a control message: a positive integer (or a string of one)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ControlError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ControlError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ControlError(f"{name} must be a positive integer, got {value!r}")
+    return number
 
 
 def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
@@ -454,7 +682,7 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     link.serve(answer)
     # SIGINT from a terminal reaches the whole process group: only the parent's SIGTERM counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    signal.signal(signal.SIGTERM, lambda *_: _warm_stop(consumer))
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     _install_task_signal_handlers(consumer, running)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
@@ -463,6 +691,13 @@ def run_child(  # noqa: PLR0913 - what a forked child inherits, each named
     code = EXIT_CONSUMING_FAILED if consumer.failure else EXIT_RETIRED if retiring.reason else 0
     signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
     return code
+
+
+def _warm_stop(consumer: Consumer) -> None:
+    """A child's SIGTERM (in its main thread, which runs the executor): stop taking messages, and
+    give back the prefetched ones now rather than once the running task ends."""
+    consumer.stop()
+    consumer.give_back_prefetched()
 
 
 #: A child's exit code when it stopped to be replaced (``Retirement``): the supervisor starts a

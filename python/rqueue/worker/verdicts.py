@@ -49,6 +49,11 @@ class Verdicts:
         self._lock = multiprocessing.get_context("fork").Lock()
         self._slots = list(slots)
 
+    def add_slot(self, slot: RunningSlot) -> None:
+        """Watch one more slot (the pool grew); children forked before do not see it, which only
+        loses the count of a death they could not have witnessed anyway."""
+        self._slots.append(slot)
+
     def _at(self, i: int) -> int:
         return self._HEAD.size + i * self._ENTRY.size
 
