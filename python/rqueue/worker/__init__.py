@@ -229,6 +229,9 @@ class Worker:
                 consumer.stop()
             else:
                 logger.warning("Cold shutdown: running tasks stop; their messages go back to the queue")
+                # Stop fetching first: a fetching thread would take back at once what is returned
+                # (an idle one is woken by it), and then die with it, holding it until it expires.
+                consumer.transport.stop()
                 recovery = capability(self.app.broker, LeaseRecovery)
                 if recovery is not None:  # else the broker takes them back when this process's connections drop
                     recovery.requeue_owner(consumer.owner, int(self.app.conf.broker_max_deliveries))
