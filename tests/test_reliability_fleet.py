@@ -199,3 +199,61 @@ def test_r15_mixed_celery_and_rqueue_fleet_recovers_each_sides_messages(
     assert recovery2 < VISIBILITY_S + 1 + 10  # kombu scans every second here (unacked_restore_* above)
     assert celery2.proc.poll() is None
     assert set(ledger_counts(project)) == set(keys1) | set(keys2)  # nothing unexpected ran
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="kombu's restore and ack do not know rqueue's lease record, so it outlives the delivery it "
+    "described: an rqueue sweep then treats a live Celery worker's message as an expired rqueue lease "
+    "(rqueue's visibility, not Celery's) and cuts kombu's re-serialized entry at the old envelope length",
+)
+def test_r15_a_message_kombu_restored_from_a_dead_rqueue_worker_is_left_to_the_celery_worker_running_it(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rqueue's leases expire after 2 s, Celery's in-flight messages after 15 s. An rqueue worker
+    dies holding a 10 s task; a Celery worker restores it after 15 s and runs it; an rqueue worker
+    started meanwhile must leave it alone (Celery's 15 s have not passed): it runs once, on Celery,
+    and nothing is dead-lettered.
+
+    Today the sweep of the second rqueue worker finds the dead worker's lease record still there,
+    takes the entry after rqueue's 2 s, and requeues the first 874 bytes (the original envelope's
+    length) of kombu's longer re-serialization: the message is dead-lettered as ``decode_error``
+    while Celery runs it (had Celery died too, that dead letter would be all that is left of it).
+    """
+    project = fleet.project
+    rqueue_s, celery_s, task_s = 2, 15, 10
+    use_config(
+        project,
+        f"broker_visibility_timeout = {rqueue_s}\nbroker_transport_options = {{'visibility_timeout': {celery_s}}}\n",
+        monkeypatch,
+    )
+    tasks = project.app()
+    first = project.start_worker("-c", "1", "-n", "first@%h")
+    result = tasks.sleep.delay(task_s, "long")
+    first.wait_for_log(f"Task tasks.sleep[{result.id}] received")
+    kill_group(first)
+    options = {**CELERY_CONF["broker_transport_options"], "visibility_timeout": celery_s}
+    celery = CeleryWorker(
+        fleet.redis_url,
+        QUEUE,
+        project.root / "celery.log",
+        conf={**CELERY_CONF, "broker_transport_options": options},
+        ledger=project.ledger,
+    )
+    fleet.celery_workers.append(celery)
+    celery.wait_ready()
+    wait_for(lambda: f"Task tasks.sleep[{result.id}] received" in celery.log_text(), celery_s + 20, "Celery took it")
+    leases_left = fleet.client.hlen("rqueue.lease")
+    second = project.start_worker("-c", "1", "-n", "second@%h")
+    assert result.get(timeout=task_s + 30) == task_s
+    time.sleep(SWEEP_S + 1)  # anything the second worker took would have been received by now
+    broker = tasks.app.broker
+    dead = [(d.reason, d.error) for d in broker.dead_letters(QUEUE)]
+    print(
+        f"\nR15 [kombu-restored, then run by Celery] runs={project.ledger_count('long')} "
+        f"rqueue leases left while Celery ran it={leases_left} dead-lettered={dead}"
+    )
+    assert project.ledger_count("long") == 1
+    assert dead == []
+    assert "received" not in second.log_text().split(" ready.", 1)[1]
