@@ -202,12 +202,6 @@ def test_r15_mixed_celery_and_rqueue_fleet_recovers_each_sides_messages(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="kombu's restore and ack do not know rqueue's lease record, so it outlives the delivery it "
-    "described: an rqueue sweep then treats a live Celery worker's message as an expired rqueue lease "
-    "(rqueue's visibility, not Celery's) and cuts kombu's re-serialized entry at the old envelope length",
-)
 def test_r15_a_message_kombu_restored_from_a_dead_rqueue_worker_is_left_to_the_celery_worker_running_it(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -216,10 +210,10 @@ def test_r15_a_message_kombu_restored_from_a_dead_rqueue_worker_is_left_to_the_c
     started meanwhile must leave it alone (Celery's 15 s have not passed): it runs once, on Celery,
     and nothing is dead-lettered.
 
-    Today the sweep of the second rqueue worker finds the dead worker's lease record still there,
-    takes the entry after rqueue's 2 s, and requeues the first 874 bytes (the original envelope's
-    length) of kombu's longer re-serialization: the message is dead-lettered as ``decode_error``
-    while Celery runs it (had Celery died too, that dead letter would be all that is left of it).
+    kombu's restore leaves the dead worker's lease record behind. Before a2aabb7 the second worker's
+    sweep trusted it, took the entry after rqueue's 2 s and requeued the first 874 bytes (the original
+    envelope's length) of kombu's longer re-serialization: dead-lettered as ``decode_error`` while
+    Celery ran it (had Celery died too, that dead letter would have been all that was left of it).
     """
     project = fleet.project
     rqueue_s, celery_s, task_s = 2, 15, 10
@@ -257,3 +251,30 @@ def test_r15_a_message_kombu_restored_from_a_dead_rqueue_worker_is_left_to_the_c
     assert project.ledger_count("long") == 1
     assert dead == []
     assert "received" not in second.log_text().split(" ready.", 1)[1]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="kombu's restore and a Celery worker's ack remove only kombu's records: the dead rqueue "
+    "worker's lease record, owner-set member and delivery count stay in Redis for good",
+)
+def test_r15_no_rqueue_record_outlives_a_message_kombu_restored_and_celery_acked(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An rqueue worker dies holding messages; a Celery worker restores, runs and acks them. Nothing
+    of theirs stays in Redis: no sweep or worker ever visits the dead owner's records again (its
+    entries left ``unacked_index``), so each one left behind is a leak of ~200 bytes per message."""
+    project, client = fleet.project, fleet.client
+    use_config(project, RQUEUE_CONF, monkeypatch)
+    tasks = project.app()
+    rq = project.start_worker("-c", "1", "--prefetch-multiplier", "4", "-n", "rq@%h")
+    results = tasks.sleep.delay_many([(0.5, f"leak-{i}") for i in range(8)])
+    wait_for(lambda: len(in_flight(client)) >= 4, 30, "the rqueue worker holds messages")
+    kill_group(rq)
+    fleet.start_celery("celery")
+    assert [r.get(timeout=60) for r in results] == [0.5] * 8
+    time.sleep(1)  # Celery acks after it stored the result
+    left = stale_records(client)
+    print(f"\nR15 [rqueue killed, Celery restored and acked] rqueue records left={left}")
+    assert left == {"leases": 0, "owned": 0, "deliveries": 0}
