@@ -1,6 +1,6 @@
 """``benches/soak.py`` (R14 of docs/reliability.md) still runs: a 30 s soak on each broker, through
-the script as ``make soak`` runs it. Flatness is not judged in 30 s (the real soak runs 10 minutes);
-the run must lose nothing, sample what it says, and write its figures."""
+the script as ``make soak`` runs it. Flatness is judged loosely in 30 s (the real soak runs 10
+minutes); the run must lose nothing, sample what it says, and write its figures."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def test_soak_script_runs_loses_nothing_and_writes_its_figures(tmp_path: Path, b
         pytest.skip("redis-server is not on PATH (make redis installs it)")
     out = tmp_path / "soak.json"
     args = ["--minutes", str(SECONDS / 60), "--broker", broker, "--rate", str(RATE), "--sample-s", str(SAMPLE_S)]
-    args += ["--result-expires", "10", "--warmup-s", "5", "--json", str(out)]
+    # In 30 s the stored results are still reaching their steady state: a wide tolerance, so only a
+    # gross leak (doubling) fails here; the 10-minute soak judges within 5 %.
+    args += ["--result-expires", "10", "--warmup-s", "5", "--tolerance", "1.0", "--json", str(out)]
     done = subprocess.run(
         [sys.executable, str(SOAK), *args], capture_output=True, text=True, timeout=SECONDS + 150, check=False
     )
@@ -39,5 +41,8 @@ def test_soak_script_runs_loses_nothing_and_writes_its_figures(tmp_path: Path, b
     assert all(s["worker_rss"] > 0 and s["children"] == 2 and s["broker_memory"] > 0 for s in samples)
     series = {"worker_rss", "broker_memory"} | ({"wal_file"} if broker == "sqlite" else set())
     assert set(report["metrics"]) == series
-    assert all(m["verdict"] in {"flat", "GROWING"} and "slope_per_min" in m for m in report["metrics"].values())
+    verdicts = {key: m["verdict"] for key, m in report["metrics"].items()}
+    assert verdicts.pop("wal_file", "bounded") == "bounded"  # SQLite's log stays under rqueue's checkpoint limit
+    assert set(verdicts.values()) == {"flat"}
+    assert all("slope_per_min" in m for m in report["metrics"].values())
     assert out.with_suffix(".txt").read_text().startswith("R14 soak on ")
