@@ -216,6 +216,13 @@ bench-rabbitmq: redis rabbitmq wheel $(BENCH_STAMP) ## rqueue vs Celery on a pri
 bench-canvas: redis install ## Group, chord and chain: rqueue vs Celery on a private Redis (QUICK=1: a check)
 	.venv/bin/python benches/bench_canvas.py $(if $(QUICK),--quick)
 
+SOAK_MINUTES ?= 10
+SOAK_BROKER ?= redis
+
+.PHONY: soak
+soak: redis install ## R14 soak, results on: SOAK_MINUTES (10) on SOAK_BROKER (redis|sqlite); lost 0, RSS and memory flat
+	$(PY) benches/soak.py --minutes $(SOAK_MINUTES) --broker $(SOAK_BROKER)
+
 .PHONY: clean
 clean: ## Remove build outputs, stamps and tool caches (keeps .venv)
 	rm -rf dist target .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,6 +8,7 @@ the project's ledger (a SQLite file the test tasks append to), not in the broker
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -48,13 +49,30 @@ def write_config(project: Project, name: str, text: str, monkeypatch: pytest.Mon
 
 
 class CeleryWorker:
-    """A real ``celery worker`` subprocess running ``celery_project.tasks``."""
+    """A real ``celery worker`` subprocess running ``celery_project.tasks`` (one process unless
+    ``pool`` says otherwise); ``conf`` adds Celery settings (``$CELERY_INTEROP_CONF``) and ``ledger``
+    is where ``tasks.sleep`` records executions."""
 
-    def __init__(self, url: str, queue: str, log: Path, backend: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        log: Path,
+        backend: str = "",
+        conf: dict[str, Any] | None = None,
+        ledger: Path | None = None,
+        pool: str = "solo",
+        concurrency: int = 1,
+    ) -> None:
         self.log = log
         env = dict(os.environ)
         env.update(CELERY_INTEROP_URL=url, CELERY_INTEROP_BACKEND=backend, PYTHONPATH=str(HERE), PYTHONUNBUFFERED="1")
         env.pop("TEST_CONFIG_MODULE", None)
+        env.pop("LEDGER", None)
+        if conf:
+            env["CELERY_INTEROP_CONF"] = json.dumps(conf)
+        if ledger is not None:
+            env["LEDGER"] = str(ledger)
         cmd = [
             sys.executable,
             "-m",
@@ -63,7 +81,9 @@ class CeleryWorker:
             "celery_project.tasks",
             "worker",
             "--pool",
-            "solo",
+            pool,
+            "--concurrency",
+            str(concurrency),
             "-Q",
             queue,
             "--loglevel=info",

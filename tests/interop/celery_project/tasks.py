@@ -3,10 +3,16 @@
 Started as a real worker by the tests:
 ``python -m celery -A celery_project.tasks worker --pool solo -Q <queue>``, with
 ``$CELERY_INTEROP_URL`` naming the broker (Redis or RabbitMQ) and ``$CELERY_INTEROP_BACKEND`` the
-Redis result backend (the broker's URL when unset).
+Redis result backend (the broker's URL when unset). ``$CELERY_INTEROP_CONF`` (JSON) adds settings,
+e.g. ``{"task_acks_late": true}``; with ``$LEDGER`` set, ``tasks.sleep`` with a key appends to the same
+ledger as the rqueue test project (``tests/project/tasks.py``), so a mixed fleet's executions are
+counted in one place.
 """
 
+import json
 import os
+import sqlite3
+import time
 
 from celery import Celery
 
@@ -19,6 +25,18 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
 )
+if os.environ.get("CELERY_INTEROP_CONF"):
+    app.conf.update(json.loads(os.environ["CELERY_INTEROP_CONF"]))
+
+
+def _ledger(key):
+    """One row per execution, as ``tests/project/tasks.py`` writes it: (key, pid, time)."""
+    conn = sqlite3.connect(os.environ["LEDGER"], timeout=30, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS runs (key TEXT, pid INTEGER, at REAL)")
+        conn.execute("INSERT INTO runs VALUES (?, ?, ?)", (key, os.getpid(), time.time()))
+    finally:
+        conn.close()
 
 
 @app.task(name="tasks.add")
@@ -48,7 +66,7 @@ def xsum(numbers):
 
 @app.task(name="tasks.sleep")
 def sleep(seconds, key=None):
-    import time
-
     time.sleep(seconds)
+    if key and os.environ.get("LEDGER"):
+        _ledger(key)
     return seconds
