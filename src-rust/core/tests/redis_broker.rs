@@ -575,6 +575,29 @@ fn test_redis_stale_lease_left_by_a_kombu_restore_leaves_the_celery_workers_mess
     assert_eq!(v["headers"]["redelivered"], true);
     assert_eq!(v["properties"]["delivery_tag"], "k1");
     assert!(b.dead_letters(Some("q"), 10).unwrap().is_empty());
+    // a kombu restore and ack of a dead worker's message: its records are forgotten by a sweep
+    b.publish("q", &envelope("k2", "q", "x"), 0, None).unwrap();
+    assert_eq!(b.fetch(&qs(&["q"]), 1, "dead2").unwrap().len(), 1);
+    let _: () = redis::pipe()
+        .hdel("unacked", "k2")
+        .zrem("unacked_index", "k2")
+        .query(&mut raw)
+        .unwrap();
+    b.sweep_expired(Duration::from_secs(60), 5).unwrap();
+    let lease: bool = redis::cmd("HEXISTS")
+        .arg("rqueue.lease")
+        .arg("k2")
+        .query(&mut raw)
+        .unwrap();
+    let count: bool = redis::cmd("HEXISTS")
+        .arg("rqueue.deliveries")
+        .arg("k2")
+        .query(&mut raw)
+        .unwrap();
+    assert!(!lease && !count);
+    assert_eq!(b.leased_count("dead2").unwrap(), 0);
+    // "w" still holds k1 (in flight): its records stay
+    assert_eq!(b.leased_tags("w").unwrap(), vec!["k1".to_string()]);
 }
 
 #[test]

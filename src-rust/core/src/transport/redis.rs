@@ -11,7 +11,7 @@
 //!
 //! Every key carries the optional `global_keyprefix`, as kombu does.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -197,12 +197,16 @@ pub struct RedisBroker {
     /// The server's version as `major * 1000 + minor`, read by each new connection; 0 until the
     /// first one (an unreadable version counts as the oldest).
     version: AtomicU32,
+    /// Where the next `tidy` page of the lease records starts (an HSCAN cursor).
+    tidy_cursor: AtomicU64,
 }
 
 /// The first Redis version whose scripts may carry flags (`#!lua flags=...`).
 const SCRIPT_FLAGS_SINCE: u32 = 7_000;
 /// The first Redis version with `BLMOVE` (an idle consumer's wait, see `wait_for_message`).
 const BLMOVE_SINCE: u32 = 6_002;
+/// Lease records looked at per `tidy` (one per sweep).
+const TIDY_PAGE: usize = 100;
 /// The shortest wait `wait_for_message` asks the server for, in seconds (its resolution).
 const WAIT_MIN_S: f64 = 0.001;
 
@@ -244,6 +248,7 @@ impl RedisBroker {
             conn: Mutex::new(None),
             scripts: [Scripts::new(false), Scripts::new(true)],
             version: AtomicU32::new(0),
+            tidy_cursor: AtomicU64::new(0),
         })
     }
 
@@ -808,7 +813,23 @@ impl RedisBroker {
             )
         });
         // Each entry is checked again against its own ceiling (leased or another client's).
-        self.restore(&ceil, "", &items)
+        let out = self.restore(&ceil, "", &items)?;
+        self.tidy()?;
+        Ok(out)
+    }
+
+    /// Forgets, a page per call, the lease records that kombu's restore and ack left behind
+    /// (see the tidy script); returns how many.
+    pub fn tidy(&self) -> Result<usize> {
+        let cursor = self.tidy_cursor.load(Ordering::Relaxed);
+        let mut inv = self.scripts()?.tidy.prepare_invoke();
+        inv.arg(&self.config.global_keyprefix)
+            .arg(cursor)
+            .arg(TIDY_PAGE);
+        let (next, forgotten): (String, usize) = self.with_conn_idempotent(|c| inv.invoke(c))?;
+        self.tidy_cursor
+            .store(next.parse().unwrap_or(0), Ordering::Relaxed);
+        Ok(forgotten)
     }
 
     /// Moves an in-flight message to its queue's dead-letter list; false when it is not in flight.

@@ -269,6 +269,24 @@ end
 return {moved, dead}
 "#;
 
+/// ARGV: prefix, HSCAN cursor, count. Forgets lease records (with their owner-set member and
+/// delivery count) of messages no longer in flight. rqueue's own scripts drop a lease with its
+/// in-flight entry, atomically; only kombu's restore and ack (a Celery worker recovering a dead
+/// rqueue worker's messages) leave one behind. Returns `[next cursor, forgotten]`.
+const TIDY_BODY: &str = r#"
+local page = redis.call('HSCAN', leases, ARGV[2], 'COUNT', tonumber(ARGV[3]))
+local fields, n = page[2], 0
+for i = 1, #fields, 2 do
+  local tag = fields[i]
+  if redis.call('HEXISTS', unacked, tag) == 0 then
+    forget(tag, fields[i + 1])
+    redis.call('HDEL', counts, tag)
+    n = n + 1
+  end
+end
+return {page[1], n}
+"#;
+
 /// ARGV: prefix, dead-letter list, record, target list, envelope, tag.
 const REQUEUE_DEAD_BODY: &str = r#"
 if redis.call('LREM', ARGV[2], 1, ARGV[3]) == 1 then
@@ -343,6 +361,7 @@ pub(crate) struct Scripts {
     pub extend: redis::Script,
     pub inspect: redis::Script,
     pub restore: redis::Script,
+    pub tidy: redis::Script,
     pub requeue_dead: redis::Script,
     /// [`STORE_RESULT_LUA`], without the prelude (its keys are not prefixed).
     pub store_result: redis::Script,
@@ -359,6 +378,7 @@ impl Scripts {
             extend: script(EXTEND_BODY, allow_oom),
             inspect: script(INSPECT_BODY, false),
             restore: script(RESTORE_BODY, allow_oom),
+            tidy: script(TIDY_BODY, allow_oom),
             requeue_dead: script(REQUEUE_DEAD_BODY, allow_oom),
             store_result: redis::Script::new(&format!("{flags}{STORE_RESULT_LUA}")),
         }
