@@ -83,7 +83,8 @@ def test_bench_runs_on_the_temporary_sqlite_default(tmp_path: Path) -> None:
     assert drain["command"].startswith("rqueue -A rqueue.bench.tasks worker")
     assert rows["round trip, delay().get()"]["tasks"] == 40
     if procstat.available():
-        assert drain["worker_cpu_pct"] > 0
+        # measured; a 300-task drain may use less than one clock tick (10 ms) of CPU in a sample
+        assert isinstance(drain["worker_cpu_pct"], float) and drain["worker_cpu_pct"] >= 0
         assert drain["worker_rss_mib"] > 1
     assert drain["broker_cpu_pct"] is None  # SQLite has no broker process: n/a
     # The temporary broker directory is gone, and the user's default file was never created.
