@@ -94,7 +94,9 @@ def test_warm_shutdown_gives_back_a_busy_childs_prefetched_messages_at_once(proj
     tasks = project.app()
     long = tasks.slow_first.delay("busy", 15)  # outlasts a second worker's start on a loaded machine
     _wait(lambda: project.ledger_count("busy") == 1, 30, "the long task started")
-    quick = [tasks.record.delay(f"q{i}") for i in range(3)]
+    # In one batch: the buffer refills at half its capacity, so messages arriving one by one
+    # would not all be prefetched by a child whose one slot is busy.
+    quick = tasks.record.delay_many([(f"q{i}",) for i in range(3)])
     _wait(lambda: tasks.app.broker.queue_length("celery") == 0, 10, "the child prefetched the quick tasks")
     first.proc.send_signal(signal.SIGTERM)
     # Another worker runs them while the long task still runs on the first (not after it).
