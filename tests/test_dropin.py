@@ -215,7 +215,7 @@ def test_dropin_errors_stored_even_if_results_are_ignored(running: tuple[CeleryP
 
 def test_dropin_task_expires_option_revokes_late_messages(running: tuple[CeleryProject, Any]) -> None:
     _, tasks = running
-    result = tasks.expires_soon.delay()
+    result = tasks.expires_soon.apply_async(countdown=0.2)  # due after its expiry (1 ms after sending)
     with pytest.raises(TaskRevokedError):
         result.get(timeout=20)
     meta = tasks.app.backend.get_meta(result.id)
@@ -243,7 +243,7 @@ def test_dropin_reject_with_requeue_counts_towards_max_deliveries(running: tuple
 def test_dropin_revoked_unknown_and_shutdown_signals(running: tuple[CeleryProject, Any]) -> None:
     proj, tasks = running
     with pytest.raises(TaskRevokedError):
-        tasks.expires_soon.delay().get(timeout=20)
+        tasks.expires_soon.apply_async(countdown=0.2).get(timeout=20)
     unknown = tasks.app.send_task("proj.tasks.no_such_task")
     with pytest.raises(NotRegistered):
         unknown.get(timeout=20)
