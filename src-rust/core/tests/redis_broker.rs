@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rqueue_core::prefetch::PrefetchBuffer;
-use rqueue_core::transport::redis::{RedisBroker, RedisConfig, PICKLE_CONTENT_TYPE};
+use rqueue_core::transport::redis::{RedisBroker, RedisConfig, INDEX_KEEPER, PICKLE_CONTENT_TYPE};
 use rqueue_core::transport::redis_consumer::{RedisConsumer, RedisConsumerConfig};
 use rqueue_core::transport::{NewMessage, ResultRow};
 use rqueue_core::Error;
@@ -106,6 +106,20 @@ fn envelope(tag: &str, queue: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Every key is gone but the in-flight index, which keeps only its keeper.
+fn assert_nothing_left(raw: &mut redis::Connection, prefix: &str) {
+    let index = format!("{prefix}unacked_index");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(raw).unwrap();
+    assert!(keys.iter().all(|k| *k == index), "left behind: {keys:?}");
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&index)
+        .arg(0)
+        .arg(-1)
+        .query(raw)
+        .unwrap();
+    assert!(members.iter().all(|m| m == INDEX_KEEPER), "{members:?}");
+}
+
 fn qs(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -126,8 +140,8 @@ fn test_redis_fifo_and_priority_across_queues() {
     b.publish("a", &envelope("a3", "a", "x"), 7, None).unwrap();
     assert_eq!(b.queue_length("a").unwrap(), 3);
     let got = b.fetch(&qs(&["a", "b"]), 10, "w1").unwrap();
-    // priority buckets first; within one, a message from each queue in turn
-    assert_eq!(tags(&got), vec!["a1", "b3", "a2", "b2", "a3", "b1"]);
+    // priority buckets first; within one, a share from each queue in turn
+    assert_eq!(tags(&got), vec!["a1", "a2", "b3", "b2", "a3", "b1"]);
     assert_eq!(got[0].queue, "a");
     assert_eq!(got[3].queue, "b");
     assert_eq!(got[0].payload, envelope("a1", "a", "x"));
@@ -146,9 +160,88 @@ fn test_redis_fetch_takes_queues_in_turn() {
     b.publish("b", &envelope("b0", "b", "x"), 0, None).unwrap();
     b.publish("b", &envelope("b1", "b", "x"), 0, None).unwrap();
     let got = b.fetch(&qs(&["a", "b"]), 5, "w1").unwrap();
-    assert_eq!(tags(&got), vec!["a0", "b0", "a1", "b1", "a2"]);
+    // an equal share (rounded up) from each queue in turn: b is not starved by a
+    assert_eq!(tags(&got), vec!["a0", "a1", "a2", "b0", "b1"]);
     let got = b.fetch(&qs(&["b", "a"]), 2, "w1").unwrap();
     assert_eq!(tags(&got), vec!["a3", "a4"]);
+}
+
+/// kombu's layout: `", "` and `": "` separators, properties last.
+fn kombu_envelope(tag: &str, queue: &str, headers: &str) -> Vec<u8> {
+    format!(
+        r#"{{"body": "e30=", "content-encoding": "utf-8", "content-type": "application/json", "headers": {{{headers}}}, "properties": {{"correlation_id": "{tag}", "delivery_mode": 2, "delivery_info": {{"exchange": "", "routing_key": "{queue}"}}, "priority": 0, "body_encoding": "base64", "delivery_tag": "{tag}"}}}}"#
+    )
+    .into_bytes()
+}
+
+/// Calls of every command the server ran (scripts' commands included) since the last reset.
+fn commands_since_reset(raw: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_config"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn test_redis_delivery_tag_is_read_from_every_layout() {
+    let s = server!();
+    let b = s.broker("");
+    let plain = kombu_envelope("k1", "q", r#""id": "k1""#);
+    // a header that names a delivery tag too: ambiguous as text, so the envelope is decoded
+    let decoy = kombu_envelope("k2", "q", r#""x": {"delivery_tag": "not-it"}"#);
+    // an escaped character in the tag: decoded
+    let escaped = kombu_envelope(r"k3", "q", "");
+    for m in [&plain, &decoy, &escaped, &envelope("k4", "q", "x")] {
+        b.publish("q", m, 0, None).unwrap();
+    }
+    b.publish("q", b"not json", 0, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 10, "w1").unwrap();
+    let got_tags = tags(&got);
+    assert_eq!(&got_tags[..4], ["k1", "k2", "k3", "k4"]);
+    assert!(got_tags[4].starts_with("rqueue-"), "{got_tags:?}");
+    assert_eq!(got[0].payload, plain);
+    assert_eq!(b.ack(&got_tags).unwrap(), 5);
+    assert_eq!(b.leased_count("w1").unwrap(), 0);
+}
+
+#[test]
+fn test_redis_bookkeeping_costs_a_few_commands_per_batch() {
+    let s = server!();
+    let b = s.broker("");
+    let mut raw = s.raw();
+    // more than a script's chunk (500 records per command), to cover the chunking too
+    let n = 1200;
+    let messages: Vec<NewMessage> = (0..n)
+        .map(|i| NewMessage {
+            queue: "q".into(),
+            payload: kombu_envelope(&format!("t{i}"), "q", r#""lang": "py""#),
+            priority: 0,
+            eta_ms: None,
+        })
+        .collect();
+    b.publish_many(&messages).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut raw)
+        .unwrap();
+    let got = b.fetch(&qs(&["q"]), n, "w1").unwrap();
+    assert_eq!(got.len(), n);
+    b.extend_leases("w1", &tags(&got)).unwrap();
+    for chunk in got.chunks(64) {
+        assert_eq!(b.ack(&tags(chunk)).unwrap(), chunk.len());
+    }
+    let calls = commands_since_reset(&mut raw);
+    // fetch ~15, renew ~5, ack 6 per 64: a fraction of a command per message
+    assert!(calls * 4 < n as u64, "{calls} commands for {n} messages");
+    assert_nothing_left(&mut raw, "");
 }
 
 #[test]
@@ -184,8 +277,7 @@ fn test_redis_kombu_keys_and_ack_removes_everything() {
     assert_eq!(b.leased_count("w1").unwrap(), 1);
     assert_eq!(b.ack(&["t1"]).unwrap(), 1);
     assert_eq!(b.ack(&["t1"]).unwrap(), 0);
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut raw).unwrap();
-    assert!(keys.is_empty(), "left behind: {keys:?}");
+    assert_nothing_left(&mut raw, "");
 }
 
 #[test]

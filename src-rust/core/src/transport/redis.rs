@@ -21,7 +21,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
 use crate::transport::redis_lua::Scripts;
-pub use crate::transport::redis_lua::{RESULT_FINAL_PREFIX, RESULT_KEY_PREFIX, STORE_RESULT_LUA};
+pub use crate::transport::redis_lua::{
+    INDEX_KEEPER, RESULT_FINAL_PREFIX, RESULT_KEY_PREFIX, STORE_RESULT_LUA,
+};
 use crate::transport::redis_tls::{client_for, tls_connect_hint};
 use crate::transport::{
     check_priority, check_queue, named_queue, now_ms, transport_by_inherent_methods, DeadLetter,
@@ -205,6 +207,8 @@ pub struct RedisBroker {
 const SCRIPT_FLAGS_SINCE: u32 = 7_000;
 /// The first Redis version with `BLMOVE` (an idle consumer's wait, see `wait_for_message`).
 const BLMOVE_SINCE: u32 = 6_002;
+/// `RPOP key count` (one command for a batch) since Redis 6.2.
+const MULTI_POP_SINCE: u32 = 6_002;
 /// Lease records looked at per `tidy` (one per sweep).
 const TIDY_PAGE: usize = 100;
 /// The shortest wait `wait_for_message` asks the server for, in seconds (its resolution).
@@ -447,11 +451,13 @@ impl RedisBroker {
         if limit == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        let multi_pop = self.server_version()? >= MULTI_POP_SINCE;
         let mut inv = self.scripts()?.fetch.prepare_invoke();
         inv.arg(&self.config.global_keyprefix)
             .arg(owner)
             .arg(limit)
             .arg(ETA_BATCH)
+            .arg(if multi_pop { "1" } else { "0" })
             .arg(queues.len());
         for q in &queues {
             inv.arg(q.as_str());
@@ -988,13 +994,6 @@ impl RedisBroker {
             Err(e) => return Err(e),
         };
         Ok(v.get(1).filter(|p| p.as_str() != "noeviction").cloned())
-    }
-
-    /// The delivery count of an in-flight or requeued message, for tests and inspection.
-    pub fn deliveries_of(&self, tag: &str) -> Result<u32> {
-        let key = self.key("rqueue.deliveries");
-        let n: Option<u32> = self.with_conn(|c| redis::cmd("HGET").arg(key).arg(tag).query(c))?;
-        Ok(n.unwrap_or(0))
     }
 
     /// Tags of the messages `owner` holds (its owner set, kept by the transport's scripts).

@@ -5,13 +5,27 @@
 //!
 //! Per in-flight message (`tag` = kombu's `delivery_tag`):
 //! - `unacked` (hash): tag → `[envelope, exchange, routing_key]` (kombu's ack emulation);
-//! - `unacked_index` (sorted set): tag → broker time of delivery or last lease renewal (seconds);
+//! - `unacked_index` (sorted set): tag → broker time of delivery or last lease renewal (seconds),
+//!   plus one member that is no tag, [`INDEX_KEEPER`] (see there);
 //! - `rqueue.lease` (hash): tag → `owner \n step \n envelope length \n queue`; a length of -1 means
 //!   the payload was not a kombu envelope and is stored as a JSON string in `unacked`;
 //! - `rqueue.owned.<owner>` (set): the tags an owner holds;
-//! - `rqueue.deliveries` (hash): tag → delivery count, kept across redeliveries until ack.
+//! - `rqueue.deliveries` (hash): tag → deliveries that ended without an ack (a rejection, a
+//!   lease that expired, a dead owner), kept across redeliveries until ack. Written only on those
+//!   rare paths: a fetch reads it (this delivery is one more), an ack deletes it.
+//!
+//! Every record kind is written with one multi-field command per batch, never one per message.
 
-/// Shared helpers prepended to every script.
+/// A member of `unacked_index` that is no delivery tag: longer than Redis's
+/// `zset-max-listpack-value` (64 bytes), so the index is kept as a skip list. As a small listpack
+/// (fewer than 128 members: a worker's few in-flight messages) each member a batch adds costs
+/// ~9 µs of Redis CPU (a linear search and a reallocation per member), as a skip list ~0.3 µs, and
+/// Redis turns a set back into a listpack only when it is emptied, which the keeper prevents.
+/// Its score is +inf: kombu's restore and rqueue's sweep read only scores up to a past time.
+pub const INDEX_KEEPER: &str =
+    "rqueue: not a delivery tag; keeps this index a skip list, which takes batches fastest";
+
+/// Shared helpers prepended to every script (`%s` stands for [`INDEX_KEEPER`]).
 const PRELUDE: &str = r#"
 local prefix = ARGV[1]
 local unacked = prefix .. 'unacked'
@@ -22,6 +36,7 @@ local function list_key(q, step)
   if step == '0' or step == 0 then return prefix .. q end
   return prefix .. q .. '\6\22' .. step
 end
+local KEEPER = '%s'
 local function parse_meta(meta)
   return string.match(meta, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
 end
@@ -38,6 +53,60 @@ local function lease_holds(meta, entry)
   if envlen < 0 then return string.sub(entry, 1, 2) == '["' end
   return string.sub(entry, 1, 2) == '[{' and string.sub(entry, 1 + envlen, 3 + envlen) == '},"'
 end
+-- The delivery tag of a kombu envelope. Found as text where it is unambiguous: exactly one
+-- `"delivery_tag":` key in the envelope (it cannot occur inside a JSON string, whose quotes are
+-- escaped) and a plain value; otherwise decoded. Decoding a large envelope costs Redis far more
+-- than the fetch itself. Returns nil for a payload that is not a kombu envelope.
+-- The search starts at '_', which base64 bodies never hold and JSON keys seldom do: every
+-- occurrence of a search's first byte is a false start for `find`. Bytes are compared with
+-- string.byte where possible: a string made per check costs more than the check.
+local TAG_KEY = '_tag":'
+local QUOTE, SPACE, BACKSLASH = 34, 32, 92
+local function find_tag_key(env, init)
+  local s, e = string.find(env, TAG_KEY, init, true)
+  while s and not (string.sub(env, s - 9, s - 1) == '"delivery' and string.byte(env, s - 10) ~= BACKSLASH) do
+    s, e = string.find(env, TAG_KEY, e, true)
+  end
+  return s, e
+end
+local function tag_of(env)
+  local s, e = find_tag_key(env, 1)
+  if s and not find_tag_key(env, e) then
+    local open = e + 1
+    if string.byte(env, open) == SPACE then open = open + 1 end
+    local close = string.byte(env, open) == QUOTE and string.find(env, '"', open + 1, true)
+    if close and close > open + 1 then
+      local tag = string.sub(env, open + 1, close - 1)
+      if not string.find(tag, '\\', 1, true) and not string.find(tag, '\n', 1, true) then
+        return tag
+      end
+    end
+  end
+  local ok, obj = pcall(cjson.decode, env)
+  if ok and type(obj) == 'table' and type(obj.properties) == 'table' then
+    local tag = obj.properties.delivery_tag
+    if type(tag) == 'string' and tag ~= '' and not string.find(tag, '\n', 1, true) then return tag end
+  end
+  return nil
+end
+-- Lua's unpack takes a bounded number of values; batches are not: CHUNK groups per command.
+local CHUNK = 500
+local function bulk(cmd, key, args, width)
+  local n, step = 0, CHUNK * width
+  for i = 1, #args, step do
+    n = n + redis.call(cmd, key, unpack(args, i, math.min(#args, i + step - 1)))
+  end
+  return n
+end
+local function bulk_read(cmd, key, args)
+  local out = {}
+  for i = 1, #args, CHUNK do
+    for _, v in ipairs(redis.call(cmd, key, unpack(args, i, math.min(#args, i + CHUNK - 1)))) do
+      out[#out + 1] = v
+    end
+  end
+  return out
+end
 local function forget(tag, meta)
   redis.call('HDEL', unacked, tag)
   redis.call('ZREM', index, tag)
@@ -49,18 +118,22 @@ local function forget(tag, meta)
 end
 "#;
 
-/// ARGV: prefix, owner, limit, eta batch per queue, queue count, queues...
-/// Returns flat `[tag, queue, envelope, deliveries]` groups.
+/// ARGV: prefix, owner, limit, eta batch per queue, multi-pop ('1': `RPOP key count`, Redis
+/// 6.2+), queue count, queues... Returns flat `[tag, queue, envelope, deliveries]` groups.
+/// A batch costs a fixed number of commands, whatever its size: a multi-pop per queue and bucket,
+/// then one multi-field write per record kind, so the bookkeeping per task falls with the batch.
 const FETCH_BODY: &str = r#"
 local owner = ARGV[2]
 local limit = tonumber(ARGV[3])
 local eta_batch = tonumber(ARGV[4])
-local nq = tonumber(ARGV[5])
+local multi_pop = ARGV[5] == '1'
+local nq = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stamp = string.format('%.6f', now_s) -- formatted once: not once per message by redis.call
 local queues = {}
-for i = 1, nq do queues[i] = ARGV[5 + i] end
+for i = 1, nq do queues[i] = ARGV[6 + i] end
 -- (a) due ETA messages back to their list (bounded per queue and call)
 for _, q in ipairs(queues) do
   local ek = prefix .. 'rqueue.eta.' .. q
@@ -74,73 +147,107 @@ for _, q in ipairs(queues) do
     redis.call('ZREM', ek, m)
   end
 end
--- (b) pop in priority order: every queue's bucket 0 before any bucket 3; within a bucket one
--- message from each queue in turn (in the order given), so a long queue does not starve others
-local out = {}
+-- (b) pop in priority order: every queue's bucket 0 before any bucket 3; within a bucket an
+-- equal share from each queue in turn (in the order given), so a long queue does not starve others
+local from, steps, envs_, n = {}, {}, {}, 0
 local got = 0
-local owned = prefix .. 'rqueue.owned.' .. owner
 for _, step in ipairs({'0', '3', '6', '9'}) do
   local active = queues
   while got < limit and #active > 0 do
     local still = {}
+    local share = math.ceil((limit - got) / #active)
     for _, q in ipairs(active) do
-      if got >= limit then break end
-      local env = redis.call('RPOP', list_key(q, step))
-      if env then
-        still[#still + 1] = q
-        got = got + 1
-        -- (c) lease records
-        local ok, obj = pcall(cjson.decode, env)
-        local tag, ex, rk
-        if ok and type(obj) == 'table' and type(obj.properties) == 'table' then
-          tag = obj.properties.delivery_tag
-          local di = obj.properties.delivery_info
-          if type(di) == 'table' then ex = di.exchange; rk = di.routing_key end
+      local want = math.min(share, limit - got)
+      if want <= 0 then break end
+      local envs
+      if multi_pop then
+        envs = redis.call('RPOP', list_key(q, step), want)
+      else
+        local env = redis.call('RPOP', list_key(q, step))
+        envs = env and {env}
+        want = 1
+      end
+      if envs then
+        for _, env in ipairs(envs) do
+          n = n + 1
+          from[n], steps[n], envs_[n] = q, step, env
         end
-        local entry, envlen
-        if type(tag) == 'string' and tag ~= '' and not string.find(tag, '\n', 1, true) then
-          if type(ex) ~= 'string' then ex = '' end
-          if type(rk) ~= 'string' then rk = q end
-          entry = '[' .. env .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
-          envlen = #env
-        else
-          -- not a kombu envelope: give it a tag so the worker can dead-letter it
-          tag = 'rqueue-' .. t[1] .. t[2] .. '-' .. redis.call('INCR', prefix .. 'rqueue.tagseq')
-          entry = '[' .. cjson.encode(env) .. ',"",' .. cjson.encode(q) .. ']'
-          envlen = -1
-        end
-        redis.call('HSET', unacked, tag, entry)
-        redis.call('ZADD', index, now_s, tag)
-        redis.call('SADD', owned, tag)
-        redis.call('HSET', leases, tag, owner .. '\n' .. step .. '\n' .. envlen .. '\n' .. q)
-        local n = redis.call('HINCRBY', counts, tag, 1)
-        out[#out + 1] = tag
-        out[#out + 1] = q
-        out[#out + 1] = env
-        out[#out + 1] = tostring(n)
+        got = got + #envs
+        if #envs == want then still[#still + 1] = q end
       end
     end
     active = still
   end
 end
+if got == 0 then return {} end
+-- (c) lease records, one write per kind for the whole batch
+local tags, entries, stamps, metas = {}, {}, {}, {}
+local quoted = {}
+for i = 1, n do
+  local q, step, env = from[i], steps[i], envs_[i]
+  local tag = tag_of(env)
+  local entry, envlen
+  quoted[q] = quoted[q] or cjson.encode(q)
+  if tag then
+    -- kombu's entry is [envelope, exchange, routing key]; the anonymous exchange with the queue
+    -- as routing key sends a kombu restore straight back to the queue it was taken from
+    entry = '[' .. env .. ',"",' .. quoted[q] .. ']'
+    envlen = #env
+  else
+    -- not a kombu envelope: give it a tag so the worker can dead-letter it
+    tag = 'rqueue-' .. t[1] .. t[2] .. '-' .. redis.call('INCR', prefix .. 'rqueue.tagseq')
+    entry = '[' .. cjson.encode(env) .. ',"",' .. quoted[q] .. ']'
+    envlen = -1
+  end
+  tags[i] = tag
+  entries[#entries + 1] = tag
+  entries[#entries + 1] = entry
+  stamps[#stamps + 1] = stamp
+  stamps[#stamps + 1] = tag
+  metas[#metas + 1] = tag
+  metas[#metas + 1] = owner .. '\n' .. step .. '\n' .. envlen .. '\n' .. q
+end
+local before = bulk_read('HMGET', counts, tags)
+bulk('HSET', unacked, entries, 2)
+stamps[#stamps + 1] = 'inf'
+stamps[#stamps + 1] = KEEPER
+bulk('ZADD', index, stamps, 2)
+bulk('SADD', prefix .. 'rqueue.owned.' .. owner, tags, 1)
+bulk('HSET', leases, metas, 2)
+local out = {}
+for i, tag in ipairs(tags) do
+  out[#out + 1] = tag
+  out[#out + 1] = from[i]
+  out[#out + 1] = envs_[i]
+  out[#out + 1] = before[i] and tostring(tonumber(before[i]) + 1) or '1'
+end
 return out
 "#;
 
-/// ARGV: prefix, tags... Returns how many were in flight.
+/// ARGV: prefix, tags... Returns how many were in flight. One multi-key command per record kind
+/// (and per owner set) for the whole batch.
 const ACK_BODY: &str = r#"
-local n = 0
-for i = 2, #ARGV do
-  local tag = ARGV[i]
-  local meta = redis.call('HGET', leases, tag)
-  if redis.call('HEXISTS', unacked, tag) == 1 then n = n + 1 end
-  forget(tag, meta)
-  redis.call('HDEL', counts, tag)
+local tags = {}
+for i = 2, #ARGV do tags[#tags + 1] = ARGV[i] end
+local metas = bulk_read('HMGET', leases, tags)
+local by_owner = {}
+for i, meta in ipairs(metas) do
+  local holder = meta and string.sub(meta, 1, (string.find(meta, '\n', 1, true) or 0) - 1)
+  if holder then
+    by_owner[holder] = by_owner[holder] or {}
+    table.insert(by_owner[holder], tags[i])
+  end
 end
+local n = bulk('HDEL', unacked, tags, 1)
+bulk('ZREM', index, tags, 1)
+bulk('HDEL', leases, tags, 1)
+bulk('HDEL', counts, tags, 1)
+for holder, held in pairs(by_owner) do bulk('SREM', prefix .. 'rqueue.owned.' .. holder, held, 1) end
 return n
 "#;
 
-/// ARGV: prefix, undo ('1': undo this delivery's count, '0': keep it), tags... Deliveries back to
-/// the front of their list, unchanged. Pushed last tag first so the first tag is consumed next.
+/// ARGV: prefix, undo ('1': this delivery does not count, '0': it counts), tags... Deliveries back
+/// to the front of their list, unchanged. Pushed last tag first so the first tag is consumed next.
 const REQUEUE_BODY: &str = r#"
 local n = 0
 local undo = ARGV[2] == '1'
@@ -159,7 +266,7 @@ for i = #ARGV, 3, -1 do
     if envlen >= 0 then env = string.sub(entry, 2, 1 + envlen) else env = cjson.decode(entry)[1] end
     redis.call('RPUSH', list_key(q, step), env)
     forget(tag, meta)
-    if undo and redis.call('HINCRBY', counts, tag, -1) <= 0 then redis.call('HDEL', counts, tag) end
+    if not undo then redis.call('HINCRBY', counts, tag, 1) end
     n = n + 1
   end
 end
@@ -172,29 +279,41 @@ return n
 /// client gave up on it); renewing it would strand the message, so the caller hands it back.
 const EXTEND_BODY: &str = r#"
 local t = redis.call('TIME')
-local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local stamp = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
 local held = {}
 for i = 3, #ARGV do held[ARGV[i]] = true end
 local owned = redis.call('SMEMBERS', prefix .. 'rqueue.owned.' .. ARGV[2])
+local stamps = {}
 for _, tag in ipairs(owned) do
-  if held[tag] then redis.call('ZADD', index, 'XX', now_s, tag) end
+  if held[tag] then
+    stamps[#stamps + 1] = stamp
+    stamps[#stamps + 1] = tag
+  end
+end
+for i = 1, #stamps, 2 * CHUNK do
+  redis.call('ZADD', index, 'XX', unpack(stamps, i, math.min(#stamps, i + 2 * CHUNK - 1)))
 end
 return owned
 "#;
 
 /// ARGV: prefix, mode, ... Reads in-flight entries for the Rust side to decide on.
 /// mode `tags`: tags...; `owner`: owner; `expired`: visibility s, foreign visibility s, limit, scan.
-/// Returns `[ceilings, (tag, entry, meta, deliveries)...]` with '' for missing values; in mode
+/// Returns `[ceilings, (tag, entry, meta, deliveries)...]` with '' for missing values, deliveries
+/// counting the one in flight when rqueue leased it (kombu's deliveries are not counted); in mode
 /// `expired`, `ceilings` is `"<lease ceiling>,<other clients' ceiling>"` (epoch seconds), which the
 /// restore script checks each entry against again.
 const INSPECT_BODY: &str = r#"
 local mode = ARGV[2]
 local out = {''}
 local function add(tag)
+  local entry = redis.call('HGET', unacked, tag)
+  local meta = redis.call('HGET', leases, tag)
+  local n = tonumber(redis.call('HGET', counts, tag)) or 0
+  if lease_holds(meta, entry) then n = n + 1 end
   out[#out + 1] = tag
-  out[#out + 1] = redis.call('HGET', unacked, tag) or ''
-  out[#out + 1] = redis.call('HGET', leases, tag) or ''
-  out[#out + 1] = redis.call('HGET', counts, tag) or '0'
+  out[#out + 1] = entry or ''
+  out[#out + 1] = meta or ''
+  out[#out + 1] = tostring(n)
 end
 if mode == 'tags' then
   for i = 3, #ARGV do add(ARGV[i]) end
@@ -257,6 +376,8 @@ for i = 4, #ARGV, 4 do
       forget(tag, meta)
       if kind == 'q' then
         redis.call('RPUSH', key, data)
+        -- the delivery that ended here counts (one by a kombu worker was never counted)
+        if held then redis.call('HINCRBY', counts, tag, 1) end
         moved = moved + 1
       else
         redis.call('LPUSH', key, data)
@@ -348,7 +469,8 @@ const ALLOW_OOM: &str = "#!lua flags=allow-oom\n";
 
 fn script(body: &str, allow_oom: bool) -> redis::Script {
     let flags = if allow_oom { ALLOW_OOM } else { "" };
-    redis::Script::new(&format!("{flags}{PRELUDE}{body}"))
+    let prelude = PRELUDE.replacen("%s", INDEX_KEEPER, 1);
+    redis::Script::new(&format!("{flags}{prelude}{body}"))
 }
 
 /// The scripts, hashed once; invoked by SHA (loaded on first NOSCRIPT). The worker's scripts may
