@@ -204,6 +204,28 @@ def test_delay_many_publishes_every_call_in_one_batch(app: App) -> None:
     assert [m.args for m in messages] == [[i, i] for i in range(50)]
 
 
+def test_delay_many_checks_every_call_before_sending_any(app: App) -> None:
+    @app.task(name="tasks.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match=r"tasks.add\(\) missing a required argument: 'y'"):
+        add.delay_many([(1, 2), (3,)])
+    assert app.broker.queue_length("celery") == 0
+
+
+def test_send_many_routes_each_call_when_a_router_reads_the_arguments(app: App) -> None:
+    def by_size(name: str, args: list[int], kwargs: object, options: object, task: object) -> str:
+        return "big" if args[0] > 10 else "small"
+
+    app.conf.task_routes = [by_size]
+    app.send_many("tasks.add", [((1, 2), {}), ((20, 2), {}), ((3, 2), {})])
+    assert [app.broker.queue_length(q) for q in ("small", "big")] == [2, 1]
+    app.conf.task_routes = {"tasks.*": "named"}  # a name-only route: worked out once per batch
+    app.send_many("tasks.add", [((1, 2), {}), ((20, 2), {})])
+    assert app.broker.queue_length("named") == 2
+
+
 def test_send_many_applies_options_to_every_call(app: App) -> None:
     results = app.send_many("tasks.add", [((1, 2), {}), ((3,), {"y": 4})], queue="batch", priority=6)
     messages = decode_waiting(app, "batch")

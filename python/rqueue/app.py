@@ -13,22 +13,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar, overload
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
-from rqueue import _rqueue, current, serialization, signals
+from rqueue import current, serialization, signals
 from rqueue.backends import ResultBackend, open_backend
 from rqueue.brokers import BROKERS, Broker, open_broker
 from rqueue.builtins import builtin_tasks
-from rqueue.canvas import Signature, links_of, signature
-from rqueue.config import Settings, time_limit_value
+from rqueue.canvas import Signature, signature
+from rqueue.config import Settings
 from rqueue.control import Control
 from rqueue.current import current_app
 from rqueue.exceptions import BrokerConnectionError, BrokerNoReplyError, ConfigurationError, NotRegistered
-from rqueue.options import SEND_OPTIONS, SendOptions
+from rqueue.options import SendOptions
 from rqueue.request import current_request
 from rqueue.result import AsyncResult
 from rqueue.routing import Route, compile_routes
+from rqueue.sending import Outgoing, SendPlan
 from rqueue.task import Task
 from rqueue.urls import DEFAULT_SQLITE_URL, mask_password
 
@@ -348,9 +349,10 @@ class App:
 
     def task_option_default(self, key: str) -> Any:
         """The app-wide default of a task option."""
-        return self._task_option_defaults_cached().get(key)
+        return self.task_option_defaults().get(key)
 
-    def _task_option_defaults_cached(self) -> dict[str, Any]:
+    def task_option_defaults(self) -> dict[str, Any]:
+        """The app-wide defaults of the task options."""
         return self.derived("task_option_defaults", self._task_option_defaults)
 
     def _task_option_defaults(self) -> dict[str, Any]:
@@ -387,30 +389,54 @@ class App:
         Sent from inside a running task, the new task's ``parent_id`` is the running task and its
         ``root_id`` the running task's root, as in Celery.
         """
-        message = self._message(name, args, kwargs, _task, options)
+        message = SendPlan(self, name, _task, options).outgoing(args, kwargs)
         self._publish(message, options)
         result: AsyncResult[Any] = AsyncResult(message.task_id, self.backend, ignored=message.ignore_result, app=self)
         if options.get("add_to_parent", True):
             _add_to_parent(result)
         return result
 
-    def _publish(self, message: _Outgoing, options: SendOptions) -> None:
+    def _publish(self, message: Outgoing, options: SendOptions) -> None:
         """Publish one message: the publish signals around it, retried per ``retry_policy`` while the
         broker cannot be reached."""
-        published = {
-            "body": message.payload,
-            "exchange": message.exchange,
-            "routing_key": message.routing_key,
-            "headers": {"id": message.task_id, "task": message.name},
-        }
+        published = None
+        if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
+            published = {
+                "body": message.payload,
+                "exchange": message.exchange,
+                "routing_key": message.routing_key,
+                "headers": {"id": message.task_id, "task": message.name},
+            }
         if signals.before_task_publish.receivers:
             signals.before_task_publish.send(
                 sender=message.name,
-                **published,
+                **published,  # type: ignore[arg-type]  # set above when there are receivers
                 properties={"priority": message.priority},
                 declare=[],
                 retry_policy=options.get("retry_policy"),
             )
+        try:
+            self._send(message)
+        except BrokerNoReplyError:
+            raise
+        except BrokerConnectionError as exc:
+            self._send_again(message, options, exc)
+        if published is not None and signals.after_task_publish.receivers:
+            signals.after_task_publish.send(sender=message.name, **published)
+
+    def _send(self, message: Outgoing) -> None:
+        try:
+            self.broker.publish(message.queue, message.payload, message.priority, message.eta_ms)
+        except BrokerNoReplyError as exc:
+            # Sent, but unanswered: sending again could run the task twice. The caller decides.
+            raise BrokerNoReplyError(
+                f"Sending {message.name}[{message.task_id}]: {exc}. Whether the task was queued is "
+                f"unknown: check AsyncResult({message.task_id!r}).state, or the queue, before sending it again"
+            ) from None
+
+    def _send_again(self, message: Outgoing, options: SendOptions, exc: BrokerConnectionError) -> None:
+        """Retry a send that could not reach the broker, per ``retry_policy`` (worked out only now:
+        the common send pays nothing for it); re-raises once the retries or the time run out."""
         retry = options.get("retry")
         if retry is None:
             retry = self.conf.task_publish_retry
@@ -419,32 +445,29 @@ class App:
         pause = float(policy.get("interval_start") or 0)
         # Retries stop at the connection timeout: a frozen broker must not hold delay() for long.
         deadline = time.monotonic() + float(self.conf.broker_connection_timeout)
-        for attempt in range(attempts + 1):
+        attempt = 0
+        while True:
+            if attempt == attempts or time.monotonic() + pause >= deadline:
+                raise exc
+            attempt += 1
+            logger.warning(
+                "Sending %s[%s]: %s; retrying in %.2f s (%d of %d)",
+                message.name,
+                message.task_id,
+                exc,
+                pause,
+                attempt,
+                attempts,
+            )
+            time.sleep(pause)
+            pause = min(pause + float(policy.get("interval_step") or 0), float(policy.get("interval_max") or 1))
             try:
-                self.broker.publish(message.queue, message.payload, message.priority, message.eta_ms)
-                break
-            except BrokerNoReplyError as exc:
-                # Sent, but unanswered: sending again could run the task twice. The caller decides.
-                raise BrokerNoReplyError(
-                    f"Sending {message.name}[{message.task_id}]: {exc}. Whether the task was queued is "
-                    f"unknown: check AsyncResult({message.task_id!r}).state, or the queue, before sending it again"
-                ) from None
-            except BrokerConnectionError as exc:
-                if attempt == attempts or time.monotonic() + pause >= deadline:
-                    raise
-                logger.warning(
-                    "Sending %s[%s]: %s; retrying in %.2f s (%d of %d)",
-                    message.name,
-                    message.task_id,
-                    exc,
-                    pause,
-                    attempt + 1,
-                    attempts,
-                )
-                time.sleep(pause)
-                pause = min(pause + float(policy.get("interval_step") or 0), float(policy.get("interval_max") or 1))
-        if signals.after_task_publish.receivers:
-            signals.after_task_publish.send(sender=message.name, **published)
+                self._send(message)
+                return
+            except BrokerNoReplyError:
+                raise
+            except BrokerConnectionError as again:
+                exc = again
 
     def send_many(
         self,
@@ -457,7 +480,8 @@ class App:
 
         ``calls`` holds ``(args, kwargs)`` pairs; the options apply to every call.
         """
-        messages = [self._message(name, args, kwargs, _task, options) for args, kwargs in calls]
+        plan = SendPlan(self, name, _task, options)
+        messages = [plan.outgoing(args, kwargs) for args, kwargs in calls]
         backend = self.backend
         self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
         return [AsyncResult(m.task_id, backend, ignored=m.ignore_result, app=self) for m in messages]
@@ -465,102 +489,11 @@ class App:
     def send_batch(self, calls: Sequence[tuple[str, Sequence[Any], Mapping[str, Any], SendOptions]]) -> None:
         """Send ``(name, args, kwargs, options)`` calls in one broker round trip (a group's members;
         the caller has checked their arguments)."""
-        messages = [self._message(name, args, kwargs, None, options) for name, args, kwargs, options in calls]
+        messages = [SendPlan(self, name, None, options).outgoing(args, kwargs) for name, args, kwargs, options in calls]
         self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
 
-    def _message(
-        self,
-        name: str,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-        task: Task[Any, Any] | None,
-        options: SendOptions,
-    ) -> _Outgoing:
-        """Route and encode one task message."""
-        unknown = options.keys() - SEND_OPTIONS
-        if unknown:
-            raise TypeError(f"unknown send option(s) {', '.join(sorted(unknown))}; valid: {', '.join(SEND_OPTIONS)}")
-        if options.get("compression"):
-            raise ConfigurationError(
-                f"compression={options['compression']!r}: rqueue does not compress messages "
-                "(and refuses compressed ones); send without compression"
-            )
-        if task is None:
-            task = self.tasks.get(name)
-        args = list(args or ())
-        kwargs = dict(kwargs or {})
-
-        defaults = task.resolved_options() if task is not None else self._task_option_defaults_cached()
-
-        def option(key: str, given: Any) -> Any:
-            return given if given is not None else defaults.get(key)
-
-        serializer = option("serializer", options.get("serializer"))
-        ignore_result = bool(option("ignore_result", options.get("ignore_result")))
-        queue_name, exchange, routing_key, routed_priority = self._route(name, args, kwargs, options, task)
-        priority = options.get("priority")
-        root_id, parent_id = options.get("root_id"), options.get("parent_id")
-        parent = current_request() if root_id is None or parent_id is None else None
-        if parent is not None:
-            root_id = root_id or parent.root_id or parent.id
-            parent_id = parent_id or parent.id
-            if priority is None and self.conf.task_inherit_parent_priority:
-                priority = parent.delivery_info.get("priority")
-        priority = option("priority", priority if priority is not None else routed_priority)
-        now = time.time()
-        eta_ms = _eta_ms(now, options.get("countdown"), options.get("eta"))
-        task_id = options.get("task_id") or _rqueue.new_task_id()
-        shadow = options.get("shadow")
-        if shadow is None and task is not None:
-            shadow = defaults["shadow"] or (
-                task.shadow_name(tuple(args), kwargs, options) if task.names_shadow else None
-            )
-        body = None
-        callbacks, errbacks = links_of(options.get("link")), links_of(options.get("link_error"))
-        chain = links_of(options.get("chain"))
-        chord = options.get("chord")
-        chord = dict(chord) if chord is not None else None
-        if serializer not in ("json", "msgpack"):
-            self._check_serializer_enabled(serializer)
-            embed = {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord}
-            body = serialization.dumps([args, kwargs, embed], serializer)
-        payload = _rqueue.encode_task_message(
-            task=name,
-            task_id=task_id,
-            args=args,
-            kwargs=kwargs,
-            routing_key=routing_key,
-            exchange=exchange,
-            serializer=serializer,
-            body=body,
-            eta_ms=eta_ms,
-            expires_ms=_expires_ms(now, option("expires", options.get("expires"))),
-            retries=options.get("retries", 0),
-            # Only per-call limits travel: the worker adds its own task options and settings
-            # (and operators' run-time overrides), as a Celery worker does for an empty header.
-            time_limit=time_limit_value(options.get("time_limit"), "time_limit"),
-            soft_time_limit=time_limit_value(options.get("soft_time_limit"), "soft_time_limit"),
-            priority=priority,
-            root_id=root_id,
-            parent_id=parent_id,
-            origin=self.origin,
-            ignore_result=ignore_result,
-            reply_to=options.get("reply_to") or self.backend.reply_to_for(task_id) or self.oid,
-            extra_headers=options.get("headers"),
-            max_size=self.conf.task_max_message_size,
-            callbacks=callbacks,
-            errbacks=errbacks,
-            chain=chain,
-            chord=chord,
-            group_id=options.get("group_id"),
-            group_index=options.get("group_index"),
-            shadow=shadow,
-        )
-        return _Outgoing(
-            task_id, name, queue_name, exchange, routing_key, payload, _clamp_priority(priority), eta_ms, ignore_result
-        )
-
-    def _check_serializer_enabled(self, serializer: str) -> None:
+    def check_serializer_enabled(self, serializer: str) -> None:
+        """Refuse a serializer that ``accept_content`` does not list."""
         accept = [serialization.serializer_name(c) for c in self.conf.accept_content]
         if serializer not in accept:
             raise ConfigurationError(
@@ -585,7 +518,14 @@ class App:
 
     # -- routing ---------------------------------------------------------------------------------------
 
-    def _route(
+    def route_by_name(self, name: str, options: SendOptions, task: Task[Any, Any] | None) -> Route | None:
+        """The route of every call of ``name`` with these options, or None when a router function
+        may route each call by its arguments."""
+        if not self.derived("routing", lambda: compile_routes(self.conf.task_routes)).by_name_only:
+            return None
+        return self.route(name, [], {}, options, task)
+
+    def route(
         self, name: str, args: list[Any], kwargs: dict[str, Any], options: SendOptions, task: Task[Any, Any] | None
     ) -> Route:
         """``(queue, exchange, routing_key, priority)``: an explicit queue (or exchange and routing
@@ -608,45 +548,6 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'} broker={mask_password(self.broker_url)}>"
-
-
-class _Outgoing(NamedTuple):
-    """An encoded message ready to publish."""
-
-    task_id: str
-    name: str
-    queue: str
-    exchange: str
-    routing_key: str
-    payload: bytes
-    priority: int
-    eta_ms: int | None
-    ignore_result: bool
-
-
-def _clamp_priority(priority: int | None) -> int:
-    return 0 if priority is None else max(0, min(9, int(priority)))
-
-
-def _to_epoch_ms(when: datetime) -> int:
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return int(when.timestamp() * 1000)
-
-
-def _eta_ms(now: float, countdown: float | None, eta: datetime | None) -> int | None:
-    if countdown is not None:
-        return int((now + countdown) * 1000)
-    return None if eta is None else _to_epoch_ms(eta)
-
-
-def _expires_ms(now: float, expires: float | timedelta | datetime | None) -> int | None:
-    if expires is None:
-        return None
-    if isinstance(expires, datetime):
-        return _to_epoch_ms(expires)
-    seconds = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
-    return int((now + seconds) * 1000)
 
 
 # -- the current app, and tasks shared by every app ----------------------------------------------------

@@ -86,7 +86,10 @@ class MessageRequest(Request):
             "redelivered": redelivered,
         }
         self.redelivered = redelivered
-        self.headers = msg.headers
+
+    @functools.cached_property
+    def headers(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.message.headers
 
     @functools.cached_property
     def eta(self) -> str | None:  # type: ignore[override]

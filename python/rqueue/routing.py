@@ -23,8 +23,10 @@ _Stage = Callable[[str, list[Any], dict[str, Any], Any], "Route | None"]
 class Routes:
     """The compiled ``task_routes``: stages tried in order, the first route found wins."""
 
-    def __init__(self, stages: list[_Stage]) -> None:
+    def __init__(self, stages: list[_Stage], by_name_only: bool) -> None:
         self.stages = stages
+        #: No router function: every call of a task takes the same route.
+        self.by_name_only = by_name_only
 
     def lookup(self, name: str, args: list[Any], kwargs: dict[str, Any], task: Any) -> Route | None:
         for stage in self.stages:
@@ -37,7 +39,8 @@ class Routes:
 def compile_routes(routes: Any) -> Routes:
     """Compile ``task_routes`` (a dict, a router callable, or a list of those)."""
     items = [] if routes is None else list(routes) if isinstance(routes, (list, tuple)) else [routes]
-    return Routes([_compile_stage(item) for item in items])
+    by_name_only = not any(callable(item) and not isinstance(item, Mapping) for item in items)
+    return Routes([_compile_stage(item) for item in items], by_name_only)
 
 
 def _compile_stage(item: Any) -> _Stage:

@@ -367,13 +367,29 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError, here in the caller, when ``args``/``kwargs`` do not fit the task's signature."""
-        signature = self.app.derived(f"task-signature:{self.name}", self._call_signature)
+        signature, positional = self._call_shape
         if signature is None:
             return
+        if not kwargs and positional is not None and positional[0] <= len(args) <= positional[1]:
+            return  # the common call, checked without binding (which costs more than the send)
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}() {exc}") from None
+
+    @functools.cached_property
+    def _call_shape(self) -> tuple[inspect.Signature | None, tuple[int, int] | None]:
+        """The call signature, and ``(required, total)`` positional parameters when every parameter
+        is a plain positional one (so positional arguments alone fit exactly when their count does)."""
+        signature = self._call_signature()
+        if signature is None:
+            return None, None
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = list(signature.parameters.values())
+        if any(p.kind not in plain for p in params):
+            return signature, None
+        required = sum(1 for p in params if p.default is inspect.Parameter.empty)
+        return signature, (required, len(params))
 
     def _call_signature(self) -> inspect.Signature | None:
         target = self.fun if self.fun is not None else self.run
@@ -506,7 +522,11 @@ class Task(Generic[P, R]):
         ``add.delay_many([(1, 2), (3, 4)])`` is ``[add.delay(1, 2), add.delay(3, 4)]`` without a
         round trip each.
         """
-        return self.app.send_many(self.name, ((args, {}) for args in calls), self)
+        calls = list(calls)
+        if self.option("typing") is not False:
+            for args in calls:
+                self.check_arguments(args, {})
+        return self.app.send_many(self.name, [(args, {}) for args in calls], self)
 
     def __repr__(self) -> str:
         return f"<@task: {getattr(self, 'name', type(self).__name__)}>"

@@ -22,10 +22,12 @@ const REPR_MAX_CHARS: usize = 1024;
 /// the typed fields and `args`/`kwargs`/`embed`.
 #[pyclass(frozen, module = "rqueue._rqueue")]
 pub struct TaskMessage {
+    /// `task` and `id` are read many times per message (registry lookup, logs, results): made
+    /// into Python strings once, so each read is a reference, not a new string to hash again.
     #[pyo3(get)]
-    task: String,
+    task: Py<PyString>,
     #[pyo3(get)]
-    id: String,
+    id: Py<PyString>,
     #[pyo3(get)]
     args: Option<Py<PyList>>,
     #[pyo3(get)]
@@ -88,10 +90,12 @@ pub struct TaskMessage {
 
 #[pymethods]
 impl TaskMessage {
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "<TaskMessage task={:?} id={:?} content_type={:?}>",
-            self.task, self.id, self.content_type
+            self.task.bind(py).to_string(),
+            self.id.bind(py).to_string(),
+            self.content_type
         )
     }
 
@@ -443,8 +447,8 @@ fn decode_task_message(
         body_obj: PyOnceLock::new(),
         envelope: data.unbind(),
         headers_obj: PyOnceLock::new(),
-        task: msg.task,
-        id: msg.id,
+        task: PyString::new(py, &msg.task).unbind(),
+        id: PyString::new(py, &msg.id).unbind(),
         content_type: msg.content_type,
         content_encoding: msg.content_encoding,
         eta_ms: msg.eta_ms,

@@ -423,7 +423,8 @@ impl RedisBroker {
         }])
     }
 
-    /// Publishes every message in one round trip (a MULTI/EXEC pipeline: all or none).
+    /// Publishes every message in one round trip (a MULTI/EXEC pipeline: all or none; a single
+    /// message is one command, atomic by itself, so it goes without the transaction's two).
     pub fn publish_many(&self, messages: &[NewMessage]) -> Result<()> {
         for m in messages {
             check_queue(&m.queue)?;
@@ -434,7 +435,9 @@ impl RedisBroker {
         }
         let now = now_ms();
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        if messages.len() > 1 {
+            pipe.atomic();
+        }
         for m in messages {
             self.add_publish(&mut pipe, m, now);
         }

@@ -1,0 +1,172 @@
+"""How task calls become messages: a ``SendPlan`` resolves a send's options once (task options,
+serializer, parent, links, limits, route when it does not depend on the arguments), then encodes
+each call (``SendPlan.outgoing``), so a batch pays for the options once, not per message."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from rqueue import _rqueue, serialization
+from rqueue.canvas import links_of
+from rqueue.config import time_limit_value
+from rqueue.exceptions import ConfigurationError
+from rqueue.options import SEND_OPTIONS, SendOptions
+from rqueue.request import current_request
+
+if TYPE_CHECKING:
+    from rqueue.app import App
+    from rqueue.routing import Route
+    from rqueue.task import Task
+
+
+class Outgoing(NamedTuple):
+    """An encoded message ready to publish."""
+
+    task_id: str
+    name: str
+    queue: str
+    exchange: str
+    routing_key: str
+    payload: bytes
+    priority: int
+    eta_ms: int | None
+    ignore_result: bool
+
+
+class SendPlan:
+    """The options of one send (``apply_async``, ``send_task``, ``send_many``), resolved once."""
+
+    def __init__(self, app: App, name: str, task: Task[Any, Any] | None, options: SendOptions) -> None:
+        unknown = options.keys() - SEND_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown send option(s) {', '.join(sorted(unknown))}; valid: {', '.join(SEND_OPTIONS)}")
+        if options.get("compression"):
+            raise ConfigurationError(
+                f"compression={options['compression']!r}: rqueue does not compress messages "
+                "(and refuses compressed ones); send without compression"
+            )
+        self.app, self.name, self.options = app, name, options
+        self.task = task = task if task is not None else app.tasks.get(name)
+        self.defaults = defaults = task.resolved_options() if task is not None else app.task_option_defaults()
+        self.serializer = self._option("serializer", options.get("serializer"))
+        if self.serializer not in ("json", "msgpack"):
+            app.check_serializer_enabled(self.serializer)
+        self.ignore_result = bool(self._option("ignore_result", options.get("ignore_result")))
+        priority = options.get("priority")
+        root_id, parent_id = options.get("root_id"), options.get("parent_id")
+        parent = current_request() if root_id is None or parent_id is None else None
+        if parent is not None:
+            root_id = root_id or parent.root_id or parent.id
+            parent_id = parent_id or parent.id
+            if priority is None and app.conf.task_inherit_parent_priority:
+                priority = parent.delivery_info.get("priority")
+        self.priority = priority
+        now = time.time()
+        self.eta_ms = _eta_ms(now, options.get("countdown"), options.get("eta"))
+        self.shadow = options.get("shadow")
+        if self.shadow is None and task is not None:
+            self.shadow = defaults["shadow"]
+        #: Whether the shadow name is the task's to make per call (``shadow_name``).
+        self.shadow_per_call = self.shadow is None and task is not None and task.names_shadow
+        self.callbacks, self.errbacks = links_of(options.get("link")), links_of(options.get("link_error"))
+        self.chain = links_of(options.get("chain"))
+        chord = options.get("chord")
+        self.chord = dict(chord) if chord is not None else None
+        #: The route, when it cannot depend on the arguments (no router function is configured).
+        self.route: Route | None = app.route_by_name(name, options, task)
+        self.reply_to = options.get("reply_to")
+        self.fixed = {
+            "task": name,
+            "serializer": self.serializer,
+            "eta_ms": self.eta_ms,
+            "expires_ms": _expires_ms(now, self._option("expires", options.get("expires"))),
+            "retries": options.get("retries", 0),
+            # Only per-call limits travel: the worker adds its own task options and settings
+            # (and operators' run-time overrides), as a Celery worker does for an empty header.
+            "time_limit": time_limit_value(options.get("time_limit"), "time_limit"),
+            "soft_time_limit": time_limit_value(options.get("soft_time_limit"), "soft_time_limit"),
+            "root_id": root_id,
+            "parent_id": parent_id,
+            "origin": app.origin,
+            "ignore_result": self.ignore_result,
+            "extra_headers": options.get("headers"),
+            "max_size": app.conf.task_max_message_size,
+            "callbacks": self.callbacks,
+            "errbacks": self.errbacks,
+            "chain": self.chain,
+            "chord": self.chord,
+            "group_id": options.get("group_id"),
+            "group_index": options.get("group_index"),
+        }
+
+    def _option(self, key: str, given: Any) -> Any:
+        return given if given is not None else self.defaults.get(key)
+
+    def outgoing(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> Outgoing:
+        """Route and encode one call."""
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        app, options = self.app, self.options
+        route = self.route or app.route(self.name, args, kwargs, options, self.task)
+        queue_name, exchange, routing_key, routed_priority = route
+        priority = self._option("priority", self.priority if self.priority is not None else routed_priority)
+        task_id = options.get("task_id") or _rqueue.new_task_id()
+        shadow = self.shadow
+        if self.shadow_per_call:
+            assert self.task is not None
+            shadow = self.task.shadow_name(tuple(args), kwargs, options)
+        body = None
+        if self.serializer not in ("json", "msgpack"):
+            embed = {"callbacks": self.callbacks, "errbacks": self.errbacks, "chain": self.chain, "chord": self.chord}
+            body = serialization.dumps([args, kwargs, embed], self.serializer)
+        payload = _rqueue.encode_task_message(
+            task_id=task_id,
+            args=args,
+            kwargs=kwargs,
+            routing_key=routing_key,
+            exchange=exchange,
+            body=body,
+            priority=priority,
+            reply_to=self.reply_to or app.backend.reply_to_for(task_id) or app.oid,
+            shadow=shadow,
+            **self.fixed,
+        )
+        return Outgoing(
+            task_id,
+            self.name,
+            queue_name,
+            exchange,
+            routing_key,
+            payload,
+            _clamp_priority(priority),
+            self.eta_ms,
+            self.ignore_result,
+        )
+
+
+def _clamp_priority(priority: int | None) -> int:
+    return 0 if priority is None else max(0, min(9, int(priority)))
+
+
+def _to_epoch_ms(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def _eta_ms(now: float, countdown: float | None, eta: datetime | None) -> int | None:
+    if countdown is not None:
+        return int((now + countdown) * 1000)
+    return None if eta is None else _to_epoch_ms(eta)
+
+
+def _expires_ms(now: float, expires: float | timedelta | datetime | None) -> int | None:
+    if expires is None:
+        return None
+    if isinstance(expires, datetime):
+        return _to_epoch_ms(expires)
+    seconds = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
+    return int((now + seconds) * 1000)
