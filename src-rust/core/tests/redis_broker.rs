@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rqueue_core::prefetch::PrefetchBuffer;
+use rqueue_core::prefetch::{PrefetchBuffer, ADAPTIVE_WORK};
 use rqueue_core::transport::redis::{RedisBroker, RedisConfig, INDEX_KEEPER, PICKLE_CONTENT_TYPE};
 use rqueue_core::transport::redis_consumer::{RedisConsumer, RedisConsumerConfig};
 use rqueue_core::transport::{NewMessage, ResultRow};
@@ -542,6 +542,51 @@ fn test_redis_consumer_fills_buffer_and_stop_returns_unstarted() {
     let next = b.fetch(&qs(&["q"]), 1, "w").unwrap();
     assert_eq!(next[0].tag, "c1");
     assert!(c.last_error().is_none());
+}
+
+#[test]
+fn test_redis_consumer_hands_back_what_it_prefetched_for_short_tasks_once_one_runs_long() {
+    let s = server!();
+    let b = s.broker("");
+    let n = 300;
+    let messages: Vec<NewMessage> = (0..n)
+        .map(|i| NewMessage {
+            queue: "q".into(),
+            payload: envelope(&format!("s{i}"), "q", "x"),
+            priority: 0,
+            eta_ms: None,
+        })
+        .collect();
+    b.publish_many(&messages).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(2));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    let mut done = Vec::new();
+    for _ in 0..150 {
+        let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+        buffer.done(1);
+        done.push(d.tag);
+    }
+    b.ack(&done).unwrap();
+    // one task runs long: the capacity falls back to 2 and the rest goes back to the queue
+    let long = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    std::thread::sleep(ADAPTIVE_WORK * 4);
+    let next = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(buffer.effective_capacity(), 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // taken out of the buffer, then handed back in a round trip of the consumer thread
+    while b.leased_count("c1").unwrap() > 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(buffer.is_empty(), "{} still buffered", buffer.len());
+    assert_eq!(b.leased_count("c1").unwrap(), 2);
+    assert_eq!(b.queue_length("q").unwrap(), n - 152);
+    // handed back unchanged and uncounted, in order, next in line
+    let again = b.fetch(&qs(&["q"]), 1, "w").unwrap();
+    assert_eq!(again[0].tag, format!("s{}", 152));
+    assert_eq!(again[0].deliveries, 1);
+    c.stop();
+    b.ack(&[long.tag, next.tag]).unwrap();
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! One loop serves every transport; a transport only says how to open a connection and how to
 //! fetch, renew, sweep and give back through it (a [`LeaseSource`]). The thread owns its own
 //! connection, opened on the thread. It fetches only as many messages as the buffer has credits
-//! (at most [`FETCH_BATCH`]), polls with exponential backoff when nothing is due (the
+//! (at most [`FETCH_BATCH`]; the buffer's capacity adapts to how long tasks run, and what it
+//! holds beyond it after tasks turned long is handed back), polls with exponential backoff when nothing is due (the
 //! transport's `poll_min` doubling up to `poll_max`), renews this owner's leases every
 //! `lease / 3`, and sweeps expired leases of any owner every `sweep_interval`.
 //!
@@ -344,6 +345,18 @@ impl<S: LeaseSource> Worker<S> {
         if now >= t.next_sweep {
             s.sweep()?;
             t.next_sweep = now + self.settings.sweep_interval;
+        }
+        let excess = self.buffer.take_excess();
+        if !excess.is_empty() {
+            // Tasks turned long: what was prefetched for short ones goes back for other workers.
+            // Forgotten first: should the hand-back fail, the next renewal finds them orphans.
+            let tags: Vec<String> = excess.into_iter().map(|d| d.tag).collect();
+            let mut held = lock(&self.shared.held);
+            for t in &tags {
+                held.remove(t);
+            }
+            drop(held);
+            s.give_back(&tags)?;
         }
         let credits = self.buffer.wait_for_credit(TICK);
         if credits == 0 {
