@@ -230,7 +230,7 @@ bench-peers: redis wheel $(BENCH_STAMP) $(MAYU_STAMP) ## rqueue vs a raw redis-p
 		&& $(MAYU_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis]"; \
 	fi
 	$(BENCH_VENV)/bin/python benches/peers/run.py $(if $(QUICK),--quick) $(if $(REPS),--reps $(REPS)) \
-		$(if $(SUFFIX),--suffix $(SUFFIX)) --mayu-python $(MAYU_VENV)/bin/python
+		$(if $(SUFFIX),--suffix=$(SUFFIX)) --mayu-python $(MAYU_VENV)/bin/python
 
 .PHONY: bench-rabbitmq
 bench-rabbitmq: redis rabbitmq wheel $(BENCH_STAMP) ## rqueue vs Celery on a private RabbitMQ, with a raw-client baseline (QUICK=1: a check)
