@@ -28,9 +28,9 @@ DECIMALS = {
     "rt_p99": 2,
     "rt_idle_p50": 2,
     "rt_idle_p99": 2,
-    "redis_cmds": 1,
-    "redis_cpu_us": 0,
-    "worker_cpu_us": 0,
+    "redis_cmds": 2,
+    "redis_cpu_us": 1,
+    "worker_cpu_us": 1,
 }
 
 
