@@ -190,6 +190,14 @@ bench: venv wheel install ## Run the benchmark harness benches/run_all.py (use t
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp-peers
 QUICK ?=
+REPS ?=
+SUFFIX ?=
+# mayu needs Python >= 3.13 (ideally free-threaded): its own virtualenv, from the first of these found
+# (pyenv's versions too); without one the comparison says so and runs without mayu.
+MAYU_VENV := .venv-bench-mayu
+MAYU_STAMP := $(MAYU_VENV)/.stamp-peers
+MAYU_PYTHON ?= $(firstword $(foreach p,python3.14t python3.13t python3.14 python3.13,$(shell $(p) -c 'import sys' >/dev/null 2>&1 && command -v $(p))) \
+	$(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3))
 
 $(BENCH_STAMP): benches/peers/requirements.txt
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
@@ -198,13 +206,31 @@ $(BENCH_STAMP): benches/peers/requirements.txt
 	@# taskito ships binary wheels for some platforms only: the comparison runs without it elsewhere.
 	$(BENCH_VENV)/bin/python -m pip install --quiet --progress-bar off taskito \
 		|| echo "taskito does not install here: the comparison runs without it"
+	@# fluxqueue's worker is a binary from GitHub releases (fluxqueue-cli fetches it), not on PyPI or crates.io.
+	@test -x $(BENCH_VENV)/bin/fluxqueue-worker || echo "no $(BENCH_VENV)/bin/fluxqueue-worker: the comparison" \
+		"runs without fluxqueue (see benches/peers/apps/fluxqueue_app.py for how to build it)"
 	@touch $@
 
+$(MAYU_STAMP): benches/peers/requirements.txt
+	@if [ -z "$(MAYU_PYTHON)" ]; then \
+		echo "no Python >= 3.13 found (MAYU_PYTHON=...): the comparison runs without mayu"; \
+	else \
+		{ test -x $(MAYU_VENV)/bin/python || $(MAYU_PYTHON) -m venv $(MAYU_VENV); } \
+		&& $(MAYU_VENV)/bin/python -m pip install --quiet --upgrade pip \
+		&& $(MAYU_VENV)/bin/python -m pip install --quiet --progress-bar off "mayu>=0.2" "redis>=5.0" \
+		&& touch $@; \
+	fi
+
 .PHONY: bench-peers
-bench-peers: redis wheel $(BENCH_STAMP) ## rqueue vs Celery, Dramatiq, RQ, Huey (taskito) in .venv-bench (QUICK=1: a check)
+bench-peers: redis wheel $(BENCH_STAMP) $(MAYU_STAMP) ## rqueue vs a raw redis-py floor, Celery, Dramatiq, RQ, Huey, taskito, mayu, fluxqueue, flexiq (QUICK=1: a check; REPS=N; SUFFIX=-peers)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps dist/rqueue-*.whl
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis,plot]"
-	$(BENCH_VENV)/bin/python benches/peers/run.py $(if $(QUICK),--quick)
+	@if [ -x $(MAYU_VENV)/bin/python ]; then \
+		$(MAYU_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps dist/rqueue-*.whl \
+		&& $(MAYU_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis]"; \
+	fi
+	$(BENCH_VENV)/bin/python benches/peers/run.py $(if $(QUICK),--quick) $(if $(REPS),--reps $(REPS)) \
+		$(if $(SUFFIX),--suffix=$(SUFFIX)) --mayu-python $(MAYU_VENV)/bin/python
 
 .PHONY: bench-rabbitmq
 bench-rabbitmq: redis rabbitmq wheel $(BENCH_STAMP) ## rqueue vs Celery on a private RabbitMQ, with a raw-client baseline (QUICK=1: a check)
@@ -230,5 +256,5 @@ clean: ## Remove build outputs, stamps and tool caches (keeps .venv)
 	find python tests benches examples -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
 
 .PHONY: clean-all
-clean-all: clean ## clean, and remove .venv (and .venv-bench) too
-	rm -rf $(VENV) $(BENCH_VENV)
+clean-all: clean ## clean, and remove .venv (and .venv-bench, .venv-bench-mayu) too
+	rm -rf $(VENV) $(BENCH_VENV) $(MAYU_VENV)

@@ -38,8 +38,8 @@ if str(HERE) not in sys.path:  # run as a script: make `peers` importable
     sys.path.insert(0, str(HERE))
 
 from peers.rabbit_server import RabbitServer  # noqa: E402
-from peers.redis_server import RedisServer  # noqa: E402
-from peers.run import Harness, Sizes, measure_library, version  # noqa: E402
+from peers.redis_server import RedisServer, Usage  # noqa: E402
+from peers.run import Harness, Library, Sizes, describe, measure_library  # noqa: E402
 from rqueue.bench.runner import machine  # noqa: E402
 
 LIBRARIES = ("rqueue", "celery")
@@ -66,19 +66,23 @@ class Servers:
     def cpu_seconds(self) -> float:
         return self.rabbit.cpu_seconds()
 
+    def usage(self) -> Usage:
+        """The broker's CPU (RabbitMQ's node); commands are Redis's notion, not counted here."""
+        return Usage(self.rabbit.cpu_seconds(), None)
+
 
 class AmqpHarness(Harness):
     """The peer harness with messages on RabbitMQ, in a fresh vhost per measurement."""
 
-    def __init__(self, servers: Servers, workdir: Path, sizes: Sizes) -> None:
-        super().__init__(servers, workdir, sizes)  # type: ignore[arg-type]
+    def __init__(self, servers: Servers, workdir: Path, sizes: Sizes, libraries: dict[str, Library]) -> None:
+        super().__init__(servers, workdir, sizes, libraries)  # type: ignore[arg-type]
         self.rabbit = servers.rabbit
         self.broker_url = self.rabbit.new_vhost()
 
     result_url = ""
 
-    def env(self, library: str, config: str, results: bool, counters: Path | None = None) -> dict[str, str]:
-        env = super().env(library, config, results, counters)
+    def env(self, config: str, results: bool, counters: Path | None = None, payload: int = 0) -> dict[str, str]:
+        env = super().env(config, results, counters, payload)
         env["BENCH_BROKER_URL"] = self.broker_url
         if self.result_url:
             env["BENCH_RESULT_URL"] = self.result_url
@@ -96,9 +100,9 @@ class AmqpHarness(Harness):
         self.broker_url = self.rabbit.new_vhost()
         return super().enqueue(library, config)
 
-    def drain(self, library: str, config: str, results: bool) -> dict[str, Any]:
+    def drain(self, library: str, config: str, results: bool, n: int | None = None, payload: int = 0) -> dict[str, Any]:
         self.broker_url = self.rabbit.new_vhost()
-        return super().drain(library, config, results)
+        return super().drain(library, config, results, n, payload)
 
     def roundtrip(self, library: str, config: str) -> dict[str, Any]:
         self.broker_url = self.rabbit.new_vhost()
@@ -123,7 +127,9 @@ def raw_baseline(rabbit: RabbitServer, n: int, reps: int) -> dict[str, Any]:
 def rpc_roundtrips(h: AmqpHarness, library: str, reps: int) -> dict[str, Any]:
     """Medians over ``reps`` of the fast configuration's rpc:// round trips."""
     runs = [h.rpc_roundtrip(library, "fast") for _ in range(reps)]
-    return {key: statistics.median(r[key] for r in runs) for key in ("p50_ms", "p99_ms")} | {"runs": runs}
+    return {key: statistics.median(r["back_to_back"][key] for r in runs) for key in ("p50_ms", "p99_ms")} | {
+        "runs": runs
+    }
 
 
 def report_rpc(rpc: dict[str, Any]) -> None:
@@ -154,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(
         enqueue=300 if opts.quick else 3_000,
         roundtrips=30 if opts.quick else 300,
+        idle_roundtrips=0,
         scale=scale,
         reps=reps,
         scaling_tasks=0,
@@ -165,14 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         redis = RedisServer(workdir / "redis")
         rabbit = RabbitServer(workdir / "rabbit")
         try:
+            libs = {lib: describe(lib, sys.executable, redis.url) for lib in LIBRARIES}
+            for lib in libs.values():
+                if lib.problem:
+                    raise SystemExit(f"{lib.name} cannot run: {lib.problem}")
             print(
-                f"bench-rabbitmq: rqueue {version('rqueue')} and celery {version('celery')} on RabbitMQ "
+                f"bench-rabbitmq: rqueue {libs['rqueue'].version} and celery {libs['celery'].version} on RabbitMQ "
                 f"{rabbit.version} (results: redis-server {redis.version}); {reps} repetition(s)"
             )
             import peers.run
 
             peers.run.DRAIN_TASKS.update(DRAIN_TASKS)
-            h = AmqpHarness(Servers(redis, rabbit), workdir, sizes)
+            h = AmqpHarness(Servers(redis, rabbit), workdir, sizes, libs)
             rpc = {lib: rpc_roundtrips(h, lib, reps) for lib in LIBRARIES}
             if opts.rpc_only:
                 report_rpc(rpc)

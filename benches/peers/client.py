@@ -1,13 +1,17 @@
-"""The producer's side of one measurement, in a fresh process: ``python -m peers.client LIBRARY MODE N``.
+"""The producer's side of one measurement, in a fresh process: ``python -m peers.client LIBRARY MODE N [...]``.
 
-Modes: ``enqueue`` (N delay()-equivalents one by one), ``fill`` (N messages, batched where the
-library can), ``roundtrip`` (wait for a worker, warm up, then N send-and-wait calls), ``stored``
+Modes: ``describe`` (the library's version, configurations and worker commands; fails when the
+library cannot run here), ``enqueue`` (N delay()-equivalents one by one), ``fill`` (N messages,
+batched where the library can), ``roundtrip N [IDLE_N IDLE_MS]`` (wait for a worker, warm up, then
+N send-and-wait calls back to back, then IDLE_N more each after a pause of IDLE_MS), ``stored``
 (results stored). Prints one JSON object. The app module reads its settings from the environment.
+It runs in the library's own interpreter (mayu needs a newer Python than the others).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import sys
 import time
@@ -21,7 +25,12 @@ def main() -> None:
     app = importlib.import_module(f"peers.apps.{library}_app")
     perf = time.perf_counter
     out: dict[str, object] = {}
-    if mode == "enqueue":
+    if mode == "describe":
+        out["version"] = importlib.metadata.version(app.LIBRARY)
+        out["configs"] = app.CONFIGS
+        out["argv"] = {config: app.worker_argv(config) for config in app.CONFIGS}
+        out["result_store"] = getattr(app, "RESULT_STORE", True)
+    elif mode == "enqueue":
         send_one = app.send_one
         for _ in range(WARMUP):  # connect, and import what the first call imports lazily
             send_one()
@@ -50,6 +59,14 @@ def main() -> None:
             app.call(10.0)
             samples.append(perf() - t0)
         out["samples"] = samples
+        idle_n, idle_s = (int(sys.argv[4]), int(sys.argv[5]) / 1000) if len(sys.argv) > 5 else (0, 0.0)
+        idle_samples = []
+        for _ in range(idle_n):
+            time.sleep(idle_s)  # the worker has nothing to do meanwhile
+            t0 = perf()
+            app.call(10.0)
+            idle_samples.append(perf() - t0)
+        out["idle_samples"] = idle_samples
     elif mode == "stored":
         out["stored"] = app.stored()
     else:

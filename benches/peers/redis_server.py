@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -16,6 +17,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a ``redis-server`` has used so far: CPU seconds and commands served."""
+
+    cpu_s: float
+    #: None where the server does not count them (RabbitMQ, in benches/bench_rabbitmq.py).
+    commands: int | None
+
+    def since(self, start: Usage) -> Usage:
+        """The use between ``start`` and this reading, less the INFO command that read ``start``."""
+        if self.commands is None or start.commands is None:
+            return Usage(self.cpu_s - start.cpu_s, None)
+        return Usage(self.cpu_s - start.cpu_s, self.commands - start.commands - 1)
 
 
 class RedisServer:
@@ -50,6 +66,12 @@ class RedisServer:
     def cpu_seconds(self) -> float:
         info = self.client.info("cpu")
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    def usage(self) -> Usage:
+        """CPU seconds (user + sys) and commands (``INFO commandstats`` calls) so far, in one INFO."""
+        info = self.client.execute_command("INFO", "cpu", "commandstats")
+        calls = sum(int(v["calls"]) for k, v in info.items() if k.startswith("cmdstat_"))
+        return Usage(float(info["used_cpu_sys"]) + float(info["used_cpu_user"]), calls)
 
     def stop(self) -> None:
         try:

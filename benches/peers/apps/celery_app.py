@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery  # type: ignore[import-untyped]
 
-from peers.apps.common import AMQP, BROKER_URL, CONFIG, RESULT_URL, RESULTS, count_keys
+from peers.apps.common import AMQP, ARGS, BROKER_URL, CONFIG, RESULT_URL, RESULTS, count_keys
 from rqueue.bench.counter import count
 
 LIBRARY = "celery"
@@ -23,7 +23,7 @@ if AMQP:  # publisher confirms, as rqueue always has them on RabbitMQ
 
 
 @app.task(name="bench.noop")
-def noop() -> None:
+def noop(*_payload: str) -> None:
     count()
 
 
@@ -44,7 +44,7 @@ def fill(n: int) -> list[str]:
     ids = []
     with app.producer_or_acquire() as producer:
         for _ in range(n):
-            ids.append(noop.apply_async(producer=producer).id)
+            ids.append(noop.apply_async(ARGS, producer=producer).id)
     return ids if RESULTS else []
 
 

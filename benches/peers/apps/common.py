@@ -18,6 +18,13 @@ RESULTS = os.environ.get("BENCH_RESULTS", "0") == "1"
 CONFIG = os.environ.get("BENCH_CONFIG", "fast")
 #: Messages per batch publish when filling a queue.
 CHUNK = 1_000
+#: Bytes of the one string argument each task gets in the payload drains (0: no arguments).
+PAYLOAD_BYTES = int(os.environ.get("BENCH_PAYLOAD_BYTES") or 0)
+#: The positional arguments of every task sent: none, or one string of ``PAYLOAD_BYTES``.
+ARGS: tuple[str, ...] = ("x" * PAYLOAD_BYTES,) if PAYLOAD_BYTES else ()
+#: Where the peers without a result store (the raw floor, fluxqueue) answer a round trip: the task
+#: LPUSHes to ``REPLY_PREFIX + <id>`` and the caller BLPOPs it, the fastest reply Redis offers.
+REPLY_PREFIX = "bench-reply:"
 
 
 def script(name: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from peers.apps.common import BROKER_URL, CHUNK, CONFIG, REDIS_URL, RESULT_URL, RESULTS, count_keys, script
+from peers.apps.common import ARGS, BROKER_URL, CHUNK, CONFIG, REDIS_URL, RESULT_URL, RESULTS, count_keys, script
 from rqueue import App
 from rqueue.bench.counter import count
 
@@ -20,7 +20,7 @@ app = App("bench", broker=BROKER_URL, backend=RESULT_URL, task_ignore_result=not
 
 
 @app.task(name="bench.noop")
-def noop() -> None:
+def noop(*_payload: str) -> None:
     count()
 
 
@@ -39,7 +39,7 @@ def fill(n: int) -> list[str]:
     ids: list[str] = []
     while n > 0:
         k = min(n, CHUNK)
-        ids.extend(r.id for r in noop.delay_many([()] * k))
+        ids.extend(r.id for r in noop.delay_many([ARGS] * k))
         n -= k
     return ids if RESULTS else []
 
