@@ -72,20 +72,43 @@ class MessageRequest(Request):
         self.task = msg.task
         self.args = args
         self.kwargs = kwargs
-        self.retries = msg.retries
-        self.root_id = msg.root_id
-        self.parent_id = msg.parent_id
-        self.group = msg.group_id
-        self.reply_to = msg.reply_to
         self.hostname = hostname
-        redelivered = msg.redelivered
-        self.delivery_info = {
+
+    # Read from the message on first use: most tasks read none of these, and each read converts.
+
+    @functools.cached_property
+    def retries(self) -> int:  # type: ignore[override]
+        return self.message.retries
+
+    @functools.cached_property
+    def root_id(self) -> str | None:  # type: ignore[override]
+        return self.message.root_id
+
+    @functools.cached_property
+    def parent_id(self) -> str | None:  # type: ignore[override]
+        return self.message.parent_id
+
+    @functools.cached_property
+    def group(self) -> str | None:  # type: ignore[override]
+        return self.message.group_id
+
+    @functools.cached_property
+    def reply_to(self) -> str | None:  # type: ignore[override]
+        return self.message.reply_to
+
+    @functools.cached_property
+    def redelivered(self) -> bool:  # type: ignore[override]
+        return self.message.redelivered
+
+    @functools.cached_property
+    def delivery_info(self) -> dict[str, Any]:  # type: ignore[override]
+        msg = self.message
+        return {
             "exchange": msg.exchange,
             "routing_key": msg.routing_key,
             "priority": msg.priority,
-            "redelivered": redelivered,
+            "redelivered": msg.redelivered,
         }
-        self.redelivered = redelivered
 
     @functools.cached_property
     def headers(self) -> dict[str, Any]:  # type: ignore[override]

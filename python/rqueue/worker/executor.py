@@ -240,7 +240,8 @@ class Executor:
         acks_late = bool(options["acks_late"])
         if not acks_late:
             self.consumer.ack([delivery.tag])
-        logger.info("Task %s[%s] received", msg.shadow or msg.task, msg.id)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Task %s[%s] received", msg.shadow or msg.task, msg.id)
         track_started = bool(options["track_started"])
         return Admitted(delivery, msg, task, request, args, kwargs, ignore_result, acks_late, track_started)
 

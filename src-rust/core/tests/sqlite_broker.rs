@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rqueue_core::prefetch::PrefetchBuffer;
+use rqueue_core::prefetch::{PrefetchBuffer, ADAPTIVE_WORK};
 use rqueue_core::transport::sqlite::SqliteBroker;
 use rqueue_core::transport::sqlite_consumer::{ConsumerConfig, SqliteConsumer};
 use rqueue_core::transport::{now_ms, NewMessage};
@@ -474,7 +474,9 @@ fn test_sqlite_consumer_thread_fills_buffer_and_stops() {
     assert!(consumer.running());
     let first = buffer.get(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(first.payload, b"0");
-    // Refills come in batches: one freed credit of five is not worth a fetch, two are.
+    // Refills come in batches: one freed credit of five is not worth a fetch, two are. The first
+    // "task" runs 10 ms: the capacity stays the configured 5 (it grows only for shorter tasks).
+    thread::sleep(ADAPTIVE_WORK * 2);
     let second = buffer.get(Some(Duration::from_secs(5))).unwrap();
     b.ack(&[first.tag.as_str(), second.tag.as_str()]).unwrap();
     buffer.done(2);
