@@ -10,7 +10,7 @@ from typing import Any
 
 from taskito import Queue  # type: ignore[import-untyped]
 
-from peers.apps.common import CHUNK, CONFIG, REDIS_URL, script
+from peers.apps.common import CONFIG, REDIS_URL, call_and_poll, fill_by_map, script
 from rqueue.bench.counter import count
 
 LIBRARY = "taskito"
@@ -39,20 +39,11 @@ def send_one() -> Any:
 
 
 def fill(n: int) -> list[str]:
-    ids: list[str] = []
-    while n > 0:
-        k = min(n, CHUNK)
-        ids.extend(j.id for j in noop.map([()] * k))
-        n -= k
-    return ids
+    return fill_by_map(noop, n)
 
 
 def call(timeout_s: float) -> None:
-    job = noop.delay()
-    if CONFIG == "fast":  # poll for the result every 0.5-5 ms instead of 50-500 ms
-        job.result(timeout=timeout_s, poll_interval=0.0005, max_poll_interval=0.005)
-    else:
-        job.result(timeout=timeout_s)
+    call_and_poll(noop, timeout_s)
 
 
 def stored() -> int:
