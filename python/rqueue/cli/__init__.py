@@ -203,6 +203,10 @@ def help_(ctx: click.Context) -> None:
 @click.option(
     "--soft-time-limit", type=click.FloatRange(min=0, min_open=True), help="Soft time limit of every task, s."
 )
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics of this node on this port."
+)
+@click.option("--metrics-address", default="127.0.0.1", show_default=True, help="The address of --metrics-port.")
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -229,6 +233,8 @@ def worker(
     max_memory_per_child: int | None,
     time_limit: float | None,
     soft_time_limit: float | None,
+    metrics_port: int | None,
+    metrics_address: str,
 ) -> None:
     """Start a worker that runs the app's tasks."""
     from rqueue.nodenames import has_process_index, log_per_process  # noqa: PLC0415
@@ -273,6 +279,8 @@ def worker(
             pidfile=pidfile,
             statedb=statedb,
             redirect_stdouts=logfile is not None,
+            metrics_port=metrics_port,
+            metrics_address=metrics_address,
         ).start()
     except RQueueError as exc:
         fail(str(exc), 1)

@@ -23,6 +23,7 @@ from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
 from rqueue.worker.hooks import Hooks, WorkerHook
+from rqueue.worker.metrics import WorkerMetrics
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.ratelimit import RateLimits
 from rqueue.worker.state import Revoked
@@ -52,6 +53,8 @@ class Worker:
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
         hooks: Called at the worker's hook points in every process (``rqueue.worker.hooks``).
+        metrics_port: Serve Prometheus metrics of the node on this port (``rqueue.worker.metrics``).
+        metrics_address: The address the metrics endpoint binds to.
 
     Attributes:
         rate_limits: The node's task rate limits, shared by every process and thread of the
@@ -73,6 +76,8 @@ class Worker:
         statedb: str | None = None,
         hooks: Sequence[WorkerHook] = (),
         redirect_stdouts: bool = False,
+        metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -96,7 +101,13 @@ class Worker:
         self.statedb = statedb
         #: Log ``print()`` output after the banner (a worker logging to a file: it would be lost).
         self.redirect_stdouts = redirect_stdouts
-        self.hooks = Hooks(hooks)
+        #: Made before the prefork pool forks: the children write where the endpoint reads.
+        self.metrics = (
+            WorkerMetrics(app, self.queues, self.hostname, metrics_port, metrics_address)
+            if metrics_port is not None
+            else None
+        )
+        self.hooks = Hooks([*hooks, self.metrics] if self.metrics is not None else hooks)
         #: Set once the worker takes work (``worker_ready``); tests running a worker in a thread wait on it.
         self.ready = threading.Event()
         self.consumer: Consumer | None = None
@@ -142,12 +153,16 @@ class Worker:
                     raise ConfigurationError(str(exc)) from None
             self._warn_unenforced_options()
             self._log_rate_limits()
+            if self.metrics is not None:
+                self.metrics.serve()
             if self.pool == "prefork":
                 pool = PreforkPool(
                     self.app, self.queues, self.hostname, self.concurrency, self.revoked, self.rate_limits, self.hooks
                 )
                 if self.autoscale is not None:
                     pool.autoscale = self.autoscale
+                if self.metrics is not None:
+                    pool.on_child_exit.append(self.metrics.child_exited)
                 control = ControlServer(self, pool)
                 control.listen()
 
@@ -159,6 +174,8 @@ class Worker:
                 return pool.run(on_ready=self._ready, on_idle=control.serve)
             return self._run_in_process(self.revoked)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             self.revoked.save()
             self._release_pidfile()
             signals.worker_shutdown.send(sender=self)
