@@ -86,6 +86,20 @@ rabbitmq: ## Install Debian's rabbitmq-server with apt-get unless present (tests
 		test -x /usr/lib/rabbitmq/bin/rabbitmq-server; \
 	fi
 
+.PHONY: postgresql
+postgresql: ## Install Debian's postgresql (server binaries for the tests' private clusters) with apt-get unless present
+	@found="$$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1)"; \
+	if [ -n "$$found" ]; then \
+		echo "postgresql found: $$found"; \
+	else \
+		sudo=""; if [ "$$(id -u)" != 0 ]; then sudo="sudo -n"; fi; \
+		echo "postgresql not installed; installing Debian's package"; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
+		$$sudo systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+		ls /usr/lib/postgresql/*/bin/initdb; \
+	fi
+
 # -- build ---------------------------------------------------------------------------------------
 
 .PHONY: wheel
@@ -160,7 +174,7 @@ test-python: $(INSTALL_STAMP) ## pytest through the installed extension (PYTEST_
 	$(PY) -m pytest -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT_S) $(PYTEST_ARGS)
 
 .PHONY: test
-test: redis rabbitmq venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
+test: redis rabbitmq postgresql venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
 
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass its -Z flags, and no sanitizer
 # (rqueue-core has no unsafe code; libFuzzer's coverage guidance still works). Crashes land in

@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -250,6 +251,111 @@ class RabbitServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+
+def postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL server's bin directory (``initdb``, ``pg_ctl``), if installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster: ``initdb`` into a new temporary directory, ``pg_ctl start`` on a
+    free loopback port with its socket directory there too, stopped (and the directory removed) by ``stop``.
+
+    initdb refuses to run as root, so as root the cluster belongs to the ``postgres`` system user
+    Debian's package creates (its directory is made outside pytest's root-only temporary tree).
+    Clients log in as ``rqueue`` with ``PASSWORD`` (scram-sha-256 over TCP), so the client's password
+    authentication is exercised too; ``new_database`` gives each test an empty database.
+    """
+
+    USER = "rqueue"
+    PASSWORD = "pg-test-secret"
+
+    def __init__(self) -> None:
+        bindir = postgres_bin()
+        if bindir is None:
+            pytest.skip("PostgreSQL is not installed (make postgresql installs it)")
+        self.bindir = bindir
+        self.as_user: list[str] = []
+        self.dir = Path(tempfile.mkdtemp(prefix="rqueue-pg-"))
+        if os.geteuid() == 0:
+            import pwd
+
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.databases = 0
+        pwfile = self.dir / "pw"
+        pwfile.write_text(self.PASSWORD + "\n")
+        if self.as_user:
+            os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+        self._run(
+            "initdb", "-D", str(self.data), "-U", self.USER, f"--pwfile={pwfile}", "--auth-local=trust",
+            "--auth-host=scram-sha-256", "--no-sync", "--encoding=UTF8", "--locale=C",
+        )  # fmt: skip
+        pwfile.unlink()
+        self.start()
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> str:
+        done = subprocess.run(
+            [*self.as_user, str(self.bindir / tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.dir,
+        )
+        assert done.returncode == 0, f"{tool} {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def start(self) -> None:
+        # fsync off: a test cluster need not survive a power loss, and commits get much cheaper.
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster (``immediate`` is a crash: no checkpoint, connections cut)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run ``sql`` through the socket directory (trusted, no password)."""
+        return self._run("psql", "-X", "-q", "-A", "-t", "-h", str(self.dir), "-p", str(self.port),
+                         "-U", self.USER, "-d", database, "-v", "ON_ERROR_STOP=1", "-c", sql)  # fmt: skip
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """The URL of a new, empty database."""
+        self.databases += 1
+        name = f"t{self.databases}"
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def close(self) -> None:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL cluster for the session (about a second to create and start)."""
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's PostgreSQL, for this test alone."""
+    return postgres_server.new_database()
 
 
 @pytest.fixture(scope="session")
