@@ -518,6 +518,113 @@ class RedisConsumer:
     def last_error(self) -> str | None:
         """The last error the thread met (it keeps retrying with backoff), if any."""
 
+# -- the PostgreSQL transport ----------------------------------------------------------------
+
+@final
+class PostgresBroker:
+    """A PostgreSQL broker: messages, dead letters, results, revocations and the control mailbox in
+    tables of one schema (default ``rqueue``), created on first use by versioned migrations.
+
+    A fetch leases a batch in one statement (``FOR UPDATE SKIP LOCKED``); ETAs, leases and expiries
+    use the server's clock; statements that make messages available ``NOTIFY`` the schema's channel.
+    Connecting fails with BrokerConnectionError; a bad URL or schema raises ConfigurationError; the
+    password is masked in every message. TLS (``sslmode=require``) is refused as not available.
+    """
+
+    def __new__(cls, url: str, schema: str = "rqueue") -> PostgresBroker: ...
+    @property
+    def url(self) -> str:
+        """The URL with its password masked."""
+    @property
+    def schema(self) -> str: ...
+    def publish(self, queue: str, payload: bytes, priority: int = 0, eta_ms: int | None = None) -> None:
+        """Insert one message and notify listeners (when it is due now), in one statement."""
+    def publish_many(self, messages: Sequence[tuple[str, bytes, int, int | None]]) -> None:
+        """Publish ``(queue, payload, priority, eta_ms)`` items in one statement (all or none)."""
+    def fetch(self, queues: Sequence[str], limit: int, owner: str, lease_ms: int) -> list[Delivery]:
+        """Atomically lease up to ``limit`` due messages (priority 0 first, then FIFO). GIL released."""
+    def ack(self, tags: Sequence[str]) -> int: ...
+    def complete(self, rows: Sequence[tuple[str, str, str, bytes, int | None]], tags: Sequence[str]) -> int:
+        """Store ``(task_id, status, content_type, payload, ttl_ms)`` records and ack ``tags`` in one
+        transaction; returns how many tags were in flight."""
+    def requeue(self, tags: Sequence[str]) -> int:
+        """Return unstarted leased messages to their queue now (their original place; this delivery is not counted)."""
+    def release(self, tags: Sequence[str]) -> int:
+        """Return rejected deliveries to their queue; this delivery counts towards ``broker_max_deliveries``."""
+    def requeue_owner(self, owner: str, max_deliveries: int = 5) -> int:
+        """Return every message leased by ``owner`` (a worker process that died).
+
+        Messages already delivered ``max_deliveries`` times are dead-lettered as ``worker_lost`` instead.
+        Returns how many were requeued.
+        """
+    def leased_tags(self, owner: str) -> list[str]:
+        """Tags of the messages ``owner`` holds."""
+    def extend_leases(self, owner: str, lease_ms: int, held: list[str]) -> list[str]:
+        """Renew the leases of ``held`` (tags ``owner`` holds); returns every tag leased to ``owner``."""
+    def sweep_expired(self, max_deliveries: int = 5) -> tuple[int, int]:
+        """Return expired leases to their queue; dead-letter those over ``max_deliveries``.
+
+        Returns ``(requeued, dead_lettered)``.
+        """
+    def lease_of(self, tag: str) -> tuple[str | None, int | None] | None:
+        """``(owner, lease_until_ms)`` of a message (server clock), or None when it does not exist."""
+    def dead_letter(self, tag: str, reason: str, error: str | None = None) -> None:
+        """Move a leased message to the dead-letter table with a reason code and error text."""
+    def dead_letters(
+        self, queue: str | None = None, limit: int = 100
+    ) -> list[tuple[str, str, str, str | None, int, int, bytes]]:
+        """``(id, queue, reason, error, deliveries, dead_at_ms, payload)`` rows, oldest first (None: every queue)."""
+    def requeue_dead(self, queue: str, ids: Sequence[str]) -> int:
+        """Put dead letters of ``queue`` back in it (fresh delivery count); ids of other queues match nothing."""
+    def purge_dead(self, queue: str | None = None) -> int: ...
+    def purge(self, queues: Sequence[str]) -> int:
+        """Delete waiting (not leased) messages of these queues; returns how many."""
+    def queue_length(self, queue: str) -> int: ...
+    def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
+        """Record revoked task ids, kept until ``expires_at_ms``."""
+    def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
+        """``(task_id, expires_at_ms)`` of unexpired revocations made at or after ``since_ms``."""
+    def mailbox_post(self, channel: str, body: bytes, expires_at_ms: int) -> int:
+        """Post ``body`` on a mailbox channel (remote control), kept until ``expires_at_ms``; returns its id."""
+    def mailbox_read(self, channel: str, after_id: int) -> list[tuple[int, bytes]]:
+        """``(id, body)`` of the unexpired posts on ``channel`` after ``after_id``, oldest first."""
+    def mailbox_last_id(self) -> int:
+        """The id of the newest mailbox post (0 when none)."""
+    def store_results(self, rows: Sequence[tuple[str, str, str, bytes, int | None]]) -> None:
+        """Store ``(task_id, status, content_type, payload, ttl_ms)`` records (None: kept forever); SUCCESS is final."""
+    def read_result(self, task_id: str) -> tuple[str, bytes] | None:
+        """``(content_type, payload)`` of an unexpired result, or None."""
+    def delete_result(self, task_id: str) -> bool: ...
+
+@final
+class PostgresConsumer:
+    """A Rust thread that leases batches from PostgreSQL into a PrefetchBuffer.
+
+    Its connection LISTENs for new messages: an idle consumer queries again when notified, when the
+    next ETA falls due, or after 1 s at the latest. It renews its leases every ``lease_ms / 3``, sweeps
+    expired ones, and reconnects with backoff (10 ms to 1 s) after errors. Start it after any fork.
+    """
+
+    def __new__(
+        cls,
+        url: str,
+        queues: Sequence[str],
+        owner: str,
+        buffer: PrefetchBuffer,
+        lease_ms: int = 60000,
+        max_deliveries: int = 5,
+        schema: str = "rqueue",
+    ) -> PostgresConsumer: ...
+    def start(self) -> None: ...
+    def stop(self) -> list[Delivery]:
+        """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
+    def set_queues(self, queues: Sequence[str]) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None:
+        """The last error the thread met (it keeps retrying with backoff), if any."""
+
 # -- the RabbitMQ transport (Celery's AMQP layout) ---------------------------------------------
 
 @final

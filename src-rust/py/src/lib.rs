@@ -13,6 +13,7 @@ mod convert;
 mod errors;
 mod ids;
 mod json;
+mod postgres;
 mod prefetch;
 mod protocol;
 mod ratelimit;
@@ -33,6 +34,7 @@ fn _rqueue(m: &Bound<'_, PyModule>) -> PyResult<()> {
     prefetch::register(m)?;
     sqlite::register(m)?;
     redis::register(m)?;
+    postgres::register(m)?;
     amqp::register(m)?;
     Ok(())
 }

@@ -6,6 +6,8 @@ pub mod amqp;
 pub mod amqp_consumer;
 pub mod amqp_frame;
 mod consumer;
+pub mod postgres;
+pub mod postgres_consumer;
 pub mod redis;
 pub mod redis_consumer;
 mod redis_lua;

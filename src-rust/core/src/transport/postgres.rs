@@ -1,0 +1,1222 @@
+//! The PostgreSQL broker: messages, dead letters, results, revocations and the control mailbox
+//! in tables of one schema (default `rqueue`) of a database shared by producers and workers.
+//!
+//! The layout is the SQLite transport's, and so are the semantics:
+//! - `messages`: a message is *waiting* when `owner IS NULL` and *due* when also
+//!   `eta_ms <= now`. A fetch leases a batch in ONE statement (`UPDATE ... FROM (SELECT ... FOR
+//!   UPDATE SKIP LOCKED)`): owner, lease expiry and `deliveries + 1` are written by the statement
+//!   that takes the rows, so no crash can lose a message in between, and concurrent fetchers skip
+//!   each other's rows instead of waiting. Ids come from a sequence and are never reused: FIFO
+//!   within a priority is id order (0 is the highest priority).
+//! - `dead_letters`, `results` (a stored SUCCESS is final), `revoked`, `mailbox`.
+//! - ETAs, leases and result expiries are compared with the *server's* clock, so workers whose
+//!   clocks disagree still agree on which lease has expired. Revocations and mailbox posts keep
+//!   the callers' times (callers pass their expiry and ask "since when" on their own clock).
+//!
+//! Wake-up: a statement that makes messages available also calls `pg_notify` on the schema's
+//! channel (`<schema>.messages`, the queue name as payload); the notification is sent when that
+//! transaction commits, so a listener never looks before the rows are visible. Consumers `LISTEN`
+//! (see `postgres_consumer`) and poll only as a bounded fallback.
+//!
+//! Tables are created on first use by versioned migrations recorded in `<schema>.migrations`
+//! (applied under an advisory lock, so concurrent first users do not race): an upgrade adds a
+//! migration, and no one runs SQL by hand.
+//!
+//! PgBouncer: every statement names its schema and uses no session state, so the handles of
+//! producers and the result backend work through a transaction-mode pool; a consumer's LISTEN
+//! needs a session (a direct connection or session-mode pool), else it falls back to polling.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls, Statement};
+
+use crate::error::{Error, Result};
+use crate::prefetch::Delivery;
+use crate::transport::redis::mask_url;
+use crate::transport::{check_priority, check_queue, transport_by_inherent_methods};
+use crate::transport::{now_ms, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
+
+/// The schema used when none is named.
+pub const DEFAULT_SCHEMA: &str = "rqueue";
+/// Most messages leased by one [`PgBroker::fetch`] call.
+pub const MAX_FETCH: usize = 10_000;
+/// Most expired leases (and expired result rows) handled by one sweep.
+pub const SWEEP_BATCH: i64 = 500;
+/// How long connecting may take when the URL does not say (`connect_timeout=` in seconds).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Expired results are deleted by writers at most this often per handle (one extra statement).
+const RESULT_CLEANUP_INTERVAL_MS: i64 = 1_000;
+/// Notification payloads longer than this (a very long queue name) are sent empty: every
+/// listener wakes (pg_notify refuses payloads of 8000 bytes and more).
+const NOTIFY_PAYLOAD_MAX_BYTES: usize = 200;
+
+/// The server's clock in epoch milliseconds, as SQL.
+const NOW: &str = "(floor(extract(epoch FROM clock_timestamp()) * 1000))::bigint";
+
+/// The migrations, in order: migration `i` brings the schema to version `i + 1`. `{s}` is the
+/// quoted schema. Never edit one that was released; append a new one.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE {s}.messages (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority SMALLINT NOT NULL DEFAULT 0,
+    eta_ms BIGINT NOT NULL DEFAULT 0,
+    payload BYTEA NOT NULL,
+    owner TEXT,
+    lease_until_ms BIGINT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    published_ms BIGINT NOT NULL
+);
+CREATE INDEX messages_waiting ON {s}.messages (queue, priority, id) WHERE owner IS NULL;
+CREATE INDEX messages_owner ON {s}.messages (owner) WHERE owner IS NOT NULL;
+CREATE INDEX messages_lease ON {s}.messages (lease_until_ms) WHERE owner IS NOT NULL;
+CREATE INDEX messages_eta ON {s}.messages (queue, eta_ms) WHERE owner IS NULL AND eta_ms > 0;
+CREATE TABLE {s}.dead_letters (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority SMALLINT NOT NULL DEFAULT 0,
+    payload BYTEA NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT,
+    deliveries INTEGER NOT NULL,
+    dead_at_ms BIGINT NOT NULL
+);
+CREATE INDEX dead_letters_queue ON {s}.dead_letters (queue, id);
+CREATE TABLE {s}.results (
+    task_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    expires_at_ms BIGINT
+);
+CREATE INDEX results_expiry ON {s}.results (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+CREATE TABLE {s}.revoked (
+    task_id TEXT PRIMARY KEY,
+    revoked_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+);
+CREATE INDEX revoked_at ON {s}.revoked (revoked_at_ms);
+CREATE TABLE {s}.mailbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+);
+CREATE INDEX mailbox_channel ON {s}.mailbox (channel, id);
+CREATE INDEX mailbox_expiry ON {s}.mailbox (expires_at_ms);
+"];
+
+/// The schema version this code writes and reads.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Checks a schema name: lowercase letters, digits and `_`, not starting with a digit, at most 63
+/// bytes (PostgreSQL's identifier limit), so it is used quoted without any escaping question.
+pub fn check_schema(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit()
+        && !schema.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "PostgreSQL schema name {schema:?} is not usable; use 1 to 63 lowercase letters, digits \
+             and _, not starting with a digit or pg_ (e.g. rqueue)"
+        )))
+    }
+}
+
+/// The channel notified when messages become available, for a schema.
+pub fn channel_of(schema: &str) -> String {
+    format!("{schema}.messages")
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// `postgresql://` or `postgres://` URL (libpq's key=value form is refused: it cannot be masked).
+    pub url: String,
+    pub schema: String,
+}
+
+impl PgConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        PgConfig {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_string(),
+        }
+    }
+}
+
+/// A statement's SQL with the schema and the server clock filled in.
+fn render(template: &str, schema_q: &str) -> String {
+    template.replace("{s}", schema_q).replace("{now}", NOW)
+}
+
+/// One open connection with its prepared statements (prepared once per connection: one round
+/// trip per later call instead of two).
+struct Conn {
+    client: Client,
+    schema_q: String,
+    stmts: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// The prepared statement of `template` (see [`render`]).
+    fn prep(&mut self, template: &'static str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.stmts.get(template) {
+            return Ok(s.clone());
+        }
+        let stmt = self.client.prepare(&render(template, &self.schema_q))?;
+        self.stmts.insert(template, stmt.clone());
+        Ok(stmt)
+    }
+}
+
+/// Whether `e` means the connection is unusable (it is then dropped and reopened).
+fn is_connection_error(e: &postgres::Error) -> bool {
+    e.is_closed() || e.as_db_error().is_none()
+}
+
+/// A connection to one database and schema. Thread-safe: one connection behind a mutex, reopened
+/// on the next call after a connection error.
+pub struct PgBroker {
+    config: PgConfig,
+    pg: postgres::Config,
+    masked: String,
+    schema_q: String,
+    channel: String,
+    conn: Mutex<Option<Conn>>,
+    migrated: AtomicBool,
+    next_cleanup_ms: AtomicI64,
+    /// Every connection this handle opens `LISTEN`s on [`PgBroker::channel`] (a consumer's).
+    listen: bool,
+}
+
+impl std::fmt::Debug for PgBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PgBroker({}, schema {})",
+            self.masked, self.config.schema
+        )
+    }
+}
+
+impl PgBroker {
+    /// Validates the URL and schema and connects (creating or upgrading the tables).
+    pub fn connect(config: PgConfig) -> Result<Self> {
+        let b = Self::new_lazy(config)?;
+        b.with_conn(|_| Ok(()))?;
+        Ok(b)
+    }
+
+    /// Validates the URL and schema; connects on first use.
+    pub fn new_lazy(config: PgConfig) -> Result<Self> {
+        let masked = mask_url(&config.url);
+        let scheme = config.url.split("://").next().unwrap_or("");
+        if !config.url.contains("://") || !matches!(scheme, "postgresql" | "postgres") {
+            return Err(Error::Config(format!(
+                "{masked}: not a PostgreSQL URL; use postgresql://[user[:password]@]host[:port]/database"
+            )));
+        }
+        check_schema(&config.schema)?;
+        let mut pg = postgres::Config::from_str(&config.url).map_err(|e| {
+            Error::Config(format!(
+                "{masked}: not a usable PostgreSQL URL ({e}); use \
+                 postgresql://[user[:password]@]host[:port]/database[?connect_timeout=5]"
+            ))
+        })?;
+        match pg.get_ssl_mode() {
+            postgres::config::SslMode::Require => {
+                return Err(Error::Config(format!(
+                    "{masked}: sslmode=require: TLS to PostgreSQL is not available in this rqueue \
+                     version; use a local or tunnelled connection with sslmode=disable"
+                )))
+            }
+            // libpq's default `prefer` tries TLS first; without TLS it is a plain connection.
+            _ => {
+                pg.ssl_mode(postgres::config::SslMode::Disable);
+            }
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("rqueue");
+        }
+        // A dead server (host gone, cable cut) is noticed within about a minute even on an idle
+        // connection, instead of after the kernel's two hours.
+        pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        let schema_q = format!("\"{}\"", config.schema);
+        let channel = channel_of(&config.schema);
+        Ok(PgBroker {
+            config,
+            pg,
+            masked,
+            schema_q,
+            channel,
+            conn: Mutex::new(None),
+            migrated: AtomicBool::new(false),
+            next_cleanup_ms: AtomicI64::new(0),
+            listen: false,
+        })
+    }
+
+    /// Connects a handle whose every connection `LISTEN`s for new messages (see
+    /// [`PgBroker::wait_for_notification`]), so a reconnect never loses the subscription.
+    pub fn connect_listening(config: PgConfig) -> Result<Self> {
+        let mut b = Self::new_lazy(config)?;
+        b.listen = true;
+        b.with_conn(|_| Ok(()))?;
+        Ok(b)
+    }
+
+    /// Payloads of the notifications received on this handle's connection: those already
+    /// buffered, or (when there are none) the first to arrive within `wait`. Empty when the
+    /// connection is not listening or nothing came.
+    pub fn notifications(&self, wait: Option<Duration>) -> Result<Vec<String>> {
+        if !self.listen {
+            return Ok(Vec::new());
+        }
+        self.with_conn(|c| {
+            let mut notes = c.client.notifications();
+            let mut got = Vec::new();
+            {
+                let mut pending = notes.iter();
+                while let Some(n) = pending.next()? {
+                    got.push(n.payload().to_string());
+                }
+            }
+            if got.is_empty() {
+                if let Some(wait) = wait {
+                    if let Some(n) = notes.timeout_iter(wait).next()? {
+                        got.push(n.payload().to_string());
+                    }
+                }
+            }
+            Ok(got)
+        })
+    }
+
+    /// The URL with its password masked.
+    pub fn masked_url(&self) -> &str {
+        &self.masked
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.config.schema
+    }
+
+    /// The channel to `LISTEN` on for new messages.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Conn>> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a new connection (and, the first time, brings the schema up to date).
+    fn open(&self) -> Result<Conn> {
+        let client = self.pg.connect(NoTls).map_err(|e| {
+            Error::Connection(format!(
+                "{} ({}); is PostgreSQL running there, and do the user, password and database exist?",
+                self.masked,
+                describe(&e)
+            ))
+        })?;
+        let mut conn = Conn {
+            client,
+            schema_q: self.schema_q.clone(),
+            stmts: HashMap::new(),
+        };
+        if !self.migrated.load(Ordering::Relaxed) {
+            self.migrate(&mut conn.client)?;
+            self.migrated.store(true, Ordering::Relaxed);
+        }
+        if self.listen {
+            let listen = format!("LISTEN \"{}\"", self.channel);
+            conn.client
+                .batch_execute(&listen)
+                .map_err(|e| self.error(&e))?;
+        }
+        Ok(conn)
+    }
+
+    /// Applies the migrations this database lacks, in one transaction under an advisory lock.
+    fn migrate(&self, client: &mut Client) -> Result<()> {
+        let schema = self.config.schema.clone();
+        let run = |client: &mut Client| -> std::result::Result<i32, postgres::Error> {
+            let mut tx = client.transaction()?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('rqueue.migrate.' || $1::text))",
+                &[&schema],
+            )?;
+            tx.batch_execute(&render(
+                "CREATE SCHEMA IF NOT EXISTS {s};
+                 CREATE TABLE IF NOT EXISTS {s}.migrations (
+                     version INTEGER PRIMARY KEY,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+                &self.schema_q,
+            ))?;
+            let version: i32 = tx
+                .query_one(
+                    &render(
+                        "SELECT COALESCE(MAX(version), 0) FROM {s}.migrations",
+                        &self.schema_q,
+                    ),
+                    &[],
+                )?
+                .get(0);
+            for (i, sql) in MIGRATIONS.iter().enumerate() {
+                let to = i32::try_from(i + 1).unwrap_or(i32::MAX);
+                if to > version {
+                    tx.batch_execute(&render(sql, &self.schema_q))?;
+                    tx.execute(
+                        &render(
+                            "INSERT INTO {s}.migrations (version) VALUES ($1)",
+                            &self.schema_q,
+                        ),
+                        &[&to],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(version)
+        };
+        let found = run(client).map_err(|e| self.error(&e))?;
+        if found > SCHEMA_VERSION {
+            return Err(Error::Broker(format!(
+                "{}: schema {} is at migration {found}, this rqueue knows up to {SCHEMA_VERSION}; \
+                 upgrade rqueue (or use another schema)",
+                self.masked, self.config.schema
+            )));
+        }
+        Ok(())
+    }
+
+    /// The error of a failed statement, naming the server.
+    fn error(&self, e: &postgres::Error) -> Error {
+        if is_connection_error(e) {
+            Error::Connection(format!(
+                "{}: the connection failed ({}); the request may or may not have been carried out",
+                self.masked,
+                describe(e)
+            ))
+        } else {
+            Error::Broker(format!("postgresql ({}): {}", self.masked, describe(e)))
+        }
+    }
+
+    /// Runs `f` on the connection (opened first when there is none); a connection error drops it
+    /// so the next call reconnects.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let mut guard = self.lock();
+        let conn = match guard.as_mut() {
+            Some(c) if !c.client.is_closed() => c,
+            _ => guard.insert(self.open()?),
+        };
+        f(conn).map_err(|e| {
+            if is_connection_error(&e) {
+                *guard = None;
+            }
+            self.error(&e)
+        })
+    }
+
+    /// Like `with_conn`, for requests that may safely run twice (acks, renewals, reads): one that
+    /// failed because the connection had broken (a restarted server) is sent again on a new one.
+    fn with_conn_retry<T>(
+        &self,
+        mut f: impl FnMut(&mut Conn) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        match self.with_conn(&mut f) {
+            Err(Error::Connection(_)) => self.with_conn(f),
+            other => other,
+        }
+    }
+
+    /// The notification payload naming `queue` (empty for a very long name: wakes everyone).
+    fn payload_of(queue: &str) -> &str {
+        if queue.len() <= NOTIFY_PAYLOAD_MAX_BYTES {
+            queue
+        } else {
+            ""
+        }
+    }
+
+    /// Publishes one message; listeners are notified when it is due now.
+    pub fn publish(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        priority: u8,
+        eta_ms: Option<i64>,
+    ) -> Result<()> {
+        check_queue(queue)?;
+        check_priority(priority)?;
+        let priority = i16::from(priority);
+        let eta = eta_ms.unwrap_or(0);
+        let note = Self::payload_of(queue);
+        self.with_conn(|c| {
+            let stmt = c.prep(
+                "WITH ins AS (
+                    INSERT INTO {s}.messages (queue, priority, eta_ms, payload, published_ms)
+                    VALUES ($1, $2, $3, $4, {now}) RETURNING eta_ms)
+                 SELECT pg_notify($5, $6) FROM ins WHERE ins.eta_ms <= {now}",
+            )?;
+            c.client
+                .execute(
+                    &stmt,
+                    &[&queue, &priority, &eta, &payload, &self.channel, &note],
+                )
+                .map(drop)
+        })
+    }
+
+    /// Publishes every message in one statement (all or none); each queue with a message due now
+    /// is notified once.
+    pub fn publish_many(&self, messages: &[NewMessage]) -> Result<()> {
+        for m in messages {
+            check_queue(&m.queue)?;
+            check_priority(m.priority)?;
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let queues: Vec<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
+        let priorities: Vec<i16> = messages.iter().map(|m| i16::from(m.priority)).collect();
+        let etas: Vec<i64> = messages.iter().map(|m| m.eta_ms.unwrap_or(0)).collect();
+        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+        self.with_conn(|c| {
+            let stmt = c.prep(
+                "WITH ins AS (
+                    INSERT INTO {s}.messages (queue, priority, eta_ms, payload, published_ms)
+                    SELECT q, p, e, b, {now}
+                    FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY
+                         AS m(q, p, e, b, n)
+                    ORDER BY n
+                    RETURNING queue, eta_ms)
+                 SELECT pg_notify($5, CASE WHEN octet_length(q) <= $6 THEN q ELSE '' END)
+                 FROM (SELECT DISTINCT queue AS q FROM ins WHERE eta_ms <= {now}) due",
+            )?;
+            let max = i32::try_from(NOTIFY_PAYLOAD_MAX_BYTES).unwrap_or(i32::MAX);
+            c.client
+                .execute(
+                    &stmt,
+                    &[&queues, &priorities, &etas, &payloads, &self.channel, &max],
+                )
+                .map(drop)
+        })
+    }
+
+    /// Leases up to `limit` due, waiting messages of `queues` to `owner` for `lease_ms`, in one
+    /// statement: priority 0 first across all the queues; within one priority, oldest first in
+    /// each queue, one from each queue in turn (in the order given), so a long queue does not
+    /// starve the others. Rows another fetcher is taking are skipped, not waited for.
+    pub fn fetch(
+        &self,
+        queues: &[String],
+        limit: usize,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<Vec<Delivery>> {
+        let limit = limit.min(MAX_FETCH);
+        let mut seen = std::collections::HashSet::new();
+        let queues: Vec<&str> = queues
+            .iter()
+            .map(String::as_str)
+            .filter(|q| seen.insert(*q))
+            .collect();
+        if limit == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let lease = i64::try_from(lease_ms).unwrap_or(i64::MAX);
+        let mut rows = self.with_conn(|c| {
+            let stmt = c.prep(FETCH_SQL)?;
+            c.client.query(&stmt, &[&queues, &limit, &owner, &lease])
+        })?;
+        // RETURNING keeps no order: put the batch back in the order it was picked.
+        rows.sort_by_key(|r| r.get::<_, i64>(4));
+        rows.iter()
+            .map(|r| {
+                let deliveries: i32 = r.get(3);
+                Ok(Delivery {
+                    tag: r.get::<_, i64>(0).to_string(),
+                    queue: r.get(1),
+                    payload: r.get(2),
+                    deliveries: u32::try_from(deliveries).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Milliseconds until the next waiting ETA message of `queues` falls due (server clock), if any.
+    pub fn next_eta_in_ms(&self, queues: &[String]) -> Result<Option<i64>> {
+        self.with_conn(|c| {
+            let stmt = c.prep(
+                "SELECT MIN(eta_ms) - {now} FROM {s}.messages
+                 WHERE queue = ANY($1) AND owner IS NULL AND eta_ms > 0",
+            )?;
+            Ok(c.client.query_one(&stmt, &[&queues])?.get(0))
+        })
+    }
+
+    /// Deletes finished messages; returns how many existed.
+    pub fn ack<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        let ids = row_ids(tags);
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.with_conn_retry(|c| {
+            let stmt = c.prep("DELETE FROM {s}.messages WHERE id = ANY($1)")?;
+            c.client.execute(&stmt, &[&ids])
+        })
+        .map(count)
+    }
+
+    /// Stores result records and acks messages in ONE transaction: a task's result and the
+    /// removal of its message become visible together (the worker's usual step after a batch).
+    pub fn complete<S: AsRef<str>>(&self, rows: &[ResultRow], tags: &[S]) -> Result<usize> {
+        if rows.is_empty() && tags.is_empty() {
+            return Ok(0);
+        }
+        let ids = row_ids(tags);
+        let results = ResultColumns::of(rows);
+        let cleanup = self.cleanup_due();
+        self.with_conn(|c| {
+            let upsert = c.prep(UPSERT_RESULTS)?;
+            let delete = c.prep("DELETE FROM {s}.messages WHERE id = ANY($1)")?;
+            let expire = c.prep(EXPIRE_RESULTS)?;
+            let mut tx = c.client.transaction()?;
+            if !results.ids.is_empty() {
+                results.write(&mut tx, &upsert)?;
+                if cleanup {
+                    tx.execute(&expire, &[&SWEEP_BATCH])?;
+                }
+            }
+            let acked = if ids.is_empty() {
+                0
+            } else {
+                tx.execute(&delete, &[&ids])?
+            };
+            tx.commit()?;
+            Ok(count(acked))
+        })
+    }
+
+    /// Whether this handle should delete expired results now (at most every
+    /// [`RESULT_CLEANUP_INTERVAL_MS`]).
+    fn cleanup_due(&self) -> bool {
+        let now = now_ms();
+        let next = self.next_cleanup_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_cleanup_ms
+                .compare_exchange(
+                    next,
+                    now + RESULT_CLEANUP_INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Returns leased messages that were never started to their queue at their original place,
+    /// undoing the delivery count of that lease.
+    pub fn requeue<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        self.put_back(tags, 1)
+    }
+
+    /// Returns rejected messages to their queue at their original place, keeping the delivery
+    /// count of that lease, so a message rejected again and again reaches `max_deliveries`.
+    pub fn release<S: AsRef<str>>(&self, tags: &[S]) -> Result<usize> {
+        self.put_back(tags, 0)
+    }
+
+    fn put_back<S: AsRef<str>>(&self, tags: &[S], undo_count: i32) -> Result<usize> {
+        let ids = row_ids(tags);
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.with_conn_retry(|c| {
+            let stmt = c.prep(
+                "WITH back AS (
+                    UPDATE {s}.messages SET owner = NULL, lease_until_ms = NULL,
+                        deliveries = GREATEST(deliveries - $2, 0)
+                    WHERE id = ANY($1) AND owner IS NOT NULL RETURNING queue),
+                 woke AS (SELECT pg_notify($3, CASE WHEN octet_length(q) <= $4 THEN q ELSE '' END)
+                          FROM (SELECT DISTINCT queue AS q FROM back) d)
+                 SELECT (SELECT COUNT(*) FROM back), (SELECT COUNT(*) FROM woke)",
+            )?;
+            let max = i32::try_from(NOTIFY_PAYLOAD_MAX_BYTES).unwrap_or(i32::MAX);
+            let row = c
+                .client
+                .query_one(&stmt, &[&ids, &undo_count, &self.channel, &max])?;
+            Ok(count_i64(row.get(0)))
+        })
+    }
+
+    /// Returns every message leased by `owner` (a worker that died) to its queue; those already
+    /// delivered `max_deliveries` times are dead-lettered as `worker_lost`.
+    /// Returns `(requeued, dead_lettered)`.
+    pub fn requeue_owner(&self, owner: &str, max_deliveries: u32) -> Result<(usize, usize)> {
+        let max = i32::try_from(max_deliveries).unwrap_or(i32::MAX);
+        let error = format!("worker {owner} was lost while holding the message");
+        self.with_conn(|c| {
+            let stmt = c.prep(
+                "WITH held AS (
+                    SELECT id, deliveries FROM {s}.messages WHERE owner = $1 FOR UPDATE),
+                 dead AS (
+                    DELETE FROM {s}.messages m USING held h
+                    WHERE m.id = h.id AND h.deliveries >= $2 RETURNING m.*),
+                 buried AS (
+                    INSERT INTO {s}.dead_letters
+                        (queue, priority, payload, reason, error, deliveries, dead_at_ms)
+                    SELECT queue, priority, payload, $3, $4, deliveries, {now} FROM dead ORDER BY id
+                    RETURNING 1),
+                 back AS (
+                    UPDATE {s}.messages m SET owner = NULL, lease_until_ms = NULL FROM held h
+                    WHERE m.id = h.id AND h.deliveries < $2 RETURNING m.queue),
+                 woke AS (SELECT pg_notify($5, CASE WHEN octet_length(q) <= $6 THEN q ELSE '' END)
+                          FROM (SELECT DISTINCT queue AS q FROM back) d)
+                 SELECT (SELECT COUNT(*) FROM back), (SELECT COUNT(*) FROM buried),
+                        (SELECT COUNT(*) FROM woke)",
+            )?;
+            let limit = i32::try_from(NOTIFY_PAYLOAD_MAX_BYTES).unwrap_or(i32::MAX);
+            let row = c.client.query_one(
+                &stmt,
+                &[
+                    &owner,
+                    &max,
+                    &REASON_WORKER_LOST,
+                    &error,
+                    &self.channel,
+                    &limit,
+                ],
+            )?;
+            Ok((count_i64(row.get(0)), count_i64(row.get(1))))
+        })
+    }
+
+    /// Pushes the lease of each message in `held` that `owner` holds to now + `lease_ms`, and
+    /// returns the tags of every message leased to `owner` (those not in `held` are orphans, see
+    /// [`crate::transport::consumer`]).
+    pub fn extend_leases<S: AsRef<str>>(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        held: &[S],
+    ) -> Result<Vec<String>> {
+        let ids = row_ids(held);
+        let lease = i64::try_from(lease_ms).unwrap_or(i64::MAX);
+        self.with_conn_retry(|c| {
+            let renew = c.prep(
+                "UPDATE {s}.messages SET lease_until_ms = {now} + $3 WHERE id = ANY($1) AND owner = $2",
+            )?;
+            let list = c.prep("SELECT id FROM {s}.messages WHERE owner = $1")?;
+            if !ids.is_empty() {
+                c.client.execute(&renew, &[&ids, &owner, &lease])?;
+            }
+            let rows = c.client.query(&list, &[&owner])?;
+            Ok(rows
+                .iter()
+                .map(|r| r.get::<_, i64>(0).to_string())
+                .collect())
+        })
+    }
+
+    /// Returns up to [`SWEEP_BATCH`] expired leases (any owner) to their queue; those already
+    /// delivered `max_deliveries` times are dead-lettered as `worker_lost`. Rows another sweeper
+    /// holds are skipped. Returns `(requeued, dead_lettered)`.
+    pub fn sweep_expired(&self, max_deliveries: u32) -> Result<(usize, usize)> {
+        let max = i32::try_from(max_deliveries).unwrap_or(i32::MAX);
+        self.with_conn_retry(|c| {
+            let stmt = c.prep(
+                "WITH expired AS (
+                    SELECT id, deliveries, owner FROM {s}.messages
+                    WHERE owner IS NOT NULL AND lease_until_ms < {now}
+                    ORDER BY lease_until_ms LIMIT $2 FOR UPDATE SKIP LOCKED),
+                 dead AS (
+                    DELETE FROM {s}.messages m USING expired e
+                    WHERE m.id = e.id AND e.deliveries >= $1 RETURNING m.*),
+                 buried AS (
+                    INSERT INTO {s}.dead_letters
+                        (queue, priority, payload, reason, error, deliveries, dead_at_ms)
+                    SELECT queue, priority, payload, $3,
+                           'lease of ' || COALESCE(owner, '?') || ' expired after '
+                               || deliveries || ' deliveries',
+                           deliveries, {now}
+                    FROM dead ORDER BY id RETURNING 1),
+                 back AS (
+                    UPDATE {s}.messages m SET owner = NULL, lease_until_ms = NULL FROM expired e
+                    WHERE m.id = e.id AND e.deliveries < $1 RETURNING m.queue),
+                 woke AS (SELECT pg_notify($4, CASE WHEN octet_length(q) <= $5 THEN q ELSE '' END)
+                          FROM (SELECT DISTINCT queue AS q FROM back) d)
+                 SELECT (SELECT COUNT(*) FROM back), (SELECT COUNT(*) FROM buried),
+                        (SELECT COUNT(*) FROM woke)",
+            )?;
+            let limit = i32::try_from(NOTIFY_PAYLOAD_MAX_BYTES).unwrap_or(i32::MAX);
+            let row = c.client.query_one(
+                &stmt,
+                &[
+                    &max,
+                    &SWEEP_BATCH,
+                    &REASON_WORKER_LOST,
+                    &self.channel,
+                    &limit,
+                ],
+            )?;
+            Ok((count_i64(row.get(0)), count_i64(row.get(1))))
+        })
+    }
+
+    /// Moves a message to the dead-letter table; false when it no longer exists.
+    pub fn dead_letter(&self, tag: &str, reason: &str, error: Option<&str>) -> Result<bool> {
+        let Some(id) = row_id(tag) else {
+            return Ok(false);
+        };
+        self.with_conn(|c| {
+            let stmt = c.prep(
+                "WITH gone AS (DELETE FROM {s}.messages WHERE id = $1 RETURNING *)
+                 INSERT INTO {s}.dead_letters
+                     (queue, priority, payload, reason, error, deliveries, dead_at_ms)
+                 SELECT queue, priority, payload, $2, $3, deliveries, {now} FROM gone",
+            )?;
+            Ok(c.client.execute(&stmt, &[&id, &reason, &error])? > 0)
+        })
+    }
+
+    /// Dead letters, oldest first, optionally of one queue.
+    pub fn dead_letters(&self, queue: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn_retry(|c| {
+            let stmt = c.prep(
+                "SELECT id, queue, reason, error, deliveries, dead_at_ms, payload
+                 FROM {s}.dead_letters WHERE $1::text IS NULL OR queue = $1 ORDER BY id LIMIT $2",
+            )?;
+            let rows = c.client.query(&stmt, &[&queue, &limit])?;
+            Ok(rows
+                .iter()
+                .map(|r| DeadLetter {
+                    id: r.get::<_, i64>(0).to_string(),
+                    queue: r.get(1),
+                    reason: r.get(2),
+                    error: r.get(3),
+                    deliveries: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                    dead_at_ms: r.get(5),
+                    payload: r.get(6),
+                })
+                .collect())
+        })
+    }
+
+    /// Puts dead letters of `queue` back at its end (due now, delivery count reset); ids that
+    /// are not numbers, or name another queue's dead letters, match nothing.
+    pub fn requeue_dead<S: AsRef<str>>(&self, queue: &str, ids: &[S]) -> Result<usize> {
+        let ids = row_ids(ids);
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.with_conn(|c| {
+            let stmt = c.prep(
+                "WITH raised AS (
+                    DELETE FROM {s}.dead_letters WHERE id = ANY($1) AND queue = $2 RETURNING *),
+                 ins AS (
+                    INSERT INTO {s}.messages (queue, priority, eta_ms, payload, published_ms)
+                    SELECT queue, priority, 0, payload, {now} FROM raised ORDER BY id
+                    RETURNING 1)
+                 SELECT (SELECT COUNT(*) FROM ins), pg_notify($3, $4)",
+            )?;
+            let note = Self::payload_of(queue);
+            let row = c
+                .client
+                .query_one(&stmt, &[&ids, &queue, &self.channel, &note])?;
+            Ok(count_i64(row.get(0)))
+        })
+    }
+
+    /// Deletes dead letters (of one queue, or all); returns how many.
+    pub fn purge_dead(&self, queue: Option<&str>) -> Result<usize> {
+        self.with_conn(|c| {
+            let stmt =
+                c.prep("DELETE FROM {s}.dead_letters WHERE $1::text IS NULL OR queue = $1")?;
+            c.client.execute(&stmt, &[&queue])
+        })
+        .map(count)
+    }
+
+    /// Deletes waiting (not leased) messages of `queues`; returns how many.
+    pub fn purge(&self, queues: &[String]) -> Result<usize> {
+        self.with_conn(|c| {
+            let stmt =
+                c.prep("DELETE FROM {s}.messages WHERE queue = ANY($1) AND owner IS NULL")?;
+            c.client.execute(&stmt, &[&queues])
+        })
+        .map(count)
+    }
+
+    /// Waiting (not leased) messages of `queue`, including those whose ETA is still ahead.
+    pub fn queue_length(&self, queue: &str) -> Result<usize> {
+        self.with_conn_retry(|c| {
+            let stmt =
+                c.prep("SELECT COUNT(*) FROM {s}.messages WHERE queue = $1 AND owner IS NULL")?;
+            Ok(count_i64(c.client.query_one(&stmt, &[&queue])?.get(0)))
+        })
+    }
+
+    /// Tags of the messages `owner` holds (a dead worker's, before its leases are returned).
+    pub fn leased_tags(&self, owner: &str) -> Result<Vec<String>> {
+        self.with_conn_retry(|c| {
+            let stmt = c.prep("SELECT id FROM {s}.messages WHERE owner = $1 ORDER BY id")?;
+            let rows = c.client.query(&stmt, &[&owner])?;
+            Ok(rows
+                .iter()
+                .map(|r| r.get::<_, i64>(0).to_string())
+                .collect())
+        })
+    }
+
+    /// Lease expiry (epoch ms, server clock) and owner of a message, if it exists; for tests and
+    /// inspection.
+    pub fn lease_of(&self, tag: &str) -> Result<Option<(Option<String>, Option<i64>)>> {
+        let Some(id) = row_id(tag) else {
+            return Ok(None);
+        };
+        self.with_conn_retry(|c| {
+            let stmt = c.prep("SELECT owner, lease_until_ms FROM {s}.messages WHERE id = $1")?;
+            Ok(c.client
+                .query_opt(&stmt, &[&id])?
+                .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    /// Records revoked task ids (kept until `expires_at_ms`) and drops expired ones. Revocation
+    /// and expiry times are the callers' clocks (as they pass `expires_at_ms` and `since_ms`).
+    pub fn revoke(&self, task_ids: &[String], expires_at_ms: i64) -> Result<()> {
+        let now = now_ms();
+        self.with_conn(|c| {
+            let upsert = c.prep(
+                "INSERT INTO {s}.revoked (task_id, revoked_at_ms, expires_at_ms)
+                 SELECT DISTINCT t, $3::bigint, $2::bigint FROM unnest($1::text[]) AS t
+                 ON CONFLICT (task_id) DO UPDATE SET revoked_at_ms = excluded.revoked_at_ms,
+                     expires_at_ms = GREATEST({s}.revoked.expires_at_ms, excluded.expires_at_ms)",
+            )?;
+            let expire = c.prep("DELETE FROM {s}.revoked WHERE expires_at_ms < $1")?;
+            let mut tx = c.client.transaction()?;
+            tx.execute(&upsert, &[&task_ids, &expires_at_ms, &now])?;
+            tx.execute(&expire, &[&now])?;
+            tx.commit()
+        })
+    }
+
+    /// `(task_id, expires_at_ms)` of unexpired revocations made at or after `since_ms`.
+    pub fn revoked_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>> {
+        let now = now_ms();
+        self.with_conn_retry(|c| {
+            let stmt = c.prep(
+                "SELECT task_id, expires_at_ms FROM {s}.revoked
+                 WHERE revoked_at_ms >= $1 AND expires_at_ms >= $2",
+            )?;
+            let rows = c.client.query(&stmt, &[&since_ms, &now])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// Posts `body` on a mailbox `channel` (remote control: commands and replies), kept until
+    /// `expires_at_ms` (the caller's clock, as for revocations); returns its id. Expired posts of
+    /// every channel are deleted on the way.
+    pub fn mailbox_post(&self, channel: &str, body: &[u8], expires_at_ms: i64) -> Result<i64> {
+        let now = now_ms();
+        self.with_conn(|c| {
+            let expire = c.prep("DELETE FROM {s}.mailbox WHERE expires_at_ms < $1")?;
+            let post = c.prep(
+                "INSERT INTO {s}.mailbox (channel, body, expires_at_ms) VALUES ($1, $2, $3)
+                 RETURNING id",
+            )?;
+            let mut tx = c.client.transaction()?;
+            tx.execute(&expire, &[&now])?;
+            let id: i64 = tx
+                .query_one(&post, &[&channel, &body, &expires_at_ms])?
+                .get(0);
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    /// `(id, body)` of the unexpired posts on `channel` with an id above `after_id`, oldest first.
+    pub fn mailbox_read(&self, channel: &str, after_id: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let now = now_ms();
+        self.with_conn_retry(|c| {
+            let stmt = c.prep(
+                "SELECT id, body FROM {s}.mailbox
+                 WHERE channel = $1 AND id > $2 AND expires_at_ms >= $3 ORDER BY id",
+            )?;
+            let rows = c.client.query(&stmt, &[&channel, &after_id, &now])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// The id of the newest post on any channel (0 when there is none): a reader that starts
+    /// now reads only what is posted after it.
+    pub fn mailbox_last_id(&self) -> Result<i64> {
+        self.with_conn_retry(|c| {
+            let stmt = c.prep("SELECT COALESCE(MAX(id), 0)::bigint FROM {s}.mailbox")?;
+            Ok(c.client.query_one(&stmt, &[])?.get(0))
+        })
+    }
+
+    /// Stores result records in one transaction (a stored SUCCESS is never overwritten) and,
+    /// at most every second, deletes up to [`SWEEP_BATCH`] expired ones.
+    pub fn store_results(&self, rows: &[ResultRow]) -> Result<()> {
+        self.complete::<String>(rows, &[]).map(drop)
+    }
+
+    /// `(content_type, payload)` of a task's unexpired result, if stored.
+    pub fn read_result(&self, task_id: &str) -> Result<Option<(String, Vec<u8>)>> {
+        self.with_conn_retry(|c| {
+            let stmt = c.prep(
+                "SELECT content_type, payload FROM {s}.results
+                 WHERE task_id = $1 AND (expires_at_ms IS NULL OR expires_at_ms >= {now})",
+            )?;
+            Ok(c.client
+                .query_opt(&stmt, &[&task_id])?
+                .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    /// Deletes a task's result; true when there was one.
+    pub fn delete_result(&self, task_id: &str) -> Result<bool> {
+        self.with_conn_retry(|c| {
+            let stmt = c.prep("DELETE FROM {s}.results WHERE task_id = $1")?;
+            Ok(c.client.execute(&stmt, &[&task_id])? > 0)
+        })
+    }
+}
+
+transport_by_inherent_methods!(PgBroker);
+
+/// The fetch: per queue, the head of its waiting index (locked, skipping rows others hold), ranked
+/// priority first, then one from each queue in turn; the picked rows are leased by the same
+/// statement. `$1` queues, `$2` limit, `$3` owner, `$4` lease in ms. Column 4 is the pick order.
+const FETCH_SQL: &str = "
+UPDATE {s}.messages m
+SET owner = $3, lease_until_ms = {now} + $4, deliveries = m.deliveries + 1
+FROM (
+    SELECT id, row_number() OVER (ORDER BY priority, rn, ord) AS pick
+    FROM (
+        SELECT c.id, c.priority, q.ord,
+               row_number() OVER (PARTITION BY q.ord, c.priority ORDER BY c.id) AS rn
+        FROM unnest($1::text[]) WITH ORDINALITY AS q(name, ord)
+        CROSS JOIN LATERAL (
+            SELECT id, priority FROM {s}.messages
+            WHERE queue = q.name AND owner IS NULL AND eta_ms <= {now}
+            ORDER BY priority, id
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        ) c
+    ) ranked
+    ORDER BY priority, rn, ord
+    LIMIT $2
+) picked
+WHERE m.id = picked.id
+RETURNING m.id, m.queue, m.payload, m.deliveries, picked.pick";
+
+/// Upserts a batch of results (one row per task id, see [`ResultColumns::of`]); a stored SUCCESS
+/// is never overwritten.
+const UPSERT_RESULTS: &str = "
+INSERT INTO {s}.results (task_id, status, content_type, payload, expires_at_ms)
+SELECT t, st, ct, p, CASE WHEN ttl IS NULL THEN NULL ELSE {now} + ttl END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[]) AS r(t, st, ct, p, ttl)
+ON CONFLICT (task_id) DO UPDATE SET
+    status = excluded.status, content_type = excluded.content_type,
+    payload = excluded.payload, expires_at_ms = excluded.expires_at_ms
+WHERE {s}.results.status <> 'SUCCESS'";
+
+const EXPIRE_RESULTS: &str = "
+DELETE FROM {s}.results WHERE task_id IN (
+    SELECT task_id FROM {s}.results
+    WHERE expires_at_ms IS NOT NULL AND expires_at_ms < {now} LIMIT $1)";
+
+/// A batch of result rows as the columns of [`UPSERT_RESULTS`].
+struct ResultColumns<'a> {
+    ids: Vec<&'a str>,
+    statuses: Vec<&'a str>,
+    content_types: Vec<&'a str>,
+    payloads: Vec<&'a [u8]>,
+    ttls: Vec<Option<i64>>,
+}
+
+impl<'a> ResultColumns<'a> {
+    /// One row per task id, the one that written in order would stay: the first SUCCESS (a stored
+    /// SUCCESS is final), else the last. One INSERT cannot update a row twice.
+    fn of(rows: &'a [ResultRow]) -> Self {
+        let mut kept: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            match kept.get(r.task_id.as_str()) {
+                Some(&j) if rows[j].status == "SUCCESS" => {}
+                _ => {
+                    kept.insert(r.task_id.as_str(), i);
+                }
+            }
+        }
+        let mut order: Vec<usize> = kept.into_values().collect();
+        order.sort_unstable();
+        let pick = |i: &usize| &rows[*i];
+        ResultColumns {
+            ids: order.iter().map(|i| pick(i).task_id.as_str()).collect(),
+            statuses: order.iter().map(|i| pick(i).status.as_str()).collect(),
+            content_types: order
+                .iter()
+                .map(|i| pick(i).content_type.as_str())
+                .collect(),
+            payloads: order.iter().map(|i| pick(i).payload.as_slice()).collect(),
+            ttls: order
+                .iter()
+                .map(|i| pick(i).ttl_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+                .collect(),
+        }
+    }
+
+    fn write(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        upsert: &Statement,
+    ) -> std::result::Result<u64, postgres::Error> {
+        tx.execute(
+            upsert,
+            &[
+                &self.ids,
+                &self.statuses,
+                &self.content_types,
+                &self.payloads,
+                &self.ttls,
+            ],
+        )
+    }
+}
+
+/// The row id a delivery tag names; `None` (simply not found) when it is not one of ours.
+fn row_id(tag: &str) -> Option<i64> {
+    tag.parse().ok()
+}
+
+fn row_ids<S: AsRef<str>>(tags: &[S]) -> Vec<i64> {
+    tags.iter().filter_map(|t| row_id(t.as_ref())).collect()
+}
+
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+fn count_i64(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(0)
+}
+
+/// A client error as one line: the server's message (and detail) for a database error, else the
+/// client's own text. Never contains the password (the client does not echo it).
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.code().code(), db.message()),
+            None => format!("{}: {}", db.code().code(), db.message()),
+        },
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(task: &str, status: &str, payload: &[u8]) -> ResultRow {
+        ResultRow {
+            task_id: task.into(),
+            status: status.into(),
+            content_type: "application/json".into(),
+            payload: payload.to_vec(),
+            ttl_ms: Some(1000),
+        }
+    }
+
+    #[test]
+    fn test_schema_names_checked() {
+        assert!(check_schema("rqueue").is_ok());
+        assert!(check_schema("app_2").is_ok());
+        for bad in ["", "Rqueue", "2x", "a-b", "a\"b", "pg_x", &"x".repeat(64)] {
+            let err = check_schema(bad).unwrap_err().to_string();
+            assert!(err.contains("schema name"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn test_url_checked_and_masked() {
+        let err = PgBroker::new_lazy(PgConfig::new("redis://h/0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a PostgreSQL URL"), "{err}");
+        let err = PgBroker::new_lazy(PgConfig::new("postgresql://u:secret@h/db?sslmode=require"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sslmode=require") && !err.contains("secret"),
+            "{err}"
+        );
+        let err = PgBroker::new_lazy(PgConfig::new("postgresql://u:secret@h/db?bogus=1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a usable") && !err.contains("secret"),
+            "{err}"
+        );
+        let b = PgBroker::new_lazy(PgConfig::new("postgres://u:secret@h:5433/db")).unwrap();
+        assert_eq!(b.masked_url(), "postgres://u:***@h:5433/db");
+        assert_eq!(b.channel(), "rqueue.messages");
+    }
+
+    #[test]
+    fn test_result_batch_keeps_what_sequential_upserts_would() {
+        let rows = [
+            row("a", "STARTED", b"1"),
+            row("b", "SUCCESS", b"2"),
+            row("a", "SUCCESS", b"3"),
+            row("b", "FAILURE", b"4"),
+            row("a", "RETRY", b"5"),
+            row("c", "STARTED", b"6"),
+            row("c", "RETRY", b"7"),
+        ];
+        let cols = ResultColumns::of(&rows);
+        assert_eq!(cols.ids, ["b", "a", "c"]);
+        assert_eq!(cols.statuses, ["SUCCESS", "SUCCESS", "RETRY"]);
+        assert_eq!(cols.payloads, [b"2", b"3", b"7"]);
+    }
+
+    #[test]
+    fn test_render_fills_schema_and_clock() {
+        let sql = render("SELECT {now} FROM {s}.messages", "\"app\"");
+        assert!(sql.contains("\"app\".messages") && sql.contains("clock_timestamp()"));
+        assert!(!sql.contains('{'));
+    }
+}

@@ -1,0 +1,195 @@
+//! `PostgresBroker` and `PostgresConsumer` over `rqueue_core::transport::postgres`: the shared
+//! body of `broker.rs`, plus what only the SQL brokers have (their own fetch, lease renewal and
+//! sweep, the mailbox, revocations and result rows). Every method that touches the database runs
+//! with the GIL released.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use rqueue_core::transport::postgres::{PgBroker as CoreBroker, PgConfig};
+use rqueue_core::transport::postgres_consumer::{PgConsumer as CoreConsumer, PgConsumerConfig};
+use rqueue_core::transport::Transport;
+use rqueue_core::Error;
+
+use crate::broker::{consumer_class, result_rows, transport_class, ResultTuple};
+use crate::errors::IntoPyResult;
+use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
+
+fn non_negative(name: &str, value: i64) -> Result<u64, Error> {
+    u64::try_from(value)
+        .map_err(|_| Error::Config(format!("{name} must not be negative, got {value}")))
+}
+
+fn config(url: String, schema: String) -> PgConfig {
+    let mut c = PgConfig::new(url);
+    c.schema = schema;
+    c
+}
+
+/// A PostgreSQL broker (tables in one schema, created on first use); the password is masked in
+/// every message.
+#[pyclass(module = "rqueue._rqueue", frozen)]
+pub struct PostgresBroker {
+    inner: Arc<CoreBroker>,
+}
+
+transport_class!(PostgresBroker {
+    #[new]
+    #[pyo3(signature = (url, schema = "rqueue"))]
+    fn new(py: Python<'_>, url: String, schema: &str) -> PyResult<Self> {
+        let cfg = config(url, schema.to_string());
+        let inner = py.detach(move || CoreBroker::connect(cfg)).map_py(py)?;
+        Ok(PostgresBroker {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The URL with its password masked.
+    #[getter]
+    fn url(&self) -> &str {
+        self.inner.masked_url()
+    }
+
+    #[getter]
+    fn schema(&self) -> &str {
+        self.inner.schema()
+    }
+
+    /// Atomically lease up to `limit` due messages (priority 0 first, then FIFO). GIL released.
+    fn fetch(
+        &self,
+        py: Python<'_>,
+        queues: Vec<String>,
+        limit: usize,
+        owner: String,
+        lease_ms: i64,
+    ) -> PyResult<Vec<Delivery>> {
+        let lease_ms = non_negative("lease_ms", lease_ms).map_py(py)?;
+        let got = py
+            .detach(|| self.inner.fetch(&queues, limit, &owner, lease_ms))
+            .map_py(py)?;
+        Ok(wrap_all(got))
+    }
+
+    /// Renew the leases of `held` (tags `owner` holds); returns every tag leased to `owner`.
+    fn extend_leases(
+        &self,
+        py: Python<'_>,
+        owner: String,
+        lease_ms: i64,
+        held: Vec<String>,
+    ) -> PyResult<Vec<String>> {
+        let lease_ms = non_negative("lease_ms", lease_ms).map_py(py)?;
+        py.detach(|| self.inner.extend_leases(&owner, lease_ms, &held))
+            .map_py(py)
+    }
+
+    /// Return expired leases to their queue; dead-letter those over `max_deliveries`.
+    #[pyo3(signature = (max_deliveries = 5))]
+    fn sweep_expired(&self, py: Python<'_>, max_deliveries: u32) -> PyResult<(usize, usize)> {
+        py.detach(|| self.inner.sweep_expired(max_deliveries))
+            .map_py(py)
+    }
+
+    /// `(owner, lease_until_ms)` of a message, or None when it does not exist.
+    fn lease_of(
+        &self,
+        py: Python<'_>,
+        tag: String,
+    ) -> PyResult<Option<(Option<String>, Option<i64>)>> {
+        py.detach(|| self.inner.lease_of(&tag)).map_py(py)
+    }
+
+    /// Record revoked task ids, kept until `expires_at_ms`.
+    fn revoke(&self, py: Python<'_>, task_ids: Vec<String>, expires_at_ms: i64) -> PyResult<()> {
+        py.detach(|| self.inner.revoke(&task_ids, expires_at_ms))
+            .map_py(py)
+    }
+
+    /// `(task_id, expires_at_ms)` of unexpired revocations made at or after `since_ms`.
+    fn revoked_since(&self, py: Python<'_>, since_ms: i64) -> PyResult<Vec<(String, i64)>> {
+        py.detach(|| self.inner.revoked_since(since_ms)).map_py(py)
+    }
+
+    /// Post `body` on a mailbox channel (remote control), kept until `expires_at_ms`; returns its id.
+    fn mailbox_post(
+        &self,
+        py: Python<'_>,
+        channel: String,
+        body: Vec<u8>,
+        expires_at_ms: i64,
+    ) -> PyResult<i64> {
+        py.detach(|| self.inner.mailbox_post(&channel, &body, expires_at_ms))
+            .map_py(py)
+    }
+
+    /// `(id, body)` of the unexpired posts on `channel` after `after_id`, oldest first.
+    fn mailbox_read(
+        &self,
+        py: Python<'_>,
+        channel: String,
+        after_id: i64,
+    ) -> PyResult<Vec<(i64, Vec<u8>)>> {
+        py.detach(|| self.inner.mailbox_read(&channel, after_id))
+            .map_py(py)
+    }
+
+    /// The id of the newest mailbox post (0 when none).
+    fn mailbox_last_id(&self, py: Python<'_>) -> PyResult<i64> {
+        py.detach(|| self.inner.mailbox_last_id()).map_py(py)
+    }
+
+    /// Store `(task_id, status, content_type, payload, ttl_ms)` result records in one
+    /// transaction; a stored SUCCESS is never overwritten.
+    fn store_results(&self, py: Python<'_>, rows: Vec<ResultTuple>) -> PyResult<()> {
+        let rows = result_rows(rows);
+        py.detach(|| self.inner.store_results(&rows)).map_py(py)
+    }
+
+    /// `(content_type, payload)` of a task's unexpired result, or None.
+    fn read_result(&self, py: Python<'_>, task_id: String) -> PyResult<Option<(String, Vec<u8>)>> {
+        py.detach(|| self.inner.read_result(&task_id)).map_py(py)
+    }
+
+    fn delete_result(&self, py: Python<'_>, task_id: String) -> PyResult<bool> {
+        py.detach(|| self.inner.delete_result(&task_id)).map_py(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("PostgresBroker({:?}, schema={:?})", self.inner.masked_url(), self.inner.schema())
+    }
+});
+
+/// A Rust thread that leases batches from PostgreSQL into a PrefetchBuffer, woken by NOTIFY.
+#[pyclass(module = "rqueue._rqueue", frozen)]
+pub struct PostgresConsumer {
+    inner: CoreConsumer,
+}
+
+consumer_class!(PostgresConsumer {
+    #[new]
+    #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, schema = "rqueue"))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        url: String,
+        queues: Vec<String>,
+        owner: String,
+        buffer: &PrefetchBuffer,
+        lease_ms: u64,
+        max_deliveries: u32,
+        schema: &str,
+    ) -> PyResult<Self> {
+        let mut cfg = PgConsumerConfig::new(config(url, schema.to_string()), queues, owner);
+        cfg.lease = Duration::from_millis(lease_ms);
+        cfg.max_deliveries = max_deliveries;
+        let inner = CoreConsumer::new(cfg, Arc::clone(&buffer.inner)).map_py(py)?;
+        Ok(PostgresConsumer { inner })
+    }
+});
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PostgresBroker>()?;
+    m.add_class::<PostgresConsumer>()
+}
