@@ -312,10 +312,11 @@ class PostgresServer:
         return done.stdout
 
     def start(self) -> None:
-        # fsync off: a test cluster need not survive a power loss, and commits get much cheaper.
+        # fsync off: a test cluster need not survive a power loss (commits still reach the OS before
+        # they return, so a crash of the server itself, ``stop("immediate")``, loses nothing).
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+            "-c full_page_writes=off -c max_connections=300"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
 
@@ -402,20 +403,29 @@ class Project:
     """A directory holding ``tasks.py`` and a ledger, with a broker and backend of one kind.
 
     ``kind`` is ``sqlite`` (one file for messages and results), ``redis`` (a real server, for
-    both) or ``amqp`` (RabbitMQ at ``amqp_url`` for messages, Redis for results). The ledger is a
+    both), ``amqp`` (RabbitMQ at ``amqp_url`` for messages, Redis for results) or ``postgres`` (one
+    database at ``postgres_url`` for both). The ledger is a
     separate SQLite file the test tasks append to: an independent record of executions.
     """
 
     def __init__(
-        self, root: Path, kind: str = "sqlite", redis_url: str | None = None, amqp_url: str | None = None
+        self,
+        root: Path,
+        kind: str = "sqlite",
+        redis_url: str | None = None,
+        amqp_url: str | None = None,
+        postgres_url: str | None = None,
     ) -> None:
         self.root = root
         self.kind = kind
         self.redis_url = redis_url
-        self.broker_url = {"sqlite": f"sqlite:///{root / 'broker.sqlite3'}", "amqp": str(amqp_url)}.get(
-            kind, str(redis_url)
-        )
-        self.backend_url = "" if kind == "sqlite" else str(redis_url)
+        self.postgres_url = postgres_url
+        self.broker_url = {
+            "sqlite": f"sqlite:///{root / 'broker.sqlite3'}",
+            "amqp": str(amqp_url),
+            "postgres": str(postgres_url),
+        }.get(kind, str(redis_url))
+        self.backend_url = {"sqlite": "", "postgres": str(postgres_url)}.get(kind, str(redis_url))
         self.ledger = root / "ledger.sqlite3"
         shutil.copy(PROJECT / "tasks.py", root / "tasks.py")
         self.workers: list[WorkerProcess] = []
@@ -447,6 +457,8 @@ class Project:
         """Point the project at another, empty broker (and backend) of the same kind."""
         if self.kind == "sqlite":
             self.broker_url = f"sqlite:///{self.root / 'other.sqlite3'}"
+        elif self.kind == "postgres":
+            self.broker_url = self.backend_url = f"{self.postgres_url}?schema=other"
         else:
             self.broker_url = self.backend_url = str(self.redis_url).rsplit("/", 1)[0] + "/1"
 
@@ -570,13 +582,14 @@ def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]
     proj.close()
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
 def broker_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
-    """A project on every broker, RabbitMQ included (results in Redis there): for the scenarios
-    that every transport must pass the same way."""
+    """A project on every broker, RabbitMQ included (results in Redis there), PostgreSQL too (results
+    in the same database): for the scenarios that every transport must pass the same way."""
     kind = request.param
-    redis_url = request.getfixturevalue("redis_url") if kind != "sqlite" else None
+    redis_url = request.getfixturevalue("redis_url") if kind in ("redis", "amqp") else None
     amqp_url = request.getfixturevalue("amqp_url") if kind == "amqp" else None
-    proj = Project(tmp_path, kind, redis_url, amqp_url)
+    postgres_url = request.getfixturevalue("postgres_url") if kind == "postgres" else None
+    proj = Project(tmp_path, kind, redis_url, amqp_url, postgres_url)
     yield proj
     proj.close()

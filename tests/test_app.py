@@ -168,10 +168,11 @@ def test_pickle_is_refused_unless_accepted(app: App) -> None:
         (
             "kafka://localhost",
             "unknown URL scheme 'kafka'.*supported schemes: sqlite://, redis://, rediss://, unix://, amqp://, "
-            "pyamqp://, amqps://",
+            "pyamqp://, amqps://, postgresql://, postgres://",
         ),
         ("amqp://guest@localhost//?ssl_ca_certs=x", "ssl_\\* options need an amqps:// URL"),
-        ("postgresql://localhost/db", "postgresql:// scheme.*not available"),
+        ("postgresql://localhost/db?schema=Bad", "schema='Bad'.*is not usable"),
+        ("postgres://u:secret@localhost/db?schema=pg_x", "postgres://u:\\*\\*\\*@localhost/db.*not usable"),
         ("rediss://localhost?ssl_cert_reqs=maybe", "ssl_cert_reqs='maybe' is not one of required, optional, none"),
         ("localhost:6379", "is not a URL"),
         ("sqlite://", "names no file"),
@@ -259,6 +260,12 @@ def test_send_many_applies_options_to_every_call(app: App) -> None:
         ("rpc://", None, r"broker_url: unknown URL scheme 'rpc'"),
         (None, "amqp://guest@localhost//", r"result_backend: unknown URL scheme 'amqp'.*supported schemes: sqlite://"),
         (None, "kafka://x", r"result_backend: unknown URL scheme 'kafka'"),
+        (
+            None,
+            "mongodb://localhost/results",
+            r"result_backend: the mongodb:// scheme \(MongoDB\) is not available.*supported schemes: sqlite://, redis://"
+            r".*postgresql://.*db\+sqlite://",
+        ),
         (None, "rpc://", r"result_backend rpc:// needs a RabbitMQ broker \(amqp://\), not <SqliteBroker"),
         (None, "rpc://localhost/x", r"result_backend: 'rpc://localhost/x' takes no host or options"),
     ],

@@ -187,7 +187,7 @@ def test_control_errors_are_replies_and_the_worker_lives_on(broker_project: Proj
 def _post_garbage(project: Project, app: object) -> None:
     """What someone else may post where commands arrive: not JSON, JSON of the wrong shape."""
     broker = app.broker  # type: ignore[attr-defined]
-    if project.kind == "sqlite":
+    if project.kind in ("sqlite", "postgres"):
         for body in (b"\xff not json", b"[1, 2]", b'{"method": 5}'):
             broker.native.mailbox_post("pidbox", body, int(time.time() * 1000) + 10_000)
     elif project.kind == "amqp":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -244,3 +245,36 @@ def amqp_params(url: str, setting: str) -> AmqpParams:
         tls=tls,
         options=options,
     )
+
+
+#: Schemes of PostgreSQL URLs (``db+`` is Celery's SQLAlchemy spelling, for result backends).
+POSTGRES_SCHEMES = ("postgresql", "postgres", "db+postgresql", "db+postgres")
+#: The schema rqueue's tables live in unless the URL says ``?schema=name``.
+POSTGRES_DEFAULT_SCHEMA = "rqueue"
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def postgres_params(url: str, setting: str) -> tuple[str, str]:
+    """``(url, schema)`` of a PostgreSQL URL: the URL as the client takes it (``postgresql://``, without
+    rqueue's own ``schema`` option) and the schema named by ``?schema=`` (default ``rqueue``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in POSTGRES_SCHEMES:
+        raise ConfigurationError(
+            f"{setting}: {mask_password(url)!r} is not a PostgreSQL URL; "
+            "use postgresql://[user[:password]@]host[:port]/database[?schema=rqueue]"
+        )
+    base, _, query = rest.partition("?")
+    kept: list[tuple[str, str]] = []
+    schema = POSTGRES_DEFAULT_SCHEMA
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "schema":
+            schema = value
+        else:
+            kept.append((key, value))
+    if not _SCHEMA_NAME.fullmatch(schema) or schema.startswith("pg_"):
+        raise ConfigurationError(
+            f"{setting}: schema={schema!r} in {mask_password(url)!r} is not usable; use 1 to 63 lowercase "
+            "letters, digits and _, not starting with a digit or pg_ (e.g. schema=rqueue)"
+        )
+    clean = f"postgresql://{base}" + (f"?{urlencode(kept)}" if kept else "")
+    return clean, schema

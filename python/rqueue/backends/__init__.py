@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rqueue.backends.base import DisabledBackend, ResultBackend, ResultRecord
+from rqueue.backends.postgres import PostgresBackend
 from rqueue.backends.rpc import RpcBackend
 from rqueue.backends.sqlite import SqliteBackend
 from rqueue.exceptions import ConfigurationError
@@ -18,6 +19,15 @@ if TYPE_CHECKING:
 
 def _sqlite(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
     return SqliteBackend(sqlite_path(url, "result_backend"), **options)
+
+
+def _db_sqlite(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
+    # Celery's SQLAlchemy spelling of an SQLite file: the same file as sqlite:///.
+    return SqliteBackend(sqlite_path(url.removeprefix("db+"), "result_backend"), **options)
+
+
+def _postgres(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
+    return PostgresBackend(url, **options)
 
 
 def _rpc(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
@@ -47,8 +57,13 @@ BACKENDS: Schemes[ResultBackend] = Schemes(
         "rediss": ("Redis over TLS (rediss://host:port/db?ssl_cert_reqs=required)", _redis),
         "unix": ("Redis over a unix socket (unix:///path/redis.sock?db=N)", _redis),
         "rpc": ("states sent back to the client that sent the task (rpc://; RabbitMQ brokers only)", _rpc),
+        "postgresql": ("PostgreSQL (postgresql://[user:password@]host[:port]/database[?schema=rqueue])", _postgres),
+        "postgres": ("PostgreSQL, libpq's short name (postgres://... as postgresql://...)", _postgres),
+        "db+postgresql": ("PostgreSQL, Celery's SQLAlchemy spelling (db+postgresql://...)", _postgres),
+        "db+postgres": ("PostgreSQL, Celery's SQLAlchemy spelling (db+postgres://...)", _postgres),
+        "db+sqlite": ("SQLite file, Celery's SQLAlchemy spelling (db+sqlite:///results.db)", _db_sqlite),
     },
-    planned={"postgresql": "PostgreSQL", "db+postgresql": "PostgreSQL"},
+    planned={"mongodb": "MongoDB", "mongodb+srv": "MongoDB"},
 )
 
 
@@ -76,4 +91,12 @@ def open_backend(  # noqa: PLR0913 - each backend setting named
     )
 
 
-__all__ = ["BACKENDS", "DisabledBackend", "ResultBackend", "ResultRecord", "SqliteBackend", "open_backend"]
+__all__ = [
+    "BACKENDS",
+    "DisabledBackend",
+    "PostgresBackend",
+    "ResultBackend",
+    "ResultRecord",
+    "SqliteBackend",
+    "open_backend",
+]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from rqueue.brokers.amqp import AmqpBroker
 from rqueue.brokers.base import Broker
+from rqueue.brokers.postgres import PostgresBroker
 from rqueue.brokers.redis import KOMBU_VISIBILITY_S, RedisBroker
 from rqueue.brokers.sqlite import SqliteBroker
 from rqueue.exceptions import ConfigurationError
@@ -40,6 +41,10 @@ def _redis(url: str, conf: Settings) -> Broker:
     )
 
 
+def _postgres(url: str, conf: Settings) -> Broker:
+    return PostgresBroker(url)
+
+
 def _amqp(url: str, conf: Settings) -> Broker:
     return AmqpBroker(url, conf)
 
@@ -58,8 +63,10 @@ BROKERS: Schemes[Broker] = Schemes(
         "amqp": ("RabbitMQ (amqp://[user:password@]host[:port]/[vhost])", _amqp),
         "pyamqp": ("RabbitMQ, kombu's name (pyamqp://... as amqp://...)", _amqp),
         "amqps": ("RabbitMQ over TLS (amqps://host:5671/vhost[?ssl_ca_certs=/path/ca.pem])", _amqp),
+        "postgresql": ("PostgreSQL (postgresql://[user:password@]host[:port]/database[?schema=rqueue])", _postgres),
+        "postgres": ("PostgreSQL, libpq's short name (postgres://... as postgresql://...)", _postgres),
     },
-    planned={"postgresql": "PostgreSQL"},
+    planned={},
 )
 
 
@@ -68,4 +75,4 @@ def open_broker(url: str, conf: Settings) -> Broker:
     return BROKERS.open(url, conf)
 
 
-__all__ = ["BROKERS", "AmqpBroker", "Broker", "RedisBroker", "SqliteBroker", "open_broker"]
+__all__ = ["BROKERS", "AmqpBroker", "Broker", "PostgresBroker", "RedisBroker", "SqliteBroker", "open_broker"]

@@ -1,12 +1,13 @@
-"""The embedded SQLite broker: a thin Python face over ``_rqueue.SqliteBroker``."""
+"""The embedded SQLite broker: a thin Python face over ``_rqueue.SqliteBroker``; and the table mailbox
+(remote control) that the SQL brokers share."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from rqueue import _rqueue
 from rqueue.brokers.base import Mailbox, NativeBroker, NativeConsumer, RevocationStore
@@ -58,18 +59,29 @@ class SqliteBroker(NativeBroker, RevocationStore):
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
         return self.native.revoked_since(since_ms)
 
-    def mailbox(self) -> SqliteMailbox:
-        return SqliteMailbox(self)
+    def mailbox(self) -> TableMailbox:
+        return TableMailbox(lambda: self.native)
 
     def __repr__(self) -> str:
         return f"<SqliteBroker {self.url}>"
 
 
-class SqliteMailbox(Mailbox):
-    """Remote control in the broker file: commands and replies are rows of the ``mailbox`` table."""
+class MailboxTable(Protocol):
+    """The extension's ``mailbox`` table of an SQL broker (SQLite, PostgreSQL)."""
 
-    def __init__(self, broker: SqliteBroker) -> None:
-        self.broker = broker
+    def mailbox_post(self, channel: str, body: bytes, expires_at_ms: int) -> int: ...
+    def mailbox_read(self, channel: str, after_id: int) -> list[tuple[int, bytes]]: ...
+    def mailbox_last_id(self) -> int: ...
+
+
+class TableMailbox(Mailbox):
+    """Remote control in an SQL broker's store: commands and replies are rows of its ``mailbox`` table.
+
+    ``table`` gives this process's connection (called at each use: it changes after a fork).
+    """
+
+    def __init__(self, table: Callable[[], MailboxTable]) -> None:
+        self.table = table
         self._after = 0
 
     def reply_address(self) -> dict[str, str]:
@@ -77,14 +89,14 @@ class SqliteMailbox(Mailbox):
 
     def broadcast(self, command: dict[str, Any], timeout_s: float) -> None:
         expires = int((time.time() + max(timeout_s, 1.0)) * 1000)
-        self.broker.native.mailbox_post(COMMANDS, json.dumps(command).encode(), expires)
+        self.table().mailbox_post(COMMANDS, json.dumps(command).encode(), expires)
 
     def replies(self, reply_to: dict[str, str], ticket: str, timeout_s: float, limit: int | None) -> list[Any]:
         channel = f"reply.{ticket}"
         deadline = time.monotonic() + timeout_s
         after, found = 0, list[Any]()
         while True:
-            rows = self.broker.native.mailbox_read(channel, after)
+            rows = self.table().mailbox_read(channel, after)
             if rows:
                 after = rows[-1][0]
                 found.extend(_json_or_none(body) for _, body in rows)
@@ -93,12 +105,12 @@ class SqliteMailbox(Mailbox):
             time.sleep(MAILBOX_POLL_S)
 
     def listen(self) -> None:
-        self._after = self.broker.native.mailbox_last_id()
+        self._after = self.table().mailbox_last_id()
 
     def commands(self, timeout_s: float) -> list[Any]:
         deadline = time.monotonic() + timeout_s
         while True:
-            rows = self.broker.native.mailbox_read(COMMANDS, self._after)
+            rows = self.table().mailbox_read(COMMANDS, self._after)
             if rows:
                 self._after = rows[-1][0]
                 return [_json_or_none(body) for _, body in rows]
@@ -108,7 +120,7 @@ class SqliteMailbox(Mailbox):
 
     def reply(self, reply_to: dict[str, str], ticket: str, body: dict[str, Any]) -> None:
         expires = int((time.time() + REPLY_KEEP_S) * 1000)
-        self.broker.native.mailbox_post(f"reply.{ticket}", json.dumps(body).encode(), expires)
+        self.table().mailbox_post(f"reply.{ticket}", json.dumps(body).encode(), expires)
 
 
 def _json_or_none(body: bytes) -> Any:
