@@ -266,13 +266,14 @@ class PostgresServer:
     initdb refuses to run as root, so as root the cluster belongs to the ``postgres`` system user
     Debian's package creates (its directory is made outside pytest's root-only temporary tree).
     Clients log in as ``rqueue`` with ``PASSWORD`` (scram-sha-256 over TCP), so the client's password
-    authentication is exercised too; ``new_database`` gives each test an empty database.
+    authentication is exercised too; ``new_database`` gives each test an empty database. ``tls=True``
+    also takes TLS connections, with a certificate for 127.0.0.1 signed by the CA ``ca_certs``.
     """
 
     USER = "rqueue"
     PASSWORD = "pg-test-secret"
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
         bindir = postgres_bin()
         if bindir is None:
             pytest.skip("PostgreSQL is not installed (make postgresql installs it)")
@@ -297,6 +298,17 @@ class PostgresServer:
             "--auth-host=scram-sha-256", "--no-sync", "--encoding=UTF8", "--locale=C",
         )  # fmt: skip
         pwfile.unlink()
+        self.tls = tls
+        self.ca_certs: Path | None = None
+        if tls:
+            if shutil.which("openssl") is None:
+                pytest.skip("openssl is not on PATH (make redis installs it)")
+            self.ca_certs = make_test_ca(self.dir)
+            make_server_cert(self.dir)
+            for name in ("server.pem", "server.key"):  # the server reads them as postgres, key 0600
+                os.chmod(self.dir / name, 0o600)
+                if self.as_user:
+                    os.chown(self.dir / name, pw.pw_uid, pw.pw_gid)
         self.start()
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> str:
@@ -318,6 +330,9 @@ class PostgresServer:
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c full_page_writes=off -c max_connections=300"
         )
+        if self.tls:
+            cert, key = self.dir / "server.pem", self.dir / "server.key"
+            options += f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PostgresServer, Project, free_port
+from conftest import PostgresServer, Project, free_port, make_test_ca
 from rqueue import App
 from rqueue.backends.postgres import PostgresBackend
 from rqueue.backends.sqlite import SqliteBackend
@@ -103,3 +103,23 @@ def test_postgres_results_backend_alone_stores_and_reads(postgres_url: str, tmp_
     assert result.get() == 7
     app.backend.store_many([])  # nothing to write is fine
     assert app.backend.get_meta("nope")["status"] == "PENDING"
+
+
+def test_postgres_tls_verify_full_and_require(tmp_path: Path) -> None:
+    server = PostgresServer(tls=True)
+    try:
+        verified = PostgresBroker(f"{server.url()}?sslmode=verify-full&sslrootcert={server.ca_certs}").native
+        verified.publish("q", b"x")
+        encrypted = PostgresBroker(f"{server.url()}?sslmode=require").native
+        assert encrypted.queue_length("q") == 1
+        in_tls = server.psql(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s "
+            "JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'rqueue'"
+        )
+        assert in_tls.strip() == "2|2"  # both connections speak TLS
+        stranger = make_test_ca(tmp_path, "stranger")
+        with pytest.raises(BrokerConnectionError, match="certificate") as info:
+            _ = PostgresBroker(f"{server.url()}?sslmode=verify-full&sslrootcert={stranger}").native
+        assert server.PASSWORD not in str(info.value)
+    finally:
+        server.close()

@@ -528,7 +528,10 @@ class PostgresBroker:
     A fetch leases a batch in one statement (``FOR UPDATE SKIP LOCKED``); ETAs, leases and expiries
     use the server's clock; statements that make messages available ``NOTIFY`` the schema's channel.
     Connecting fails with BrokerConnectionError; a bad URL or schema raises ConfigurationError; the
-    password is masked in every message. TLS (``sslmode=require``) is refused as not available.
+    password is masked in every message. TLS as libpq reads the URL (rustls): ``sslmode=verify-full``
+    (or ``verify-ca``, checked as strictly) verifies the certificate against ``sslrootcert`` (a PEM file;
+    the system's roots without it) and the host; ``sslmode=require`` encrypts without verifying unless
+    ``sslrootcert`` is given; other modes connect in plain text.
     """
 
     def __new__(cls, url: str, schema: str = "rqueue") -> PostgresBroker: ...

@@ -181,9 +181,13 @@ def test_postgres_broker_bad_url_and_schema_are_clear_errors(postgres_server: Po
         PostgresBroker("redis://localhost/0")
     with pytest.raises(ConfigurationError, match="schema name"):
         PostgresBroker(postgres_server.url(), schema="Bad-Name")
-    with pytest.raises(ConfigurationError, match=r"sslmode=require.*not available") as info:
-        PostgresBroker(postgres_server.url() + "?sslmode=require")
+    with pytest.raises(ConfigurationError, match=r"sslmode=\"maybe\" is not one of disable") as info:
+        PostgresBroker(postgres_server.url() + "?sslmode=maybe")
     assert postgres_server.PASSWORD not in str(info.value)
+    with pytest.raises(ConfigurationError, match="sslcert is not supported"):
+        PostgresBroker(postgres_server.url() + "?sslmode=require&sslcert=/client.pem")
+    with pytest.raises(ConfigurationError, match=r"sslrootcert=/nonexistent/ca\.pem: cannot read"):
+        PostgresBroker(postgres_server.url() + "?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
 
 
 def test_postgres_broker_server_down_or_wrong_password_is_a_connection_error(postgres_server: PostgresServer) -> None:

@@ -22,6 +22,9 @@
 //! (applied under an advisory lock, so concurrent first users do not race): an upgrade adds a
 //! migration, and no one runs SQL by hand.
 //!
+//! TLS: `sslmode=require` / `verify-full` and `sslrootcert`, as libpq reads them (see
+//! `postgres_tls`).
+//!
 //! PgBouncer: every statement names its schema and uses no session state, so the handles of
 //! producers and the result backend work through a transaction-mode pool; a consumer's LISTEN
 //! needs a session (a direct connection or session-mode pool), else it falls back to polling.
@@ -34,9 +37,11 @@ use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
+use crate::transport::postgres_tls::{connector, split_tls, TlsMode};
 use crate::transport::redis::mask_url;
 use crate::transport::{check_priority, check_queue, transport_by_inherent_methods};
 use crate::transport::{now_ms, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
@@ -194,6 +199,8 @@ pub struct PgBroker {
     masked: String,
     schema_q: String,
     channel: String,
+    /// The TLS connector (`sslmode=require`/`verify-full`); None for a plain connection.
+    tls: Option<MakeRustlsConnect>,
     conn: Mutex<Option<Conn>>,
     migrated: AtomicBool,
     next_cleanup_ms: AtomicI64,
@@ -229,24 +236,21 @@ impl PgBroker {
             )));
         }
         check_schema(&config.schema)?;
-        let mut pg = postgres::Config::from_str(&config.url).map_err(|e| {
+        let (plain_url, tls_mode) =
+            split_tls(&config.url).map_err(|e| Error::Config(format!("{masked}: {e}")))?;
+        let mut pg = postgres::Config::from_str(&plain_url).map_err(|e| {
             Error::Config(format!(
                 "{masked}: not a usable PostgreSQL URL ({e}); use \
-                 postgresql://[user[:password]@]host[:port]/database[?connect_timeout=5]"
+                 postgresql://[user[:password]@]host[:port]/database[?connect_timeout=5&sslmode=verify-full]"
             ))
         })?;
-        match pg.get_ssl_mode() {
-            postgres::config::SslMode::Require => {
-                return Err(Error::Config(format!(
-                    "{masked}: sslmode=require: TLS to PostgreSQL is not available in this rqueue \
-                     version; use a local or tunnelled connection with sslmode=disable"
-                )))
-            }
-            // libpq's default `prefer` tries TLS first; without TLS it is a plain connection.
-            _ => {
-                pg.ssl_mode(postgres::config::SslMode::Disable);
-            }
-        }
+        // TLS is negotiated here (see `postgres_tls`), never left to the client's `prefer`.
+        pg.ssl_mode(if tls_mode == TlsMode::Off {
+            postgres::config::SslMode::Disable
+        } else {
+            postgres::config::SslMode::Require
+        });
+        let tls = connector(&tls_mode).map_err(|e| Error::Config(format!("{masked}: {e}")))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -264,6 +268,7 @@ impl PgBroker {
             masked,
             schema_q,
             channel,
+            tls,
             conn: Mutex::new(None),
             migrated: AtomicBool::new(false),
             next_cleanup_ms: AtomicI64::new(0),
@@ -327,12 +332,18 @@ impl PgBroker {
 
     /// Opens a new connection (and, the first time, brings the schema up to date).
     fn open(&self) -> Result<Conn> {
-        let client = self.pg.connect(NoTls).map_err(|e| {
-            Error::Connection(format!(
-                "{} ({}); is PostgreSQL running there, and do the user, password and database exist?",
-                self.masked,
-                describe(&e)
-            ))
+        let connected = match &self.tls {
+            Some(tls) => self.pg.connect(tls.clone()),
+            None => self.pg.connect(NoTls),
+        };
+        let client = connected.map_err(|e| {
+            let hint = if self.tls.is_some() {
+                "does the server take TLS (ssl=on), and does its certificate chain to sslrootcert (or \
+                 the system's roots) and name this host?"
+            } else {
+                "is PostgreSQL running there, and do the user, password and database exist?"
+            };
+            Error::Connection(format!("{} ({}); {hint}", self.masked, describe(&e)))
         })?;
         let mut conn = Conn {
             client,
@@ -1177,13 +1188,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a PostgreSQL URL"), "{err}");
-        let err = PgBroker::new_lazy(PgConfig::new("postgresql://u:secret@h/db?sslmode=require"))
+        let err = PgBroker::new_lazy(PgConfig::new("postgresql://u:secret@h/db?sslmode=maybe"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("sslmode=require") && !err.contains("secret"),
+            err.contains("sslmode=\"maybe\"") && !err.contains("secret"),
             "{err}"
         );
+        assert!(PgBroker::new_lazy(PgConfig::new("postgresql://h/db?sslmode=require")).is_ok());
         let err = PgBroker::new_lazy(PgConfig::new("postgresql://u:secret@h/db?bogus=1"))
             .unwrap_err()
             .to_string();
