@@ -123,3 +123,27 @@ def test_postgres_tls_verify_full_and_require(tmp_path: Path) -> None:
         assert server.PASSWORD not in str(info.value)
     finally:
         server.close()
+
+
+# -- the scenarios every store must pass, run here on PostgreSQL ----------------------------------------
+# Imported under their own names, they are collected again in this module, where ``project`` is the
+# PostgreSQL project above: R2 (a crash at each step), R7, R8, and the chord joins.
+from test_canvas_workflows import (  # noqa: E402
+    test_a_header_member_counted_twice_fires_the_body_once,
+    test_chord_sends_the_header_values_to_the_body,
+)
+from test_failpoints import test_r2_crash_at_each_step_loses_nothing_and_keeps_one_result_per_task  # noqa: E402
+from test_reliability import (  # noqa: E402
+    test_chord_of_200_fires_its_body_once_with_the_right_value_across_a_sigkill,
+    test_r7_eta_beyond_visibility_timeout_runs_once_not_early,
+    test_r8_task_longer_than_visibility_timeout_runs_once,
+)
+
+__all__ = [
+    "test_a_header_member_counted_twice_fires_the_body_once",
+    "test_chord_of_200_fires_its_body_once_with_the_right_value_across_a_sigkill",
+    "test_chord_sends_the_header_values_to_the_body",
+    "test_r2_crash_at_each_step_loses_nothing_and_keeps_one_result_per_task",
+    "test_r7_eta_beyond_visibility_timeout_runs_once_not_early",
+    "test_r8_task_longer_than_visibility_timeout_runs_once",
+]

@@ -598,6 +598,28 @@ class PostgresBroker:
     def read_result(self, task_id: str) -> tuple[str, bytes] | None:
         """``(content_type, payload)`` of an unexpired result, or None."""
     def delete_result(self, task_id: str) -> bool: ...
+    def chord_set_size(self, group_id: str, size: int, ttl_ms: int | None = None) -> None:
+        """Set the number of header results a chord's body waits for (a new run of the chord)."""
+    def chord_add(self, group_id: str, n: int) -> None:
+        """Make a chord wait for ``n`` more header results."""
+    def chord_part_return(
+        self,
+        group_id: str,
+        member: str,
+        index: float,
+        payload: bytes,
+        ttl_ms: int | None,
+        token: str,
+        claim_ms: int,
+    ) -> tuple[int, int | None, bool] | None:
+        """Count one header result (once per member) in one transaction; ``(ready, total, claimed)``,
+        or None once the body was fired."""
+    def chord_renew_claim(self, group_id: str, token: str, claim_ms: int) -> bool:
+        """Keep (or take, once lapsed) the right to fire a chord's body."""
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        """The counted header results of a chord, in header order."""
+    def chord_done(self, group_id: str, token: str, done_ttl_ms: int) -> bool:
+        """The body was fired by the holder of ``token``: forget the parts, mark the chord done."""
 
 @final
 class PostgresConsumer:

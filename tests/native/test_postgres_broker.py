@@ -166,7 +166,21 @@ def test_postgres_broker_schema_is_created_once_and_separate(
     assert PostgresBroker(postgres_url).queue_length("q") == 1  # a second opener migrates nothing
     database = postgres_url.rsplit("/", 1)[1]
     versions = postgres_server.psql("SELECT string_agg(version::text, ',') FROM rqueue.migrations", database)
-    assert versions.strip() == "1"
+    assert versions.strip() == "1,2"
+
+
+def test_postgres_broker_upgrades_an_older_schema(postgres_url: str, postgres_server: PostgresServer) -> None:
+    PostgresBroker(postgres_url).publish("q", b"kept")
+    database = postgres_url.rsplit("/", 1)[1]
+    # what a database at migration 1 looks like (before the chord tables came)
+    postgres_server.psql(
+        "DROP TABLE rqueue.chords, rqueue.chord_parts; DELETE FROM rqueue.migrations WHERE version = 2", database
+    )
+    upgraded = PostgresBroker(postgres_url)
+    assert upgraded.queue_length("q") == 1
+    assert upgraded.chord_part_return("g", "m", 0.0, b"p", None, "tok", 1000) == (1, None, False)
+    versions = postgres_server.psql("SELECT string_agg(version::text, ',') FROM rqueue.migrations", database)
+    assert versions.strip() == "1,2"
 
 
 def test_postgres_broker_newer_schema_is_refused(postgres_url: str, postgres_server: PostgresServer) -> None:

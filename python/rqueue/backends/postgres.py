@@ -8,14 +8,18 @@ one transaction (``shares_store_with``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from rqueue.backends.base import ResultBackend
+from rqueue.backends.base import CHORD_DONE_KEPT_S, ChordCount, ResultBackend
 from rqueue.brokers.postgres import PostgresDatabase
 
 
 class PostgresBackend(ResultBackend):
-    """Result records keyed by task id, with expiry, in a PostgreSQL table."""
+    """Result records keyed by task id, with expiry, in a PostgreSQL table; chord joins in its
+    ``chords`` tables, each header result counted in one transaction."""
+
+    supports_chords = True
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(**options)
@@ -47,6 +51,39 @@ class PostgresBackend(ResultBackend):
 
     def _delete_group(self, group_id: str) -> None:
         self._delete(_group_key(group_id))
+
+    # -- chords ---------------------------------------------------------------------------------
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        self._db.native.chord_set_size(group_id, size, self.ttl_ms)
+
+    def add_to_chord(self, group_id: str, n: int) -> None:
+        self._db.native.chord_add(group_id, n)
+
+    def count_chord_parts(
+        self,
+        items: Sequence[tuple[str, str, float, bytes]],
+        token: str,
+        claim_s: int,
+        results: list[tuple[str, str, bytes]],
+    ) -> list[ChordCount | None]:
+        native = self._db.native
+        if results:
+            native.store_results(self.rows(results))
+        counts = []
+        for group_id, member, index, part in items:
+            count = native.chord_part_return(group_id, member, index, part, self.ttl_ms, token, claim_s * 1000)
+            counts.append(None if count is None else ChordCount(*count))
+        return counts
+
+    def chord_renew_claim(self, group_id: str, token: str, claim_s: int) -> bool:
+        return self._db.native.chord_renew_claim(group_id, token, claim_s * 1000)
+
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        return self._db.native.chord_parts(group_id)
+
+    def chord_done(self, group_id: str, token: str) -> bool:
+        return self._db.native.chord_done(group_id, token, CHORD_DONE_KEPT_S * 1000)
 
 
 def _group_key(group_id: str) -> str:

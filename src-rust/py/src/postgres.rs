@@ -156,6 +156,77 @@ transport_class!(PostgresBroker {
         py.detach(|| self.inner.delete_result(&task_id)).map_py(py)
     }
 
+    /// Set the number of header results a chord's body waits for (a new run of the chord).
+    #[pyo3(signature = (group_id, size, ttl_ms = None))]
+    fn chord_set_size(
+        &self,
+        py: Python<'_>,
+        group_id: String,
+        size: i64,
+        ttl_ms: Option<u64>,
+    ) -> PyResult<()> {
+        py.detach(|| self.inner.chord_set_size(&group_id, size, ttl_ms))
+            .map_py(py)
+    }
+
+    /// Make a chord wait for `n` more header results.
+    fn chord_add(&self, py: Python<'_>, group_id: String, n: i64) -> PyResult<()> {
+        py.detach(|| self.inner.chord_add(&group_id, n)).map_py(py)
+    }
+
+    /// Count one header result (once per member) in one transaction; `(ready, total, claimed)`,
+    /// or None once the body was fired.
+    #[allow(clippy::too_many_arguments)]
+    fn chord_part_return(
+        &self,
+        py: Python<'_>,
+        group_id: String,
+        member: String,
+        index: f64,
+        payload: Vec<u8>,
+        ttl_ms: Option<u64>,
+        token: String,
+        claim_ms: u64,
+    ) -> PyResult<Option<(i64, Option<i64>, bool)>> {
+        let count = py
+            .detach(|| {
+                self.inner.chord_part_return(
+                    &group_id, &member, index, &payload, ttl_ms, &token, claim_ms,
+                )
+            })
+            .map_py(py)?;
+        Ok(count.map(|c| (c.ready, c.total, c.claimed)))
+    }
+
+    /// Keep (or take, once lapsed) the right to fire a chord's body.
+    fn chord_renew_claim(
+        &self,
+        py: Python<'_>,
+        group_id: String,
+        token: String,
+        claim_ms: u64,
+    ) -> PyResult<bool> {
+        py.detach(|| self.inner.chord_renew_claim(&group_id, &token, claim_ms))
+            .map_py(py)
+    }
+
+    /// The counted header results of a chord, in header order.
+    fn chord_parts(&self, py: Python<'_>, group_id: String) -> PyResult<Vec<Vec<u8>>> {
+        py.detach(|| self.inner.chord_parts(&group_id)).map_py(py)
+    }
+
+    /// The body was fired by the holder of `token`: forget the parts, mark the chord done.
+    fn chord_done(
+        &self,
+        py: Python<'_>,
+        group_id: String,
+        token: String,
+        done_ttl_ms: u64,
+    ) -> PyResult<bool> {
+        py.detach(|| self.inner.chord_done(&group_id, &token, done_ttl_ms))
+            .map_py(py)
+    }
+
     fn __repr__(&self) -> String {
         format!("PostgresBroker({:?}, schema={:?})", self.inner.masked_url(), self.inner.schema())
     }

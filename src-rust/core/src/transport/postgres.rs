@@ -8,7 +8,8 @@
 //!   that takes the rows, so no crash can lose a message in between, and concurrent fetchers skip
 //!   each other's rows instead of waiting. Ids come from a sequence and are never reused: FIFO
 //!   within a priority is id order (0 is the highest priority).
-//! - `dead_letters`, `results` (a stored SUCCESS is final), `revoked`, `mailbox`.
+//! - `dead_letters`, `results` (a stored SUCCESS is final), `revoked`, `mailbox`, and the joins of
+//!   chords (`chords`, `chord_parts`; see [`PgBroker::chord_part_return`]).
 //! - ETAs, leases and result expiries are compared with the *server's* clock, so workers whose
 //!   clocks disagree still agree on which lease has expired. Revocations and mailbox posts keep
 //!   the callers' times (callers pass their expiry and ask "since when" on their own clock).
@@ -43,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
 use crate::transport::postgres_tls::{connector, split_tls, TlsMode};
 use crate::transport::redis::mask_url;
+pub use crate::transport::sqlite::ChordCount;
 use crate::transport::{check_priority, check_queue, transport_by_inherent_methods};
 use crate::transport::{now_ms, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
 
@@ -65,7 +67,9 @@ const NOW: &str = "(floor(extract(epoch FROM clock_timestamp()) * 1000))::bigint
 
 /// The migrations, in order: migration `i` brings the schema to version `i + 1`. `{s}` is the
 /// quoted schema. Never edit one that was released; append a new one.
-const MIGRATIONS: &[&str] = &["
+/// 1: messages, dead letters, results, revocations, mailbox. 2: chord joins (`chords`, `chord_parts`).
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE {s}.messages (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     queue TEXT NOT NULL,
@@ -114,7 +118,27 @@ CREATE TABLE {s}.mailbox (
 );
 CREATE INDEX mailbox_channel ON {s}.mailbox (channel, id);
 CREATE INDEX mailbox_expiry ON {s}.mailbox (expires_at_ms);
-"];
+",
+    "
+CREATE TABLE {s}.chords (
+    group_id TEXT PRIMARY KEY,
+    size BIGINT,
+    added BIGINT NOT NULL DEFAULT 0,
+    claim TEXT,
+    claim_until_ms BIGINT,
+    done BOOLEAN NOT NULL DEFAULT false,
+    expires_at_ms BIGINT
+);
+CREATE INDEX chords_expiry ON {s}.chords (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+CREATE TABLE {s}.chord_parts (
+    group_id TEXT NOT NULL,
+    member TEXT NOT NULL,
+    idx DOUBLE PRECISION NOT NULL,
+    payload BYTEA NOT NULL,
+    PRIMARY KEY (group_id, member)
+);
+",
+];
 
 /// The schema version this code writes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -1016,6 +1040,160 @@ impl PgBroker {
             Ok(c.client.execute(&stmt, &[&task_id])? > 0)
         })
     }
+
+    /// Sets the number of header results a chord's body waits for (a new run of the chord: any
+    /// earlier claim and done mark are cleared). The join's rows expire after `ttl_ms`; expired
+    /// joins are deleted on the way.
+    pub fn chord_set_size(&self, group_id: &str, size: i64, ttl_ms: Option<u64>) -> Result<()> {
+        let now = now_ms();
+        let expires = expiry(now, ttl_ms);
+        self.with_conn(|c| {
+            let set = c.prep(
+                "INSERT INTO {s}.chords (group_id, size, expires_at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (group_id) DO UPDATE SET size = excluded.size, claim = NULL,
+                     claim_until_ms = NULL, done = false, expires_at_ms = excluded.expires_at_ms",
+            )?;
+            let expire = c.prep(
+                "WITH gone AS (
+                    DELETE FROM {s}.chords WHERE group_id IN (
+                        SELECT group_id FROM {s}.chords
+                        WHERE expires_at_ms IS NOT NULL AND expires_at_ms < $1 LIMIT $2)
+                    RETURNING group_id)
+                 DELETE FROM {s}.chord_parts WHERE group_id IN (SELECT group_id FROM gone)",
+            )?;
+            let mut tx = c.client.transaction()?;
+            tx.execute(&set, &[&group_id, &size, &expires])?;
+            tx.execute(&expire, &[&now, &SWEEP_BATCH])?;
+            tx.commit()
+        })
+    }
+
+    /// Makes a chord wait for `n` more header results (a header task replaced by a workflow).
+    pub fn chord_add(&self, group_id: &str, n: i64) -> Result<()> {
+        self.with_conn(|c| {
+            let stmt = c.prep(
+                "INSERT INTO {s}.chords (group_id, added) VALUES ($1, $2)
+                 ON CONFLICT (group_id) DO UPDATE SET added = {s}.chords.added + excluded.added",
+            )?;
+            c.client.execute(&stmt, &[&group_id, &n]).map(drop)
+        })
+    }
+
+    /// Counts one header result of a chord, in one transaction (the chord's row is locked first,
+    /// so concurrent members of one chord count one after the other): the result of `member` at
+    /// `index` is kept once (a redelivered member that runs again is not counted twice), and when
+    /// every result is in and nobody else holds the right to fire the body, this call takes it
+    /// (or, for the holder of `token`, keeps it) for `claim_ms`. `None` once the body was fired.
+    #[allow(clippy::too_many_arguments)]
+    pub fn chord_part_return(
+        &self,
+        group_id: &str,
+        member: &str,
+        index: f64,
+        payload: &[u8],
+        ttl_ms: Option<u64>,
+        token: &str,
+        claim_ms: u64,
+    ) -> Result<Option<ChordCount>> {
+        let now = now_ms();
+        let expires = expiry(now, ttl_ms);
+        let claim_until = now.saturating_add(i64::try_from(claim_ms).unwrap_or(i64::MAX));
+        self.with_conn(|c| {
+            let touch = c.prep(
+                "INSERT INTO {s}.chords (group_id, expires_at_ms) VALUES ($1, $2)
+                 ON CONFLICT (group_id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms
+                 RETURNING size, added, claim, claim_until_ms, done",
+            )?;
+            let part = c.prep(
+                "INSERT INTO {s}.chord_parts (group_id, member, idx, payload) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (group_id, member) DO NOTHING",
+            )?;
+            let counted = c.prep("SELECT COUNT(*) FROM {s}.chord_parts WHERE group_id = $1")?;
+            let take = c.prep(
+                "UPDATE {s}.chords SET claim = $2, claim_until_ms = $3 WHERE group_id = $1",
+            )?;
+            let mut tx = c.client.transaction()?;
+            let row = tx.query_one(&touch, &[&group_id, &expires])?;
+            let (size, added, claim, claim_until_ms, done): (
+                Option<i64>,
+                i64,
+                Option<String>,
+                Option<i64>,
+                bool,
+            ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            if done {
+                tx.commit()?;
+                return Ok(None);
+            }
+            tx.execute(&part, &[&group_id, &member, &index, &payload])?;
+            let ready: i64 = tx.query_one(&counted, &[&group_id])?.get(0);
+            let total = size.map(|s| s + added);
+            let ours_or_none = match claim.as_deref() {
+                None => true,
+                Some(holder) => holder == token,
+            };
+            let free = ours_or_none || claim_until_ms.is_some_and(|until| until < now);
+            let claimed = total == Some(ready) && free;
+            if claimed {
+                tx.execute(&take, &[&group_id, &token, &claim_until])?;
+            }
+            tx.commit()?;
+            Ok(Some(ChordCount {
+                ready,
+                total,
+                claimed,
+            }))
+        })
+    }
+
+    /// Keeps (or, when it lapsed and the chord is not done, takes) the right to fire a chord's
+    /// body for `claim_ms` more; false when another holds it or the body was fired.
+    pub fn chord_renew_claim(&self, group_id: &str, token: &str, claim_ms: u64) -> Result<bool> {
+        let now = now_ms();
+        let until = now.saturating_add(i64::try_from(claim_ms).unwrap_or(i64::MAX));
+        self.with_conn_retry(|c| {
+            let stmt = c.prep(
+                "UPDATE {s}.chords SET claim = $2, claim_until_ms = $3
+                 WHERE group_id = $1 AND NOT done AND size IS NOT NULL
+                   AND (claim = $2 OR claim IS NULL OR claim_until_ms < $4)",
+            )?;
+            Ok(c.client
+                .execute(&stmt, &[&group_id, &token, &until, &now])?
+                > 0)
+        })
+    }
+
+    /// The counted header results of a chord, in header order.
+    pub fn chord_parts(&self, group_id: &str) -> Result<Vec<Vec<u8>>> {
+        self.with_conn_retry(|c| {
+            let stmt = c.prep(
+                "SELECT payload FROM {s}.chord_parts WHERE group_id = $1 ORDER BY idx, member",
+            )?;
+            let rows = c.client.query(&stmt, &[&group_id])?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    /// The body was fired by the holder of `token`: its parts are deleted and the chord is
+    /// marked done (kept `done_ttl_ms`, so late duplicates of header tasks change nothing).
+    /// False when `token` no longer holds the claim.
+    pub fn chord_done(&self, group_id: &str, token: &str, done_ttl_ms: u64) -> Result<bool> {
+        let expires = expiry(now_ms(), Some(done_ttl_ms));
+        self.with_conn(|c| {
+            let mark = c.prep(
+                "UPDATE {s}.chords SET done = true, claim = NULL, expires_at_ms = $3
+                 WHERE group_id = $1 AND claim = $2",
+            )?;
+            let forget = c.prep("DELETE FROM {s}.chord_parts WHERE group_id = $1")?;
+            let mut tx = c.client.transaction()?;
+            let n = tx.execute(&mark, &[&group_id, &token, &expires])?;
+            if n > 0 {
+                tx.execute(&forget, &[&group_id])?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        })
+    }
 }
 
 transport_by_inherent_methods!(PgBroker);
@@ -1118,6 +1296,11 @@ impl<'a> ResultColumns<'a> {
             ],
         )
     }
+}
+
+/// When something kept `ttl_ms` from `now` expires (epoch ms); `None` keeps it forever.
+fn expiry(now: i64, ttl_ms: Option<u64>) -> Option<i64> {
+    ttl_ms.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
 }
 
 /// The row id a delivery tag names; `None` (simply not found) when it is not one of ours.
