@@ -595,6 +595,10 @@ class PostgresBroker:
         """The id of the newest mailbox post (0 when none)."""
     def store_results(self, rows: Sequence[tuple[str, str, str, bytes, int | None]]) -> None:
         """Store ``(task_id, status, content_type, payload, ttl_ms)`` records (None: kept forever); SUCCESS is final."""
+    def results_seen(self) -> int:
+        """The results mark: read it before reading a result, pass it to ``wait_results``."""
+    def wait_results(self, seen: int, timeout_s: float) -> None:
+        """Wait (GIL released) up to ``timeout_s`` for results stored in this schema by anyone after ``seen``."""
     def read_result(self, task_id: str) -> tuple[str, bytes] | None:
         """``(content_type, payload)`` of an unexpired result, or None."""
     def delete_result(self, task_id: str) -> bool: ...

@@ -40,6 +40,13 @@ class PostgresBackend(ResultBackend):
     def _delete(self, task_id: str) -> None:
         self._db.native.delete_result(task_id)
 
+    def _results_mark(self) -> int | None:
+        # Stores NOTIFY the schema's results channel: a waiting client reads again at once.
+        return self._db.native.results_seen()
+
+    def _wait_results(self, mark: int, seconds: float) -> None:
+        self._db.native.wait_results(mark, seconds)
+
     # -- groups ---------------------------------------------------------------------------------
 
     def _write_group(self, group_id: str, payload: bytes) -> None:

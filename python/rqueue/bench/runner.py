@@ -155,7 +155,14 @@ class Bench:
         self.temporary_broker = options.broker is None
         self.broker_url = options.broker or f"sqlite:///{self.tmp / 'bench.sqlite3'}"
         scheme = BROKERS.scheme_of(self.broker_url, "--broker")
-        self.kind = {"sqlite": "sqlite", "amqp": "amqp", "pyamqp": "amqp", "amqps": "amqp"}.get(scheme, "redis")
+        self.kind = {
+            "sqlite": "sqlite",
+            "amqp": "amqp",
+            "pyamqp": "amqp",
+            "amqps": "amqp",
+            "postgresql": "postgres",
+            "postgres": "postgres",
+        }.get(scheme, "redis")
         # Round trips need results; the broker keeps them unless told otherwise (RabbitMQ needs a
         # --backend). Named explicitly for both sides, so $RQUEUE_RESULT_BACKEND cannot point the
         # producer and the workers apart.

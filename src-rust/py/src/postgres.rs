@@ -12,7 +12,7 @@ use rqueue_core::transport::postgres_consumer::{PgConsumer as CoreConsumer, PgCo
 use rqueue_core::transport::Transport;
 use rqueue_core::Error;
 
-use crate::broker::{consumer_class, result_rows, transport_class, ResultTuple};
+use crate::broker::{consumer_class, result_rows, seconds, transport_class, ResultTuple};
 use crate::errors::IntoPyResult;
 use crate::prefetch::{wrap_all, Delivery, PrefetchBuffer};
 
@@ -145,6 +145,20 @@ transport_class!(PostgresBroker {
     fn store_results(&self, py: Python<'_>, rows: Vec<ResultTuple>) -> PyResult<()> {
         let rows = result_rows(rows);
         py.detach(|| self.inner.store_results(&rows)).map_py(py)
+    }
+
+    /// The results mark: read it before reading a result, pass it to `wait_results`. The first
+    /// call opens this handle's connection listening for stored results.
+    fn results_seen(&self, py: Python<'_>) -> PyResult<u32> {
+        py.detach(|| self.inner.results_seen()).map_py(py)
+    }
+
+    /// Wait (GIL released) up to `timeout_s` for results to be stored in this schema, by any
+    /// client, after `seen` was read.
+    fn wait_results(&self, py: Python<'_>, seen: u32, timeout_s: f64) -> PyResult<()> {
+        let timeout = seconds("timeout_s", timeout_s).map_py(py)?;
+        py.detach(|| self.inner.wait_results(seen, timeout))
+            .map_py(py)
     }
 
     /// `(content_type, payload)` of a task's unexpired result, or None.

@@ -17,7 +17,8 @@
 //! Wake-up: a statement that makes messages available also calls `pg_notify` on the schema's
 //! channel (`<schema>.messages`, the queue name as payload); the notification is sent when that
 //! transaction commits, so a listener never looks before the rows are visible. Consumers `LISTEN`
-//! (see `postgres_consumer`) and poll only as a bounded fallback.
+//! (see `postgres_consumer`) and poll only as a bounded fallback. Likewise a transaction that
+//! stores results notifies `<schema>.results`, which clients waiting for a result listen on.
 //!
 //! Tables are created on first use by versioned migrations recorded in `<schema>.migrations`
 //! (applied under an advisory lock, so concurrent first users do not race): an upgrade adds a
@@ -32,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -230,6 +231,12 @@ pub struct PgBroker {
     next_cleanup_ms: AtomicI64,
     /// Every connection this handle opens `LISTEN`s on [`PgBroker::channel`] (a consumer's).
     listen: bool,
+    /// Notified by every transaction that stores results (`<schema>.results`).
+    results_channel: String,
+    /// A connection listening on `results_channel`, opened by the first `results_seen`.
+    results_listener: Mutex<Option<Conn>>,
+    /// Results notifications received (and listener reconnections): the mark of `wait_results`.
+    results_seen: AtomicU32,
 }
 
 impl std::fmt::Debug for PgBroker {
@@ -286,7 +293,9 @@ impl PgBroker {
         pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let schema_q = format!("\"{}\"", config.schema);
         let channel = channel_of(&config.schema);
+        let results_channel = format!("{}.results", config.schema);
         Ok(PgBroker {
+            results_channel,
             config,
             pg,
             masked,
@@ -297,6 +306,8 @@ impl PgBroker {
             migrated: AtomicBool::new(false),
             next_cleanup_ms: AtomicI64::new(0),
             listen: false,
+            results_listener: Mutex::new(None),
+            results_seen: AtomicU32::new(0),
         })
     }
 
@@ -630,27 +641,96 @@ impl PgBroker {
             return Ok(0);
         }
         let ids = row_ids(tags);
-        let results = ResultColumns::of(rows);
-        let cleanup = self.cleanup_due();
-        self.with_conn(|c| {
-            let upsert = c.prep(UPSERT_RESULTS)?;
-            let delete = c.prep("DELETE FROM {s}.messages WHERE id = ANY($1)")?;
-            let expire = c.prep(EXPIRE_RESULTS)?;
-            let mut tx = c.client.transaction()?;
-            if !results.ids.is_empty() {
-                results.write(&mut tx, &upsert)?;
-                if cleanup {
-                    tx.execute(&expire, &[&SWEEP_BATCH])?;
+        let r = ResultColumns::of(rows);
+        let acked = self.with_conn(|c| {
+            let stmt = c.prep(COMPLETE_SQL)?;
+            let row = c.client.query_one(
+                &stmt,
+                &[
+                    &r.ids,
+                    &r.statuses,
+                    &r.content_types,
+                    &r.payloads,
+                    &r.ttls,
+                    &ids,
+                    &self.results_channel,
+                ],
+            )?;
+            Ok(count_i64(row.get(0)))
+        })?;
+        if !rows.is_empty() && self.cleanup_due() {
+            // Housekeeping, not part of the completion: a failure here fails nothing stored.
+            self.with_conn(|c| {
+                let stmt = c.prep(EXPIRE_RESULTS)?;
+                c.client.execute(&stmt, &[&SWEEP_BATCH])
+            })?;
+        }
+        Ok(acked)
+    }
+
+    /// The results bell's mark: read it before reading a result, pass it to
+    /// [`PgBroker::wait_results`]. The first call opens this handle's listening connection.
+    pub fn results_seen(&self) -> Result<u32> {
+        self.drain_results(None)?;
+        Ok(self.results_seen.load(Ordering::SeqCst))
+    }
+
+    /// Waits up to `timeout` for results to be stored (by any client, in this schema) after
+    /// `seen` was read.
+    pub fn wait_results(&self, seen: u32, timeout: Duration) -> Result<()> {
+        self.drain_results(None)?;
+        if self.results_seen.load(Ordering::SeqCst) != seen {
+            return Ok(());
+        }
+        self.drain_results(Some(timeout))
+    }
+
+    /// Counts the results notifications received (the first within `wait` when none is pending)
+    /// on the listening connection. A broken one (a restarted server) is replaced once; opening
+    /// one counts as a notification, since results may have been stored meanwhile.
+    fn drain_results(&self, wait: Option<Duration>) -> Result<()> {
+        let mut guard = self
+            .results_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut retried = false;
+        loop {
+            let conn = match guard.as_mut() {
+                Some(c) if !c.client.is_closed() => c,
+                _ => {
+                    let mut conn = self.open()?;
+                    let listen = format!("LISTEN \"{}\"", self.results_channel);
+                    conn.client
+                        .batch_execute(&listen)
+                        .map_err(|e| self.error(&e))?;
+                    self.results_seen.fetch_add(1, Ordering::SeqCst);
+                    guard.insert(conn)
+                }
+            };
+            let got = (|| -> std::result::Result<u32, postgres::Error> {
+                let mut notes = conn.client.notifications();
+                let mut n = notes.iter().count()?;
+                if n == 0 {
+                    if let Some(wait) = wait {
+                        n = notes.timeout_iter(wait).next()?.map_or(0, |_| 1);
+                    }
+                }
+                Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            })();
+            match got {
+                Ok(n) => {
+                    self.results_seen.fetch_add(n, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Err(e) => {
+                    *guard = None;
+                    if retried || !is_connection_error(&e) {
+                        return Err(self.error(&e));
+                    }
+                    retried = true;
                 }
             }
-            let acked = if ids.is_empty() {
-                0
-            } else {
-                tx.execute(&delete, &[&ids])?
-            };
-            tx.commit()?;
-            Ok(count(acked))
-        })
+        }
     }
 
     /// Whether this handle should delete expired results now (at most every
@@ -1224,23 +1304,31 @@ FROM (
 WHERE m.id = picked.id
 RETURNING m.id, m.queue, m.payload, m.deliveries, picked.pick";
 
-/// Upserts a batch of results (one row per task id, see [`ResultColumns::of`]); a stored SUCCESS
-/// is never overwritten.
-const UPSERT_RESULTS: &str = "
-INSERT INTO {s}.results (task_id, status, content_type, payload, expires_at_ms)
-SELECT t, st, ct, p, CASE WHEN ttl IS NULL THEN NULL ELSE {now} + ttl END
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[]) AS r(t, st, ct, p, ttl)
-ON CONFLICT (task_id) DO UPDATE SET
-    status = excluded.status, content_type = excluded.content_type,
-    payload = excluded.payload, expires_at_ms = excluded.expires_at_ms
-WHERE {s}.results.status <> 'SUCCESS'";
+/// Upserts a batch of results (one row per task id, see [`ResultColumns::of`]; a stored SUCCESS
+/// is never overwritten), acks messages and notifies result waiters,
+/// in ONE statement (one transaction, one round trip). `$6` the message ids, `$7` the results
+/// channel. Returns how many messages were acked.
+const COMPLETE_SQL: &str = "
+WITH stored AS (
+    INSERT INTO {s}.results (task_id, status, content_type, payload, expires_at_ms)
+    SELECT t, st, ct, p, CASE WHEN ttl IS NULL THEN NULL ELSE {now} + ttl END
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[])
+         AS r(t, st, ct, p, ttl)
+    ON CONFLICT (task_id) DO UPDATE SET
+        status = excluded.status, content_type = excluded.content_type,
+        payload = excluded.payload, expires_at_ms = excluded.expires_at_ms
+    WHERE {s}.results.status <> 'SUCCESS'
+    RETURNING 1),
+acked AS (DELETE FROM {s}.messages WHERE id = ANY($6) RETURNING 1),
+rung AS (SELECT pg_notify($7, '') WHERE cardinality($1::text[]) > 0)
+SELECT (SELECT COUNT(*) FROM acked), (SELECT COUNT(*) FROM rung), (SELECT COUNT(*) FROM stored)";
 
 const EXPIRE_RESULTS: &str = "
 DELETE FROM {s}.results WHERE task_id IN (
     SELECT task_id FROM {s}.results
     WHERE expires_at_ms IS NOT NULL AND expires_at_ms < {now} LIMIT $1)";
 
-/// A batch of result rows as the columns of [`UPSERT_RESULTS`].
+/// A batch of result rows as the columns of [`COMPLETE_SQL`].
 struct ResultColumns<'a> {
     ids: Vec<&'a str>,
     statuses: Vec<&'a str>,
@@ -1278,23 +1366,6 @@ impl<'a> ResultColumns<'a> {
                 .map(|i| pick(i).ttl_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
                 .collect(),
         }
-    }
-
-    fn write(
-        &self,
-        tx: &mut postgres::Transaction<'_>,
-        upsert: &Statement,
-    ) -> std::result::Result<u64, postgres::Error> {
-        tx.execute(
-            upsert,
-            &[
-                &self.ids,
-                &self.statuses,
-                &self.content_types,
-                &self.payloads,
-                &self.ttls,
-            ],
-        )
     }
 }
 
