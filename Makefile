@@ -100,6 +100,19 @@ postgresql: ## Install Debian's postgresql (server binaries for the tests' priva
 		ls /usr/lib/postgresql/*/bin/initdb; \
 	fi
 
+.PHONY: memcached
+memcached: ## Install Debian's memcached (the tests run their own on a free port) with apt-get unless on PATH
+	@if command -v memcached >/dev/null 2>&1; then \
+		echo "memcached found: $$(command -v memcached)"; \
+	else \
+		sudo=""; if [ "$$(id -u)" != 0 ]; then sudo="sudo -n"; fi; \
+		echo "memcached not on PATH; installing Debian's package"; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends memcached; \
+		$$sudo systemctl disable --now memcached >/dev/null 2>&1 || true; \
+		command -v memcached; \
+	fi
+
 # -- build ---------------------------------------------------------------------------------------
 
 .PHONY: wheel
@@ -174,7 +187,7 @@ test-python: $(INSTALL_STAMP) ## pytest through the installed extension (PYTEST_
 	$(PY) -m pytest -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT_S) $(PYTEST_ARGS)
 
 .PHONY: test
-test: redis rabbitmq postgresql venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
+test: redis rabbitmq postgresql memcached venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
 
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass its -Z flags, and no sanitizer
 # (rqueue-core has no unsafe code; libFuzzer's coverage guidance still works). Crashes land in

@@ -374,6 +374,47 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     return postgres_server.new_database()
 
 
+class MemcachedServer:
+    """A real ``memcached`` on a free loopback port (64 MiB, 1 MiB items), stopped by ``stop``."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("memcached")
+        if exe is None:
+            pytest.skip("memcached is not on PATH (make memcached installs it)")
+        self.port = free_port()
+        user = ["-u", "memcache"] if os.geteuid() == 0 else []  # memcached refuses to run as root
+        self.proc = subprocess.Popen(
+            [exe, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-m", "64", *user],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"memcached on port {self.port} did not start") from None
+                time.sleep(0.01)
+
+    @property
+    def url(self) -> str:
+        return f"cache+memcached://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> Iterator[MemcachedServer]:
+    server = MemcachedServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
     """One RabbitMQ node for the session (about 5 s to start)."""

@@ -30,6 +30,12 @@ def _postgres(url: str, broker: Callable[[], Broker] | None, **options: Any) -> 
     return PostgresBackend(url, **options)
 
 
+def _memcached(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
+    from rqueue.backends.memcached import MemcachedBackend  # noqa: PLC0415 - pymemcache is optional
+
+    return MemcachedBackend(url, **options)
+
+
 def _rpc(url: str, broker: Callable[[], Broker] | None, **options: Any) -> ResultBackend:
     if url.rstrip("/") != "rpc:":
         raise ConfigurationError(f"result_backend: {url!r} takes no host or options; write rpc://")
@@ -62,6 +68,7 @@ BACKENDS: Schemes[ResultBackend] = Schemes(
         "db+postgresql": ("PostgreSQL, Celery's SQLAlchemy spelling (db+postgresql://...)", _postgres),
         "db+postgres": ("PostgreSQL, Celery's SQLAlchemy spelling (db+postgres://...)", _postgres),
         "db+sqlite": ("SQLite file, Celery's SQLAlchemy spelling (db+sqlite:///results.db)", _db_sqlite),
+        "cache+memcached": ("memcached, Celery's key format (cache+memcached://host:11211[;host2:11211]/)", _memcached),
     },
     planned={"mongodb": "MongoDB", "mongodb+srv": "MongoDB"},
 )

@@ -211,7 +211,7 @@ class ResultBackend(ABC):
         """Raise ConfigurationError unless this backend can join chords."""
         if not self.supports_chords:
             raise ConfigurationError(
-                f"chords need a result backend that counts their header results (Redis or SQLite); "
+                f"chords need a result backend that counts their header results (Redis, SQLite or PostgreSQL); "
                 f"{mask_password(self.url) or 'no backend'} cannot: set result_backend"
             )
 
