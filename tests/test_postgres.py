@@ -147,3 +147,42 @@ __all__ = [
     "test_r7_eta_beyond_visibility_timeout_runs_once_not_early",
     "test_r8_task_longer_than_visibility_timeout_runs_once",
 ]
+
+
+def test_r10_postgres_password_appears_in_no_log_banner_output_error_or_result(
+    project: Project, postgres_server: PostgresServer
+) -> None:
+    secret = postgres_server.PASSWORD
+    assert secret in project.broker_url
+    tasks = project.app()
+    worker = project.start_worker("-c", "1")
+    assert tasks.add.delay(1, 2).get(timeout=30) == 3
+    with pytest.raises(tasks.CustomError) as failure:
+        tasks.fail.delay("boom").get(timeout=30)
+    sent = project.run_cli("-A", "tasks", "call", "tasks.add", "--args", "[2, 2]")
+    shown = project.run_cli("-A", "tasks", "result", sent.stdout.strip(), "--timeout", "30")
+    control = [
+        project.run_cli("-A", "tasks", *command, "--json")
+        for command in (("inspect", "stats"), ("inspect", "conf"), ("control", "rate_limit", "tasks.no", "1/s"))
+    ]
+    assert all(done.stdout.strip() for done in control)
+    assert worker.stop() == 0
+    unreachable = f"postgresql://rqueue:{secret}@127.0.0.1:{free_port()}/x"
+    env = {**project.env, "TEST_BROKER_URL": unreachable, "TEST_BACKEND_URL": unreachable}
+    refused = project.run_cli("-A", "tasks", "worker", "-c", "1", env=env)
+    assert refused.returncode != 0
+    seen = {
+        "worker log": worker.log_text(),
+        "banner and stdout": worker.output(),
+        "cli call": sent.stdout + sent.stderr,
+        "cli result": shown.stdout + shown.stderr,
+        "control replies": "".join(done.stdout + done.stderr for done in control),
+        "connection error": refused.stdout + refused.stderr,
+        "exception": repr(failure.value) + str(failure.value),
+        "reprs": repr(tasks.app) + repr(tasks.app.broker) + repr(tasks.app.backend),
+        "stored": postgres_server.psql(
+            "SELECT string_agg(encode(payload, 'escape'), '') FROM rqueue.results", project.broker_url.rsplit("/", 1)[1]
+        ),
+    }
+    assert "***" in seen["banner and stdout"] and "***" in seen["connection error"]
+    assert [where for where, text in seen.items() if secret in text] == []

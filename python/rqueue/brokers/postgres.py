@@ -20,26 +20,34 @@ from rqueue.urls import mask_password, postgres_params
 #: Connections inherited over fork, kept referenced so they are never closed in the child (closing
 #: would send a Terminate on the parent's socket).
 _INHERITED: list[_rqueue.PostgresBroker] = []
+#: This process's connection to each ``(url, schema)``: the broker and the result backend of one
+#: database share it (one connection per process, not one per role).
+_OPEN: dict[tuple[str, str], _rqueue.PostgresBroker] = {}
+_OPEN_PID = [os.getpid()]
+
+
+def _connection(url: str, schema: str) -> _rqueue.PostgresBroker:
+    if _OPEN_PID[0] != os.getpid():  # forked: the parent's sockets are not ours
+        _INHERITED.extend(_OPEN.values())
+        _OPEN.clear()
+        _OPEN_PID[0] = os.getpid()
+    native = _OPEN.get((url, schema))
+    if native is None:
+        native = _OPEN[(url, schema)] = _rqueue.PostgresBroker(url, schema=schema)
+    return native
 
 
 class PostgresDatabase:
-    """One process's connection to a PostgreSQL database and schema, opened on first use in each
-    process; shared by the PostgreSQL broker and result backend."""
+    """A PostgreSQL database and schema, connected on first use in each process; shared by the
+    PostgreSQL broker and result backend."""
 
     def __init__(self, url: str, setting: str) -> None:
         self.url, self.schema = postgres_params(url, setting)
-        self._native: _rqueue.PostgresBroker | None = None
-        self._pid = -1
 
     @property
     def native(self) -> _rqueue.PostgresBroker:
-        """The connection of this process (a new one after a fork: a socket must not serve two)."""
-        if self._native is None or self._pid != os.getpid():
-            if self._native is not None:
-                _INHERITED.append(self._native)
-            self._native = _rqueue.PostgresBroker(self.url, schema=self.schema)
-            self._pid = os.getpid()
-        return self._native
+        """This process's connection (a new one after a fork: a socket must not serve two)."""
+        return _connection(self.url, self.schema)
 
     def same_store(self, url: str) -> bool:
         """Whether ``url`` names this database and schema (spelled the same way)."""
@@ -80,6 +88,11 @@ class PostgresBroker(NativeBroker, RevocationStore):
             schema=self._db.schema,
         )
         return self.native_consumer(thread)
+
+    def prepare_consumer(self, queues: Sequence[str], allow_eviction: bool) -> None:
+        """Connect now (creating or upgrading the schema): a worker whose database cannot be reached
+        says so at start instead of retrying in the background."""
+        _ = self.native
 
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
         self.native.revoke(task_ids, expires_at_ms)
