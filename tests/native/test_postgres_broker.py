@@ -44,6 +44,10 @@ def test_postgres_broker_priority_order_and_fairness(broker: PostgresBroker) -> 
     broker.publish_many([("a", b"a1", 0, None), ("a", b"a2", 0, None), ("a", b"a3", 0, None), ("b", b"b1", 0, None)])
     got = broker.fetch(["b", "a"], 3, "w", 60_000)
     assert [d.payload for d in got] == [b"b1", b"a1", b"a2"]
+    # one queue (its own statement): priority first, then FIFO
+    broker.publish_many([("s", b"p9", 9, None), ("s", b"p0a", 0, None), ("s", b"p5", 5, None), ("s", b"p0b", 0, None)])
+    assert [d.payload for d in broker.fetch(["s"], 3, "w", 60_000)] == [b"p0a", b"p0b", b"p5"]
+    assert [d.payload for d in broker.fetch(["s"], 3, "w", 60_000)] == [b"p9"]
 
 
 def test_postgres_broker_eta_not_delivered_early(broker: PostgresBroker) -> None:

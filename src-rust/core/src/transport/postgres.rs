@@ -591,12 +591,20 @@ impl PgBroker {
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease = i64::try_from(lease_ms).unwrap_or(i64::MAX);
-        let mut rows = self.with_conn(|c| {
-            let stmt = c.prep(FETCH_SQL)?;
-            c.client.query(&stmt, &[&queues, &limit, &owner, &lease])
+        let mut rows = self.with_conn(|c| match queues.as_slice() {
+            // One queue (the common case): no ranking across queues to do.
+            [queue] => {
+                let stmt = c.prep(FETCH_ONE_SQL)?;
+                c.client.query(&stmt, &[queue, &limit, &owner, &lease])
+            }
+            _ => {
+                let stmt = c.prep(FETCH_SQL)?;
+                c.client.query(&stmt, &[&queues, &limit, &owner, &lease])
+            }
         })?;
-        // RETURNING keeps no order: put the batch back in the order it was picked.
-        rows.sort_by_key(|r| r.get::<_, i64>(4));
+        // RETURNING keeps no order: put the batch back in the order it was picked (the rank of
+        // FETCH_SQL, unique; or the priority of FETCH_ONE_SQL, then the id).
+        rows.sort_by_key(|r| (r.get::<_, i64>(4), r.get::<_, i64>(0)));
         rows.iter()
             .map(|r| {
                 let deliveries: i32 = r.get(3);
@@ -1303,6 +1311,21 @@ FROM (
 ) picked
 WHERE m.id = picked.id
 RETURNING m.id, m.queue, m.payload, m.deliveries, picked.pick";
+
+/// [`FETCH_SQL`] for one queue (`$1`): the head of its waiting index, priority first, then FIFO.
+/// Column 4 and the id give the pick order.
+const FETCH_ONE_SQL: &str = "
+UPDATE {s}.messages m
+SET owner = $3, lease_until_ms = {now} + $4, deliveries = m.deliveries + 1
+FROM (
+    SELECT id FROM {s}.messages
+    WHERE queue = $1 AND owner IS NULL AND eta_ms <= {now}
+    ORDER BY priority, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) picked
+WHERE m.id = picked.id
+RETURNING m.id, m.queue, m.payload, m.deliveries, m.priority::bigint AS pick";
 
 /// Upserts a batch of results (one row per task id, see [`ResultColumns::of`]; a stored SUCCESS
 /// is never overwritten), acks messages and notifies result waiters,
