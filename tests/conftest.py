@@ -273,7 +273,8 @@ class PostgresServer:
     USER = "rqueue"
     PASSWORD = "pg-test-secret"
 
-    def __init__(self, tls: bool = False) -> None:
+    def __init__(self, tls: bool = False, durable: bool = False) -> None:
+        self.durable = durable
         bindir = postgres_bin()
         if bindir is None:
             pytest.skip("PostgreSQL is not installed (make postgresql installs it)")
@@ -326,10 +327,10 @@ class PostgresServer:
     def start(self) -> None:
         # fsync off: a test cluster need not survive a power loss (commits still reach the OS before
         # they return, so a crash of the server itself, ``stop("immediate")``, loses nothing).
-        options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c full_page_writes=off -c max_connections=300"
-        )
+        # ``durable`` keeps PostgreSQL's defaults (for figures that mean something).
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         if self.tls:
             cert, key = self.dir / "server.pem", self.dir / "server.key"
             options += f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"

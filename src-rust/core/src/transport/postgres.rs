@@ -57,6 +57,8 @@ pub const MAX_FETCH: usize = 10_000;
 pub const SWEEP_BATCH: i64 = 500;
 /// How long connecting may take when the URL does not say (`connect_timeout=` in seconds).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long data sent may stay unacknowledged by the server's host before the connection fails.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Expired results are deleted by writers at most this often per handle (one extra statement).
 const RESULT_CLEANUP_INTERVAL_MS: i64 = 1_000;
 /// Notification payloads longer than this (a very long queue name) are sent empty: every
@@ -289,8 +291,16 @@ impl PgBroker {
             pg.application_name("rqueue");
         }
         // A dead server (host gone, cable cut) is noticed within about a minute even on an idle
-        // connection, instead of after the kernel's two hours.
-        pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        // connection, instead of after the kernel's two hours; data it never acknowledges fails
+        // the connection after TCP_USER_TIMEOUT. (A server that is up but frozen still acknowledges:
+        // a statement to it waits until it answers.)
+        pg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
+        if pg.get_tcp_user_timeout().is_none() {
+            pg.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
         let schema_q = format!("\"{}\"", config.schema);
         let channel = channel_of(&config.schema);
         let results_channel = format!("{}.results", config.schema);
