@@ -71,6 +71,35 @@ def test_postgres_worker_resumes_after_the_server_restarts(project: Project, pos
     assert worker.proc.poll() is None
 
 
+@pytest.mark.slow
+def test_r4_postgres_killed_and_restarted_under_load(project: Project, postgres_server: PostgresServer) -> None:
+    """R4: the server crashes (immediate stop) while a worker drains 300 tasks, and comes back."""
+    n = 300
+    tasks = project.app()
+    results = tasks.sleep.delay_many([(0.02, f"r4-{i}") for i in range(n)])
+    worker = project.start_worker("-c", "2")
+    deadline = time.monotonic() + 30
+    while project.ledger_count() < 50:
+        assert time.monotonic() < deadline, "the worker is not draining"
+        time.sleep(0.05)
+    postgres_server.stop("immediate")
+    time.sleep(2.0)
+    assert worker.proc.poll() is None, "the worker must survive the outage"
+    ran_before = project.ledger_count()
+    postgres_server.start()
+    restarted = time.monotonic()
+    while project.ledger_count() < ran_before + 20:
+        assert time.monotonic() - restarted < 10, "consuming did not resume within 10 s"
+        time.sleep(0.05)
+    resume_s = time.monotonic() - restarted
+    assert [r.get(timeout=60) for r in results] == [0.02] * n
+    keys = [key for key, _pid, _at in project.ledger_rows()]
+    lost = {f"r4-{i}" for i in range(n)} - set(keys)
+    print(f"\nR4 [postgres] resumed-after={resume_s:.2f}s lost={len(lost)} duplicates={len(keys) - len(set(keys))}")
+    assert lost == set()
+    assert worker.proc.poll() is None and len(project.workers) == 1  # no manual restart
+
+
 def test_postgres_server_down_is_a_clear_error(tmp_path: Path) -> None:
     url = f"postgresql://rqueue:pw-secret@127.0.0.1:{free_port()}/x?connect_timeout=2"
     app = App("t", broker=url, backend=url)
