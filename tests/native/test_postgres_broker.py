@@ -289,3 +289,17 @@ def test_postgres_consumer_set_queues_and_bad_schema(broker: PostgresBroker, pos
         consumer.stop()
     with pytest.raises(ConfigurationError, match="schema name"):
         PostgresConsumer(postgres_url, ["q"], "w", buf, schema="1bad")
+
+
+def test_postgres_result_waits_wake_on_store_and_do_not_block_other_threads(broker: PostgresBroker) -> None:
+    mark = broker.results_seen()
+    waiter = threading.Thread(target=broker.wait_results, args=(mark, 2.0))
+    waiter.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    broker.results_seen()  # another thread's mark while the first one waits
+    assert time.monotonic() - started < 0.5
+    broker.store_results([("t", "SUCCESS", "application/json", b"1", None)])  # on its other connection
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert time.monotonic() - started < 1.5  # woken by the store, not by its 2 s timeout

@@ -59,6 +59,10 @@ pub const SWEEP_BATCH: i64 = 500;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long data sent may stay unacknowledged by the server's host before the connection fails.
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest single wait for a results notification while the listener is held.
+const RESULTS_WAIT_SLICE: Duration = Duration::from_millis(20);
+/// How often a thread whose client's listener is held by another thread looks at the count.
+const RESULTS_WATCH_INTERVAL: Duration = Duration::from_micros(200);
 /// Expired results are deleted by writers at most this often per handle (one extra statement).
 const RESULT_CLEANUP_INTERVAL_MS: i64 = 1_000;
 /// Notification payloads longer than this (a very long queue name) are sent empty: every
@@ -689,6 +693,7 @@ impl PgBroker {
     /// The results bell's mark: read it before reading a result, pass it to
     /// [`PgBroker::wait_results`]. The first call opens this handle's listening connection.
     pub fn results_seen(&self) -> Result<u32> {
+        // While another thread of this client holds the listener, it counts what arrives.
         self.drain_results(None)?;
         Ok(self.results_seen.load(Ordering::SeqCst))
     }
@@ -696,21 +701,30 @@ impl PgBroker {
     /// Waits up to `timeout` for results to be stored (by any client, in this schema) after
     /// `seen` was read.
     pub fn wait_results(&self, seen: u32, timeout: Duration) -> Result<()> {
-        self.drain_results(None)?;
-        if self.results_seen.load(Ordering::SeqCst) != seen {
-            return Ok(());
+        // One thread at a time waits on the listener, in short slices; the others watch the count
+        // it keeps, so a waiting thread never holds up another one's mark.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let now = std::time::Instant::now();
+            if self.results_seen.load(Ordering::SeqCst) != seen || now >= deadline {
+                return Ok(());
+            }
+            if !self.drain_results(Some((deadline - now).min(RESULTS_WAIT_SLICE)))? {
+                std::thread::sleep((deadline - now).min(RESULTS_WATCH_INTERVAL));
+            }
         }
-        self.drain_results(Some(timeout))
     }
 
     /// Counts the results notifications received (the first within `wait` when none is pending)
     /// on the listening connection. A broken one (a restarted server) is replaced once; opening
     /// one counts as a notification, since results may have been stored meanwhile.
-    fn drain_results(&self, wait: Option<Duration>) -> Result<()> {
-        let mut guard = self
-            .results_listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    /// Returns false, doing nothing, when another thread holds the listener (it counts).
+    fn drain_results(&self, wait: Option<Duration>) -> Result<bool> {
+        let mut guard = match self.results_listener.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
         let mut retried = false;
         loop {
             let conn = match guard.as_mut() {
@@ -738,7 +752,7 @@ impl PgBroker {
             match got {
                 Ok(n) => {
                     self.results_seen.fetch_add(n, Ordering::SeqCst);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(e) => {
                     *guard = None;
