@@ -540,9 +540,18 @@ class AmqpBroker:
         """Put dead letters (by id) back in their queue with a fresh delivery count."""
     def purge_dead(self, queue: str | None = None) -> int: ...
     def declare_transient(
-        self, exchange: str, exchange_type: str, queue: str, routing_key: str, ttl_ms: int, expires_ms: int
+        self,
+        exchange: str,
+        exchange_type: str,
+        queue: str,
+        routing_key: str,
+        ttl_ms: int,
+        expires_ms: int,
+        durable_exchange: bool = False,
     ) -> None:
-        """Declare a non-durable exchange and (unless ``queue`` is empty) a self-deleting queue bound to it."""
+        """Declare an exchange (non-durable unless ``durable_exchange``: flags must match other
+        declarers', e.g. Celery's durable ``celeryev``) and (unless ``queue`` is empty) a
+        self-deleting queue bound to it."""
     def publish_transient(self, exchange: str, routing_key: str, body: bytes, headers: str) -> None:
         """Publish a transient JSON message with ``headers`` (a JSON object's text)."""
     def listen(self, queue: str) -> None:

@@ -140,6 +140,42 @@ class Mailbox(ABC):
         """Send ``body`` (``{hostname: reply}``) to a client's reply address."""
 
 
+#: Celery's event exchange (``event_exchange``): a topic exchange on RabbitMQ, PUB/SUB channels
+#: ``/<db>.celeryev/<routing key>`` on Redis.
+EVENT_EXCHANGE = "celeryev"
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Something received on the event stream that is not a message at all (not a kombu envelope,
+    not JSON): what it was and why it was refused, for the receiver to report."""
+
+    reason: str
+    data: bytes
+
+
+class EventChannel(ABC):
+    """Celery's event stream over the broker: workers and producers publish, monitors (Flower,
+    ``celery events``, ``rqueue events``) receive. Events are transient: a receiver gets those
+    published while it is subscribed, and none is stored for later."""
+
+    @abstractmethod
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        """Publish one JSON body (an event dict, or a list of them under ``task.multi``) with its
+        routing key (the event type with ``-`` as ``.``) and the sender's node name (a header)."""
+
+    @abstractmethod
+    def subscribe(self) -> None:
+        """Start receiving every event published from now on."""
+
+    @abstractmethod
+    def receive(self, timeout_s: float) -> list[bytes | Malformed]:
+        """The JSON bodies received since the last call, waiting up to ``timeout_s`` for the first."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop receiving and let go of what the subscription holds."""
+
+
 class Broker(ABC):
     """What every broker does: publish, consume, purge, count, and carry remote control.
 
@@ -178,6 +214,10 @@ class Broker(ABC):
     @abstractmethod
     def mailbox(self) -> Mailbox:
         """A new remote-control endpoint on this broker (one per listener or client call)."""
+
+    def events(self) -> EventChannel:
+        """A new endpoint on Celery's event stream (one per sender or receiver)."""
+        raise ConfigurationError(f"{self!r} does not carry events (Celery's event protocol)")
 
 
 def owner_id(hostname: str, pid: int) -> str:

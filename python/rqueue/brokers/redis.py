@@ -7,6 +7,7 @@ second, not on the hot path) use redis-py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Mailbox, NativeBroker, NativeConsumer, RevocationStore
+from rqueue.brokers.base import (
+    EVENT_EXCHANGE,
+    EventChannel,
+    Mailbox,
+    Malformed,
+    NativeBroker,
+    NativeConsumer,
+    RevocationStore,
+)
 from rqueue.exceptions import BrokerError, ConfigurationError
 from rqueue.urls import mask_password, redis_py_url
 
@@ -190,6 +199,14 @@ class RedisBroker(NativeBroker, RevocationStore):
     def mailbox(self) -> RedisMailbox:
         return RedisMailbox(self)
 
+    def events(self) -> RedisEvents:
+        return RedisEvents(self)
+
+    def fanout_channel(self, exchange: str) -> str:
+        """kombu's PUB/SUB channel of a fanout exchange (``fanout_prefix``: ``/<db>.<exchange>``)."""
+        db = self.client.connection_pool.connection_kwargs.get("db", 0)
+        return f"{self.global_keyprefix}/{db}.{exchange}"
+
     @contextmanager
     def _as_broker_error(self) -> Iterator[None]:
         """redis-py's errors leave as BrokerError, like the extension's, with the password masked."""
@@ -214,8 +231,7 @@ class RedisMailbox(Mailbox):
 
     @property
     def _channel(self) -> str:
-        db = self.broker.client.connection_pool.connection_kwargs.get("db", 0)
-        return f"{self.broker.global_keyprefix}/{db}.{PIDBOX_EXCHANGE}"
+        return self.broker.fanout_channel(PIDBOX_EXCHANGE)
 
     def reply_address(self) -> dict[str, str]:
         oid = str(uuid.uuid4())
@@ -293,15 +309,75 @@ class RedisMailbox(Mailbox):
         return f"{self.broker.global_keyprefix}{reply_to['routing_key']}.{reply_to['exchange']}"
 
 
+class RedisEvents(EventChannel):
+    """Celery's events on Redis, as kombu's fanout exchange with ``fanout_patterns`` sends them: each
+    message (a kombu envelope) is PUBLISHed on ``/<db>.celeryev/<routing key>``; receivers
+    PSUBSCRIBE to ``/<db>.celeryev/*``."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self._pubsub: Any = None
+        self._prefix = ""
+
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        if not self._prefix:
+            self._prefix = self.broker.fanout_channel(EVENT_EXCHANGE) + "/"
+        envelope = _envelope_bytes(body, {"hostname": hostname}, EVENT_EXCHANGE, routing_key)
+        with self.broker._as_broker_error():
+            self.broker.client.publish(self._prefix + routing_key, envelope)
+
+    def subscribe(self) -> None:
+        with self.broker._as_broker_error():
+            self._pubsub = self.broker.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.psubscribe(self.broker.fanout_channel(EVENT_EXCHANGE) + "/*")
+
+    def receive(self, timeout_s: float) -> list[bytes | Malformed]:
+        if self._pubsub is None:
+            self.subscribe()
+        found: list[bytes | Malformed] = []
+        with self.broker._as_broker_error():
+            message = self._pubsub.get_message(timeout=timeout_s)
+            while message is not None:
+                if message.get("type") in ("pmessage", "message"):
+                    found.append(_envelope_body(message["data"]))
+                message = self._pubsub.get_message(timeout=0)
+        return found
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):  # closing: a broken connection has nothing to release
+                self._pubsub.close()
+            self._pubsub = None
+
+
+def _envelope_body(data: bytes) -> bytes | Malformed:
+    """The body of a kombu envelope as bytes (JSON bodies only), or why it is not one."""
+    try:
+        message = json.loads(data)
+        body = message["body"]
+        if message.get("content-type", "application/json") != "application/json":
+            return Malformed(f"content type {message.get('content-type')!r} is not JSON", data)
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            return base64.b64decode(body)
+        return body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return Malformed(f"not a kombu message ({type(exc).__name__}: {exc})", data)
+
+
 def _binding(oid: str) -> str:
     return f"{oid}{SEP}{SEP}{oid}.{REPLY_EXCHANGE}"
 
 
 def _envelope(body: Any, headers: dict[str, Any], exchange: str, routing_key: str) -> bytes:
     """A kombu message as its Redis transport stores it: the JSON body base64-encoded inside."""
+    return _envelope_bytes(json.dumps(body).encode(), headers, exchange, routing_key)
+
+
+def _envelope_bytes(body: bytes, headers: dict[str, Any], exchange: str, routing_key: str) -> bytes:
+    """``_envelope`` of a body already encoded as JSON."""
     return json.dumps(
         {
-            "body": base64.b64encode(json.dumps(body).encode()).decode(),
+            "body": base64.b64encode(body).decode(),
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": headers,

@@ -203,6 +203,13 @@ def help_(ctx: click.Context) -> None:
 @click.option(
     "--soft-time-limit", type=click.FloatRange(min=0, min_open=True), help="Soft time limit of every task, s."
 )
+@click.option(
+    "-E",
+    "--task-events",
+    is_flag=True,
+    default=None,
+    help="Send task events (Flower, `rqueue events`) [default: worker_send_task_events]; heartbeats are always sent.",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -229,6 +236,7 @@ def worker(
     max_memory_per_child: int | None,
     time_limit: float | None,
     soft_time_limit: float | None,
+    task_events: bool | None,
 ) -> None:
     """Start a worker that runs the app's tasks."""
     from rqueue.nodenames import has_process_index, log_per_process  # noqa: PLC0415
@@ -273,6 +281,7 @@ def worker(
             pidfile=pidfile,
             statedb=statedb,
             redirect_stdouts=logfile is not None,
+            task_events=task_events or None,
         ).start()
     except RQueueError as exc:
         fail(str(exc), 1)
@@ -595,8 +604,9 @@ def _add_subcommands() -> None:
     cli.add_command(control)
     cli.add_command(inspect)
     cli.add_command(status)
-    from rqueue.cli.ops import report, shell  # noqa: PLC0415 - it imports this module's helpers
+    from rqueue.cli.ops import events, report, shell  # noqa: PLC0415 - it imports this module's helpers
 
+    cli.add_command(events)
     cli.add_command(report)
     cli.add_command(shell)
 

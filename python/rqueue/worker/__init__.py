@@ -22,6 +22,7 @@ from rqueue.utils.log import TASK_LOGGER_NAME, EscapeUntrusted, redirect_stdouts
 from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
+from rqueue.worker.events import EventSwitch, Heart
 from rqueue.worker.hooks import Hooks, WorkerHook
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.ratelimit import RateLimits
@@ -52,6 +53,8 @@ class Worker:
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
         hooks: Called at the worker's hook points in every process (``rqueue.worker.hooks``).
+        task_events: Send task events (``-E``; default ``worker_send_task_events``). Heartbeats
+            are sent either way; ``enable_events``/``disable_events`` switch them at run time.
 
     Attributes:
         rate_limits: The node's task rate limits, shared by every process and thread of the
@@ -73,6 +76,7 @@ class Worker:
         statedb: str | None = None,
         hooks: Sequence[WorkerHook] = (),
         redirect_stdouts: bool = False,
+        task_events: bool | None = None,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -96,7 +100,13 @@ class Worker:
         self.statedb = statedb
         #: Log ``print()`` output after the banner (a worker logging to a file: it would be lost).
         self.redirect_stdouts = redirect_stdouts
-        self.hooks = Hooks(hooks)
+        if task_events is None:
+            task_events = bool(conf.worker_send_task_events)
+        #: Whether the node sends task events now; made here, before the prefork pool forks, so
+        #: the control commands that switch it reach every child.
+        self.events = EventSwitch(task_events)
+        self.hooks = Hooks(hooks, events=self.events)
+        self.heart: Heart | None = None
         #: Set once the worker takes work (``worker_ready``); tests running a worker in a thread wait on it.
         self.ready = threading.Event()
         self.consumer: Consumer | None = None
@@ -150,6 +160,7 @@ class Worker:
                     pool.autoscale = self.autoscale
                 control = ControlServer(self, pool)
                 control.listen()
+                self.heart = control.heart = Heart(self.app.broker, self.hostname, pool.counts)
 
                 def on_signal(signum: int) -> None:
                     self._announce_shutdown(signum, pool.shutdown + 1)
@@ -159,11 +170,18 @@ class Worker:
                 return pool.run(on_ready=self._ready, on_idle=control.serve)
             return self._run_in_process(self.revoked)
         finally:
+            if self.heart is not None:
+                self._stop_heart(self.heart)
             self.revoked.save()
             self._release_pidfile()
             signals.worker_shutdown.send(sender=self)
 
     def _ready(self) -> None:
+        if self.heart is not None:
+            try:
+                self.heart.start()
+            except Exception:  # monitoring must not keep the node from working
+                logger.exception("Could not send the worker-online event")
         logger.info("%s ready.", self.hostname)
         self.ready.set()
         signals.worker_ready.send(sender=self)
@@ -242,8 +260,10 @@ class Worker:
             install_shutdown_handlers(on_signal)
             install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
         self.consumer = consumer
-        control = ControlServer(self, InProcess(consumer))
+        processes = InProcess(consumer)
+        control = ControlServer(self, processes)
         control.listen()
+        self.heart = control.heart = Heart(self.app.broker, self.hostname, processes.counts)
         threading.Thread(target=control.serve_until, args=(lambda: consumer.stopping,), daemon=True).start()
         if self.pool == "solo":  # Celery's solo pool announces its one process too
             signals.worker_process_init.send(sender=None)
@@ -251,6 +271,13 @@ class Worker:
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)
         return 0 if consumer.failure is None else 1
+
+    def _stop_heart(self, heart: Heart) -> None:
+        """``worker-offline``, once the node's tasks are done (their last events sent first)."""
+        try:
+            heart.stop()
+        except Exception:
+            logger.exception("Could not send the worker-offline event")
 
     def _warn_unenforced_options(self) -> None:
         """Say so when tasks set hard time limits this pool cannot enforce, rather than ignore them quietly."""

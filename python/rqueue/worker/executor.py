@@ -124,6 +124,11 @@ class Executor:
         self.complete = completer_for(consumer, self.backend)
         #: None when no hook is installed, so the hot path pays one comparison.
         self.hooks = hooks if hooks else None
+        #: The node's task-events switch, read when a batch opens: the hooks with and without
+        #: the task-events hook (made when events are first on in this process).
+        self.events = hooks.events if hooks is not None else None
+        self._hooks_off = self.hooks
+        self._hooks_on: Hooks | None = None
         self.hostname = hostname
         conf = app.conf
         self.accept = serialization.accepted_content_types(conf.accept_content)
@@ -155,11 +160,24 @@ class Executor:
         """
         if self.batch_since is None:
             self.batch_since = time.monotonic()
+            if self.events is not None:
+                self._switch_events(self.events.on)
         admitted = self.admit(delivery, msg)
         if isinstance(admitted, Admitted):
             self.settle(admitted, self.run(admitted))
             return None
         return admitted  # deferred for its rate limit, or None: dealt with
+
+    def _switch_events(self, on: bool) -> None:
+        """Use the hooks with task events while the node's switch is on."""
+        if not on:
+            self.hooks = self._hooks_off
+            return
+        if self._hooks_on is None:
+            assert self.events is not None
+            installed = self._hooks_off.installed if self._hooks_off is not None else ()
+            self._hooks_on = Hooks([*installed, self.events.hook(self.app.broker, self.hostname)])
+        self.hooks = self._hooks_on
 
     def admit(  # noqa: PLR0911, PLR0912, PLR0915 - one check after another; each return is an outcome
         self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None

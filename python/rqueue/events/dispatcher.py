@@ -1,0 +1,242 @@
+"""Sending Celery's events: the common fields, the Lamport clock, and publishing in batches.
+
+An event is a flat JSON object: ``type`` (``task-succeeded``, ``worker-heartbeat`` ...) and the
+fields every event carries (``hostname``, ``timestamp``, ``utcoffset``, ``pid``, ``clock``), then
+its own. A background dispatcher (a worker process's task events) only queues an event; its
+sender thread publishes what has queued since the last publish, consecutive task events as one
+list under ``task.multi`` (as a Celery worker flushes its event buffer), so a busy worker sends a
+few large messages rather than three per task. A synchronous dispatcher (heartbeats, a
+producer's ``task-sent``) publishes each event at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import platform
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rqueue import __version__, _rqueue
+from rqueue.exceptions import BrokerError
+
+if TYPE_CHECKING:
+    from rqueue.brokers.base import Broker, EventChannel
+
+logger = logging.getLogger("rqueue.events")
+
+#: What ``sw_ident``, ``sw_ver`` and ``sw_sys`` say in worker events (Celery's ``py-celery``).
+SOFTWARE_INFO = {"sw_ident": "py-rqueue", "sw_ver": __version__, "sw_sys": platform.system()}
+#: Most events one publish carries (a ``task.multi`` list).
+MAX_BATCH = 500
+#: While the broker cannot be reached, at most this many events wait to be sent; older ones go.
+MAX_PENDING = 10_000
+#: After a failed publish, the sender waits this long before trying again...
+RETRY_PAUSE_S = 0.5
+#: ...and says so in the log at most this often.
+WARN_EVERY_S = 30.0
+#: How long ``close`` waits for the sender thread to publish what is queued.
+CLOSE_TIMEOUT_S = 5.0
+#: The utcoffset is read from the clock at most this often (it changes with daylight saving only).
+UTCOFFSET_REFRESH_S = 60.0
+
+_STOP = object()
+
+
+def utcoffset() -> float:
+    """Hours west of UTC now (Celery's sign: UTC+2 is -2), as Celery puts in ``utcoffset``."""
+    west_s = time.altzone if time.localtime().tm_isdst and time.daylight else time.timezone
+    return west_s / 3600
+
+
+def routing_key(event_type: str) -> str:
+    """The routing key of an event type (``task-succeeded`` → ``task.succeeded``)."""
+    return event_type.replace("-", ".")
+
+
+class EventDispatcher:
+    """Sends events for one node (``hostname``) from this process.
+
+    Args:
+        broker: The broker whose event stream carries them.
+        hostname: The node name events come from (``worker@host``, or a producer's ``gen<pid>@host``).
+        background: Queue events and publish them from a sender thread (started at the first
+            event; make the dispatcher in the process that sends, after any fork). Otherwise
+            ``send`` publishes at once.
+        pid: The ``pid`` events carry (default this process's; a prefork child sends its node's
+            main process's, as a Celery worker's events all carry).
+    """
+
+    def __init__(self, broker: Broker, hostname: str, *, background: bool = False, pid: int | None = None) -> None:
+        self.broker = broker
+        self.hostname = hostname
+        self.background = background
+        self.pid = os.getpid() if pid is None else pid
+        self._clock = itertools.count(1)
+        self._last_clock = 0
+        self._offset = utcoffset()
+        self._offset_at = time.monotonic()
+        self._channel: EventChannel | None = None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        #: Serializes the start of the sender thread, and synchronous publishes (any thread may send).
+        self._lock = threading.Lock()
+        self._pending: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING)
+        self._warned_at = -WARN_EVERY_S
+        self._closed = False
+        #: Events published and events dropped (the broker away too long, or closed), for tests and stats.
+        self.sent = 0
+        self.dropped = 0
+
+    # -- sending ------------------------------------------------------------------------------------
+
+    def event(self, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` completed with the type and the common fields (the dict itself, updated)."""
+        now = time.monotonic()
+        if now - self._offset_at > UTCOFFSET_REFRESH_S:
+            self._offset, self._offset_at = utcoffset(), now
+        fields["type"] = event_type
+        fields["hostname"] = self.hostname
+        fields["utcoffset"] = self._offset
+        fields["pid"] = self.pid
+        fields["clock"] = self._last_clock = next(self._clock)
+        fields["timestamp"] = time.time()
+        return fields
+
+    def clock_value(self) -> int:
+        """The Lamport clock of the last event sent (``inspect stats``' ``clock``)."""
+        return self._last_clock
+
+    def send(self, event_type: str, **fields: Any) -> None:
+        """Send one event; fields must be JSON-serializable. Never raises for the broker: an event
+        that cannot be sent is logged (at most every ``WARN_EVERY_S``) and kept for a while."""
+        event = self.event(event_type, fields)
+        if self.background:
+            if self._thread is None:
+                self._start()
+            self._queue.put(event)
+        else:
+            with self._lock:
+                self._publish([*self._pending, event])
+
+    def flush(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
+        """Wait until the events queued so far are published (or given up); True when they were."""
+        if not self.background:
+            with self._lock:
+                if self._pending:
+                    self._publish(list(self._pending))
+                return not self._pending
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Publish what is queued (waiting up to ``timeout_s``), then stop the sender thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout_s)
+        else:
+            self.flush()
+        if self._channel is not None:
+            self._channel.close()
+
+    # -- publishing ---------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="rqueue-events", daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _run(self) -> None:
+        """The sender thread: publish whatever queued since the last publish, in order."""
+        get = self._queue.get
+        while True:
+            try:
+                item = get(timeout=RETRY_PAUSE_S) if self._pending else get()
+            except queue.Empty:
+                self._publish(list(self._pending))
+                continue
+            batch = list(self._pending)
+            waiters: list[threading.Event] = []
+            stop = False
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._publish(batch)
+            for waiter in waiters:
+                waiter.set()
+            if stop:
+                if self._pending:
+                    self.dropped += len(self._pending)
+                    logger.warning("%d event(s) could not be sent before closing", len(self._pending))
+                return
+
+    def _publish(self, events: Sequence[dict[str, Any]]) -> None:
+        """Publish ``events`` in order, consecutive task events as one ``task.multi`` list; on a
+        broker error, keep what was not sent (at most ``MAX_PENDING``) for the next try."""
+        self._pending.clear()
+        if not events:
+            return
+        start = 0
+        try:
+            channel = self._channel
+            if channel is None:
+                channel = self._channel = self.broker.events()
+            while start < len(events):
+                end = start + 1
+                if events[start]["type"].startswith("task-"):
+                    while end < len(events) and end - start < MAX_BATCH and events[end]["type"].startswith("task-"):
+                        end += 1
+                run = events[start:end]
+                body = self._encode(run[0] if len(run) == 1 else list(run))
+                if body is None and len(run) > 1:  # one field in the run is not JSON: send the others
+                    run = [event for event in run if self._encode(event) is not None]
+                    body = self._encode(run) if run else None
+                if body is not None:
+                    key = routing_key(run[0]["type"]) if len(run) == 1 else "task.multi"
+                    channel.publish(key, body, self.hostname)
+                    self.sent += len(run)
+                start = end
+        except (BrokerError, OSError) as exc:
+            left = events[start:]
+            overflow = max(0, len(left) - MAX_PENDING)
+            self.dropped += overflow
+            self._pending.extend(left[overflow:])
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_EVERY_S:
+                self._warned_at = now
+                logger.warning("Cannot send %d event(s) for now (%s); they are kept and sent again", len(left), exc)
+
+    def _encode(self, body: dict[str, Any] | list[dict[str, Any]]) -> bytes | None:
+        """The JSON of an event or a list of them; None (logged, counted as dropped) when a field
+        is not JSON-serializable."""
+        try:
+            return _rqueue.dumps(body)
+        except Exception as exc:  # a custom event's field: the event goes, the sender stays
+            if isinstance(body, dict):
+                self.dropped += 1
+                logger.error("Event %s dropped: a field is not JSON-serializable: %s", body.get("type"), exc)
+            return None

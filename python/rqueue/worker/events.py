@@ -1,0 +1,183 @@
+"""A worker's events: task events from the executor's hook points, and the node's heartbeat.
+
+Task events are switched on and off for the whole node at once (``-E``, the ``enable_events`` /
+``disable_events`` control commands) through one byte of memory shared with the prefork children;
+an executor reads it when it opens a batch, so a worker with events off pays one byte read per
+batch. Each process that runs tasks sends its own task events from a background sender thread;
+the node's main process sends ``worker-online``, a ``worker-heartbeat`` every ``HEARTBEAT_S``
+(with or without task events, as Celery does) and ``worker-offline``.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import time
+import traceback as tb
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rqueue.events import HEARTBEAT_S, SOFTWARE_INFO, EventDispatcher
+from rqueue.request import MessageRequest
+from rqueue.worker.hooks import WorkerHook
+
+if TYPE_CHECKING:
+    from rqueue.brokers.base import Broker
+    from rqueue.request import Request
+
+logger = logging.getLogger("rqueue.worker")
+
+#: Reprs of results, arguments and exceptions in task events are cut to this many characters
+#: (Celery's ``resultrepr_maxsize`` and ``argsrepr`` limit).
+REPR_MAX = 1024
+
+
+class EventSwitch:
+    """Whether the node sends task events, in memory shared by all its processes (an anonymous
+    mmap made before the prefork pool forks: a change reaches every child at once)."""
+
+    def __init__(self, on: bool) -> None:
+        self._mem = mmap.mmap(-1, 1)
+        self._mem[0] = 1 if on else 0
+        #: The node's main process: every event of the node carries its pid.
+        self.node_pid = os.getpid()
+        self._process: tuple[int, TaskEvents] | None = None
+
+    @property
+    def on(self) -> bool:
+        return self._mem[0] == 1
+
+    def set(self, on: bool) -> bool:
+        """Switch task events on or off; True when that changed anything."""
+        changed = self.on != on
+        self._mem[0] = 1 if on else 0
+        return changed
+
+    def hook(self, broker: Broker, hostname: str) -> TaskEvents:
+        """The task-events hook of this process (made at its first use in each process)."""
+        pid = os.getpid()
+        if self._process is None or self._process[0] != pid:
+            dispatcher = EventDispatcher(broker, hostname, background=True, pid=self.node_pid)
+            self._process = (pid, TaskEvents(dispatcher))
+        return self._process[1]
+
+    def close_process(self) -> None:
+        """Send what this process's task events still queue (before the process stops)."""
+        if self._process is not None and self._process[0] == os.getpid():
+            self._process[1].dispatcher.close()
+            self._process = None
+
+
+class TaskEvents(WorkerHook):
+    """Sends Celery's task events at the executor's hook points, with Celery's fields."""
+
+    def __init__(self, dispatcher: EventDispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.send = dispatcher.send
+
+    def received(self, request: Request) -> None:
+        if isinstance(request, MessageRequest):
+            msg = request.message
+            args, kwargs = msg.argsrepr, msg.kwargsrepr
+        else:
+            args = kwargs = None
+        self.send(
+            "task-received",
+            uuid=request.id,
+            name=request.task,
+            args=args if args is not None else _repr(tuple(request.args)),
+            kwargs=kwargs if kwargs is not None else _repr(request.kwargs),
+            root_id=request.root_id,
+            parent_id=request.parent_id,
+            retries=request.retries,
+            eta=request.eta,
+            expires=request.expires,
+        )
+
+    def started(self, request: Request) -> None:
+        self.send("task-started", uuid=request.id)
+
+    def succeeded(self, request: Request, result: Any, runtime_s: float) -> None:
+        self.send("task-succeeded", uuid=request.id, result=_repr(result), runtime=runtime_s)
+
+    def failed(self, request: Request, exc: BaseException, traceback: str, runtime_s: float) -> None:
+        self.send("task-failed", uuid=request.id, exception=_repr(exc), traceback=traceback)
+
+    def retried(self, request: Request, reason: BaseException) -> None:
+        trace = "".join(tb.format_exception(type(reason), reason, reason.__traceback__))
+        self.send("task-retried", uuid=request.id, exception=_repr(reason), traceback=trace)
+
+    def revoked(self, request: Request, reason: str) -> None:
+        self.send(
+            "task-revoked",
+            uuid=request.id,
+            terminated=reason == "terminated",
+            signum=None,
+            expired=reason == "expired",
+        )
+
+    def rejected(self, task_id: str | None, reason: str, requeue: bool) -> None:
+        if task_id is not None:  # a message too broken to name its task: nothing to show it under
+            self.send("task-rejected", uuid=task_id, requeue=requeue)
+
+
+class Heart:
+    """The node's ``worker-online``, ``worker-heartbeat`` (every ``HEARTBEAT_S``) and
+    ``worker-offline``, sent from its main process; ``tick`` is called from its control loop.
+
+    ``counts()`` gives ``(active, processed)``: tasks running now, and run since the start.
+    """
+
+    def __init__(self, broker: Broker, hostname: str, counts: Callable[[], tuple[int, int]]) -> None:
+        self.dispatcher = EventDispatcher(broker, hostname)
+        self.counts = counts
+        self._next_at: float | None = None
+
+    def start(self) -> None:
+        self._send("worker-online")
+        self._next_at = time.monotonic() + HEARTBEAT_S
+
+    def tick(self) -> None:
+        """Send the heartbeat when it is due."""
+        if self._next_at is not None and time.monotonic() >= self._next_at:
+            self.beat()
+
+    def beat(self) -> None:
+        """Send a heartbeat now (the ``heartbeat`` control command, a monitor that just started)."""
+        self._send("worker-heartbeat")
+        self._next_at = time.monotonic() + HEARTBEAT_S
+
+    def stop(self) -> None:
+        if self._next_at is None:
+            return
+        self._next_at = None
+        self._send("worker-offline")
+        self.dispatcher.close()
+
+    def _send(self, event_type: str) -> None:
+        try:
+            active, processed = self.counts()
+        except Exception:  # a count must not stop the heartbeat that says the node is alive
+            logger.exception("Counting tasks for the %s event failed", event_type)
+            active, processed = 0, 0
+        self.dispatcher.send(
+            event_type, freq=HEARTBEAT_S, active=active, processed=processed, loadavg=load_average(), **SOFTWARE_INFO
+        )
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded as Celery sends them (zeros where unknown)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return [0.0, 0.0, 0.0]
+
+
+def _repr(value: object) -> str:
+    """A repr cut to ``REPR_MAX`` characters; one that raises is named, not raised."""
+    try:
+        text = repr(value)
+    except Exception as exc:
+        return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
+    return text if len(text) <= REPR_MAX else text[:REPR_MAX] + "..."
