@@ -80,7 +80,7 @@ class EventDispatcher:
         self._clock = itertools.count(1)
         self._last_clock = 0
         self._offset = utcoffset()
-        self._offset_at = time.monotonic()
+        self._offset_at = time.time()
         self._channel: EventChannel | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -89,6 +89,8 @@ class EventDispatcher:
         self._pending: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING)
         self._warned_at = -WARN_EVERY_S
         self._closed = False
+        #: True while only task events were queued: a batch is then one ``task.multi`` list as it is.
+        self._only_tasks = True
         #: Events published and events dropped (the broker away too long, or closed), for tests and stats.
         self.sent = 0
         self.dropped = 0
@@ -97,15 +99,15 @@ class EventDispatcher:
 
     def event(self, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         """``fields`` completed with the type and the common fields (the dict itself, updated)."""
-        now = time.monotonic()
-        if now - self._offset_at > UTCOFFSET_REFRESH_S:
+        now = time.time()
+        if not 0 <= now - self._offset_at < UTCOFFSET_REFRESH_S:  # (the wall clock may step back)
             self._offset, self._offset_at = utcoffset(), now
         fields["type"] = event_type
         fields["hostname"] = self.hostname
         fields["utcoffset"] = self._offset
         fields["pid"] = self.pid
         fields["clock"] = self._last_clock = next(self._clock)
-        fields["timestamp"] = time.time()
+        fields["timestamp"] = now
         return fields
 
     def clock_value(self) -> int:
@@ -117,12 +119,22 @@ class EventDispatcher:
         that cannot be sent is logged (at most every ``WARN_EVERY_S``) and kept for a while."""
         event = self.event(event_type, fields)
         if self.background:
+            if event_type[:5] != "task-":
+                self._only_tasks = False
             if self._thread is None:
                 self._start()
             self._queue.put(event)
         else:
             with self._lock:
                 self._publish([*self._pending, event])
+
+    def send_task_event(self, event_type: str, fields: dict[str, Any]) -> None:
+        """``send`` for a worker's task events (a background dispatcher; ``fields`` is used as
+        the event): the executor's hot path, so without keyword packing or checks."""
+        self.event(event_type, fields)
+        if self._thread is None:
+            self._start()
+        self._queue.put(fields)
 
     def flush(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
         """Wait until the events queued so far are published (or given up); True when they were."""
@@ -205,6 +217,13 @@ class EventDispatcher:
             channel = self._channel
             if channel is None:
                 channel = self._channel = self.broker.events()
+            only_tasks = self._only_tasks or all(e["type"][:5] == "task-" for e in events)
+            if only_tasks and 1 < len(events) <= MAX_BATCH:
+                body = self._encode(list(events))  # the usual batch of a worker: one list, one publish
+                if body is not None:
+                    channel.publish("task.multi", body, self.hostname)
+                    self.sent += len(events)
+                    return
             while start < len(events):
                 end = start + 1
                 if events[start]["type"].startswith("task-"):

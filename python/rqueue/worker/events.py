@@ -18,6 +18,7 @@ import traceback as tb
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rqueue._rqueue import format_iso8601_ms
 from rqueue.events import HEARTBEAT_S, SOFTWARE_INFO, EventDispatcher
 from rqueue.request import MessageRequest
 from rqueue.worker.hooks import WorkerHook
@@ -70,56 +71,64 @@ class EventSwitch:
 
 
 class TaskEvents(WorkerHook):
-    """Sends Celery's task events at the executor's hook points, with Celery's fields."""
+    """Sends Celery's task events at the executor's hook points, with Celery's fields.
+
+    Its points never raise (an executor with no other hook calls them directly, not through
+    ``Hooks``): events are queued, and reprs that fail are named instead."""
 
     def __init__(self, dispatcher: EventDispatcher) -> None:
         self.dispatcher = dispatcher
-        self.send = dispatcher.send
+        self.send = dispatcher.send_task_event
 
     def received(self, request: Request) -> None:
-        if isinstance(request, MessageRequest):
+        if isinstance(request, MessageRequest):  # read from the message: the request's lazy fields cost more
             msg = request.message
             args, kwargs = msg.argsrepr, msg.kwargsrepr
+            root_id, parent_id, retries = msg.root_id, msg.parent_id, msg.retries
+            eta = None if msg.eta_ms is None else format_iso8601_ms(msg.eta_ms)
+            expires = None if msg.expires_ms is None else format_iso8601_ms(msg.expires_ms)
         else:
             args = kwargs = None
+            root_id, parent_id, retries = request.root_id, request.parent_id, request.retries
+            eta, expires = request.eta, request.expires
         self.send(
             "task-received",
-            uuid=request.id,
-            name=request.task,
-            args=args if args is not None else _repr(tuple(request.args)),
-            kwargs=kwargs if kwargs is not None else _repr(request.kwargs),
-            root_id=request.root_id,
-            parent_id=request.parent_id,
-            retries=request.retries,
-            eta=request.eta,
-            expires=request.expires,
+            {
+                "uuid": request.id,
+                "name": request.task,
+                "args": args if args is not None else _repr(tuple(request.args)),
+                "kwargs": kwargs if kwargs is not None else _repr(request.kwargs),
+                "root_id": root_id,
+                "parent_id": parent_id,
+                "retries": retries,
+                "eta": eta,
+                "expires": expires,
+            },
         )
 
     def started(self, request: Request) -> None:
-        self.send("task-started", uuid=request.id)
+        self.send("task-started", {"uuid": request.id})
 
     def succeeded(self, request: Request, result: Any, runtime_s: float) -> None:
-        self.send("task-succeeded", uuid=request.id, result=_repr(result), runtime=runtime_s)
+        self.send("task-succeeded", {"uuid": request.id, "result": _repr(result), "runtime": runtime_s})
 
     def failed(self, request: Request, exc: BaseException, traceback: str, runtime_s: float) -> None:
-        self.send("task-failed", uuid=request.id, exception=_repr(exc), traceback=traceback)
+        self.send("task-failed", {"uuid": request.id, "exception": _repr(exc), "traceback": traceback})
 
     def retried(self, request: Request, reason: BaseException) -> None:
-        trace = "".join(tb.format_exception(type(reason), reason, reason.__traceback__))
-        self.send("task-retried", uuid=request.id, exception=_repr(reason), traceback=trace)
+        try:
+            trace = "".join(tb.format_exception(type(reason), reason, reason.__traceback__))
+        except Exception:  # the executor calls this hook directly: it must not raise
+            trace = ""
+        self.send("task-retried", {"uuid": request.id, "exception": _repr(reason), "traceback": trace})
 
     def revoked(self, request: Request, reason: str) -> None:
-        self.send(
-            "task-revoked",
-            uuid=request.id,
-            terminated=reason == "terminated",
-            signum=None,
-            expired=reason == "expired",
-        )
+        fields = {"uuid": request.id, "terminated": reason == "terminated", "signum": None}
+        self.send("task-revoked", {**fields, "expired": reason == "expired"})
 
     def rejected(self, task_id: str | None, reason: str, requeue: bool) -> None:
         if task_id is not None:  # a message too broken to name its task: nothing to show it under
-            self.send("task-rejected", uuid=task_id, requeue=requeue)
+            self.send("task-rejected", {"uuid": task_id, "requeue": requeue})
 
 
 class Heart:

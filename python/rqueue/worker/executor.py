@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import BrokerConsumer
     from rqueue.task import Task
+    from rqueue.worker.hooks import WorkerHook
     from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.slot import RunningSlot
     from rqueue.worker.state import Revoked
@@ -123,12 +124,12 @@ class Executor:
         self.backend = app.backend
         self.complete = completer_for(consumer, self.backend)
         #: None when no hook is installed, so the hot path pays one comparison.
-        self.hooks = hooks if hooks else None
+        self.hooks: Hooks | WorkerHook | None = hooks if hooks else None
         #: The node's task-events switch, read when a batch opens: the hooks with and without
         #: the task-events hook (made when events are first on in this process).
         self.events = hooks.events if hooks is not None else None
         self._hooks_off = self.hooks
-        self._hooks_on: Hooks | None = None
+        self._hooks_on: Hooks | WorkerHook | None = None
         self.hostname = hostname
         conf = app.conf
         self.accept = serialization.accepted_content_types(conf.accept_content)
@@ -175,8 +176,9 @@ class Executor:
             return
         if self._hooks_on is None:
             assert self.events is not None
-            installed = self._hooks_off.installed if self._hooks_off is not None else ()
-            self._hooks_on = Hooks([*installed, self.events.hook(self.app.broker, self.hostname)])
+            events = self.events.hook(self.app.broker, self.hostname)
+            # Alone, the events hook is called directly (its points never raise): no dispatch loop.
+            self._hooks_on = Hooks([*self._hooks_off.installed, events]) if self._hooks_off is not None else events
         self.hooks = self._hooks_on
 
     def admit(  # noqa: PLR0911, PLR0912, PLR0915 - one check after another; each return is an outcome
