@@ -140,6 +140,33 @@ def format_iso8601_ms(epoch_ms: int) -> str:
 # -- routing ------------------------------------------------------------------------------------
 
 @final
+class TaskEventBuffer:
+    """A worker process's task events (Celery's event protocol), appended as JSON by the
+    executor's hook points and taken as one ``task.multi`` body by the event sender thread.
+
+    Each append returns how many events wait now (1: the buffer was empty before).
+    """
+
+    def __new__(cls, hostname: str, pid: int, utcoffset_h: float) -> TaskEventBuffer: ...
+    def received(self, msg: TaskMessage) -> int:
+        """``task-received`` with the message's own fields (``argsrepr``/``kwargsrepr`` headers)."""
+    def started(self, task_id: str) -> int: ...
+    def succeeded(self, task_id: str, result: object, runtime_s: float) -> int:
+        """``task-succeeded`` with ``repr(result)`` cut to 1024 characters."""
+    def failed(self, task_id: str, exception: str, traceback: str) -> int: ...
+    def retried(self, task_id: str, exception: str, traceback: str) -> int: ...
+    def revoked(self, task_id: str, terminated: bool, expired: bool) -> int: ...
+    def rejected(self, task_id: str, requeue: bool) -> int: ...
+    def set_utcoffset(self, hours: float) -> None:
+        """Events appended from now on say this ``utcoffset`` (hours west of UTC)."""
+    def take(self) -> tuple[bytes, int] | None:
+        """``(JSON list of the waiting events, how many)``, or None; empties the buffer."""
+    @property
+    def clock(self) -> int:
+        """The Lamport clock of the last event appended."""
+    def __len__(self) -> int: ...
+
+@final
 class Router:
     """A compiled route table: the first matching rule wins, else the default queue.
 

@@ -46,6 +46,8 @@ CLOSE_TIMEOUT_S = 5.0
 UTCOFFSET_REFRESH_S = 60.0
 
 _STOP = object()
+#: Queued by the hook points when ``tasks`` goes from empty to not: wakes the sender thread.
+_TASKS = object()
 
 
 def utcoffset() -> float:
@@ -70,12 +72,23 @@ class EventDispatcher:
             ``send`` publishes at once.
         pid: The ``pid`` events carry (default this process's; a prefork child sends its node's
             main process's, as a Celery worker's events all carry).
+        task_buffer: Also keep ``tasks``, a native buffer the executor's hook points append task
+            events to as JSON (``rqueue.worker.events``); the sender thread publishes it as
+            ``task.multi`` bodies. A background dispatcher only.
     """
 
-    def __init__(self, broker: Broker, hostname: str, *, background: bool = False, pid: int | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        hostname: str,
+        *,
+        background: bool = False,
+        pid: int | None = None,
+        task_buffer: bool = False,
+    ) -> None:
         self.broker = broker
         self.hostname = hostname
-        self.background = background
+        self.background = background or task_buffer
         self.pid = os.getpid() if pid is None else pid
         self._clock = itertools.count(1)
         self._last_clock = 0
@@ -87,6 +100,9 @@ class EventDispatcher:
         #: Serializes the start of the sender thread, and synchronous publishes (any thread may send).
         self._lock = threading.Lock()
         self._pending: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING)
+        #: ``task.multi`` bodies taken from ``tasks`` and not sent yet, with their event counts.
+        self._pending_bodies: deque[tuple[bytes, int]] = deque()
+        self.tasks = _rqueue.TaskEventBuffer(hostname, self.pid, self._offset) if task_buffer else None
         self._warned_at = -WARN_EVERY_S
         self._closed = False
         #: True while only task events were queued: a batch is then one ``task.multi`` list as it is.
@@ -112,7 +128,7 @@ class EventDispatcher:
 
     def clock_value(self) -> int:
         """The Lamport clock of the last event sent (``inspect stats``' ``clock``)."""
-        return self._last_clock
+        return max(self._last_clock, self.tasks.clock if self.tasks is not None else 0)
 
     def send(self, event_type: str, **fields: Any) -> None:
         """Send one event; fields must be JSON-serializable. Never raises for the broker: an event
@@ -127,6 +143,12 @@ class EventDispatcher:
         else:
             with self._lock:
                 self._publish([*self._pending, event])
+
+    def tasks_waiting(self) -> None:
+        """Wake the sender thread: ``tasks`` went from empty to holding an event."""
+        if self._thread is None:
+            self._start()
+        self._queue.put(_TASKS)
 
     def send_task_event(self, event_type: str, fields: dict[str, Any]) -> None:
         """``send`` for a worker's task events (a background dispatcher; ``fields`` is used as
@@ -176,35 +198,79 @@ class EventDispatcher:
         get = self._queue.get
         while True:
             try:
-                item = get(timeout=RETRY_PAUSE_S) if self._pending else get()
+                item = get(timeout=RETRY_PAUSE_S) if self._pending or self._pending_bodies else get()
             except queue.Empty:
+                self._publish_bodies()
                 self._publish(list(self._pending))
                 continue
-            batch = list(self._pending)
-            waiters: list[threading.Event] = []
-            stop = False
-            while True:
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    batch.append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            batch, waiters, stop = self._drain(item)
+            self._take_tasks()
             if batch:
                 self._publish(batch)
             for waiter in waiters:
                 waiter.set()
             if stop:
-                if self._pending:
-                    self.dropped += len(self._pending)
-                    logger.warning("%d event(s) could not be sent before closing", len(self._pending))
+                left = len(self._pending) + sum(n for _, n in self._pending_bodies)
+                if left:
+                    self.dropped += left
+                    logger.warning("%d event(s) could not be sent before closing", left)
                 return
+
+    def _drain(self, item: Any) -> tuple[list[dict[str, Any]], list[threading.Event], bool]:
+        """``item`` and what else is queued now: the events to publish (after those kept from a
+        failed publish), the ``flush`` waiters to wake after it, and whether to stop."""
+        batch = list(self._pending)
+        waiters: list[threading.Event] = []
+        stop = False
+        while True:
+            if item is _STOP:
+                stop = True
+            elif isinstance(item, threading.Event):
+                waiters.append(item)
+            elif item is not _TASKS:  # (the task buffer is taken whatever woke the thread)
+                batch.append(item)
+            if len(batch) >= MAX_BATCH:
+                return batch, waiters, stop
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, waiters, stop
+
+    def _take_tasks(self) -> None:
+        """Publish what ``tasks`` holds (and task bodies left from a failed publish), in order."""
+        tasks = self.tasks
+        if tasks is None:
+            return
+        now = time.time()
+        if not 0 <= now - self._offset_at < UTCOFFSET_REFRESH_S:
+            self._offset, self._offset_at = utcoffset(), now
+            tasks.set_utcoffset(self._offset)
+        taken = tasks.take()
+        if taken is not None:
+            self._pending_bodies.append(taken)
+            excess = sum(n for _, n in self._pending_bodies) - MAX_PENDING
+            while excess > 0 and len(self._pending_bodies) > 1:
+                _, n = self._pending_bodies.popleft()
+                self.dropped += n
+                excess -= n
+        self._publish_bodies()
+
+    def _publish_bodies(self) -> None:
+        """Publish the waiting ``task.multi`` bodies, oldest first; on a broker error keep them."""
+        try:
+            while self._pending_bodies:
+                body, n = self._pending_bodies[0]
+                if self._channel is None:
+                    self._channel = self.broker.events()
+                self._channel.publish("task.multi", body, self.hostname)
+                self._pending_bodies.popleft()
+                self.sent += n
+        except (BrokerError, OSError) as exc:
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_EVERY_S:
+                self._warned_at = now
+                waiting = sum(n for _, n in self._pending_bodies)
+                logger.warning("Cannot send %d event(s) for now (%s); they are kept and sent again", waiting, exc)
 
     def _publish(self, events: Sequence[dict[str, Any]]) -> None:
         """Publish ``events`` in order, consecutive task events as one ``task.multi`` list; on a

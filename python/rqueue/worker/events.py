@@ -18,7 +18,6 @@ import traceback as tb
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rqueue._rqueue import format_iso8601_ms
 from rqueue.events import HEARTBEAT_S, SOFTWARE_INFO, EventDispatcher
 from rqueue.request import MessageRequest
 from rqueue.worker.hooks import WorkerHook
@@ -59,7 +58,7 @@ class EventSwitch:
         """The task-events hook of this process (made at its first use in each process)."""
         pid = os.getpid()
         if self._process is None or self._process[0] != pid:
-            dispatcher = EventDispatcher(broker, hostname, background=True, pid=self.node_pid)
+            dispatcher = EventDispatcher(broker, hostname, pid=self.node_pid, task_buffer=True)
             self._process = (pid, TaskEvents(dispatcher))
         return self._process[1]
 
@@ -77,58 +76,59 @@ class TaskEvents(WorkerHook):
     ``Hooks``): events are queued, and reprs that fail are named instead."""
 
     def __init__(self, dispatcher: EventDispatcher) -> None:
+        assert dispatcher.tasks is not None, "a task-events dispatcher has a task buffer"
         self.dispatcher = dispatcher
-        self.send = dispatcher.send_task_event
+        self.buffer = dispatcher.tasks
+        self.wake = dispatcher.tasks_waiting
 
     def received(self, request: Request) -> None:
-        if isinstance(request, MessageRequest):  # read from the message: the request's lazy fields cost more
-            msg = request.message
-            args, kwargs = msg.argsrepr, msg.kwargsrepr
-            root_id, parent_id, retries = msg.root_id, msg.parent_id, msg.retries
-            eta = None if msg.eta_ms is None else format_iso8601_ms(msg.eta_ms)
-            expires = None if msg.expires_ms is None else format_iso8601_ms(msg.expires_ms)
-        else:
-            args = kwargs = None
-            root_id, parent_id, retries = request.root_id, request.parent_id, request.retries
-            eta, expires = request.eta, request.expires
-        self.send(
+        if isinstance(request, MessageRequest):  # the message's own fields, read in Rust
+            if self.buffer.received(request.message) == 1:
+                self.wake()
+            return
+        self.dispatcher.send_task_event(
             "task-received",
             {
                 "uuid": request.id,
                 "name": request.task,
-                "args": args if args is not None else _repr(tuple(request.args)),
-                "kwargs": kwargs if kwargs is not None else _repr(request.kwargs),
-                "root_id": root_id,
-                "parent_id": parent_id,
-                "retries": retries,
-                "eta": eta,
-                "expires": expires,
+                "args": request.argsrepr or _repr(tuple(request.args)),
+                "kwargs": request.kwargsrepr or _repr(request.kwargs),
+                "root_id": request.root_id,
+                "parent_id": request.parent_id,
+                "retries": request.retries,
+                "eta": request.eta,
+                "expires": request.expires,
             },
         )
 
     def started(self, request: Request) -> None:
-        self.send("task-started", {"uuid": request.id})
+        if self.buffer.started(request.id) == 1:
+            self.wake()
 
     def succeeded(self, request: Request, result: Any, runtime_s: float) -> None:
-        self.send("task-succeeded", {"uuid": request.id, "result": _repr(result), "runtime": runtime_s})
+        if self.buffer.succeeded(request.id, result, runtime_s) == 1:
+            self.wake()
 
     def failed(self, request: Request, exc: BaseException, traceback: str, runtime_s: float) -> None:
-        self.send("task-failed", {"uuid": request.id, "exception": _repr(exc), "traceback": traceback})
+        if self.buffer.failed(request.id, _repr(exc), traceback) == 1:
+            self.wake()
 
     def retried(self, request: Request, reason: BaseException) -> None:
         try:
             trace = "".join(tb.format_exception(type(reason), reason, reason.__traceback__))
         except Exception:  # the executor calls this hook directly: it must not raise
             trace = ""
-        self.send("task-retried", {"uuid": request.id, "exception": _repr(reason), "traceback": trace})
+        if self.buffer.retried(request.id, _repr(reason), trace) == 1:
+            self.wake()
 
     def revoked(self, request: Request, reason: str) -> None:
-        fields = {"uuid": request.id, "terminated": reason == "terminated", "signum": None}
-        self.send("task-revoked", {**fields, "expired": reason == "expired"})
+        if self.buffer.revoked(request.id, reason == "terminated", reason == "expired") == 1:
+            self.wake()
 
     def rejected(self, task_id: str | None, reason: str, requeue: bool) -> None:
-        if task_id is not None:  # a message too broken to name its task: nothing to show it under
-            self.send("task-rejected", {"uuid": task_id, "requeue": requeue})
+        # A message too broken to name its task has nothing to show it under.
+        if task_id is not None and self.buffer.rejected(task_id, requeue) == 1:
+            self.wake()
 
 
 class Heart:
