@@ -81,7 +81,7 @@ class SendPlan:
         self.route: Route | None = app.route_by_name(name, options, task)
         self.reply_to = options.get("reply_to")
         #: Whether each message is announced with a ``task-sent`` event (read once per send call).
-        self.sent_events = bool(app.conf.task_send_sent_event)
+        self.sent_events: bool = app.derived("task_send_sent_event", lambda: bool(app.conf.task_send_sent_event))
         self.fixed = {
             "task": name,
             "serializer": self.serializer,
