@@ -248,10 +248,13 @@ def test_flower_rate_limit_and_revoke_act_on_rqueue_workers(flower_fleet: tuple[
 
 def test_flower_workers_page_in_headless_chromium(flower_fleet: tuple[Project, Flower], tmp_path: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    # Debian's chromium (make chromium); a machine that ships Google Chrome and its driver instead
+    # (GitHub's Ubuntu runners) runs the test with those.
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    chromium = next((found for name in names if (found := shutil.which(name))), None)
     driver_path = shutil.which("chromedriver")
     if chromium is None or driver_path is None:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make chromium installs them)")
+        pytest.skip("no chromium or no chromedriver on PATH (`make chromium` installs Debian's packages)")
     _, flower = flower_fleet
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
