@@ -214,3 +214,33 @@ def test_events_dispatcher_drops_only_unserializable_events(tmp_path: Any) -> No
         events = collect(receiver, lambda ev: len(ev) >= 2, timeout=5)
     assert [e["uuid"] for e in events] == ["ok-1", "ok-2"]
     assert (dispatcher.sent, dispatcher.dropped) == (2, 1)
+
+
+class _AwayChannel:
+    """An event channel whose broker is away: every publish fails, and is counted."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        from rqueue.exceptions import BrokerError
+
+        self.tries += 1
+        raise BrokerError("Redis broker redis://example:6379/0: connection refused")
+
+    def close(self) -> None:
+        pass
+
+
+def test_events_a_synchronous_dispatcher_does_not_retry_at_every_event_while_the_broker_is_away() -> None:
+    channel = _AwayChannel()
+
+    class Away:
+        def events(self) -> _AwayChannel:
+            return channel
+
+    dispatcher = EventDispatcher(Away(), "n@h")  # type: ignore[arg-type]
+    for _ in range(3):  # a heartbeat every 2 s must not wait on the broker each time
+        dispatcher.send("worker-heartbeat", freq=2.0)
+    assert channel.tries == 1
+    assert (dispatcher.sent, len(dispatcher._pending)) == (0, 3)  # kept for when it is back

@@ -225,7 +225,10 @@ def test_flower_shows_rqueue_workers_and_tasks(flower_fleet: tuple[Project, Flow
     workers = flower.get_json("/api/workers?refresh=1")
     queue = workers["flowered@test"]["active_queues"][0]
     assert {"exclusive", "auto_delete", "no_ack", "alias", "queue_arguments", "binding_arguments"} <= queue.keys()
-    assert workers["flowered@test"]["stats"]["pool"]["max-concurrency"] == 2
+    pool = workers["flowered@test"]["stats"]["pool"]
+    assert pool["max-concurrency"] == 2
+    assert {"processes", "max-tasks-per-child", "put-guarded-by-semaphore", "timeouts", "writes"} <= pool.keys()
+    assert pool["writes"]["total"] >= 2
 
 
 def test_flower_rate_limit_and_revoke_act_on_rqueue_workers(flower_fleet: tuple[Project, Flower]) -> None:

@@ -43,6 +43,8 @@ BINDING_PREFIX = "_kombu.binding."
 SEP = "\x06\x16"
 #: A reply list outlives its client by this much at most (a client that died leaves nothing).
 REPLY_KEEP_S = 60
+#: The longest an event publish waits for Redis (connect or reply) before it counts as failed.
+EVENTS_TIMEOUT_S = 1.0
 
 _INHERITED: list[Any] = []
 
@@ -91,14 +93,15 @@ class RedisBroker(NativeBroker, RevocationStore):
         self.socket_timeout_s = socket_timeout_s
         self._native: _rqueue.RedisBroker | None = None
         self._client: Any = None
+        self._events_client: Any = None
         self._pid = -1
 
     def _fresh(self) -> bool:
         """True when the handles were made in this process (a fork makes them stale)."""
         if self._pid != os.getpid():
             # Never close sockets inherited over fork: the parent still uses them.
-            _INHERITED.extend(h for h in (self._native, self._client) if h is not None)
-            self._native = self._client = None
+            _INHERITED.extend(h for h in (self._native, self._client, self._events_client) if h is not None)
+            self._native = self._client = self._events_client = None
             self._pid = os.getpid()
         return True
 
@@ -130,6 +133,23 @@ class RedisBroker(NativeBroker, RevocationStore):
                 health_check_interval=30,
             )
         return self._client
+
+    @property
+    def events_client(self) -> Any:
+        """A redis-py client for publishing events, with a short reply timeout: a worker's main
+        process sends heartbeats between its other duties, and a frozen server must not hold it."""
+        self._fresh()
+        if self._events_client is None:
+            redis = redis_py()
+            url, tls = redis_py_url(self.url)
+            self._events_client = redis.Redis.from_url(
+                url,
+                **tls,
+                socket_timeout=min(self.socket_timeout_s, EVENTS_TIMEOUT_S),
+                socket_connect_timeout=min(self.connect_timeout_s, EVENTS_TIMEOUT_S),
+                health_check_interval=30,
+            )
+        return self._events_client
 
     # -- messages ------------------------------------------------------------------------------------
 
@@ -331,7 +351,7 @@ class RedisEvents(EventChannel):
         # base64 and a uuid need no JSON escaping: the pieces join into valid JSON as they are.
         envelope = b"".join((frame[0], base64.b64encode(body), frame[1], str(uuid.uuid4()).encode(), b'"}}'))
         with self.broker._as_broker_error():
-            self.broker.client.publish(self._prefix + routing_key, envelope)
+            self.broker.events_client.publish(self._prefix + routing_key, envelope)
 
     def subscribe(self) -> None:
         with self.broker._as_broker_error():

@@ -36,8 +36,11 @@ SOFTWARE_INFO = {"sw_ident": "py-rqueue", "sw_ver": __version__, "sw_sys": platf
 MAX_BATCH = 500
 #: While the broker cannot be reached, at most this many events wait to be sent; older ones go.
 MAX_PENDING = 10_000
-#: After a failed publish, the sender waits this long before trying again...
+#: After a failed publish, the sender thread waits this long before trying again...
 RETRY_PAUSE_S = 0.5
+#: ...and a synchronous dispatcher (a worker's main process) only keeps what it sends for this
+#: long, without trying: a broker that is away must not hold the process at every heartbeat.
+SYNC_RETRY_PAUSE_S = 5.0
 #: ...and says so in the log at most this often.
 WARN_EVERY_S = 30.0
 #: How long ``close`` waits for the sender thread to publish what is queued.
@@ -104,6 +107,8 @@ class EventDispatcher:
         self._pending_bodies: deque[tuple[bytes, int]] = deque()
         self.tasks = _rqueue.TaskEventBuffer(hostname, self.pid, self._offset) if task_buffer else None
         self._warned_at = -WARN_EVERY_S
+        #: A synchronous dispatcher whose publish failed tries again from then on.
+        self._retry_at = 0.0
         self._closed = False
         #: True while only task events were queued: a batch is then one ``task.multi`` list as it is.
         self._only_tasks = True
@@ -142,7 +147,10 @@ class EventDispatcher:
             self._queue.put(event)
         else:
             with self._lock:
-                self._publish([*self._pending, event])
+                if time.monotonic() < self._retry_at:
+                    self._pending.append(event)
+                else:
+                    self._publish([*self._pending, event])
 
     def tasks_waiting(self) -> None:
         """Wake the sender thread: ``tasks`` went from empty to holding an event."""
@@ -311,6 +319,7 @@ class EventDispatcher:
             self.dropped += overflow
             self._pending.extend(left[overflow:])
             now = time.monotonic()
+            self._retry_at = now + SYNC_RETRY_PAUSE_S
             if now - self._warned_at >= WARN_EVERY_S:
                 self._warned_at = now
                 logger.warning("Cannot send %d event(s) for now (%s); they are kept and sent again", len(left), exc)

@@ -363,6 +363,7 @@ class ControlServer:
                 "max-tasks-per-child": max_tasks if max_tasks is not None else "N/A",
                 "put-guarded-by-semaphore": False,
                 "timeouts": [conf.task_soft_time_limit or 0, conf.task_time_limit or 0],
+                "writes": _writes(reports),
             },
             "prefetch_count": int(size["max-concurrency"]) * int(conf.worker_prefetch_multiplier),
             "broker": _broker_info(self.app.broker_url, conf),
@@ -549,6 +550,25 @@ def _queue_info(name: str, entry: Any, default_exchange: str) -> dict[str, Any]:
         "max_length": get("max_length"),
         "max_length_bytes": get("max_length_bytes"),
         "max_priority": get("max_priority"),
+    }
+
+
+def _writes(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the tasks were shared among the processes, as Celery's prefork pool shows it
+    (``writes``: shares as percentages, raw counts, processes running one now)."""
+    counts = [sum(report.get("processed", {}).values()) for report in reports]
+    total = sum(counts)
+
+    def share(n: float) -> str:
+        return f"{n / total * 100:.2f}%" if total else "0.00%"
+
+    return {
+        "total": total,
+        "avg": share(total / len(counts)) if counts else "0.00%",
+        "all": ", ".join(share(n) for n in counts),
+        "raw": ", ".join(str(n) for n in counts),
+        "strategy": "fair",
+        "inqueues": {"total": len(reports), "active": sum(1 for report in reports if report.get("active"))},
     }
 
 
