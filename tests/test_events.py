@@ -149,13 +149,16 @@ def test_events_task_sent_by_a_producer_with_task_send_sent_event(redis_url: str
     with EventReceiver(app, wakeup=False) as receiver:
         app.conf.task_send_sent_event = True
         result = app.send_task("tasks.add", (1, 2), queue="elsewhere", countdown=60)
+        many = app.send_many("tasks.add", [((5, 6), {}), ((7, 8), {"z": 1})])
         app.conf.task_send_sent_event = False
         quiet = app.send_task("tasks.add", (3, 4))
-        events = collect(receiver, lambda ev: of(ev, "task-sent"), timeout=5)
+        events = collect(receiver, lambda ev: len(of(ev, "task-sent")) >= 3, timeout=5)
         time.sleep(0.2)
         events += receiver.poll(0.2)
     sent = of(events, "task-sent")
-    assert [e["uuid"] for e in sent] == [result.id]
+    assert [e["uuid"] for e in sent] == [result.id, *(r.id for r in many)]
+    assert [e["args"] for e in sent[1:]] == ["(5, 6)", "(7, 8)"]
+    assert sent[2]["kwargs"] == "{'z': 1}"
     assert quiet.id not in {e.get("uuid") for e in events}
     event = sent[0]
     assert event["hostname"] == app.origin

@@ -74,6 +74,37 @@ def encode_task_message(
     ``repr(kwargs)`` unless ``extra_headers`` sets them. Raises MessageTooLarge past ``max_size``.
     """
 
+def encode_task_messages(
+    calls: list[tuple[Sequence[Any], Mapping[str, Any]]],
+    *,
+    task: str,
+    routing_key: str,
+    exchange: str = "",
+    serializer: str = "json",
+    eta_ms: int | None = None,
+    expires_ms: int | None = None,
+    retries: int = 0,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    priority: int | None = None,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    group_id: str | None = None,
+    origin: str | None = None,
+    ignore_result: bool = False,
+    reply_to: str | None = None,
+    extra_headers: Mapping[str, Any] | None = None,
+    max_size: int = 1048576,
+    callbacks: Sequence[Mapping[str, Any]] | None = None,
+    errbacks: Sequence[Mapping[str, Any]] | None = None,
+    chain: Sequence[Mapping[str, Any]] | None = None,
+    chord: Mapping[str, Any] | None = None,
+    group_index: int | None = None,
+    shadow: str | None = None,
+) -> list[tuple[str, bytes]]:
+    """``encode_task_message`` for many ``(args, kwargs)`` calls of one task with the same options:
+    ``[(task_id, payload), ...]``, each with a new task id (as ``new_task_id``), in one call."""
+
 def new_task_id() -> str:
     """A new task id: a random (version 4) UUID as text, like ``str(uuid.uuid4())`` but faster.
 

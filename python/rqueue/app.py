@@ -497,7 +497,7 @@ class App:
         ``calls`` holds ``(args, kwargs)`` pairs; the options apply to every call.
         """
         plan = SendPlan(self, name, _task, options)
-        messages = [plan.outgoing(args, kwargs) for args, kwargs in calls]
+        messages = plan.outgoing_many(list(calls))
         backend = self.backend
         self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
         if plan.sent_events:

@@ -210,6 +210,10 @@ def help_(ctx: click.Context) -> None:
     default=None,
     help="Send task events (Flower, `rqueue events`) [default: worker_send_task_events]; heartbeats are always sent.",
 )
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics of this node on this port."
+)
+@click.option("--metrics-address", default="127.0.0.1", show_default=True, help="The address of --metrics-port.")
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -237,6 +241,8 @@ def worker(
     time_limit: float | None,
     soft_time_limit: float | None,
     task_events: bool | None,
+    metrics_port: int | None,
+    metrics_address: str,
 ) -> None:
     """Start a worker that runs the app's tasks."""
     from rqueue.nodenames import has_process_index, log_per_process  # noqa: PLC0415
@@ -282,6 +288,8 @@ def worker(
             statedb=statedb,
             redirect_stdouts=logfile is not None,
             task_events=task_events or None,
+            metrics_port=metrics_port,
+            metrics_address=metrics_address,
         ).start()
     except RQueueError as exc:
         fail(str(exc), 1)

@@ -24,6 +24,7 @@ from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
 from rqueue.worker.events import EventSwitch, Heart
 from rqueue.worker.hooks import Hooks, WorkerHook
+from rqueue.worker.metrics import WorkerMetrics
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.ratelimit import RateLimits
 from rqueue.worker.state import Revoked
@@ -53,6 +54,8 @@ class Worker:
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
         hooks: Called at the worker's hook points in every process (``rqueue.worker.hooks``).
+        metrics_port: Serve Prometheus metrics of the node on this port (``rqueue.worker.metrics``).
+        metrics_address: The address the metrics endpoint binds to.
         task_events: Send task events (``-E``; default ``worker_send_task_events``). Heartbeats
             are sent either way; ``enable_events``/``disable_events`` switch them at run time.
 
@@ -76,6 +79,8 @@ class Worker:
         statedb: str | None = None,
         hooks: Sequence[WorkerHook] = (),
         redirect_stdouts: bool = False,
+        metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
         task_events: bool | None = None,
     ) -> None:
         if pool not in POOLS:
@@ -100,12 +105,18 @@ class Worker:
         self.statedb = statedb
         #: Log ``print()`` output after the banner (a worker logging to a file: it would be lost).
         self.redirect_stdouts = redirect_stdouts
+        #: Made before the prefork pool forks: the children write where the endpoint reads.
+        self.metrics = (
+            WorkerMetrics(app, self.queues, self.hostname, metrics_port, metrics_address)
+            if metrics_port is not None
+            else None
+        )
         if task_events is None:
             task_events = bool(conf.worker_send_task_events)
         #: Whether the node sends task events now; made here, before the prefork pool forks, so
         #: the control commands that switch it reach every child.
         self.events = EventSwitch(task_events)
-        self.hooks = Hooks(hooks, events=self.events)
+        self.hooks = Hooks([*hooks, self.metrics] if self.metrics is not None else hooks, events=self.events)
         self.heart: Heart | None = None
         #: Set once the worker takes work (``worker_ready``); tests running a worker in a thread wait on it.
         self.ready = threading.Event()
@@ -152,12 +163,16 @@ class Worker:
                     raise ConfigurationError(str(exc)) from None
             self._warn_unenforced_options()
             self._log_rate_limits()
+            if self.metrics is not None:
+                self.metrics.serve()
             if self.pool == "prefork":
                 pool = PreforkPool(
                     self.app, self.queues, self.hostname, self.concurrency, self.revoked, self.rate_limits, self.hooks
                 )
                 if self.autoscale is not None:
                     pool.autoscale = self.autoscale
+                if self.metrics is not None:
+                    pool.on_child_exit.append(self.metrics.child_exited)
                 control = ControlServer(self, pool)
                 control.listen()
                 self.heart = control.heart = Heart(self.app.broker, self.hostname, pool.counts)
@@ -170,6 +185,8 @@ class Worker:
                 return pool.run(on_ready=self._ready, on_idle=control.serve)
             return self._run_in_process(self.revoked)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             if self.heart is not None:
                 self._stop_heart(self.heart)
             self.revoked.save()

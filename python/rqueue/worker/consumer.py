@@ -115,6 +115,8 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until ``stop()``; then hand back unstarted messages and flush."""
+        if self.hooks:
+            self.hooks.consuming(self)
         self.transport.start()
         try:
             if self.threads == 1:
