@@ -102,6 +102,41 @@ def test_rqueue_receiver_reads_a_celery_workers_events(tmp_path: Path, redis_url
         worker.kill()
 
 
+@pytest.mark.rabbitmq
+def test_celery_event_receiver_reads_an_rqueue_workers_events_on_rabbitmq(
+    tmp_path: Path, amqp_url: str, redis_url: str
+) -> None:
+    """Celery's receiver declares ``celeryev`` first (durable topic), rqueue's worker publishes to
+    it: the flags agree, or RabbitMQ would refuse the second declaration."""
+    project = Project(tmp_path, "amqp", redis_url, amqp_url)
+    capp = make_celery(amqp_url, redis_url)
+    seen: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def on_event(event: dict[str, Any]) -> None:
+        seen.append(event)
+        if event["type"] == "task-succeeded":
+            done.set()
+
+    try:
+        with capp.connection_for_read() as conn:
+            receiver = capp.events.Receiver(conn, handlers={"*": on_event})
+            thread = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=20), daemon=True)
+            thread.start()
+            time.sleep(1.0)  # its queue is bound
+            tasks = project.app()
+            project.start_worker("-E", "-P", "solo", "-n", "rabbit-ev@test")
+            result = tasks.add.delay(8, 9)
+            assert done.wait(20), [e["type"] for e in seen]
+            receiver.should_stop = True
+        succeeded = next(e for e in seen if e["type"] == "task-succeeded")
+        assert (succeeded["uuid"], succeeded["result"]) == (result.id, "17")
+        assert any(e["type"] == "worker-online" and e["hostname"] == "rabbit-ev@test" for e in seen)
+    finally:
+        project.close()
+        capp.close()
+
+
 # -- the real Flower ----------------------------------------------------------------------------------------
 
 
@@ -217,6 +252,8 @@ def test_flower_shows_rqueue_workers_and_tasks(flower_fleet: tuple[Project, Flow
     assert "flower sees this" in listed[bad]["exception"]
     assert "Traceback" in listed[bad]["traceback"]
 
+    status, page = flower.get(f"/task/{bad}")
+    assert status == 200 and "flower sees this" in page, f"{status}\n{flower.log_text()}"
     status, page = flower.get("/worker/flowered@test")
     assert status == 200, f"{page}\n{flower.log_text()}"
     assert "KeyError" not in flower.log_text()
