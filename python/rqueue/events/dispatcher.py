@@ -202,7 +202,18 @@ class EventDispatcher:
                 self._thread = thread
 
     def _run(self) -> None:
-        """The sender thread: publish whatever queued since the last publish, in order."""
+        """The sender thread: runs ``_send_loop`` until told to stop; a bug in it is logged and the
+        thread goes on (it alone empties the task buffer: if it ended, the buffer would only grow)."""
+        while True:
+            try:
+                self._send_loop()
+                return
+            except Exception:
+                logger.exception("The event sender failed; it goes on in %.1f s", RETRY_PAUSE_S)
+                time.sleep(RETRY_PAUSE_S)
+
+    def _send_loop(self) -> None:
+        """Publish whatever queued since the last publish, in order, until ``_STOP``."""
         get = self._queue.get
         while True:
             try:
