@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import threading
 import time
 import traceback as tb
 from collections.abc import Callable
@@ -43,6 +44,8 @@ class EventSwitch:
         #: The node's main process: every event of the node carries its pid.
         self.node_pid = os.getpid()
         self._process: tuple[int, TaskEvents] | None = None
+        #: Held only by executor threads making the hook (never across the supervisor's forks).
+        self._lock = threading.Lock()
 
     @property
     def on(self) -> bool:
@@ -55,12 +58,14 @@ class EventSwitch:
         return changed
 
     def hook(self, broker: Broker, hostname: str) -> TaskEvents:
-        """The task-events hook of this process (made at its first use in each process)."""
+        """The task-events hook of this process (made at its first use in each process; the
+        executor threads of a threads pool share it)."""
         pid = os.getpid()
-        if self._process is None or self._process[0] != pid:
-            dispatcher = EventDispatcher(broker, hostname, pid=self.node_pid, task_buffer=True)
-            self._process = (pid, TaskEvents(dispatcher))
-        return self._process[1]
+        with self._lock:
+            if self._process is None or self._process[0] != pid:
+                dispatcher = EventDispatcher(broker, hostname, pid=self.node_pid, task_buffer=True)
+                self._process = (pid, TaskEvents(dispatcher))
+            return self._process[1]
 
     def close_process(self) -> None:
         """Send what this process's task events still queue (before the process stops)."""
