@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from rqueue._rqueue import Delivery, PrefetchBuffer
+from rqueue._rqueue import Delivery, PrefetchBuffer, loads
 from rqueue.exceptions import ConfigurationError
+from rqueue.utils.log import printable
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
@@ -95,6 +96,14 @@ class DeadLetter:
     deliveries: int
     dead_at_ms: int
     payload: bytes
+
+    def task(self) -> str:
+        """``name[id]`` from the message's headers when they are readable, else a short note."""
+        try:
+            headers = loads(self.payload[: 1 << 20], "application/json")["headers"]
+            return printable(f"{headers['task']}[{headers['id']}]")
+        except Exception:
+            return f"<{len(self.payload)} bytes, not a readable task message>"
 
 
 class Mailbox(ABC):

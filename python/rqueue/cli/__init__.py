@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from rqueue import __version__, _rqueue
+from rqueue import __version__
 from rqueue.brokers.base import DeadLetterAdmin, require
 from rqueue.config import default_queues
 from rqueue.exceptions import RQueueError
@@ -435,15 +435,6 @@ def _dlq_queue(ctx: click.Context, queue: str | None) -> tuple[DeadLetterAdmin, 
     return store, queue or app.conf.task_default_queue
 
 
-def _task_of(payload: bytes) -> str:
-    """``name[id]`` from a dead letter's headers when they are readable, else a short note."""
-    try:
-        headers = _rqueue.loads(payload[: 1 << 20], "application/json")["headers"]
-        return printable(f"{headers['task']}[{headers['id']}]")
-    except Exception:
-        return f"<{len(payload)} bytes, not a readable task message>"
-
-
 @dlq.command(name="list", context_settings=CONTEXT)
 @click.option("-Q", "--queue", help="The queue [default: task_default_queue].")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
@@ -457,7 +448,7 @@ def dlq_list(ctx: click.Context, queue: str | None, limit: int) -> None:
         fail(str(exc), 1)
     for d in dead:
         when = datetime.fromtimestamp(d.dead_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{d.id}\t{d.reason}\t{d.deliveries}\t{when}Z\t{_task_of(d.payload)}")
+        click.echo(f"{d.id}\t{d.reason}\t{d.deliveries}\t{when}Z\t{d.task()}")
     click.echo(f"{len(dead)} dead letter{'s' if len(dead) != 1 else ''} in {name}.", err=True)
 
 
@@ -477,7 +468,7 @@ def dlq_show(ctx: click.Context, dead_id: str, queue: str | None) -> None:
     d = found[0]
     error = printable(str(d.error))
     click.echo(f"id:          {d.id}\nqueue:       {printable(d.queue)}\nreason:      {d.reason}\nerror:       {error}")
-    click.echo(f"deliveries:  {d.deliveries}\ntask:        {_task_of(d.payload)}\nmessage:")
+    click.echo(f"deliveries:  {d.deliveries}\ntask:        {d.task()}\nmessage:")
     click.echo("\n".join(printable(line) for line in d.payload.decode("utf-8", "replace")[:10_000].splitlines()))
 
 
@@ -612,8 +603,9 @@ def _add_subcommands() -> None:
     cli.add_command(control)
     cli.add_command(inspect)
     cli.add_command(status)
-    from rqueue.cli.ops import events, report, shell  # noqa: PLC0415 - it imports this module's helpers
+    from rqueue.cli.ops import dashboard, events, report, shell  # noqa: PLC0415 - it imports this module's helpers
 
+    cli.add_command(dashboard)
     cli.add_command(events)
     cli.add_command(report)
     cli.add_command(shell)

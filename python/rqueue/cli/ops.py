@@ -1,4 +1,5 @@
-"""``rqueue report`` and ``rqueue shell``: parse the options, then call ``rqueue.report`` and ``rqueue.shell``."""
+"""``rqueue report``, ``shell``, ``dashboard`` and ``events``: parse the options, then call
+``rqueue.report``, ``rqueue.shell``, ``rqueue.dashboard`` and ``rqueue.events``."""
 
 from __future__ import annotations
 
@@ -40,6 +41,29 @@ def shell(ctx: click.Context, plain: bool, ipython: bool, without_tasks: bool) -
     except RQueueError as exc:
         fail(str(exc), 1)
     run(ns, plain=plain)
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--port", type=click.IntRange(0, 65535), default=5555, show_default=True, help="The port to listen on.")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on (beyond loopback, reads need the token too).",
+)
+@click.option("--token", envvar="RQUEUE_DASHBOARD_TOKEN", help="The token actions need [default: a new one, printed].")
+@click.option("-Q", "--queues", help="Comma-separated queues to chart [default: the ones a worker consumes].")
+@click.pass_context
+def dashboard(ctx: click.Context, port: int, address: str, token: str | None, queues: str | None) -> None:
+    """A web dashboard: workers, queues, throughput, failures, dead letters, rate limits, /metrics."""
+    from rqueue.dashboard import serve  # noqa: PLC0415 - `rqueue --help` stays quick
+
+    app = get_app(ctx)
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        serve(app, address, port, token, names)
+    except RQueueError as exc:
+        fail(str(exc), 1)
 
 
 @click.command(context_settings=CONTEXT)
