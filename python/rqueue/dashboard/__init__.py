@@ -76,26 +76,36 @@ class Dashboard:
     # -- feeding ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for target, name in (
-            (self._follow_events, "events"),
-            (self._sample_queues, "queues"),
-            (self._ask_stats, "stats"),
-        ):
+        """Subscribe to the events (before returning: what happens from now on is seen), then
+        feed the state from threads."""
+        stream = self._open_events()
+        threading.Thread(
+            target=self._follow_events, args=(stream,), name="rqueue-dashboard-events", daemon=True
+        ).start()
+        for target, name in ((self._sample_queues, "queues"), (self._ask_stats, "stats")):
             threading.Thread(target=target, name=f"rqueue-dashboard-{name}", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _follow_events(self) -> None:
+    def _open_events(self) -> Iterator[Mapping[str, Any]] | None:
+        try:
+            return iter(self._events())
+        except (RQueueError, OSError) as exc:
+            logger.warning("Dashboard: cannot receive events (%s); retrying", exc)
+            return None
+
+    def _follow_events(self, stream: Iterator[Mapping[str, Any]] | None) -> None:
         while not self._stop.is_set():
             try:
-                for event in self._events():
+                for event in stream or ():
                     self.state.apply(event)
                     if self._stop.is_set():
                         return
             except (RQueueError, OSError) as exc:
                 logger.warning("Dashboard: the event stream failed (%s); reconnecting", exc)
             self._stop.wait(EVENTS_RETRY_S)
+            stream = self._open_events()
 
     def _sample_queues(self) -> None:
         while not self._stop.is_set():
@@ -248,11 +258,14 @@ class _StateCollector:
         yield from families.values()
 
 
-def _broker_events(app: App) -> Iterable[Mapping[str, Any]]:
-    """Every event sent through the app's broker, as it arrives (``rqueue.events``)."""
+def _broker_events(app: App) -> Iterator[Mapping[str, Any]]:
+    """Every event sent through the app's broker from now on (``rqueue.events``); live workers
+    are asked for a heartbeat at once, so they show without waiting for their next one."""
     from rqueue.events import EventReceiver  # noqa: PLC0415
 
-    return EventReceiver(app).iter_events()
+    receiver = EventReceiver(app)
+    receiver.subscribe()
+    return receiver.itercapture()
 
 
 def serve(app: App, address: str, port: int, token: str | None, queues: Sequence[str] | None = None) -> None:
