@@ -87,7 +87,7 @@ def eventually(check: Callable[[], Any], what: str, within_s: float = SHOWN_WITH
     while True:
         try:
             got = check()
-        except Exception as exc:  # noqa: BLE001 - retried, and shown if it never passes
+        except Exception as exc:  # retried, and shown if it never passes
             got, last = None, exc
         if got:
             return got
