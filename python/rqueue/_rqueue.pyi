@@ -416,6 +416,10 @@ class SqliteConsumer:
     def stop(self) -> list[Delivery]:
         """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
     def set_queues(self, queues: Sequence[str]) -> None: ...
+    def ack_later(self, tags: Sequence[str]) -> None:
+        """Hand ``tags`` to the thread to ack before its next fetch; returns at once (failures are retried there)."""
+    def settle_acks(self, timeout_s: float) -> bool:
+        """Wait (GIL released) until the acks handed over so far were sent; False after ``timeout_s`` or if stopped."""
     @property
     def running(self) -> bool: ...
     @property
@@ -539,6 +543,10 @@ class RedisConsumer:
     def stop(self) -> list[Delivery]:
         """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
     def set_queues(self, queues: Sequence[str]) -> None: ...
+    def ack_later(self, tags: Sequence[str]) -> None:
+        """Hand ``tags`` to the thread to ack before its next fetch; returns at once (failures are retried there)."""
+    def settle_acks(self, timeout_s: float) -> bool:
+        """Wait (GIL released) until the acks handed over so far were sent; False after ``timeout_s`` or if stopped."""
     @property
     def running(self) -> bool: ...
     @property

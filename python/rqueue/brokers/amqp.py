@@ -235,6 +235,12 @@ class AmqpConsumer:
     def ack(self, tags: Sequence[str]) -> None:
         self.thread.ack(list(tags))
 
+    def ack_later(self, tags: Sequence[str]) -> None:
+        self.ack(tags)  # an AMQP ack is one frame, with no reply to wait for
+
+    def settle_acks(self, timeout_s: float) -> bool:
+        return True
+
     def joint_completer(self, backend: ResultBackend) -> Completer | None:
         return None  # results never live in RabbitMQ's queues with the acks
 

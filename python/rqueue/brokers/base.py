@@ -55,6 +55,15 @@ class BrokerConsumer(Settler, Protocol):
         broker that can never be used again ends it); None while it runs or was stopped."""
         ...
 
+    def ack_later(self, tags: Sequence[str]) -> None:
+        """Ack ``tags`` without waiting for the broker: the fetching thread sends them before its
+        next fetch (or now, where the broker has no such thread). A failure is retried there."""
+        ...
+
+    def settle_acks(self, timeout_s: float) -> bool:
+        """Wait until every ``ack_later`` so far reached the broker; False after ``timeout_s``."""
+        ...
+
     def requeue(self, tags: Sequence[str]) -> None:
         """Return unstarted deliveries to their queue, uncounted."""
         ...
@@ -341,6 +350,8 @@ class NativeThread(Protocol):
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]: ...
     def set_queues(self, queues: list[str]) -> None: ...
+    def ack_later(self, tags: list[str]) -> None: ...
+    def settle_acks(self, timeout_s: float) -> bool: ...
     @property
     def running(self) -> bool: ...
     @property
@@ -434,6 +445,15 @@ class NativeConsumer:
 
     def ack(self, tags: Sequence[str]) -> None:
         self.broker.ack(tags)
+
+    def ack_later(self, tags: Sequence[str]) -> None:
+        if self.thread.running:
+            self.thread.ack_later(list(tags))
+        else:  # nobody would send them (a consumer driven by hand, or stopped): now
+            self.broker.ack(tags)
+
+    def settle_acks(self, timeout_s: float) -> bool:
+        return self.thread.settle_acks(timeout_s)
 
     def joint_completer(self, backend: ResultBackend) -> Completer | None:
         return self.broker.joint_completer(backend)

@@ -62,10 +62,13 @@ logger = logging.getLogger("rqueue.worker")
 BATCH = 64
 #: ...and once a batch has been open this long (its first task started this long ago). Finished
 #: but unacked tasks run again if the worker is killed, so only quick tasks are batched: after a
-#: task that ran this long its ack goes out before the next task starts.
+#: task that ran this long its ack is handed to the fetching thread before the next task starts.
 LINGER_S = 0.001
 #: At shutdown, how long to keep trying to record results and acks while the broker is away.
 SHUTDOWN_FLUSH_S = 10.0
+#: How long a task with a hard time limit waits, before it runs, for the acks handed to the
+#: fetching thread to be written (past it, a kill may run those tasks again), in seconds.
+SETTLE_BEFORE_HARD_LIMIT_S = 5.0
 
 
 class Admitted(NamedTuple):
@@ -328,7 +331,7 @@ class Executor:
             logger.error("Decoding message %s raised %s", delivery.tag, type(exc).__name__, exc_info=exc)
             self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
 
-    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0911, PLR0912 - a return per ending; set-up inline (per task)
+    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0911, PLR0912, PLR0915 - a return per ending; set-up inline (per task)
         """Record STARTED (``track_started``), set up the time limits, then call the task inside its
         guard (time limits, terminate); never raises for what it did."""
         msg, task, request, args, kwargs = job.msg, job.task, job.request, job.args, job.kwargs
@@ -337,8 +340,10 @@ class Executor:
             self.flush()
         soft, hard = self.limits.for_task(msg.task, msg.soft_time_limit, msg.time_limit)
         if self.slot is not None:
-            if hard is not None and (self.results or self.acks):
-                self.flush()  # a child killed at the hard limit then loses nothing already done
+            if hard is not None:
+                # A child killed at the hard limit then loses nothing already done.
+                self.flush()
+                self.consumer.settle_acks(SETTLE_BEFORE_HARD_LIMIT_S)
             args_repr = msg.argsrepr if msg.argsrepr is not None else reprlib.repr(args)
             if self.slot.task_started(
                 msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, job.ignore_result
@@ -592,6 +597,11 @@ class Executor:
             return
         results, acks, parts = self.results, self.acks, self.chord_parts
         self.results, self.acks, self.chord_parts = [], [], []
+        if not results and not parts and FAILPOINT is None:
+            # Acks alone: the fetching thread sends them before its next fetch (and retries
+            # them), so this thread runs the next task instead of waiting a round trip.
+            self.consumer.ack_later(acks)
+            return
         deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
         pause = 0.05
         while True:

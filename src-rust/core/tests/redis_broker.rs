@@ -784,6 +784,73 @@ fn test_redis_consumer_reconnects_after_restart() {
     c.stop();
 }
 
+#[test]
+fn test_redis_consumer_sends_acks_handed_to_it_with_its_next_fetch() {
+    let s = server!();
+    let b = s.broker("");
+    for i in 0..6 {
+        b.publish("q", &envelope(&format!("a{i}"), "q", "x"), 0, None)
+            .unwrap();
+    }
+    let buffer = Arc::new(PrefetchBuffer::new(2));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    let mut ran = Vec::new();
+    for _ in 0..6 {
+        let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+        buffer.done(1);
+        c.ack_later(vec![d.tag.clone()]);
+        ran.push(d.tag);
+    }
+    assert!(c.settle_acks(Duration::from_secs(5)));
+    assert_eq!(ran, ["a0", "a1", "a2", "a3", "a4", "a5"]);
+    assert_eq!(b.leased_count("c1").unwrap(), 0);
+    assert_nothing_left(&mut s.raw(), "");
+    assert!(
+        c.settle_acks(Duration::from_millis(1)),
+        "nothing pending: at once"
+    );
+    c.stop();
+}
+
+#[test]
+fn test_redis_consumer_keeps_acks_while_redis_is_away_and_sends_them_after() {
+    let mut s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("k1", "q", "x"), 0, None).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(4));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    buffer.done(1);
+    // The ack handed over while the server is away is kept, and sent once the thread has
+    // reconnected (to a new, empty server here: an ack of a tag it does not know does nothing).
+    s.kill();
+    c.ack_later(vec![d.tag.clone()]);
+    assert!(
+        !c.settle_acks(Duration::from_millis(300)),
+        "Redis is away: not sent yet"
+    );
+    s.spawn();
+    assert!(c.settle_acks(Duration::from_secs(10)));
+    c.stop();
+}
+
+#[test]
+fn test_redis_consumer_sends_the_last_acks_when_stopped() {
+    let s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("l1", "q", "x"), 0, None).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(1));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    c.ack_later(vec![d.tag]);
+    c.stop();
+    assert_eq!(b.leased_count("c1").unwrap(), 0);
+    assert_nothing_left(&mut s.raw(), "");
+}
+
 // -- complete: results and acks in one round trip ------------------------------------------------
 
 fn record(task_id: &str, status: &str, result: i64, ttl_ms: Option<u64>) -> ResultRow {

@@ -152,6 +152,33 @@ fn test_sqlite_consumer_alternates_queues_with_a_prefetch_of_one() {
 }
 
 #[test]
+fn test_sqlite_consumer_sends_acks_handed_to_it_and_the_last_ones_when_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    let msgs: Vec<NewMessage> = (0..5).map(|i| msg("q", &format!("m{i}"), 0)).collect();
+    b.publish_many(&msgs).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(2));
+    let consumer = SqliteConsumer::new(
+        ConsumerConfig::new(&path, qs(&["q"]), "w1"),
+        Arc::clone(&buffer),
+    )
+    .unwrap();
+    consumer.start().unwrap();
+    for _ in 0..4 {
+        let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+        buffer.done(1);
+        consumer.ack_later(vec![d.tag]);
+    }
+    assert!(consumer.settle_acks(Duration::from_secs(5)));
+    let last = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    consumer.ack_later(vec![last.tag]);
+    consumer.stop();
+    assert!(b.leased_tags("w1").unwrap().is_empty());
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+}
+
+#[test]
 fn test_sqlite_bad_priority_rejected() {
     let (_d, b) = temp_broker();
     assert!(matches!(

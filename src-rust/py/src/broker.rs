@@ -234,7 +234,26 @@ macro_rules! transport_class {
 
 /// The `#[pymethods]` of a consumer-thread class (a struct with `inner` of a core consumer):
 /// start, stop, set_queues, running and last_error, then the `{ ... }` extras (the constructor).
+/// `acks_later` adds `ack_later` and `settle_acks`: the thread of the shared consumer loop sends
+/// the executor's acks (see `rqueue_core::transport::consumer`).
 macro_rules! consumer_class {
+    ($class:ident, acks_later { $($extra:tt)* }) => {
+        $crate::broker::consumer_class!($class {
+            /// Hand `tags` to the thread to ack before its next fetch; returns at once.
+            fn ack_later(&self, tags: Vec<String>) {
+                self.inner.ack_later(tags);
+            }
+
+            /// Wait (GIL released) until every ack handed over so far was sent: True, or False
+            /// after `timeout_s` or when the thread is not running.
+            fn settle_acks(&self, py: Python<'_>, timeout_s: f64) -> PyResult<bool> {
+                let timeout = $crate::broker::seconds("timeout_s", timeout_s).map_py(py)?;
+                Ok(py.detach(|| self.inner.settle_acks(timeout)))
+            }
+
+            $($extra)*
+        });
+    };
     ($class:ident { $($extra:tt)* }) => {
         #[pymethods]
         impl $class {

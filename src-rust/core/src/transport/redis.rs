@@ -447,25 +447,63 @@ impl RedisBroker {
     /// Leases up to `limit` messages of `queues` to `owner` in one atomic script: due ETA
     /// messages first go back to their list, then every queue's bucket 0 before any bucket 3.
     pub fn fetch(&self, queues: &[String], limit: usize, owner: &str) -> Result<Vec<Delivery>> {
+        self.ack_then_fetch(&[] as &[String], queues, limit, owner)
+    }
+
+    /// Acks `acks` (see [`ack`](Self::ack)), then fetches (see [`fetch`](Self::fetch)), in ONE
+    /// round trip: a consumer thread that sends the executor's acks pays no extra wait for them.
+    pub fn ack_then_fetch<S: AsRef<str>>(
+        &self,
+        acks: &[S],
+        queues: &[String],
+        limit: usize,
+        owner: &str,
+    ) -> Result<Vec<Delivery>> {
         check_owner(owner)?;
         let limit = limit.min(MAX_FETCH);
         let mut seen = std::collections::HashSet::new();
         let queues: Vec<&String> = queues.iter().filter(|q| seen.insert(q.as_str())).collect();
         if limit == 0 || queues.is_empty() {
+            self.ack(acks)?;
             return Ok(Vec::new());
         }
         let multi_pop = self.server_version()? >= MULTI_POP_SINCE;
-        let mut inv = self.scripts()?.fetch.prepare_invoke();
-        inv.arg(&self.config.global_keyprefix)
+        let scripts = self.scripts()?;
+        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(2);
+        if !acks.is_empty() {
+            let mut ack = redis::cmd("EVALSHA");
+            ack.arg(scripts.ack.get_hash())
+                .arg(0)
+                .arg(&self.config.global_keyprefix);
+            for t in acks {
+                ack.arg(t.as_ref());
+            }
+            cmds.push(ack);
+        }
+        let mut fetch = redis::cmd("EVALSHA");
+        fetch
+            .arg(scripts.fetch.get_hash())
+            .arg(0)
+            .arg(&self.config.global_keyprefix)
             .arg(owner)
             .arg(limit)
             .arg(ETA_BATCH)
             .arg(if multi_pop { "1" } else { "0" })
             .arg(queues.len());
         for q in &queues {
-            inv.arg(q.as_str());
+            fetch.arg(q.as_str());
         }
-        let flat: Vec<Vec<u8>> = self.with_conn(|c| inv.invoke(c))?;
+        cmds.push(fetch);
+        let flat: Vec<Vec<u8>> = self.with_conn(|c| {
+            let replies = run_scripts(c, &cmds, |c| {
+                scripts.ack.load(c)?;
+                scripts.fetch.load(c).map(|_| ())
+            })?;
+            match replies.last() {
+                Some(v) => redis::from_redis_value(v),
+                None => Ok(Vec::new()),
+            }
+        })?;
         let mut out = Vec::with_capacity(flat.len() / 4);
         let mut it = flat.into_iter();
         while let (Some(tag), Some(queue), Some(payload), Some(n)) =
