@@ -203,6 +203,9 @@ def help_(ctx: click.Context) -> None:
 @click.option(
     "--soft-time-limit", type=click.FloatRange(min=0, min_open=True), help="Soft time limit of every task, s."
 )
+@click.option(
+    "-B", "--beat", "with_beat", is_flag=True, help="Also run the periodic task scheduler (safe on every worker node)."
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -229,6 +232,7 @@ def worker(
     max_memory_per_child: int | None,
     time_limit: float | None,
     soft_time_limit: float | None,
+    with_beat: bool,
 ) -> None:
     """Start a worker that runs the app's tasks."""
     from rqueue.nodenames import has_process_index, log_per_process  # noqa: PLC0415
@@ -273,6 +277,7 @@ def worker(
             pidfile=pidfile,
             statedb=statedb,
             redirect_stdouts=logfile is not None,
+            beat=with_beat,
         ).start()
     except RQueueError as exc:
         fail(str(exc), 1)
@@ -599,6 +604,9 @@ def _add_subcommands() -> None:
 
     cli.add_command(report)
     cli.add_command(shell)
+    from rqueue.cli.beat import beat  # noqa: PLC0415 - it imports this module's helpers
+
+    cli.add_command(beat)
 
 
 _add_subcommands()

@@ -30,6 +30,7 @@ from rqueue.worker.timelimit import install_soft_limit_handler, main_guard_targe
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.beat import Beat
 
 POOLS = ("prefork", "threads", "solo")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
@@ -52,6 +53,8 @@ class Worker:
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
         hooks: Called at the worker's hook points in every process (``rqueue.worker.hooks``).
+        beat: Also run the periodic task scheduler in a thread of this process (``-B``); beats
+            on every node elect one leader, so each run is sent once.
 
     Attributes:
         rate_limits: The node's task rate limits, shared by every process and thread of the
@@ -73,6 +76,7 @@ class Worker:
         statedb: str | None = None,
         hooks: Sequence[WorkerHook] = (),
         redirect_stdouts: bool = False,
+        beat: bool = False,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -102,6 +106,13 @@ class Worker:
         self.consumer: Consumer | None = None
         # Made here, before the prefork pool forks, so its shared memory reaches every child.
         self.rate_limits = RateLimits(app)
+        # Checked now (a bad entry stops the worker at start); its thread starts once the pool has
+        # forked its children (``_ready``), and it uses a broker connection of its own.
+        self.beat: Beat | None = None
+        if beat:
+            from rqueue.beat import Beat  # noqa: PLC0415 - only -B loads the scheduler
+
+            self.beat = Beat(app)
 
     def banner(self) -> str:
         """What the worker prints at start: version, app, broker and backend (passwords masked), tasks."""
@@ -159,11 +170,15 @@ class Worker:
                 return pool.run(on_ready=self._ready, on_idle=control.serve)
             return self._run_in_process(self.revoked)
         finally:
+            if self.beat is not None:
+                self.beat.stop()
             self.revoked.save()
             self._release_pidfile()
             signals.worker_shutdown.send(sender=self)
 
     def _ready(self) -> None:
+        if self.beat is not None:
+            self.beat.start_thread()
         logger.info("%s ready.", self.hostname)
         self.ready.set()
         signals.worker_ready.send(sender=self)
