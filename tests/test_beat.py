@@ -334,3 +334,27 @@ def test_worker_with_beat_on_two_workers_sends_each_tick_once(redis_beat_project
 def test_tick_task_ids_differ_per_tick_and_agree_across_beats() -> None:
     assert tick_task_id("app", "e", 1000) == tick_task_id("app", "e", 1000)
     assert len({tick_task_id("app", "e", 1000), tick_task_id("app", "e", 2000), tick_task_id("app", "f", 1000)}) == 3
+
+
+def test_beat_runs_an_unmodified_celery_apps_schedule(tmp_path: Path) -> None:
+    celery = pytest.importorskip("celery")
+    from celery.schedules import crontab as celery_crontab
+
+    from rqueue.from_celery import adopt
+
+    capp = celery.Celery("celeryproj", broker=f"sqlite:///{tmp_path / 'unused.db'}", set_as_current=False)
+    capp.conf.beat_schedule = {"nightly": {"task": "celeryproj.add", "schedule": celery_crontab(0, 3), "args": (1, 2)}}
+
+    @capp.task(name="celeryproj.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @capp.on_after_configure.connect
+    def setup(sender: Any, **kwargs: Any) -> None:
+        sender.add_periodic_task(30.0, add.s(4, 4), name="every 30")
+
+    app = adopt(capp)
+    app.conf.broker_url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    entries = {e.name: e for e in Beat(app).entries}
+    assert entries["nightly"].schedule == crontab(0, 3)
+    assert entries["every 30"].args == (4, 4)

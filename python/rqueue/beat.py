@@ -228,7 +228,14 @@ class Beat:
         )
         try:
             while not self._stop.is_set():
-                self._stop.wait(self.tick())
+                try:
+                    wait = self.tick()
+                except Exception:  # a bug or a surprise must not end the schedule: log, step aside, retry
+                    logger.exception("beat: unexpected error; retrying in %gs", self.retry_s)
+                    self.close()
+                    self._elect_at = time.monotonic() + self.retry_s
+                    wait = self.retry_s
+                self._stop.wait(wait)
         finally:
             self.close()
 

@@ -197,7 +197,10 @@ class Worker:
         self.consumer.stop()
 
     def _announce_shutdown(self, signum: int, count: int) -> None:
-        """``worker_shutting_down`` on the first signal (warm) and the second (cold)."""
+        """``worker_shutting_down`` on the first signal (warm) and the second (cold); an embedded
+        beat stops at once and gives its lease up (another node's beat takes over)."""
+        if self.beat is not None:
+            self.beat.stop(timeout_s=0)
         if count <= 2:
             how = "Warm" if count == 1 else "Cold"
             signals.worker_shutting_down.send(sender=self.hostname, sig=_signal_name(signum), how=how, exitcode=0)
