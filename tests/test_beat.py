@@ -81,14 +81,18 @@ def test_beat_bad_entry_is_an_error_naming_the_entry_and_field(
     assert str(caught.value).startswith("beat_schedule entry 'nightly': ")
 
 
-def test_beat_unsupported_broker_is_a_clear_error(tmp_path: Path) -> None:
+def test_beat_on_rabbitmq_without_a_redis_or_sqlite_backend_is_a_clear_error(tmp_path: Path) -> None:
     app = _app(tmp_path)
     app.conf.broker_url = "amqp://guest:secret@127.0.0.1:1//"
     with pytest.raises(
-        ConfigurationError, match="need a broker that can elect their leader: Redis or SQLite"
+        ConfigurationError, match=r"a Redis or SQLite result_backend to hold the leader lease"
     ) as caught:
         Beat(app)
+    assert "result_backend is disabled" in str(caught.value)
     assert "secret" not in str(caught.value)
+    app.conf.result_backend = "rpc://"
+    with pytest.raises(ConfigurationError, match=r"result_backend is rpc://"):
+        Beat(app)
 
 
 def test_beat_unknown_timezone_is_a_clear_error(tmp_path: Path) -> None:
@@ -358,3 +362,33 @@ def test_beat_runs_an_unmodified_celery_apps_schedule(tmp_path: Path) -> None:
     entries = {e.name: e for e in Beat(app).entries}
     assert entries["nightly"].schedule == crontab(0, 3)
     assert entries["every 30"].args == (4, 4)
+
+
+def test_beat_on_rabbitmq_keeps_its_lease_in_the_redis_backend(tmp_path: Path, amqp_url: str, redis_url: str) -> None:
+    """RabbitMQ cannot hold the lease: it lives in the Redis result backend, and each run is
+    recorded there before its message is published to RabbitMQ; one leader still sends each run once."""
+    schedule = {"minutely": {"task": "beattest.add", "schedule": 60.0, "args": (1, 2)}}
+    clock = Clock(datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc))
+    beats = []
+    for _ in range(2):
+        app = _app(tmp_path, beat_schedule=schedule)
+        app.conf.update(broker_url=amqp_url, result_backend=redis_url)
+        beats.append(Beat(app, clock_ms=clock))
+    first, second = beats
+    first.broker.prepare_consumer(["celery"], False)
+    first.tick()
+    second.tick()
+    assert first.leader and not second.leader
+    for _ in range(3):
+        clock.advance(60)
+        first.tick()
+        second.tick()
+    first.close()  # the lease is given up: the other continues where it stopped
+    clock.advance(60)
+    time.sleep(second.retry_s)  # its next try at the lease
+    second.tick()
+    assert second.leader
+    second.tick()
+    assert second.store.beat_runs("beattest") == {"minutely": clock.ms}
+    _wait_for(lambda: first.broker.queue_length("celery") == 4, 5, "four messages did not reach RabbitMQ")
+    second.close()

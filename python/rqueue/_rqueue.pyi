@@ -314,6 +314,9 @@ class SqliteBroker:
     ) -> int:
         """Record the tick and publish the message in one atomic step, only if ``token`` holds the
         lease and no tick at or after ``tick_ms`` was sent: 1 sent, 0 not the leader, -1 already sent."""
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record the tick like ``beat_send`` without publishing anything (the caller publishes to
+        another broker once this returned 1)."""
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
         """Record revoked task ids, kept until ``expires_at_ms``."""
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
@@ -486,6 +489,9 @@ class RedisBroker:
     ) -> int:
         """Record the tick and publish the message in one atomic step, only if ``token`` holds the
         lease and no tick at or after ``tick_ms`` was sent: 1 sent, 0 not the leader, -1 already sent."""
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record the tick like ``beat_send`` without publishing anything (the caller publishes to
+        another broker once this returned 1)."""
     def declare_bindings(self, queues: Sequence[str], exchange: str | None = None) -> None:
         """``SADD _kombu.binding.<exchange> "<queue>\\x06\\x16\\x06\\x16<queue>"`` per queue.
 

@@ -11,6 +11,9 @@ A tick is sent by ``BeatStore.beat_send``: one atomic broker step that checks th
 holds the lease and that the tick is later than the entry's last one, records it and publishes the
 message. A deposed leader (paused, cut off) is refused, and an unanswered send can be retried:
 no tick is sent twice. Ticks missed while no beat ran are sent once (the latest), with a warning.
+On RabbitMQ, which cannot hold the lease, it lives in a Redis or SQLite result backend, and a tick
+is recorded there before its message is published (``SplitBeatStore``): still never twice, but a
+leader killed between the two steps loses that one tick.
 
 Entries are checked at start-up: an unknown task, a bad crontab field, a negative interval or a
 bad option is a ``ScheduleError`` naming the entry and the field.
@@ -18,6 +21,7 @@ bad option is a ``ScheduleError`` naming the entry and the field.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -153,16 +157,76 @@ def _plan(app: App, entry: Entry, task_id: str | None = None) -> SendPlan:
     return SendPlan(app, entry.task, None, options)  # type: ignore[arg-type]  # checked against SEND_OPTIONS
 
 
-def beat_store(broker: Broker) -> BeatStore:
-    """The broker's ``BeatStore``, or a ConfigurationError saying which brokers have one."""
+def beat_store(app: App, broker: Broker) -> BeatStore:
+    """Where the beat keeps its lease and state and sends its messages: the broker itself (Redis,
+    SQLite: one atomic step per run), or, on a broker that cannot hold them (RabbitMQ), a Redis or
+    SQLite result backend beside it (``SplitBeatStore``). ConfigurationError otherwise."""
     store = capability(broker, BeatStore)
-    if store is None:
+    if store is not None:
+        return store
+    backend_url = app.backend_url
+    state: BeatStore | None = None
+    if backend_url:
+        with contextlib.suppress(ConfigurationError):  # a result backend that is no broker scheme (rpc://)
+            state = capability(open_broker(backend_url, app.conf), BeatStore)
+    if state is None:
+        backend = mask_password(backend_url) if backend_url else "disabled"
         raise ConfigurationError(
-            f"periodic tasks (rqueue beat, worker -B) need a broker that can elect their leader: Redis or "
-            f"SQLite; {mask_password(broker.url)} is not supported yet (RabbitMQ: run the beat on a Redis or "
-            "SQLite broker URL with -b, or use Celery's beat for now)"
+            f"periodic tasks (rqueue beat, worker -B) need a broker that can elect their leader (Redis or "
+            f"SQLite), or beside {mask_password(broker.url)} a Redis or SQLite result_backend to hold the "
+            f"leader lease (result_backend is {backend})"
         )
-    return store
+    logger.info("beat: the lease and the runs live in the result backend %s", mask_password(str(backend_url)))
+    return SplitBeatStore(state, broker)
+
+
+#: ``SplitBeatStore.beat_send``: the run was recorded but its message could not be published.
+LOST = -2
+
+
+class SplitBeatStore(BeatStore):
+    """A beat on a broker that cannot elect (RabbitMQ): the lease and the runs live in ``state``
+    (the Redis or SQLite result backend), and a run's message is published to ``broker`` after
+    the run was recorded under the lease. Two steps instead of one: a run is still never sent
+    twice, but a leader that dies between them (or a publish that fails) loses that one run."""
+
+    def __init__(self, state: BeatStore, broker: Broker) -> None:
+        self.state = state
+        self.broker = broker
+
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        return self.state.beat_lease(name, token, ttl_ms)
+
+    def beat_release(self, name: str, token: str) -> bool:
+        return self.state.beat_release(name, token)
+
+    def beat_runs(self, name: str) -> dict[str, int]:
+        return self.state.beat_runs(name)
+
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        return self.state.beat_claim(name, token, entry, tick_ms)
+
+    def beat_send(  # noqa: PLR0913 - BeatStore's signature
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int,
+        eta_ms: int | None,
+    ) -> int:
+        code = self.state.beat_claim(name, token, entry, tick_ms)
+        if code != 1:
+            return code
+        try:
+            self.broker.publish(queue, payload, priority, eta_ms)
+        except BrokerError as exc:
+            # Publishing again could send the run twice (the broker may have it): it is given up.
+            logger.error("Scheduler: %s was recorded but could not be published (%s); this run is skipped", entry, exc)
+            return LOST
+        return 1
 
 
 def tick_task_id(schedule: str, entry: str, tick_ms: int) -> str:
@@ -198,7 +262,7 @@ class Beat:
         self.tz = schedule_timezone(app)
         self.entries = load_entries(app)
         self.broker = broker if broker is not None else open_broker(app.broker_url, app.conf)
-        self.store = beat_store(self.broker)
+        self.store = beat_store(app, self.broker)
         self.name = schedule_name(app)
         self.clock_ms = clock_ms
         self.node = node or f"{socket.gethostname()}/{os.getpid()}"
@@ -355,6 +419,8 @@ class Beat:
             return
         if code == 1:
             logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+            self._sent(entry, tick)
+        elif code == LOST:
             self._sent(entry, tick)
         elif code == -1:
             logger.info("Scheduler: %s (%s) at %s was sent already", entry.name, entry.task, self._local(tick))

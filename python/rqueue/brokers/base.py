@@ -287,6 +287,11 @@ class BeatStore(ABC):
         """Record ``tick_ms`` of ``entry`` and publish the message, if ``token`` leads and the tick is
         new: 1 sent, 0 not the leader (nothing written), -1 already sent (nothing written)."""
 
+    @abstractmethod
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record ``tick_ms`` of ``entry`` under the same checks as ``beat_send``, publishing nothing
+        (the caller publishes to another broker after a 1)."""
+
 
 Capability = TypeVar("Capability", LeaseRecovery, DeadLetterAdmin, RevocationStore, BeatStore)
 
@@ -337,6 +342,7 @@ class NativeTransport(Protocol):
         priority: int = ...,
         eta_ms: int | None = ...,
     ) -> int: ...
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int: ...
 
 
 class NativeThread(Protocol):
@@ -432,6 +438,9 @@ class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin, BeatStore):
         eta_ms: int | None,
     ) -> int:
         return self.native.beat_send(name, token, entry, tick_ms, queue, payload, priority, eta_ms)
+
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        return self.native.beat_claim(name, token, entry, tick_ms)
 
     def native_consumer(self, thread: NativeThread) -> NativeConsumer:
         """The consumer handle of a native consumer thread of this broker."""

@@ -1040,6 +1040,16 @@ fn test_redis_beat_lease_and_fenced_send() {
     );
     assert_eq!(b.beat_runs("app").unwrap(), vec![("e".to_string(), 2000)]);
     assert_eq!(b.queue_length("q").unwrap(), 2);
+    assert_eq!(b.beat_claim("app", "b", "e", 3000).unwrap(), BeatSend::Sent);
+    assert_eq!(
+        b.beat_claim("app", "b", "e", 3000).unwrap(),
+        BeatSend::AlreadySent
+    );
+    assert_eq!(
+        b.beat_claim("app", "a", "e", 4000).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert_eq!(b.queue_length("q").unwrap(), 2);
     assert!(!b.beat_release("app", "a").unwrap());
     assert!(b.beat_release("app", "b").unwrap());
     assert!(b.beat_lease("app", "a", 5000).unwrap());

@@ -867,4 +867,15 @@ fn test_sqlite_beat_send_is_fenced_by_the_lease_and_the_last_tick() {
     runs.sort();
     assert_eq!(runs, vec![("e".to_string(), 2000), ("f".to_string(), 1000)]);
     assert_eq!(b.queue_length("q").unwrap(), 3);
+    // A claim records the tick under the same checks, and publishes nothing.
+    assert_eq!(b.beat_claim("app", "b", "e", 3000).unwrap(), BeatSend::Sent);
+    assert_eq!(
+        b.beat_claim("app", "b", "e", 3000).unwrap(),
+        BeatSend::AlreadySent
+    );
+    assert_eq!(
+        b.beat_claim("app", "a", "e", 4000).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert_eq!(b.queue_length("q").unwrap(), 3);
 }

@@ -281,6 +281,21 @@ macro_rules! transport_class {
                 .map(|sent| sent.code())
             }
 
+            /// Record the tick like `beat_send` without publishing anything (the caller publishes
+            /// to another broker once this returned 1).
+            fn beat_claim(
+                &self,
+                py: Python<'_>,
+                name: String,
+                token: String,
+                entry: String,
+                tick_ms: i64,
+            ) -> PyResult<i8> {
+                py.detach(|| Transport::beat_claim(&*self.inner, &name, &token, &entry, tick_ms))
+                    .map_py(py)
+                    .map(|sent| sent.code())
+            }
+
             $($extra)*
         }
     };

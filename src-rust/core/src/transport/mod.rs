@@ -141,6 +141,8 @@ pub trait Transport: Send + Sync {
         tick_ms: i64,
         message: &NewMessage,
     ) -> Result<BeatSend>;
+    /// Records the tick like `beat_send`, publishing nothing (the caller publishes elsewhere).
+    fn beat_claim(&self, name: &str, token: &str, entry: &str, tick_ms: i64) -> Result<BeatSend>;
 }
 
 /// Implements [`Transport`] for a broker by its inherent methods of the same names and shapes.
@@ -221,6 +223,15 @@ macro_rules! transport_by_inherent_methods {
                 message: &$crate::transport::NewMessage,
             ) -> Result<$crate::transport::BeatSend> {
                 <$broker>::beat_send(self, name, token, entry, tick_ms, message)
+            }
+            fn beat_claim(
+                &self,
+                name: &str,
+                token: &str,
+                entry: &str,
+                tick_ms: i64,
+            ) -> Result<$crate::transport::BeatSend> {
+                <$broker>::beat_claim(self, name, token, entry, tick_ms)
             }
         }
     };

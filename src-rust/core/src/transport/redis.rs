@@ -171,6 +171,15 @@ pub fn mark_redelivered(envelope: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_else(|_| envelope.to_vec())
 }
 
+/// The outcome of the beat send script's reply.
+fn beat_outcome(code: i64) -> BeatSend {
+    match code {
+        1 => BeatSend::Sent,
+        -1 => BeatSend::AlreadySent,
+        _ => BeatSend::NotLeader,
+    }
+}
+
 /// One in-flight entry as read by the inspect script.
 #[derive(Debug)]
 struct InFlight {
@@ -655,11 +664,26 @@ impl RedisBroker {
         // Not retried on a lost reply: the script may have run, and the caller must not send the
         // tick again blindly (a retry would be refused as AlreadySent anyway, but say so).
         let code: i64 = self.with_conn(|c| inv.invoke(c))?;
-        Ok(match code {
-            1 => BeatSend::Sent,
-            -1 => BeatSend::AlreadySent,
-            _ => BeatSend::NotLeader,
-        })
+        Ok(beat_outcome(code))
+    }
+
+    /// Records the tick like [`RedisBroker::beat_send`] without publishing anything: for a beat
+    /// whose messages go to another broker (RabbitMQ), which publishes after this succeeded.
+    pub fn beat_claim(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+    ) -> Result<BeatSend> {
+        let script = &self.scripts()?.beat_send;
+        let mut inv = script.key(self.beat_key(name, "lease"));
+        inv.key(self.beat_key(name, "runs"))
+            .arg(token)
+            .arg(entry)
+            .arg(tick_ms);
+        let code: i64 = self.with_conn(|c| inv.invoke(c))?;
+        Ok(beat_outcome(code))
     }
 
     /// Returns unstarted deliveries to the front of their queue (next to be consumed, in their

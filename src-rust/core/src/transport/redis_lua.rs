@@ -481,8 +481,9 @@ return 0
 
 /// Sends one tick, fenced: only the lease holder, only a tick later than the entry's last one;
 /// records the tick and pushes the message in the same script. KEYS: lease, runs hash, target
-/// (the bucket list, or the ETA set); ARGV: token, entry, tick ms, payload, ETA score ('' = push
-/// to the list), ETA member prefix. 1 sent, 0 not the leader, -1 already sent.
+/// (the bucket list, or the ETA set; absent: only record the tick); ARGV: token, entry, tick ms,
+/// payload, ETA score ('' = push to the list), ETA member prefix. 1 sent, 0 not the leader, -1
+/// already sent.
 pub const BEAT_SEND_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
@@ -492,6 +493,9 @@ if last and tonumber(last) >= tonumber(ARGV[3]) then
   return -1
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if #KEYS < 3 then
+  return 1
+end
 if ARGV[5] == '' then
   redis.call('LPUSH', KEYS[3], ARGV[4])
 else

@@ -1115,6 +1115,40 @@ impl SqliteBroker {
         })
     }
 
+    /// Records the tick `tick_ms` of `entry` if `token` holds the unexpired lease of `name` and no
+    /// tick at or after it was recorded (in `tx`): what makes a tick once-only.
+    fn beat_record(
+        tx: &rusqlite::Transaction<'_>,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+        now: i64,
+    ) -> rusqlite::Result<BeatSend> {
+        let leader: Option<i64> = tx
+            .prepare_cached(
+                "SELECT 1 FROM beat_leases WHERE name = ?1 AND token = ?2 AND until_ms >= ?3",
+            )?
+            .query_row(params![name, token, now], |r| r.get(0))
+            .optional()?;
+        if leader.is_none() {
+            return Ok(BeatSend::NotLeader);
+        }
+        let last: Option<i64> = tx
+            .prepare_cached("SELECT tick_ms FROM beat_runs WHERE name = ?1 AND entry = ?2")?
+            .query_row(params![name, entry], |r| r.get(0))
+            .optional()?;
+        if last.is_some_and(|last| last >= tick_ms) {
+            return Ok(BeatSend::AlreadySent);
+        }
+        tx.prepare_cached(
+            "INSERT INTO beat_runs (name, entry, tick_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name, entry) DO UPDATE SET tick_ms = excluded.tick_ms",
+        )?
+        .execute(params![name, entry, tick_ms])?;
+        Ok(BeatSend::Sent)
+    }
+
     /// Sends the tick `tick_ms` of `entry` in one transaction with the checks that make it
     /// once-only: `token` holds the unexpired lease of `name` (a deposed leader is fenced off), and
     /// no tick at or after `tick_ms` was sent; the tick is recorded and the message published.
@@ -1131,42 +1165,37 @@ impl SqliteBroker {
         check_priority(message.priority)?;
         let now = now_ms();
         let sent = self.immediate(|tx| {
-            let leader: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT 1 FROM beat_leases WHERE name = ?1 AND token = ?2 AND until_ms >= ?3",
+            let recorded = Self::beat_record(tx, name, token, entry, tick_ms, now)?;
+            if recorded == BeatSend::Sent {
+                tx.prepare_cached(
+                    "INSERT INTO messages (queue, priority, eta_ms, payload, deliveries, published_ms)
+                     VALUES (?1, ?2, ?3, ?4, 0, ?5)",
                 )?
-                .query_row(params![name, token, now], |r| r.get(0))
-                .optional()?;
-            if leader.is_none() {
-                return Ok(BeatSend::NotLeader);
+                .execute(params![
+                    message.queue,
+                    message.priority,
+                    message.eta_ms.unwrap_or(0),
+                    message.payload,
+                    now
+                ])?;
             }
-            let last: Option<i64> = tx
-                .prepare_cached("SELECT tick_ms FROM beat_runs WHERE name = ?1 AND entry = ?2")?
-                .query_row(params![name, entry], |r| r.get(0))
-                .optional()?;
-            if last.is_some_and(|last| last >= tick_ms) {
-                return Ok(BeatSend::AlreadySent);
-            }
-            tx.prepare_cached(
-                "INSERT INTO beat_runs (name, entry, tick_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name, entry) DO UPDATE SET tick_ms = excluded.tick_ms",
-            )?
-            .execute(params![name, entry, tick_ms])?;
-            tx.prepare_cached(
-                "INSERT INTO messages (queue, priority, eta_ms, payload, deliveries, published_ms)
-                 VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-            )?
-            .execute(params![
-                message.queue,
-                message.priority,
-                message.eta_ms.unwrap_or(0),
-                message.payload,
-                now
-            ])?;
-            Ok(BeatSend::Sent)
+            Ok(recorded)
         })?;
         self.ring_if(sent == BeatSend::Sent, Bell::Messages);
         Ok(sent)
+    }
+
+    /// Records the tick like [`SqliteBroker::beat_send`] without publishing anything: for a beat
+    /// whose messages go to another broker (RabbitMQ), which publishes after this succeeded.
+    pub fn beat_claim(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+    ) -> Result<BeatSend> {
+        let now = now_ms();
+        self.immediate(|tx| Self::beat_record(tx, name, token, entry, tick_ms, now))
     }
 
     /// Tags of the messages `owner` holds (a dead worker's, before its leases are returned).
