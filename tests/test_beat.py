@@ -140,6 +140,25 @@ def test_beat_missed_ticks_are_sent_once_and_logged(tmp_path: Path, caplog: pyte
     beat.close()
 
 
+def test_beat_send_whose_reply_was_lost_is_not_sent_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The broker carried out a send whose reply never came: the retry is refused as already sent."""
+    app = _app(tmp_path, beat_schedule={"minutely": {"task": "beattest.add", "schedule": 60.0}})
+    clock = Clock(datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc))
+    beat = Beat(app, clock_ms=clock)
+    beat.tick()
+    clock.advance(60)
+    due = beat._next["minutely"]
+    assert beat.store.beat_send(beat.name, beat.token, "minutely", due, "celery", b"sent, reply lost", 0, None) == 1
+    with caplog.at_level(logging.INFO, logger="rqueue.beat"):
+        beat.tick()
+    assert any("was sent already" in r.getMessage() for r in caplog.records)
+    assert beat.broker.queue_length("celery") == 1
+    clock.advance(60)
+    beat.tick()
+    assert beat.broker.queue_length("celery") == 2
+    beat.close()
+
+
 @pytest.mark.parametrize(
     ("zone", "start", "hours"),
     [

@@ -384,7 +384,8 @@ class Beat:
     def _send_due(self, entry: Entry, now: int) -> None:
         due = self._next[entry.name]
         last = self._last.get(entry.name)
-        tick = entry.schedule.latest_ms(due - 1 if last is None else last, now, self.tz) or due
+        # The latest run due by now: `due` itself, or a later one when runs were missed.
+        tick = entry.schedule.latest_ms(due if last is None else last, now, self.tz) or due
         if tick > due:
             logger.warning(
                 "Scheduler: %s (%s) missed its runs from %s to %s (no beat was leading); sending it once now",
@@ -424,7 +425,12 @@ class Beat:
             self._sent(entry, tick)
         elif code == -1:
             logger.info("Scheduler: %s (%s) at %s was sent already", entry.name, entry.task, self._local(tick))
-            self._load_state()
+            try:
+                self._load_state()
+            except BrokerError as exc:
+                logger.warning("beat: could not read the schedule's state (%s); retrying", exc)
+                self._elect_at = 0.0
+                self.leader = False
         else:
             logger.warning("beat: %s lost the lease of schedule %r; another beat leads now", self.node, self.name)
             self.leader = False
