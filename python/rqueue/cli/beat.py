@@ -35,8 +35,8 @@ def beat(
     list_only: bool,
 ) -> None:
     """Send the app's periodic tasks (beat_schedule). Safe to run on several nodes: they elect one
-    leader through the broker, which sends each run once; another takes over within
-    beat_lease_s (3 s) if it dies."""
+    leader through the broker, which sends each run once; if it dies, another takes over within
+    beat_lease_s * 7/6 (3.5 s by default)."""
     from rqueue.beat import Beat  # noqa: PLC0415 - only the beat command loads the beat
     from rqueue.worker import release_pidfile, setup_logging, take_pidfile  # noqa: PLC0415
 
