@@ -267,6 +267,7 @@ def _assert_each_tick_once(project: Project, logs: list[str]) -> list[float]:
     return sorted(at for _, at in ticks)
 
 
+@pytest.mark.slow
 def test_beat_three_processes_one_leader_survives_a_sigkill(beat_project: Project) -> None:
     """R16: three beats, an entry every second; the leader is SIGKILLed mid-way. Every tick is
     sent once, and the schedule resumes within the lease."""
@@ -337,6 +338,7 @@ def redis_beat_project(tmp_path: Path, redis_url: str, monkeypatch: pytest.Monke
     proj.close()
 
 
+@pytest.mark.redis
 def test_worker_with_beat_on_two_workers_sends_each_tick_once(redis_beat_project: Project) -> None:
     proj = redis_beat_project
     workers: list[WorkerProcess] = [
@@ -385,6 +387,8 @@ def test_beat_runs_an_unmodified_celery_apps_schedule(tmp_path: Path) -> None:
     assert entries["every 30"].args == (4, 4)
 
 
+@pytest.mark.rabbitmq
+@pytest.mark.redis
 def test_beat_on_rabbitmq_keeps_its_lease_in_the_redis_backend(tmp_path: Path, amqp_url: str, redis_url: str) -> None:
     """RabbitMQ cannot hold the lease: it lives in the Redis result backend, and each run is
     recorded there before its message is published to RabbitMQ; one leader still sends each run once."""
