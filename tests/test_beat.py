@@ -356,6 +356,7 @@ def test_worker_with_beat_on_two_workers_sends_each_tick_once(redis_beat_project
     for w in workers:
         assert w.proc.wait(30) == 0
     _assert_each_tick_once(proj, [w.log_text() for w in workers])
+    assert ".> beat:        1 periodic task, lease 3s" in workers[0].output()
 
 
 def test_tick_task_ids_differ_per_tick_and_agree_across_beats() -> None:

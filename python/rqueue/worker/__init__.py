@@ -128,8 +128,18 @@ class Worker:
             f".> transport:   {describe(app.broker_url)}\n"
             f".> results:     {describe(backend) if backend else 'disabled://'}\n"
             f".> concurrency: {self._concurrency_text()}\n"
+            f"{self._beat_text()}"
             f"\n[queues]\n{queues}\n"
             f"\n[tasks]\n{tasks}\n"
+        )
+
+    def _beat_text(self) -> str:
+        """The banner's beat line with ``-B``: the schedule's size and lease."""
+        if self.beat is None:
+            return ""
+        count = len(self.beat.entries)
+        return (
+            f".> beat:        {count} periodic task{'s' if count != 1 else ''}, lease {self.beat.lease_ms / 1000:g}s\n"
         )
 
     def _concurrency_text(self) -> str:
