@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rqueue import App, AsyncResult, _rqueue
+from rqueue import App, AsyncResult, Task, _rqueue
 from rqueue.exceptions import ConfigurationError, ResultIgnoredError, TimeoutError
 from rqueue.urls import mask_password
 
@@ -224,6 +226,24 @@ def test_send_many_routes_each_call_when_a_router_reads_the_arguments(app: App) 
     app.conf.task_routes = {"tasks.*": "named"}  # a name-only route: worked out once per batch
     app.send_many("tasks.add", [((1, 2), {}), ((20, 2), {})])
     assert app.broker.queue_length("named") == 2
+
+
+def test_send_many_encodes_per_call_what_depends_on_the_call(app: App) -> None:
+    class Named(Task):  # type: ignore[type-arg]
+        def shadow_name(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: Mapping[str, Any]) -> str:
+            return f"add-{args[0]}"
+
+    @app.task(name="tasks.add", base=Named)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.delay_many([(1, 2), (3, 4)])  # a shadow name per call: encoded one by one
+    assert [m.shadow for m in decode_waiting(app)] == ["add-1", "add-3"]
+    app.conf.accept_content = ["json", "pickle"]
+    sent = app.send_many("tasks.other", [((1,), {}), ((2,), {})], serializer="pickle")  # a body Python serializes
+    messages = decode_waiting(app)
+    assert [m.id for m in messages] == [r.id for r in sent]
+    assert {m.content_type for m in messages} == {"application/x-python-serialize"}
 
 
 def test_send_many_applies_options_to_every_call(app: App) -> None:

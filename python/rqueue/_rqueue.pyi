@@ -74,6 +74,37 @@ def encode_task_message(
     ``repr(kwargs)`` unless ``extra_headers`` sets them. Raises MessageTooLarge past ``max_size``.
     """
 
+def encode_task_messages(
+    calls: list[tuple[Sequence[Any], Mapping[str, Any]]],
+    *,
+    task: str,
+    routing_key: str,
+    exchange: str = "",
+    serializer: str = "json",
+    eta_ms: int | None = None,
+    expires_ms: int | None = None,
+    retries: int = 0,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    priority: int | None = None,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    group_id: str | None = None,
+    origin: str | None = None,
+    ignore_result: bool = False,
+    reply_to: str | None = None,
+    extra_headers: Mapping[str, Any] | None = None,
+    max_size: int = 1048576,
+    callbacks: Sequence[Mapping[str, Any]] | None = None,
+    errbacks: Sequence[Mapping[str, Any]] | None = None,
+    chain: Sequence[Mapping[str, Any]] | None = None,
+    chord: Mapping[str, Any] | None = None,
+    group_index: int | None = None,
+    shadow: str | None = None,
+) -> list[tuple[str, bytes]]:
+    """``encode_task_message`` for many ``(args, kwargs)`` calls of one task with the same options:
+    ``[(task_id, payload), ...]``, each with a new task id (as ``new_task_id``), in one call."""
+
 def new_task_id() -> str:
     """A new task id: a random (version 4) UUID as text, like ``str(uuid.uuid4())`` but faster.
 
@@ -138,6 +169,33 @@ def format_iso8601_ms(epoch_ms: int) -> str:
     """ISO-8601 UTC text with microseconds and ``+00:00``, as Celery writes it."""
 
 # -- routing ------------------------------------------------------------------------------------
+
+@final
+class TaskEventBuffer:
+    """A worker process's task events (Celery's event protocol), appended as JSON by the
+    executor's hook points and taken as one ``task.multi`` body by the event sender thread.
+
+    Each append returns how many events wait now (1: the buffer was empty before).
+    """
+
+    def __new__(cls, hostname: str, pid: int, utcoffset_h: float) -> TaskEventBuffer: ...
+    def received(self, msg: TaskMessage) -> int:
+        """``task-received`` with the message's own fields (``argsrepr``/``kwargsrepr`` headers)."""
+    def started(self, task_id: str) -> int: ...
+    def succeeded(self, task_id: str, result: object, runtime_s: float) -> int:
+        """``task-succeeded`` with ``repr(result)`` cut to 1024 characters."""
+    def failed(self, task_id: str, exception: str, traceback: str) -> int: ...
+    def retried(self, task_id: str, exception: str, traceback: str) -> int: ...
+    def revoked(self, task_id: str, terminated: bool, expired: bool) -> int: ...
+    def rejected(self, task_id: str, requeue: bool) -> int: ...
+    def set_utcoffset(self, hours: float) -> None:
+        """Events appended from now on say this ``utcoffset`` (hours west of UTC)."""
+    def take(self) -> tuple[bytes, int] | None:
+        """``(JSON list of the waiting events, how many)``, or None; empties the buffer."""
+    @property
+    def clock(self) -> int:
+        """The Lamport clock of the last event appended."""
+    def __len__(self) -> int: ...
 
 @final
 class Router:
@@ -586,9 +644,18 @@ class AmqpBroker:
         """Put dead letters (by id) back in their queue with a fresh delivery count."""
     def purge_dead(self, queue: str | None = None) -> int: ...
     def declare_transient(
-        self, exchange: str, exchange_type: str, queue: str, routing_key: str, ttl_ms: int, expires_ms: int
+        self,
+        exchange: str,
+        exchange_type: str,
+        queue: str,
+        routing_key: str,
+        ttl_ms: int,
+        expires_ms: int,
+        durable_exchange: bool = False,
     ) -> None:
-        """Declare a non-durable exchange and (unless ``queue`` is empty) a self-deleting queue bound to it."""
+        """Declare an exchange (non-durable unless ``durable_exchange``: flags must match other
+        declarers', e.g. Celery's durable ``celeryev``) and (unless ``queue`` is empty) a
+        self-deleting queue bound to it."""
     def publish_transient(self, exchange: str, routing_key: str, body: bytes, headers: str) -> None:
         """Publish a transient JSON message with ``headers`` (a JSON object's text)."""
     def listen(self, queue: str) -> None:

@@ -380,6 +380,33 @@ def test_protocol_encode_is_byte_stable() -> None:
     }
 
 
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_protocol_encode_many_is_encode_one_per_call_with_fresh_ids(serializer: str) -> None:
+    common = {"task": "tasks.add", "routing_key": "q", "serializer": serializer, "priority": 3, "origin": "me@h",
+              "extra_headers": {"x": 1}, "callbacks": [{"task": "t.cb", "args": [], "kwargs": {}}]}  # fmt: skip
+    calls = [([1, 2], {}), ((3,), {"y": "é"}), ([], {})]
+    encoded = _rqueue.encode_task_messages(calls, **common)  # type: ignore[arg-type]
+    assert len({task_id for task_id, _ in encoded}) == 3
+    for (args, kwargs), (task_id, payload) in zip(calls, encoded, strict=True):
+        assert uuid.UUID(task_id).version == 4
+        one = json.loads(_encode(task_id=task_id, args=list(args), kwargs=kwargs, **common))
+        got = json.loads(payload)
+        assert got["properties"].pop("delivery_tag") != one["properties"].pop("delivery_tag")
+        assert got == one
+        msg = _rqueue.decode_task_message(payload, accept=["application/json", "application/x-msgpack"])
+        assert (msg.id, msg.args, msg.kwargs, msg.priority, msg.headers["x"]) == (task_id, list(args), kwargs, 3, 1)
+
+
+def test_protocol_encode_many_refuses_bad_calls_by_index() -> None:
+    with pytest.raises(TypeError, match=r"calls\[1\] must be an \(args, kwargs\) tuple"):
+        _rqueue.encode_task_messages([([], {}), ([],)], task="t", routing_key="q")
+    with pytest.raises(TypeError, match="args must be a list or tuple, not int"):
+        _rqueue.encode_task_messages([(1, {})], task="t", routing_key="q")  # type: ignore[list-item]
+    with pytest.raises(MessageTooLarge):
+        _rqueue.encode_task_messages([(["x" * 2000], {})], task="t", routing_key="q", max_size=1000)
+    assert _rqueue.encode_task_messages([], task="t", routing_key="q") == []
+
+
 # -- task ids --------------------------------------------------------------------------------------
 
 

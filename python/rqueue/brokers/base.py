@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from rqueue._rqueue import Delivery, PrefetchBuffer
+from rqueue._rqueue import Delivery, PrefetchBuffer, loads
 from rqueue.exceptions import ConfigurationError
+from rqueue.utils.log import printable
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
@@ -97,6 +98,14 @@ class DeadLetter:
     dead_at_ms: int
     payload: bytes
 
+    def task(self) -> str:
+        """``name[id]`` from the message's headers when they are readable, else a short note."""
+        try:
+            headers = loads(self.payload[: 1 << 20], "application/json")["headers"]
+            return printable(f"{headers['task']}[{headers['id']}]")
+        except Exception:
+            return f"<{len(self.payload)} bytes, not a readable task message>"
+
 
 class Mailbox(ABC):
     """Remote control over the broker, in kombu's pidbox model.
@@ -141,6 +150,42 @@ class Mailbox(ABC):
         """Send ``body`` (``{hostname: reply}``) to a client's reply address."""
 
 
+#: Celery's event exchange (``event_exchange``): a topic exchange on RabbitMQ, PUB/SUB channels
+#: ``/<db>.celeryev/<routing key>`` on Redis.
+EVENT_EXCHANGE = "celeryev"
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Something received on the event stream that is not a message at all (not a kombu envelope,
+    not JSON): what it was and why it was refused, for the receiver to report."""
+
+    reason: str
+    data: bytes
+
+
+class EventChannel(ABC):
+    """Celery's event stream over the broker: workers and producers publish, monitors (Flower,
+    ``celery events``, ``rqueue events``) receive. Events are transient: a receiver gets those
+    published while it is subscribed, and none is stored for later."""
+
+    @abstractmethod
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        """Publish one JSON body (an event dict, or a list of them under ``task.multi``) with its
+        routing key (the event type with ``-`` as ``.``) and the sender's node name (a header)."""
+
+    @abstractmethod
+    def subscribe(self) -> None:
+        """Start receiving every event published from now on."""
+
+    @abstractmethod
+    def receive(self, timeout_s: float) -> list[bytes | Malformed]:
+        """The JSON bodies received since the last call, waiting up to ``timeout_s`` for the first."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop receiving and let go of what the subscription holds."""
+
+
 class Broker(ABC):
     """What every broker does: publish, consume, purge, count, and carry remote control.
 
@@ -179,6 +224,10 @@ class Broker(ABC):
     @abstractmethod
     def mailbox(self) -> Mailbox:
         """A new remote-control endpoint on this broker (one per listener or client call)."""
+
+    def events(self) -> EventChannel:
+        """A new endpoint on Celery's event stream (one per sender or receiver)."""
+        raise ConfigurationError(f"{self!r} does not carry events (Celery's event protocol)")
 
 
 def owner_id(hostname: str, pid: int) -> str:

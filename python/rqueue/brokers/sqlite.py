@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Mailbox, NativeBroker, NativeConsumer, RevocationStore
+from rqueue.brokers.base import (
+    EVENT_EXCHANGE,
+    EventChannel,
+    Mailbox,
+    Malformed,
+    NativeBroker,
+    NativeConsumer,
+    RevocationStore,
+)
 from rqueue.sqlitefile import SqliteFile
 
 #: The mailbox channel of control commands; replies go to ``reply.<ticket>``.
@@ -18,6 +26,12 @@ COMMANDS = "pidbox"
 REPLY_KEEP_S = 60.0
 #: How often the mailbox table is read while waiting (a cheap indexed query).
 MAILBOX_POLL_S = 0.02
+#: Events are posts on this mailbox channel, kept this long (Celery's ``event_queue_ttl`` is 5 s
+#: too): a receiver reads them well within it; nobody has to delete them.
+EVENTS_CHANNEL = EVENT_EXCHANGE
+EVENTS_KEEP_S = 5.0
+#: How often a receiver reads the events channel while waiting.
+EVENTS_POLL_S = 0.05
 
 
 class SqliteBroker(NativeBroker, RevocationStore):
@@ -60,6 +74,9 @@ class SqliteBroker(NativeBroker, RevocationStore):
 
     def mailbox(self) -> SqliteMailbox:
         return SqliteMailbox(self)
+
+    def events(self) -> SqliteEvents:
+        return SqliteEvents(self)
 
     def __repr__(self) -> str:
         return f"<SqliteBroker {self.url}>"
@@ -109,6 +126,38 @@ class SqliteMailbox(Mailbox):
     def reply(self, reply_to: dict[str, str], ticket: str, body: dict[str, Any]) -> None:
         expires = int((time.time() + REPLY_KEEP_S) * 1000)
         self.broker.native.mailbox_post(f"reply.{ticket}", json.dumps(body).encode(), expires)
+
+
+class SqliteEvents(EventChannel):
+    """Celery's events in the broker file: posts on the ``celeryev`` channel of the mailbox table,
+    each kept ``EVENTS_KEEP_S`` (expired posts are deleted by the next post)."""
+
+    def __init__(self, broker: SqliteBroker) -> None:
+        self.broker = broker
+        self._after: int | None = None
+
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        # The routing key is in the body already (each event's ``type``): receivers take them all.
+        expires = int((time.time() + EVENTS_KEEP_S) * 1000)
+        self.broker.native.mailbox_post(EVENTS_CHANNEL, body, expires)
+
+    def subscribe(self) -> None:
+        self._after = self.broker.native.mailbox_last_id()
+
+    def receive(self, timeout_s: float) -> list[bytes | Malformed]:
+        if self._after is None:
+            self.subscribe()
+        assert self._after is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.broker.native.mailbox_read(EVENTS_CHANNEL, self._after)
+            if rows:
+                self._after = rows[-1][0]
+                return [body for _, body in rows]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            time.sleep(min(EVENTS_POLL_S, left))
 
 
 def _json_or_none(body: bytes) -> Any:

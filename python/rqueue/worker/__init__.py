@@ -22,7 +22,9 @@ from rqueue.utils.log import TASK_LOGGER_NAME, EscapeUntrusted, redirect_stdouts
 from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
+from rqueue.worker.events import EventSwitch, Heart
 from rqueue.worker.hooks import Hooks, WorkerHook
+from rqueue.worker.metrics import WorkerMetrics
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
 from rqueue.worker.ratelimit import RateLimits
 from rqueue.worker.state import Revoked
@@ -55,6 +57,10 @@ class Worker:
         hooks: Called at the worker's hook points in every process (``rqueue.worker.hooks``).
         beat: Also run the periodic task scheduler in a thread of this process (``-B``); beats
             on every node elect one leader, so each run is sent once.
+        metrics_port: Serve Prometheus metrics of the node on this port (``rqueue.worker.metrics``).
+        metrics_address: The address the metrics endpoint binds to.
+        task_events: Send task events (``-E``; default ``worker_send_task_events``). Heartbeats
+            are sent either way; ``enable_events``/``disable_events`` switch them at run time.
 
     Attributes:
         rate_limits: The node's task rate limits, shared by every process and thread of the
@@ -77,6 +83,9 @@ class Worker:
         hooks: Sequence[WorkerHook] = (),
         redirect_stdouts: bool = False,
         beat: bool = False,
+        metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
+        task_events: bool | None = None,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -100,7 +109,19 @@ class Worker:
         self.statedb = statedb
         #: Log ``print()`` output after the banner (a worker logging to a file: it would be lost).
         self.redirect_stdouts = redirect_stdouts
-        self.hooks = Hooks(hooks)
+        #: Made before the prefork pool forks: the children write where the endpoint reads.
+        self.metrics = (
+            WorkerMetrics(app, self.queues, self.hostname, metrics_port, metrics_address)
+            if metrics_port is not None
+            else None
+        )
+        if task_events is None:
+            task_events = bool(conf.worker_send_task_events)
+        #: Whether the node sends task events now; made here, before the prefork pool forks, so
+        #: the control commands that switch it reach every child.
+        self.events = EventSwitch(task_events)
+        self.hooks = Hooks([*hooks, self.metrics] if self.metrics is not None else hooks, events=self.events)
+        self.heart: Heart | None = None
         #: Set once the worker takes work (``worker_ready``); tests running a worker in a thread wait on it.
         self.ready = threading.Event()
         self.consumer: Consumer | None = None
@@ -163,14 +184,19 @@ class Worker:
                     raise ConfigurationError(str(exc)) from None
             self._warn_unenforced_options()
             self._log_rate_limits()
+            if self.metrics is not None:
+                self.metrics.serve()
             if self.pool == "prefork":
                 pool = PreforkPool(
                     self.app, self.queues, self.hostname, self.concurrency, self.revoked, self.rate_limits, self.hooks
                 )
                 if self.autoscale is not None:
                     pool.autoscale = self.autoscale
+                if self.metrics is not None:
+                    pool.on_child_exit.append(self.metrics.child_exited)
                 control = ControlServer(self, pool)
                 control.listen()
+                self.heart = control.heart = Heart(self.app.broker, self.hostname, pool.counts)
 
                 def on_signal(signum: int) -> None:
                     self._announce_shutdown(signum, pool.shutdown + 1)
@@ -182,6 +208,10 @@ class Worker:
         finally:
             if self.beat is not None:
                 self.beat.stop()
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.heart is not None:
+                self._stop_heart(self.heart)
             self.revoked.save()
             self._release_pidfile()
             signals.worker_shutdown.send(sender=self)
@@ -189,6 +219,11 @@ class Worker:
     def _ready(self) -> None:
         if self.beat is not None:
             self.beat.start_thread()
+        if self.heart is not None:
+            try:
+                self.heart.start()
+            except Exception:  # monitoring must not keep the node from working
+                logger.exception("Could not send the worker-online event")
         logger.info("%s ready.", self.hostname)
         self.ready.set()
         signals.worker_ready.send(sender=self)
@@ -270,8 +305,10 @@ class Worker:
             install_shutdown_handlers(on_signal)
             install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
         self.consumer = consumer
-        control = ControlServer(self, InProcess(consumer))
+        processes = InProcess(consumer)
+        control = ControlServer(self, processes)
         control.listen()
+        self.heart = control.heart = Heart(self.app.broker, self.hostname, processes.counts)
         threading.Thread(target=control.serve_until, args=(lambda: consumer.stopping,), daemon=True).start()
         if self.pool == "solo":  # Celery's solo pool announces its one process too
             signals.worker_process_init.send(sender=None)
@@ -279,6 +316,13 @@ class Worker:
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)
         return 0 if consumer.failure is None else 1
+
+    def _stop_heart(self, heart: Heart) -> None:
+        """``worker-offline``, once the node's tasks are done (their last events sent first)."""
+        try:
+            heart.stop()
+        except Exception:
+            logger.exception("Could not send the worker-offline event")
 
     def _warn_unenforced_options(self) -> None:
         """Say so when tasks set hard time limits this pool cannot enforce, rather than ignore them quietly."""

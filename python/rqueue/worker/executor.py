@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import BrokerConsumer
     from rqueue.task import Task
+    from rqueue.worker.hooks import WorkerHook
     from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.slot import RunningSlot
     from rqueue.worker.state import Revoked
@@ -123,7 +124,12 @@ class Executor:
         self.backend = app.backend
         self.complete = completer_for(consumer, self.backend)
         #: None when no hook is installed, so the hot path pays one comparison.
-        self.hooks = hooks if hooks else None
+        self.hooks: Hooks | WorkerHook | None = hooks if hooks else None
+        #: The node's task-events switch, read when a batch opens: the hooks with and without
+        #: the task-events hook (made when events are first on in this process).
+        self.events = hooks.events if hooks is not None else None
+        self._hooks_off = self.hooks
+        self._hooks_on: Hooks | WorkerHook | None = None
         self.hostname = hostname
         conf = app.conf
         self.accept = serialization.accepted_content_types(conf.accept_content)
@@ -155,11 +161,25 @@ class Executor:
         """
         if self.batch_since is None:
             self.batch_since = time.monotonic()
+            if self.events is not None:
+                self._switch_events(self.events.on)
         admitted = self.admit(delivery, msg)
         if isinstance(admitted, Admitted):
             self.settle(admitted, self.run(admitted))
             return None
         return admitted  # deferred for its rate limit, or None: dealt with
+
+    def _switch_events(self, on: bool) -> None:
+        """Use the hooks with task events while the node's switch is on."""
+        if not on:
+            self.hooks = self._hooks_off
+            return
+        if self._hooks_on is None:
+            assert self.events is not None
+            events = self.events.hook(self.app.broker, self.hostname)
+            # Alone, the events hook is called directly (its points never raise): no dispatch loop.
+            self._hooks_on = Hooks([*self._hooks_off.installed, events]) if self._hooks_off is not None else events
+        self.hooks = self._hooks_on
 
     def admit(  # noqa: PLR0911, PLR0912, PLR0915 - one check after another; each return is an outcome
         self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None

@@ -3,7 +3,9 @@
 A message that is admitted is ``received``; a received task is either ``revoked`` (revoked,
 expired, or terminated while it ran) or ``started``; a started task ends ``succeeded``,
 ``failed``, ``retried`` or ``rejected`` (``Reject`` raised in it). A message that cannot be run
-at all (undecodable, unregistered task) is ``rejected`` without being received. Events,
+at all (undecodable, unregistered task) is ``rejected`` without being received. Before any of
+them, ``consuming`` is called once in each process that consumes (a prefork child, or the worker
+itself). Events,
 metrics, canvas callbacks and other executors plug in here; each point is called in the thread
 that runs the task, right after the executor decided the outcome and before the result is
 written. A hook that raises is logged and never stops the worker.
@@ -17,15 +19,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rqueue.request import Request
+    from rqueue.worker.consumer import Consumer
+    from rqueue.worker.events import EventSwitch
 
 logger = logging.getLogger("rqueue.worker")
 
 #: The hook points, in written-out order.
-HOOK_POINTS = ("received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
+HOOK_POINTS = ("consuming", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
 
 
 class WorkerHook:
     """Subclass and override the points you need; every point does nothing by default."""
+
+    def consuming(self, consumer: Consumer) -> None:
+        """This process starts consuming (once per process, in its main thread): a hook that
+        samples per-process state (``len(consumer.buffer)``: the prefetched messages) starts here."""
 
     def received(self, request: Request) -> None:
         """A message was decoded and its task is registered here; it may still be revoked."""
@@ -51,10 +59,15 @@ class WorkerHook:
 
 
 class Hooks:
-    """Calls each installed hook at each point, in installation order; failures are logged."""
+    """Calls each installed hook at each point, in installation order; failures are logged.
 
-    def __init__(self, hooks: Sequence[WorkerHook] = ()) -> None:
+    ``events`` switches the node's task events (``rqueue.worker.events``): an executor adds their
+    hook while the switch is on.
+    """
+
+    def __init__(self, hooks: Sequence[WorkerHook] = (), events: EventSwitch | None = None) -> None:
         self.installed = tuple(hooks)
+        self.events = events
 
     def __bool__(self) -> bool:
         return bool(self.installed)
@@ -65,6 +78,9 @@ class Hooks:
                 getattr(hook, point)(*args)
             except Exception:
                 logger.exception("Worker hook %r failed at %r; the worker goes on", hook, point)
+
+    def consuming(self, consumer: Consumer) -> None:
+        self._call("consuming", consumer)
 
     def received(self, request: Request) -> None:
         self._call("received", request)

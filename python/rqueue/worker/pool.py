@@ -127,6 +127,8 @@ class PreforkPool:
         self.keepalive_s = float(conf.worker_autoscale_keepalive_s)
         self._idle_since: dict[int, float] = {}  # slot -> time.monotonic() since when its child is idle
         self._next_scale = 0.0
+        #: Called with the pid of each child that exited, after its messages were seen to.
+        self.on_child_exit: list[Callable[[int], None]] = []
 
     def run(self, on_ready: Callable[[], None] | None = None, on_idle: Callable[[float], None] | None = None) -> int:
         """Run until every child has exited after a shutdown signal; returns the exit code.
@@ -277,6 +279,15 @@ class PreforkPool:
         if self.autoscale is not None:
             info["autoscaler"] = {"max": self.autoscale[0], "min": self.autoscale[1], "qty": self.concurrency}
         return info
+
+    def counts(self) -> tuple[int, int]:
+        """``(active, processed)`` from the children's slots: messages taken and held now."""
+        taken = holding = 0
+        for slot in list(self.running.values()):
+            run, held = slot.runs()
+            taken += run
+            holding += held
+        return holding, taken - holding
 
     def _ask_all(self, request: dict[str, Any], timeout_s: float) -> dict[int, Any]:
         """Send ``request`` to every child, then collect the replies (by slot) that come within
@@ -504,6 +515,13 @@ class PreforkPool:
                 os.kill(pid, signum)
 
     def _reap(self, pid: int, slot: int, status: int, retired: bool = False) -> None:
+        try:
+            self._settle_child(pid, slot, status, retired)
+        finally:
+            for callback in self.on_child_exit:
+                callback(pid)
+
+    def _settle_child(self, pid: int, slot: int, status: int, retired: bool) -> None:
         code = os.waitstatus_to_exitcode(status)
         self._idle_since.pop(slot, None)
         with self._lock:

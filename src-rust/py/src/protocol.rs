@@ -1,4 +1,4 @@
-//! Protocol bindings: `encode_task_message`, `decode_task_message` → `TaskMessage`, and the
+//! Protocol bindings: `encode_task_message(s)`, `decode_task_message` → `TaskMessage`, and the
 //! ISO-8601 helpers.
 
 use pyo3::exceptions::PyTypeError;
@@ -25,11 +25,11 @@ pub struct TaskMessage {
     /// `task` and `id` are read many times per message (registry lookup, logs, results): made
     /// into Python strings once, so each read is a reference, not a new string to hash again.
     #[pyo3(get)]
-    task: Py<PyString>,
+    pub(crate) task: Py<PyString>,
     #[pyo3(get)]
-    id: Py<PyString>,
+    pub(crate) id: Py<PyString>,
     #[pyo3(get)]
-    args: Option<Py<PyList>>,
+    pub(crate) args: Option<Py<PyList>>,
     #[pyo3(get)]
     kwargs: Option<Py<PyDict>>,
     #[pyo3(get)]
@@ -39,11 +39,11 @@ pub struct TaskMessage {
     #[pyo3(get)]
     content_encoding: String,
     #[pyo3(get)]
-    eta_ms: Option<i64>,
+    pub(crate) eta_ms: Option<i64>,
     #[pyo3(get)]
-    expires_ms: Option<i64>,
+    pub(crate) expires_ms: Option<i64>,
     #[pyo3(get)]
-    retries: i64,
+    pub(crate) retries: i64,
     #[pyo3(get)]
     priority: u8,
     #[pyo3(get)]
@@ -51,9 +51,9 @@ pub struct TaskMessage {
     #[pyo3(get)]
     soft_time_limit: Option<f64>,
     #[pyo3(get)]
-    root_id: Option<String>,
+    pub(crate) root_id: Option<String>,
     #[pyo3(get)]
-    parent_id: Option<String>,
+    pub(crate) parent_id: Option<String>,
     #[pyo3(get)]
     group_id: Option<String>,
     #[pyo3(get)]
@@ -65,9 +65,9 @@ pub struct TaskMessage {
     #[pyo3(get)]
     ignore_result: bool,
     #[pyo3(get)]
-    argsrepr: Option<String>,
+    pub(crate) argsrepr: Option<String>,
     #[pyo3(get)]
-    kwargsrepr: Option<String>,
+    pub(crate) kwargsrepr: Option<String>,
     #[pyo3(get)]
     reply_to: Option<String>,
     #[pyo3(get)]
@@ -173,8 +173,8 @@ fn embed_value(embed: &Embed<'_, '_>, c: Codec) -> PyResult<rqueue_core::codec::
         .collect()
 }
 
-/// Extra headers as `(name, JSON text)`, written by the Python-object JSON writer.
-fn extra_headers_json(headers: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Vec<u8>)>> {
+/// Extra headers, written by the Python-object JSON writer.
+fn extra_headers_json(headers: &Bound<'_, PyDict>) -> PyResult<ExtraHeaders> {
     let root = PyPath::root("headers");
     let mut out = Vec::with_capacity(headers.len());
     for (k, v) in headers.iter() {
@@ -187,6 +187,165 @@ fn extra_headers_json(headers: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Vec<
         out.push((name.to_str()?.to_owned(), text));
     }
     Ok(out)
+}
+
+/// Extra headers as `(name, JSON text)`.
+type ExtraHeaders = Vec<(String, Vec<u8>)>;
+
+/// What every message of one send shares: all but the id and the arguments.
+struct Fixed<'a, 'py> {
+    task: &'a str,
+    routing_key: &'a str,
+    exchange: &'a str,
+    serializer: &'a str,
+    body: Option<&'a [u8]>,
+    eta_ms: Option<i64>,
+    expires_ms: Option<i64>,
+    retries: i64,
+    time_limit: Option<f64>,
+    soft_time_limit: Option<f64>,
+    priority: Option<i64>,
+    root_id: Option<&'a str>,
+    parent_id: Option<&'a str>,
+    group_id: Option<&'a str>,
+    origin: Option<&'a str>,
+    ignore_result: bool,
+    reply_to: Option<&'a str>,
+    /// Written once for the whole send.
+    extra: ExtraHeaders,
+    max_size: usize,
+    embed: Embed<'a, 'py>,
+    group_index: Option<i64>,
+    shadow: Option<&'a str>,
+}
+
+impl<'a, 'py> Fixed<'a, 'py> {
+    /// The per-send values that are Python objects (extra headers, links), checked once.
+    fn python_parts(
+        extra_headers: Option<&'a Bound<'py, PyAny>>,
+        callbacks: Option<&'a Bound<'py, PyAny>>,
+        errbacks: Option<&'a Bound<'py, PyAny>>,
+        chain: Option<&'a Bound<'py, PyAny>>,
+        chord: Option<&'a Bound<'py, PyAny>>,
+    ) -> PyResult<(ExtraHeaders, Embed<'a, 'py>)> {
+        let embed = Embed {
+            callbacks: links(callbacks, "callbacks")?,
+            errbacks: links(errbacks, "errbacks")?,
+            chain: links(chain, "chain")?,
+            chord: match chord {
+                Some(c) if !c.is_none() && !c.is_instance_of::<PyDict>() => {
+                    return Err(PyTypeError::new_err(format!(
+                        "chord must be a signature dict or None, not {}",
+                        c.get_type().name()?
+                    )))
+                }
+                other => other.filter(|c| !c.is_none()),
+            },
+        };
+        let extra = match extra_headers {
+            None => Vec::new(),
+            Some(h) => extra_headers_json(&as_dict(h)?)?,
+        };
+        Ok((extra, embed))
+    }
+
+    /// One message: the envelope of `task_id` called with `args` and `kwargs`.
+    fn encode(
+        &self,
+        py: Python<'py>,
+        task_id: &str,
+        args: &Bound<'py, PyAny>,
+        kwargs: &Bound<'py, PyAny>,
+        delivery_tag: Option<&str>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        if !(args.is_instance_of::<PyList>() || args.is_instance_of::<PyTuple>()) {
+            return Err(PyTypeError::new_err(format!(
+                "args must be a list or tuple, not {}",
+                args.get_type().name()?
+            )));
+        }
+        let kwargs = as_dict(kwargs)?;
+        let embed = &self.embed;
+        let serializer = self.serializer;
+        let (content_type, content_encoding) = codec::content_type_of(serializer).map_py(py)?;
+        let written;
+        let body: &[u8] = match (self.body, Codec::from_content_type(content_type)) {
+            (Some(raw), _) => raw,
+            (None, Some(Codec::Json)) => {
+                let mut out = Vec::with_capacity(128);
+                writer::write_task_body(&mut out, args, &kwargs, embed)?;
+                written = out;
+                &written
+            }
+            (None, Some(c)) => {
+                let Value::List(args) = to_value(args, &PyPath::root("args"), 0, c.name())? else {
+                    return Err(PyTypeError::new_err("args must be a list or tuple"));
+                };
+                let Value::Map(kwargs) =
+                    to_value(kwargs.as_any(), &PyPath::root("kwargs"), 0, c.name())?
+                else {
+                    return Err(PyTypeError::new_err("kwargs must be a mapping"));
+                };
+                let embed = embed_value(embed, c)?;
+                let mut out = Vec::with_capacity(128);
+                codec::write_task_body(&mut out, c, &args, &kwargs, &embed).map_py(py)?;
+                written = out;
+                &written
+            }
+            (None, None) => {
+                return Err(rqueue_core::Error::Config(format!(
+                    "serializer {serializer:?} needs a body serialized in Python (pass body=...)"
+                )))
+                .map_py(py)
+            }
+        };
+        let extra = &self.extra;
+        let has_extra = |name: &str| extra.iter().any(|(k, _)| k == name);
+        let argsrepr = match has_extra("argsrepr") {
+            true => None,
+            false => Some(repr::short_repr_args(args, REPR_MAX_CHARS)?),
+        };
+        let kwargsrepr = match has_extra("kwargsrepr") {
+            true => None,
+            false => Some(repr::short_repr(kwargs.as_any(), REPR_MAX_CHARS)?),
+        };
+        let extra_refs: Vec<(&str, &[u8])> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let mut tag_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let delivery_tag = match delivery_tag {
+            Some(t) => t,
+            None => crate::ids::uuid4_text(&mut tag_buf)?,
+        };
+        let env = EnvelopeRef {
+            task: self.task,
+            id: task_id,
+            routing_key: self.routing_key,
+            exchange: self.exchange,
+            content_type,
+            content_encoding,
+            eta_ms: self.eta_ms,
+            expires_ms: self.expires_ms,
+            retries: self.retries,
+            time_limit: self.time_limit,
+            soft_time_limit: self.soft_time_limit,
+            priority: self.priority,
+            root_id: self.root_id,
+            parent_id: self.parent_id,
+            group_id: self.group_id,
+            group_index: self.group_index,
+            shadow: self.shadow,
+            origin: self.origin,
+            ignore_result: self.ignore_result,
+            argsrepr: argsrepr.as_deref(),
+            kwargsrepr: kwargsrepr.as_deref(),
+            reply_to: self.reply_to,
+            delivery_tag: Some(delivery_tag),
+        };
+        let out = protocol::encode_envelope(&env, body, &extra_refs, self.max_size).map_py(py)?;
+        Ok(PyBytes::new(py, &out))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -231,88 +390,13 @@ fn encode_task_message<'py>(
     group_index: Option<i64>,
     shadow: Option<&str>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    if !(args.is_instance_of::<PyList>() || args.is_instance_of::<PyTuple>()) {
-        return Err(PyTypeError::new_err(format!(
-            "args must be a list or tuple, not {}",
-            args.get_type().name()?
-        )));
-    }
-    let kwargs = as_dict(kwargs)?;
-    let embed = Embed {
-        callbacks: links(callbacks, "callbacks")?,
-        errbacks: links(errbacks, "errbacks")?,
-        chain: links(chain, "chain")?,
-        chord: match chord {
-            Some(c) if !c.is_none() && !c.is_instance_of::<PyDict>() => {
-                return Err(PyTypeError::new_err(format!(
-                    "chord must be a signature dict or None, not {}",
-                    c.get_type().name()?
-                )))
-            }
-            other => other.filter(|c| !c.is_none()),
-        },
-    };
-    let (content_type, content_encoding) = codec::content_type_of(serializer).map_py(py)?;
-    let written;
-    let body: &[u8] = match (body, Codec::from_content_type(content_type)) {
-        (Some(raw), _) => raw,
-        (None, Some(Codec::Json)) => {
-            let mut out = Vec::with_capacity(128);
-            writer::write_task_body(&mut out, args, &kwargs, &embed)?;
-            written = out;
-            &written
-        }
-        (None, Some(c)) => {
-            let Value::List(args) = to_value(args, &PyPath::root("args"), 0, c.name())? else {
-                return Err(PyTypeError::new_err("args must be a list or tuple"));
-            };
-            let Value::Map(kwargs) =
-                to_value(kwargs.as_any(), &PyPath::root("kwargs"), 0, c.name())?
-            else {
-                return Err(PyTypeError::new_err("kwargs must be a mapping"));
-            };
-            let embed = embed_value(&embed, c)?;
-            let mut out = Vec::with_capacity(128);
-            codec::write_task_body(&mut out, c, &args, &kwargs, &embed).map_py(py)?;
-            written = out;
-            &written
-        }
-        (None, None) => {
-            return Err(rqueue_core::Error::Config(format!(
-                "serializer {serializer:?} needs a body serialized in Python (pass body=...)"
-            )))
-            .map_py(py)
-        }
-    };
-    let extra = match extra_headers {
-        None => Vec::new(),
-        Some(h) => extra_headers_json(&as_dict(h)?)?,
-    };
-    let has_extra = |name: &str| extra.iter().any(|(k, _)| k == name);
-    let argsrepr = match has_extra("argsrepr") {
-        true => None,
-        false => Some(repr::short_repr_args(args, REPR_MAX_CHARS)?),
-    };
-    let kwargsrepr = match has_extra("kwargsrepr") {
-        true => None,
-        false => Some(repr::short_repr(kwargs.as_any(), REPR_MAX_CHARS)?),
-    };
-    let extra_refs: Vec<(&str, &[u8])> = extra
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_slice()))
-        .collect();
-    let mut tag_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let delivery_tag = match delivery_tag {
-        Some(t) => t,
-        None => crate::ids::uuid4_text(&mut tag_buf)?,
-    };
-    let env = EnvelopeRef {
+    let (extra, embed) = Fixed::python_parts(extra_headers, callbacks, errbacks, chain, chord)?;
+    let fixed = Fixed {
         task,
-        id: task_id,
         routing_key,
         exchange,
-        content_type,
-        content_encoding,
+        serializer,
+        body,
         eta_ms,
         expires_ms,
         retries,
@@ -322,17 +406,99 @@ fn encode_task_message<'py>(
         root_id,
         parent_id,
         group_id,
-        group_index,
-        shadow,
         origin,
         ignore_result,
-        argsrepr: argsrepr.as_deref(),
-        kwargsrepr: kwargsrepr.as_deref(),
         reply_to,
-        delivery_tag: Some(delivery_tag),
+        extra,
+        max_size,
+        embed,
+        group_index,
+        shadow,
     };
-    let out = protocol::encode_envelope(&env, body, &extra_refs, max_size).map_py(py)?;
-    Ok(PyBytes::new(py, &out))
+    fixed.encode(py, task_id, args, kwargs, delivery_tag)
+}
+
+/// Many calls of one task with the same options, each with a fresh task id: `[(task_id,
+/// payload), ...]` for `calls`, a list of `(args, kwargs)`. One call across the boundary per
+/// batch instead of one per message, and the options checked once.
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(signature = (
+    calls, *, task, routing_key, exchange = "", serializer = "json",
+    eta_ms = None, expires_ms = None, retries = 0, time_limit = None, soft_time_limit = None,
+    priority = None, root_id = None, parent_id = None, group_id = None, origin = None,
+    ignore_result = false, reply_to = None, extra_headers = None,
+    max_size = 1048576, callbacks = None, errbacks = None, chain = None, chord = None,
+    group_index = None, shadow = None
+))]
+fn encode_task_messages<'py>(
+    py: Python<'py>,
+    calls: &Bound<'py, PyList>,
+    task: &str,
+    routing_key: &str,
+    exchange: &str,
+    serializer: &str,
+    eta_ms: Option<i64>,
+    expires_ms: Option<i64>,
+    retries: i64,
+    time_limit: Option<f64>,
+    soft_time_limit: Option<f64>,
+    priority: Option<i64>,
+    root_id: Option<&str>,
+    parent_id: Option<&str>,
+    group_id: Option<&str>,
+    origin: Option<&str>,
+    ignore_result: bool,
+    reply_to: Option<&str>,
+    extra_headers: Option<&Bound<'py, PyAny>>,
+    max_size: usize,
+    callbacks: Option<&Bound<'py, PyAny>>,
+    errbacks: Option<&Bound<'py, PyAny>>,
+    chain: Option<&Bound<'py, PyAny>>,
+    chord: Option<&Bound<'py, PyAny>>,
+    group_index: Option<i64>,
+    shadow: Option<&str>,
+) -> PyResult<Bound<'py, PyList>> {
+    let (extra, embed) = Fixed::python_parts(extra_headers, callbacks, errbacks, chain, chord)?;
+    let fixed = Fixed {
+        task,
+        routing_key,
+        exchange,
+        serializer,
+        body: None,
+        eta_ms,
+        expires_ms,
+        retries,
+        time_limit,
+        soft_time_limit,
+        priority,
+        root_id,
+        parent_id,
+        group_id,
+        origin,
+        ignore_result,
+        reply_to,
+        extra,
+        max_size,
+        embed,
+        group_index,
+        shadow,
+    };
+    let out = PyList::empty(py);
+    let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    for (i, call) in calls.iter().enumerate() {
+        let pair = call
+            .cast::<PyTuple>()
+            .ok()
+            .filter(|t| t.len() == 2)
+            .ok_or_else(|| {
+                PyTypeError::new_err(format!("calls[{i}] must be an (args, kwargs) tuple"))
+            })?;
+        let task_id = crate::ids::uuid4_text(&mut id_buf)?;
+        let payload = fixed.encode(py, task_id, &pair.get_item(0)?, &pair.get_item(1)?, None)?;
+        out.append((PyString::new(py, task_id), payload))?;
+    }
+    Ok(out)
 }
 
 fn body_error(py: Python<'_>, field: &str, expected: &str, got: &Bound<'_, PyAny>) -> PyErr {
@@ -488,6 +654,7 @@ fn format_iso8601_ms(py: Python<'_>, epoch_ms: i64) -> PyResult<String> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TaskMessage>()?;
     m.add_function(wrap_pyfunction!(encode_task_message, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_task_messages, m)?)?;
     m.add_function(wrap_pyfunction!(decode_task_message, m)?)?;
     m.add_function(wrap_pyfunction!(parse_iso8601_ms, m)?)?;
     m.add_function(wrap_pyfunction!(format_iso8601_ms, m)?)?;
