@@ -352,6 +352,29 @@ class SqliteBroker:
     def purge(self, queues: Sequence[str]) -> int:
         """Delete waiting (not leased) messages of these queues; returns how many."""
     def queue_length(self, queue: str) -> int: ...
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take (when free or lapsed) or renew the leader lease of the periodic schedule ``name``
+        for ``token``, for ``ttl_ms``; False when another process holds it."""
+    def beat_release(self, name: str, token: str) -> bool:
+        """Give the lease of ``name`` up if ``token`` holds it; True when it did."""
+    def beat_runs(self, name: str) -> list[tuple[str, int]]:
+        """``(entry, tick_ms)``: the last tick sent of each entry of the schedule ``name``."""
+    def beat_send(
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int = 0,
+        eta_ms: int | None = None,
+    ) -> int:
+        """Record the tick and publish the message in one atomic step, only if ``token`` holds the
+        lease and no tick at or after ``tick_ms`` was sent: 1 sent, 0 not the leader, -1 already sent."""
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record the tick like ``beat_send`` without publishing anything (the caller publishes to
+        another broker once this returned 1)."""
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
         """Record revoked task ids, kept until ``expires_at_ms``."""
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
@@ -508,6 +531,29 @@ class RedisBroker:
         """Delete waiting messages of these queues (every priority bucket and the ETA set)."""
     def queue_length(self, queue: str) -> int:
         """Waiting messages: every priority bucket plus those whose ETA is still ahead."""
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take (when free or lapsed) or renew the leader lease of the periodic schedule ``name``
+        for ``token``, for ``ttl_ms``; False when another process holds it."""
+    def beat_release(self, name: str, token: str) -> bool:
+        """Give the lease of ``name`` up if ``token`` holds it; True when it did."""
+    def beat_runs(self, name: str) -> list[tuple[str, int]]:
+        """``(entry, tick_ms)``: the last tick sent of each entry of the schedule ``name``."""
+    def beat_send(
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int = 0,
+        eta_ms: int | None = None,
+    ) -> int:
+        """Record the tick and publish the message in one atomic step, only if ``token`` holds the
+        lease and no tick at or after ``tick_ms`` was sent: 1 sent, 0 not the leader, -1 already sent."""
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record the tick like ``beat_send`` without publishing anything (the caller publishes to
+        another broker once this returned 1)."""
     def declare_bindings(self, queues: Sequence[str], exchange: str | None = None) -> None:
         """``SADD _kombu.binding.<exchange> "<queue>\\x06\\x16\\x06\\x16<queue>"`` per queue.
 

@@ -516,6 +516,35 @@ class App:
             if message.sent_event is not None:
                 self.send_event("task-sent", message.sent_event)
 
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature | Task[Any, Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Add a ``beat_schedule`` entry that sends ``sig`` on ``schedule`` (seconds, a timedelta, a
+        ``rqueue.schedules.crontab``), as Celery's ``add_periodic_task``; ``options`` are send
+        options (``queue``, ``priority``, ``expires`` ...). Returns the entry's name: ``name``, or
+        the signature's ``repr``. Usually called from an ``on_after_configure`` receiver."""
+        if isinstance(sig, Signature):
+            sig = sig.clone(tuple(args), dict(kwargs or {})) if (args or kwargs) else sig
+        else:
+            sig = self.signature(sig.name, args, kwargs)
+        key = name or repr(sig)
+        entries = dict(self.conf.beat_schedule)
+        entries[key] = {
+            "schedule": schedule,
+            "task": sig.task,
+            "args": tuple(sig.args),
+            "kwargs": dict(sig.kwargs),
+            "options": {**sig.options, **options},
+        }
+        self.conf.beat_schedule = entries
+        return key
+
     def check_serializer_enabled(self, serializer: str) -> None:
         """Refuse a serializer that ``accept_content`` does not list."""
         accept = [serialization.serializer_name(c) for c in self.conf.accept_content]

@@ -2,10 +2,11 @@
 
 Every broker publishes, hands out a consumer, purges, counts and carries remote control
 (``Broker``). Some also keep leases by owner so that another process can give back a dead
-worker's messages (``LeaseRecovery``), keep dead letters (``DeadLetterAdmin``) or store
-revocations (``RevocationStore``); code that needs one of these asks for it with ``capability``
-or ``require``. Deliveries are settled (acked, requeued, dead-lettered) through the ``BrokerConsumer``
-that delivered them: on AMQP an ack is only valid on the delivering channel.
+worker's messages (``LeaseRecovery``), keep dead letters (``DeadLetterAdmin``), store
+revocations (``RevocationStore``) or elect the leader of periodic tasks (``BeatStore``); code
+that needs one of these asks for it with ``capability`` or ``require``. Deliveries are settled
+(acked, requeued, dead-lettered) through the ``BrokerConsumer`` that delivered them: on AMQP an
+ack is only valid on the delivering channel.
 """
 
 from __future__ import annotations
@@ -307,7 +308,50 @@ class RevocationStore(ABC):
         """``(task_id, expires_at_ms)`` of revocations made at or after ``since_ms``."""
 
 
-Capability = TypeVar("Capability", LeaseRecovery, DeadLetterAdmin, RevocationStore)
+class BeatStore(ABC):
+    """The broker elects the one beat that sends periodic tasks and keeps their schedule's state.
+
+    A schedule ``name`` has one lease, held by a token until it lapses (``ttl_ms`` after it was
+    taken or last renewed), and the last tick sent of each of its entries. ``beat_send`` records a
+    tick and publishes its message in ONE atomic step that also checks the lease (a deposed leader
+    that still believes it leads is refused) and that the tick is later than the last one sent, so
+    no tick is sent twice, across leader changes and retries of an unanswered send alike.
+    """
+
+    @abstractmethod
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take the lease when free or lapsed, or renew it for its holder; False when another holds it."""
+
+    @abstractmethod
+    def beat_release(self, name: str, token: str) -> bool:
+        """Give the lease up if ``token`` holds it (a leader stopping)."""
+
+    @abstractmethod
+    def beat_runs(self, name: str) -> dict[str, int]:
+        """The last tick sent (epoch ms) of each entry."""
+
+    @abstractmethod
+    def beat_send(  # noqa: PLR0913 - the extension's signature
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int,
+        eta_ms: int | None,
+    ) -> int:
+        """Record ``tick_ms`` of ``entry`` and publish the message, if ``token`` leads and the tick is
+        new: 1 sent, 0 not the leader (nothing written), -1 already sent (nothing written)."""
+
+    @abstractmethod
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record ``tick_ms`` of ``entry`` under the same checks as ``beat_send``, publishing nothing
+        (the caller publishes to another broker after a 1)."""
+
+
+Capability = TypeVar("Capability", LeaseRecovery, DeadLetterAdmin, RevocationStore, BeatStore)
 
 
 def capability(broker: Broker, kind: type[Capability]) -> Capability | None:
@@ -342,6 +386,21 @@ class NativeTransport(Protocol):
     def purge_dead(self, queue: str | None = ...) -> int: ...
     def purge(self, queues: Sequence[str]) -> int: ...
     def queue_length(self, queue: str) -> int: ...
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool: ...
+    def beat_release(self, name: str, token: str) -> bool: ...
+    def beat_runs(self, name: str) -> list[tuple[str, int]]: ...
+    def beat_send(  # noqa: PLR0913 - the extension's signature
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int = ...,
+        eta_ms: int | None = ...,
+    ) -> int: ...
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int: ...
 
 
 class NativeThread(Protocol):
@@ -358,7 +417,7 @@ class NativeThread(Protocol):
     def last_error(self) -> str | None: ...
 
 
-class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin):
+class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin, BeatStore):
     """A broker whose message operations are the extension's: each one passes straight through.
 
     Any connection may settle any lease (leases are kept by owner in the broker's own store), so
@@ -417,6 +476,31 @@ class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin):
 
     def queue_length(self, queue: str) -> int:
         return self.native.queue_length(queue)
+
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        return self.native.beat_lease(name, token, ttl_ms)
+
+    def beat_release(self, name: str, token: str) -> bool:
+        return self.native.beat_release(name, token)
+
+    def beat_runs(self, name: str) -> dict[str, int]:
+        return dict(self.native.beat_runs(name))
+
+    def beat_send(  # noqa: PLR0913 - the extension's signature
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int,
+        eta_ms: int | None,
+    ) -> int:
+        return self.native.beat_send(name, token, entry, tick_ms, queue, payload, priority, eta_ms)
+
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        return self.native.beat_claim(name, token, entry, tick_ms)
 
     def native_consumer(self, thread: NativeThread) -> NativeConsumer:
         """The consumer handle of a native consumer thread of this broker."""

@@ -214,6 +214,9 @@ def help_(ctx: click.Context) -> None:
     "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics of this node on this port."
 )
 @click.option("--metrics-address", default="127.0.0.1", show_default=True, help="The address of --metrics-port.")
+@click.option(
+    "-B", "--beat", "with_beat", is_flag=True, help="Also run the periodic task scheduler (safe on every worker node)."
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -240,6 +243,7 @@ def worker(
     max_memory_per_child: int | None,
     time_limit: float | None,
     soft_time_limit: float | None,
+    with_beat: bool,
     task_events: bool | None,
     metrics_port: int | None,
     metrics_address: str,
@@ -287,6 +291,7 @@ def worker(
             pidfile=pidfile,
             statedb=statedb,
             redirect_stdouts=logfile is not None,
+            beat=with_beat,
             task_events=task_events or None,
             metrics_port=metrics_port,
             metrics_address=metrics_address,
@@ -609,6 +614,9 @@ def _add_subcommands() -> None:
     cli.add_command(events)
     cli.add_command(report)
     cli.add_command(shell)
+    from rqueue.cli.beat import beat  # noqa: PLC0415 - it imports this module's helpers
+
+    cli.add_command(beat)
 
 
 _add_subcommands()

@@ -32,6 +32,7 @@ from rqueue.worker.timelimit import install_soft_limit_handler, main_guard_targe
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.beat import Beat
 
 POOLS = ("prefork", "threads", "solo")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
@@ -54,6 +55,8 @@ class Worker:
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
         hooks: Called at the worker's hook points in every process (``rqueue.worker.hooks``).
+        beat: Also run the periodic task scheduler in a thread of this process (``-B``); beats
+            on every node elect one leader, so each run is sent once.
         metrics_port: Serve Prometheus metrics of the node on this port (``rqueue.worker.metrics``).
         metrics_address: The address the metrics endpoint binds to.
         task_events: Send task events (``-E``; default ``worker_send_task_events``). Heartbeats
@@ -79,6 +82,7 @@ class Worker:
         statedb: str | None = None,
         hooks: Sequence[WorkerHook] = (),
         redirect_stdouts: bool = False,
+        beat: bool = False,
         metrics_port: int | None = None,
         metrics_address: str = "127.0.0.1",
         task_events: bool | None = None,
@@ -123,6 +127,13 @@ class Worker:
         self.consumer: Consumer | None = None
         # Made here, before the prefork pool forks, so its shared memory reaches every child.
         self.rate_limits = RateLimits(app)
+        # Checked now (a bad entry stops the worker at start); its thread starts once the pool has
+        # forked its children (``_ready``), and it uses a broker connection of its own.
+        self.beat: Beat | None = None
+        if beat:
+            from rqueue.beat import Beat  # noqa: PLC0415 - only -B loads the scheduler
+
+            self.beat = Beat(app)
 
     def banner(self) -> str:
         """What the worker prints at start: version, app, broker and backend (passwords masked), tasks."""
@@ -138,8 +149,18 @@ class Worker:
             f".> transport:   {describe(app.broker_url)}\n"
             f".> results:     {describe(backend) if backend else 'disabled://'}\n"
             f".> concurrency: {self._concurrency_text()}\n"
+            f"{self._beat_text()}"
             f"\n[queues]\n{queues}\n"
             f"\n[tasks]\n{tasks}\n"
+        )
+
+    def _beat_text(self) -> str:
+        """The banner's beat line with ``-B``: the schedule's size and lease."""
+        if self.beat is None:
+            return ""
+        count = len(self.beat.entries)
+        return (
+            f".> beat:        {count} periodic task{'s' if count != 1 else ''}, lease {self.beat.lease_ms / 1000:g}s\n"
         )
 
     def _concurrency_text(self) -> str:
@@ -185,6 +206,8 @@ class Worker:
                 return pool.run(on_ready=self._ready, on_idle=control.serve)
             return self._run_in_process(self.revoked)
         finally:
+            if self.beat is not None:
+                self.beat.stop()
             if self.metrics is not None:
                 self.metrics.close()
             if self.heart is not None:
@@ -194,6 +217,8 @@ class Worker:
             signals.worker_shutdown.send(sender=self)
 
     def _ready(self) -> None:
+        if self.beat is not None:
+            self.beat.start_thread()
         if self.heart is not None:
             try:
                 self.heart.start()
@@ -217,7 +242,10 @@ class Worker:
         self.consumer.stop()
 
     def _announce_shutdown(self, signum: int, count: int) -> None:
-        """``worker_shutting_down`` on the first signal (warm) and the second (cold)."""
+        """``worker_shutting_down`` on the first signal (warm) and the second (cold); an embedded
+        beat stops at once and gives its lease up (another node's beat takes over)."""
+        if self.beat is not None:
+            self.beat.stop(timeout_s=0)
         if count <= 2:
             how = "Warm" if count == 1 else "Cold"
             signals.worker_shutting_down.send(sender=self.hostname, sig=_signal_name(signum), how=how, exitcode=0)

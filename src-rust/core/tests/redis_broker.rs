@@ -1069,3 +1069,55 @@ fn test_redis_leased_tags_and_dead_letters_need_a_queue() {
     b.ack(&tags(&got)).unwrap();
     assert!(b.leased_tags("w1").unwrap().is_empty());
 }
+
+#[test]
+fn test_redis_beat_lease_and_fenced_send() {
+    use rqueue_core::transport::BeatSend;
+    let s = server!();
+    let b = s.broker("p:");
+    let m = NewMessage {
+        queue: "q".into(),
+        payload: envelope("t1", "q", "x"),
+        priority: 0,
+        eta_ms: None,
+    };
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert!(b.beat_lease("app", "a", 150).unwrap());
+    assert!(!b.beat_lease("app", "b", 150).unwrap());
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::Sent
+    );
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::AlreadySent
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        b.beat_send("app", "a", "e", 2000, &m).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert!(b.beat_lease("app", "b", 5000).unwrap());
+    assert_eq!(
+        b.beat_send("app", "b", "e", 2000, &m).unwrap(),
+        BeatSend::Sent
+    );
+    assert_eq!(b.beat_runs("app").unwrap(), vec![("e".to_string(), 2000)]);
+    assert_eq!(b.queue_length("q").unwrap(), 2);
+    assert_eq!(b.beat_claim("app", "b", "e", 3000).unwrap(), BeatSend::Sent);
+    assert_eq!(
+        b.beat_claim("app", "b", "e", 3000).unwrap(),
+        BeatSend::AlreadySent
+    );
+    assert_eq!(
+        b.beat_claim("app", "a", "e", 4000).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert_eq!(b.queue_length("q").unwrap(), 2);
+    assert!(!b.beat_release("app", "a").unwrap());
+    assert!(b.beat_release("app", "b").unwrap());
+    assert!(b.beat_lease("app", "a", 5000).unwrap());
+}
