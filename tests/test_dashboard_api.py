@@ -66,7 +66,7 @@ def test_the_page_and_state_are_readable_on_loopback_without_the_token(client: T
     assert page.status_code == 200 and "<title>rqueue dashboard</title>" in page.text
     state = client.get("/api/state").json()
     assert state["workers"][0]["hostname"] == "w@h" and state["tasks"]["dash.add"]["succeeded"] == 1
-    assert state["rate_limits"] == {"dash.add": "10/s"} and state["dead_letter_queues"] == ["celery"]
+    assert state["rate_limits"]["dash.add"] == "10/s" and state["dead_letter_queues"] == ["celery"]
 
 
 def test_reads_need_the_token_beyond_loopback(dashboard: Dashboard) -> None:
@@ -92,7 +92,7 @@ def test_actions_refuse_a_missing_or_wrong_token_and_change_nothing(
         response = client.post(path, json=body, headers=headers)
         assert response.status_code == 401 and "token" in response.json()["error"]
     assert [d.id for d in app.broker.dead_letters("celery")] == ids  # type: ignore[attr-defined]
-    assert client.get("/api/state").json()["rate_limits"] == {"dash.add": "10/s"}
+    assert client.get("/api/state").json()["rate_limits"]["dash.add"] == "10/s"
 
 
 def test_dead_letters_are_listed_requeued_one_by_one_or_all_and_purged(client: TestClient, app: App) -> None:
@@ -134,7 +134,7 @@ def test_bad_requests_get_400_with_the_reason(client: TestClient, path: str, bod
 def test_a_rate_limit_set_here_is_shown_and_broadcast(client: TestClient) -> None:
     response = client.post("/api/rate-limit", json={"task": "dash.add", "rate": "2/m"}, headers=AUTH)
     assert response.status_code == 200 and response.json()["replies"] == []  # no worker runs here
-    assert client.get("/api/state").json()["rate_limits"] == {"dash.add": "2/m"}
+    assert client.get("/api/state").json()["rate_limits"]["dash.add"] == "2/m"
 
 
 def test_metrics_describe_the_cluster(client: TestClient) -> None:
