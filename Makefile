@@ -113,6 +113,18 @@ memcached: ## Install Debian's memcached (the tests run their own on a free port
 		command -v memcached; \
 	fi
 
+.PHONY: chromium
+chromium: ## Install Debian's chromium and chromium-driver (Flower's page in a real browser) with apt-get unless on PATH
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium found: $$(command -v chromium); chromedriver found: $$(command -v chromedriver)"; \
+	else \
+		sudo=""; if [ "$$(id -u)" != 0 ]; then sudo="sudo -n"; fi; \
+		echo "chromium or chromedriver not on PATH; installing Debian's packages"; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+		command -v chromium; command -v chromedriver; \
+	fi
+
 # -- build ---------------------------------------------------------------------------------------
 
 .PHONY: wheel
@@ -187,7 +199,7 @@ test-python: $(INSTALL_STAMP) ## pytest through the installed extension (PYTEST_
 	$(PY) -m pytest -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT_S) $(PYTEST_ARGS)
 
 .PHONY: test
-test: redis rabbitmq postgresql memcached venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
+test: redis rabbitmq postgresql memcached chromium venv wheel install lint test-rust test-python ## Everything CI runs: build once, lint, Rust and Python tests
 
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass its -Z flags, and no sanitizer
 # (rqueue-core has no unsafe code; libFuzzer's coverage guidance still works). Crashes land in

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_protocol.py", "bench_executor.py", "bench_sqlite.py", "bench_redis.py"]
+SCRIPTS = ["bench_protocol.py", "bench_executor.py", "bench_sqlite.py", "bench_redis.py", "bench_events.py"]
 #: Each script is bounded well below this; the limit only guards against a hung worker.
 TIMEOUT_S = 300
 

@@ -71,11 +71,11 @@ def test_settings_a_celery_setting_rqueue_lacks_loads_with_one_warning() -> None
     settings = Settings()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        settings.update(worker_send_task_events=True, CELERY_SEND_EVENTS=True)
+        settings.update(worker_pool_restarts=True, CELERYD_POOL_RESTARTS=True)
     ineffective = [w for w in caught if issubclass(w.category, IneffectiveSettingWarning)]
     assert len(ineffective) <= 1  # once per process: an earlier test may have warned already
-    assert settings.get("worker_send_task_events") is True
-    assert settings["worker_send_task_events"] is True
+    assert settings.get("worker_pool_restarts") is True
+    assert settings["worker_pool_restarts"] is True
     assert settings.get("worker_disable_prefetch", "unset") == "unset"
 
 

@@ -171,6 +171,33 @@ def format_iso8601_ms(epoch_ms: int) -> str:
 # -- routing ------------------------------------------------------------------------------------
 
 @final
+class TaskEventBuffer:
+    """A worker process's task events (Celery's event protocol), appended as JSON by the
+    executor's hook points and taken as one ``task.multi`` body by the event sender thread.
+
+    Each append returns how many events wait now (1: the buffer was empty before).
+    """
+
+    def __new__(cls, hostname: str, pid: int, utcoffset_h: float) -> TaskEventBuffer: ...
+    def received(self, msg: TaskMessage) -> int:
+        """``task-received`` with the message's own fields (``argsrepr``/``kwargsrepr`` headers)."""
+    def started(self, task_id: str) -> int: ...
+    def succeeded(self, task_id: str, result: object, runtime_s: float) -> int:
+        """``task-succeeded`` with ``repr(result)`` cut to 1024 characters."""
+    def failed(self, task_id: str, exception: str, traceback: str) -> int: ...
+    def retried(self, task_id: str, exception: str, traceback: str) -> int: ...
+    def revoked(self, task_id: str, terminated: bool, expired: bool) -> int: ...
+    def rejected(self, task_id: str, requeue: bool) -> int: ...
+    def set_utcoffset(self, hours: float) -> None:
+        """Events appended from now on say this ``utcoffset`` (hours west of UTC)."""
+    def take(self) -> tuple[bytes, int] | None:
+        """``(JSON list of the waiting events, how many)``, or None; empties the buffer."""
+    @property
+    def clock(self) -> int:
+        """The Lamport clock of the last event appended."""
+    def __len__(self) -> int: ...
+
+@final
 class Router:
     """A compiled route table: the first matching rule wins, else the default queue.
 
@@ -325,6 +352,29 @@ class SqliteBroker:
     def purge(self, queues: Sequence[str]) -> int:
         """Delete waiting (not leased) messages of these queues; returns how many."""
     def queue_length(self, queue: str) -> int: ...
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take (when free or lapsed) or renew the leader lease of the periodic schedule ``name``
+        for ``token``, for ``ttl_ms``; False when another process holds it."""
+    def beat_release(self, name: str, token: str) -> bool:
+        """Give the lease of ``name`` up if ``token`` holds it; True when it did."""
+    def beat_runs(self, name: str) -> list[tuple[str, int]]:
+        """``(entry, tick_ms)``: the last tick sent of each entry of the schedule ``name``."""
+    def beat_send(
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int = 0,
+        eta_ms: int | None = None,
+    ) -> int:
+        """Record the tick and publish the message in one atomic step, only if ``token`` holds the
+        lease and no tick at or after ``tick_ms`` was sent: 1 sent, 0 not the leader, -1 already sent."""
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record the tick like ``beat_send`` without publishing anything (the caller publishes to
+        another broker once this returned 1)."""
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
         """Record revoked task ids, kept until ``expires_at_ms``."""
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
@@ -389,6 +439,10 @@ class SqliteConsumer:
     def stop(self) -> list[Delivery]:
         """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
     def set_queues(self, queues: Sequence[str]) -> None: ...
+    def ack_later(self, tags: Sequence[str]) -> None:
+        """Hand ``tags`` to the thread to ack before its next fetch; returns at once (failures are retried there)."""
+    def settle_acks(self, timeout_s: float) -> bool:
+        """Wait (GIL released) until the acks handed over so far were sent; False after ``timeout_s`` or if stopped."""
     @property
     def running(self) -> bool: ...
     @property
@@ -477,6 +531,29 @@ class RedisBroker:
         """Delete waiting messages of these queues (every priority bucket and the ETA set)."""
     def queue_length(self, queue: str) -> int:
         """Waiting messages: every priority bucket plus those whose ETA is still ahead."""
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take (when free or lapsed) or renew the leader lease of the periodic schedule ``name``
+        for ``token``, for ``ttl_ms``; False when another process holds it."""
+    def beat_release(self, name: str, token: str) -> bool:
+        """Give the lease of ``name`` up if ``token`` holds it; True when it did."""
+    def beat_runs(self, name: str) -> list[tuple[str, int]]:
+        """``(entry, tick_ms)``: the last tick sent of each entry of the schedule ``name``."""
+    def beat_send(
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int = 0,
+        eta_ms: int | None = None,
+    ) -> int:
+        """Record the tick and publish the message in one atomic step, only if ``token`` holds the
+        lease and no tick at or after ``tick_ms`` was sent: 1 sent, 0 not the leader, -1 already sent."""
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record the tick like ``beat_send`` without publishing anything (the caller publishes to
+        another broker once this returned 1)."""
     def declare_bindings(self, queues: Sequence[str], exchange: str | None = None) -> None:
         """``SADD _kombu.binding.<exchange> "<queue>\\x06\\x16\\x06\\x16<queue>"`` per queue.
 
@@ -512,6 +589,10 @@ class RedisConsumer:
     def stop(self) -> list[Delivery]:
         """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
     def set_queues(self, queues: Sequence[str]) -> None: ...
+    def ack_later(self, tags: Sequence[str]) -> None:
+        """Hand ``tags`` to the thread to ack before its next fetch; returns at once (failures are retried there)."""
+    def settle_acks(self, timeout_s: float) -> bool:
+        """Wait (GIL released) until the acks handed over so far were sent; False after ``timeout_s`` or if stopped."""
     @property
     def running(self) -> bool: ...
     @property
@@ -583,6 +664,29 @@ class PostgresBroker:
     def purge(self, queues: Sequence[str]) -> int:
         """Delete waiting (not leased) messages of these queues; returns how many."""
     def queue_length(self, queue: str) -> int: ...
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take (when free or lapsed) or renew the leader lease of the periodic schedule ``name``
+        for ``token``, for ``ttl_ms``; False when another process holds it."""
+    def beat_release(self, name: str, token: str) -> bool:
+        """Give the lease of ``name`` up if ``token`` holds it; True when it did."""
+    def beat_runs(self, name: str) -> list[tuple[str, int]]:
+        """``(entry, tick_ms)``: the last tick sent of each entry of the schedule ``name``."""
+    def beat_send(
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int = 0,
+        eta_ms: int | None = None,
+    ) -> int:
+        """Record the tick and publish the message in one atomic step, only if ``token`` holds the
+        lease and no tick at or after ``tick_ms`` was sent: 1 sent, 0 not the leader, -1 already sent."""
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record the tick like ``beat_send`` without publishing anything (the caller publishes to
+        another broker once this returned 1)."""
     def revoke(self, task_ids: Sequence[str], expires_at_ms: int) -> None:
         """Record revoked task ids, kept until ``expires_at_ms``."""
     def revoked_since(self, since_ms: int) -> list[tuple[str, int]]:
@@ -648,6 +752,10 @@ class PostgresConsumer:
     def stop(self) -> list[Delivery]:
         """Stop fetching, join the thread, close the buffer; returns unstarted deliveries (not requeued)."""
     def set_queues(self, queues: Sequence[str]) -> None: ...
+    def ack_later(self, tags: Sequence[str]) -> None:
+        """Hand ``tags`` to the thread to ack before its next fetch; returns at once (failures are retried there)."""
+    def settle_acks(self, timeout_s: float) -> bool:
+        """Wait (GIL released) until the acks handed over so far were sent; False after ``timeout_s`` or if stopped."""
     @property
     def running(self) -> bool: ...
     @property
@@ -707,9 +815,18 @@ class AmqpBroker:
         """Put dead letters (by id) back in their queue with a fresh delivery count."""
     def purge_dead(self, queue: str | None = None) -> int: ...
     def declare_transient(
-        self, exchange: str, exchange_type: str, queue: str, routing_key: str, ttl_ms: int, expires_ms: int
+        self,
+        exchange: str,
+        exchange_type: str,
+        queue: str,
+        routing_key: str,
+        ttl_ms: int,
+        expires_ms: int,
+        durable_exchange: bool = False,
     ) -> None:
-        """Declare a non-durable exchange and (unless ``queue`` is empty) a self-deleting queue bound to it."""
+        """Declare an exchange (non-durable unless ``durable_exchange``: flags must match other
+        declarers', e.g. Celery's durable ``celeryev``) and (unless ``queue`` is empty) a
+        self-deleting queue bound to it."""
     def publish_transient(self, exchange: str, routing_key: str, body: bytes, headers: str) -> None:
         """Publish a transient JSON message with ``headers`` (a JSON object's text)."""
     def listen(self, queue: str) -> None:

@@ -36,6 +36,8 @@ from rqueue.urls import DEFAULT_SQLITE_URL, mask_password
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from rqueue.events import EventDispatcher
+
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -97,6 +99,8 @@ class App:
         self._derived_version = -1
         self._derived_cache: dict[str, Any] = {}
         self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
+        #: This process's event dispatcher (``send_event``), by pid: a forked child makes its own.
+        self._events: tuple[int, EventDispatcher] | None = None
         self.oid = str(uuid.uuid4())
         _register_app(self, set_as_current)
 
@@ -423,6 +427,18 @@ class App:
             self._send_again(message, options, exc)
         if published is not None and signals.after_task_publish.receivers:
             signals.after_task_publish.send(sender=message.name, **published)
+        if message.sent_event is not None:
+            self.send_event("task-sent", message.sent_event)
+
+    def send_event(self, event_type: str, fields: dict[str, Any]) -> None:
+        """Send one event (Celery's event protocol) from this process, as node ``origin``
+        (``gen<pid>@<host>``); never raises for the broker (``rqueue.events``)."""
+        from rqueue.events import EventDispatcher  # noqa: PLC0415 - only producers that send events load it
+
+        events = self._events
+        if events is None or events[0] != os.getpid():
+            events = self._events = (os.getpid(), EventDispatcher(self.broker, self.origin))
+        events[1].send(event_type, **fields)
 
     def _send(self, message: Outgoing) -> None:
         try:
@@ -484,6 +500,8 @@ class App:
         messages = plan.outgoing_many(list(calls))
         backend = self.backend
         self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
+        if plan.sent_events:
+            self._send_sent_events(messages)
         return [AsyncResult(m.task_id, backend, ignored=m.ignore_result, app=self) for m in messages]
 
     def send_batch(self, calls: Sequence[tuple[str, Sequence[Any], Mapping[str, Any], SendOptions]]) -> None:
@@ -491,6 +509,41 @@ class App:
         the caller has checked their arguments)."""
         messages = [SendPlan(self, name, None, options).outgoing(args, kwargs) for name, args, kwargs, options in calls]
         self.broker.publish_many([(m.queue, m.payload, m.priority, m.eta_ms) for m in messages])
+        self._send_sent_events(messages)
+
+    def _send_sent_events(self, messages: list[Outgoing]) -> None:
+        for message in messages:
+            if message.sent_event is not None:
+                self.send_event("task-sent", message.sent_event)
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature | Task[Any, Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Add a ``beat_schedule`` entry that sends ``sig`` on ``schedule`` (seconds, a timedelta, a
+        ``rqueue.schedules.crontab``), as Celery's ``add_periodic_task``; ``options`` are send
+        options (``queue``, ``priority``, ``expires`` ...). Returns the entry's name: ``name``, or
+        the signature's ``repr``. Usually called from an ``on_after_configure`` receiver."""
+        if isinstance(sig, Signature):
+            sig = sig.clone(tuple(args), dict(kwargs or {})) if (args or kwargs) else sig
+        else:
+            sig = self.signature(sig.name, args, kwargs)
+        key = name or repr(sig)
+        entries = dict(self.conf.beat_schedule)
+        entries[key] = {
+            "schedule": schedule,
+            "task": sig.task,
+            "args": tuple(sig.args),
+            "kwargs": dict(sig.kwargs),
+            "options": {**sig.options, **options},
+        }
+        self.conf.beat_schedule = entries
+        return key
 
     def check_serializer_enabled(self, serializer: str) -> None:
         """Refuse a serializer that ``accept_content`` does not list."""

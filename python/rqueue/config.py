@@ -225,6 +225,18 @@ DEFAULTS: dict[str, Setting] = {
         (dict,),
         "how sending retries: max_retries, interval_start/step/max in seconds",
     ),
+    # periodic tasks (rqueue beat, worker -B)
+    "beat_schedule": Setting(
+        {}, (dict,), "periodic tasks: name -> {'task', 'schedule', 'args', 'kwargs', 'options'} (rqueue.beat)"
+    ),
+    "beat_lease_s": Setting(
+        3.0, NUMBER, "seconds a beat leader's lease lasts unrenewed: bounds the failover gap", _positive
+    ),
+    # monitoring events (Celery's event protocol: Flower, `celery events`, `rqueue events`)
+    "worker_send_task_events": Setting(False, (bool,), "workers send task events (-E); heartbeats are always sent"),
+    "task_send_sent_event": Setting(False, (bool,), "producers send a task-sent event for each task"),
+    "event_queue_ttl": Setting(5.0, NUMBER, "seconds an event waits in a RabbitMQ receiver's queue", _positive),
+    "event_queue_expires": Setting(60.0, NUMBER, "seconds an unused RabbitMQ event queue lives", _positive),
     # remote control
     "control_queue_ttl": Setting(300.0, NUMBER, "seconds a control message waits on RabbitMQ", _positive),
     "control_queue_expires": Setting(10.0, NUMBER, "seconds an unused RabbitMQ control queue lives", _positive),

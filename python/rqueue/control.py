@@ -171,6 +171,24 @@ class Control:
             "cancel_consumer", {"queue": queue}, destination=destination, reply=reply, timeout=timeout
         )
 
+    def enable_events(
+        self, destination: Sequence[str] | None = None, reply: bool = False, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> Replies | None:
+        """Make workers send task events from now on (``rqueue.events``; heartbeats are always sent)."""
+        return self.broadcast("enable_events", destination=destination, reply=reply, timeout=timeout)
+
+    def disable_events(
+        self, destination: Sequence[str] | None = None, reply: bool = False, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> Replies | None:
+        """Make workers stop sending task events."""
+        return self.broadcast("disable_events", destination=destination, reply=reply, timeout=timeout)
+
+    def heartbeat(
+        self, destination: Sequence[str] | None = None, reply: bool = False, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> Replies | None:
+        """Make workers send a ``worker-heartbeat`` event now."""
+        return self.broadcast("heartbeat", destination=destination, reply=reply, timeout=timeout)
+
 
 class Inspect:
     """Queries answered by every live worker (or those in ``destination``).

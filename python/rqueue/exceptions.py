@@ -28,6 +28,23 @@ class RateLimitError(ConfigurationError):
     """A rate limit is invalid (a bad rate string), or names a task the worker does not know."""
 
 
+class ScheduleError(ConfigurationError):
+    """A periodic task's entry is invalid: a bad crontab field, a negative interval, an unknown task.
+
+    ``entry`` names the ``beat_schedule`` entry (once known) and ``field`` the offending field.
+    """
+
+    def __init__(self, message: str, *, entry: str | None = None, field: str | None = None) -> None:
+        super().__init__(f"beat_schedule entry {entry!r}: {message}" if entry is not None else message)
+        self.message = message
+        self.entry = entry
+        self.field = field
+
+    def for_entry(self, entry: str) -> ScheduleError:
+        """The same error, naming the entry it was found in."""
+        return ScheduleError(self.message, entry=entry, field=self.field)
+
+
 # -- messages and serialization --------------------------------------------------------------
 
 

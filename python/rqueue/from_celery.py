@@ -58,6 +58,8 @@ def adopt(celery_app: Any) -> App:
         for key, value in dict(conf.changes).items()
         if (key in CELERY_SETTINGS or key in CELERY_OLD_NAMES) and key not in ("broker_url", "result_backend")
     }
+    if conf.beat_schedule:  # add_periodic_task fills Celery's default dict in place: not a "change"
+        settings["beat_schedule"] = dict(conf.beat_schedule)
     try:
         app = App(
             celery_app.main,

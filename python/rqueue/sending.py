@@ -34,6 +34,8 @@ class Outgoing(NamedTuple):
     priority: int
     eta_ms: int | None
     ignore_result: bool
+    #: The ``task-sent`` event's own fields, when the producer sends it (``task_send_sent_event``).
+    sent_event: dict[str, Any] | None = None
 
 
 class SendPlan:
@@ -78,6 +80,8 @@ class SendPlan:
         #: The route, when it cannot depend on the arguments (no router function is configured).
         self.route: Route | None = app.route_by_name(name, options, task)
         self.reply_to = options.get("reply_to")
+        #: Whether each message is announced with a ``task-sent`` event (read once per send call).
+        self.sent_events: bool = app.derived("task_send_sent_event", lambda: bool(app.conf.task_send_sent_event))
         self.fixed = {
             "task": name,
             "serializer": self.serializer,
@@ -129,6 +133,22 @@ class SendPlan:
             **self.fixed,
         )
         clamped, name, eta_ms, ignore_result = _clamp_priority(priority), self.name, self.eta_ms, self.ignore_result
+        if self.sent_events:  # each message announced with its own task-sent event
+            return [
+                Outgoing(
+                    task_id,
+                    name,
+                    queue_name,
+                    exchange,
+                    routing_key,
+                    payload,
+                    clamped,
+                    eta_ms,
+                    ignore_result,
+                    self._sent_event(task_id, list(args or ()), dict(kwargs or {}), queue_name, exchange, routing_key),
+                )
+                for (task_id, payload), (args, kwargs) in zip(encoded, calls, strict=True)
+            ]
         return [
             Outgoing(task_id, name, queue_name, exchange, routing_key, payload, clamped, eta_ms, ignore_result)
             for task_id, payload in encoded
@@ -173,7 +193,44 @@ class SendPlan:
             _clamp_priority(priority),
             self.eta_ms,
             self.ignore_result,
+            self._sent_event(task_id, args, kwargs, queue_name, exchange, routing_key) if self.sent_events else None,
         )
+
+    def _sent_event(
+        self, task_id: str, args: list[Any], kwargs: dict[str, Any], queue: str, exchange: str, routing_key: str
+    ) -> dict[str, Any]:
+        """The fields of a ``task-sent`` event, as Celery's producer sends them."""
+        fixed = self.fixed
+        return {
+            "uuid": task_id,
+            "root_id": fixed["root_id"] or task_id,
+            "parent_id": fixed["parent_id"],
+            "name": self.name,
+            "args": _repr(tuple(args)),
+            "kwargs": _repr(kwargs),
+            "retries": fixed["retries"],
+            "eta": _iso(fixed["eta_ms"]),
+            "expires": _iso(fixed["expires_ms"]),
+            "queue": queue,
+            "exchange": exchange,
+            "routing_key": routing_key,
+        }
+
+
+#: Argument reprs in ``task-sent`` events are cut to this many characters (as the message's headers).
+SENT_REPR_MAX = 1024
+
+
+def _repr(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:
+        return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
+    return text if len(text) <= SENT_REPR_MAX else text[:SENT_REPR_MAX] + "..."
+
+
+def _iso(epoch_ms: int | None) -> str | None:
+    return None if epoch_ms is None else _rqueue.format_iso8601_ms(epoch_ms)
 
 
 def _clamp_priority(priority: int | None) -> int:

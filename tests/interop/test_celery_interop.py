@@ -50,8 +50,8 @@ def write_config(project: Project, name: str, text: str, monkeypatch: pytest.Mon
 
 class CeleryWorker:
     """A real ``celery worker`` subprocess running ``celery_project.tasks`` (one process unless
-    ``pool`` says otherwise); ``conf`` adds Celery settings (``$CELERY_INTEROP_CONF``) and ``ledger``
-    is where ``tasks.sleep`` records executions."""
+    ``pool`` says otherwise); ``conf`` adds Celery settings (``$CELERY_INTEROP_CONF``), ``ledger``
+    is where ``tasks.sleep`` records executions and ``extra`` are more worker options."""
 
     def __init__(
         self,
@@ -63,6 +63,7 @@ class CeleryWorker:
         ledger: Path | None = None,
         pool: str = "solo",
         concurrency: int = 1,
+        extra: tuple[str, ...] = ("--without-heartbeat",),
     ) -> None:
         self.log = log
         env = dict(os.environ)
@@ -91,7 +92,7 @@ class CeleryWorker:
             f"interop-{queue}@%h",
             "--without-gossip",
             "--without-mingle",
-            "--without-heartbeat",
+            *extra,
             "--logfile",
             str(log),
         ]

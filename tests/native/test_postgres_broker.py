@@ -170,7 +170,7 @@ def test_postgres_broker_schema_is_created_once_and_separate(
     assert PostgresBroker(postgres_url).queue_length("q") == 1  # a second opener migrates nothing
     database = postgres_url.rsplit("/", 1)[1]
     versions = postgres_server.psql("SELECT string_agg(version::text, ',') FROM rqueue.migrations", database)
-    assert versions.strip() == "1,2"
+    assert versions.strip() == "1,2,3"
 
 
 def test_postgres_broker_upgrades_an_older_schema(postgres_url: str, postgres_server: PostgresServer) -> None:
@@ -178,13 +178,18 @@ def test_postgres_broker_upgrades_an_older_schema(postgres_url: str, postgres_se
     database = postgres_url.rsplit("/", 1)[1]
     # what a database at migration 1 looks like (before the chord tables came)
     postgres_server.psql(
-        "DROP TABLE rqueue.chords, rqueue.chord_parts; DELETE FROM rqueue.migrations WHERE version = 2", database
+        "DROP TABLE rqueue.chords, rqueue.chord_parts, rqueue.beat_leases, rqueue.beat_runs; "
+        "DELETE FROM rqueue.migrations WHERE version >= 2",
+        database,
     )
     upgraded = PostgresBroker(postgres_url)
     assert upgraded.queue_length("q") == 1
     assert upgraded.chord_part_return("g", "m", 0.0, b"p", None, "tok", 1000) == (1, None, False)
-    versions = postgres_server.psql("SELECT string_agg(version::text, ',') FROM rqueue.migrations", database)
-    assert versions.strip() == "1,2"
+    assert upgraded.beat_lease("sched", "tok", 1000)
+    versions = postgres_server.psql(
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM rqueue.migrations", database
+    )
+    assert versions.strip() == "1,2,3"
 
 
 def test_postgres_broker_newer_schema_is_refused(postgres_url: str, postgres_server: PostgresServer) -> None:
@@ -303,3 +308,17 @@ def test_postgres_result_waits_wake_on_store_and_do_not_block_other_threads(brok
     waiter.join(5)
     assert not waiter.is_alive()
     assert time.monotonic() - started < 1.5  # woken by the store, not by its 2 s timeout
+
+
+def test_postgres_beat_lease_and_once_only_ticks(broker: PostgresBroker, postgres_url: str) -> None:
+    assert broker.beat_lease("sched", "a", 60_000)
+    assert not broker.beat_lease("sched", "b", 60_000)  # held by a
+    assert broker.beat_lease("sched", "a", 60_000)  # renewed by its holder
+    assert broker.beat_send("sched", "a", "every-minute", 1000, "q", b"tick", 0, None) == 1
+    assert broker.beat_send("sched", "a", "every-minute", 1000, "q", b"again", 0, None) == -1  # sent already
+    assert broker.beat_send("sched", "b", "every-minute", 2000, "q", b"usurper", 0, None) == 0  # not the leader
+    assert broker.beat_claim("sched", "a", "other", 5) == 1
+    assert sorted(broker.beat_runs("sched")) == [("every-minute", 1000), ("other", 5)]
+    assert [d.payload for d in broker.fetch(["q"], 10, "w", 60_000)] == [b"tick"]
+    assert broker.beat_release("sched", "a") and not broker.beat_release("sched", "a")
+    assert PostgresBroker(postgres_url).beat_lease("sched", "b", 10)  # free now: b takes it

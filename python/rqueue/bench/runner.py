@@ -84,6 +84,8 @@ class BenchOptions:
     prefetch_multiplier: int | None = None
     timeout_s: float = 120.0
     progress: bool | None = None
+    #: Workers send task events (``-E``): what monitoring costs (``benches/bench_events.py``).
+    task_events: bool = False
 
     def check(self) -> None:
         """ConfigurationError for values no run can use."""
@@ -220,6 +222,8 @@ class Bench:
             cmd += ["-c", str(o.effective_concurrency)]
         if o.prefetch_multiplier:
             cmd += ["--prefetch-multiplier", str(o.prefetch_multiplier)]
+        if o.task_events:
+            cmd.append("-E")
         cmd += ["-n", f"bench{index}-{self.run_id}@%h", "--loglevel", "warning"]
         return cmd
 

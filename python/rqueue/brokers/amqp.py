@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Broker, Completer, DeadLetter, DeadLetterAdmin, Mailbox
+from rqueue.brokers.base import (
+    EVENT_EXCHANGE,
+    Broker,
+    Completer,
+    DeadLetter,
+    DeadLetterAdmin,
+    EventChannel,
+    Mailbox,
+    Malformed,
+)
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import amqp_params, mask_password
 
@@ -121,6 +130,8 @@ class AmqpBroker(Broker, DeadLetterAdmin):
         }
         self.control_ttl_ms = int(conf.control_queue_ttl * 1000)
         self.control_expires_ms = int(conf.control_queue_expires * 1000)
+        self.event_ttl_ms = int(conf.event_queue_ttl * 1000)
+        self.event_expires_ms = int(conf.event_queue_expires * 1000)
         self._native: _rqueue.AmqpBroker | None = None
         self._pid = -1
         self.native  # noqa: B018 - a bad option fails at configuration, not at first use
@@ -178,6 +189,9 @@ class AmqpBroker(Broker, DeadLetterAdmin):
     def mailbox(self) -> AmqpMailbox:
         return AmqpMailbox(self)
 
+    def events(self) -> AmqpEvents:
+        return AmqpEvents(self)
+
     def __repr__(self) -> str:
         return f"<AmqpBroker {mask_password(self.url)}>"
 
@@ -220,6 +234,12 @@ class AmqpConsumer:
 
     def ack(self, tags: Sequence[str]) -> None:
         self.thread.ack(list(tags))
+
+    def ack_later(self, tags: Sequence[str]) -> None:
+        self.ack(tags)  # an AMQP ack is one frame, with no reply to wait for
+
+    def settle_acks(self, timeout_s: float) -> bool:
+        return True
 
     def joint_completer(self, backend: ResultBackend) -> Completer | None:
         return None  # results never live in RabbitMQ's queues with the acks
@@ -306,6 +326,54 @@ class AmqpMailbox(Mailbox):
         self.broker.native.publish_transient(
             reply_to["exchange"], reply_to["routing_key"], json.dumps(body).encode(), headers
         )
+
+
+class AmqpEvents(EventChannel):
+    """Celery's events on RabbitMQ: the durable topic exchange ``celeryev`` (declared with Celery's
+    flags, so either side may declare it first), routing key = the event type with ``.`` for ``-``;
+    each receiver has its own queue ``celeryev.<uuid>`` bound with ``#`` (exclusive, self-deleting,
+    messages dropped after ``event_queue_ttl``)."""
+
+    def __init__(self, broker: AmqpBroker) -> None:
+        self.broker = broker
+        self._declared = False
+        self._queue: str | None = None
+
+    def _declare(self, queue: str = "", routing_key: str = "") -> None:
+        b = self.broker
+        b.native.declare_transient(
+            EVENT_EXCHANGE, "topic", queue, routing_key, b.event_ttl_ms, b.event_expires_ms, durable_exchange=True
+        )
+
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        if not self._declared:
+            self._declare()
+            self._declared = True
+        headers = json.dumps({"hostname": hostname})
+        self.broker.native.publish_transient(EVENT_EXCHANGE, routing_key, body, headers)
+
+    def subscribe(self) -> None:
+        queue = f"{EVENT_EXCHANGE}.{uuid.uuid4()}"
+        self._declare(queue, "#")
+        self.broker.native.listen(queue)
+        self._queue = queue
+
+    def receive(self, timeout_s: float) -> list[bytes | Malformed]:
+        if self._queue is None:
+            self.subscribe()
+        assert self._queue is not None
+        found: list[bytes | Malformed] = []
+        for body, _headers, _, content_type in self.broker.native.receive(self._queue, timeout_s, 1000):
+            if content_type not in (None, "application/json"):
+                found.append(Malformed(f"content type {content_type!r} is not JSON", body))
+            else:
+                found.append(body)
+        return found
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self.broker.native.unlisten(self._queue)
+            self._queue = None
 
 
 def _open(body: bytes, headers_json: str) -> tuple[Any, dict[str, Any]] | None:

@@ -2,10 +2,11 @@
 
 Every broker publishes, hands out a consumer, purges, counts and carries remote control
 (``Broker``). Some also keep leases by owner so that another process can give back a dead
-worker's messages (``LeaseRecovery``), keep dead letters (``DeadLetterAdmin``) or store
-revocations (``RevocationStore``); code that needs one of these asks for it with ``capability``
-or ``require``. Deliveries are settled (acked, requeued, dead-lettered) through the ``BrokerConsumer``
-that delivered them: on AMQP an ack is only valid on the delivering channel.
+worker's messages (``LeaseRecovery``), keep dead letters (``DeadLetterAdmin``), store
+revocations (``RevocationStore``) or elect the leader of periodic tasks (``BeatStore``); code
+that needs one of these asks for it with ``capability`` or ``require``. Deliveries are settled
+(acked, requeued, dead-lettered) through the ``BrokerConsumer`` that delivered them: on AMQP an
+ack is only valid on the delivering channel.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from rqueue._rqueue import Delivery, PrefetchBuffer
+from rqueue._rqueue import Delivery, PrefetchBuffer, loads
 from rqueue.exceptions import ConfigurationError
+from rqueue.utils.log import printable
 
 if TYPE_CHECKING:
     from rqueue.backends.base import ResultBackend
@@ -52,6 +54,15 @@ class BrokerConsumer(Settler, Protocol):
     def failure(self) -> str | None:
         """Why the fetching thread ended on its own (it retries every passing fault, so only a
         broker that can never be used again ends it); None while it runs or was stopped."""
+        ...
+
+    def ack_later(self, tags: Sequence[str]) -> None:
+        """Ack ``tags`` without waiting for the broker: the fetching thread sends them before its
+        next fetch (or now, where the broker has no such thread). A failure is retried there."""
+        ...
+
+    def settle_acks(self, timeout_s: float) -> bool:
+        """Wait until every ``ack_later`` so far reached the broker; False after ``timeout_s``."""
         ...
 
     def requeue(self, tags: Sequence[str]) -> None:
@@ -95,6 +106,14 @@ class DeadLetter:
     deliveries: int
     dead_at_ms: int
     payload: bytes
+
+    def task(self) -> str:
+        """``name[id]`` from the message's headers when they are readable, else a short note."""
+        try:
+            headers = loads(self.payload[: 1 << 20], "application/json")["headers"]
+            return printable(f"{headers['task']}[{headers['id']}]")
+        except Exception:
+            return f"<{len(self.payload)} bytes, not a readable task message>"
 
 
 class Mailbox(ABC):
@@ -140,6 +159,42 @@ class Mailbox(ABC):
         """Send ``body`` (``{hostname: reply}``) to a client's reply address."""
 
 
+#: Celery's event exchange (``event_exchange``): a topic exchange on RabbitMQ, PUB/SUB channels
+#: ``/<db>.celeryev/<routing key>`` on Redis.
+EVENT_EXCHANGE = "celeryev"
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Something received on the event stream that is not a message at all (not a kombu envelope,
+    not JSON): what it was and why it was refused, for the receiver to report."""
+
+    reason: str
+    data: bytes
+
+
+class EventChannel(ABC):
+    """Celery's event stream over the broker: workers and producers publish, monitors (Flower,
+    ``celery events``, ``rqueue events``) receive. Events are transient: a receiver gets those
+    published while it is subscribed, and none is stored for later."""
+
+    @abstractmethod
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        """Publish one JSON body (an event dict, or a list of them under ``task.multi``) with its
+        routing key (the event type with ``-`` as ``.``) and the sender's node name (a header)."""
+
+    @abstractmethod
+    def subscribe(self) -> None:
+        """Start receiving every event published from now on."""
+
+    @abstractmethod
+    def receive(self, timeout_s: float) -> list[bytes | Malformed]:
+        """The JSON bodies received since the last call, waiting up to ``timeout_s`` for the first."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop receiving and let go of what the subscription holds."""
+
+
 class Broker(ABC):
     """What every broker does: publish, consume, purge, count, and carry remote control.
 
@@ -178,6 +233,10 @@ class Broker(ABC):
     @abstractmethod
     def mailbox(self) -> Mailbox:
         """A new remote-control endpoint on this broker (one per listener or client call)."""
+
+    def events(self) -> EventChannel:
+        """A new endpoint on Celery's event stream (one per sender or receiver)."""
+        raise ConfigurationError(f"{self!r} does not carry events (Celery's event protocol)")
 
 
 def owner_id(hostname: str, pid: int) -> str:
@@ -249,7 +308,50 @@ class RevocationStore(ABC):
         """``(task_id, expires_at_ms)`` of revocations made at or after ``since_ms``."""
 
 
-Capability = TypeVar("Capability", LeaseRecovery, DeadLetterAdmin, RevocationStore)
+class BeatStore(ABC):
+    """The broker elects the one beat that sends periodic tasks and keeps their schedule's state.
+
+    A schedule ``name`` has one lease, held by a token until it lapses (``ttl_ms`` after it was
+    taken or last renewed), and the last tick sent of each of its entries. ``beat_send`` records a
+    tick and publishes its message in ONE atomic step that also checks the lease (a deposed leader
+    that still believes it leads is refused) and that the tick is later than the last one sent, so
+    no tick is sent twice, across leader changes and retries of an unanswered send alike.
+    """
+
+    @abstractmethod
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take the lease when free or lapsed, or renew it for its holder; False when another holds it."""
+
+    @abstractmethod
+    def beat_release(self, name: str, token: str) -> bool:
+        """Give the lease up if ``token`` holds it (a leader stopping)."""
+
+    @abstractmethod
+    def beat_runs(self, name: str) -> dict[str, int]:
+        """The last tick sent (epoch ms) of each entry."""
+
+    @abstractmethod
+    def beat_send(  # noqa: PLR0913 - the extension's signature
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int,
+        eta_ms: int | None,
+    ) -> int:
+        """Record ``tick_ms`` of ``entry`` and publish the message, if ``token`` leads and the tick is
+        new: 1 sent, 0 not the leader (nothing written), -1 already sent (nothing written)."""
+
+    @abstractmethod
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        """Record ``tick_ms`` of ``entry`` under the same checks as ``beat_send``, publishing nothing
+        (the caller publishes to another broker after a 1)."""
+
+
+Capability = TypeVar("Capability", LeaseRecovery, DeadLetterAdmin, RevocationStore, BeatStore)
 
 
 def capability(broker: Broker, kind: type[Capability]) -> Capability | None:
@@ -284,6 +386,21 @@ class NativeTransport(Protocol):
     def purge_dead(self, queue: str | None = ...) -> int: ...
     def purge(self, queues: Sequence[str]) -> int: ...
     def queue_length(self, queue: str) -> int: ...
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool: ...
+    def beat_release(self, name: str, token: str) -> bool: ...
+    def beat_runs(self, name: str) -> list[tuple[str, int]]: ...
+    def beat_send(  # noqa: PLR0913 - the extension's signature
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int = ...,
+        eta_ms: int | None = ...,
+    ) -> int: ...
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int: ...
 
 
 class NativeThread(Protocol):
@@ -292,13 +409,15 @@ class NativeThread(Protocol):
     def start(self) -> None: ...
     def stop(self) -> list[Delivery]: ...
     def set_queues(self, queues: list[str]) -> None: ...
+    def ack_later(self, tags: list[str]) -> None: ...
+    def settle_acks(self, timeout_s: float) -> bool: ...
     @property
     def running(self) -> bool: ...
     @property
     def last_error(self) -> str | None: ...
 
 
-class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin):
+class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin, BeatStore):
     """A broker whose message operations are the extension's: each one passes straight through.
 
     Any connection may settle any lease (leases are kept by owner in the broker's own store), so
@@ -358,6 +477,31 @@ class NativeBroker(Broker, LeaseRecovery, DeadLetterAdmin):
     def queue_length(self, queue: str) -> int:
         return self.native.queue_length(queue)
 
+    def beat_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        return self.native.beat_lease(name, token, ttl_ms)
+
+    def beat_release(self, name: str, token: str) -> bool:
+        return self.native.beat_release(name, token)
+
+    def beat_runs(self, name: str) -> dict[str, int]:
+        return dict(self.native.beat_runs(name))
+
+    def beat_send(  # noqa: PLR0913 - the extension's signature
+        self,
+        name: str,
+        token: str,
+        entry: str,
+        tick_ms: int,
+        queue: str,
+        payload: bytes,
+        priority: int,
+        eta_ms: int | None,
+    ) -> int:
+        return self.native.beat_send(name, token, entry, tick_ms, queue, payload, priority, eta_ms)
+
+    def beat_claim(self, name: str, token: str, entry: str, tick_ms: int) -> int:
+        return self.native.beat_claim(name, token, entry, tick_ms)
+
     def native_consumer(self, thread: NativeThread) -> NativeConsumer:
         """The consumer handle of a native consumer thread of this broker."""
         return NativeConsumer(thread, self)
@@ -385,6 +529,15 @@ class NativeConsumer:
 
     def ack(self, tags: Sequence[str]) -> None:
         self.broker.ack(tags)
+
+    def ack_later(self, tags: Sequence[str]) -> None:
+        if self.thread.running:
+            self.thread.ack_later(list(tags))
+        else:  # nobody would send them (a consumer driven by hand, or stopped): now
+            self.broker.ack(tags)
+
+    def settle_acks(self, timeout_s: float) -> bool:
+        return self.thread.settle_acks(timeout_s)
 
     def joint_completer(self, backend: ResultBackend) -> Completer | None:
         return self.broker.joint_completer(backend)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from rqueue import _rqueue
 from rqueue.brokers.base import NativeBroker, NativeConsumer, RevocationStore
-from rqueue.brokers.sqlite import TableMailbox
+from rqueue.brokers.sqlite import TableEvents, TableMailbox
 from rqueue.exceptions import ConfigurationError
 from rqueue.urls import mask_password, postgres_params
 
@@ -102,6 +102,9 @@ class PostgresBroker(NativeBroker, RevocationStore):
 
     def mailbox(self) -> TableMailbox:
         return TableMailbox(lambda: self.native)
+
+    def events(self) -> TableEvents:
+        return TableEvents(lambda: self.native)
 
     def __repr__(self) -> str:
         return f"<PostgresBroker {mask_password(self.url)}>"

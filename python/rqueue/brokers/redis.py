@@ -7,6 +7,7 @@ second, not on the hot path) use redis-py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Mailbox, NativeBroker, NativeConsumer, RevocationStore
+from rqueue.brokers.base import (
+    EVENT_EXCHANGE,
+    EventChannel,
+    Mailbox,
+    Malformed,
+    NativeBroker,
+    NativeConsumer,
+    RevocationStore,
+)
 from rqueue.exceptions import BrokerError, ConfigurationError
 from rqueue.urls import mask_password, redis_py_url
 
@@ -34,6 +43,8 @@ BINDING_PREFIX = "_kombu.binding."
 SEP = "\x06\x16"
 #: A reply list outlives its client by this much at most (a client that died leaves nothing).
 REPLY_KEEP_S = 60
+#: The longest an event publish waits for Redis (connect or reply) before it counts as failed.
+EVENTS_TIMEOUT_S = 1.0
 
 _INHERITED: list[Any] = []
 
@@ -82,14 +93,15 @@ class RedisBroker(NativeBroker, RevocationStore):
         self.socket_timeout_s = socket_timeout_s
         self._native: _rqueue.RedisBroker | None = None
         self._client: Any = None
+        self._events_client: Any = None
         self._pid = -1
 
     def _fresh(self) -> bool:
         """True when the handles were made in this process (a fork makes them stale)."""
         if self._pid != os.getpid():
             # Never close sockets inherited over fork: the parent still uses them.
-            _INHERITED.extend(h for h in (self._native, self._client) if h is not None)
-            self._native = self._client = None
+            _INHERITED.extend(h for h in (self._native, self._client, self._events_client) if h is not None)
+            self._native = self._client = self._events_client = None
             self._pid = os.getpid()
         return True
 
@@ -121,6 +133,23 @@ class RedisBroker(NativeBroker, RevocationStore):
                 health_check_interval=30,
             )
         return self._client
+
+    @property
+    def events_client(self) -> Any:
+        """A redis-py client for publishing events, with a short reply timeout: a worker's main
+        process sends heartbeats between its other duties, and a frozen server must not hold it."""
+        self._fresh()
+        if self._events_client is None:
+            redis = redis_py()
+            url, tls = redis_py_url(self.url)
+            self._events_client = redis.Redis.from_url(
+                url,
+                **tls,
+                socket_timeout=min(self.socket_timeout_s, EVENTS_TIMEOUT_S),
+                socket_connect_timeout=min(self.connect_timeout_s, EVENTS_TIMEOUT_S),
+                health_check_interval=30,
+            )
+        return self._events_client
 
     # -- messages ------------------------------------------------------------------------------------
 
@@ -190,6 +219,14 @@ class RedisBroker(NativeBroker, RevocationStore):
     def mailbox(self) -> RedisMailbox:
         return RedisMailbox(self)
 
+    def events(self) -> RedisEvents:
+        return RedisEvents(self)
+
+    def fanout_channel(self, exchange: str) -> str:
+        """kombu's PUB/SUB channel of a fanout exchange (``fanout_prefix``: ``/<db>.<exchange>``)."""
+        db = self.client.connection_pool.connection_kwargs.get("db", 0)
+        return f"{self.global_keyprefix}/{db}.{exchange}"
+
     @contextmanager
     def _as_broker_error(self) -> Iterator[None]:
         """redis-py's errors leave as BrokerError, like the extension's, with the password masked."""
@@ -214,8 +251,7 @@ class RedisMailbox(Mailbox):
 
     @property
     def _channel(self) -> str:
-        db = self.broker.client.connection_pool.connection_kwargs.get("db", 0)
-        return f"{self.broker.global_keyprefix}/{db}.{PIDBOX_EXCHANGE}"
+        return self.broker.fanout_channel(PIDBOX_EXCHANGE)
 
     def reply_address(self) -> dict[str, str]:
         oid = str(uuid.uuid4())
@@ -293,15 +329,95 @@ class RedisMailbox(Mailbox):
         return f"{self.broker.global_keyprefix}{reply_to['routing_key']}.{reply_to['exchange']}"
 
 
+class RedisEvents(EventChannel):
+    """Celery's events on Redis, as kombu's fanout exchange with ``fanout_patterns`` sends them: each
+    message (a kombu envelope) is PUBLISHed on ``/<db>.celeryev/<routing key>``; receivers
+    PSUBSCRIBE to ``/<db>.celeryev/*``."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self._pubsub: Any = None
+        self._prefix = ""
+        #: The envelope's JSON around the body, by (routing key, hostname): made once, joined per
+        #: publish (a large ``task.multi`` body is not scanned again by ``json.dumps``).
+        self._frames: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        if not self._prefix:
+            self._prefix = self.broker.fanout_channel(EVENT_EXCHANGE) + "/"
+        frame = self._frames.get((routing_key, hostname))
+        if frame is None:
+            frame = self._frames[(routing_key, hostname)] = _event_frame(routing_key, hostname)
+        # base64 and a uuid need no JSON escaping: the pieces join into valid JSON as they are.
+        envelope = b"".join((frame[0], base64.b64encode(body), frame[1], str(uuid.uuid4()).encode(), b'"}}'))
+        with self.broker._as_broker_error():
+            self.broker.events_client.publish(self._prefix + routing_key, envelope)
+
+    def subscribe(self) -> None:
+        with self.broker._as_broker_error():
+            self._pubsub = self.broker.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.psubscribe(self.broker.fanout_channel(EVENT_EXCHANGE) + "/*")
+
+    def receive(self, timeout_s: float) -> list[bytes | Malformed]:
+        if self._pubsub is None:
+            self.subscribe()
+        found: list[bytes | Malformed] = []
+        with self.broker._as_broker_error():
+            message = self._pubsub.get_message(timeout=timeout_s)
+            while message is not None:
+                if message.get("type") in ("pmessage", "message"):
+                    found.append(_envelope_body(message["data"]))
+                message = self._pubsub.get_message(timeout=0)
+        return found
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):  # closing: a broken connection has nothing to release
+                self._pubsub.close()
+            self._pubsub = None
+
+
+def _event_frame(routing_key: str, hostname: str) -> tuple[bytes, bytes]:
+    """The JSON of an event's kombu envelope before its base64 body, and from after it up to its
+    delivery tag's value (``_envelope_bytes``'s layout, for a body and tag joined in per publish)."""
+    headers = json.dumps({"hostname": hostname})
+    info = json.dumps({"exchange": EVENT_EXCHANGE, "routing_key": routing_key})
+    tail = (
+        f'", "content-encoding": "utf-8", "content-type": "application/json", "headers": {headers}, '
+        f'"properties": {{"delivery_mode": 1, "delivery_info": {info}, "priority": 0, '
+        f'"body_encoding": "base64", "delivery_tag": "'
+    )
+    return b'{"body": "', tail.encode()
+
+
+def _envelope_body(data: bytes) -> bytes | Malformed:
+    """The body of a kombu envelope as bytes (JSON bodies only), or why it is not one."""
+    try:
+        message = json.loads(data)
+        body = message["body"]
+        if message.get("content-type", "application/json") != "application/json":
+            return Malformed(f"content type {message.get('content-type')!r} is not JSON", data)
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            return base64.b64decode(body)
+        return body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return Malformed(f"not a kombu message ({type(exc).__name__}: {exc})", data)
+
+
 def _binding(oid: str) -> str:
     return f"{oid}{SEP}{SEP}{oid}.{REPLY_EXCHANGE}"
 
 
 def _envelope(body: Any, headers: dict[str, Any], exchange: str, routing_key: str) -> bytes:
     """A kombu message as its Redis transport stores it: the JSON body base64-encoded inside."""
+    return _envelope_bytes(json.dumps(body).encode(), headers, exchange, routing_key)
+
+
+def _envelope_bytes(body: bytes, headers: dict[str, Any], exchange: str, routing_key: str) -> bytes:
+    """``_envelope`` of a body already encoded as JSON."""
     return json.dumps(
         {
-            "body": base64.b64encode(json.dumps(body).encode()).decode(),
+            "body": base64.b64encode(body).decode(),
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": headers,

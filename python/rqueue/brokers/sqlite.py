@@ -10,7 +10,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from rqueue import _rqueue
-from rqueue.brokers.base import Mailbox, NativeBroker, NativeConsumer, RevocationStore
+from rqueue.brokers.base import (
+    EVENT_EXCHANGE,
+    EventChannel,
+    Mailbox,
+    Malformed,
+    NativeBroker,
+    NativeConsumer,
+    RevocationStore,
+)
 from rqueue.sqlitefile import SqliteFile
 
 #: The mailbox channel of control commands; replies go to ``reply.<ticket>``.
@@ -19,6 +27,12 @@ COMMANDS = "pidbox"
 REPLY_KEEP_S = 60.0
 #: How often the mailbox table is read while waiting (a cheap indexed query).
 MAILBOX_POLL_S = 0.02
+#: Events are posts on this mailbox channel, kept this long (Celery's ``event_queue_ttl`` is 5 s
+#: too): a receiver reads them well within it; nobody has to delete them.
+EVENTS_CHANNEL = EVENT_EXCHANGE
+EVENTS_KEEP_S = 5.0
+#: How often a receiver reads the events channel while waiting.
+EVENTS_POLL_S = 0.05
 
 
 class SqliteBroker(NativeBroker, RevocationStore):
@@ -61,6 +75,9 @@ class SqliteBroker(NativeBroker, RevocationStore):
 
     def mailbox(self) -> TableMailbox:
         return TableMailbox(lambda: self.native)
+
+    def events(self) -> TableEvents:
+        return TableEvents(lambda: self.native)
 
     def __repr__(self) -> str:
         return f"<SqliteBroker {self.url}>"
@@ -121,6 +138,41 @@ class TableMailbox(Mailbox):
     def reply(self, reply_to: dict[str, str], ticket: str, body: dict[str, Any]) -> None:
         expires = int((time.time() + REPLY_KEEP_S) * 1000)
         self.table().mailbox_post(f"reply.{ticket}", json.dumps(body).encode(), expires)
+
+
+class TableEvents(EventChannel):
+    """Celery's events in an SQL broker's store: posts on the ``celeryev`` channel of its mailbox
+    table, each kept ``EVENTS_KEEP_S`` (expired posts are deleted by the next post).
+
+    ``table`` gives this process's connection (called at each use: it changes after a fork).
+    """
+
+    def __init__(self, table: Callable[[], MailboxTable]) -> None:
+        self.table = table
+        self._after: int | None = None
+
+    def publish(self, routing_key: str, body: bytes, hostname: str) -> None:
+        # The routing key is in the body already (each event's ``type``): receivers take them all.
+        expires = int((time.time() + EVENTS_KEEP_S) * 1000)
+        self.table().mailbox_post(EVENTS_CHANNEL, body, expires)
+
+    def subscribe(self) -> None:
+        self._after = self.table().mailbox_last_id()
+
+    def receive(self, timeout_s: float) -> list[bytes | Malformed]:
+        if self._after is None:
+            self.subscribe()
+        assert self._after is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.table().mailbox_read(EVENTS_CHANNEL, self._after)
+            if rows:
+                self._after = rows[-1][0]
+                return [body for _, body in rows]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            time.sleep(min(EVENTS_POLL_S, left))
 
 
 def _json_or_none(body: bytes) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from rqueue import __version__, _rqueue
+from rqueue import __version__
 from rqueue.brokers.base import DeadLetterAdmin, require
 from rqueue.config import default_queues
 from rqueue.exceptions import RQueueError
@@ -204,9 +204,19 @@ def help_(ctx: click.Context) -> None:
     "--soft-time-limit", type=click.FloatRange(min=0, min_open=True), help="Soft time limit of every task, s."
 )
 @click.option(
+    "-E",
+    "--task-events",
+    is_flag=True,
+    default=None,
+    help="Send task events (Flower, `rqueue events`) [default: worker_send_task_events]; heartbeats are always sent.",
+)
+@click.option(
     "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics of this node on this port."
 )
 @click.option("--metrics-address", default="127.0.0.1", show_default=True, help="The address of --metrics-port.")
+@click.option(
+    "-B", "--beat", "with_beat", is_flag=True, help="Also run the periodic task scheduler (safe on every worker node)."
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -233,6 +243,8 @@ def worker(
     max_memory_per_child: int | None,
     time_limit: float | None,
     soft_time_limit: float | None,
+    with_beat: bool,
+    task_events: bool | None,
     metrics_port: int | None,
     metrics_address: str,
 ) -> None:
@@ -279,6 +291,8 @@ def worker(
             pidfile=pidfile,
             statedb=statedb,
             redirect_stdouts=logfile is not None,
+            beat=with_beat,
+            task_events=task_events or None,
             metrics_port=metrics_port,
             metrics_address=metrics_address,
         ).start()
@@ -426,15 +440,6 @@ def _dlq_queue(ctx: click.Context, queue: str | None) -> tuple[DeadLetterAdmin, 
     return store, queue or app.conf.task_default_queue
 
 
-def _task_of(payload: bytes) -> str:
-    """``name[id]`` from a dead letter's headers when they are readable, else a short note."""
-    try:
-        headers = _rqueue.loads(payload[: 1 << 20], "application/json")["headers"]
-        return printable(f"{headers['task']}[{headers['id']}]")
-    except Exception:
-        return f"<{len(payload)} bytes, not a readable task message>"
-
-
 @dlq.command(name="list", context_settings=CONTEXT)
 @click.option("-Q", "--queue", help="The queue [default: task_default_queue].")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
@@ -448,7 +453,7 @@ def dlq_list(ctx: click.Context, queue: str | None, limit: int) -> None:
         fail(str(exc), 1)
     for d in dead:
         when = datetime.fromtimestamp(d.dead_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{d.id}\t{d.reason}\t{d.deliveries}\t{when}Z\t{_task_of(d.payload)}")
+        click.echo(f"{d.id}\t{d.reason}\t{d.deliveries}\t{when}Z\t{d.task()}")
     click.echo(f"{len(dead)} dead letter{'s' if len(dead) != 1 else ''} in {name}.", err=True)
 
 
@@ -468,7 +473,7 @@ def dlq_show(ctx: click.Context, dead_id: str, queue: str | None) -> None:
     d = found[0]
     error = printable(str(d.error))
     click.echo(f"id:          {d.id}\nqueue:       {printable(d.queue)}\nreason:      {d.reason}\nerror:       {error}")
-    click.echo(f"deliveries:  {d.deliveries}\ntask:        {_task_of(d.payload)}\nmessage:")
+    click.echo(f"deliveries:  {d.deliveries}\ntask:        {d.task()}\nmessage:")
     click.echo("\n".join(printable(line) for line in d.payload.decode("utf-8", "replace")[:10_000].splitlines()))
 
 
@@ -603,10 +608,15 @@ def _add_subcommands() -> None:
     cli.add_command(control)
     cli.add_command(inspect)
     cli.add_command(status)
-    from rqueue.cli.ops import report, shell  # noqa: PLC0415 - it imports this module's helpers
+    from rqueue.cli.ops import dashboard, events, report, shell  # noqa: PLC0415 - it imports this module's helpers
 
+    cli.add_command(dashboard)
+    cli.add_command(events)
     cli.add_command(report)
     cli.add_command(shell)
+    from rqueue.cli.beat import beat  # noqa: PLC0415 - it imports this module's helpers
+
+    cli.add_command(beat)
 
 
 _add_subcommands()

@@ -238,6 +238,30 @@ def autoscale(
     _run(ctx, "autoscale", {"max": max_size, "min": min_size}, destination, timeout, as_json)
 
 
+@control.command(name="enable_events", context_settings=CONTEXT)
+@_target_options
+@click.pass_context
+def enable_events(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Make workers send task events from now on (Flower, `rqueue events`)."""
+    _run(ctx, "enable_events", {}, destination, timeout, as_json)
+
+
+@control.command(name="disable_events", context_settings=CONTEXT)
+@_target_options
+@click.pass_context
+def disable_events(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Make workers stop sending task events (heartbeats go on)."""
+    _run(ctx, "disable_events", {}, destination, timeout, as_json)
+
+
+@control.command(context_settings=CONTEXT)
+@_target_options
+@click.pass_context
+def heartbeat(ctx: click.Context, destination: str | None, timeout: float, as_json: bool) -> None:
+    """Make workers send a heartbeat event now."""
+    _run(ctx, "heartbeat", {}, destination, timeout, as_json)
+
+
 # -- inspect ------------------------------------------------------------------------------------------
 
 INSPECT = {

@@ -22,6 +22,7 @@ from rqueue.utils.log import TASK_LOGGER_NAME, EscapeUntrusted, redirect_stdouts
 from rqueue.worker import failpoint
 from rqueue.worker.consumer import Consumer
 from rqueue.worker.control import ControlServer, InProcess
+from rqueue.worker.events import EventSwitch, Heart
 from rqueue.worker.hooks import Hooks, WorkerHook
 from rqueue.worker.metrics import WorkerMetrics
 from rqueue.worker.pool import PreforkPool, install_shutdown_handlers
@@ -31,6 +32,7 @@ from rqueue.worker.timelimit import install_soft_limit_handler, main_guard_targe
 
 if TYPE_CHECKING:
     from rqueue.app import App
+    from rqueue.beat import Beat
 
 POOLS = ("prefork", "threads", "solo")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
@@ -53,8 +55,12 @@ class Worker:
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
         hooks: Called at the worker's hook points in every process (``rqueue.worker.hooks``).
+        beat: Also run the periodic task scheduler in a thread of this process (``-B``); beats
+            on every node elect one leader, so each run is sent once.
         metrics_port: Serve Prometheus metrics of the node on this port (``rqueue.worker.metrics``).
         metrics_address: The address the metrics endpoint binds to.
+        task_events: Send task events (``-E``; default ``worker_send_task_events``). Heartbeats
+            are sent either way; ``enable_events``/``disable_events`` switch them at run time.
 
     Attributes:
         rate_limits: The node's task rate limits, shared by every process and thread of the
@@ -76,8 +82,10 @@ class Worker:
         statedb: str | None = None,
         hooks: Sequence[WorkerHook] = (),
         redirect_stdouts: bool = False,
+        beat: bool = False,
         metrics_port: int | None = None,
         metrics_address: str = "127.0.0.1",
+        task_events: bool | None = None,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -107,12 +115,25 @@ class Worker:
             if metrics_port is not None
             else None
         )
-        self.hooks = Hooks([*hooks, self.metrics] if self.metrics is not None else hooks)
+        if task_events is None:
+            task_events = bool(conf.worker_send_task_events)
+        #: Whether the node sends task events now; made here, before the prefork pool forks, so
+        #: the control commands that switch it reach every child.
+        self.events = EventSwitch(task_events)
+        self.hooks = Hooks([*hooks, self.metrics] if self.metrics is not None else hooks, events=self.events)
+        self.heart: Heart | None = None
         #: Set once the worker takes work (``worker_ready``); tests running a worker in a thread wait on it.
         self.ready = threading.Event()
         self.consumer: Consumer | None = None
         # Made here, before the prefork pool forks, so its shared memory reaches every child.
         self.rate_limits = RateLimits(app)
+        # Checked now (a bad entry stops the worker at start); its thread starts once the pool has
+        # forked its children (``_ready``), and it uses a broker connection of its own.
+        self.beat: Beat | None = None
+        if beat:
+            from rqueue.beat import Beat  # noqa: PLC0415 - only -B loads the scheduler
+
+            self.beat = Beat(app)
 
     def banner(self) -> str:
         """What the worker prints at start: version, app, broker and backend (passwords masked), tasks."""
@@ -128,8 +149,18 @@ class Worker:
             f".> transport:   {describe(app.broker_url)}\n"
             f".> results:     {describe(backend) if backend else 'disabled://'}\n"
             f".> concurrency: {self._concurrency_text()}\n"
+            f"{self._beat_text()}"
             f"\n[queues]\n{queues}\n"
             f"\n[tasks]\n{tasks}\n"
+        )
+
+    def _beat_text(self) -> str:
+        """The banner's beat line with ``-B``: the schedule's size and lease."""
+        if self.beat is None:
+            return ""
+        count = len(self.beat.entries)
+        return (
+            f".> beat:        {count} periodic task{'s' if count != 1 else ''}, lease {self.beat.lease_ms / 1000:g}s\n"
         )
 
     def _concurrency_text(self) -> str:
@@ -165,6 +196,7 @@ class Worker:
                     pool.on_child_exit.append(self.metrics.child_exited)
                 control = ControlServer(self, pool)
                 control.listen()
+                self.heart = control.heart = Heart(self.app.broker, self.hostname, pool.counts)
 
                 def on_signal(signum: int) -> None:
                     self._announce_shutdown(signum, pool.shutdown + 1)
@@ -174,13 +206,24 @@ class Worker:
                 return pool.run(on_ready=self._ready, on_idle=control.serve)
             return self._run_in_process(self.revoked)
         finally:
+            if self.beat is not None:
+                self.beat.stop()
             if self.metrics is not None:
                 self.metrics.close()
+            if self.heart is not None:
+                self._stop_heart(self.heart)
             self.revoked.save()
             self._release_pidfile()
             signals.worker_shutdown.send(sender=self)
 
     def _ready(self) -> None:
+        if self.beat is not None:
+            self.beat.start_thread()
+        if self.heart is not None:
+            try:
+                self.heart.start()
+            except Exception:  # monitoring must not keep the node from working
+                logger.exception("Could not send the worker-online event")
         logger.info("%s ready.", self.hostname)
         self.ready.set()
         signals.worker_ready.send(sender=self)
@@ -199,7 +242,10 @@ class Worker:
         self.consumer.stop()
 
     def _announce_shutdown(self, signum: int, count: int) -> None:
-        """``worker_shutting_down`` on the first signal (warm) and the second (cold)."""
+        """``worker_shutting_down`` on the first signal (warm) and the second (cold); an embedded
+        beat stops at once and gives its lease up (another node's beat takes over)."""
+        if self.beat is not None:
+            self.beat.stop(timeout_s=0)
         if count <= 2:
             how = "Warm" if count == 1 else "Cold"
             signals.worker_shutting_down.send(sender=self.hostname, sig=_signal_name(signum), how=how, exitcode=0)
@@ -259,8 +305,10 @@ class Worker:
             install_shutdown_handlers(on_signal)
             install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
         self.consumer = consumer
-        control = ControlServer(self, InProcess(consumer))
+        processes = InProcess(consumer)
+        control = ControlServer(self, processes)
         control.listen()
+        self.heart = control.heart = Heart(self.app.broker, self.hostname, processes.counts)
         threading.Thread(target=control.serve_until, args=(lambda: consumer.stopping,), daemon=True).start()
         if self.pool == "solo":  # Celery's solo pool announces its one process too
             signals.worker_process_init.send(sender=None)
@@ -268,6 +316,13 @@ class Worker:
         consumer.run()
         logger.info("Worker %s stopped.", self.hostname)
         return 0 if consumer.failure is None else 1
+
+    def _stop_heart(self, heart: Heart) -> None:
+        """``worker-offline``, once the node's tasks are done (their last events sent first)."""
+        try:
+            heart.stop()
+        except Exception:
+            logger.exception("Could not send the worker-offline event")
 
     def _warn_unenforced_options(self) -> None:
         """Say so when tasks set hard time limits this pool cannot enforce, rather than ignore them quietly."""

@@ -133,6 +133,8 @@ class Consumer:
                         t.join(IDLE_WAIT_S)
         finally:
             self._return_unstarted()
+            if self.hooks is not None and self.hooks.events is not None:
+                self.hooks.events.close_process()  # this process's last task events go out
 
     #: Asked after each task: True when this process should stop now to be replaced (a prefork
     #: child past ``worker_max_tasks_per_child`` or ``worker_max_memory_per_child``).

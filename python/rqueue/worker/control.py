@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from rqueue.brokers.base import Mailbox
     from rqueue.worker import Worker
     from rqueue.worker.consumer import Consumer
+    from rqueue.worker.events import Heart
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -67,6 +68,9 @@ class Processes(Protocol):
     def size(self) -> dict[str, Any]:
         """``inspect stats``' ``pool`` entries about its size: ``max-concurrency``, ``autoscaler``."""
 
+    def counts(self) -> tuple[int, int]:
+        """``(active, processed)``: tasks running now and run since the start, cheaply (heartbeats)."""
+
 
 class InProcess:
     """The one process of the threads and solo pools, steered from a thread beside its consumer."""
@@ -101,6 +105,11 @@ class InProcess:
     def size(self) -> dict[str, Any]:
         return {"max-concurrency": self.consumer.threads}
 
+    def counts(self) -> tuple[int, int]:
+        executors = list(self.consumer.executors)
+        active = sum(1 for e in executors if e.current is not None)
+        return active, sum(sum(e.processed.values()) for e in executors)
+
 
 class ControlError(RQueueError):
     """A command that cannot be carried out; its message is the error reply."""
@@ -116,6 +125,8 @@ class ControlServer:
         self.processes = processes
         self.started = time.monotonic()
         self.mailbox: Mailbox | None = None
+        #: The node's heartbeat, ticked on each ``serve`` (set by the worker once it has one).
+        self.heart: Heart | None = None
         self._retry_at = 0.0
         self._probe: DuplicateProbe | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -138,6 +149,9 @@ class ControlServer:
             "pool_grow": lambda args: {"ok": self.processes.resize("pool_grow", args)},
             "pool_shrink": lambda args: {"ok": self.processes.resize("pool_shrink", args)},
             "autoscale": lambda args: {"ok": self.processes.resize("autoscale", args)},
+            "enable_events": self.enable_events,
+            "disable_events": self.disable_events,
+            "heartbeat": self.heartbeat,
         }
 
     # -- receiving ----------------------------------------------------------------------------------
@@ -156,6 +170,11 @@ class ControlServer:
 
     def serve(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for commands and carry out those addressed to this node."""
+        if self.heart is not None:
+            try:
+                self.heart.tick()
+            except Exception:  # the broker away: the heartbeat logs it; commands are served anyway
+                logger.exception("Sending the heartbeat failed")
         if self.mailbox is None:
             if time.monotonic() < self._retry_at:
                 time.sleep(timeout_s)
@@ -289,12 +308,36 @@ class ControlServer:
         logger.info("Stopped consuming from %s", queue)
         return {"ok": f"no longer consuming from {queue}"}
 
+    # -- events -------------------------------------------------------------------------------------
+
+    def enable_events(self, args: dict[str, Any]) -> dict[str, str]:
+        _no_arguments("enable_events", args)
+        if self.worker.events.set(True):
+            logger.info("Events of group {task} enabled by remote.")
+            return {"ok": "task events enabled"}
+        return {"ok": "task events already enabled"}
+
+    def disable_events(self, args: dict[str, Any]) -> dict[str, str]:
+        _no_arguments("disable_events", args)
+        if self.worker.events.set(False):
+            logger.info("Events of group {task} disabled by remote.")
+            return {"ok": "task events disabled"}
+        return {"ok": "task events already disabled"}
+
+    def heartbeat(self, args: dict[str, Any]) -> dict[str, str]:
+        """Send a heartbeat now (a monitor that just started asks every worker)."""
+        if self.heart is None:
+            raise ControlError("this node sends no heartbeats yet: it is still starting")
+        self.heart.beat()
+        return {"ok": "heartbeat sent"}
+
     # -- inspect ------------------------------------------------------------------------------------
 
     def _gather(self, key: str) -> list[Any]:
         return [item for report in self.processes.reports(REPORT_TIMEOUT_S) for item in report.get(key, [])]
 
     def stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Celery's ``inspect stats`` fields (what Flower's worker page shows), plus ``rss_kib``."""
         reports = self.processes.reports(REPORT_TIMEOUT_S)
         total: dict[str, int] = {}
         for report in reports:
@@ -302,25 +345,38 @@ class ControlServer:
                 total[name] = total.get(name, 0) + count
         pids = [report["pid"] for report in reports]
         worker = self.worker
+        conf = self.app.conf
         size = self.processes.size()
+        max_tasks = conf.worker_max_tasks_per_child
+        heart = self.heart
         return {
             "hostname": self.hostname,
             "pid": os.getpid(),
             "version": __version__,
+            "clock": str(heart.dispatcher.clock_value() if heart is not None else 0),
             "uptime": round(time.monotonic() - self.started, 3),
             "total": total,
-            "pool": {"implementation": worker.pool, **size, "processes": pids},
-            "prefetch_count": int(size["max-concurrency"]) * int(self.app.conf.worker_prefetch_multiplier),
-            "broker": {"transport": describe(self.app.broker_url)},
+            "pool": {
+                "implementation": worker.pool,
+                **size,
+                "processes": pids,
+                "max-tasks-per-child": max_tasks if max_tasks is not None else "N/A",
+                "put-guarded-by-semaphore": False,
+                "timeouts": [conf.task_soft_time_limit or 0, conf.task_time_limit or 0],
+                "writes": _writes(reports),
+            },
+            "prefetch_count": int(size["max-concurrency"]) * int(conf.worker_prefetch_multiplier),
+            "broker": _broker_info(self.app.broker_url, conf),
+            "rusage": _rusage(),
             "rss_kib": {str(pid): rss for pid in [os.getpid(), *pids] if (rss := _rss_kib(pid)) is not None},
         }
 
     def active_queues(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        exchange = self.app.conf.task_default_exchange
-        return [
-            {"name": q, "exchange": {"name": exchange, "type": "direct"}, "routing_key": q, "durable": True}
-            for q in self.worker.queues
-        ]
+        """The queues consumed, with every field of kombu's ``Queue.as_dict`` (Flower's worker page
+        reads ``exclusive``, ``no_ack``, ``alias``, ``queue_arguments`` ... and fails without them)."""
+        conf = self.app.conf
+        declared = {name: entry for entry in conf.task_queues or () if (name := _entry_name(entry)) is not None}
+        return [_queue_info(q, declared.get(q), conf.task_default_exchange) for q in self.worker.queues]
 
     def conf(self, args: dict[str, Any]) -> dict[str, Any]:
         """The settings set explicitly (every one ``with_defaults``), URLs with passwords masked."""
@@ -382,6 +438,11 @@ class DuplicateProbe:
             self.mailbox.close_replies(self.reply_to)
 
 
+def _no_arguments(method: str, args: dict[str, Any]) -> None:
+    if args:
+        raise ControlError(f"{method} takes no arguments, got {', '.join(sorted(map(str, args)))}")
+
+
 def _queue_name(args: dict[str, Any]) -> str:
     queue = args.get("queue")
     if not isinstance(queue, str) or not queue:
@@ -426,6 +487,128 @@ def _json_safe(name: str, value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(name, v) for k, v in value.items()}
     return repr(value)
+
+
+def _entry_name(entry: Any) -> str | None:
+    """The queue name of a ``task_queues`` entry (a name, a dict or a kombu Queue)."""
+    if isinstance(entry, str):
+        return entry
+    name = entry.get("name") if isinstance(entry, dict) else getattr(entry, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def _queue_info(name: str, entry: Any, default_exchange: str) -> dict[str, Any]:
+    """One queue as kombu's ``Queue.as_dict(recurse=True)`` shows it, from its ``task_queues``
+    entry when it has one (dict keys or Queue attributes), else Celery's automatic declaration."""
+    if isinstance(entry, dict):
+        get = entry.get
+    else:
+
+        def get(key: str, default: Any = None) -> Any:
+            return getattr(entry, key, default) if entry is not None and not isinstance(entry, str) else default
+
+    exchange = get("exchange")
+    if exchange is None or isinstance(exchange, str):
+        exchange_name = exchange if isinstance(exchange, str) else (default_exchange or name)
+        exchange_info = {
+            "name": exchange_name,
+            "type": get("exchange_type") or "direct",
+            "arguments": None,
+            "durable": True,
+            "passive": False,
+            "auto_delete": False,
+            "delivery_mode": None,
+            "no_declare": False,
+        }
+    else:  # a kombu Exchange
+        exchange_info = {
+            "name": getattr(exchange, "name", ""),
+            "type": getattr(exchange, "type", "direct"),
+            "arguments": getattr(exchange, "arguments", None),
+            "durable": getattr(exchange, "durable", True),
+            "passive": getattr(exchange, "passive", False),
+            "auto_delete": getattr(exchange, "auto_delete", False),
+            "delivery_mode": getattr(exchange, "delivery_mode", None),
+            "no_declare": getattr(exchange, "no_declare", False),
+        }
+    return {
+        "name": name,
+        "exchange": exchange_info,
+        "routing_key": get("routing_key") or name,
+        "queue_arguments": get("queue_arguments"),
+        "binding_arguments": get("binding_arguments"),
+        "consumer_arguments": get("consumer_arguments"),
+        "durable": get("durable", True),
+        "exclusive": get("exclusive", False),
+        "auto_delete": get("auto_delete", False),
+        "no_ack": get("no_ack", False),
+        "alias": get("alias"),
+        "bindings": [],
+        "no_declare": get("no_declare"),
+        "expires": get("expires"),
+        "message_ttl": get("message_ttl"),
+        "max_length": get("max_length"),
+        "max_length_bytes": get("max_length_bytes"),
+        "max_priority": get("max_priority"),
+    }
+
+
+def _writes(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the tasks were shared among the processes, as Celery's prefork pool shows it
+    (``writes``: shares as percentages, raw counts, processes running one now)."""
+    counts = [sum(report.get("processed", {}).values()) for report in reports]
+    total = sum(counts)
+
+    def share(n: float) -> str:
+        return f"{n / total * 100:.2f}%" if total else "0.00%"
+
+    return {
+        "total": total,
+        "avg": share(total / len(counts)) if counts else "0.00%",
+        "all": ", ".join(share(n) for n in counts),
+        "raw": ", ".join(str(n) for n in counts),
+        "strategy": "fair",
+        "inqueues": {"total": len(reports), "active": sum(1 for report in reports if report.get("active"))},
+    }
+
+
+def _broker_info(url: str | None, conf: Any) -> dict[str, Any]:
+    """The broker connection as Celery's ``stats`` shows it (``broker``), password left out."""
+    from urllib.parse import urlsplit  # noqa: PLC0415 - inspect stats only
+
+    info: dict[str, Any] = {"transport": describe(url or "")}
+    try:
+        parts = urlsplit(url or "")
+        port = parts.port
+    except ValueError:
+        return info
+    info.update(
+        hostname=parts.hostname,
+        userid=parts.username,
+        virtual_host=parts.path.lstrip("/") or "/",
+        port=port,
+        insist=False,
+        ssl=parts.scheme in ("rediss", "amqps"),
+        connect_timeout=conf.broker_connection_timeout,
+        heartbeat=conf.broker_heartbeat,
+        transport_options=_json_safe("broker_transport_options", conf.broker_transport_options),
+        login_method=None,
+        uri_prefix=None,
+        failover_strategy="round-robin",
+    )
+    return info
+
+
+def _rusage() -> dict[str, Any]:
+    """This process's resource usage, as Celery's ``stats`` shows it (``rusage``; empty where unknown)."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        return {}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    names = ("utime", "stime", "maxrss", "ixrss", "idrss", "isrss", "minflt", "majflt", "nswap")
+    more = ("inblock", "oublock", "msgsnd", "msgrcv", "nsignals", "nvcsw", "nivcsw")
+    return {name: getattr(usage, f"ru_{name}") for name in (*names, *more)}
 
 
 def _rss_kib(pid: int) -> int | None:

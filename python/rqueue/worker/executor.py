@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import BrokerConsumer
     from rqueue.task import Task
+    from rqueue.worker.hooks import WorkerHook
     from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.slot import RunningSlot
     from rqueue.worker.state import Revoked
@@ -61,10 +62,13 @@ logger = logging.getLogger("rqueue.worker")
 BATCH = 64
 #: ...and once a batch has been open this long (its first task started this long ago). Finished
 #: but unacked tasks run again if the worker is killed, so only quick tasks are batched: after a
-#: task that ran this long its ack goes out before the next task starts.
+#: task that ran this long its ack is handed to the fetching thread before the next task starts.
 LINGER_S = 0.001
 #: At shutdown, how long to keep trying to record results and acks while the broker is away.
 SHUTDOWN_FLUSH_S = 10.0
+#: How long a task with a hard time limit waits, before it runs, for the acks handed to the
+#: fetching thread to be written (past it, a kill may run those tasks again), in seconds.
+SETTLE_BEFORE_HARD_LIMIT_S = 5.0
 
 
 class Admitted(NamedTuple):
@@ -123,7 +127,12 @@ class Executor:
         self.backend = app.backend
         self.complete = completer_for(consumer, self.backend)
         #: None when no hook is installed, so the hot path pays one comparison.
-        self.hooks = hooks if hooks else None
+        self.hooks: Hooks | WorkerHook | None = hooks if hooks else None
+        #: The node's task-events switch, read when a batch opens: the hooks with and without
+        #: the task-events hook (made when events are first on in this process).
+        self.events = hooks.events if hooks is not None else None
+        self._hooks_off = self.hooks
+        self._hooks_on: Hooks | WorkerHook | None = None
         self.hostname = hostname
         conf = app.conf
         self.accept = serialization.accepted_content_types(conf.accept_content)
@@ -155,11 +164,25 @@ class Executor:
         """
         if self.batch_since is None:
             self.batch_since = time.monotonic()
+            if self.events is not None:
+                self._switch_events(self.events.on)
         admitted = self.admit(delivery, msg)
         if isinstance(admitted, Admitted):
             self.settle(admitted, self.run(admitted))
             return None
         return admitted  # deferred for its rate limit, or None: dealt with
+
+    def _switch_events(self, on: bool) -> None:
+        """Use the hooks with task events while the node's switch is on."""
+        if not on:
+            self.hooks = self._hooks_off
+            return
+        if self._hooks_on is None:
+            assert self.events is not None
+            events = self.events.hook(self.app.broker, self.hostname)
+            # Alone, the events hook is called directly (its points never raise): no dispatch loop.
+            self._hooks_on = Hooks([*self._hooks_off.installed, events]) if self._hooks_off is not None else events
+        self.hooks = self._hooks_on
 
     def admit(  # noqa: PLR0911, PLR0912, PLR0915 - one check after another; each return is an outcome
         self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None
@@ -308,7 +331,7 @@ class Executor:
             logger.error("Decoding message %s raised %s", delivery.tag, type(exc).__name__, exc_info=exc)
             self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
 
-    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0911, PLR0912 - a return per ending; set-up inline (per task)
+    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0911, PLR0912, PLR0915 - a return per ending; set-up inline (per task)
         """Record STARTED (``track_started``), set up the time limits, then call the task inside its
         guard (time limits, terminate); never raises for what it did."""
         msg, task, request, args, kwargs = job.msg, job.task, job.request, job.args, job.kwargs
@@ -317,8 +340,10 @@ class Executor:
             self.flush()
         soft, hard = self.limits.for_task(msg.task, msg.soft_time_limit, msg.time_limit)
         if self.slot is not None:
-            if hard is not None and (self.results or self.acks):
-                self.flush()  # a child killed at the hard limit then loses nothing already done
+            if hard is not None:
+                # A child killed at the hard limit then loses nothing already done.
+                self.flush()
+                self.consumer.settle_acks(SETTLE_BEFORE_HARD_LIMIT_S)
             args_repr = msg.argsrepr if msg.argsrepr is not None else reprlib.repr(args)
             if self.slot.task_started(
                 msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, job.ignore_result
@@ -572,6 +597,11 @@ class Executor:
             return
         results, acks, parts = self.results, self.acks, self.chord_parts
         self.results, self.acks, self.chord_parts = [], [], []
+        if not results and not parts and FAILPOINT is None:
+            # Acks alone: the fetching thread sends them before its next fetch (and retries
+            # them), so this thread runs the next task instead of waiting a round trip.
+            self.consumer.ack_later(acks)
+            return
         deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
         pause = 0.05
         while True:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rqueue.request import Request
     from rqueue.worker.consumer import Consumer
+    from rqueue.worker.events import EventSwitch
 
 logger = logging.getLogger("rqueue.worker")
 
@@ -58,10 +59,15 @@ class WorkerHook:
 
 
 class Hooks:
-    """Calls each installed hook at each point, in installation order; failures are logged."""
+    """Calls each installed hook at each point, in installation order; failures are logged.
 
-    def __init__(self, hooks: Sequence[WorkerHook] = ()) -> None:
+    ``events`` switches the node's task events (``rqueue.worker.events``): an executor adds their
+    hook while the switch is on.
+    """
+
+    def __init__(self, hooks: Sequence[WorkerHook] = (), events: EventSwitch | None = None) -> None:
         self.installed = tuple(hooks)
+        self.events = events
 
     def __bool__(self) -> bool:
         return bool(self.installed)

@@ -280,6 +280,15 @@ class PreforkPool:
             info["autoscaler"] = {"max": self.autoscale[0], "min": self.autoscale[1], "qty": self.concurrency}
         return info
 
+    def counts(self) -> tuple[int, int]:
+        """``(active, processed)`` from the children's slots: messages taken and held now."""
+        taken = holding = 0
+        for slot in list(self.running.values()):
+            run, held = slot.runs()
+            taken += run
+            holding += held
+        return holding, taken - holding
+
     def _ask_all(self, request: dict[str, Any], timeout_s: float) -> dict[int, Any]:
         """Send ``request`` to every child, then collect the replies (by slot) that come within
         ``timeout_s``; None for a child that did not reply."""

@@ -154,6 +154,12 @@ class RunningSlot:
         snapshot = self._snapshot()
         return snapshot[2] if snapshot is not None and snapshot[1] == SlotState.RUNNING else None
 
+    def runs(self) -> tuple[int, bool]:
+        """``(messages the slot's children have taken, whether one holds a message now)``: two
+        reads of the shared memory, no consistency loop (heartbeat counts may be a task off)."""
+        run = int(struct.unpack_from("<Q", self._mem, 8)[0])
+        return run, self._mem[self._STATE_AT] != SlotState.IDLE
+
     def request_soft_limit(self, run: int, limit: float) -> None:
         _, _, terminate = self.requested()
         self._REQUESTS.pack_into(self._mem, self._REQUESTS_AT, run, limit, terminate)

@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod doorbell;
 pub mod error;
+pub mod events;
 pub mod jsonw;
 pub mod prefetch;
 pub mod protocol;

@@ -55,6 +55,8 @@ struct State {
     /// that found a delivery waiting (ns): the time one delivery takes to run.
     last_take: Option<Instant>,
     mean_gap_ns: f64,
+    /// Set by `wake_fetcher`: the next (or current) `wait_for_credit` returns at once.
+    woken: bool,
 }
 
 /// A bounded, thread-safe FIFO with credit accounting.
@@ -264,6 +266,9 @@ impl PrefetchBuffer {
             if s.closed {
                 return 0;
             }
+            if std::mem::take(&mut s.woken) {
+                return 0;
+            }
             if self.fetch_worth_it(&s) {
                 return self.credits_of(&s);
             }
@@ -281,6 +286,13 @@ impl PrefetchBuffer {
                 .0;
             s.credit_waiters -= 1;
         }
+    }
+
+    /// Makes the producer's `wait_for_credit` return now (with 0), once: it has other work (acks
+    /// to send) that should not wait for a credit.
+    pub fn wake_fetcher(&self) {
+        self.lock().woken = true;
+        self.credit.notify_all();
     }
 
     /// Copies of the deliveries waiting in the buffer, oldest first (for inspection; they stay).

@@ -784,6 +784,73 @@ fn test_redis_consumer_reconnects_after_restart() {
     c.stop();
 }
 
+#[test]
+fn test_redis_consumer_sends_acks_handed_to_it_with_its_next_fetch() {
+    let s = server!();
+    let b = s.broker("");
+    for i in 0..6 {
+        b.publish("q", &envelope(&format!("a{i}"), "q", "x"), 0, None)
+            .unwrap();
+    }
+    let buffer = Arc::new(PrefetchBuffer::new(2));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    let mut ran = Vec::new();
+    for _ in 0..6 {
+        let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+        buffer.done(1);
+        c.ack_later(vec![d.tag.clone()]);
+        ran.push(d.tag);
+    }
+    assert!(c.settle_acks(Duration::from_secs(5)));
+    assert_eq!(ran, ["a0", "a1", "a2", "a3", "a4", "a5"]);
+    assert_eq!(b.leased_count("c1").unwrap(), 0);
+    assert_nothing_left(&mut s.raw(), "");
+    assert!(
+        c.settle_acks(Duration::from_millis(1)),
+        "nothing pending: at once"
+    );
+    c.stop();
+}
+
+#[test]
+fn test_redis_consumer_keeps_acks_while_redis_is_away_and_sends_them_after() {
+    let mut s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("k1", "q", "x"), 0, None).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(4));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    buffer.done(1);
+    // The ack handed over while the server is away is kept, and sent once the thread has
+    // reconnected (to a new, empty server here: an ack of a tag it does not know does nothing).
+    s.kill();
+    c.ack_later(vec![d.tag.clone()]);
+    assert!(
+        !c.settle_acks(Duration::from_millis(300)),
+        "Redis is away: not sent yet"
+    );
+    s.spawn();
+    assert!(c.settle_acks(Duration::from_secs(10)));
+    c.stop();
+}
+
+#[test]
+fn test_redis_consumer_sends_the_last_acks_when_stopped() {
+    let s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("l1", "q", "x"), 0, None).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(1));
+    let c = consumer(&s, &buffer, &["q"]);
+    c.start().unwrap();
+    let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    c.ack_later(vec![d.tag]);
+    c.stop();
+    assert_eq!(b.leased_count("c1").unwrap(), 0);
+    assert_nothing_left(&mut s.raw(), "");
+}
+
 // -- complete: results and acks in one round trip ------------------------------------------------
 
 fn record(task_id: &str, status: &str, result: i64, ttl_ms: Option<u64>) -> ResultRow {
@@ -1001,4 +1068,56 @@ fn test_redis_leased_tags_and_dead_letters_need_a_queue() {
     assert!(matches!(b.purge_dead(None), Err(Error::Config(_))));
     b.ack(&tags(&got)).unwrap();
     assert!(b.leased_tags("w1").unwrap().is_empty());
+}
+
+#[test]
+fn test_redis_beat_lease_and_fenced_send() {
+    use rqueue_core::transport::BeatSend;
+    let s = server!();
+    let b = s.broker("p:");
+    let m = NewMessage {
+        queue: "q".into(),
+        payload: envelope("t1", "q", "x"),
+        priority: 0,
+        eta_ms: None,
+    };
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert!(b.beat_lease("app", "a", 150).unwrap());
+    assert!(!b.beat_lease("app", "b", 150).unwrap());
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::Sent
+    );
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::AlreadySent
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        b.beat_send("app", "a", "e", 2000, &m).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert!(b.beat_lease("app", "b", 5000).unwrap());
+    assert_eq!(
+        b.beat_send("app", "b", "e", 2000, &m).unwrap(),
+        BeatSend::Sent
+    );
+    assert_eq!(b.beat_runs("app").unwrap(), vec![("e".to_string(), 2000)]);
+    assert_eq!(b.queue_length("q").unwrap(), 2);
+    assert_eq!(b.beat_claim("app", "b", "e", 3000).unwrap(), BeatSend::Sent);
+    assert_eq!(
+        b.beat_claim("app", "b", "e", 3000).unwrap(),
+        BeatSend::AlreadySent
+    );
+    assert_eq!(
+        b.beat_claim("app", "a", "e", 4000).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert_eq!(b.queue_length("q").unwrap(), 2);
+    assert!(!b.beat_release("app", "a").unwrap());
+    assert!(b.beat_release("app", "b").unwrap());
+    assert!(b.beat_lease("app", "a", 5000).unwrap());
 }

@@ -152,6 +152,33 @@ fn test_sqlite_consumer_alternates_queues_with_a_prefetch_of_one() {
 }
 
 #[test]
+fn test_sqlite_consumer_sends_acks_handed_to_it_and_the_last_ones_when_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    let msgs: Vec<NewMessage> = (0..5).map(|i| msg("q", &format!("m{i}"), 0)).collect();
+    b.publish_many(&msgs).unwrap();
+    let buffer = Arc::new(PrefetchBuffer::new(2));
+    let consumer = SqliteConsumer::new(
+        ConsumerConfig::new(&path, qs(&["q"]), "w1"),
+        Arc::clone(&buffer),
+    )
+    .unwrap();
+    consumer.start().unwrap();
+    for _ in 0..4 {
+        let d = buffer.get(Some(Duration::from_secs(5))).unwrap();
+        buffer.done(1);
+        consumer.ack_later(vec![d.tag]);
+    }
+    assert!(consumer.settle_acks(Duration::from_secs(5)));
+    let last = buffer.get(Some(Duration::from_secs(5))).unwrap();
+    consumer.ack_later(vec![last.tag]);
+    consumer.stop();
+    assert!(b.leased_tags("w1").unwrap().is_empty());
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+}
+
+#[test]
 fn test_sqlite_bad_priority_rejected() {
     let (_d, b) = temp_broker();
     assert!(matches!(
@@ -806,4 +833,76 @@ fn test_sqlite_file_deleted_or_replaced_fails_loudly_and_the_consumer_stops() {
     let b2 = SqliteBroker::open(&path, 5_000).unwrap();
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(b2.queue_length("q"), Err(Error::Replaced(_))));
+}
+
+#[test]
+fn test_sqlite_beat_lease_is_held_by_one_token_until_it_lapses() {
+    let (_d, b) = temp_broker();
+    assert!(b.beat_lease("app", "a", 200).unwrap());
+    assert!(!b.beat_lease("app", "b", 200).unwrap());
+    assert!(b.beat_lease("app", "a", 200).unwrap()); // renewed by its holder
+    assert!(b.beat_lease("other", "b", 200).unwrap()); // schedules are independent
+    thread::sleep(Duration::from_millis(250));
+    assert!(b.beat_lease("app", "b", 200).unwrap()); // lapsed: taken over
+    assert!(!b.beat_release("app", "a").unwrap());
+    assert!(b.beat_release("app", "b").unwrap());
+    assert!(b.beat_lease("app", "a", 200).unwrap()); // released: free at once
+}
+
+#[test]
+fn test_sqlite_beat_send_is_fenced_by_the_lease_and_the_last_tick() {
+    use rqueue_core::transport::BeatSend;
+    let (_d, b) = temp_broker();
+    let m = msg("q", "tick", 0);
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert!(b.beat_lease("app", "a", 150).unwrap());
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::Sent
+    );
+    assert_eq!(
+        b.beat_send("app", "a", "e", 1000, &m).unwrap(),
+        BeatSend::AlreadySent
+    );
+    assert_eq!(
+        b.beat_send("app", "a", "e", 999, &m).unwrap(),
+        BeatSend::AlreadySent
+    );
+    assert_eq!(
+        b.beat_send("app", "a", "f", 1000, &m).unwrap(),
+        BeatSend::Sent
+    );
+    thread::sleep(Duration::from_millis(200));
+    // The lease lapsed: the old holder is refused even before anyone else takes it.
+    assert_eq!(
+        b.beat_send("app", "a", "e", 2000, &m).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert!(b.beat_lease("app", "b", 5000).unwrap());
+    assert_eq!(
+        b.beat_send("app", "a", "e", 2000, &m).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert_eq!(
+        b.beat_send("app", "b", "e", 2000, &m).unwrap(),
+        BeatSend::Sent
+    );
+    let mut runs = b.beat_runs("app").unwrap();
+    runs.sort();
+    assert_eq!(runs, vec![("e".to_string(), 2000), ("f".to_string(), 1000)]);
+    assert_eq!(b.queue_length("q").unwrap(), 3);
+    // A claim records the tick under the same checks, and publishes nothing.
+    assert_eq!(b.beat_claim("app", "b", "e", 3000).unwrap(), BeatSend::Sent);
+    assert_eq!(
+        b.beat_claim("app", "b", "e", 3000).unwrap(),
+        BeatSend::AlreadySent
+    );
+    assert_eq!(
+        b.beat_claim("app", "a", "e", 4000).unwrap(),
+        BeatSend::NotLeader
+    );
+    assert_eq!(b.queue_length("q").unwrap(), 3);
 }

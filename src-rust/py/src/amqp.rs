@@ -141,8 +141,10 @@ impl AmqpBroker {
             .map_py(py)
     }
 
-    /// Declare a non-durable exchange and a self-deleting queue bound to it (remote control).
+    /// Declare an exchange (non-durable unless `durable_exchange`) and a self-deleting queue
+    /// bound to it (remote control, events).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (exchange, exchange_type, queue, routing_key, ttl_ms, expires_ms, durable_exchange = false))]
     fn declare_transient(
         &self,
         py: Python<'_>,
@@ -152,11 +154,13 @@ impl AmqpBroker {
         routing_key: String,
         ttl_ms: i64,
         expires_ms: i64,
+        durable_exchange: bool,
     ) -> PyResult<()> {
         py.detach(|| {
             self.inner.declare_transient(
                 &exchange,
                 &exchange_type,
+                durable_exchange,
                 &queue,
                 &routing_key,
                 ttl_ms,

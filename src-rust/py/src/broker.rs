@@ -227,6 +227,75 @@ macro_rules! transport_class {
                 py.detach(|| Transport::queue_length(&*self.inner, &queue)).map_py(py)
             }
 
+            /// Take (when free or lapsed) or renew the leader lease of the periodic schedule
+            /// `name` for `token`, for `ttl_ms`; false when another process holds it.
+            fn beat_lease(
+                &self,
+                py: Python<'_>,
+                name: String,
+                token: String,
+                ttl_ms: u64,
+            ) -> PyResult<bool> {
+                py.detach(|| Transport::beat_lease(&*self.inner, &name, &token, ttl_ms))
+                    .map_py(py)
+            }
+
+            /// Give the lease of `name` up if `token` holds it; true when it did.
+            fn beat_release(&self, py: Python<'_>, name: String, token: String) -> PyResult<bool> {
+                py.detach(|| Transport::beat_release(&*self.inner, &name, &token))
+                    .map_py(py)
+            }
+
+            /// `(entry, tick_ms)`: the last tick sent of each entry of the schedule `name`.
+            fn beat_runs(&self, py: Python<'_>, name: String) -> PyResult<Vec<(String, i64)>> {
+                py.detach(|| Transport::beat_runs(&*self.inner, &name)).map_py(py)
+            }
+
+            /// Record the tick `tick_ms` of `entry` and publish `(queue, payload, priority,
+            /// eta_ms)` in one atomic step, only if `token` holds the lease of `name` and no tick
+            /// at or after `tick_ms` was sent. 1 sent, 0 not the leader, -1 already sent.
+            #[allow(clippy::too_many_arguments)]
+            #[pyo3(signature = (name, token, entry, tick_ms, queue, payload, priority = 0, eta_ms = None))]
+            fn beat_send(
+                &self,
+                py: Python<'_>,
+                name: String,
+                token: String,
+                entry: String,
+                tick_ms: i64,
+                queue: String,
+                payload: Vec<u8>,
+                priority: i64,
+                eta_ms: Option<i64>,
+            ) -> PyResult<i8> {
+                let message = rqueue_core::transport::NewMessage {
+                    queue,
+                    payload,
+                    priority: $crate::broker::priority_of(priority).map_py(py)?,
+                    eta_ms,
+                };
+                py.detach(|| {
+                    Transport::beat_send(&*self.inner, &name, &token, &entry, tick_ms, &message)
+                })
+                .map_py(py)
+                .map(|sent| sent.code())
+            }
+
+            /// Record the tick like `beat_send` without publishing anything (the caller publishes
+            /// to another broker once this returned 1).
+            fn beat_claim(
+                &self,
+                py: Python<'_>,
+                name: String,
+                token: String,
+                entry: String,
+                tick_ms: i64,
+            ) -> PyResult<i8> {
+                py.detach(|| Transport::beat_claim(&*self.inner, &name, &token, &entry, tick_ms))
+                    .map_py(py)
+                    .map(|sent| sent.code())
+            }
+
             $($extra)*
         }
     };
@@ -234,7 +303,26 @@ macro_rules! transport_class {
 
 /// The `#[pymethods]` of a consumer-thread class (a struct with `inner` of a core consumer):
 /// start, stop, set_queues, running and last_error, then the `{ ... }` extras (the constructor).
+/// `acks_later` adds `ack_later` and `settle_acks`: the thread of the shared consumer loop sends
+/// the executor's acks (see `rqueue_core::transport::consumer`).
 macro_rules! consumer_class {
+    ($class:ident, acks_later { $($extra:tt)* }) => {
+        $crate::broker::consumer_class!($class {
+            /// Hand `tags` to the thread to ack before its next fetch; returns at once.
+            fn ack_later(&self, tags: Vec<String>) {
+                self.inner.ack_later(tags);
+            }
+
+            /// Wait (GIL released) until every ack handed over so far was sent: True, or False
+            /// after `timeout_s` or when the thread is not running.
+            fn settle_acks(&self, py: Python<'_>, timeout_s: f64) -> PyResult<bool> {
+                let timeout = $crate::broker::seconds("timeout_s", timeout_s).map_py(py)?;
+                Ok(py.detach(|| self.inner.settle_acks(timeout)))
+            }
+
+            $($extra)*
+        });
+    };
     ($class:ident { $($extra:tt)* }) => {
         #[pymethods]
         impl $class {

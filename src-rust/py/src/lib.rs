@@ -11,6 +11,7 @@ mod broker;
 mod codec;
 mod convert;
 mod errors;
+mod events;
 mod ids;
 mod json;
 mod postgres;
@@ -27,6 +28,7 @@ mod writer;
 fn _rqueue(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     codec::register(m)?;
+    events::register(m)?;
     protocol::register(m)?;
     ids::register(m)?;
     routing::register(m)?;

@@ -252,7 +252,7 @@ pub struct PostgresConsumer {
     inner: CoreConsumer,
 }
 
-consumer_class!(PostgresConsumer {
+consumer_class!(PostgresConsumer, acks_later {
     #[new]
     #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, schema = "rqueue"))]
     #[allow(clippy::too_many_arguments)]

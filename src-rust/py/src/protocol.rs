@@ -25,11 +25,11 @@ pub struct TaskMessage {
     /// `task` and `id` are read many times per message (registry lookup, logs, results): made
     /// into Python strings once, so each read is a reference, not a new string to hash again.
     #[pyo3(get)]
-    task: Py<PyString>,
+    pub(crate) task: Py<PyString>,
     #[pyo3(get)]
-    id: Py<PyString>,
+    pub(crate) id: Py<PyString>,
     #[pyo3(get)]
-    args: Option<Py<PyList>>,
+    pub(crate) args: Option<Py<PyList>>,
     #[pyo3(get)]
     kwargs: Option<Py<PyDict>>,
     #[pyo3(get)]
@@ -39,11 +39,11 @@ pub struct TaskMessage {
     #[pyo3(get)]
     content_encoding: String,
     #[pyo3(get)]
-    eta_ms: Option<i64>,
+    pub(crate) eta_ms: Option<i64>,
     #[pyo3(get)]
-    expires_ms: Option<i64>,
+    pub(crate) expires_ms: Option<i64>,
     #[pyo3(get)]
-    retries: i64,
+    pub(crate) retries: i64,
     #[pyo3(get)]
     priority: u8,
     #[pyo3(get)]
@@ -51,9 +51,9 @@ pub struct TaskMessage {
     #[pyo3(get)]
     soft_time_limit: Option<f64>,
     #[pyo3(get)]
-    root_id: Option<String>,
+    pub(crate) root_id: Option<String>,
     #[pyo3(get)]
-    parent_id: Option<String>,
+    pub(crate) parent_id: Option<String>,
     #[pyo3(get)]
     group_id: Option<String>,
     #[pyo3(get)]
@@ -65,9 +65,9 @@ pub struct TaskMessage {
     #[pyo3(get)]
     ignore_result: bool,
     #[pyo3(get)]
-    argsrepr: Option<String>,
+    pub(crate) argsrepr: Option<String>,
     #[pyo3(get)]
-    kwargsrepr: Option<String>,
+    pub(crate) kwargsrepr: Option<String>,
     #[pyo3(get)]
     reply_to: Option<String>,
     #[pyo3(get)]

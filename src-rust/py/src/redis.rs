@@ -135,7 +135,7 @@ pub struct RedisConsumer {
     inner: CoreConsumer,
 }
 
-consumer_class!(RedisConsumer {
+consumer_class!(RedisConsumer, acks_later {
     #[new]
     #[pyo3(signature = (url, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, poll_max_ms = 20, global_keyprefix = "", foreign_visibility_s = 3600.0, socket_timeout_s = 10.0, connect_timeout_s = 5.0))]
     #[allow(clippy::too_many_arguments)]

@@ -240,7 +240,7 @@ pub struct SqliteConsumer {
     inner: CoreConsumer,
 }
 
-consumer_class!(SqliteConsumer {
+consumer_class!(SqliteConsumer, acks_later {
     #[new]
     #[pyo3(signature = (path, queues, owner, buffer, lease_ms = 60000, max_deliveries = 5, poll_max_ms = 40))]
     #[allow(clippy::too_many_arguments)]

@@ -893,19 +893,26 @@ impl AmqpBroker {
 
 /// Remote control (kombu's pidbox): transient queues and JSON messages outside the task path.
 impl AmqpBroker {
-    /// Declares a non-durable exchange, and (unless `queue` is empty) a queue bound to it,
-    /// exclusive to this connection, that goes with it (or `expires_ms` after its last consumer
-    /// left) and drops messages older than `ttl_ms`.
+    /// Declares an exchange (durable when `exchange_durable`: it must match the other
+    /// declarers' flags, e.g. Celery's durable `celeryev`), and (unless `queue` is empty) a queue
+    /// bound to it, exclusive to this connection, that goes with it (or `expires_ms` after its
+    /// last consumer left) and drops messages older than `ttl_ms`.
+    #[allow(clippy::too_many_arguments)]
     pub fn declare_transient(
         &self,
         exchange: &str,
         exchange_type: &str,
+        exchange_durable: bool,
         queue: &str,
         routing_key: &str,
         ttl_ms: i64,
         expires_ms: i64,
     ) -> Result<()> {
         let kind = exchange_kind(exchange_type)?;
+        let exchange_options = ExchangeDeclareOptions {
+            durable: exchange_durable,
+            ..ExchangeDeclareOptions::default()
+        };
         let cfg = &self.cfg;
         self.on_channel(|ch| async move {
             let mut args = FieldTable::default();
@@ -921,7 +928,7 @@ impl AmqpBroker {
                 ch.exchange_declare(
                     exchange.into(),
                     kind,
-                    ExchangeDeclareOptions::default(),
+                    exchange_options,
                     FieldTable::default(),
                 )
                 .await?;

@@ -22,11 +22,17 @@
 //! thread only ends when asked to, or when the broker's storage was replaced (`Error::Replaced`,
 //! kept as `last_error`). It never takes the GIL and never starts on its own: call
 //! `start` after any fork.
+//!
+//! It also sends the acks the executor hands it (`ack_later`), before its next fetch: the
+//! executor goes on with the next task instead of waiting a round trip per batch. Acks that fail
+//! are kept and sent again after reconnecting; those still queued when the thread stops are
+//! sent before it ends. `settle_acks` waits until everything queued so far is acked (before
+//! something that must not race them, e.g. a task that may be killed at its hard time limit).
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,6 +63,21 @@ pub(crate) trait LeaseSource: Send + 'static {
     fn sweep(&mut self) -> Result<()>;
     /// Returns leased messages that were never handed out, unchanged and not counted.
     fn give_back(&mut self, tags: &[String]) -> Result<()>;
+    /// Acknowledges finished messages (their leases and in-flight records go).
+    fn ack(&mut self, tags: &[String]) -> Result<()>;
+    /// Acks `acks` (possibly none), then leases up to `limit` messages: a transport that can
+    /// send both in one round trip does.
+    fn ack_then_fetch(
+        &mut self,
+        acks: &[String],
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        if !acks.is_empty() {
+            self.ack(acks)?;
+        }
+        self.fetch(queues, limit)
+    }
     /// Waits up to `wait` after a fetch found nothing; a transport that can be woken by a new
     /// message returns early. `wait` is at most the transport's `poll_max`.
     fn idle(&mut self, _queues: &[String], wait: Duration) -> Result<()> {
@@ -93,6 +114,18 @@ struct Shared {
     /// Tags fetched by this consumer and, at the last renewal, still leased to its owner. Kept
     /// here, not on the thread, so that a restarted thread still renews what the worker runs.
     held: Mutex<HashSet<String>>,
+    acks: Mutex<AckQueue>,
+    /// Signalled when queued acks were sent (or given up at the end): `settle_acks` waits on it.
+    acks_sent: Condvar,
+}
+
+/// Acks handed to the thread and not sent yet, and how many were ever queued and sent (a
+/// `settle_acks` caller waits for `sent` to reach what `queued` was when it asked).
+#[derive(Debug, Default)]
+struct AckQueue {
+    tags: Vec<String>,
+    queued: u64,
+    sent: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,6 +165,8 @@ impl<S: LeaseSource> Consumer<S> {
             queues: Mutex::new(settings.queues.clone()),
             last_error: Mutex::new(None),
             held: Mutex::new(HashSet::new()),
+            acks: Mutex::new(AckQueue::default()),
+            acks_sent: Condvar::new(),
         });
         Ok(Consumer {
             settings,
@@ -197,6 +232,40 @@ impl<S: LeaseSource> Consumer<S> {
     /// The last error the thread met (it keeps retrying), if any.
     pub fn last_error(&self) -> Option<String> {
         lock(&self.shared.last_error).clone()
+    }
+
+    /// Hands `tags` to the thread to ack before its next fetch; returns at once.
+    pub fn ack_later(&self, tags: Vec<String>) {
+        if tags.is_empty() {
+            return;
+        }
+        let mut q = lock(&self.shared.acks);
+        q.queued += tags.len() as u64;
+        q.tags.extend(tags);
+        drop(q);
+        self.buffer.wake_fetcher();
+    }
+
+    /// Waits until every ack queued so far was sent: true, or false after `timeout` (the broker
+    /// is away) or when the thread is not running (they are sent when it runs again, or lost
+    /// with the process, and then delivered again).
+    pub fn settle_acks(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.shared.acks);
+        let target = q.queued;
+        while q.sent < target {
+            let now = Instant::now();
+            if now >= deadline || !self.running() {
+                return false;
+            }
+            q = self
+                .shared
+                .acks_sent
+                .wait_timeout(q, (deadline - now).min(TICK))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
     }
 }
 
@@ -313,6 +382,59 @@ impl<S: LeaseSource> Worker<S> {
                 }
             }
         }
+        self.last_acks(source);
+    }
+
+    /// Stopping: one more try at the acks still queued (the executor's last batch), on the open
+    /// connection or a new one. Those that still fail are delivered again after their lease.
+    fn last_acks(&self, source: Option<S>) {
+        if lock(&self.shared.acks).tags.is_empty() {
+            return;
+        }
+        let outcome = match source {
+            Some(mut s) => self.send_acks(&mut s),
+            None => (self.connect)().and_then(|mut s| self.send_acks(&mut s)),
+        };
+        if let Err(e) = outcome {
+            *lock(&self.shared.last_error) = Some(format!("acks not sent at shutdown: {e}"));
+        }
+        self.shared.acks_sent.notify_all();
+    }
+
+    /// Sends the acks handed over by the executor (`Consumer::ack_later`), alone.
+    fn send_acks(&self, s: &mut S) -> Result<()> {
+        self.with_acks(
+            s,
+            |s, tags| if tags.is_empty() { Ok(()) } else { s.ack(tags) },
+        )
+    }
+
+    /// Runs `op` with the acks handed over so far: they count as sent when it succeeds, and stay
+    /// queued, ahead of newer ones, when it fails (acking twice does no harm).
+    fn with_acks<T>(
+        &self,
+        s: &mut S,
+        op: impl FnOnce(&mut S, &[String]) -> Result<T>,
+    ) -> Result<T> {
+        let tags = std::mem::take(&mut lock(&self.shared.acks).tags);
+        let outcome = op(s, &tags);
+        if tags.is_empty() {
+            return outcome;
+        }
+        if outcome.is_err() {
+            let mut q = lock(&self.shared.acks);
+            let newer = std::mem::replace(&mut q.tags, tags);
+            q.tags.extend(newer);
+            return outcome;
+        }
+        let mut held = lock(&self.shared.held);
+        for t in &tags {
+            held.remove(t);
+        }
+        drop(held);
+        lock(&self.shared.acks).sent += tags.len() as u64;
+        self.shared.acks_sent.notify_all();
+        outcome
     }
 
     /// Records `e` for `last_error` and waits out the backoff, doubling it for next time.
@@ -360,6 +482,7 @@ impl<S: LeaseSource> Worker<S> {
         }
         let credits = self.buffer.wait_for_credit(TICK);
         if credits == 0 {
+            self.send_acks(s)?; // woken for them, or nothing to fetch for: they go alone
             if self.buffer.is_closed() {
                 // Nothing will ever fit again; idle (renewing leases) until stopped.
                 self.nap(TICK);
@@ -373,7 +496,8 @@ impl<S: LeaseSource> Worker<S> {
             t.rotation = (t.rotation + 1) % queues.len();
             queues.rotate_left(t.rotation);
         }
-        let batch = s.fetch(&queues, credits.min(FETCH_BATCH))?;
+        let limit = credits.min(FETCH_BATCH);
+        let batch = self.with_acks(s, |s, acks| s.ack_then_fetch(acks, &queues, limit))?;
         if batch.is_empty() {
             s.idle(&queues, t.poll.min(TICK))?;
             let ceiling = self.settings.poll_max.max(self.settings.poll_min);

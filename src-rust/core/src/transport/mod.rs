@@ -43,6 +43,28 @@ pub struct NewMessage {
     pub eta_ms: Option<i64>,
 }
 
+/// What a fenced periodic send ([`sqlite::SqliteBroker::beat_send`], and Redis's) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatSend {
+    /// The tick was recorded and its message published, in one atomic step.
+    Sent,
+    /// The caller's token does not hold the schedule's lease (any more): nothing was written.
+    NotLeader,
+    /// This tick (or a later one) of the entry was sent already: nothing was written.
+    AlreadySent,
+}
+
+impl BeatSend {
+    /// The code the Python layer sees: 1 sent, 0 not the leader, -1 already sent.
+    pub fn code(self) -> i8 {
+        match self {
+            BeatSend::Sent => 1,
+            BeatSend::NotLeader => 0,
+            BeatSend::AlreadySent => -1,
+        }
+    }
+}
+
 /// A message moved aside for good, with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -105,6 +127,25 @@ pub trait Transport: Send + Sync {
     fn purge(&self, queues: &[String]) -> Result<usize>;
     /// Waiting messages of `queue`.
     fn queue_length(&self, queue: &str) -> Result<usize>;
+    /// Takes (when free or lapsed) or renews the leader lease of the periodic schedule `name` for
+    /// `token`, for `ttl_ms`; false when another process holds it.
+    fn beat_lease(&self, name: &str, token: &str, ttl_ms: u64) -> Result<bool>;
+    /// Gives the lease of `name` up if `token` holds it; true when it did.
+    fn beat_release(&self, name: &str, token: &str) -> Result<bool>;
+    /// `(entry, tick_ms)`: the last tick sent of each entry of the schedule `name`.
+    fn beat_runs(&self, name: &str) -> Result<Vec<(String, i64)>>;
+    /// Records the tick `tick_ms` of `entry` and publishes `message`, in one atomic step, only if
+    /// `token` holds the lease of `name` and no tick at or after `tick_ms` was sent.
+    fn beat_send(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+        message: &NewMessage,
+    ) -> Result<BeatSend>;
+    /// Records the tick like `beat_send`, publishing nothing (the caller publishes elsewhere).
+    fn beat_claim(&self, name: &str, token: &str, entry: &str, tick_ms: i64) -> Result<BeatSend>;
 }
 
 /// Implements [`Transport`] for a broker by its inherent methods of the same names and shapes.
@@ -166,6 +207,34 @@ macro_rules! transport_by_inherent_methods {
             }
             fn queue_length(&self, queue: &str) -> Result<usize> {
                 <$broker>::queue_length(self, queue)
+            }
+            fn beat_lease(&self, name: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+                <$broker>::beat_lease(self, name, token, ttl_ms)
+            }
+            fn beat_release(&self, name: &str, token: &str) -> Result<bool> {
+                <$broker>::beat_release(self, name, token)
+            }
+            fn beat_runs(&self, name: &str) -> Result<Vec<(String, i64)>> {
+                <$broker>::beat_runs(self, name)
+            }
+            fn beat_send(
+                &self,
+                name: &str,
+                token: &str,
+                entry: &str,
+                tick_ms: i64,
+                message: &$crate::transport::NewMessage,
+            ) -> Result<$crate::transport::BeatSend> {
+                <$broker>::beat_send(self, name, token, entry, tick_ms, message)
+            }
+            fn beat_claim(
+                &self,
+                name: &str,
+                token: &str,
+                entry: &str,
+                tick_ms: i64,
+            ) -> Result<$crate::transport::BeatSend> {
+                <$broker>::beat_claim(self, name, token, entry, tick_ms)
             }
         }
     };

@@ -9,7 +9,8 @@
 //!   each other's rows instead of waiting. Ids come from a sequence and are never reused: FIFO
 //!   within a priority is id order (0 is the highest priority).
 //! - `dead_letters`, `results` (a stored SUCCESS is final), `revoked`, `mailbox`, and the joins of
-//!   chords (`chords`, `chord_parts`; see [`PgBroker::chord_part_return`]).
+//!   chords (`chords`, `chord_parts`; see [`PgBroker::chord_part_return`]), and periodic tasks'
+//!   leader lease and last tick per entry (`beat_leases`, `beat_runs`; see [`PgBroker::beat_send`]).
 //! - ETAs, leases and result expiries are compared with the *server's* clock, so workers whose
 //!   clocks disagree still agree on which lease has expired. Revocations and mailbox posts keep
 //!   the callers' times (callers pass their expiry and ask "since when" on their own clock).
@@ -47,7 +48,7 @@ use crate::transport::postgres_tls::{connector, split_tls, TlsMode};
 use crate::transport::redis::mask_url;
 pub use crate::transport::sqlite::ChordCount;
 use crate::transport::{check_priority, check_queue, transport_by_inherent_methods};
-use crate::transport::{now_ms, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
+use crate::transport::{now_ms, BeatSend, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
 
 /// The schema used when none is named.
 pub const DEFAULT_SCHEMA: &str = "rqueue";
@@ -75,6 +76,7 @@ const NOW: &str = "(floor(extract(epoch FROM clock_timestamp()) * 1000))::bigint
 /// The migrations, in order: migration `i` brings the schema to version `i + 1`. `{s}` is the
 /// quoted schema. Never edit one that was released; append a new one.
 /// 1: messages, dead letters, results, revocations, mailbox. 2: chord joins (`chords`, `chord_parts`).
+/// 3: periodic tasks' leader lease and last ticks (`beat_leases`, `beat_runs`).
 const MIGRATIONS: &[&str] = &[
     "
 CREATE TABLE {s}.messages (
@@ -143,6 +145,19 @@ CREATE TABLE {s}.chord_parts (
     idx DOUBLE PRECISION NOT NULL,
     payload BYTEA NOT NULL,
     PRIMARY KEY (group_id, member)
+);
+",
+    "
+CREATE TABLE {s}.beat_leases (
+    name TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    until_ms BIGINT NOT NULL
+);
+CREATE TABLE {s}.beat_runs (
+    name TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    tick_ms BIGINT NOT NULL,
+    PRIMARY KEY (name, entry)
 );
 ",
 ];
@@ -1304,6 +1319,127 @@ impl PgBroker {
             }
             tx.commit()?;
             Ok(n > 0)
+        })
+    }
+
+    /// Takes the leader lease of the periodic schedule `name` for `token` (when free or lapsed),
+    /// or renews it for its holder, for `ttl_ms` from now; false when another holds it.
+    pub fn beat_lease(&self, name: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+        let now = now_ms();
+        let until = now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+        self.with_conn(|c| {
+            let stmt = c.prep(
+                "INSERT INTO {s}.beat_leases (name, token, until_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET token = excluded.token, until_ms = excluded.until_ms
+                 WHERE {s}.beat_leases.token = excluded.token OR {s}.beat_leases.until_ms < $4",
+            )?;
+            Ok(c.client.execute(&stmt, &[&name, &token, &until, &now])? > 0)
+        })
+    }
+
+    /// Gives the lease of `name` up if `token` holds it; true when it did.
+    pub fn beat_release(&self, name: &str, token: &str) -> Result<bool> {
+        self.with_conn_retry(|c| {
+            let stmt = c.prep("DELETE FROM {s}.beat_leases WHERE name = $1 AND token = $2")?;
+            Ok(c.client.execute(&stmt, &[&name, &token])? > 0)
+        })
+    }
+
+    /// `(entry, tick_ms)`: the last tick sent of each entry of schedule `name`.
+    pub fn beat_runs(&self, name: &str) -> Result<Vec<(String, i64)>> {
+        self.with_conn_retry(|c| {
+            let stmt = c.prep("SELECT entry, tick_ms FROM {s}.beat_runs WHERE name = $1")?;
+            let rows = c.client.query(&stmt, &[&name])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// Sends the tick `tick_ms` of `entry` in one transaction with the checks that make it
+    /// once-only (see [`PgBroker::beat_claim`]); the tick is recorded and the message published
+    /// (and notified). [`BeatSend::NotLeader`] or [`BeatSend::AlreadySent`] otherwise, with
+    /// nothing written.
+    pub fn beat_send(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+        message: &NewMessage,
+    ) -> Result<BeatSend> {
+        check_queue(&message.queue)?;
+        check_priority(message.priority)?;
+        self.beat_step(name, token, entry, tick_ms, Some(message))
+    }
+
+    /// Records the tick like [`PgBroker::beat_send`] without publishing anything (the caller
+    /// publishes elsewhere): `token` must hold the unexpired lease of `name`, and no tick at or
+    /// after `tick_ms` may have been sent.
+    pub fn beat_claim(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+    ) -> Result<BeatSend> {
+        self.beat_step(name, token, entry, tick_ms, None)
+    }
+
+    /// The once-only tick, in one transaction: the lease checked, the last tick checked, the tick
+    /// recorded and (with `message`) the message published.
+    fn beat_step(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+        message: Option<&NewMessage>,
+    ) -> Result<BeatSend> {
+        let now = now_ms();
+        self.with_conn(|c| {
+            // The lease row stays locked to the end of the transaction: no takeover interleaves.
+            let leader = c.prep(
+                "SELECT 1 FROM {s}.beat_leases WHERE name = $1 AND token = $2 AND until_ms >= $3
+                 FOR UPDATE",
+            )?;
+            let last = c.prep(
+                "SELECT tick_ms FROM {s}.beat_runs WHERE name = $1 AND entry = $2 FOR UPDATE",
+            )?;
+            let record = c.prep(
+                "INSERT INTO {s}.beat_runs (name, entry, tick_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (name, entry) DO UPDATE SET tick_ms = excluded.tick_ms",
+            )?;
+            let publish = c.prep(
+                "WITH ins AS (
+                    INSERT INTO {s}.messages (queue, priority, eta_ms, payload, published_ms)
+                    VALUES ($1, $2, $3, $4, {now}) RETURNING eta_ms)
+                 SELECT pg_notify($5, $6) FROM ins WHERE ins.eta_ms <= {now}",
+            )?;
+            let mut tx = c.client.transaction()?;
+            if tx.query_opt(&leader, &[&name, &token, &now])?.is_none() {
+                return Ok(BeatSend::NotLeader);
+            }
+            let sent: Option<i64> = tx.query_opt(&last, &[&name, &entry])?.map(|r| r.get(0));
+            if sent.is_some_and(|t| t >= tick_ms) {
+                return Ok(BeatSend::AlreadySent);
+            }
+            tx.execute(&record, &[&name, &entry, &tick_ms])?;
+            if let Some(m) = message {
+                let priority = i16::from(m.priority);
+                let eta = m.eta_ms.unwrap_or(0);
+                tx.execute(
+                    &publish,
+                    &[
+                        &m.queue,
+                        &priority,
+                        &eta,
+                        &m.payload,
+                        &self.channel,
+                        &Self::payload_of(&m.queue),
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(BeatSend::Sent)
         })
     }
 }

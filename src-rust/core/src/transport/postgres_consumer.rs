@@ -101,6 +101,17 @@ impl PgConsumer {
     pub fn last_error(&self) -> Option<String> {
         self.inner.last_error()
     }
+
+    /// Hands `tags` to the thread to ack before its next fetch; returns at once. (An idle thread
+    /// waiting for a notification sends them within its wait slice, 20 ms at most.)
+    pub fn ack_later(&self, tags: Vec<String>) {
+        self.inner.ack_later(tags);
+    }
+
+    /// Waits up to `timeout` until every ack handed over so far was sent.
+    pub fn settle_acks(&self, timeout: Duration) -> bool {
+        self.inner.settle_acks(timeout)
+    }
 }
 
 /// The consumer thread's own connection, listening for new messages.
@@ -189,6 +200,10 @@ impl LeaseSource for Leases {
         // Swept messages are notified to this connection too; looking at once costs nothing more.
         self.dirty |= requeued > 0;
         Ok(())
+    }
+
+    fn ack(&mut self, tags: &[String]) -> Result<()> {
+        self.broker.ack(tags).map(drop)
     }
 
     fn give_back(&mut self, tags: &[String]) -> Result<()> {

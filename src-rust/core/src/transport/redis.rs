@@ -26,8 +26,8 @@ pub use crate::transport::redis_lua::{
 };
 use crate::transport::redis_tls::{client_for, tls_connect_hint};
 use crate::transport::{
-    check_priority, check_queue, named_queue, now_ms, transport_by_inherent_methods, DeadLetter,
-    NewMessage, ResultRow, REASON_WORKER_LOST,
+    check_priority, check_queue, named_queue, now_ms, transport_by_inherent_methods, BeatSend,
+    DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST,
 };
 
 /// kombu's separator in bucket list names and binding members.
@@ -169,6 +169,15 @@ pub fn mark_redelivered(envelope: &[u8]) -> Vec<u8> {
         di.insert("redelivered".into(), Value::Bool(true));
     }
     serde_json::to_vec(&v).unwrap_or_else(|_| envelope.to_vec())
+}
+
+/// The outcome of the beat send script's reply.
+fn beat_outcome(code: i64) -> BeatSend {
+    match code {
+        1 => BeatSend::Sent,
+        -1 => BeatSend::AlreadySent,
+        _ => BeatSend::NotLeader,
+    }
 }
 
 /// One in-flight entry as read by the inspect script.
@@ -447,25 +456,63 @@ impl RedisBroker {
     /// Leases up to `limit` messages of `queues` to `owner` in one atomic script: due ETA
     /// messages first go back to their list, then every queue's bucket 0 before any bucket 3.
     pub fn fetch(&self, queues: &[String], limit: usize, owner: &str) -> Result<Vec<Delivery>> {
+        self.ack_then_fetch(&[] as &[String], queues, limit, owner)
+    }
+
+    /// Acks `acks` (see [`ack`](Self::ack)), then fetches (see [`fetch`](Self::fetch)), in ONE
+    /// round trip: a consumer thread that sends the executor's acks pays no extra wait for them.
+    pub fn ack_then_fetch<S: AsRef<str>>(
+        &self,
+        acks: &[S],
+        queues: &[String],
+        limit: usize,
+        owner: &str,
+    ) -> Result<Vec<Delivery>> {
         check_owner(owner)?;
         let limit = limit.min(MAX_FETCH);
         let mut seen = std::collections::HashSet::new();
         let queues: Vec<&String> = queues.iter().filter(|q| seen.insert(q.as_str())).collect();
         if limit == 0 || queues.is_empty() {
+            self.ack(acks)?;
             return Ok(Vec::new());
         }
         let multi_pop = self.server_version()? >= MULTI_POP_SINCE;
-        let mut inv = self.scripts()?.fetch.prepare_invoke();
-        inv.arg(&self.config.global_keyprefix)
+        let scripts = self.scripts()?;
+        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(2);
+        if !acks.is_empty() {
+            let mut ack = redis::cmd("EVALSHA");
+            ack.arg(scripts.ack.get_hash())
+                .arg(0)
+                .arg(&self.config.global_keyprefix);
+            for t in acks {
+                ack.arg(t.as_ref());
+            }
+            cmds.push(ack);
+        }
+        let mut fetch = redis::cmd("EVALSHA");
+        fetch
+            .arg(scripts.fetch.get_hash())
+            .arg(0)
+            .arg(&self.config.global_keyprefix)
             .arg(owner)
             .arg(limit)
             .arg(ETA_BATCH)
             .arg(if multi_pop { "1" } else { "0" })
             .arg(queues.len());
         for q in &queues {
-            inv.arg(q.as_str());
+            fetch.arg(q.as_str());
         }
-        let flat: Vec<Vec<u8>> = self.with_conn(|c| inv.invoke(c))?;
+        cmds.push(fetch);
+        let flat: Vec<Vec<u8>> = self.with_conn(|c| {
+            let replies = run_scripts(c, &cmds, |c| {
+                scripts.ack.load(c)?;
+                scripts.fetch.load(c).map(|_| ())
+            })?;
+            match replies.last() {
+                Some(v) => redis::from_redis_value(v),
+                None => Ok(Vec::new()),
+            }
+        })?;
         let mut out = Vec::with_capacity(flat.len() / 4);
         let mut it = flat.into_iter();
         while let (Some(tag), Some(queue), Some(payload), Some(n)) =
@@ -578,6 +625,103 @@ impl RedisBroker {
                 _ => Ok(0),
             }
         })
+    }
+
+    fn beat_key(&self, name: &str, what: &str) -> String {
+        self.key(&format!("rqueue.beat.{name}.{what}"))
+    }
+
+    /// Takes the leader lease of the periodic schedule `name` for `token` (when free: an expired
+    /// key is gone), or renews it for its holder, for `ttl_ms` of the server's clock; false when
+    /// another holds it.
+    pub fn beat_lease(&self, name: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+        let script = &self.scripts()?.beat_lease;
+        let mut inv = script.key(self.beat_key(name, "lease"));
+        inv.arg(token).arg(ttl_ms.max(1));
+        self.with_conn_idempotent(|c| inv.invoke::<i64>(c))
+            .map(|n| n == 1)
+    }
+
+    /// Gives the lease of `name` up if `token` holds it; true when it did.
+    pub fn beat_release(&self, name: &str, token: &str) -> Result<bool> {
+        let script = &self.scripts()?.beat_release;
+        let mut inv = script.key(self.beat_key(name, "lease"));
+        inv.arg(token);
+        self.with_conn_idempotent(|c| inv.invoke::<i64>(c))
+            .map(|n| n == 1)
+    }
+
+    /// `(entry, tick_ms)`: the last tick sent of each entry of schedule `name`.
+    pub fn beat_runs(&self, name: &str) -> Result<Vec<(String, i64)>> {
+        let key = self.beat_key(name, "runs");
+        let raw: Vec<(String, String)> =
+            self.with_conn_idempotent(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(entry, tick)| Some((entry, tick.parse().ok()?)))
+            .collect())
+    }
+
+    /// Sends the tick `tick_ms` of `entry` in one script with the checks that make it once-only:
+    /// `token` holds the lease of `name` (a deposed leader is fenced off), and no tick at or after
+    /// `tick_ms` was sent; the tick is recorded and the message pushed (or put in the ETA set).
+    pub fn beat_send(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+        message: &NewMessage,
+    ) -> Result<BeatSend> {
+        check_queue(&message.queue)?;
+        check_priority(message.priority)?;
+        let step = bucket_of(message.priority);
+        let script = &self.scripts()?.beat_send;
+        let mut inv = script.key(self.beat_key(name, "lease"));
+        inv.key(self.beat_key(name, "runs"));
+        match message.eta_ms {
+            Some(eta) if eta > now_ms() => {
+                inv.key(self.eta_key(&message.queue))
+                    .arg(token)
+                    .arg(entry)
+                    .arg(tick_ms)
+                    .arg(&message.payload[..])
+                    .arg(eta)
+                    .arg(format!("{step}:{}|", uuid::Uuid::new_v4().simple()));
+            }
+            _ => {
+                inv.key(self.list_key(&message.queue, step))
+                    .arg(token)
+                    .arg(entry)
+                    .arg(tick_ms)
+                    .arg(&message.payload[..])
+                    .arg("")
+                    .arg("");
+            }
+        }
+        // Not retried on a lost reply: the script may have run, and the caller must not send the
+        // tick again blindly (a retry would be refused as AlreadySent anyway, but say so).
+        let code: i64 = self.with_conn(|c| inv.invoke(c))?;
+        Ok(beat_outcome(code))
+    }
+
+    /// Records the tick like [`RedisBroker::beat_send`] without publishing anything: for a beat
+    /// whose messages go to another broker (RabbitMQ), which publishes after this succeeded.
+    pub fn beat_claim(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+    ) -> Result<BeatSend> {
+        let script = &self.scripts()?.beat_send;
+        let mut inv = script.key(self.beat_key(name, "lease"));
+        inv.key(self.beat_key(name, "runs"))
+            .arg(token)
+            .arg(entry)
+            .arg(tick_ms);
+        let code: i64 = self.with_conn(|c| inv.invoke(c))?;
+        Ok(beat_outcome(code))
     }
 
     /// Returns unstarted deliveries to the front of their queue (next to be consumed, in their

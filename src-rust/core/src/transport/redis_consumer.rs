@@ -108,6 +108,16 @@ impl RedisConsumer {
     pub fn last_error(&self) -> Option<String> {
         self.inner.last_error()
     }
+
+    /// Hands `tags` to the thread to ack before its next fetch; returns at once.
+    pub fn ack_later(&self, tags: Vec<String>) {
+        self.inner.ack_later(tags);
+    }
+
+    /// Waits up to `timeout` until every ack handed over so far was sent.
+    pub fn settle_acks(&self, timeout: Duration) -> bool {
+        self.inner.settle_acks(timeout)
+    }
 }
 
 /// The consumer thread's own connection to Redis.
@@ -136,6 +146,19 @@ impl LeaseSource for Leases {
 
     fn give_back(&mut self, tags: &[String]) -> Result<()> {
         self.broker.requeue(tags).map(drop)
+    }
+
+    fn ack(&mut self, tags: &[String]) -> Result<()> {
+        self.broker.ack(tags).map(drop)
+    }
+
+    fn ack_then_fetch(
+        &mut self,
+        acks: &[String],
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        self.broker.ack_then_fetch(acks, queues, limit, &self.owner)
     }
 
     /// Woken by a message in the first queue's main list; other queues and priority buckets, and

@@ -460,6 +460,50 @@ redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 "#;
 
+/// Takes the leader lease of a periodic schedule (when free: an expired key is gone), or renews
+/// it for its holder. KEYS[1] the lease key; ARGV: token, ttl ms. 1 when held now, else 0.
+pub const BEAT_LEASE_LUA: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Gives a lease up if the token holds it. KEYS[1] the lease key; ARGV[1] token.
+pub const BEAT_RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Sends one tick, fenced: only the lease holder, only a tick later than the entry's last one;
+/// records the tick and pushes the message in the same script. KEYS: lease, runs hash, target
+/// (the bucket list, or the ETA set; absent: only record the tick); ARGV: token, entry, tick ms,
+/// payload, ETA score ('' = push to the list), ETA member prefix. 1 sent, 0 not the leader, -1
+/// already sent.
+pub const BEAT_SEND_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local last = redis.call('HGET', KEYS[2], ARGV[2])
+if last and tonumber(last) >= tonumber(ARGV[3]) then
+  return -1
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if #KEYS < 3 then
+  return 1
+end
+if ARGV[5] == '' then
+  redis.call('LPUSH', KEYS[3], ARGV[4])
+else
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6] .. ARGV[4])
+end
+return 1
+"#;
+
 /// Redis 7 refuses every write command of a script without flags while its memory is full
 /// (`noeviction`), even after the script has popped a message: the fetch script would lose it,
 /// and acks could never free memory. Scripts flagged `allow-oom` run to the end. Redis 6 knows
@@ -487,6 +531,10 @@ pub(crate) struct Scripts {
     pub requeue_dead: redis::Script,
     /// [`STORE_RESULT_LUA`], without the prelude (its keys are not prefixed).
     pub store_result: redis::Script,
+    /// Periodic tasks' lease and fenced send (no prelude: they touch no message index).
+    pub beat_lease: redis::Script,
+    pub beat_release: redis::Script,
+    pub beat_send: redis::Script,
 }
 
 impl Scripts {
@@ -503,6 +551,9 @@ impl Scripts {
             tidy: script(TIDY_BODY, allow_oom),
             requeue_dead: script(REQUEUE_DEAD_BODY, allow_oom),
             store_result: redis::Script::new(&format!("{flags}{STORE_RESULT_LUA}")),
+            beat_lease: redis::Script::new(BEAT_LEASE_LUA),
+            beat_release: redis::Script::new(BEAT_RELEASE_LUA),
+            beat_send: redis::Script::new(BEAT_SEND_LUA),
         }
     }
 }

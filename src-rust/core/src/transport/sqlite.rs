@@ -15,6 +15,8 @@
 //! - `revoked`: ids of revoked tasks with an expiry, so a worker that was offline still skips them.
 //! - `chords` and `chord_parts`: the join of each chord (its size, the header results counted so
 //!   far, who fires the body); see [`SqliteBroker::chord_part_return`].
+//! - `beat_leases` and `beat_runs`: periodic tasks' leader lease per schedule name, and the last
+//!   tick sent per entry; see [`SqliteBroker::beat_send`].
 //!
 //! The file uses WAL with `synchronous=NORMAL` (a commit survives a process crash; a power loss
 //! may drop the last commits) and a busy timeout. SQLITE_BUSY that escapes the busy handler is
@@ -33,7 +35,7 @@ use crate::doorbell::{Bell, Doorbells};
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
 use crate::transport::{check_priority, check_queue, interleave, transport_by_inherent_methods};
-use crate::transport::{now_ms, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
+use crate::transport::{now_ms, BeatSend, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
 
 /// The schema version this code writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -105,6 +107,17 @@ CREATE TABLE IF NOT EXISTS chord_parts (
     idx REAL NOT NULL,
     payload BLOB NOT NULL,
     PRIMARY KEY (group_id, member)
+);
+CREATE TABLE IF NOT EXISTS beat_leases (
+    name TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS beat_runs (
+    name TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    tick_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, entry)
 );
 ";
 
@@ -1064,6 +1077,125 @@ impl SqliteBroker {
             }
             Ok(n > 0)
         })
+    }
+
+    /// Takes the leader lease of the periodic schedule `name` for `token` (when free or lapsed),
+    /// or renews it for its holder, for `ttl_ms` from now; false when another holds it.
+    pub fn beat_lease(&self, name: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+        let now = now_ms();
+        let until = now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+        self.immediate(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO beat_leases (name, token, until_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET token = excluded.token, until_ms = excluded.until_ms
+                 WHERE beat_leases.token = excluded.token OR beat_leases.until_ms < ?4",
+            )?
+            .execute(params![name, token, until, now])
+            .map(|n| n > 0)
+        })
+    }
+
+    /// Gives the lease of `name` up if `token` holds it (a leader stopping: the next one need not
+    /// wait for it to lapse); true when it did.
+    pub fn beat_release(&self, name: &str, token: &str) -> Result<bool> {
+        self.with_conn(|c| {
+            c.prepare_cached("DELETE FROM beat_leases WHERE name = ?1 AND token = ?2")?
+                .execute(params![name, token])
+        })
+        .map(|n| n > 0)
+    }
+
+    /// `(entry, tick_ms)`: the last tick sent of each entry of schedule `name`.
+    pub fn beat_runs(&self, name: &str) -> Result<Vec<(String, i64)>> {
+        self.with_conn(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT entry, tick_ms FROM beat_runs WHERE name = ?1")?;
+            let rows = stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Records the tick `tick_ms` of `entry` if `token` holds the unexpired lease of `name` and no
+    /// tick at or after it was recorded (in `tx`): what makes a tick once-only.
+    fn beat_record(
+        tx: &rusqlite::Transaction<'_>,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+        now: i64,
+    ) -> rusqlite::Result<BeatSend> {
+        let leader: Option<i64> = tx
+            .prepare_cached(
+                "SELECT 1 FROM beat_leases WHERE name = ?1 AND token = ?2 AND until_ms >= ?3",
+            )?
+            .query_row(params![name, token, now], |r| r.get(0))
+            .optional()?;
+        if leader.is_none() {
+            return Ok(BeatSend::NotLeader);
+        }
+        let last: Option<i64> = tx
+            .prepare_cached("SELECT tick_ms FROM beat_runs WHERE name = ?1 AND entry = ?2")?
+            .query_row(params![name, entry], |r| r.get(0))
+            .optional()?;
+        if last.is_some_and(|last| last >= tick_ms) {
+            return Ok(BeatSend::AlreadySent);
+        }
+        tx.prepare_cached(
+            "INSERT INTO beat_runs (name, entry, tick_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name, entry) DO UPDATE SET tick_ms = excluded.tick_ms",
+        )?
+        .execute(params![name, entry, tick_ms])?;
+        Ok(BeatSend::Sent)
+    }
+
+    /// Sends the tick `tick_ms` of `entry` in one transaction with the checks that make it
+    /// once-only: `token` holds the unexpired lease of `name` (a deposed leader is fenced off), and
+    /// no tick at or after `tick_ms` was sent; the tick is recorded and the message published.
+    /// [`BeatSend::NotLeader`] or [`BeatSend::AlreadySent`] otherwise, with nothing written.
+    pub fn beat_send(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+        message: &NewMessage,
+    ) -> Result<BeatSend> {
+        check_queue(&message.queue)?;
+        check_priority(message.priority)?;
+        let now = now_ms();
+        let sent = self.immediate(|tx| {
+            let recorded = Self::beat_record(tx, name, token, entry, tick_ms, now)?;
+            if recorded == BeatSend::Sent {
+                tx.prepare_cached(
+                    "INSERT INTO messages (queue, priority, eta_ms, payload, deliveries, published_ms)
+                     VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+                )?
+                .execute(params![
+                    message.queue,
+                    message.priority,
+                    message.eta_ms.unwrap_or(0),
+                    message.payload,
+                    now
+                ])?;
+            }
+            Ok(recorded)
+        })?;
+        self.ring_if(sent == BeatSend::Sent, Bell::Messages);
+        Ok(sent)
+    }
+
+    /// Records the tick like [`SqliteBroker::beat_send`] without publishing anything: for a beat
+    /// whose messages go to another broker (RabbitMQ), which publishes after this succeeded.
+    pub fn beat_claim(
+        &self,
+        name: &str,
+        token: &str,
+        entry: &str,
+        tick_ms: i64,
+    ) -> Result<BeatSend> {
+        let now = now_ms();
+        self.immediate(|tx| Self::beat_record(tx, name, token, entry, tick_ms, now))
     }
 
     /// Tags of the messages `owner` holds (a dead worker's, before its leases are returned).

@@ -109,6 +109,16 @@ impl SqliteConsumer {
     pub fn last_error(&self) -> Option<String> {
         self.inner.last_error()
     }
+
+    /// Hands `tags` to the thread to ack before its next fetch; returns at once.
+    pub fn ack_later(&self, tags: Vec<String>) {
+        self.inner.ack_later(tags);
+    }
+
+    /// Waits up to `timeout` until every ack handed over so far was sent.
+    pub fn settle_acks(&self, timeout: Duration) -> bool {
+        self.inner.settle_acks(timeout)
+    }
 }
 
 /// The consumer thread's own connection to the database file.
@@ -137,6 +147,10 @@ impl LeaseSource for Leases {
 
     fn give_back(&mut self, tags: &[String]) -> Result<()> {
         self.broker.requeue(tags).map(drop)
+    }
+
+    fn ack(&mut self, tags: &[String]) -> Result<()> {
+        self.broker.ack(tags).map(drop)
     }
 
     /// Woken by any process that makes messages available in this file (where doorbells exist);
