@@ -144,7 +144,9 @@ class Heart:
     """
 
     def __init__(self, broker: Broker, hostname: str, counts: Callable[[], tuple[int, int]]) -> None:
-        self.dispatcher = EventDispatcher(broker, hostname)
+        # Sent from a thread: a broker that blocks publishers (a RabbitMQ memory alarm, a frozen
+        # Redis) must not hold the node's start or its supervisor loop.
+        self.dispatcher = EventDispatcher(broker, hostname, background=True)
         self.counts = counts
         self._next_at: float | None = None
 
