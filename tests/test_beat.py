@@ -85,7 +85,7 @@ def test_beat_on_rabbitmq_without_a_redis_or_sqlite_backend_is_a_clear_error(tmp
     app = _app(tmp_path)
     app.conf.broker_url = "amqp://guest:secret@127.0.0.1:1//"
     with pytest.raises(
-        ConfigurationError, match=r"a Redis or SQLite result_backend to hold the leader lease"
+        ConfigurationError, match=r"a Redis, SQLite or PostgreSQL result_backend to hold the leader lease"
     ) as caught:
         Beat(app)
     assert "result_backend is disabled" in str(caught.value)

@@ -156,7 +156,13 @@ def test_postgres_tls_verify_full_and_require(tmp_path: Path) -> None:
 
 # -- the scenarios every store must pass, run here on PostgreSQL ----------------------------------------
 # Imported under their own names, they are collected again in this module, where ``project`` is the
-# PostgreSQL project above: R2 (a crash at each step), R7, R8, and the chord joins.
+# PostgreSQL project above: R2 (a crash at each step), R7, R8, the chord joins, and beat's leader
+# election (R16).
+from test_beat import (  # noqa: E402
+    beat_project,
+    test_beat_list_prints_entries_with_next_run,
+    test_beat_three_processes_one_leader_survives_a_sigkill,
+)
 from test_canvas_workflows import (  # noqa: E402
     test_a_header_member_counted_twice_fires_the_body_once,
     test_chord_sends_the_header_values_to_the_body,
@@ -169,7 +175,10 @@ from test_reliability import (  # noqa: E402
 )
 
 __all__ = [
+    "beat_project",
     "test_a_header_member_counted_twice_fires_the_body_once",
+    "test_beat_list_prints_entries_with_next_run",
+    "test_beat_three_processes_one_leader_survives_a_sigkill",
     "test_chord_of_200_fires_its_body_once_with_the_right_value_across_a_sigkill",
     "test_chord_sends_the_header_values_to_the_body",
     "test_r2_crash_at_each_step_loses_nothing_and_keeps_one_result_per_task",

@@ -159,8 +159,9 @@ def _plan(app: App, entry: Entry, task_id: str | None = None) -> SendPlan:
 
 def beat_store(app: App, broker: Broker) -> BeatStore:
     """Where the beat keeps its lease and state and sends its messages: the broker itself (Redis,
-    SQLite: one atomic step per run), or, on a broker that cannot hold them (RabbitMQ), a Redis or
-    SQLite result backend beside it (``SplitBeatStore``). ConfigurationError otherwise."""
+    SQLite, PostgreSQL: one atomic step per run), or, on a broker that cannot hold them (RabbitMQ), a
+    Redis, SQLite or PostgreSQL result backend beside it (``SplitBeatStore``). ConfigurationError
+    otherwise."""
     store = capability(broker, BeatStore)
     if store is not None:
         return store
@@ -172,8 +173,9 @@ def beat_store(app: App, broker: Broker) -> BeatStore:
     if state is None:
         backend = mask_password(backend_url) if backend_url else "disabled"
         raise ConfigurationError(
-            f"periodic tasks (rqueue beat, worker -B) need a broker that can elect their leader (Redis or "
-            f"SQLite), or beside {mask_password(broker.url)} a Redis or SQLite result_backend to hold the "
+            f"periodic tasks (rqueue beat, worker -B) need a broker that can elect their leader (Redis, "
+            f"SQLite or PostgreSQL), or beside {mask_password(broker.url)} a Redis, SQLite or PostgreSQL "
+            "result_backend to hold the "
             f"leader lease (result_backend is {backend})"
         )
     logger.info("beat: the lease and the runs live in the result backend %s", mask_password(str(backend_url)))

@@ -265,7 +265,9 @@ class ResultBackend(ABC):
         return max(1, int(expires)) if expires and expires > 0 else None
 
     def _no_store(self, what: str) -> NoReturn:
-        raise ConfigurationError(f"{what} needs a result store (Redis or SQLite); {mask_password(self.url)} has none")
+        raise ConfigurationError(
+            f"{what} needs a result store (Redis, SQLite or PostgreSQL); {mask_password(self.url)} has none"
+        )
 
     # -- what each backend implements --------------------------------------------------------------
 
