@@ -156,8 +156,9 @@ def test_postgres_tls_verify_full_and_require(tmp_path: Path) -> None:
 
 # -- the scenarios every store must pass, run here on PostgreSQL ----------------------------------------
 # Imported under their own names, they are collected again in this module, where ``project`` is the
-# PostgreSQL project above: R2 (a crash at each step), R7, R8, the chord joins, and beat's leader
-# election (R16).
+# PostgreSQL project above: R2 (a crash at each step), R6 (garbage in a queue), R7, R8, the chord
+# joins, and beat's leader election (R16).
+from test_bad_messages import test_r6_garbage_is_dead_lettered_with_its_reason_and_the_worker_goes_on  # noqa: E402
 from test_beat import (  # noqa: E402
     beat_project,
     test_beat_list_prints_entries_with_next_run,
@@ -182,6 +183,7 @@ __all__ = [
     "test_chord_of_200_fires_its_body_once_with_the_right_value_across_a_sigkill",
     "test_chord_sends_the_header_values_to_the_body",
     "test_r2_crash_at_each_step_loses_nothing_and_keeps_one_result_per_task",
+    "test_r6_garbage_is_dead_lettered_with_its_reason_and_the_worker_goes_on",
     "test_r7_eta_beyond_visibility_timeout_runs_once_not_early",
     "test_r8_task_longer_than_visibility_timeout_runs_once",
 ]
