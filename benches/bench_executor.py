@@ -3,10 +3,12 @@ one process, without the broker round trips of a flush (results and acks are kep
 
 Tasks are published to a temporary SQLite file and leased in one fetch, so the loop measures the
 executor alone. Wall-clock figures on a shared VM are noisy; for a repeatable count run it under
-callgrind with two sizes and take the difference (instructions per task, setup cancelled out):
+callgrind with two sizes, with and without ``--setup-only``, and take the differences (instructions
+per task of ``handle`` alone: publishing and leasing cancel out):
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python benches/bench_executor.py --tasks 1000 --once
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python benches/bench_executor.py --tasks 3000 --once
+    (the same two with --setup-only)
 
 Run: ``python benches/bench_executor.py [--tasks N] [--results] [--once]``.
 """
@@ -30,7 +32,7 @@ REPEATS = 5
 MAX_FETCH = 10_000
 
 
-def handle_all(tasks: int, results: bool) -> float:
+def handle_all(tasks: int, results: bool, setup_only: bool = False) -> float:
     """Seconds per task of ``Executor.handle`` over ``tasks`` leased no-op messages."""
     folder = tempfile.mkdtemp(prefix="rqueue-bench-executor-")
     app = App("bench", broker=f"sqlite:///{folder}/bench.sqlite3", task_ignore_result=not results)
@@ -45,7 +47,7 @@ def handle_all(tasks: int, results: bool) -> float:
     executor.revoked._next_refresh = float("inf")  # no revocation reads inside the loop
     deliveries = app.broker.native.fetch(["celery"], tasks, "bench/1", 600_000)  # type: ignore[attr-defined]
     started = time.perf_counter()
-    for delivery in deliveries:
+    for delivery in [] if setup_only else deliveries:
         executor.handle(delivery)
     return (time.perf_counter() - started) / max(1, len(deliveries))
 
@@ -55,12 +57,13 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=5_000, help=f"tasks per loop, at most {MAX_FETCH}")
     parser.add_argument("--results", action="store_true", help="store results (encoded, not written)")
     parser.add_argument("--once", action="store_true", help="one loop, no report (for callgrind)")
+    parser.add_argument("--setup-only", action="store_true", help="publish and lease, handle nothing (a baseline)")
     opts = parser.parse_args()
     logging.disable(logging.INFO)
     executor_module.BATCH = 1 << 30  # never flush inside the loop: the broker's I/O is not measured here
     tasks = min(opts.tasks, MAX_FETCH)
     if opts.once:
-        handle_all(tasks, opts.results)
+        handle_all(tasks, opts.results, opts.setup_only)
         return 0
     runs = [handle_all(tasks, opts.results) * 1e6 for _ in range(REPEATS)]
     print(
