@@ -706,7 +706,10 @@ impl<'de> Visitor<'de> for ValueVisitor {
 
 /// Applies Python's dict semantics (a repeated key keeps its first place and its last value)
 /// and turns a kombu marker object into its native value.
-fn finish_map(mut entries: Map, strict_markers: bool) -> std::result::Result<Value, String> {
+pub(crate) fn finish_map(
+    mut entries: Map,
+    strict_markers: bool,
+) -> std::result::Result<Value, String> {
     dedup_keys(&mut entries);
     if entries.len() == 2 {
         let ty = map_get(&entries, "__type__");

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use crate::codec::{self, Codec, Map, Seed, Skip, Value};
 use crate::error::{Error, Result};
 use crate::jsonw;
+use crate::protocol::envelope_scan;
 use crate::protocol::iso8601::format_iso8601_ms;
 use crate::protocol::message::{
     bad, clamp_priority, decode_body, encode_body, num, opt_bool, opt_int, opt_str, opt_time,
@@ -254,7 +255,8 @@ impl<'de> Visitor<'de> for KnownKey {
 /// A JSON value that should be a string: borrowed from the input when it has no escapes;
 /// any other type is kept (as a [`Value`]) for the error message, which is raised only after
 /// the content type was checked.
-enum Text<'a> {
+#[derive(Debug)]
+pub(super) enum Text<'a> {
     Missing,
     Str(Cow<'a, str>),
     Other(Value),
@@ -311,13 +313,14 @@ impl<'de> Visitor<'de> for TextSeed {
 /// The members of a JSON object (headers, properties) a [`TaskMessage`] reads, by index in
 /// `keys`; a repeated key keeps its last value. A non-object is kept as the type name for an
 /// error raised after the content type check; `null` means no members.
-struct Members {
-    values: Vec<Option<Value>>,
+#[derive(Debug)]
+pub(super) struct Members {
+    pub(super) values: Vec<Option<Value>>,
     not_object: Option<&'static str>,
 }
 
 impl Members {
-    fn empty(n: usize) -> Members {
+    pub(super) fn empty(n: usize) -> Members {
         Members {
             values: (0..n).map(|_| None).collect(),
             not_object: None,
@@ -389,7 +392,7 @@ impl<'de> Visitor<'de> for MembersSeed {
 }
 
 /// The headers a [`TaskMessage`] reads; the others are skipped.
-const HEADER_KEYS: &[&str] = &[
+pub(super) const HEADER_KEYS: &[&str] = &[
     "task",
     "id",
     "retries",
@@ -410,7 +413,7 @@ const HEADER_KEYS: &[&str] = &[
 ];
 
 /// The properties a [`TaskMessage`] reads.
-const PROPERTY_KEYS: &[&str] = &[
+pub(super) const PROPERTY_KEYS: &[&str] = &[
     "delivery_info",
     "priority",
     "delivery_tag",
@@ -419,7 +422,7 @@ const PROPERTY_KEYS: &[&str] = &[
     "correlation_id",
 ];
 
-const ENVELOPE_KEYS: &[&str] = &[
+pub(super) const ENVELOPE_KEYS: &[&str] = &[
     "body",
     "content-type",
     "content-encoding",
@@ -429,12 +432,13 @@ const ENVELOPE_KEYS: &[&str] = &[
 
 /// An envelope after one pass over its JSON: the string members borrowed, the headers and
 /// properties reduced to the members a [`TaskMessage`] reads.
-struct RawEnvelope<'a> {
-    body: Text<'a>,
-    content_type: Text<'a>,
-    content_encoding: Text<'a>,
-    headers: Members,
-    properties: Members,
+#[derive(Debug)]
+pub(super) struct RawEnvelope<'a> {
+    pub(super) body: Text<'a>,
+    pub(super) content_type: Text<'a>,
+    pub(super) content_encoding: Text<'a>,
+    pub(super) headers: Members,
+    pub(super) properties: Members,
 }
 
 struct EnvelopeVisitor;
@@ -499,6 +503,14 @@ fn p(m: &mut Members, key: &str) -> Option<Value> {
     m.values[i].take()
 }
 
+/// The serde_json path of [`decode_envelope`]: any envelope, and the precise error.
+pub(super) fn raw_envelope(text: &str) -> Result<RawEnvelope<'_>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(EnvelopeVisitor)
+        .and_then(|env| de.end().map(|()| env))
+        .map_err(|e| Error::Decode(format!("envelope: invalid JSON: {e}")))
+}
+
 /// Decodes a kombu Redis envelope up to (not including) deserializing its body, in one pass
 /// over the JSON that keeps only what a [`TaskMessage`] reads.
 ///
@@ -514,11 +526,10 @@ pub fn decode_envelope(data: &[u8], accept: &Accept, max_size: usize) -> Result<
     // Validating UTF-8 once up front is much cheaper than per string (`from_slice` does).
     let text = std::str::from_utf8(data)
         .map_err(|e| Error::Decode(format!("envelope: invalid JSON: not UTF-8: {e}")))?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let env = de
-        .deserialize_map(EnvelopeVisitor)
-        .and_then(|env| de.end().map(|()| env))
-        .map_err(|e| Error::Decode(format!("envelope: invalid JSON: {e}")))?;
+    let env = match envelope_scan::scan_envelope(text) {
+        Some(env) => env,
+        None => raw_envelope(text)?,
+    };
     let content_type = match env.content_type {
         Text::Str(s) => s.into_owned(),
         Text::Missing | Text::Other(Value::Null) => {
