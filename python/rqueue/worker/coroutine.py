@@ -109,10 +109,31 @@ class ThreadLoop:
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """The coroutine's return value; raises what it raised."""
         steps = Steps(coro)
-        task: asyncio.Task[Any] = self.loop.create_task(
-            steps
-        )  # in a copy of this thread's context: the request is current
+        # In a copy of this thread's context: the task's request is current in it.
+        task: asyncio.Task[Any] = self.loop.create_task(steps)
         steps.task = task
+        loop = self.loop
+
+        def deliver(exc_type: type[BaseException]) -> None:  # from the watchdog thread (threads pool)
+            loop.call_soon_threadsafe(self._deliver, task, steps, exc_type)
+
+        self.guard.deliver = deliver
+        try:
+            return self._run(task, steps)
+        finally:
+            self.guard.deliver = None
+
+    def _deliver(self, task: asyncio.Task[Any], steps: Steps, exc_type: type[BaseException]) -> None:
+        """On the loop: the soft limit raised at the coroutine's await point."""
+        if task.done():
+            return
+        exc = exc_type()
+        if isinstance(exc, SoftTimeLimitExceeded):
+            exc.args = (self.guard.requested[1],)
+        steps.pending = exc
+        task.cancel()
+
+    def _run(self, task: asyncio.Task[Any], steps: Steps) -> Any:
         terminated: TaskTerminated | None = None
         while True:
             try:
@@ -124,7 +145,7 @@ class ThreadLoop:
             except (SoftTimeLimitExceeded, TaskTerminated) as exc:
                 if task.done():
                     raise  # raised by the coroutine, or inside it: its outcome
-                # Raised while the loop waited: deliver it inside the coroutine, then go on.
+                # Raised while the loop waited (a signal handler): deliver it inside the coroutine.
                 if isinstance(exc, TaskTerminated):
                     terminated = exc
                 else:
