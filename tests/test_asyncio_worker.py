@@ -32,8 +32,8 @@ class AsyncProject(Project):
 
     app_spec = "async_tasks"
 
-    def __init__(self, root: Path, kind: str, redis_url: str | None = None) -> None:
-        super().__init__(root, kind, redis_url)
+    def __init__(self, root: Path, kind: str, redis_url: str | None = None, amqp_url: str | None = None) -> None:
+        super().__init__(root, kind, redis_url, amqp_url)
         shutil.copy(HERE / "project" / "async_tasks.py", root / "async_tasks.py")
 
     def app(self) -> Any:
@@ -335,3 +335,40 @@ def test_a_bad_block_warning_threshold_is_refused(
     done = sqlite_aproject.run_cli("-A", "async_tasks", "worker", "-P", "asyncio")
     assert done.returncode != 0
     assert "worker_async_block_warn_s" in done.stderr and "positive" in done.stderr
+
+
+def test_terminate_cancels_an_async_task_under_prefork(sqlite_aproject: AsyncProject) -> None:
+    tasks = sqlite_aproject.app()
+    worker = sqlite_aproject.start_worker("-P", "prefork", "-c", "2")
+    result = tasks.cancellable.delay(60, "pterm")
+    wait_for(lambda: f"Task async_tasks.cancellable[{result.id}] received" in worker.log_text(), 30, "started")
+    time.sleep(0.3)
+    tasks.app.control.revoke(result.id, terminate=True)
+    with pytest.raises(TaskRevokedError, match="terminated"):
+        result.get(timeout=30)
+    wait_for(lambda: sqlite_aproject.ledger_count("pterm:cleanup") == 1, 10, "its cleanup recorded")
+    assert f"Task async_tasks.cancellable[{result.id}] terminated" in worker.log_text()  # raised, not killed
+    assert tasks.aadd.delay(1, 1).get(timeout=30) == 2
+
+
+def test_asyncio_pool_on_rabbitmq_runs_coroutines_and_returns_messages_on_cold_shutdown(
+    tmp_path: Path, redis_url: str, amqp_url: str
+) -> None:
+    proj = AsyncProject(tmp_path, "amqp", redis_url, amqp_url)
+    try:
+        tasks = proj.app()
+        worker = start_async(proj, "-c", "20")
+        mine = [tasks.whoami.delay(0.2) for _ in range(20)]
+        assert all(r.get(timeout=30)["after"] == r.id for r in mine)
+        held = [tasks.cancellable.delay(2, f"amqp-{i}") for i in range(3)]
+        wait_for(lambda: worker.log_text().count("cancellable") >= 3, 30, "three running")
+        time.sleep(0.3)
+        worker.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert worker.stop(signal.SIGTERM, timeout=10) != 0
+        start_async(proj, "-c", "20")
+        assert [r.get(timeout=60) for r in held] == ["finished"] * 3
+        counts = ledger_counts(proj)
+        assert all(counts[f"amqp-{i}:cleanup"] == 1 and counts[f"amqp-{i}"] == 1 for i in range(3)), counts
+    finally:
+        proj.close()
