@@ -6,6 +6,7 @@ blocked-loop warning, and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -372,3 +373,17 @@ def test_asyncio_pool_on_rabbitmq_runs_coroutines_and_returns_messages_on_cold_s
         assert all(counts[f"amqp-{i}:cleanup"] == 1 and counts[f"amqp-{i}"] == 1 for i in range(3)), counts
     finally:
         proj.close()
+
+
+def test_eager_mode_awaits_async_tasks_with_their_request(sqlite_aproject: AsyncProject) -> None:
+    tasks = sqlite_aproject.app()
+    tasks.app.conf.task_always_eager = True
+    assert tasks.aadd.delay(2, 3).get() == 5
+    r = tasks.whoami.apply((0.01,))
+    assert r.get()["before"] == r.get()["after"] == r.id
+    assert tasks.flaky.apply(("eager-flaky",)).get() == 3  # autoretry: run again at once
+
+    async def from_async_code() -> int:  # eager mode used inside a running loop (an ASGI app's test)
+        return int(tasks.aadd.delay(1, 1).get())
+
+    assert asyncio.run(from_async_code()) == 2
