@@ -169,6 +169,16 @@ def test_hard_time_limit_cancels_the_coroutine_fails_the_task_and_acks(aproject:
     assert aproject.ledger_count("hard") == 1  # acked: not run again
 
 
+def test_a_coroutine_swallowing_its_cancellation_is_cancelled_again_and_fails(sqlite_aproject: AsyncProject) -> None:
+    tasks = sqlite_aproject.app()
+    worker = start_async(sqlite_aproject, "-c", "4")
+    result = tasks.stubborn.delay("stubborn")
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=30)
+    assert sqlite_aproject.ledger_count("stubborn") == 3
+    assert f"Task async_tasks.stubborn[{result.id}] ignores its cancellation" in worker.log_text()
+
+
 def test_revoke_with_terminate_cancels_the_running_coroutine(aproject: AsyncProject) -> None:
     tasks = aproject.app()
     worker = start_async(aproject, "-c", "10")

@@ -138,3 +138,14 @@ async def limited(key):
 async def slow_record(seconds, key):
     await asyncio.sleep(seconds)
     return _ledger(key)
+
+
+@app.task(time_limit=0.5)
+async def stubborn(key):
+    """Swallows three cancellations, then returns: stopped by its hard limit all the same."""
+    for _ in range(3):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            _ledger(key)
+    return "swallowed"

@@ -68,6 +68,9 @@ SYNC_THREADS_MAX = 32
 #: Cold shutdown: how long cancelled coroutines get to run their ``finally`` blocks before the
 #: process exits (their messages go back to the queue either way).
 COLD_SHUTDOWN_GRACE_S = 1.0
+#: How often a coroutine stopped by its hard time limit or ``terminate`` is cancelled again while
+#: it catches the cancellation and goes on.
+RECANCEL_S = 1.0
 #: The blocked-loop watchdog looks at least this often (and twice per warning threshold).
 BLOCK_CHECK_MIN_S = 0.01
 
@@ -212,6 +215,8 @@ class AsyncExecutor(Executor):
                 steps = entry.steps = Steps(value, self.pool.on_step, self.pool.after_step)
                 steps.task = entry.task
                 value = await steps
+                if entry.stop is not None:  # it swallowed the cancellation and returned: stopped all the same
+                    raise asyncio.CancelledError
         except asyncio.CancelledError as exc:
             return self._cancelled(entry, exc, hard, started)
         except Exception as exc:
@@ -427,7 +432,12 @@ class AsyncioConsumer(Consumer):
             self._give_back(batch)
             return
         for delivery in batch:
-            self._admit(delivery, None, True)
+            try:
+                self._admit(delivery, None, True)
+            except Exception:  # a bug (admit deals with what the message did): the others still start
+                logger.exception(
+                    "Admitting message %s failed; it is delivered again once its lease expires", delivery.tag
+                )
 
     def _give_back(self, batch: list[Any]) -> None:
         try:
@@ -508,6 +518,8 @@ class AsyncioConsumer(Consumer):
             return  # cold shutdown: not settled; the message goes back to the queue
         except (BrokerError, BackendError, OSError) as exc:
             logger.error("Broker or backend failed while handling message %s: %s", job.delivery.tag, exc)
+        except Exception:  # a bug (run and settle deal with what the task did): the worker goes on
+            logger.exception("Handling task %s[%s] failed", job.msg.task, job.msg.id)
         finally:
             if entry.stop != "shutdown":
                 self.jobs.pop(job.delivery.tag, None)
@@ -578,9 +590,7 @@ class AsyncioConsumer(Consumer):
         msg = entry.job.msg
         logger.error("Hard time limit (%gs) exceeded for %s[%s]: cancelling it", hard, msg.task, msg.id)
         entry.stop = "time_limit"
-        if entry.steps is not None:
-            entry.steps.pending = None
-        entry.task.cancel()
+        self._cancel(entry)
 
     def terminate(self, task_id: str) -> bool:
         """From any thread: cancel the running coroutine of ``task_id`` (recorded REVOKED). False
@@ -605,9 +615,24 @@ class AsyncioConsumer(Consumer):
         msg = entry.job.msg
         logger.info("Terminating task %s[%s]: cancelling its coroutine", msg.task, msg.id)
         entry.stop = "terminated"
+        self._cancel(entry)
+
+    def _cancel(self, entry: _Job) -> None:
+        """Cancel a coroutine the worker stops, and again every ``RECANCEL_S`` while it swallows
+        the cancellation and goes on (it holds its slot until it ends)."""
+        task = entry.task
+        if task is None or task.done():
+            return
         if entry.steps is not None:
             entry.steps.pending = None
-        entry.task.cancel()
+        if task.cancelling() if hasattr(task, "cancelling") else False:
+            msg = entry.job.msg
+            logger.warning(
+                "Task %s[%s] ignores its cancellation (%s); cancelling it again", msg.task, msg.id, entry.stop
+            )
+        task.cancel()
+        assert self.loop is not None
+        self.loop.call_later(RECANCEL_S, self._cancel, entry)
 
     # -- blocked loop ---------------------------------------------------------------------------
 
