@@ -143,6 +143,16 @@ def test_a_sync_task_runs_in_a_thread_of_the_asyncio_worker_with_its_request(apr
     assert r.get(timeout=30) == r.id
 
 
+def test_task_hooks_and_signals_run_around_an_async_task(aproject: AsyncProject) -> None:
+    tasks = aproject.app()
+    start_async(aproject, "-c", "4")
+    r = tasks.hooked.delay()
+    assert r.get(timeout=30) == r.id
+    wait_for(lambda: len(ledger_counts(aproject)) >= 4, 10, "hooks recorded")
+    keys = [key for key, _, _ in aproject.ledger_rows()]
+    assert keys == ["prerun", f"on_success:{r.id}", "after_return:SUCCESS", "postrun:SUCCESS"]
+
+
 # -- time limits, terminate -----------------------------------------------------------------------------
 
 
@@ -153,6 +163,12 @@ def test_soft_time_limit_is_raised_at_the_await_and_can_be_caught(aproject: Asyn
     with pytest.raises(SoftTimeLimitExceeded):
         tasks.soft_uncaught.delay(30).get(timeout=30)
     assert "Soft time limit (0.3s) exceeded for async_tasks.soft_caught" in worker.log_text()
+
+
+def test_a_sync_task_in_the_asyncio_pool_gets_its_soft_limit_in_its_thread(sqlite_aproject: AsyncProject) -> None:
+    tasks = sqlite_aproject.app()
+    start_async(sqlite_aproject, "-c", "4")
+    assert tasks.sync_soft.delay().get(timeout=30) == "sync task caught its soft limit"
 
 
 def test_hard_time_limit_cancels_the_coroutine_fails_the_task_and_acks(aproject: AsyncProject) -> None:

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 
-from rqueue import App
+from rqueue import App, signals
 from rqueue.exceptions import SoftTimeLimitExceeded
 
 app = App("async_tasks", broker=os.environ.get("TEST_BROKER_URL"), backend=os.environ.get("TEST_BACKEND_URL") or None)
@@ -149,3 +149,42 @@ async def stubborn(key):
         except asyncio.CancelledError:
             _ledger(key)
     return "swallowed"
+
+
+@app.task(soft_time_limit=0.3)
+def sync_soft():
+    """A sync task in the asyncio pool: its soft limit is raised in its thread."""
+    try:
+        for _ in range(1000):
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "sync task caught its soft limit"
+    return "finished"
+
+
+class Hooked(app.Task):
+    """Records its hooks (and the prerun/postrun signals below) in the ledger."""
+
+    def on_success(self, retval, task_id, args, kwargs):
+        _ledger(f"on_success:{retval}")
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        _ledger(f"after_return:{status}")
+
+
+@app.task(base=Hooked, bind=True)
+async def hooked(self):
+    await asyncio.sleep(0.01)
+    return self.request.id
+
+
+@signals.task_prerun.connect
+def _prerun(sender=None, task_id=None, **kwargs):
+    if sender is not None and sender.name == "async_tasks.hooked":
+        _ledger("prerun")
+
+
+@signals.task_postrun.connect
+def _postrun(sender=None, task_id=None, state=None, **kwargs):
+    if sender is not None and sender.name == "async_tasks.hooked":
+        _ledger(f"postrun:{state}")
