@@ -299,6 +299,19 @@ def test_r1_sigkill_mid_run_loses_no_async_task(aproject: AsyncProject, monkeypa
     assert duplicates <= concurrency  # only coroutines running at the kill
 
 
+def test_r8_a_coroutine_longer_than_the_visibility_timeout_runs_once(
+    aproject: AsyncProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_config(aproject, "broker_visibility_timeout = 2\n", monkeypatch)
+    tasks = aproject.app()
+    start_async(aproject, "-c", "10")
+    start_async(aproject, "-c", "10", "-n", "second@%h")  # would take the message if its lease lapsed
+    results = [tasks.nap.delay(5, f"long-{i}") for i in range(3)]
+    assert [r.get(timeout=30) for r in results] == [5, 5, 5]
+    time.sleep(2 + 1)
+    assert ledger_counts(aproject) == Counter({f"long-{i}": 1 for i in range(3)})
+
+
 # -- other pools, the blocked loop, the pool choice, bad input ------------------------------------------
 
 
