@@ -340,6 +340,19 @@ def test_a_coroutine_blocking_the_loop_is_named_in_a_warning(sqlite_aproject: As
     assert "async_tasks.aadd" not in "".join(ln for ln in worker.log_text().splitlines() if "blocked" in ln)
 
 
+def test_a_loop_blocked_outside_any_coroutine_is_reported_with_the_running_tasks(
+    sqlite_aproject: AsyncProject,
+) -> None:
+    tasks = sqlite_aproject.app()
+    worker = start_async(sqlite_aproject, "-c", "10")
+    sleeper = tasks.nap.delay(3)
+    wait_for(lambda: f"async_tasks.nap[{sleeper.id}] received" in worker.log_text(), 30, "nap running")
+    assert tasks.slow_prerun.delay().get(timeout=30) == "ran"
+    text = worker.log_text()
+    assert "The event loop has been blocked for" in text and "outside any task's coroutine" in text
+    assert f"async_tasks.nap[{sleeper.id}]" in text.split("outside any task's coroutine", 1)[1].splitlines()[0]
+
+
 def test_a_worker_whose_tasks_are_all_coroutines_chooses_the_asyncio_pool(tmp_path: Path) -> None:
     (tmp_path / "only_async.py").write_text(
         "import os\nfrom rqueue import App\n"

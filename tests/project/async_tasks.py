@@ -188,3 +188,14 @@ def _prerun(sender=None, task_id=None, **kwargs):
 def _postrun(sender=None, task_id=None, state=None, **kwargs):
     if sender is not None and sender.name == "async_tasks.hooked":
         _ledger(f"postrun:{state}")
+
+
+@app.task
+async def slow_prerun():
+    return "ran"
+
+
+@signals.task_prerun.connect
+def _slow_prerun(sender=None, **kwargs):
+    if sender is not None and sender.name == "async_tasks.slow_prerun":
+        time.sleep(0.5)  # a receiver that blocks the loop, outside any task's coroutine
