@@ -237,6 +237,16 @@ def test_rate_limit_applies_to_async_tasks(aproject: AsyncProject) -> None:
     assert stamps[-1] - stamps[5] >= 0.6, stamps
 
 
+def test_rate_limit_set_by_remote_control_applies_to_the_asyncio_pool(sqlite_aproject: AsyncProject) -> None:
+    tasks = sqlite_aproject.app()
+    start_async(sqlite_aproject, "-c", "50")
+    reply = tasks.app.control.rate_limit("async_tasks.nap", "4/s", reply=True)
+    assert any("ok" in r.get(node, {}) for r in reply for node in r), reply
+    started = time.monotonic()
+    assert [r.get(timeout=30) for r in [tasks.nap.delay(0) for _ in range(12)]] == [0] * 12
+    assert time.monotonic() - started >= 1.5  # 4 at once, then one per 0.25 s
+
+
 def test_warm_shutdown_waits_for_running_coroutines_and_returns_the_unstarted(aproject: AsyncProject) -> None:
     tasks = aproject.app()
     worker = start_async(aproject, "-c", "5")
@@ -439,3 +449,15 @@ def test_eager_mode_awaits_async_tasks_with_their_request(sqlite_aproject: Async
         return int(tasks.aadd.delay(1, 1).get())
 
     assert asyncio.run(from_async_code()) == 2
+
+
+def test_an_asyncio_worker_in_a_thread_of_the_test_process_runs_and_stops(sqlite_aproject: AsyncProject) -> None:
+    from rqueue.contrib.pytest import running_worker
+
+    tasks = sqlite_aproject.app()
+    with running_worker(tasks.app, pool="asyncio", concurrency=20) as worker:
+        assert worker.pool == "asyncio"
+        assert tasks.aadd.delay(1, 2).get(timeout=30) == 3
+        mine = [tasks.whoami.delay(0.1) for _ in range(10)]
+        assert all(r.get(timeout=30)["after"] == r.id for r in mine)
+    assert worker.consumer is not None and worker.consumer.stopping
