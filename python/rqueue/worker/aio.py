@@ -32,6 +32,7 @@ import inspect
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -308,14 +309,26 @@ class AsyncioConsumer(Consumer):
             loop.close()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop, on_signal: Callable[[int], None]) -> None:
-        import signal  # noqa: PLC0415
+        """SIGINT, SIGTERM and SIGQUIT call ``on_signal`` as a callback of the loop (never between
+        two bytecodes of the loop's own code)."""
+        for name in ("SIGINT", "SIGTERM", "SIGQUIT"):
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            try:
+                loop.add_signal_handler(signum, on_signal, int(signum))
+            except NotImplementedError:  # Windows' loops: a plain handler that hands it to the loop
 
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-            loop.add_signal_handler(signum, on_signal, int(signum))
+                def handler(num: int, frame: object) -> None:
+                    loop.call_soon_threadsafe(on_signal, num)
+
+                signal.signal(signum, handler)
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        if self._stop.is_set():  # stopped before the loop ran (a signal while starting)
+            self._wake.set()
         executor = self.executor = AsyncExecutor(
             self,
             self.app,
