@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from conftest import Project, WorkerProcess
+from rqueue import chord, group
 from rqueue.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 
 HERE = Path(__file__).parent
@@ -151,6 +152,15 @@ def test_task_hooks_and_signals_run_around_an_async_task(aproject: AsyncProject)
     wait_for(lambda: len(ledger_counts(aproject)) >= 4, 10, "hooks recorded")
     keys = [key for key, _, _ in aproject.ledger_rows()]
     assert keys == ["prerun", f"on_success:{r.id}", "after_return:SUCCESS", "postrun:SUCCESS"]
+
+
+def test_chords_chains_and_groups_of_async_tasks(aproject: AsyncProject) -> None:
+    tasks = aproject.app()
+    start_async(aproject, "-c", "50")
+    assert chord((tasks.aadd.s(i, i) for i in range(30)), tasks.asum.s())().get(timeout=30) == 870
+    flow = tasks.aadd.s(4, 4) | group(tasks.aadd.s(1), tasks.amul.s(2)) | tasks.asum.s() | tasks.amul.s(10)
+    assert flow().get(timeout=30) == 250
+    assert group(tasks.amul.s(i, i) for i in range(20))().get(timeout=30) == [i * i for i in range(20)]
 
 
 # -- time limits, terminate -----------------------------------------------------------------------------

@@ -199,3 +199,15 @@ async def slow_prerun():
 def _slow_prerun(sender=None, **kwargs):
     if sender is not None and sender.name == "async_tasks.slow_prerun":
         time.sleep(0.5)  # a receiver that blocks the loop, outside any task's coroutine
+
+
+@app.task
+async def asum(values):
+    await asyncio.sleep(0)
+    return sum(values)
+
+
+@app.task
+async def amul(x, y):
+    await asyncio.sleep(0.01)
+    return x * y
