@@ -212,6 +212,9 @@ DEFAULTS: dict[str, Setting] = {
     "worker_disable_rate_limits": Setting(False, (bool,), "ignore every rate limit"),
     "worker_poll_max_ms": Setting(40, (int,), "longest idle poll interval of polling brokers", _positive),
     "worker_hijack_root_logger": Setting(True, (bool,), "the worker replaces the root logger's handlers"),
+    "worker_async_block_warn_s": Setting(
+        0.1, NUMBER, "asyncio pool: warn when a task holds the event loop this many seconds without awaiting", _positive
+    ),
     # modules, eager mode, publishing
     "include": Setting((), (list, tuple), "modules the worker imports at start (their tasks register)"),
     "imports": Setting((), (list, tuple), "modules the worker imports at start, before include"),

@@ -1,10 +1,12 @@
 """The request of a running task (``self.request``): Celery's fields from the message, and the
-per-thread stack of the requests being run (a task may call another task's function inside it)."""
+stack of the requests being run (a task may call another task's function inside it), one per
+thread and per asyncio task: it lives in a context variable, so each of the coroutines an asyncio
+worker runs at once on one thread sees its own request."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -238,33 +240,28 @@ def custom_headers(headers: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def push_request(request: Request) -> None:
-    """Make ``request`` the current task request of this thread."""
-    stack: list[Request] | None = getattr(_context, "stack", None)
-    if stack is None:
-        stack = _context.stack = []
-    stack.append(request)
+    """Make ``request`` the current task request of this thread (or asyncio task)."""
+    _stack.set((*_stack.get(), request))
 
 
 def pop_request() -> None:
-    _context.stack.pop()
+    _stack.set(_stack.get()[:-1])
 
 
 def current_request() -> Request | None:
-    """The request of the task a worker (or eager run) is running in this thread, if any; plain
-    calls of task functions do not count (as Celery's ``current_worker_task``)."""
-    stack: list[Request] | None = getattr(_context, "stack", None)
-    if not stack:
-        return None
-    for request in reversed(stack):
+    """The request of the task a worker (or eager run) is running in this thread or asyncio task,
+    if any; plain calls of task functions do not count (as Celery's ``current_worker_task``)."""
+    for request in reversed(_stack.get()):
         if not request.called_directly:
             return request
     return None
 
 
-def request_stack() -> list[Request]:
-    """The requests running in this thread, innermost last (empty outside any task)."""
-    stack: list[Request] | None = getattr(_context, "stack", None)
-    return stack if stack is not None else []
+def request_stack() -> tuple[Request, ...]:
+    """The requests running in this thread or asyncio task, innermost last (empty outside any task)."""
+    return _stack.get()
 
 
-_context = threading.local()
+#: A tuple, never mutated: an asyncio task started inside a running task copies the context, and
+#: its pushes must not show in its parent's stack (a shared list would).
+_stack: contextvars.ContextVar[tuple[Request, ...]] = contextvars.ContextVar("rqueue_request_stack", default=())

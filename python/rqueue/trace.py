@@ -13,9 +13,13 @@ A hook or receiver that raises is logged; the task's outcome stands.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
 import traceback
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rqueue import _rqueue, canvas, serialization, signals, states
@@ -166,6 +170,8 @@ def _run_once(task: Task[Any, Any], request: Request) -> tuple[str, Any, str | N
         if "before_start" in task.hooked:
             task.before_start(request.id, request.args, request.kwargs)
         value = task.entry(*request.args, **request.kwargs)
+        if type(value) is CoroutineType:  # an ``async def`` task: awaited here, as a worker would
+            value = _await_eagerly(value)
     except Retry as retry:
         state, value = states.RETRY, retry
         retried(task, request, retry, retry.exc if retry.exc is not None else retry)
@@ -188,6 +194,21 @@ def _run_once(task: Task[Any, Any], request: Request) -> tuple[str, Any, str | N
         pop_request()
     postrun(task, request, value, state)
     return state, value, tb
+
+
+def _await_eagerly(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run an eager ``async def`` task's coroutine to completion, in this thread's context (its
+    request): on a new event loop here, or, when this thread already runs one (eager mode used from
+    async code), on a loop of its own in another thread while this one waits, as for a sync task."""
+    import asyncio  # noqa: PLC0415 - only eager async tasks need it
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(1, "rqueue-eager") as pool:
+        return pool.submit(context.run, asyncio.run, coro).result()
 
 
 def _round_trip(args: list[Any], kwargs: dict[str, Any], serializer: str) -> tuple[list[Any], dict[str, Any]]:

@@ -152,14 +152,19 @@ def help_(ctx: click.Context) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("-l", "--loglevel", default="warning", show_default=True, help="debug, info, warning, error, critical.")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes or threads [default: CPUs].")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Child processes, threads, or (asyncio) tasks running at once [default: CPUs; asyncio: 100].",
+)
 @click.option(
     "-P",
     "--pool",
-    type=click.Choice(["prefork", "threads", "solo"]),
-    default="prefork" if hasattr(os, "fork") else "threads",
-    show_default=True,
-    help="Run tasks in child processes, threads, or the worker process itself.",
+    type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
+    default=None,
+    help="Run tasks in child processes, threads, the worker process itself, or on its event loop (asyncio) "
+    "[default: asyncio when every task is an async def, else prefork (threads without fork())].",
 )
 @click.option("-Q", "--queues", help="Comma-separated queues to consume [default: task_queues or task_default_queue].")
 @click.option("-X", "--exclude-queues", help="Comma-separated queues not to consume (of the default ones).")
@@ -222,7 +227,7 @@ def worker(
     ctx: click.Context,
     loglevel: str,
     concurrency: int | None,
-    pool: str,
+    pool: str | None,
     queues: str | None,
     exclude_queues: str | None,
     hostname: str | None,

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.beat import Beat
 
-POOLS = ("prefork", "threads", "solo")
+POOLS = ("prefork", "threads", "solo", "asyncio")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 logger = logging.getLogger("rqueue.worker")
 
@@ -49,8 +49,10 @@ class Worker:
     Args:
         app: The application whose tasks run here.
         queues: Queue names to consume (default: ``task_queues`` or the default queue).
-        concurrency: Child processes (prefork) or threads; default ``worker_concurrency`` or CPU count.
-        pool: ``prefork`` (default), ``threads`` or ``solo``.
+        concurrency: Child processes (prefork), threads, or tasks running at once on the event loop
+            (asyncio); default ``worker_concurrency``, else the CPU count (asyncio: 100).
+        pool: ``prefork``, ``threads``, ``solo`` or ``asyncio``; None (the default) chooses asyncio
+            when every task of the app is an ``async def``, else prefork (threads without fork()).
         hostname: Node name, ``name@host`` (default ``rqueue@<host>``).
         pidfile: Write the pid here; refuse to start when a live worker holds it.
         statedb: Keep the revoked task ids in this file across restarts.
@@ -76,7 +78,7 @@ class Worker:
         *,
         queues: Sequence[str] | None = None,
         concurrency: int | None = None,
-        pool: str = "prefork",
+        pool: str | None = None,
         hostname: str | None = None,
         pidfile: str | None = None,
         statedb: str | None = None,
@@ -87,13 +89,17 @@ class Worker:
         metrics_address: str = "127.0.0.1",
         task_events: bool | None = None,
     ) -> None:
-        if pool not in POOLS:
+        if pool is not None and pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
         if pool == "prefork" and not hasattr(os, "fork"):
             raise ConfigurationError("the prefork pool needs fork(), which this platform lacks; use --pool threads")
         self.app = app
         app.finalize()  # imports, include, autodiscovered modules: every task registered from here on
         conf = app.conf
+        #: Why the pool was chosen automatically (logged at start), when it was.
+        self.pool_choice: str | None = None
+        if pool is None:
+            pool, self.pool_choice = choose_pool(app)
         self.queues = list(queues or default_queues(conf))
         self.pool = pool
         #: ``worker_autoscale`` (``--autoscale``) as (max, min): the prefork pool starts at min.
@@ -102,7 +108,7 @@ class Worker:
             self.concurrency = self.autoscale[1]
         else:
             self.concurrency = (
-                1 if pool == "solo" else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+                1 if pool == "solo" else int(concurrency or conf.worker_concurrency or _default_concurrency(pool))
             )
         self.hostname = hostname or f"rqueue@{socket.gethostname()}"
         self.pidfile = pidfile
@@ -182,6 +188,8 @@ class Worker:
                     redirect_stdouts(self.app.conf.worker_redirect_stdouts_level)
                 except ValueError as exc:
                     raise ConfigurationError(str(exc)) from None
+            if self.pool_choice is not None:
+                logger.info("%s", self.pool_choice)
             self._warn_unenforced_options()
             self._log_rate_limits()
             if self.metrics is not None:
@@ -259,18 +267,45 @@ class Worker:
         self.revoked.refresh()
         return list(self.revoked.ids)
 
-    def _run_in_process(self, revoked: Revoked) -> int:
-        threads = self.concurrency if self.pool == "threads" else 1
-        consumer = Consumer(
-            self.app,
-            self.queues,
-            self.hostname,
-            revoked,
-            threads=threads,
-            rate_limits=self.rate_limits,
-            hooks=self.hooks,
-        )
+    def _run_in_process(self, revoked: Revoked) -> int:  # noqa: PLR0915 - the signals of one process, inline
+        consumer: Consumer
+        if self.pool == "asyncio":
+            from rqueue.worker.aio import AsyncioConsumer, AsyncProcesses  # noqa: PLC0415 - only -P asyncio
+
+            aio = consumer = AsyncioConsumer(
+                self.app,
+                self.queues,
+                self.hostname,
+                revoked,
+                self.concurrency,
+                rate_limits=self.rate_limits,
+                hooks=self.hooks,
+            )
+            processes: InProcess = AsyncProcesses(aio)
+        else:
+            aio = None
+            threads = self.concurrency if self.pool == "threads" else 1
+            consumer = Consumer(
+                self.app,
+                self.queues,
+                self.hostname,
+                revoked,
+                threads=threads,
+                rate_limits=self.rate_limits,
+                hooks=self.hooks,
+            )
+            processes = InProcess(consumer)
         received = 0
+
+        def finish_cold() -> None:
+            # Stop fetching first: a fetching thread would take back at once what is returned
+            # (an idle one is woken by it), and then die with it, holding it until it expires.
+            consumer.transport.stop()
+            recovery = capability(self.app.broker, LeaseRecovery)
+            if recovery is not None:  # else the broker takes them back when this process's connections drop
+                recovery.requeue_owner(consumer.owner, int(self.app.conf.broker_max_deliveries))
+            logging.shutdown()
+            os._exit(1)
 
         def on_signal(signum: int) -> None:
             nonlocal received
@@ -290,22 +325,20 @@ class Worker:
                 else:
                     logger.warning("Warm shutdown: waiting for running tasks (signal again for a cold shutdown)")
                 consumer.stop()
+            elif received == 2 and aio is not None:
+                logger.warning("Cold shutdown: running tasks are cancelled; their messages go back to the queue")
+                aio.cold_stop(finish_cold)  # cancelled first: their finally blocks run, then the process ends
             else:
                 logger.warning("Cold shutdown: running tasks stop; their messages go back to the queue")
-                # Stop fetching first: a fetching thread would take back at once what is returned
-                # (an idle one is woken by it), and then die with it, holding it until it expires.
-                consumer.transport.stop()
-                recovery = capability(self.app.broker, LeaseRecovery)
-                if recovery is not None:  # else the broker takes them back when this process's connections drop
-                    recovery.requeue_owner(consumer.owner, int(self.app.conf.broker_max_deliveries))
-                logging.shutdown()
-                os._exit(1)
+                finish_cold()
 
         if threading.current_thread() is threading.main_thread():
-            install_shutdown_handlers(on_signal)
-            install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
+            if aio is not None:  # handled as callbacks of its event loop, not between two bytecodes of it
+                aio.on_signal = on_signal
+            else:
+                install_shutdown_handlers(on_signal)
+                install_soft_limit_handler(main_guard_target(lambda: consumer.main_guard))
         self.consumer = consumer
-        processes = InProcess(consumer)
         control = ControlServer(self, processes)
         control.listen()
         self.heart = control.heart = Heart(self.app.broker, self.hostname, processes.counts)
@@ -331,6 +364,9 @@ class Worker:
                 "worker_autoscale (--autoscale) applies to the prefork pool only; the %s pool has a fixed size",
                 self.pool,
             )
+        if self.pool == "asyncio":
+            self._warn_unenforced_async()
+            return
         hard_unenforced = self.pool != "prefork"
         default_hard = self.app.conf.task_time_limit
         if hard_unenforced and default_hard is not None:
@@ -347,6 +383,22 @@ class Worker:
                     "its soft_time_limit is enforced",
                     name,
                     self.pool,
+                )
+
+    def _warn_unenforced_async(self) -> None:
+        """The asyncio pool enforces hard time limits on coroutines only: say so for sync tasks."""
+        from rqueue.worker.aio import is_coroutine_task  # noqa: PLC0415 - only -P asyncio
+
+        default_hard = self.app.conf.task_time_limit
+        for name, task in sorted(self.app.tasks.items()):
+            if name.startswith("celery.") or is_coroutine_task(task):
+                continue
+            if task.option("time_limit") is not None:
+                logger.warning(
+                    "Task %s is a sync task with a hard time limit%s, which the asyncio pool does not enforce on "
+                    "sync tasks (they run in threads); its soft_time_limit is enforced",
+                    name,
+                    " (task_time_limit)" if task.option("time_limit") == default_hard else "",
                 )
 
     def _log_rate_limits(self) -> None:
@@ -368,6 +420,26 @@ class Worker:
     def _release_pidfile(self) -> None:
         if self.pidfile:
             release_pidfile(self.pidfile)
+
+
+def choose_pool(app: App) -> tuple[str, str | None]:
+    """The pool of a worker started without one: ``asyncio`` when every task the app registered
+    (Celery's built-in ``celery.*`` tasks aside) is an ``async def``, else ``prefork`` (``threads``
+    where there is no fork()). Returns the pool and, for asyncio, the line the worker logs."""
+    from rqueue.worker.aio import is_coroutine_task  # noqa: PLC0415 - asyncio loaded only here
+
+    own = [task for name, task in app.tasks.items() if not name.startswith("celery.")]
+    if own and all(is_coroutine_task(task) for task in own):
+        return "asyncio", f"Every task ({len(own)}) is an async def: using the asyncio pool (-P asyncio)"
+    return ("prefork" if hasattr(os, "fork") else "threads"), None
+
+
+def _default_concurrency(pool: str) -> int:
+    if pool == "asyncio":
+        from rqueue.worker.aio import DEFAULT_CONCURRENCY  # noqa: PLC0415
+
+        return DEFAULT_CONCURRENCY
+    return os.cpu_count() or 1
 
 
 def take_pidfile(path: str) -> str:

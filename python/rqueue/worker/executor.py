@@ -15,6 +15,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rqueue import _rqueue, canvas, chord_join, serialization, signals, states, trace
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from rqueue.app import App
     from rqueue.brokers.base import BrokerConsumer
     from rqueue.task import Task
+    from rqueue.worker.coroutine import ThreadLoop
     from rqueue.worker.hooks import WorkerHook
     from rqueue.worker.ratelimit import RateLimits
     from rqueue.worker.slot import RunningSlot
@@ -149,6 +151,7 @@ class Executor:
         #: What remote control's ``inspect active`` and ``stats`` report.
         self.current: tuple[Request, float] | None = None
         self.processed: Counter[str] = Counter()
+        self._loop: ThreadLoop | None = None
 
     # -- one message ----------------------------------------------------------------------------------
 
@@ -163,14 +166,18 @@ class Executor:
         message)`` comes back, and nothing was done (not acked, no state recorded; still leased).
         """
         if self.batch_since is None:
-            self.batch_since = time.monotonic()
-            if self.events is not None:
-                self._switch_events(self.events.on)
+            self.open_batch()
         admitted = self.admit(delivery, msg)
         if isinstance(admitted, Admitted):
             self.settle(admitted, self.run(admitted))
             return None
         return admitted  # deferred for its rate limit, or None: dealt with
+
+    def open_batch(self) -> None:
+        """Start a batch: its age counts from now, and it sends task events if the node's switch is on."""
+        self.batch_since = time.monotonic()
+        if self.events is not None:
+            self._switch_events(self.events.on)
 
     def _switch_events(self, on: bool) -> None:
         """Use the hooks with task events while the node's switch is on."""
@@ -331,7 +338,7 @@ class Executor:
             logger.error("Decoding message %s raised %s", delivery.tag, type(exc).__name__, exc_info=exc)
             self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
 
-    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0911, PLR0912, PLR0915 - a return per ending; set-up inline (per task)
+    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0912 - a return per ending; set-up inline (per task)
         """Record STARTED (``track_started``), set up the time limits, then call the task inside its
         guard (time limits, terminate); never raises for what it did."""
         msg, task, request, args, kwargs = job.msg, job.task, job.request, job.args, job.kwargs
@@ -373,30 +380,45 @@ class Executor:
                 if task.hooked and "before_start" in task.hooked:
                     task.before_start(msg.id, args, kwargs)
                 value = task.entry(*args, **kwargs)
+                if type(value) is CoroutineType:  # an ``async def`` task: run on this thread's loop
+                    value = self._thread_loop().run(value)
                 if FAILPOINT is not None:
                     failpoint.hit("during_run")
             finally:
                 guard.leave()
-        except Ignore:
-            return ("ignored", None, None, 0.0)
-        except Retry as retry:
-            return ("retried", retry, None, 0.0)
-        except Reject as rej:
-            return ("rejected", rej, None, 0.0)
-        except TaskTerminated:
-            return ("terminated", None, None, 0.0)
         except Exception as exc:
             if isinstance(exc, SoftTimeLimitExceeded) and not exc.args and guard.requested[0] == guard.run:
                 exc.args = (guard.requested[1],)  # raised asynchronously (threads pool): by class only
-            if self._auto_retry(task, request, exc):  # while the request is current: retry() reads it
-                return ("autoretried", exc, None, 0.0)
-            return ("failed", exc, traceback.format_exc(), time.perf_counter() - started)
+            return self.outcome_of(task, request, exc, started)
         else:
             return ("succeeded", value, None, time.perf_counter() - started)
         finally:
             pop_request()
             self.current = None
             self.processed[msg.task] += 1
+
+    def outcome_of(self, task: Task[Any, Any], request: Request, exc: Exception, started: float) -> Outcome:
+        """The outcome of a run that raised ``exc``; called while the request is current (an
+        ``autoretry_for`` retry reads it) and inside the ``except`` (a failure's traceback)."""
+        if isinstance(exc, Ignore):
+            return ("ignored", None, None, 0.0)
+        if isinstance(exc, Retry):
+            return ("retried", exc, None, 0.0)
+        if isinstance(exc, Reject):
+            return ("rejected", exc, None, 0.0)
+        if isinstance(exc, TaskTerminated):
+            return ("terminated", None, None, 0.0)
+        if self._auto_retry(task, request, exc):
+            return ("autoretried", exc, None, 0.0)
+        return ("failed", exc, traceback.format_exc(), time.perf_counter() - started)
+
+    def _thread_loop(self) -> ThreadLoop:
+        """This executor thread's event loop for ``async def`` tasks, made on the first one."""
+        if self._loop is None:
+            from rqueue.worker.coroutine import ThreadLoop  # noqa: PLC0415 - only a worker with async tasks
+
+            self._loop = ThreadLoop(self.guard)
+        return self._loop
 
     def settle(self, job: Admitted, outcome: Outcome) -> None:
         """Log the outcome, call the hooks, record the result and ack (batched)."""
@@ -597,6 +619,16 @@ class Executor:
             return
         results, acks, parts = self.results, self.acks, self.chord_parts
         self.results, self.acks, self.chord_parts = [], [], []
+        self.write(results, acks, parts, give_up_after_s)
+
+    def write(
+        self,
+        results: list[tuple[str, str, bytes]],
+        acks: list[str],
+        parts: list[chord_join.Part],
+        give_up_after_s: float | None = None,
+    ) -> None:
+        """Write one batch taken by ``flush``: results (and chord counts), then acks; see ``flush``."""
         if not results and not parts and FAILPOINT is None:
             # Acks alone: the fetching thread sends them before its next fetch (and retries
             # them), so this thread runs the next task instead of waiting a round trip.

@@ -129,6 +129,10 @@ class TaskGuard:
         #: The run for which a soft limit was requested, and the limit (watchdog → signal handler).
         self.requested: tuple[int, float] = (0, 0.0)
         self._async_pending = False
+        #: Set while the task runs a coroutine on this thread's event loop: an exception for the
+        #: task goes through it (onto the loop) instead of being raised asynchronously, which would
+        #: wait for the loop's sleep in C to end (``rqueue.worker.coroutine.ThreadLoop``).
+        self.deliver: Callable[[type[BaseException]], None] | None = None
 
     def enter(self, task_id: str, name: str, soft: float | None) -> None:
         with self._lock:
@@ -158,6 +162,10 @@ class TaskGuard:
         with self._lock:
             if not (self.inside and self.run == run):
                 return False
+            deliver = self.deliver
+            if deliver is not None:
+                deliver(exc_type)
+                return True
             self._async_pending = _set_async_exc(self.thread_id, exc_type) == 1
             return self._async_pending
 
