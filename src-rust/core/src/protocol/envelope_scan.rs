@@ -2,7 +2,7 @@
 //! them. It reads nothing serde_json would read differently: a string with an escape, a
 //! fraction or exponent in a value it keeps, an integer out of `i64`, deep nesting or anything
 //! malformed make it give up (`None`), and [`decode_envelope`](super::envelope::decode_envelope)
-//! then takes the serde_json path, which gives the same result or the precise error. What it
+//! then takes the serde_json path ([`envelope_read`](super::envelope_read)), which gives the same result or the precise error. What it
 //! skips it still validates, so an envelope is never accepted here that serde_json would refuse.
 //!
 //! Why: the serde visitor machinery cost ~60 instructions per byte of a typical 850-byte
@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use crate::codec::{self, Value};
-use crate::protocol::envelope::{
+use crate::protocol::envelope_read::{
     Members, RawEnvelope, Text, ENVELOPE_KEYS, HEADER_KEYS, PROPERTY_KEYS,
 };
 
@@ -314,7 +314,7 @@ impl<'a> Scanner<'a> {
 mod tests {
     use super::scan_envelope;
     use crate::codec::{self, Value};
-    use crate::protocol::envelope::raw_envelope;
+    use crate::protocol::envelope_read::raw_envelope;
     use proptest::prelude::*;
 
     /// The scan either gives up or reads exactly what serde_json's path reads.

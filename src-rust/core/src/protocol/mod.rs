@@ -4,6 +4,7 @@
 //! headers, properties and raw body instead of the envelope.
 
 pub mod envelope;
+mod envelope_read;
 mod envelope_scan;
 pub mod iso8601;
 pub mod message;
