@@ -15,11 +15,12 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rqueue import serialization, states
 from rqueue.backends.base import ResultBackend
+from rqueue.backends.waiting import Outcome, ready_outcome
 from rqueue.exceptions import BackendError, ConfigurationError, TimeoutError
 
 if TYPE_CHECKING:
@@ -101,6 +102,36 @@ class RpcBackend(ResultBackend):
         with self._lock:
             self._latest.pop(task_id, None)
             self._sent.pop(task_id, None)
+
+    # -- awaiting (``await result.aget()``): one reply consumer per loop feeds every awaiter -----
+
+    def _collect_now(self, task_ids: Sequence[str]) -> list[Outcome]:
+        """The states already taken from the reply queue (no I/O: the pump's thread may be receiving)."""
+        outcomes: list[Outcome] = []
+        for task_id in task_ids:
+            try:
+                outcomes.append(self._meta(task_id))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _collect_mark(self) -> int | None:
+        return 0  # the reply queue itself wakes a waiting receive: nothing to mark
+
+    def _collect_wait(self, task_ids: Sequence[str], mark: int | None, wait_s: float) -> list[Outcome]:
+        """Take what the reply queue holds; when no awaited task is ready, wait up to ``wait_s`` for more."""
+        self._take(0.0)
+        outcomes = self._collect_now(task_ids)
+        if wait_s > 0 and not any(ready_outcome(o) for o in outcomes):
+            self._take(wait_s)
+            outcomes = self._collect_now(task_ids)
+        return outcomes
+
+    async def aget_meta(self, task_id: str) -> dict[str, Any]:
+        if self._async_waiters.get().waiting:
+            # A pump is receiving (holding the queue up to a slice): what it took is in memory.
+            return self._meta(task_id)
+        return await self._async_pool.run(self.get_meta, task_id)
 
     def _meta(self, task_id: str) -> dict[str, Any]:
         with self._lock:
