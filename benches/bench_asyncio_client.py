@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             tasks.app.broker.purge(["celery"])
 
             worker_log = workdir / "worker.log"
+            cmd = [sys.executable, "-m", "rqueue", "-A", "tasks", "worker", "-c", "2", "--loglevel=info"]
             worker = subprocess.Popen(
-                [sys.executable, "-m", "rqueue", "-A", "tasks", "worker", "-c", "2", "--loglevel=info", "--logfile", str(worker_log)],
+                [*cmd, "--logfile", str(worker_log)],
                 cwd=workdir,
                 env={**os.environ, "PYTHONPATH": str(workdir)},
                 stdout=(workdir / "worker.out").open("w"),

@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from conftest import Project, free_port
+from conftest import Project, RedisServer, free_port
 from rqueue import App, AsyncResult
 from rqueue.backends import redis_async, waiting
+from rqueue.backends.base import ResultRecord
 from rqueue.canvas import chord, group
 from rqueue.exceptions import (
+    BackendError,
     BrokerConnectionError,
     ConfigurationError,
     ResultIgnoredError,
@@ -302,6 +304,12 @@ def test_asyncio_a_second_asyncio_run_does_not_reuse_the_dead_loops_connections(
 
     assert run(lambda: once(1)) == (2, 1)
     assert run(lambda: once(2)) == (4, 1)  # the first loop's waiter is gone with its loop
+    # A loop closed without cancelling its tasks (run_until_complete, then close): the next loop
+    # does not touch what the closed one left.
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(once(5)) == (10, 1)
+    loop.close()
+    assert run(lambda: once(6)) == (12, 1)
     # and from a thread's own loop, beside nothing else
     out: list[tuple[int, int]] = []
     thread = threading.Thread(target=lambda: out.append(run(lambda: once(3))))
@@ -318,6 +326,45 @@ def test_asyncio_result_stored_before_the_await_is_found(redis_project: Project)
     assert sent.get(timeout=30) == 42  # stored, and its notification long gone
     again = AsyncResult(sent.id, app=tasks.app)
     assert run(lambda: again.aget(timeout=10)) == 42
+
+
+@pytest.mark.redis
+def test_asyncio_await_survives_a_redis_restart_and_finds_the_result(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, persistent=True)
+    try:
+        app = App("restart", broker=server.url, backend=server.url)
+        backend = app.backend
+
+        async def main() -> Any:
+            pending = asyncio.ensure_future(AsyncResult("restarted-1", app=app).aget(timeout=60))
+            await asyncio.sleep(0.3)  # subscribed
+            await asyncio.get_running_loop().run_in_executor(None, server.stop)
+            await asyncio.sleep(0.5)  # the waiter sees the connection drop and retries meanwhile
+            await asyncio.get_running_loop().run_in_executor(None, server.start)
+            # Stored while the waiter may still be reconnecting: found by the GET after re-subscribing.
+            backend.store(ResultRecord("restarted-1", "SUCCESS", 42))
+            return await pending
+
+        assert run(main) == 42
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+def test_asyncio_unreachable_redis_raises_backend_error_after_the_retries(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    app = App("gone", broker=server.url, backend=server.url)
+    app.conf.result_backend_max_retries = 2
+    server.stop()
+
+    async def main() -> str:
+        with pytest.raises(BackendError) as raised:
+            await AsyncResult("never-1", app=app).aget(timeout=30)
+        return str(raised.value)
+
+    message = run(main)
+    assert "unreachable" in message and "result_backend_max_retries" in message
+    assert f"127.0.0.1:{server.port}" in message
 
 
 # -- SQLite: one pool thread pair per loop, however many awaits -------------------------------------

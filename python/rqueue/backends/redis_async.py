@@ -210,11 +210,13 @@ class RedisWaiter:
                     pause = min(pause * 2, RECONNECT_MAX_S)
                 finally:
                     self._conn = None
-                    with contextlib.suppress(Exception):
-                        await conn.disconnect()
+                    if not self.loop.is_closed():  # else the task is being destroyed: awaiting is not allowed
+                        with contextlib.suppress(Exception):
+                            await conn.disconnect()
         finally:
-            with contextlib.suppress(Exception):
-                await self.commands.connection_pool.disconnect()  # the pool is ours: Redis.aclose() leaves it
+            if not self.loop.is_closed():
+                with contextlib.suppress(Exception):
+                    await self.commands.connection_pool.disconnect()  # the pool is ours: Redis.aclose() leaves it
 
     async def _read_replies(self, conn: Any) -> None:
         pinged = False
