@@ -393,6 +393,34 @@ def test_asyncio_thousand_concurrent_awaits_on_sqlite_use_a_bounded_pool(sqlite_
     assert 1 <= peak <= waiting.POOL_THREADS
 
 
+# -- RabbitMQ rpc://: replies awaited on the loop, woken by the extension's datagrams --------------
+
+
+@pytest.mark.rabbitmq
+def test_asyncio_rpc_thousand_awaits_hold_no_thread(tmp_path: Path, amqp_url: str) -> None:
+    proj = Project(tmp_path, "amqp", None, amqp_url)
+    proj.backend_url = "rpc://"
+    try:
+        tasks = proj.app()
+        before = set(threading.enumerate())
+
+        async def main() -> tuple[list[int], int, bool]:
+            loop = asyncio.get_running_loop()
+            sent = await asyncio.gather(*(tasks.add.adelay(i, 2) for i in range(1000)))
+            waits = asyncio.gather(*(r.aget(timeout=120) for r in sent))
+            await asyncio.sleep(0.3)  # all awaiting: no worker yet
+            await loop.run_in_executor(None, proj.start_worker, "-c", "2")
+            values = await waits
+            pumps = sum(1 for t in threading.enumerate() if t.name.startswith("rqueue-results-") and t not in before)
+            return values, pumps, tasks.app.backend._bell_loop is loop
+
+        values, pumps, rung = run(main)
+        assert values == [i + 2 for i in range(1000)]
+        assert pumps == 0 and rung  # no pump thread: the loop itself was rung
+    finally:
+        proj.close()
+
+
 # -- bad input: the sync API's errors, nothing lost ---------------------------------------------------
 
 

@@ -10,7 +10,10 @@ per task. Only the client that sent a task can read its result.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
+import socket
 import threading
 import time
 import uuid
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rqueue import serialization, states
 from rqueue.backends.base import ResultBackend
-from rqueue.backends.waiting import Outcome, ready_outcome
+from rqueue.backends.waiting import LoopLocal, Outcome, not_ready_error, ready_outcome
 from rqueue.exceptions import BackendError, ConfigurationError, TimeoutError
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ class RpcBackend(ResultBackend):
         self._latest: dict[str, dict[str, Any]] = {}
         #: Worker side: where each running task's states go, ``task_id -> (reply_to, correlation_id)``.
         self._routes: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        #: The event loop the reply queue rings (``RpcBellWaiter``), if any.
+        self._bell_loop: asyncio.AbstractEventLoop | None = None
         _ = self.amqp  # a non-RabbitMQ broker is a configuration error now, not at the first result
 
     @property
@@ -127,11 +132,26 @@ class RpcBackend(ResultBackend):
             outcomes = self._collect_now(task_ids)
         return outcomes
 
+    async def await_meta(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        """Awaited on the loop itself: the extension rings a loopback UDP socket the loop watches
+        when a reply arrives (``RpcBellWaiter``). A loop that cannot watch sockets (Windows'
+        proactor loop), or a second loop while another one holds the bell, uses the threaded pump."""
+        waiter = self._bell_waiters.get()
+        if waiter.attach():
+            return await waiter.wait(task_id, timeout)
+        return await super().await_meta(task_id, timeout)
+
     async def aget_meta(self, task_id: str) -> dict[str, Any]:
-        if self._async_waiters.get().waiting:
-            # A pump is receiving (holding the queue up to a slice): what it took is in memory.
-            return self._meta(task_id)
-        return await self._async_pool.run(self.get_meta, task_id)
+        return self.get_meta(task_id)  # a zero-timeout receive never waits, not even for another thread's
+
+    @functools.cached_property
+    def _bell_waiters(self) -> LoopLocal[RpcBellWaiter]:
+        return LoopLocal(lambda loop: RpcBellWaiter(self, loop))
+
+    def _reply_queue(self) -> str:
+        """This process's reply queue, or "" before it sent a task."""
+        with self._lock:
+            return self._queue if self._pid == os.getpid() else ""
 
     def _meta(self, task_id: str) -> dict[str, Any]:
         with self._lock:
@@ -193,3 +213,109 @@ class RpcBackend(ResultBackend):
 
     def _delete(self, task_id: str) -> None:
         self.forget(task_id)
+
+
+#: While results are awaited, the bell waiter also reads the queue this often: a reply another
+#: thread's ``get()`` took (so no datagram told this loop) is found within this time.
+BELL_RECHECK_S = 1.0
+
+
+class RpcBellWaiter:
+    """The ``rpc://`` results awaited in one event loop, woken by the extension's datagrams."""
+
+    def __init__(self, backend: RpcBackend, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = backend
+        self.loop = loop
+        #: Awaited task id -> the futures of its awaiters.
+        self.waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._sock: socket.socket | None = None
+        self._queue = ""
+        self._recheck: asyncio.TimerHandle | None = None
+
+    def attach(self) -> bool:
+        """Have the reply queue ring this loop; False when it cannot (see ``RpcBackend.await_meta``)."""
+        queue = self.backend._reply_queue()
+        if not queue:
+            return False  # nothing sent from this process: the threaded path says so
+        if self._sock is not None and self._queue == queue:
+            return True
+        owner = self.backend._bell_loop
+        if owner is not None and owner is not self.loop and not owner.is_closed():
+            return False
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            self.loop.add_reader(sock.fileno(), self._on_ring)
+        except (NotImplementedError, OSError):
+            sock.close()
+            return False
+        self.backend.amqp.native.ring_on_push(queue, sock.getsockname()[1])
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        self._sock, self._queue = sock, queue
+        self.backend._bell_loop = self.loop
+        return True
+
+    async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        futures = self.waiting.setdefault(task_id, [])
+        futures.append(future)
+        self._collect()  # a reply that came before the bell was attached, or one already taken
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise not_ready_error(task_id, timeout) from None
+        finally:
+            if future in futures:
+                futures.remove(future)
+            if not futures and self.waiting.get(task_id) is futures:
+                del self.waiting[task_id]
+
+    def _on_ring(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            while sock.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return
+        self._collect()
+
+    def _collect(self) -> None:
+        """Take what the reply queue holds (never waiting) and answer the awaiters whose task is ready."""
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if not self.waiting:
+            return
+        try:
+            self.backend._take(0.0)
+        except Exception as exc:  # the reply queue is gone: its awaiters hear why
+            for futures in self.waiting.values():
+                _settle(futures, exc)
+            return
+        for task_id, futures in list(self.waiting.items()):
+            outcome: Outcome
+            try:
+                outcome = self.backend._meta(task_id)
+            except Exception as exc:
+                outcome = exc
+            if ready_outcome(outcome):
+                _settle(futures, outcome)
+        if self.waiting:
+            self._recheck = self.loop.call_later(BELL_RECHECK_S, self._collect)
+
+
+def _settle(futures: list[asyncio.Future[dict[str, Any]]], outcome: Outcome) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
