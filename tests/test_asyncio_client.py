@@ -421,6 +421,38 @@ def test_asyncio_rpc_thousand_awaits_hold_no_thread(tmp_path: Path, amqp_url: st
         proj.close()
 
 
+@pytest.mark.rabbitmq
+def test_asyncio_rpc_second_loop_at_the_same_time_uses_the_pump(tmp_path: Path, amqp_url: str) -> None:
+    proj = Project(tmp_path, "amqp", None, amqp_url)
+    proj.backend_url = "rpc://"
+    try:
+        tasks = proj.app()
+        proj.start_worker("-c", "2")
+        first_waiting = threading.Event()
+        out: dict[str, Any] = {}
+
+        async def first() -> None:  # holds the bell while the second loop awaits
+            slow = await tasks.sleep.adelay(1.5)
+            first_waiting.set()
+            out["first"] = await slow.aget(timeout=30)
+            out["bell"] = tasks.app.backend._bell_loop is asyncio.get_running_loop()
+
+        async def second() -> None:
+            first_waiting.wait(30)
+            out["second"] = await (await tasks.add.adelay(20, 22)).aget(timeout=30)
+            out["pumps"] = sum(1 for t in threading.enumerate() if t.name.startswith("rqueue-results-"))
+
+        threads = [threading.Thread(target=asyncio.run, args=(make(),)) for make in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert out["first"] == 1.5 and out["second"] == 42
+        assert out["bell"] is True and out["pumps"] >= 1
+    finally:
+        proj.close()
+
+
 # -- bad input: the sync API's errors, nothing lost ---------------------------------------------------
 
 
