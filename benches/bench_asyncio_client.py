@@ -1,4 +1,5 @@
-"""The asyncio client against the sync one, side by side in one run, on a private Redis.
+"""The asyncio client against the sync one, side by side in one run, on a private Redis (or an
+SQLite file: ``--backend sqlite``).
 
 Measured, with one worker (``rqueue -A tasks worker -c 2``, prefork, started through the CLI):
 
@@ -9,8 +10,8 @@ Measured, with one worker (``rqueue -A tasks worker -c 2``, prefork, started thr
   ``delay().get()`` in T threads (tasks/s end to end, the client's threads and RSS afterwards, the
   Redis connections it held at the peak).
 
-Run: ``python benches/bench_asyncio_client.py [--quick] [--sends N] [--roundtrips M] [--concurrent C]
-[--threads T,T2]``.
+Run: ``python benches/bench_asyncio_client.py [--quick] [--backend redis|sqlite] [--sends N]
+[--roundtrips M] [--concurrent C] [--threads T,T2]``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def rss_mib() -> float:
 
 
 def connections(url: str) -> int:
+    if not url.startswith("redis"):
+        return 0  # an SQLite file: no connections to count
     client = redis.Redis.from_url(url)
     try:
         return len(client.client_list()) - 1  # less this one
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roundtrips", type=int, default=1000)
     parser.add_argument("--concurrent", type=int, default=1000)
     parser.add_argument("--threads", default="64,1000", help="thread counts of the sync side, comma separated")
+    parser.add_argument("--backend", choices=["redis", "sqlite"], default="redis", help="broker and results")
     opts = parser.parse_args(argv)
     if opts.quick:
         opts.sends, opts.roundtrips, opts.concurrent, opts.threads = 500, 100, 200, "32"
@@ -102,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-asyncio-") as tmp:
         workdir = Path(tmp)
-        server = RedisServer(workdir)
-        url = server.url
+        server = RedisServer(workdir) if opts.backend == "redis" else None
+        url = server.url if server is not None else f"sqlite:///{workdir / 'bench.sqlite3'}"
         os.environ["BENCH_URL"] = url
         (workdir / "tasks.py").write_text(TASKS_PY)
         sys.path.insert(0, str(workdir))
@@ -147,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                 worker.terminate()
                 worker.wait(30)
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
 
     width = max(len(r[0]) for r in rows)
-    print(f"\nasyncio client vs sync client, Redis, one worker (prefork -c 2); {os.cpu_count()} CPUs")
+    print(f"\nasyncio client vs sync client, {opts.backend}, one worker (prefork -c 2); {os.cpu_count()} CPUs")
     print(f"{'':{width}}  {'sync':>28}  {'asyncio':>28}")
     for label, sync, aio in rows:
         print(f"{label:{width}}  {sync:>28}  {aio:>28}")
