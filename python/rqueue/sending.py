@@ -260,6 +260,8 @@ async def send_async(
 
     loop = asyncio.get_running_loop()
     plan = SendPlan(app, name, task, options)
+    if app._backend is None:  # opening it may connect (rpc:// opens the broker): not on the loop
+        await loop.run_in_executor(publisher(), lambda: app.backend)
     backend = app.backend
     if backend.routes_replies:
         # rpc:// declares this process's reply queue on its first message: a round trip, in the pool.
