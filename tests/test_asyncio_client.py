@@ -33,7 +33,14 @@ from rqueue.result import EagerResult, GroupResult
 T = TypeVar("T")
 
 
-@pytest.fixture(params=["redis", "sqlite", "rpc", "postgres"])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        "sqlite",
+        pytest.param("rpc", marks=pytest.mark.rabbitmq),
+        "postgres",
+    ]
+)
 def aproject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
     """A project on each kind of result backend the async client waits on differently."""
     kind = request.param
@@ -203,6 +210,7 @@ def _waiters(backend: Any) -> list[Any]:
 # -- groups: propagation ------------------------------------------------------------------------------
 
 
+@pytest.mark.redis
 def test_asyncio_group_aget_raises_the_first_failure_and_cancels_the_rest(redis_project: Project) -> None:
     tasks = redis_project.app()
     redis_project.start_worker("-c", "2")
@@ -457,6 +465,7 @@ def test_asyncio_rpc_second_loop_at_the_same_time_uses_the_pump(tmp_path: Path, 
 # -- bad input: the sync API's errors, nothing lost ---------------------------------------------------
 
 
+@pytest.mark.redis
 def test_asyncio_without_a_backend_aget_raises_the_sync_error(tmp_path: Path, redis_url: str) -> None:
     app = App("nobackend", broker=redis_url)
 

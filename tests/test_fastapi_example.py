@@ -87,7 +87,7 @@ class Stack:
                 proc.wait(10)
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "sqlite"])
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")
