@@ -376,6 +376,24 @@ def test_asyncio_unreachable_redis_raises_backend_error_after_the_retries(tmp_pa
     assert f"127.0.0.1:{server.port}" in message
 
 
+@pytest.mark.redis
+def test_asyncio_await_over_tls_with_the_urls_ca(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, tls=True)
+    try:
+        app = App("tls", broker=server.url, backend=server.url)
+
+        async def main() -> tuple[Any, Any]:
+            pending = asyncio.ensure_future(AsyncResult("tls-1", app=app).aget(timeout=30))
+            await asyncio.sleep(0.3)  # subscribed over TLS: the record arrives as a message
+            app.backend.store(ResultRecord("tls-1", "SUCCESS", "over tls"))
+            app.backend.store(ResultRecord("tls-2", "SUCCESS", "stored first"))
+            return await pending, await AsyncResult("tls-2", app=app).aget(timeout=30)
+
+        assert run(main) == ("over tls", "stored first")
+    finally:
+        server.stop()
+
+
 # -- SQLite: one pool thread pair per loop, however many awaits -------------------------------------
 
 
