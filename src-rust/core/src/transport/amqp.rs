@@ -1250,6 +1250,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn test_bell_rings_the_port_once_per_push_and_silent_when_unset() {
+        let listener = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bell: Mutex<Option<Bell>> = Mutex::new(None);
+        Bell::ring(&bell); // nobody asked: nothing sent, nothing fails
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        *lock(&bell) = Some(Bell { socket, to });
+        Bell::ring(&bell);
+        Bell::ring(&bell);
+        let mut buf = [0u8; 8];
+        for _ in 0..2 {
+            let (n, _) = listener.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[1]);
+        }
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.recv_from(&mut buf).is_err()); // exactly one datagram per ring
+    }
+
+    #[test]
     fn test_delayed_routing_key_matches_kombu() {
         // kombu: '.'.join(f'{5:028b}') + '.celery'
         let rk = delayed_routing_key(5, "celery");
