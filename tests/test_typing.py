@@ -30,6 +30,16 @@ SNIPPET = textwrap.dedent("""
     add.delay("x", 2)  # error
     bound.delay(1)  # error
     add.delay(1)  # error
+
+    async def use() -> None:
+        sent: AsyncResult[int] = await add.adelay(1, 2)
+        got: int = await sent.aget(timeout=1)
+        ready: bool = await sent.aready()
+        reveal_type(await add.aapply_async((1, 2), countdown=1))
+        reveal_type(await sent.aget())
+        await add.adelay("x", 2)  # error
+        await add.aapply_async((1, 2), no_such_option=1)  # error
+        text: str = await sent.aget()  # error
 """)
 
 
@@ -55,3 +65,9 @@ def test_typing_wrong_argument_types_are_rejected(mypy_output: str) -> None:
     errors = [int(line.split(":")[1]) for line in mypy_output.splitlines() if ": error:" in line]
     expected = [n for n, line in enumerate(SNIPPET.splitlines(), start=1) if line.endswith("# error")]
     assert errors == expected, mypy_output
+
+
+def test_typing_async_api_is_typed_like_the_sync_one(mypy_output: str) -> None:
+    revealed = [line for line in mypy_output.splitlines() if "Revealed type" in line]
+    assert 'Revealed type is "rqueue.result.AsyncResult[int]"' in revealed[1], mypy_output
+    assert 'Revealed type is "int"' in revealed[2], mypy_output

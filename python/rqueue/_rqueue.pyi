@@ -834,6 +834,9 @@ class AmqpBroker:
     def receive(self, queue: str, timeout_s: float, limit: int) -> list[tuple[bytes, str, str | None, str | None]]:
         """``(body, headers JSON, correlation_id, content_type)`` of a listened queue's messages,
         waiting up to ``timeout_s`` for the first (GIL released)."""
+    def ring_on_push(self, queue: str, port: int | None = None) -> None:
+        """Announce each message reaching listened ``queue`` with a one-byte UDP datagram to
+        127.0.0.1:``port`` (an event loop's wakeup); None stops."""
     def declare_reply_queue(self, queue: str, expires_ms: int | None = None) -> None:
         """Declare an ``rpc://`` client's reply queue as Celery does (durable, auto-delete, ``x-expires``)."""
     def publish_reply(

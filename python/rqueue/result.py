@@ -5,6 +5,7 @@ together (a group's). Results link up as Celery's do: ``parent`` (the previous s
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -118,6 +119,61 @@ class AsyncResult(Generic[R]):
         return cast(R, value)
 
     wait = get
+
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> R:
+        """``get()`` for a running event loop: await the task and return its value, no thread blocked
+        (Redis, ``rpc://``), or one thread of the backend's for all of the loop's awaits (SQLite,
+        PostgreSQL, memcached). The same arguments, value and errors as ``get()``.
+
+        Args:
+            timeout: Seconds to wait; ``rqueue.exceptions.TimeoutError`` when they run out.
+            propagate: Re-raise the task's exception when it failed; with False it is returned.
+            interval: Accepted for symmetry with ``get()``: results are pushed or signalled, and
+                a backend that can do neither is polled with pauses growing up to 0.5 s.
+            disable_sync_subtasks: Refuse to wait inside a running task, as ``get()`` does.
+        """
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        if self.ignored:
+            raise ResultIgnoredError(
+                f"task {self.id} was sent with ignore_result=True, so no result will ever be stored"
+            )
+        meta = self._final or await self.backend.await_meta(self.id, timeout)
+        self._final = meta
+        value = self._value(meta)
+        if isinstance(value, BaseException) and propagate:
+            raise value
+        return cast(R, value)
+
+    async def _ameta(self) -> dict[str, Any]:
+        if self._final is not None:
+            return self._final
+        meta = await self.backend.aget_meta(self.id)
+        if meta["status"] in states.READY_STATES:
+            self._final = meta
+        return meta
+
+    async def astate(self) -> str:
+        """``state``, read without blocking the running loop."""
+        return str((await self._ameta())["status"])
+
+    async def aready(self) -> bool:
+        """``ready()``, read without blocking the running loop."""
+        return await self.astate() in states.READY_STATES
+
+    async def asuccessful(self) -> bool:
+        """``successful()``, read without blocking the running loop."""
+        return await self.astate() == states.SUCCESS
+
+    async def afailed(self) -> bool:
+        """``failed()``, read without blocking the running loop."""
+        return await self.astate() == states.FAILURE
 
     @property
     def result(self) -> R | BaseException | None:
@@ -301,6 +357,93 @@ class ResultSet(AsyncResult[list[Any]]):
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(pause * 1.5, interval)
 
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        """``get()`` for a running event loop (see ``ajoin``)."""
+        return await self.ajoin(timeout, propagate, interval, disable_sync_subtasks)
+
+    async def ajoin(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        """``join()`` for a running event loop: every result awaited at once (one shared waiter per
+        backend and loop), their values in order. With ``propagate`` a failure raises as soon as it
+        is seen (the first in order among those seen together); the other awaits are cancelled."""
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        plain = [r for r in self._leaves() if r._final is None]
+        backend = self.backend
+        by_id: dict[str, list[AsyncResult[Any]]] = {}
+        for r in plain:
+            by_id.setdefault(r.id, []).append(r)
+        pending: dict[asyncio.Future[dict[str, Any]], str] = {
+            asyncio.ensure_future(backend.await_meta(task_id, None)): task_id for task_id in by_id
+        }
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        try:
+            while pending:
+                left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+                done, _ = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise TimeoutError(
+                        f"{len(pending)} of {len(self._leaves())} results were not ready within {timeout} s"
+                    )
+                for future in done:
+                    meta = future.result()  # a backend error raises here
+                    for r in by_id[pending.pop(future)]:
+                        r._final = meta
+                if propagate:  # fail fast: the first failure in order raises now
+                    self._raise_first_failure(plain)
+        finally:
+            for future in pending:
+                future.cancel()
+            if pending:  # let the cancelled awaits leave their waiters before returning
+                await asyncio.wait(pending)
+        if propagate:  # results ready before the call: the same rule, in order
+            self._raise_first_failure(self._leaves())
+        return self._values()
+
+    def _raise_first_failure(self, results: list[AsyncResult[Any]]) -> None:
+        """Raise the failure (or revocation) of the first of ``results`` known to have one."""
+        for r in results:
+            meta = r._final
+            if meta is not None and meta["status"] in states.PROPAGATE_STATES:
+                value = self._value(meta)
+                raise value if isinstance(value, BaseException) else TaskRevokedError(str(value))
+
+    async def _aleaf_states(self) -> list[str]:
+        """The state of every leaf, read without blocking the running loop (one round trip where the backend can)."""
+        plain = self._leaves()
+        todo = [r for r in plain if r._final is None]
+        read = dict(zip(todo, await self.backend.aget_many_meta([r.id for r in todo]), strict=True)) if todo else {}
+        found = []
+        for r in plain:
+            meta = r._final or read[r]
+            if meta["status"] in states.READY_STATES:
+                r._final = meta
+            found.append(str(meta["status"]))
+        return found
+
+    async def astate(self) -> str:
+        """``state``, read without blocking the running loop."""
+        found = await self._aleaf_states()
+        for state in (states.FAILURE, states.REVOKED):
+            if state in found:
+                return state
+        return states.SUCCESS if all(s == states.SUCCESS for s in found) else states.PENDING
+
+    async def aready(self) -> bool:
+        """``ready()``, read without blocking the running loop."""
+        return all(s in states.READY_STATES for s in await self._aleaf_states())
+
     def _leaves(self) -> list[AsyncResult[Any]]:
         leaves: list[AsyncResult[Any]] = []
         for r in self.results:
@@ -451,6 +594,18 @@ class EagerResult(AsyncResult[R]):
         return self._value_now  # type: ignore[no-any-return]
 
     wait = get
+
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> R:
+        return self.get(timeout, propagate, interval, disable_sync_subtasks)
+
+    async def _ameta(self) -> dict[str, Any]:
+        return self._meta()
 
     @property
     def result(self) -> Any:

@@ -1,11 +1,17 @@
 """How task calls become messages: a ``SendPlan`` resolves a send's options once (task options,
 serializer, parent, links, limits, route when it does not depend on the arguments), then encodes
-each call (``SendPlan.outgoing``), so a batch pays for the options once, not per message."""
+each call (``SendPlan.outgoing``), so a batch pays for the options once, not per message.
+``send_async`` is the same send from a running event loop (``await task.adelay(...)``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -15,6 +21,7 @@ from rqueue.config import time_limit_value
 from rqueue.exceptions import ConfigurationError
 from rqueue.options import SEND_OPTIONS, SendOptions
 from rqueue.request import current_request
+from rqueue.result import AsyncResult
 
 if TYPE_CHECKING:
     from rqueue.app import App
@@ -215,6 +222,58 @@ class SendPlan:
             "exchange": exchange,
             "routing_key": routing_key,
         }
+
+
+#: Threads publishing for event loops (per process): a publish blocks in the extension (GIL
+#: released) for a round trip, and through retries while the broker is unreachable; in a thread it
+#: never stalls the loop. A few suffice: each is busy for one round trip per message.
+PUBLISH_THREADS = 4
+
+_publisher: tuple[int, ThreadPoolExecutor] | None = None
+_publisher_lock = threading.Lock()
+
+
+def publisher() -> ThreadPoolExecutor:
+    """The publishing threads of this process (made on first use, and again after a fork)."""
+    global _publisher
+    with _publisher_lock:
+        if _publisher is None or _publisher[0] != os.getpid():
+            _publisher = (os.getpid(), ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="rqueue-publish"))
+        return _publisher[1]
+
+
+async def send_async(
+    app: App,
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    task: Task[Any, Any] | None,
+    options: SendOptions,
+) -> AsyncResult[Any]:
+    """``app.send_task`` from a running event loop: the message is built here (so bad arguments and
+    options raise in the caller, and a task sent from a running task gets its parent), then
+    published in a ``publisher()`` thread with the same signals, retries and errors as ``delay``.
+
+    Cancelling the await does not recall a message already handed to the thread: it may be sent.
+    """
+    from rqueue.app import _add_to_parent  # noqa: PLC0415 - the app imports this module
+
+    loop = asyncio.get_running_loop()
+    plan = SendPlan(app, name, task, options)
+    if app._backend is None:  # opening it may connect (rpc:// opens the broker): not on the loop
+        await loop.run_in_executor(publisher(), lambda: app.backend)
+    backend = app.backend
+    if backend.routes_replies:
+        # rpc:// declares this process's reply queue on its first message: a round trip, in the pool.
+        message = await loop.run_in_executor(publisher(), plan.outgoing, args, kwargs)
+    else:
+        message = plan.outgoing(args, kwargs)
+    context = contextvars.copy_context()
+    await loop.run_in_executor(publisher(), context.run, app._publish, message, options)
+    result: AsyncResult[Any] = AsyncResult(message.task_id, backend, ignored=message.ignore_result, app=app)
+    if options.get("add_to_parent", True):
+        _add_to_parent(result)
+    return result
 
 
 #: Argument reprs in ``task-sent`` events are cut to this many characters (as the message's headers).

@@ -16,6 +16,7 @@ from rqueue.exceptions import ConfigurationError, Ignore, MaxRetriesExceededErro
 from rqueue.options import SendOptions
 from rqueue.rates import check_rate
 from rqueue.request import ExceptionInfo, Request, custom_headers, pop_request, push_request, request_stack
+from rqueue.sending import send_async
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -364,6 +365,26 @@ class Task(Generic[P, R]):
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, self, **options)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> _AsyncResult[R]:
+        """``delay`` from a running event loop: ``await add.adelay(2, 2)``; see ``aapply_async``."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> _AsyncResult[R]:
+        """``apply_async`` from a running event loop, with the same options and errors: the message
+        is built in the caller and published in a small thread pool, so a slow or unreachable broker
+        never stalls the loop (``rqueue.sending.send_async``). ``await result.aget()`` waits for it.
+        With ``task_always_eager`` the task runs here and now, as ``apply_async`` does."""
+        if self.option("typing") is not False:
+            self.check_arguments(args or (), kwargs or {})
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        return await send_async(self.app, self.name, args, kwargs, self, options)
 
     def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError, here in the caller, when ``args``/``kwargs`` do not fit the task's signature."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple, NoReturn
 
 from rqueue import serialization, states
+from rqueue.backends.waiting import BackendPool, LoopLocal, Outcome, ThreadedWaiter, ready_outcome
 from rqueue.exceptions import ConfigurationError, DecodeError, TimeoutError
 from rqueue.urls import mask_password
 
@@ -169,6 +171,55 @@ class ResultBackend(ABC):
         """The stored meta of several tasks (a backend that can reads them in one round trip)."""
         return [self.get_meta(task_id) for task_id in task_ids]
 
+    # -- waiting inside an event loop (``await result.aget()``; ``rqueue.backends.waiting``) -------
+
+    async def await_meta(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        """The ready meta of a task, awaited without blocking the running loop; TimeoutError after
+        ``timeout`` seconds. This default reads in the backend's small thread pool, for every
+        awaiter of the loop at once (``ThreadedWaiter``); a backend with an asynchronous client
+        overrides it."""
+        return await self._async_waiters.get().wait(task_id, timeout)
+
+    async def aget_meta(self, task_id: str) -> dict[str, Any]:
+        """``get_meta`` without blocking the running loop (in the backend's thread pool)."""
+        return await self._async_pool.run(self.get_meta, task_id)
+
+    async def aget_many_meta(self, task_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``get_many_meta`` without blocking the running loop (in the backend's thread pool)."""
+        return await self._async_pool.run(self.get_many_meta, list(task_ids))
+
+    @functools.cached_property
+    def _async_pool(self) -> BackendPool:
+        return BackendPool(f"rqueue-results-{type(self).__name__}")
+
+    @functools.cached_property
+    def _async_waiters(self) -> LoopLocal[ThreadedWaiter]:
+        return LoopLocal(lambda loop: ThreadedWaiter(self, loop, self._async_pool))
+
+    def _collect_now(self, task_ids: Sequence[str]) -> list[Outcome]:
+        """(In the pool) the meta of each task, or the error reading it raised."""
+        try:
+            return list(self.get_many_meta(task_ids))
+        except Exception:  # find whose read fails: only its awaiters get the error
+            outcomes: list[Outcome] = []
+            for task_id in task_ids:
+                try:
+                    outcomes.append(self.get_meta(task_id))
+                except Exception as exc:
+                    outcomes.append(exc)
+            return outcomes
+
+    def _collect_mark(self) -> int | None:
+        """(In the pool) a mark to wait for stores after (``_results_mark``); None: poll instead."""
+        return self._results_mark()
+
+    def _collect_wait(self, task_ids: Sequence[str], mark: int | None, wait_s: float) -> list[Outcome]:
+        """(In the pool) read the tasks; when none is ready, wait up to ``wait_s`` for a store after ``mark``."""
+        outcomes = self._collect_now(task_ids)
+        if mark is not None and wait_s > 0 and not any(ready_outcome(o) for o in outcomes):
+            self._wait_results(mark, wait_s)
+        return outcomes
+
     def forget(self, task_id: str) -> None:
         """Delete what is stored about a task."""
         self._delete(task_id)
@@ -299,6 +350,15 @@ class DisabledBackend(ResultBackend):
             "no result backend is configured, so results are not stored: set result_backend "
             "(e.g. App(..., backend='sqlite:///results.db'))"
         )
+
+    async def await_meta(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        return self.get_meta(task_id)  # raises the same error as the synchronous get()
+
+    async def aget_meta(self, task_id: str) -> dict[str, Any]:
+        return self.get_meta(task_id)
+
+    async def aget_many_meta(self, task_ids: Sequence[str]) -> list[dict[str, Any]]:
+        return self.get_many_meta(task_ids)
 
     def write_encoded(self, items: list[tuple[str, str, bytes]]) -> None:
         return None

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -30,8 +30,12 @@ from redis.retry import Retry
 
 from rqueue import _rqueue, serialization, states
 from rqueue.backends.base import CHORD_DONE_KEPT_S, ChordCount, ResultBackend
+from rqueue.backends.waiting import LoopLocal
 from rqueue.exceptions import BackendError, DecodeError, TimeoutError
 from rqueue.urls import mask_password, redis_py_url, redis_server_of
+
+if TYPE_CHECKING:
+    from rqueue.backends.redis_async import RedisWaiter
 
 logger = logging.getLogger("rqueue")
 
@@ -440,6 +444,24 @@ class RedisBackend(ResultBackend):
                 backoff = min(backoff * 2, 1.0)
         finally:
             self._leave(channel)
+
+    # -- awaiting inside an event loop (``rqueue.backends.redis_async``) ------------------------------
+
+    async def await_meta(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        """The task's ready meta, awaited on the loop's shared pub/sub connection (no thread)."""
+        return await self._redis_waiters.get().wait(task_id, timeout)
+
+    async def aget_meta(self, task_id: str) -> dict[str, Any]:
+        return await self._redis_waiters.get().get_meta(task_id)
+
+    async def aget_many_meta(self, task_ids: Any) -> list[dict[str, Any]]:
+        return await self._redis_waiters.get().get_many_meta(list(task_ids))
+
+    @functools.cached_property
+    def _redis_waiters(self) -> LoopLocal[RedisWaiter]:
+        from rqueue.backends.redis_async import RedisWaiter  # noqa: PLC0415 - redis.asyncio only for async callers
+
+        return LoopLocal(lambda loop: RedisWaiter(self, loop))
 
     # -- pub/sub (callers hold self._lock) --------------------------------------------------------
 

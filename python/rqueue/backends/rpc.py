@@ -10,16 +10,20 @@ per task. Only the client that sent a task can read its result.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
+import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rqueue import serialization, states
 from rqueue.backends.base import ResultBackend
+from rqueue.backends.waiting import LoopLocal, Outcome, not_ready_error, ready_outcome
 from rqueue.exceptions import BackendError, ConfigurationError, TimeoutError
 
 if TYPE_CHECKING:
@@ -50,6 +54,8 @@ class RpcBackend(ResultBackend):
         self._latest: dict[str, dict[str, Any]] = {}
         #: Worker side: where each running task's states go, ``task_id -> (reply_to, correlation_id)``.
         self._routes: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        #: The event loop the reply queue rings (``RpcBellWaiter``), if any.
+        self._bell_loop: asyncio.AbstractEventLoop | None = None
         _ = self.amqp  # a non-RabbitMQ broker is a configuration error now, not at the first result
 
     @property
@@ -101,6 +107,51 @@ class RpcBackend(ResultBackend):
         with self._lock:
             self._latest.pop(task_id, None)
             self._sent.pop(task_id, None)
+
+    # -- awaiting (``await result.aget()``): one reply consumer per loop feeds every awaiter -----
+
+    def _collect_now(self, task_ids: Sequence[str]) -> list[Outcome]:
+        """The states already taken from the reply queue (no I/O: the pump's thread may be receiving)."""
+        outcomes: list[Outcome] = []
+        for task_id in task_ids:
+            try:
+                outcomes.append(self._meta(task_id))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _collect_mark(self) -> int | None:
+        return 0  # the reply queue itself wakes a waiting receive: nothing to mark
+
+    def _collect_wait(self, task_ids: Sequence[str], mark: int | None, wait_s: float) -> list[Outcome]:
+        """Take what the reply queue holds; when no awaited task is ready, wait up to ``wait_s`` for more."""
+        self._take(0.0)
+        outcomes = self._collect_now(task_ids)
+        if wait_s > 0 and not any(ready_outcome(o) for o in outcomes):
+            self._take(wait_s)
+            outcomes = self._collect_now(task_ids)
+        return outcomes
+
+    async def await_meta(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        """Awaited on the loop itself: the extension rings a loopback UDP socket the loop watches
+        when a reply arrives (``RpcBellWaiter``). A loop that cannot watch sockets (Windows'
+        proactor loop), or a second loop while another one holds the bell, uses the threaded pump."""
+        waiter = self._bell_waiters.get()
+        if waiter.attach():
+            return await waiter.wait(task_id, timeout)
+        return await super().await_meta(task_id, timeout)
+
+    async def aget_meta(self, task_id: str) -> dict[str, Any]:
+        return self.get_meta(task_id)  # a zero-timeout receive never waits, not even for another thread's
+
+    @functools.cached_property
+    def _bell_waiters(self) -> LoopLocal[RpcBellWaiter]:
+        return LoopLocal(lambda loop: RpcBellWaiter(self, loop))
+
+    def _reply_queue(self) -> str:
+        """This process's reply queue, or "" before it sent a task."""
+        with self._lock:
+            return self._queue if self._pid == os.getpid() else ""
 
     def _meta(self, task_id: str) -> dict[str, Any]:
         with self._lock:
@@ -162,3 +213,109 @@ class RpcBackend(ResultBackend):
 
     def _delete(self, task_id: str) -> None:
         self.forget(task_id)
+
+
+#: While results are awaited, the bell waiter also reads the queue this often: a reply another
+#: thread's ``get()`` took (so no datagram told this loop) is found within this time.
+BELL_RECHECK_S = 1.0
+
+
+class RpcBellWaiter:
+    """The ``rpc://`` results awaited in one event loop, woken by the extension's datagrams."""
+
+    def __init__(self, backend: RpcBackend, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = backend
+        self.loop = loop
+        #: Awaited task id -> the futures of its awaiters.
+        self.waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._sock: socket.socket | None = None
+        self._queue = ""
+        self._recheck: asyncio.TimerHandle | None = None
+
+    def attach(self) -> bool:
+        """Have the reply queue ring this loop; False when it cannot (see ``RpcBackend.await_meta``)."""
+        queue = self.backend._reply_queue()
+        if not queue:
+            return False  # nothing sent from this process: the threaded path says so
+        if self._sock is not None and self._queue == queue:
+            return True
+        owner = self.backend._bell_loop
+        if owner is not None and owner is not self.loop and not owner.is_closed():
+            return False
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            self.loop.add_reader(sock.fileno(), self._on_ring)
+        except (NotImplementedError, OSError):
+            sock.close()
+            return False
+        self.backend.amqp.native.ring_on_push(queue, sock.getsockname()[1])
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        self._sock, self._queue = sock, queue
+        self.backend._bell_loop = self.loop
+        return True
+
+    async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        futures = self.waiting.setdefault(task_id, [])
+        futures.append(future)
+        self._collect()  # a reply that came before the bell was attached, or one already taken
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise not_ready_error(task_id, timeout) from None
+        finally:
+            if future in futures:
+                futures.remove(future)
+            if not futures and self.waiting.get(task_id) is futures:
+                del self.waiting[task_id]
+
+    def _on_ring(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            while sock.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return
+        self._collect()
+
+    def _collect(self) -> None:
+        """Take what the reply queue holds (never waiting) and answer the awaiters whose task is ready."""
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if not self.waiting:
+            return
+        try:
+            self.backend._take(0.0)
+        except Exception as exc:  # the reply queue is gone: its awaiters hear why
+            for futures in self.waiting.values():
+                _settle(futures, exc)
+            return
+        for task_id, futures in list(self.waiting.items()):
+            outcome: Outcome
+            try:
+                outcome = self.backend._meta(task_id)
+            except Exception as exc:
+                outcome = exc
+            if ready_outcome(outcome):
+                _settle(futures, outcome)
+        if self.waiting:
+            self._recheck = self.loop.call_later(BELL_RECHECK_S, self._collect)
+
+
+def _settle(futures: list[asyncio.Future[dict[str, Any]]], outcome: Outcome) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -239,6 +239,14 @@ impl AmqpBroker {
         .map_py(py)
     }
 
+    /// Announce each message reaching listened `queue` with a one-byte UDP datagram to
+    /// 127.0.0.1:`port` (an event loop's wakeup); `None` stops.
+    #[pyo3(signature = (queue, port = None))]
+    fn ring_on_push(&self, py: Python<'_>, queue: String, port: Option<u16>) -> PyResult<()> {
+        py.detach(|| self.inner.ring_on_push(&queue, port))
+            .map_py(py)
+    }
+
     fn unlisten(&self, py: Python<'_>, queue: String) -> PyResult<()> {
         py.detach(|| self.inner.unlisten(&queue)).map_py(py)
     }

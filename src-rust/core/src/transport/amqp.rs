@@ -523,6 +523,26 @@ pub struct Pushed {
 struct Listener {
     channel: Channel,
     rx: Mutex<std::sync::mpsc::Receiver<std::result::Result<Pushed, String>>>,
+    /// Where a message's arrival is announced, when someone asked (`ring_on_push`).
+    bell: Arc<Mutex<Option<Bell>>>,
+}
+
+/// A one-byte UDP datagram to a loopback port per pushed message: an event loop waits for it
+/// like for any socket (asyncio's `add_reader`) and then takes the messages with a zero-timeout
+/// `receive`, so no thread of the client is blocked waiting. A lost or spurious datagram is
+/// harmless: the reader always takes everything the queue holds.
+struct Bell {
+    socket: std::net::UdpSocket,
+    to: std::net::SocketAddr,
+}
+
+impl Bell {
+    fn ring(bell: &Mutex<Option<Bell>>) {
+        if let Some(b) = lock(bell).as_ref() {
+            // Non-blocking: a full socket buffer means unread datagrams, which wake the reader anyway.
+            let _ = b.socket.send_to(&[1], b.to);
+        }
+    }
 }
 
 /// The publishing and administering side of a RabbitMQ broker, one per process.
@@ -1045,6 +1065,8 @@ impl AmqpBroker {
     pub fn listen(&self, queue: &str) -> Result<()> {
         let cfg = &self.cfg;
         let (tx, rx) = std::sync::mpsc::channel();
+        let bell: Arc<Mutex<Option<Bell>>> = Arc::new(Mutex::new(None));
+        let ringing = Arc::clone(&bell);
         let channel = self.on_link(|link| async move {
             let ch = link.conn.create_channel().await.map_err(|e| cfg.err(e))?;
             let options = lapin::options::BasicConsumeOptions {
@@ -1069,7 +1091,11 @@ impl AmqpBroker {
                         }
                     });
                     let failed = msg.is_err();
-                    if tx.send(msg.map_err(|e| e.to_string())).is_err() || failed {
+                    if tx.send(msg.map_err(|e| e.to_string())).is_err() {
+                        break;
+                    }
+                    Bell::ring(&ringing);
+                    if failed {
                         break;
                     }
                 }
@@ -1079,19 +1105,51 @@ impl AmqpBroker {
         let listener = Arc::new(Listener {
             channel,
             rx: Mutex::new(rx),
+            bell,
         });
         lock(&self.listeners).insert(queue.to_string(), listener);
         Ok(())
     }
 
-    /// Messages of a listened queue: waits up to `timeout` for the first, then takes what
-    /// has arrived, at most `limit`.
-    pub fn receive(&self, queue: &str, timeout: Duration, limit: usize) -> Result<Vec<Pushed>> {
-        let listener = lock(&self.listeners)
+    /// Announces each message reaching listened `queue` with a one-byte UDP datagram to
+    /// 127.0.0.1:`port` (see `Bell`); `None` stops announcing.
+    pub fn ring_on_push(&self, queue: &str, port: Option<u16>) -> Result<()> {
+        let listener = self.listener(queue)?;
+        let bell = match port {
+            None => None,
+            Some(port) => {
+                let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .map_err(|e| self.cfg.err(format!("a bell for {queue:?}: {e}")))?;
+                let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                Some(Bell { socket, to })
+            }
+        };
+        *lock(&listener.bell) = bell;
+        Ok(())
+    }
+
+    fn listener(&self, queue: &str) -> Result<Arc<Listener>> {
+        lock(&self.listeners)
             .get(queue)
             .cloned()
-            .ok_or_else(|| Error::Config(format!("queue {queue:?} is not listened to")))?;
-        let rx = lock(&listener.rx);
+            .ok_or_else(|| Error::Config(format!("queue {queue:?} is not listened to")))
+    }
+
+    /// Messages of a listened queue: waits up to `timeout` for the first, then takes what
+    /// has arrived, at most `limit`. A zero `timeout` never waits, not even for another
+    /// thread's `receive` of the same queue (it then takes nothing).
+    pub fn receive(&self, queue: &str, timeout: Duration, limit: usize) -> Result<Vec<Pushed>> {
+        let listener = self.listener(queue)?;
+        let rx = if timeout.is_zero() {
+            match listener.rx.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(Vec::new()),
+            }
+        } else {
+            lock(&listener.rx)
+        };
         let mut out = Vec::new();
         let mut wait = timeout;
         while out.len() < limit {
@@ -1190,6 +1248,30 @@ fn dead_letter_of(queue: &str, d: &lapin::message::Delivery) -> DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_bell_rings_the_port_once_per_push_and_silent_when_unset() {
+        let listener = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bell: Mutex<Option<Bell>> = Mutex::new(None);
+        Bell::ring(&bell); // nobody asked: nothing sent, nothing fails
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        *lock(&bell) = Some(Bell { socket, to });
+        Bell::ring(&bell);
+        Bell::ring(&bell);
+        let mut buf = [0u8; 8];
+        for _ in 0..2 {
+            let (n, _) = listener.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[1]);
+        }
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.recv_from(&mut buf).is_err()); // exactly one datagram per ring
+    }
 
     #[test]
     fn test_delayed_routing_key_matches_kombu() {
