@@ -59,6 +59,7 @@ PEER_ROUNDTRIPS_DEFAULT = 50
 #: The rows of the table: (key, heading, higher is better).
 METRICS = (
     ("enqueue", "enqueue delay() /s", True),
+    ("enqueue_p50", "delay() p50 ms (one commit)", False),
     ("batch", "enqueue, batches of 1,000 /s", True),
     ("drain", "drain, no results /s", True),
     ("drain_results", "drain, results stored /s", True),
@@ -98,6 +99,7 @@ def rqueue_figures(url: str | None, opts: argparse.Namespace) -> tuple[dict[str,
 
     single, batch = run(scenario="enqueue")
     figures["enqueue"], figures["batch"] = single["tasks_s"], batch["tasks_s"]
+    figures["enqueue_p50"] = single["p50_ms"]
     (drain,) = run(scenario="drain")
     figures["drain"] = drain["tasks_s"]
     (drain,) = run(scenario="drain", results=True)
@@ -150,7 +152,7 @@ def huey_figures(server: PostgresServer, workdir: Path, opts: argparse.Namespace
     for config in ("fast", "default"):
         n = PEER_DRAIN_TASKS if config == "fast" else PEER_DRAIN_TASKS_DEFAULT
         n = max(50, int(n * quick))
-        figures = {"enqueue": harness.enqueue("huey_pg", config), "batch": math.nan}
+        figures = {"enqueue": harness.enqueue("huey_pg", config), "enqueue_p50": math.nan, "batch": math.nan}
         figures["drain"] = harness.drain("huey_pg", config, False, n=n)["tasks_s"]
         drained = harness.drain("huey_pg", config, True, n=n)
         figures["drain_results"] = drained["tasks_s"]
@@ -167,7 +169,7 @@ def huey_figures(server: PostgresServer, workdir: Path, opts: argparse.Namespace
 def fmt(value: float, key: str) -> str:
     if value is None or math.isnan(value):
         return "n/a"
-    return f"{value:,.2f}" if key.startswith("rt_") else f"{value:,.0f}"
+    return f"{value:,.2f}" if key.endswith("p50") or key.startswith("rt_") else f"{value:,.0f}"
 
 
 def ratio(base: float, other: float, higher: bool) -> str:

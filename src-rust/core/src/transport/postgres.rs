@@ -303,7 +303,7 @@ impl PgBroker {
         check_schema(&config.schema)?;
         let (url, reply_timeout) = split_reply_timeout(&config.url)
             .map_err(|e| Error::Config(format!("{masked}: {e}")))?;
-        let (plain_url, tls_mode) =
+        let (plain_url, tls_mode, client_cert) =
             split_tls(&url).map_err(|e| Error::Config(format!("{masked}: {e}")))?;
         let mut pg = postgres::Config::from_str(&plain_url).map_err(|e| {
             Error::Config(format!(
@@ -325,7 +325,8 @@ impl PgBroker {
         } else {
             pg.ssl_mode(SslMode::Require);
         }
-        let tls = connector(&tls_mode).map_err(|e| Error::Config(format!("{masked}: {e}")))?;
+        let tls = connector(&tls_mode, client_cert.as_ref())
+            .map_err(|e| Error::Config(format!("{masked}: {e}")))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -431,8 +432,10 @@ impl PgBroker {
         };
         let client = connected.map_err(|e| {
             let hint = if self.tls.is_some() {
-                "does the server take TLS (ssl=on), and does its certificate chain to sslrootcert (or \
-                 the system's roots) and name this host?"
+                "does the server take TLS (ssl=on), does its certificate chain to sslrootcert (or \
+                 the system's roots) and name this host, and, where it asks for a client \
+                 certificate, do sslcert and sslkey name one it accepts (signed by a CA of its \
+                 ssl_ca_file, for this user)?"
             } else {
                 "is PostgreSQL running there, and do the user, password and database exist?"
             };

@@ -186,10 +186,10 @@ pub fn is_silence(e: &(dyn StdError + 'static)) -> Option<Duration> {
         if let Some(s) = err.downcast_ref::<Silence>() {
             return Some(s.0);
         }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if let Some(s) = io.get_ref().and_then(|i| i.downcast_ref::<Silence>()) {
-                return Some(s.0);
-            }
+        // An io::Error's `source()` skips the error it wraps: step into that one instead.
+        if let Some(inner) = err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            cur = Some(inner);
+            continue;
         }
         cur = err.source();
     }
