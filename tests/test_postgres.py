@@ -194,6 +194,8 @@ def test_postgres_client_certificate_for_a_server_that_requires_one(tmp_path: Pa
         garbage.write_text("-----BEGIN NOTHING-----\n")
         with pytest.raises(ConfigurationError, match=f"sslkey={garbage}: cannot read a PEM private key"):
             _ = PostgresBroker(f"{tls}&sslcert={cert}&sslkey={garbage}").native
+        with pytest.raises(ConfigurationError, match="not a usable client certificate and key"):
+            _ = PostgresBroker(f"{tls}&sslcert={cert}&sslkey={key2}").native  # another certificate's key
         with pytest.raises(ConfigurationError, match="sslcert needs sslkey"):
             _ = PostgresBroker(f"{tls}&sslcert={cert}").native
         with pytest.raises(ConfigurationError, match="only apply to TLS connections"):

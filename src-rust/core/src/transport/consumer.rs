@@ -53,7 +53,7 @@ const LEASE_MIN: Duration = Duration::from_millis(30);
 ///
 /// Made on the consumer thread by the consumer's `connect` function and dropped after any
 /// error (the next step opens a new one).
-pub(crate) trait LeaseSource: Send + 'static {
+pub trait LeaseSource: Send + 'static {
     /// Leases up to `limit` messages of `queues` to this owner.
     fn fetch(&mut self, queues: &[String], limit: usize) -> Result<Vec<Delivery>>;
     /// Renews the leases of `held` (tags this owner fetched) and returns every tag the broker
@@ -132,8 +132,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A fetching thread bound to one buffer, generic over the transport.
-pub(crate) struct Consumer<S> {
+/// A fetching thread bound to one buffer, generic over the transport: each transport names its
+/// own (`PgConsumer`, `RedisConsumer`, `SqliteConsumer`) and adds its constructor, `new`.
+pub struct Consumer<S> {
     settings: Settings,
     connect: Connect<S>,
     buffer: Arc<PrefetchBuffer>,
@@ -153,7 +154,9 @@ impl<S> fmt::Debug for Consumer<S> {
 }
 
 impl<S: LeaseSource> Consumer<S> {
-    pub fn new(
+    /// A consumer of `settings` whose thread opens its connections with `connect` (what a
+    /// transport's `new` calls).
+    pub(crate) fn from_source(
         settings: Settings,
         connect: Connect<S>,
         buffer: Arc<PrefetchBuffer>,

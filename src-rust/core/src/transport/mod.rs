@@ -5,7 +5,7 @@
 pub mod amqp;
 pub mod amqp_consumer;
 pub mod amqp_frame;
-mod consumer;
+pub mod consumer;
 pub mod postgres;
 pub mod postgres_consumer;
 pub mod postgres_deadline;
