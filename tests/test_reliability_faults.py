@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,43 @@ def stranded(client: object) -> tuple[int, int]:
     return int(client.hlen("unacked")), owned  # type: ignore[attr-defined]
 
 
+class Producer:
+    """Sends ``sleep(0.01, key)`` every 50 ms from a thread, through a broker fault: each call returns
+    an id (``sent``), or fails saying the outcome is unknown (``unknown``) or that the broker refused
+    (``refused``); ``slowest`` is the longest call. ``reason`` must be in every unknown outcome's error."""
+
+    def __init__(self, tasks: Any, prefix: str, reason: str = "unknown") -> None:
+        self.tasks, self.prefix, self.reason = tasks, prefix, reason
+        self.sent: list[str] = []
+        self.unknown: list[str] = []
+        self.refused: list[str] = []
+        self.slowest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            key = f"{self.prefix}-{i}"
+            began = time.monotonic()
+            try:
+                self.tasks.sleep.delay(0.01, key)
+                self.sent.append(key)
+            except BrokerNoReplyError as exc:
+                assert "unknown" in str(exc) and self.reason in str(exc), exc
+                self.unknown.append(key)
+            except BrokerError:
+                self.refused.append(key)
+            self.slowest = max(self.slowest, time.monotonic() - began)
+            i += 1
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float = 30) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+
 # -- R11: Redis frozen (SIGSTOP) past the visibility timeout, under load -------------------------------
 
 
@@ -71,31 +109,7 @@ def test_r11_redis_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
 
     # A producer keeps sending through the freeze: each call returns an id, or fails within the
     # connection timeout saying whether the outcome is unknown.
-    sent: list[str] = []
-    unknown: list[str] = []
-    refused: list[str] = []
-    slowest = [0.0]
-    stop = threading.Event()
-
-    def produce() -> None:
-        i = 0
-        while not stop.is_set():
-            key = f"r11-live-{i}"
-            began = time.monotonic()
-            try:
-                tasks.sleep.delay(0.01, key)
-                sent.append(key)
-            except BrokerNoReplyError as exc:
-                assert "unknown" in str(exc)
-                unknown.append(key)
-            except BrokerError:
-                refused.append(key)
-            slowest[0] = max(slowest[0], time.monotonic() - began)
-            i += 1
-            time.sleep(0.05)
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
+    producer = Producer(tasks, "r11-live")
     time.sleep(0.5)
     server.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
     time.sleep(freeze)
@@ -105,8 +119,8 @@ def test_r11_redis_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
     wait_for(lambda: project.ledger_count() > before, 30, "consuming resumed")
     recovery_s = time.monotonic() - resumed
     time.sleep(1.0)
-    stop.set()
-    producer.join(10)
+    producer.stop(10)
+    sent = producer.sent
 
     wait_for(lambda: all(ledger_counts(project)[f"r11-{i}"] for i in range(n)), 60, "the backlog ran", interval=0.2)
     wait_for(lambda: all(ledger_counts(project)[k] for k in sent), 60, "every accepted send ran", interval=0.2)
@@ -121,14 +135,15 @@ def test_r11_redis_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
     print(
         f"\nR11 [redis] frozen={freeze}s visibility={visibility}s sent={len(keys)} lost={len(lost)} "
         f"duplicated={duplicated} stranded={stranded(client)} recovery={recovery_s:.2f}s "
-        f"sends-unknown={len(unknown)} sends-refused={len(refused)} slowest-send={slowest[0]:.2f}s"
+        f"sends-unknown={len(producer.unknown)} sends-refused={len(producer.refused)} "
+        f"slowest-send={producer.slowest:.2f}s"
     )
     assert lost == []
     assert duplicated == 0  # every worker renewed before any swept (a stall delays sweeping)
     assert [r.get(timeout=30) for r in results[:10]] == [0.01] * 10
     # a send never waits out the freeze: it fails within about the connection timeout (1 s) per try
-    assert slowest[0] < freeze / 2
-    assert unknown or refused, "sends during the freeze must fail, not hang"
+    assert producer.slowest < freeze / 2
+    assert producer.unknown or producer.refused, "sends during the freeze must fail, not hang"
     assert all(w.proc.poll() is None for w in workers)
 
 
@@ -468,31 +483,7 @@ def test_r11_postgres_frozen_past_the_visibility_timeout_loses_and_strands_nothi
 
         # A producer keeps sending through the freeze: each call returns an id, or fails within the
         # reply timeout saying whether the outcome is unknown.
-        sent: list[str] = []
-        unknown: list[str] = []
-        refused: list[str] = []
-        slowest = [0.0]
-        stop = threading.Event()
-
-        def produce() -> None:
-            i = 0
-            while not stop.is_set():
-                key = f"r11p-live-{i}"
-                began = time.monotonic()
-                try:
-                    tasks.sleep.delay(0.01, key)
-                    sent.append(key)
-                except BrokerNoReplyError as exc:
-                    assert "unknown" in str(exc) and "reply_timeout" in str(exc)
-                    unknown.append(key)
-                except BrokerError:
-                    refused.append(key)
-                slowest[0] = max(slowest[0], time.monotonic() - began)
-                i += 1
-                time.sleep(0.05)
-
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
+        producer = Producer(tasks, "r11p-live", reason="reply_timeout")
         time.sleep(0.5)
         signal_cluster(server, signal.SIGSTOP)
         try:
@@ -504,8 +495,8 @@ def test_r11_postgres_frozen_past_the_visibility_timeout_loses_and_strands_nothi
         wait_for(lambda: project.ledger_count() > before, 30, "consuming resumed")
         recovery_s = time.monotonic() - resumed
         time.sleep(1.0)
-        stop.set()
-        producer.join(30)
+        producer.stop()
+        sent = producer.sent
 
         keys = [f"r11p-{i}" for i in range(n)]
         wait_for(lambda: all(ledger_counts(project)[k] for k in keys), 60, "the backlog ran", interval=0.2)
@@ -526,8 +517,8 @@ def test_r11_postgres_frozen_past_the_visibility_timeout_loses_and_strands_nothi
         print(
             f"\nR11 [postgres] frozen={freeze}s visibility={visibility}s reply_timeout={reply_timeout}s "
             f"sent={len(keys)} lost={len(lost)} duplicated={duplicated} stranded={stranded()} "
-            f"recovery={recovery_s:.2f}s sends-unknown={len(unknown)} sends-refused={len(refused)} "
-            f"slowest-send={slowest[0]:.2f}s"
+            f"recovery={recovery_s:.2f}s sends-unknown={len(producer.unknown)} "
+            f"sends-refused={len(producer.refused)} slowest-send={producer.slowest:.2f}s"
         )
         assert lost == []
         assert duplicated == 0  # every worker renewed before any swept (a stall delays sweeping)
@@ -535,8 +526,8 @@ def test_r11_postgres_frozen_past_the_visibility_timeout_loses_and_strands_nothi
         # a send never waits out the freeze: it fails after the reply timeout, or after two when its
         # connection was refused (a new one also waits one out, and one retry fits in
         # broker_connection_timeout)
-        assert slowest[0] < 2 * reply_timeout + 1
-        assert unknown or refused, "sends during the freeze must fail, not hang"
+        assert producer.slowest < 2 * reply_timeout + 1
+        assert producer.unknown or producer.refused, "sends during the freeze must fail, not hang"
         # the stall is in the workers' logs, named as such
         assert "no answer within 2.0 s (reply_timeout)" in logs
         assert all(w.proc.poll() is None for w in workers)
