@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn test_silence_is_found_through_wrappers() {
-        let err = io::Error::new(io::ErrorKind::Other, silence(Duration::from_secs(2)));
+        let err = io::Error::other(silence(Duration::from_secs(2)));
         assert_eq!(is_silence(&err), Some(Duration::from_secs(2)));
         assert_eq!(
             is_silence(&silence(Duration::from_secs(3))),
