@@ -29,6 +29,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_postgres: {m['cpus']} CPUs ({m['cpu_model']}), Python {m['python']}")
     columns: list[Column] = []
     out: dict[str, Any] = {"machine": m, "tasks": opts.tasks, "roundtrips": opts.roundtrips}
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="rqueue-bench-pg-") as tmp, postgres(durable=True) as pg:
         settings = settings_of(pg)
         version = server_version(pg)
@@ -287,7 +289,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n  wrote {opts.json}")
     if opts.markdown:
         notes = "\n".join(f"- {c.name}: {c.note}" for c in columns)
-        Path(opts.markdown).write_text(f"{md}\n\n{notes}\n")
+        verdicts = "\n".join(
+            f"- target {name}: {t['value']:,.2f} against {t['target']:,g}: {'met' if t['met'] else 'MISSED'}"
+            for name, t in targets.items()
+        )
+        when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+        head = (
+            f"# PostgreSQL beside SQLite, Redis and Huey's SqlHuey ({when})\n\n"
+            f"`python benches/bench_postgres.py{' --fsync-off' if opts.fsync_off else ''}` (`make bench-postgres`): "
+            f"{m['cpus']} CPUs ({m['cpu_model']}), load average {out['load_average']} at the start, Python "
+            f"{m['python']}; {opts.tasks:,} tasks per drain and enqueue, {opts.roundtrips:,} round trips; rqueue "
+            f"worker `{out['worker_command']}` (one worker). Ratios: PostgreSQL's figure to the column's (for "
+            f"latency the column's to PostgreSQL's): > 1x means PostgreSQL is better.\n\n"
+        )
+        Path(opts.markdown).write_text(f"{head}{md}\n\n{notes}\n\n{verdicts}\n")
         print(f"  wrote {opts.markdown}")
     return 0
 
