@@ -87,16 +87,19 @@ rabbitmq: ## Install Debian's rabbitmq-server with apt-get unless present (tests
 	fi
 
 .PHONY: postgresql
-postgresql: ## Install Debian's postgresql (server binaries for the tests' private clusters) with apt-get unless present
+postgresql: ## Install Debian's postgresql (server binaries for the tests' private clusters) and pgbouncer with apt-get unless present
 	@found="$$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1)"; \
-	if [ -n "$$found" ]; then \
-		echo "postgresql found: $$found"; \
+	missing=""; \
+	[ -n "$$found" ] || missing="$$missing postgresql"; \
+	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
+	if [ -z "$$missing" ]; then \
+		echo "postgresql found: $$found; pgbouncer found"; \
 	else \
 		sudo=""; if [ "$$(id -u)" != 0 ]; then sudo="sudo -n"; fi; \
-		echo "postgresql not installed; installing Debian's package"; \
+		echo "not installed:$$missing; installing Debian's packages"; \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
-		$$sudo systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		$$sudo systemctl disable --now postgresql pgbouncer >/dev/null 2>&1 || true; \
 		ls /usr/lib/postgresql/*/bin/initdb; \
 	fi
 

@@ -3,6 +3,8 @@ private PostgreSQL cluster, and the URL spellings that map onto it."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,6 +204,52 @@ def test_postgres_client_certificate_for_a_server_that_requires_one(tmp_path: Pa
             _ = PostgresBroker(f"{server.url()}?sslcert={cert}&sslkey={key}").native
     finally:
         server.close()
+
+
+def test_postgres_through_a_pgbouncer_session_pool(postgres_server: PostgresServer, postgres_url: str) -> None:
+    """docs/postgresql.md: a session-mode pool works as a direct connection (transaction mode needs
+    PgBouncer 1.21+ with max_prepared_statements: Debian 12's 1.18 fails with 'prepared statement "sN"
+    does not exist')."""
+    exe = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")  # /usr/sbin: Debian's
+    if exe is None:
+        pytest.skip("pgbouncer is not on PATH (apt-get install pgbouncer)")
+    server = postgres_server
+    database = postgres_url.rsplit("/", 1)[1]
+    port = free_port()
+    conf = server.dir / f"pgbouncer-{port}"
+    conf.mkdir()
+    (conf / "users.txt").write_text(f'"{server.USER}" "{server.PASSWORD}"\n')
+    (conf / "pgbouncer.ini").write_text(
+        f"[databases]\n{database} = host=127.0.0.1 port={server.port} dbname={database}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = scram-sha-256\nauth_file = {conf / 'users.txt'}\npool_mode = session\n"
+        f"default_pool_size = 4\nlogfile = {conf / 'log'}\n"
+    )
+    as_user = server.as_user
+    if as_user:  # pgbouncer refuses to run as root: as the cluster's owner
+        for path in (conf, conf / "users.txt", conf / "pgbouncer.ini"):
+            shutil.chown(path, "postgres", "postgres")
+    bouncer = subprocess.Popen([*as_user, exe, str(conf / "pgbouncer.ini")], stdout=subprocess.DEVNULL)
+    try:
+        pooled = f"postgresql://{server.USER}:{server.PASSWORD}@127.0.0.1:{port}/{database}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                brokers = [PostgresBroker(pooled).native for _ in range(2)]
+                break
+            except BrokerConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        for i in range(20):
+            producer, consumer = brokers[i % 2], brokers[(i + 1) % 2]
+            producer.publish("q", b"x")
+            (got,) = consumer.fetch(["q"], 10, f"w{i}", 60_000)
+            assert consumer.ack([got.tag]) == 1
+        assert brokers[0].queue_length("q") == 0
+    finally:
+        bouncer.terminate()
+        bouncer.wait(10)
 
 
 def test_postgres_reply_timeout_option_is_checked(postgres_url: str) -> None:
