@@ -23,7 +23,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -72,28 +72,41 @@ pub fn split_reply_timeout(url: &str) -> std::result::Result<(String, Option<Dur
     Ok((clean, timeout))
 }
 
-/// The reply timeout of one connection, shared by its stream and its owner: 0 ms lifts it.
+/// The reply timeout of a handle's connections, shared by their streams and the handle, which
+/// may lift it around a statement that runs long by design (lifts nest and overlap safely).
 #[derive(Debug, Clone)]
-pub struct Deadline(Arc<AtomicU64>);
+pub struct Deadline(Arc<DeadlineState>);
+
+#[derive(Debug)]
+struct DeadlineState {
+    timeout_ms: AtomicU64,
+    /// How many `lifted` calls are running: the timeout is off while any is.
+    lifts: AtomicU32,
+}
 
 impl Deadline {
     pub fn new(timeout: Duration) -> Self {
-        Deadline(Arc::new(AtomicU64::new(millis(timeout))))
+        Deadline(Arc::new(DeadlineState {
+            timeout_ms: AtomicU64::new(millis(timeout)),
+            lifts: AtomicU32::new(0),
+        }))
     }
 
     /// The timeout now in force (None: lifted).
     pub fn get(&self) -> Option<Duration> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
+        if self.0.lifts.load(Ordering::Relaxed) > 0 {
+            return None;
         }
+        Some(Duration::from_millis(
+            self.0.timeout_ms.load(Ordering::Relaxed),
+        ))
     }
 
     /// Runs `f` with the deadline lifted (a statement that may run long by design).
     pub fn lifted<T>(&self, f: impl FnOnce() -> T) -> T {
-        let before = self.0.swap(0, Ordering::Relaxed);
+        self.0.lifts.fetch_add(1, Ordering::Relaxed);
         let out = f();
-        self.0.store(before, Ordering::Relaxed);
+        self.0.lifts.fetch_sub(1, Ordering::Relaxed);
         out
     }
 }
@@ -449,7 +462,9 @@ mod tests {
         );
         assert_eq!(is_silence(&io::Error::other("reset")), None);
         let deadline = Deadline::new(Duration::from_secs(4));
-        assert_eq!(deadline.lifted(|| deadline.get()), None);
-        assert_eq!(deadline.get(), Some(Duration::from_secs(4)));
+        assert_eq!(deadline.lifted(|| deadline.lifted(|| deadline.get())), None);
+        let other = deadline.clone(); // another connection of the handle, lifting meanwhile
+        assert_eq!(deadline.lifted(|| other.lifted(|| 1) + 1), 2);
+        assert_eq!(other.get(), Some(Duration::from_secs(4)));
     }
 }
