@@ -87,16 +87,19 @@ rabbitmq: ## Install Debian's rabbitmq-server with apt-get unless present (tests
 	fi
 
 .PHONY: postgresql
-postgresql: ## Install Debian's postgresql (server binaries for the tests' private clusters) with apt-get unless present
+postgresql: ## Install Debian's postgresql (server binaries for the tests' private clusters) and pgbouncer with apt-get unless present
 	@found="$$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1)"; \
-	if [ -n "$$found" ]; then \
-		echo "postgresql found: $$found"; \
+	missing=""; \
+	[ -n "$$found" ] || missing="$$missing postgresql"; \
+	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
+	if [ -z "$$missing" ]; then \
+		echo "postgresql found: $$found; pgbouncer found"; \
 	else \
 		sudo=""; if [ "$$(id -u)" != 0 ]; then sudo="sudo -n"; fi; \
-		echo "postgresql not installed; installing Debian's package"; \
+		echo "not installed:$$missing; installing Debian's packages"; \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
-		$$sudo systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		$$sudo systemctl disable --now postgresql pgbouncer >/dev/null 2>&1 || true; \
 		ls /usr/lib/postgresql/*/bin/initdb; \
 	fi
 
@@ -277,6 +280,23 @@ bench-rabbitmq: redis rabbitmq wheel $(BENCH_STAMP) ## rqueue vs Celery on a pri
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis]"
 	$(BENCH_VENV)/bin/python benches/bench_rabbitmq.py $(if $(QUICK),--quick)
 
+BENCH_PG_VENV := .venv-bench-pg
+BENCH_PG_STAMP := $(BENCH_PG_VENV)/.stamp-peers
+
+$(BENCH_PG_STAMP): benches/peers/requirements-postgres.txt
+	@test -x $(BENCH_PG_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_PG_VENV)
+	$(BENCH_PG_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_PG_VENV)/bin/python -m pip install --quiet --progress-bar off -r benches/peers/requirements-postgres.txt
+	@touch $@
+
+.PHONY: bench-postgres
+bench-postgres: redis postgresql install $(BENCH_PG_STAMP) ## PostgreSQL vs SQLite vs Redis vs Huey's SqlHuey, private servers, one run (QUICK=1: a check; FSYNC_OFF=1 adds a labelled fsync=off column)
+	$(BENCH_PG_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps dist/rqueue-*.whl
+	$(BENCH_PG_VENV)/bin/python -m pip install --quiet "$$(ls dist/rqueue-*.whl)[redis]"
+	$(PY) benches/bench_postgres.py --peer-python $(BENCH_PG_VENV)/bin/python $(if $(QUICK),--quick) \
+		$(if $(FSYNC_OFF),--fsync-off) $(if $(SUFFIX),--json benches/results/$(shell date -u +%F)$(SUFFIX).json \
+		--markdown benches/results/$(shell date -u +%F)$(SUFFIX).md)
+
 .PHONY: bench-canvas
 bench-canvas: redis install ## Group, chord and chain: rqueue vs Celery on a private Redis (QUICK=1: a check)
 	.venv/bin/python benches/bench_canvas.py $(if $(QUICK),--quick)
@@ -295,5 +315,5 @@ clean: ## Remove build outputs, stamps and tool caches (keeps .venv)
 	find python tests benches examples -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
 
 .PHONY: clean-all
-clean-all: clean ## clean, and remove .venv (and .venv-bench, .venv-bench-mayu) too
-	rm -rf $(VENV) $(BENCH_VENV) $(MAYU_VENV)
+clean-all: clean ## clean, and remove .venv (and .venv-bench, .venv-bench-mayu, .venv-bench-pg) too
+	rm -rf $(VENV) $(BENCH_VENV) $(MAYU_VENV) $(BENCH_PG_VENV)

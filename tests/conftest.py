@@ -65,6 +65,17 @@ def make_server_cert(workdir: Path, ca: str = "ca") -> tuple[Path, Path]:
     return workdir / "server.pem", workdir / "server.key"
 
 
+def make_client_cert(workdir: Path, user: str, ca: str = "ca", name: str = "client") -> tuple[Path, Path]:
+    """``<name>.pem``/``<name>.key``: a client certificate for ``user`` (its CN), signed by the CA ``ca``."""
+    (workdir / f"{name}.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+    )
+    _openssl(workdir, *_NEW_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={user}")
+    sign = f"x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -days 2 -extfile {name}.ext"
+    _openssl(workdir, *sign.split(), "-out", f"{name}.pem")
+    return workdir / f"{name}.pem", workdir / f"{name}.key"
+
+
 class RedisServer:
     """A real ``redis-server`` on a free loopback port, which a test can stop and start again.
 
@@ -268,13 +279,17 @@ class PostgresServer:
     Clients log in as ``rqueue`` with ``PASSWORD`` (scram-sha-256 over TCP), so the client's password
     authentication is exercised too; ``new_database`` gives each test an empty database. ``tls=True``
     also takes TLS connections, with a certificate for 127.0.0.1 signed by the CA ``ca_certs``.
+    ``client_certs=True`` (TLS too) takes TCP connections only over TLS with a client certificate
+    signed by that CA and naming the user (``pg_hba.conf``: ``hostssl ... cert``; see ``make_client_cert``).
     """
 
     USER = "rqueue"
     PASSWORD = "pg-test-secret"
 
-    def __init__(self, tls: bool = False, durable: bool = False) -> None:
+    def __init__(self, tls: bool = False, durable: bool = False, client_certs: bool = False) -> None:
         self.durable = durable
+        self.client_certs = client_certs
+        tls = tls or client_certs
         bindir = postgres_bin()
         if bindir is None:
             pytest.skip("PostgreSQL is not installed (make postgresql installs it)")
@@ -310,6 +325,8 @@ class PostgresServer:
                 os.chmod(self.dir / name, 0o600)
                 if self.as_user:
                     os.chown(self.dir / name, pw.pw_uid, pw.pw_gid)
+        if client_certs:  # the socket stays trusted (psql); TCP only with a verified client certificate
+            (self.data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 cert\n")
         self.start()
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> str:
@@ -334,6 +351,8 @@ class PostgresServer:
         if self.tls:
             cert, key = self.dir / "server.pem", self.dir / "server.key"
             options += f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
+            if self.client_certs:
+                options += f" -c ssl_ca_file={self.ca_certs}"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:

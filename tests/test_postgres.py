@@ -3,18 +3,20 @@ private PostgreSQL cluster, and the URL spellings that map onto it."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import PostgresServer, Project, free_port, make_test_ca
+from conftest import PostgresServer, Project, free_port, make_client_cert, make_test_ca
 from rqueue import App
 from rqueue.backends.postgres import PostgresBackend
 from rqueue.backends.sqlite import SqliteBackend
 from rqueue.brokers.postgres import PostgresBroker
-from rqueue.exceptions import BrokerConnectionError
+from rqueue.exceptions import BrokerConnectionError, ConfigurationError
 
 
 @pytest.fixture
@@ -152,6 +154,110 @@ def test_postgres_tls_verify_full_and_require(tmp_path: Path) -> None:
         assert server.PASSWORD not in str(info.value)
     finally:
         server.close()
+
+
+def test_postgres_client_certificate_for_a_server_that_requires_one(tmp_path: Path) -> None:
+    server = PostgresServer(client_certs=True)  # pg_hba.conf: hostssl ... cert
+    try:
+        tls = f"{server.url()}?sslmode=verify-full&sslrootcert={server.ca_certs}"
+        cert, key = make_client_cert(server.dir, PostgresServer.USER)  # signed by the server's CA
+        with_cert = f"{tls}&sslcert={cert}&sslkey={key}"
+        app = App("t", broker=with_cert, backend=with_cert)
+
+        @app.task(name="t.add")
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        app.send_task("t.add", [1, 2])
+        assert app.broker.queue_length("celery") == 1
+        assert add.apply((3, 4)).get() == 7  # the result store on the same connection
+        seen = server.psql("SELECT DISTINCT client_dn FROM pg_stat_ssl WHERE client_dn IS NOT NULL")
+        assert seen.strip() == f"/CN={PostgresServer.USER}"  # the server verified our certificate
+
+        # No certificate: the server refuses, and the error says what to give.
+        with pytest.raises(BrokerConnectionError, match=r"requires a valid client certificate.*sslcert and sslkey"):
+            _ = PostgresBroker(tls).native
+        # A certificate of a CA the server does not trust: refused in the handshake.
+        make_test_ca(tmp_path, "stranger")
+        cert2, key2 = make_client_cert(tmp_path, PostgresServer.USER, ca="stranger", name="stranger-client")
+        with pytest.raises(BrokerConnectionError, match=r"UnknownCA.*sslcert and sslkey") as info:
+            _ = PostgresBroker(f"{tls}&sslcert={cert2}&sslkey={key2}").native
+        assert server.PASSWORD not in str(info.value)
+        # A certificate of the right CA for another user.
+        cert3, key3 = make_client_cert(server.dir, "someone-else", name="other-client")
+        with pytest.raises(BrokerConnectionError, match='certificate authentication failed for user "rqueue"'):
+            _ = PostgresBroker(f"{tls}&sslcert={cert3}&sslkey={key3}").native
+
+        # Files that cannot serve: a clear error before connecting, naming the option and the file.
+        missing = tmp_path / "missing.key"
+        with pytest.raises(ConfigurationError, match=f"sslkey={missing}: cannot read"):
+            _ = PostgresBroker(f"{tls}&sslcert={cert}&sslkey={missing}").native
+        garbage = tmp_path / "garbage.key"
+        garbage.write_text("-----BEGIN NOTHING-----\n")
+        with pytest.raises(ConfigurationError, match=f"sslkey={garbage}: cannot read a PEM private key"):
+            _ = PostgresBroker(f"{tls}&sslcert={cert}&sslkey={garbage}").native
+        with pytest.raises(ConfigurationError, match="not a usable client certificate and key"):
+            _ = PostgresBroker(f"{tls}&sslcert={cert}&sslkey={key2}").native  # another certificate's key
+        with pytest.raises(ConfigurationError, match="sslcert needs sslkey"):
+            _ = PostgresBroker(f"{tls}&sslcert={cert}").native
+        with pytest.raises(ConfigurationError, match="only apply to TLS connections"):
+            _ = PostgresBroker(f"{server.url()}?sslcert={cert}&sslkey={key}").native
+    finally:
+        server.close()
+
+
+def test_postgres_through_a_pgbouncer_session_pool(postgres_server: PostgresServer, postgres_url: str) -> None:
+    """docs/postgresql.md: a session-mode pool works as a direct connection (transaction mode needs
+    PgBouncer 1.21+ with max_prepared_statements: Debian 12's 1.18 fails with 'prepared statement "sN"
+    does not exist')."""
+    exe = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")  # /usr/sbin: Debian's
+    if exe is None:
+        pytest.skip("pgbouncer is not on PATH (apt-get install pgbouncer)")
+    server = postgres_server
+    database = postgres_url.rsplit("/", 1)[1]
+    port = free_port()
+    conf = server.dir / f"pgbouncer-{port}"
+    conf.mkdir()
+    (conf / "users.txt").write_text(f'"{server.USER}" "{server.PASSWORD}"\n')
+    (conf / "pgbouncer.ini").write_text(
+        f"[databases]\n{database} = host=127.0.0.1 port={server.port} dbname={database}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = scram-sha-256\nauth_file = {conf / 'users.txt'}\npool_mode = session\n"
+        f"default_pool_size = 4\nlogfile = {conf / 'log'}\n"
+    )
+    as_user = server.as_user
+    if as_user:  # pgbouncer refuses to run as root: as the cluster's owner
+        for path in (conf, conf / "users.txt", conf / "pgbouncer.ini"):
+            shutil.chown(path, "postgres", "postgres")
+    bouncer = subprocess.Popen([*as_user, exe, str(conf / "pgbouncer.ini")], stdout=subprocess.DEVNULL)
+    try:
+        pooled = f"postgresql://{server.USER}:{server.PASSWORD}@127.0.0.1:{port}/{database}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                brokers = [PostgresBroker(pooled).native for _ in range(2)]
+                break
+            except BrokerConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        for i in range(20):
+            producer, consumer = brokers[i % 2], brokers[(i + 1) % 2]
+            producer.publish("q", b"x")
+            (got,) = consumer.fetch(["q"], 10, f"w{i}", 60_000)
+            assert consumer.ack([got.tag]) == 1
+        assert brokers[0].queue_length("q") == 0
+    finally:
+        bouncer.terminate()
+        bouncer.wait(10)
+
+
+def test_postgres_reply_timeout_option_is_checked(postgres_url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"reply_timeout=.soon. is not a number of seconds"):
+        _ = PostgresBroker(f"{postgres_url}?reply_timeout=soon").native
+    broker = PostgresBroker(f"{postgres_url}?reply_timeout=0.5").native
+    broker.publish("q", b"x")  # answered well within it
+    assert broker.queue_length("q") == 1
 
 
 # -- the scenarios every store must pass, run here on PostgreSQL ----------------------------------------

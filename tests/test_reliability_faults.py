@@ -1,5 +1,5 @@
-"""Reliability under partial failure (docs/reliability.md R11 to R13): a frozen Redis, a full Redis, a
-replaced SQLite file; with real workers started through the CLI and real servers.
+"""Reliability under partial failure (docs/reliability.md R11 to R13): a frozen Redis, RabbitMQ or
+PostgreSQL, a full Redis, a replaced SQLite file; with real workers started through the CLI and real servers.
 
 Each scenario prints sent, lost, duplicated and stranded (still leased or in kombu's ``unacked``
 once everything ran) and its recovery time. The ledger is the independent record of executions.
@@ -7,6 +7,7 @@ once everything ran) and its recovery time. The ledger is the independent record
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,10 +15,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import Project, RedisServer
+from conftest import PostgresServer, Project, RedisServer
 from rqueue import _rqueue
 from rqueue.exceptions import BrokerError, BrokerNoReplyError, BrokerReplacedError
 from test_reliability import cleanup, ledger_counts, use_config, wait_for
@@ -51,6 +53,43 @@ def stranded(client: object) -> tuple[int, int]:
     return int(client.hlen("unacked")), owned  # type: ignore[attr-defined]
 
 
+class Producer:
+    """Sends ``sleep(0.01, key)`` every 50 ms from a thread, through a broker fault: each call returns
+    an id (``sent``), or fails saying the outcome is unknown (``unknown``) or that the broker refused
+    (``refused``); ``slowest`` is the longest call. ``reason`` must be in every unknown outcome's error."""
+
+    def __init__(self, tasks: Any, prefix: str, reason: str = "unknown") -> None:
+        self.tasks, self.prefix, self.reason = tasks, prefix, reason
+        self.sent: list[str] = []
+        self.unknown: list[str] = []
+        self.refused: list[str] = []
+        self.slowest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            key = f"{self.prefix}-{i}"
+            began = time.monotonic()
+            try:
+                self.tasks.sleep.delay(0.01, key)
+                self.sent.append(key)
+            except BrokerNoReplyError as exc:
+                assert "unknown" in str(exc) and self.reason in str(exc), exc
+                self.unknown.append(key)
+            except BrokerError:
+                self.refused.append(key)
+            self.slowest = max(self.slowest, time.monotonic() - began)
+            i += 1
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float = 30) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+
 # -- R11: Redis frozen (SIGSTOP) past the visibility timeout, under load -------------------------------
 
 
@@ -70,31 +109,7 @@ def test_r11_redis_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
 
     # A producer keeps sending through the freeze: each call returns an id, or fails within the
     # connection timeout saying whether the outcome is unknown.
-    sent: list[str] = []
-    unknown: list[str] = []
-    refused: list[str] = []
-    slowest = [0.0]
-    stop = threading.Event()
-
-    def produce() -> None:
-        i = 0
-        while not stop.is_set():
-            key = f"r11-live-{i}"
-            began = time.monotonic()
-            try:
-                tasks.sleep.delay(0.01, key)
-                sent.append(key)
-            except BrokerNoReplyError as exc:
-                assert "unknown" in str(exc)
-                unknown.append(key)
-            except BrokerError:
-                refused.append(key)
-            slowest[0] = max(slowest[0], time.monotonic() - began)
-            i += 1
-            time.sleep(0.05)
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
+    producer = Producer(tasks, "r11-live")
     time.sleep(0.5)
     server.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
     time.sleep(freeze)
@@ -104,8 +119,8 @@ def test_r11_redis_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
     wait_for(lambda: project.ledger_count() > before, 30, "consuming resumed")
     recovery_s = time.monotonic() - resumed
     time.sleep(1.0)
-    stop.set()
-    producer.join(10)
+    producer.stop(10)
+    sent = producer.sent
 
     wait_for(lambda: all(ledger_counts(project)[f"r11-{i}"] for i in range(n)), 60, "the backlog ran", interval=0.2)
     wait_for(lambda: all(ledger_counts(project)[k] for k in sent), 60, "every accepted send ran", interval=0.2)
@@ -120,14 +135,15 @@ def test_r11_redis_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
     print(
         f"\nR11 [redis] frozen={freeze}s visibility={visibility}s sent={len(keys)} lost={len(lost)} "
         f"duplicated={duplicated} stranded={stranded(client)} recovery={recovery_s:.2f}s "
-        f"sends-unknown={len(unknown)} sends-refused={len(refused)} slowest-send={slowest[0]:.2f}s"
+        f"sends-unknown={len(producer.unknown)} sends-refused={len(producer.refused)} "
+        f"slowest-send={producer.slowest:.2f}s"
     )
     assert lost == []
     assert duplicated == 0  # every worker renewed before any swept (a stall delays sweeping)
     assert [r.get(timeout=30) for r in results[:10]] == [0.01] * 10
     # a send never waits out the freeze: it fails within about the connection timeout (1 s) per try
-    assert slowest[0] < freeze / 2
-    assert unknown or refused, "sends during the freeze must fail, not hang"
+    assert producer.slowest < freeze / 2
+    assert producer.unknown or producer.refused, "sends during the freeze must fail, not hang"
     assert all(w.proc.poll() is None for w in workers)
 
 
@@ -443,3 +459,91 @@ def sqlite_leased(path: str) -> int:
         "'SELECT COUNT(*) FROM messages WHERE owner IS NOT NULL').fetchone()[0])"
     )
     return int(subprocess.run([sys.executable, "-c", count, path], capture_output=True, text=True, check=True).stdout)
+
+
+# -- R11 on PostgreSQL: the whole cluster frozen (SIGSTOP) past the visibility timeout, under load -------
+
+
+def cluster_pids(server: PostgresServer) -> list[int]:
+    """The postmaster first, then every process it forked (backends, checkpointer, WAL writer ...)."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    return [postmaster, *map(int, children)]
+
+
+def signal_cluster(server: PostgresServer, sig: signal.Signals) -> None:
+    for pid in cluster_pids(server):  # the postmaster first: it forks no one new meanwhile
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+@pytest.mark.slow
+def test_r11_postgres_frozen_past_the_visibility_timeout_loses_and_strands_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = PostgresServer()  # a cluster of this test's own: it is frozen
+    reply_timeout, visibility, freeze = 2, 3, 10
+    project = Project(tmp_path, "postgres", postgres_url=f"{server.new_database()}?reply_timeout={reply_timeout}")
+    try:
+        config = f"broker_visibility_timeout = {visibility}\nbroker_connection_timeout = 1.0\n"
+        use_config(project, config, monkeypatch)
+        tasks = project.app()
+        n = 400
+        results = tasks.sleep.delay_many([(0.01, f"r11p-{i}") for i in range(n)])
+        workers = [project.start_worker("-c", "2"), project.start_worker("-c", "2")]
+        wait_for(lambda: project.ledger_count() >= 40, 30, "the workers are draining")
+
+        # A producer keeps sending through the freeze: each call returns an id, or fails within the
+        # reply timeout saying whether the outcome is unknown.
+        producer = Producer(tasks, "r11p-live", reason="reply_timeout")
+        time.sleep(0.5)
+        signal_cluster(server, signal.SIGSTOP)
+        try:
+            time.sleep(freeze)
+        finally:
+            signal_cluster(server, signal.SIGCONT)
+        resumed = time.monotonic()
+        before = project.ledger_count()
+        wait_for(lambda: project.ledger_count() > before, 30, "consuming resumed")
+        recovery_s = time.monotonic() - resumed
+        time.sleep(1.0)
+        producer.stop()
+        sent = producer.sent
+
+        keys = [f"r11p-{i}" for i in range(n)]
+        wait_for(lambda: all(ledger_counts(project)[k] for k in keys), 60, "the backlog ran", interval=0.2)
+        wait_for(lambda: all(ledger_counts(project)[k] for k in sent), 60, "every accepted send ran", interval=0.2)
+
+        def stranded() -> int:
+            return int(server.psql("SELECT count(*) FROM rqueue.messages WHERE owner IS NOT NULL", project_db))
+
+        project_db = project.broker_url.rsplit("/", 1)[1].partition("?")[0]
+        # Everything ran; what is still leased was leased to no one who will run it: renewals hand
+        # such orphans back within a third of the visibility timeout.
+        wait_for(lambda: stranded() == 0, visibility * 2, "nothing stays leased")
+        counts = ledger_counts(project)
+        keys += sent
+        lost = [k for k in keys if counts[k] == 0]
+        duplicated = sum(counts[k] - 1 for k in keys if counts[k] > 1)
+        logs = "".join(w.log_text() for w in workers)
+        print(
+            f"\nR11 [postgres] frozen={freeze}s visibility={visibility}s reply_timeout={reply_timeout}s "
+            f"sent={len(keys)} lost={len(lost)} duplicated={duplicated} stranded={stranded()} "
+            f"recovery={recovery_s:.2f}s sends-unknown={len(producer.unknown)} "
+            f"sends-refused={len(producer.refused)} slowest-send={producer.slowest:.2f}s"
+        )
+        assert lost == []
+        assert duplicated == 0  # every worker renewed before any swept (a stall delays sweeping)
+        assert [r.get(timeout=30) for r in results[:10]] == [0.01] * 10
+        # a send never waits out the freeze: it fails after the reply timeout, or after two when its
+        # connection was refused (a new one also waits one out, and one retry fits in
+        # broker_connection_timeout)
+        assert producer.slowest < 2 * reply_timeout + 1
+        assert producer.unknown or producer.refused, "sends during the freeze must fail, not hang"
+        # the stall is in the workers' logs, named as such
+        assert "no answer within 2.0 s (reply_timeout)" in logs
+        assert all(w.proc.poll() is None for w in workers)
+    finally:
+        signal_cluster(server, signal.SIGCONT)
+        cleanup(project)
+        server.close()

@@ -183,6 +183,7 @@ class Harness:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RQUEUE_", "BENCH_"))}
         env.update(
             BENCH_REDIS_URL=self.server.url,
+            BENCH_SERVER_URL=self.server.url,  # for apps on another server (benches/bench_postgres.py)
             BENCH_RESULTS="1" if results else "0",
             BENCH_CONFIG=config,
             BENCH_PAYLOAD_BYTES=str(payload),
@@ -287,7 +288,7 @@ def describe(name: str, python: str, redis_url: str) -> Library:
         return lib
     env = {k: v for k, v in os.environ.items() if not k.startswith("RQUEUE_")}
     env["PYTHONPATH"] = os.pathsep.join([str(BENCHES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["BENCH_REDIS_URL"] = redis_url
+    env["BENCH_REDIS_URL"] = env["BENCH_SERVER_URL"] = redis_url
     proc = subprocess.run(
         [python, "-m", "peers.client", name, "describe", "0"],
         env=env,

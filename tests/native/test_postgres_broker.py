@@ -207,7 +207,9 @@ def test_postgres_broker_bad_url_and_schema_are_clear_errors(postgres_server: Po
     with pytest.raises(ConfigurationError, match=r"sslmode=\"maybe\" is not one of disable") as info:
         PostgresBroker(postgres_server.url() + "?sslmode=maybe")
     assert postgres_server.PASSWORD not in str(info.value)
-    with pytest.raises(ConfigurationError, match="sslcert is not supported"):
+    with pytest.raises(ConfigurationError, match="sslcrl is not supported"):
+        PostgresBroker(postgres_server.url() + "?sslmode=require&sslcrl=/crl.pem")
+    with pytest.raises(ConfigurationError, match="sslcert needs sslkey"):
         PostgresBroker(postgres_server.url() + "?sslmode=require&sslcert=/client.pem")
     with pytest.raises(ConfigurationError, match=r"sslrootcert=/nonexistent/ca\.pem: cannot read"):
         PostgresBroker(postgres_server.url() + "?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")

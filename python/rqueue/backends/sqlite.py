@@ -1,24 +1,23 @@
 """Results in an SQLite file (by default the broker's own file).
 
 The records are Celery's (built in ``ResultBackend``); storage goes through the extension's
-SQLite connection of this process (``rqueue.sqlitefile``), the same one the broker uses.
+SQLite connection of this process (``rqueue.sqlitefile``), the same one the broker uses. The tables
+and their use are the SQL stores' (``rqueue.backends.sqltable``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from rqueue.backends.base import CHORD_DONE_KEPT_S, ChordCount, ResultBackend
+from rqueue import _rqueue
+from rqueue.backends.sqltable import SqlTableBackend
 from rqueue.sqlitefile import SqliteFile
 from rqueue.urls import sqlite_path
 
 
-class SqliteBackend(ResultBackend):
+class SqliteBackend(SqlTableBackend):
     """Result records keyed by task id, with expiry, in one SQLite file; chord joins in its
     ``chords`` tables, each header result counted in one transaction."""
-
-    supports_chords = True
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(**options)
@@ -26,72 +25,15 @@ class SqliteBackend(ResultBackend):
         self.url = f"sqlite:///{path}"
         self._file = SqliteFile(path)
 
-    def write_encoded(self, items: list[tuple[str, str, bytes]]) -> None:
-        self._file.native.store_results(self.rows(items))
+    @property
+    def native(self) -> _rqueue.SqliteBroker:
+        return self._file.native
 
     def shares_store_with(self, broker_url: str) -> bool:
         """True for an ``sqlite://`` broker on this file: results and acks go in one transaction."""
         return broker_url.startswith("sqlite://") and sqlite_path(broker_url, "broker_url") == self.path
 
-    def _read(self, task_id: str) -> tuple[bytes, str] | None:
-        row = self._file.native.read_result(task_id)
-        return None if row is None else (row[1], row[0])
-
-    def _delete(self, task_id: str) -> None:
-        self._file.native.delete_result(task_id)
-
     def _results_mark(self) -> int | None:
-        native = self._file.native
+        # Commits ring the file's bells where there are bells (Linux); elsewhere clients poll.
+        native = self.native
         return native.results_seen() if native.has_bells else None
-
-    def _wait_results(self, mark: int, seconds: float) -> None:
-        self._file.native.wait_results(mark, seconds)
-
-    # -- groups and chords ----------------------------------------------------------------------
-
-    def _write_group(self, group_id: str, payload: bytes) -> None:
-        self._file.native.store_results(self.rows([(_group_key(group_id), "SUCCESS", payload)]))
-
-    def _read_group(self, group_id: str) -> bytes | None:
-        raw = self._read(_group_key(group_id))
-        return None if raw is None else raw[0]
-
-    def _delete_group(self, group_id: str) -> None:
-        self._delete(_group_key(group_id))
-
-    def set_chord_size(self, group_id: str, size: int) -> None:
-        self._file.native.chord_set_size(group_id, size, self.ttl_ms)
-
-    def add_to_chord(self, group_id: str, n: int) -> None:
-        self._file.native.chord_add(group_id, n)
-
-    def count_chord_parts(
-        self,
-        items: Sequence[tuple[str, str, float, bytes]],
-        token: str,
-        claim_s: int,
-        results: list[tuple[str, str, bytes]],
-    ) -> list[ChordCount | None]:
-        native = self._file.native
-        if results:
-            native.store_results(self.rows(results))
-        ttl_ms = self.ttl_ms
-        counts = []
-        for group_id, member, index, part in items:
-            count = native.chord_part_return(group_id, member, index, part, ttl_ms, token, claim_s * 1000)
-            counts.append(None if count is None else ChordCount(*count))
-        return counts
-
-    def chord_renew_claim(self, group_id: str, token: str, claim_s: int) -> bool:
-        return self._file.native.chord_renew_claim(group_id, token, claim_s * 1000)
-
-    def chord_parts(self, group_id: str) -> list[bytes]:
-        return self._file.native.chord_parts(group_id)
-
-    def chord_done(self, group_id: str, token: str) -> bool:
-        return self._file.native.chord_done(group_id, token, CHORD_DONE_KEPT_S * 1000)
-
-
-def _group_key(group_id: str) -> str:
-    """Where a saved group lives in the results table (Celery's key name)."""
-    return f"celery-taskset-meta-{group_id}"

@@ -53,7 +53,7 @@ const LEASE_MIN: Duration = Duration::from_millis(30);
 ///
 /// Made on the consumer thread by the consumer's `connect` function and dropped after any
 /// error (the next step opens a new one).
-pub(crate) trait LeaseSource: Send + 'static {
+pub trait LeaseSource: Send + 'static {
     /// Leases up to `limit` messages of `queues` to this owner.
     fn fetch(&mut self, queues: &[String], limit: usize) -> Result<Vec<Delivery>>;
     /// Renews the leases of `held` (tags this owner fetched) and returns every tag the broker
@@ -132,8 +132,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A fetching thread bound to one buffer, generic over the transport.
-pub(crate) struct Consumer<S> {
+/// A fetching thread bound to one buffer, generic over the transport: each transport names its
+/// own (`PgConsumer`, `RedisConsumer`, `SqliteConsumer`) and adds its constructor, `new`.
+pub struct Consumer<S> {
     settings: Settings,
     connect: Connect<S>,
     buffer: Arc<PrefetchBuffer>,
@@ -153,7 +154,9 @@ impl<S> fmt::Debug for Consumer<S> {
 }
 
 impl<S: LeaseSource> Consumer<S> {
-    pub fn new(
+    /// A consumer of `settings` whose thread opens its connections with `connect` (what a
+    /// transport's `new` calls).
+    pub(crate) fn from_source(
         settings: Settings,
         connect: Connect<S>,
         buffer: Arc<PrefetchBuffer>,
@@ -313,7 +316,8 @@ struct Timers {
 }
 
 impl Timers {
-    /// After the broker stalled this thread (a step failed, or took a renewal interval or more),
+    /// After the broker stalled this thread (a step failed, or took a renewal interval or more, or
+    /// the connection had to be reopened),
     /// it stalled the other workers too, and their leases may have lapsed meanwhile: sweep only
     /// after every live worker has had a renewal interval to renew (each renews first, being
     /// overdue), so no sweep takes messages from workers that are running them.
@@ -350,12 +354,22 @@ impl<S: LeaseSource> Worker<S> {
             next_extend: Instant::now() + extend_every,
             next_sweep: Instant::now(),
         };
+        // Whether the connection was lost since the last successful step.
+        let mut lost = false;
         while !self.stopping() {
             let s = match source.as_mut() {
                 Some(s) => s,
                 None => match (self.connect)() {
-                    Ok(s) => source.insert(s),
+                    Ok(s) => {
+                        if lost {
+                            // Back after an outage (a frozen or restarted broker): the others
+                            // may be reconnecting too, their leases lapsed meanwhile.
+                            timers.after_stall();
+                        }
+                        source.insert(s)
+                    }
                     Err(e) => {
+                        lost = true;
                         self.failed(e, &mut error_backoff);
                         continue;
                     }
@@ -367,7 +381,10 @@ impl<S: LeaseSource> Worker<S> {
                 timers.after_stall();
             }
             match outcome {
-                Ok(()) => error_backoff = ERROR_BACKOFF_MIN,
+                Ok(()) => {
+                    error_backoff = ERROR_BACKOFF_MIN;
+                    lost = false;
+                }
                 Err(e @ Error::Replaced(_)) => {
                     // Reopening would consume another store than the one this worker's
                     // deliveries and acks belong to: stop, and let the process be restarted.
@@ -378,6 +395,7 @@ impl<S: LeaseSource> Worker<S> {
                     // Drop the connection and open a new one; each transport's `connect` says
                     // why (a restarted server, a replaced file, a broken connection).
                     source = None;
+                    lost = true;
                     self.failed(e, &mut error_backoff);
                 }
             }

@@ -5,9 +5,10 @@
 pub mod amqp;
 pub mod amqp_consumer;
 pub mod amqp_frame;
-mod consumer;
+pub mod consumer;
 pub mod postgres;
 pub mod postgres_consumer;
+pub mod postgres_deadline;
 pub mod postgres_tls;
 pub mod redis;
 pub mod redis_consumer;

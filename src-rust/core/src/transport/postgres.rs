@@ -28,6 +28,11 @@
 //! TLS: `sslmode=require` / `verify-full` and `sslrootcert`, as libpq reads them (see
 //! `postgres_tls`).
 //!
+//! A server that stops answering (frozen, wedged) fails the request waiting on it after the
+//! reply timeout (`reply_timeout=` seconds in the URL, default 30) with [`Error::NoReply`], and
+//! the connection is reopened by the next call: see `postgres_deadline`. (Connections over a
+//! unix socket have no reply timeout.)
+//!
 //! PgBouncer: every statement names its schema and uses no session state, so the handles of
 //! producers and the result backend work through a transaction-mode pool; a consumer's LISTEN
 //! needs a session (a direct connection or session-mode pool), else it falls back to polling.
@@ -39,11 +44,15 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
+use postgres::config::{Host, SslMode, SslNegotiation};
 use postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
+use crate::transport::postgres_deadline::{
+    is_silence, split_reply_timeout, Deadline, PgConnect, REPLY_TIMEOUT,
+};
 use crate::transport::postgres_tls::{connector, split_tls, TlsMode};
 use crate::transport::redis::mask_url;
 pub use crate::transport::sqlite::ChordCount;
@@ -247,6 +256,10 @@ pub struct PgBroker {
     channel: String,
     /// The TLS connector (`sslmode=require`/`verify-full`); None for a plain connection.
     tls: Option<MakeRustlsConnect>,
+    /// The reply timeout of this handle's connections (see `postgres_deadline`).
+    deadline: Deadline,
+    /// Connections over a unix socket: plain, without the reply timeout's stream.
+    unix_socket: bool,
     conn: Mutex<Option<Conn>>,
     migrated: AtomicBool,
     next_cleanup_ms: AtomicI64,
@@ -288,21 +301,32 @@ impl PgBroker {
             )));
         }
         check_schema(&config.schema)?;
-        let (plain_url, tls_mode) =
-            split_tls(&config.url).map_err(|e| Error::Config(format!("{masked}: {e}")))?;
+        let (url, reply_timeout) = split_reply_timeout(&config.url)
+            .map_err(|e| Error::Config(format!("{masked}: {e}")))?;
+        let (plain_url, tls_mode, client_cert) =
+            split_tls(&url).map_err(|e| Error::Config(format!("{masked}: {e}")))?;
         let mut pg = postgres::Config::from_str(&plain_url).map_err(|e| {
             Error::Config(format!(
                 "{masked}: not a usable PostgreSQL URL ({e}); use \
                  postgresql://[user[:password]@]host[:port]/database[?connect_timeout=5&sslmode=verify-full]"
             ))
         })?;
-        // TLS is negotiated here (see `postgres_tls`), never left to the client's `prefer`.
-        pg.ssl_mode(if tls_mode == TlsMode::Off {
-            postgres::config::SslMode::Disable
+        // TLS is negotiated here (see `postgres_tls`), never left to the client's `prefer`. A
+        // plain TCP connection goes through `PgConnect` too, as a "TLS" of direct negotiation
+        // that adds only the reply deadline (no SSLRequest is sent; the server sees plain text).
+        let unix_socket = pg.get_hosts().iter().any(|h| matches!(h, Host::Unix(_)));
+        if tls_mode == TlsMode::Off {
+            if unix_socket {
+                pg.ssl_mode(SslMode::Disable);
+            } else {
+                pg.ssl_mode(SslMode::Require)
+                    .ssl_negotiation(SslNegotiation::Direct);
+            }
         } else {
-            postgres::config::SslMode::Require
-        });
-        let tls = connector(&tls_mode).map_err(|e| Error::Config(format!("{masked}: {e}")))?;
+            pg.ssl_mode(SslMode::Require);
+        }
+        let tls = connector(&tls_mode, client_cert.as_ref())
+            .map_err(|e| Error::Config(format!("{masked}: {e}")))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -331,6 +355,8 @@ impl PgBroker {
             schema_q,
             channel,
             tls,
+            deadline: Deadline::new(reply_timeout.unwrap_or(REPLY_TIMEOUT)),
+            unix_socket,
             conn: Mutex::new(None),
             migrated: AtomicBool::new(false),
             next_cleanup_ms: AtomicI64::new(0),
@@ -396,14 +422,20 @@ impl PgBroker {
 
     /// Opens a new connection (and, the first time, brings the schema up to date).
     fn open(&self) -> Result<Conn> {
-        let connected = match &self.tls {
-            Some(tls) => self.pg.connect(tls.clone()),
-            None => self.pg.connect(NoTls),
+        let connected = if self.unix_socket && self.tls.is_none() {
+            self.pg.connect(NoTls)
+        } else {
+            self.pg.connect(PgConnect {
+                tls: self.tls.clone(),
+                deadline: self.deadline.clone(),
+            })
         };
         let client = connected.map_err(|e| {
             let hint = if self.tls.is_some() {
-                "does the server take TLS (ssl=on), and does its certificate chain to sslrootcert (or \
-                 the system's roots) and name this host?"
+                "does the server take TLS (ssl=on), does its certificate chain to sslrootcert (or \
+                 the system's roots) and name this host, and, where it asks for a client \
+                 certificate, do sslcert and sslkey name one it accepts (signed by a CA of its \
+                 ssl_ca_file, for this user)?"
             } else {
                 "is PostgreSQL running there, and do the user, password and database exist?"
             };
@@ -468,7 +500,11 @@ impl PgBroker {
             tx.commit()?;
             Ok(version)
         };
-        let found = run(client).map_err(|e| self.error(&e))?;
+        // A migration may build indexes on large tables, and others wait for its lock: no deadline.
+        let found = self
+            .deadline
+            .lifted(|| run(client))
+            .map_err(|e| self.error(&e))?;
         if found > SCHEMA_VERSION {
             return Err(Error::Broker(format!(
                 "{}: schema {} is at migration {found}, this rqueue knows up to {SCHEMA_VERSION}; \
@@ -481,6 +517,14 @@ impl PgBroker {
 
     /// The error of a failed statement, naming the server.
     fn error(&self, e: &postgres::Error) -> Error {
+        if let Some(limit) = is_silence(e) {
+            return Error::NoReply(format!(
+                "{}: no answer within {:.1} s (reply_timeout): the server is frozen, overloaded or \
+                 cut off; whether the request took effect is unknown (the connection is reopened)",
+                self.masked,
+                limit.as_secs_f64()
+            ));
+        }
         if is_connection_error(e) {
             Error::Connection(format!(
                 "{}: the connection failed ({}); the request may or may not have been carried out",
@@ -1449,6 +1493,13 @@ transport_by_inherent_methods!(PgBroker);
 /// The fetch: per queue, the head of its waiting index (locked, skipping rows others hold), ranked
 /// priority first, then one from each queue in turn; the picked rows are leased by the same
 /// statement. `$1` queues, `$2` limit, `$3` owner, `$4` lease in ms. Column 4 is the pick order.
+///
+/// The lease commits without waiting for its WAL to reach the disk (`synchronous_commit` off for
+/// this statement's transaction alone, set by the one-time filter): a lease is a claim that a
+/// server crash may forget, and the message is then simply delivered again (at-least-once, its
+/// delivery not counted), never lost. It saves a disk flush on the way of every task: the round
+/// trip of `delay().get()` has two left, the message's and the result's. Publishing, results and
+/// acks stay durable.
 const FETCH_SQL: &str = "
 UPDATE {s}.messages m
 SET owner = $3, lease_until_ms = {now} + $4, deliveries = m.deliveries + 1
@@ -1469,7 +1520,7 @@ FROM (
     ORDER BY priority, rn, ord
     LIMIT $2
 ) picked
-WHERE m.id = picked.id
+WHERE m.id = picked.id AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
 RETURNING m.id, m.queue, m.payload, m.deliveries, picked.pick";
 
 /// [`FETCH_SQL`] for one queue (`$1`): the head of its waiting index, priority first, then FIFO.
@@ -1484,7 +1535,7 @@ FROM (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ) picked
-WHERE m.id = picked.id
+WHERE m.id = picked.id AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
 RETURNING m.id, m.queue, m.payload, m.deliveries, m.priority::bigint AS pick";
 
 /// Upserts a batch of results (one row per task id, see [`ResultColumns::of`]; a stored SUCCESS

@@ -52,13 +52,12 @@ impl PgConsumerConfig {
     }
 }
 
-/// A fetching thread bound to one buffer.
-#[derive(Debug)]
-pub struct PgConsumer {
-    inner: Consumer<Leases>,
-}
+/// A fetching thread bound to one buffer (the shared loop's [`Consumer`], over PostgreSQL).
+/// Acks handed over with `ack_later` while the thread idles waiting for a notification are
+/// sent within its wait slice (20 ms at most).
+pub type PgConsumer = Consumer<Leases>;
 
-impl PgConsumer {
+impl Consumer<Leases> {
     pub fn new(config: PgConsumerConfig, buffer: Arc<PrefetchBuffer>) -> Result<Self> {
         // Validate the URL and schema now, so a typo is an error here and not a retry loop.
         PgBroker::new_lazy(config.pg.clone())?;
@@ -73,49 +72,12 @@ impl PgConsumer {
             sweep_interval: config.sweep_interval,
         };
         let connect = Arc::new(move || Leases::open(&config));
-        let inner = Consumer::new(settings, connect, buffer)?;
-        Ok(PgConsumer { inner })
-    }
-
-    /// Starts the thread; a second call while running does nothing.
-    pub fn start(&self) -> Result<()> {
-        self.inner.start()
-    }
-
-    /// Stops fetching, joins the thread, closes the buffer and returns the deliveries never
-    /// taken. They are still leased: the caller returns them with `requeue`.
-    pub fn stop(&self) -> Vec<Delivery> {
-        self.inner.stop()
-    }
-
-    pub fn running(&self) -> bool {
-        self.inner.running()
-    }
-
-    /// Replaces the queues consumed from, effective at the next fetch.
-    pub fn set_queues(&self, queues: Vec<String>) {
-        self.inner.set_queues(queues);
-    }
-
-    /// The last error the thread met (it keeps retrying), if any.
-    pub fn last_error(&self) -> Option<String> {
-        self.inner.last_error()
-    }
-
-    /// Hands `tags` to the thread to ack before its next fetch; returns at once. (An idle thread
-    /// waiting for a notification sends them within its wait slice, 20 ms at most.)
-    pub fn ack_later(&self, tags: Vec<String>) {
-        self.inner.ack_later(tags);
-    }
-
-    /// Waits up to `timeout` until every ack handed over so far was sent.
-    pub fn settle_acks(&self, timeout: Duration) -> bool {
-        self.inner.settle_acks(timeout)
+        Consumer::from_source(settings, connect, buffer)
     }
 }
 
 /// The consumer thread's own connection, listening for new messages.
-struct Leases {
+pub struct Leases {
     broker: PgBroker,
     owner: String,
     lease_ms: u64,

@@ -50,13 +50,10 @@ impl RedisConsumerConfig {
 /// First idle poll interval; it doubles up to `poll_max` while the queues stay empty.
 const POLL_MIN: Duration = Duration::from_micros(100);
 
-/// A fetching thread bound to one buffer.
-#[derive(Debug)]
-pub struct RedisConsumer {
-    inner: Consumer<Leases>,
-}
+/// A fetching thread bound to one buffer (the shared loop's [`Consumer`], over Redis).
+pub type RedisConsumer = Consumer<Leases>;
 
-impl RedisConsumer {
+impl Consumer<Leases> {
     pub fn new(config: RedisConsumerConfig, buffer: Arc<PrefetchBuffer>) -> Result<Self> {
         // Validate the URL now, so a typo is an error here and not a retry loop.
         RedisBroker::new_lazy(config.redis.clone())?;
@@ -80,48 +77,12 @@ impl RedisConsumer {
                 max_deliveries: config.max_deliveries,
             })
         });
-        let inner = Consumer::new(settings, connect, buffer)?;
-        Ok(RedisConsumer { inner })
-    }
-
-    /// Starts the thread; a second call while running does nothing.
-    pub fn start(&self) -> Result<()> {
-        self.inner.start()
-    }
-
-    /// Stops fetching, joins the thread, closes the buffer and returns the deliveries never
-    /// taken. They are still leased: the caller returns them with `requeue`.
-    pub fn stop(&self) -> Vec<Delivery> {
-        self.inner.stop()
-    }
-
-    pub fn running(&self) -> bool {
-        self.inner.running()
-    }
-
-    /// Replaces the queues consumed from, effective at the next fetch.
-    pub fn set_queues(&self, queues: Vec<String>) {
-        self.inner.set_queues(queues);
-    }
-
-    /// The last error the thread met (it keeps retrying), if any.
-    pub fn last_error(&self) -> Option<String> {
-        self.inner.last_error()
-    }
-
-    /// Hands `tags` to the thread to ack before its next fetch; returns at once.
-    pub fn ack_later(&self, tags: Vec<String>) {
-        self.inner.ack_later(tags);
-    }
-
-    /// Waits up to `timeout` until every ack handed over so far was sent.
-    pub fn settle_acks(&self, timeout: Duration) -> bool {
-        self.inner.settle_acks(timeout)
+        Consumer::from_source(settings, connect, buffer)
     }
 }
 
 /// The consumer thread's own connection to Redis.
-struct Leases {
+pub struct Leases {
     broker: RedisBroker,
     owner: String,
     /// Also the visibility timeout of the sweep.

@@ -53,13 +53,10 @@ impl ConsumerConfig {
 /// First idle poll interval; it doubles up to `poll_max` while nothing is due.
 const POLL_MIN: Duration = Duration::from_micros(500);
 
-/// A fetching thread bound to one buffer.
-#[derive(Debug)]
-pub struct SqliteConsumer {
-    inner: Consumer<Leases>,
-}
+/// A fetching thread bound to one buffer (the shared loop's [`Consumer`], over an SQLite file).
+pub type SqliteConsumer = Consumer<Leases>;
 
-impl SqliteConsumer {
+impl Consumer<Leases> {
     pub fn new(config: ConsumerConfig, buffer: Arc<PrefetchBuffer>) -> Result<Self> {
         let settings = Settings {
             thread_prefix: "sqlite",
@@ -81,48 +78,12 @@ impl SqliteConsumer {
                 seen: 0,
             })
         });
-        let inner = Consumer::new(settings, connect, buffer)?;
-        Ok(SqliteConsumer { inner })
-    }
-
-    /// Starts the thread; a second call while running does nothing.
-    pub fn start(&self) -> Result<()> {
-        self.inner.start()
-    }
-
-    /// Stops fetching, joins the thread, closes the buffer and returns the deliveries never
-    /// taken. They are still leased: the caller returns them with `requeue`.
-    pub fn stop(&self) -> Vec<Delivery> {
-        self.inner.stop()
-    }
-
-    pub fn running(&self) -> bool {
-        self.inner.running()
-    }
-
-    /// Replaces the queues consumed from, effective at the next fetch.
-    pub fn set_queues(&self, queues: Vec<String>) {
-        self.inner.set_queues(queues);
-    }
-
-    /// The last error the thread met (it keeps retrying), if any.
-    pub fn last_error(&self) -> Option<String> {
-        self.inner.last_error()
-    }
-
-    /// Hands `tags` to the thread to ack before its next fetch; returns at once.
-    pub fn ack_later(&self, tags: Vec<String>) {
-        self.inner.ack_later(tags);
-    }
-
-    /// Waits up to `timeout` until every ack handed over so far was sent.
-    pub fn settle_acks(&self, timeout: Duration) -> bool {
-        self.inner.settle_acks(timeout)
+        Consumer::from_source(settings, connect, buffer)
     }
 }
 
 /// The consumer thread's own connection to the database file.
-struct Leases {
+pub struct Leases {
     broker: SqliteBroker,
     owner: String,
     lease_ms: u64,
