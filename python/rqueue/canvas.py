@@ -16,6 +16,9 @@ sent (``freeze``), so the client holds every result before any task runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import itertools
 import logging
 from collections.abc import Iterable, Mapping
@@ -217,6 +220,22 @@ class Signature(dict):  # type: ignore[type-arg]  # Celery's signatures are dict
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         return self.apply_async(args, kwargs)
+
+    async def aapply_async(
+        self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> AsyncResult[Any]:
+        """``apply_async`` from a running event loop, for every canvas (a chain, group or chord
+        sends several messages and may set up a join): sent from the publish threads ``adelay``
+        uses, in this context (a task sending it is its parent), so a slow broker never blocks the
+        loop. As with ``adelay``, cancelling the await does not recall what was handed over."""
+        from rqueue.sending import publisher  # noqa: PLC0415 - sending imports this module
+
+        loop = asyncio.get_running_loop()
+        send = functools.partial(self.apply_async, args, kwargs, **options)
+        return await loop.run_in_executor(publisher(), contextvars.copy_context().run, send)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        return await self.aapply_async(args, kwargs)
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
         """Run the task here and now (``task.apply``) with the merged arguments."""

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aredis
@@ -33,8 +33,20 @@ from rqueue.backends.waiting import not_ready_error
 from rqueue.exceptions import BackendError
 from rqueue.urls import mask_password, redis_py_url
 
-if TYPE_CHECKING:
-    from rqueue.backends.redis import RedisBackend
+
+class RedisResults(Protocol):
+    """What the waiter uses of its ``RedisBackend``, named here so the two modules do not import
+    each other."""
+
+    url: str
+    socket_timeout_s: float
+    connect_timeout_s: float
+    max_retries: float
+
+    def key(self, task_id: str) -> str: ...
+
+    def _decode(self, task_id: str, data: bytes) -> dict[str, Any]: ...
+
 
 logger = logging.getLogger("rqueue")
 
@@ -59,7 +71,7 @@ _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, asynci
 class RedisWaiter:
     """The awaited results of one Redis backend in one event loop."""
 
-    def __init__(self, backend: RedisBackend, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, backend: RedisResults, loop: asyncio.AbstractEventLoop) -> None:
         self.backend = backend
         self.loop = loop
         url, tls = redis_py_url(backend.url)

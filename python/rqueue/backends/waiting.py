@@ -24,13 +24,10 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from rqueue import states
 from rqueue.exceptions import TimeoutError
-
-if TYPE_CHECKING:
-    from rqueue.backends.base import ResultBackend
 
 #: Longest wait of the pump's thread for a "results were stored" signal before it reads again.
 PUMP_SLICE_S = 1.0
@@ -112,10 +109,21 @@ def not_ready_error(task_id: str, timeout: float | None, why: str = "") -> Timeo
     return TimeoutError(f"the result of task {task_id} was not ready within {timeout} s{why}")
 
 
+class Collecting(Protocol):
+    """What the pump reads from its backend (``ResultBackend``'s collect steps), named here so this
+    module needs nothing from the backends that use it."""
+
+    def _collect_now(self, task_ids: Sequence[str]) -> list[Outcome]: ...
+
+    def _collect_mark(self) -> int | None: ...
+
+    def _collect_wait(self, task_ids: Sequence[str], mark: int | None, wait_s: float) -> list[Outcome]: ...
+
+
 class ThreadedWaiter:
     """The awaited results of one backend in one event loop, read in batches in the backend's pool."""
 
-    def __init__(self, backend: ResultBackend, loop: asyncio.AbstractEventLoop, pool: BackendPool) -> None:
+    def __init__(self, backend: Collecting, loop: asyncio.AbstractEventLoop, pool: BackendPool) -> None:
         self.backend = backend
         self.loop = loop
         self.pool = pool
