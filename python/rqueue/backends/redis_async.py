@@ -29,7 +29,7 @@ import redis
 import redis.asyncio as aredis
 
 from rqueue import states
-from rqueue.backends.waiting import not_ready_error
+from rqueue.backends.waiting import answered, leave
 from rqueue.exceptions import BackendError
 from rqueue.urls import mask_password, redis_py_url
 
@@ -121,14 +121,9 @@ class RedisWaiter:
         if self._reader is None or self._reader.done():
             self._reader = self.loop.create_task(self._read(), name="rqueue-results-redis-reader")
         try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise not_ready_error(task_id, timeout) from None
+            return await answered(future, task_id, timeout)
         finally:
-            if future in futures:
-                futures.remove(future)
-            if not futures and self.waiting.get(channel) is futures:
-                del self.waiting[channel]
+            if leave(self.waiting, channel, future):
                 self._to_subscribe.discard(channel)
                 self._to_unsubscribe.add(channel)
                 self._want_write()

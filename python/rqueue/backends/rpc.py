@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rqueue import serialization, states
 from rqueue.backends.base import ResultBackend
-from rqueue.backends.waiting import LoopLocal, Outcome, not_ready_error, ready_outcome
+from rqueue.backends.waiting import LoopLocal, Outcome, answered, leave, ready_outcome
 from rqueue.exceptions import BackendError, ConfigurationError, TimeoutError
 
 if TYPE_CHECKING:
@@ -264,14 +264,9 @@ class RpcBellWaiter:
         futures.append(future)
         self._collect()  # a reply that came before the bell was attached, or one already taken
         try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise not_ready_error(task_id, timeout) from None
+            return await answered(future, task_id, timeout)
         finally:
-            if future in futures:
-                futures.remove(future)
-            if not futures and self.waiting.get(task_id) is futures:
-                del self.waiting[task_id]
+            leave(self.waiting, task_id, future)
 
     def _on_ring(self) -> None:
         sock = self._sock

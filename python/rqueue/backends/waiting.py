@@ -109,6 +109,32 @@ def not_ready_error(task_id: str, timeout: float | None, why: str = "") -> Timeo
     return TimeoutError(f"the result of task {task_id} was not ready within {timeout} s{why}")
 
 
+#: What a waiter keys its awaiters by (a task id, a pub/sub channel).
+K = TypeVar("K")
+
+
+def leave(waiting: dict[K, list[asyncio.Future[dict[str, Any]]]], key: K, future: asyncio.Future[Any]) -> bool:
+    """An awaiter left (answered, timed out or cancelled): its future leaves ``waiting``, and so does
+    ``key`` once no awaiter is left under it; True when this emptied the key."""
+    futures = waiting.get(key)
+    if futures is None:
+        return False
+    if future in futures:
+        futures.remove(future)
+    if futures:
+        return False
+    del waiting[key]
+    return True
+
+
+async def answered(future: asyncio.Future[dict[str, Any]], task_id: str, timeout: float | None) -> dict[str, Any]:
+    """The awaited meta, or ``get()``'s TimeoutError once ``timeout`` seconds ran out."""
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except asyncio.TimeoutError:
+        raise not_ready_error(task_id, timeout) from None
+
+
 class Collecting(Protocol):
     """What the pump reads from its backend (``ResultBackend``'s collect steps), named here so this
     module needs nothing from the backends that use it."""
@@ -140,20 +166,9 @@ class ThreadedWaiter:
         self._fresh.append(task_id)
         self._start()
         try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise not_ready_error(task_id, timeout) from None
+            return await answered(future, task_id, timeout)
         finally:
-            self._drop(task_id, future)
-
-    def _drop(self, task_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
-        """An awaiter left (answered, timed out or cancelled): nothing of it stays behind."""
-        futures = self.waiting.get(task_id)
-        if futures is not None:
-            if future in futures:
-                futures.remove(future)
-            if not futures:
-                del self.waiting[task_id]
+            leave(self.waiting, task_id, future)
 
     def _start(self) -> None:
         if self._fresh_task is None or self._fresh_task.done():
