@@ -4,7 +4,8 @@ Only bytes, str, numbers, None and plain containers cross this boundary. Errors 
 classes of ``rqueue.exceptions``.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, final
 
 __version__: str
@@ -300,6 +301,50 @@ class PrefetchBuffer:
         """Copies of the deliveries waiting in the buffer, oldest first; they stay in it."""
     def close(self) -> list[Delivery]:
         """Close the buffer, wake waiters and return the deliveries never taken."""
+
+#: What ``FastLane.run`` hands back: the delivery, its message (None when it did not decode), and
+#: when the lane called its task: the request, the seconds since the call, its value or exception.
+_Handback = tuple[Delivery, TaskMessage | None, Any, float | None, Any, BaseException | None]
+
+@final
+class FastLane:
+    """A worker's common case run natively, a batch at a time: decode, admit, call the task, store
+    its result (encoded here when ``json_results``: Celery's JSON meta), ack. Anything else is
+    handed back to the executor (``rqueue.worker.executor``), before the task runs or after its
+    call (an exception, a coroutine)."""
+
+    def __new__(
+        cls,
+        buffer: PrefetchBuffer,
+        accept: list[str],
+        max_size: int,
+        hostname: str,
+        request_type: Callable[..., Any],
+        stack: ContextVar[Any],
+        executor: object,
+        guard: object,
+        revoked: object,
+        consumer: object,
+        slot: object | None,
+        store: Callable[[TaskMessage, Any, Any], None],
+        args_repr: Callable[[Any], str],
+        log: tuple[Callable[..., None], str, str, Callable[[Any], str]],
+        json_results: bool,
+    ) -> FastLane: ...
+    def run(
+        self,
+        first: Delivery,
+        plan: dict[str, tuple[Callable[..., Any], bool, bool]],
+        results: list[tuple[str, str, bytes]],
+        acks: list[str],
+        budget_s: float,
+        max_acks: int,
+        logged: bool,
+    ) -> _Handback | None:
+        """Run ``first`` (taken from the buffer), then the deliveries behind it while they take the
+        common path, for up to ``budget_s`` or until ``acks`` (appended to, as ``results`` is)
+        holds ``max_acks`` (``logged``: each task logged at INFO, as the executor does); None when all were settled,
+        else the first one that needs the executor."""
 
 @final
 class SqliteBroker:

@@ -469,7 +469,7 @@ class AsyncioConsumer(Consumer):
         if executor.batch_since is None:
             executor.open_batch()
         try:
-            admitted = executor.admit(delivery, msg)
+            admitted = executor.admit(delivery, msg, msg is None)
         except (BrokerError, BackendError, OSError) as exc:
             # The message stays leased: it is delivered again when its lease expires.
             logger.error("Broker or backend failed while handling message %s: %s", delivery.tag, exc)

@@ -18,7 +18,7 @@ from rqueue import _rqueue
 from rqueue.brokers.base import LeaseRecovery, capability, owner_id
 from rqueue.exceptions import BackendError, BrokerError, RQueueError
 from rqueue.worker import failpoint
-from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Executor, short_repr
+from rqueue.worker.executor import BATCH, SHUTDOWN_FLUSH_S, Executor, short_repr
 from rqueue.worker.failpoint import ACTIVE as FAILPOINT
 from rqueue.worker.ratelimit import SetAside
 from rqueue.worker.timelimit import TaskGuard, TimeLimits, Watchdog
@@ -216,7 +216,8 @@ class Consumer:
             "worker_pid": os.getpid(),
         }
 
-    def _executor_loop(self) -> None:  # noqa: PLR0912 - one loop: take, run, defer, settle, flush
+    def _new_executor(self) -> Executor:
+        """The executor of the calling thread."""
         executor = Executor(
             self.app,
             self.transport,
@@ -233,8 +234,14 @@ class Consumer:
         self.executors.append(executor)
         if threading.current_thread() is threading.main_thread():
             self.main_guard = executor.guard
+        return executor
+
+    def _executor_loop(self) -> None:  # noqa: PLR0912 - one loop: take, run, defer, settle, flush
+        executor = self._new_executor()
         buffer = self.buffer
         aside = self.aside
+        # The common case runs natively, a batch at a time (not where each task asks to retire).
+        lane = executor.fast_lane(buffer) if self.retire is None else None
         try:
             while not self._stop.is_set():
                 msg: _rqueue.TaskMessage | None = None
@@ -249,12 +256,19 @@ class Consumer:
                         self._check_fetching()
                         continue
                     delivery, holds_credit = got, True
-                if self.running is not None:
-                    self.running.set(delivery.tag)
-                if FAILPOINT is not None:
-                    failpoint.hit("after_fetch")
                 try:
-                    deferred = executor.handle(delivery, msg)
+                    if lane is not None and msg is None and (plan := executor.fast_plan()) is not None:
+                        holds_credit = False  # the lane gives back the credit of each delivery it settles
+                        logged = logger.isEnabledFor(logging.INFO)
+                        handed = lane.run(
+                            delivery, plan, executor.results, executor.acks, executor.linger_left_s(), BATCH, logged
+                        )
+                        deferred = None
+                        if handed is not None:  # this one needs the executor (the lane marked the slot)
+                            delivery, holds_credit = handed[0], True
+                            deferred = executor.take_over(*handed)
+                    else:
+                        deferred = self._handle(executor, delivery, msg)
                     if deferred is not None:
                         # Over its rate limit: wait aside (still leased) while other deliveries run.
                         wait_s, msg = deferred
@@ -270,12 +284,22 @@ class Consumer:
                         self.running.clear()
                     if holds_credit:
                         buffer.done()
-                if len(buffer) == 0 or executor.flush_due():
+                if len(buffer) == 0 or executor.flush_due() or len(executor.acks) >= BATCH:
                     executor.flush()
                 if self.retire is not None and self.retire(executor):
                     self.stop()  # between tasks: what it holds goes back, then the process ends
         finally:
             executor.flush(give_up_after_s=SHUTDOWN_FLUSH_S)
+
+    def _handle(
+        self, executor: Executor, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None
+    ) -> tuple[float, _rqueue.TaskMessage] | None:
+        """One delivery through the executor's Python path."""
+        if self.running is not None:
+            self.running.set(delivery.tag)
+        if FAILPOINT is not None:
+            failpoint.hit("after_fetch")
+        return executor.handle(delivery, msg)
 
     #: Why this process stopped consuming on its own (its broker can never be used again), if it did.
     failure: str | None = None

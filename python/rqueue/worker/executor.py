@@ -3,6 +3,10 @@ guard), settle (record the outcome and ack), with the worker's hook points betwe
 
 Results and acks are batched: they are written when the prefetch buffer runs dry or a batch is
 full, results first, so a crash between the two re-runs a task rather than losing it.
+
+The common case takes the native fast lane (``_rqueue.FastLane``): the executor says per batch
+which tasks may (``fast_plan``), the lane runs those messages it finds plain and hands the rest
+back (``take_over``), so every rule beyond the common case lives here.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from rqueue.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from rqueue.request import MessageRequest, Request, pop_request, push_request
+from rqueue.request import REQUEST_STACK, MessageRequest, Request, pop_request, push_request
 from rqueue.utils.log import Verbatim
 from rqueue.worker import failpoint
 from rqueue.worker.completion import completer_for
@@ -71,6 +75,11 @@ SHUTDOWN_FLUSH_S = 10.0
 #: How long a task with a hard time limit waits, before it runs, for the acks handed to the
 #: fetching thread to be written (past it, a kill may run those tasks again), in seconds.
 SETTLE_BEFORE_HARD_LIMIT_S = 5.0
+
+
+#: What the worker logs at INFO for each task (the fast lane says them the same way).
+RECEIVED_LINE = "Task %s[%s] received"
+SUCCEEDED_LINE = "Task %s[%s] succeeded in %.6fs: %s"
 
 
 class Admitted(NamedTuple):
@@ -152,26 +161,112 @@ class Executor:
         self.current: tuple[Request, float] | None = None
         self.processed: Counter[str] = Counter()
         self._loop: ThreadLoop | None = None
+        self._plan: dict[str, tuple[Callable[..., Any], bool, bool]] = {}
+        self._plan_key: tuple[int, ...] | None = None
 
     # -- one message ----------------------------------------------------------------------------------
 
     def handle(
-        self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None = None
+        self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None = None, first: bool | None = None
     ) -> tuple[float, _rqueue.TaskMessage] | None:
         """Process one delivery; never raises for anything the message or the task did.
 
-        ``msg`` is the delivery's decoded message when it was decoded before (a delivery offered
-        again after waiting for its rate limit). Returns None once the delivery is dealt with. A
-        task over its rate limit is not run: ``(seconds until a token may be there, the decoded
-        message)`` comes back, and nothing was done (not acked, no state recorded; still leased).
+        ``msg`` is the delivery's decoded message when it was decoded before: by the fast lane
+        (``first``: its first offer), or for its first offer (a delivery offered again after
+        waiting for its rate limit). Returns None once the delivery is dealt with. A task over
+        its rate limit is not run: ``(seconds until a token may be there, the decoded message)``
+        comes back, and nothing was done (not acked, no state recorded; still leased).
         """
         if self.batch_since is None:
             self.open_batch()
-        admitted = self.admit(delivery, msg)
+        admitted = self.admit(delivery, msg, msg is None if first is None else first)
         if isinstance(admitted, Admitted):
             self.settle(admitted, self.run(admitted))
             return None
         return admitted  # deferred for its rate limit, or None: dealt with
+
+    # -- the fast lane --------------------------------------------------------------------------------
+
+    def fast_lane(self, buffer: _rqueue.PrefetchBuffer) -> _rqueue.FastLane | None:
+        """The native lane that runs the common case of ``buffer``'s deliveries (``FastLane``), or
+        None when this executor's setup sends every delivery through the Python path (a failpoint
+        armed; replies routed by the worker, for ``rpc://``)."""
+        if FAILPOINT is not None or self.backend.routes_replies:
+            return None
+        return _rqueue.FastLane(
+            buffer,
+            list(self.accept),
+            self.max_size,
+            self.hostname,
+            MessageRequest,
+            REQUEST_STACK,
+            self,
+            self.guard,
+            self.revoked,
+            self.consumer,
+            self.slot,
+            self.store_success,
+            reprlib.repr,
+            (logger.info, RECEIVED_LINE, SUCCEEDED_LINE, short_repr),
+            self.backend.serializer == "json" and not self.backend.extended,
+        )
+
+    def fast_plan(self) -> dict[str, tuple[Callable[..., Any], bool, bool]] | None:
+        """Open a batch if none is, and say which tasks the lane may run in it: ``name → (entry,
+        stores its result, acks on receipt)``. None when no task may: hooks or task events on,
+        or a task signal connected."""
+        if self.batch_since is None:
+            self.open_batch()
+        if self.hooks is not None or _task_signals_connected():
+            return None
+        rates = self.rate_limits
+        key = (self.app.conf.version, self.limits.version, len(self.app.tasks), rates.generation if rates else 0)
+        if key != self._plan_key:
+            self._plan, self._plan_key = self._make_plan(), key
+        return self._plan
+
+    def _make_plan(self) -> dict[str, tuple[Callable[..., Any], bool, bool]]:
+        """The tasks whose runs need nothing the lane leaves out: no task hooks, STARTED state,
+        rate limit or time limit."""
+        rates = self.rate_limits if self.rate_limits is not None and self.rate_limits.enabled else None
+        plan = {}
+        for name, task in self.app.tasks.items():
+            options = task.resolved_options()
+            if (
+                task.hooked
+                or options["track_started"]
+                or (rates is not None and rates.get(name) is not None)
+                or self.limits.for_task(name, None, None) != (None, None)
+            ):
+                continue
+            plan[name] = (task.entry, not options["ignore_result"], not options["acks_late"])
+        return plan
+
+    def linger_left_s(self) -> float:
+        """How long the open batch may stay open (``LINGER_S`` from its first task)."""
+        return 0.0 if self.batch_since is None else LINGER_S - (time.monotonic() - self.batch_since)
+
+    def take_over(
+        self,
+        delivery: _rqueue.Delivery,
+        msg: _rqueue.TaskMessage | None,
+        request: MessageRequest | None,
+        elapsed_s: float | None,
+        value: Any,
+        exc: BaseException | None,
+    ) -> tuple[float, _rqueue.TaskMessage] | None:
+        """Handle a delivery the lane handed back (``FastLane.run``): one it did not run (as
+        ``handle``), or one whose task it called (finish the call and settle it here)."""
+        if request is None or msg is None or elapsed_s is None:
+            return self.handle(delivery, msg, first=True)
+        job = self._admitted(delivery, msg, self.app.tasks[msg.task], request)
+        self.settle(job, self._guarded(job, None, time.perf_counter() - elapsed_s, (value, exc)))
+        return None
+
+    def store_success(self, msg: _rqueue.TaskMessage, request: Request, value: Any) -> None:
+        """Record a task's return value in the batch (with the arguments when results are extended)."""
+        extended = self._extended(msg, request.args, request.kwargs)
+        self._record(ResultRecord(msg.id, states.SUCCESS, value, None, extended, request.children))
 
     def open_batch(self) -> None:
         """Start a batch: its age counts from now, and it sends task events if the node's switch is on."""
@@ -192,14 +287,15 @@ class Executor:
         self.hooks = self._hooks_on
 
     def admit(  # noqa: PLR0911, PLR0912, PLR0915 - one check after another; each return is an outcome
-        self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None
+        self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage | None, first: bool
     ) -> Admitted | tuple[float, _rqueue.TaskMessage] | None:
-        """Decode and check a delivery: registered, not expired, not revoked, due, within its rate limit.
+        """Decode (unless ``msg`` is given) and check a delivery: registered, not expired, not
+        revoked, due, within its rate limit. ``first`` on its first offer (not after waiting for
+        its rate limit).
 
         Returns what may run now; ``(wait_s, msg)`` for a task over its rate limit (nothing done);
         None when the delivery was dealt with here (dead-lettered, revoked, rescheduled).
         """
-        first = msg is None
         if msg is None:
             try:
                 msg = _rqueue.decode_task_message(delivery.payload, accept=self.accept, max_size=self.max_size)
@@ -265,15 +361,29 @@ class Executor:
             if wait_s > 0.0:
                 return wait_s, msg
 
-        options = task.resolved_options()
-        ignore_result = msg.ignore_result or bool(options["ignore_result"])
-        acks_late = bool(options["acks_late"])
-        if not acks_late:
+        job = self._admitted(delivery, msg, task, request)
+        if not job.acks_late:
             self.consumer.ack([delivery.tag])
         if logger.isEnabledFor(logging.INFO):
-            logger.info("Task %s[%s] received", msg.shadow or msg.task, msg.id)
-        track_started = bool(options["track_started"])
-        return Admitted(delivery, msg, task, request, args, kwargs, ignore_result, acks_late, track_started)
+            logger.info(RECEIVED_LINE, msg.shadow or msg.task, msg.id)
+        return job
+
+    def _admitted(
+        self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage, task: Task[Any, Any], request: Request
+    ) -> Admitted:
+        options = task.resolved_options()
+        ignore_result = msg.ignore_result or bool(options["ignore_result"])
+        return Admitted(
+            delivery,
+            msg,
+            task,
+            request,
+            request.args,
+            request.kwargs,
+            ignore_result,
+            bool(options["acks_late"]),
+            bool(options["track_started"]),
+        )
 
     def _judged(self, delivery: _rqueue.Delivery, msg: _rqueue.TaskMessage) -> bool:
         """Act on what the supervisor saw of this redelivered message's last delivery; True when
@@ -338,10 +448,10 @@ class Executor:
             logger.error("Decoding message %s raised %s", delivery.tag, type(exc).__name__, exc_info=exc)
             self._dead_letter(delivery, "decode_error", exc, _peek_id(delivery.payload), logged=True)
 
-    def run(self, job: Admitted) -> Outcome:  # noqa: PLR0912 - a return per ending; set-up inline (per task)
+    def run(self, job: Admitted) -> Outcome:
         """Record STARTED (``track_started``), set up the time limits, then call the task inside its
         guard (time limits, terminate); never raises for what it did."""
-        msg, task, request, args, kwargs = job.msg, job.task, job.request, job.args, job.kwargs
+        msg, request, args = job.msg, job.request, job.args
         if job.track_started and not job.ignore_result:
             self._record(ResultRecord(msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}))
             self.flush()
@@ -367,19 +477,23 @@ class Executor:
             self.watchdog.ensure_started()
         if self.hooks is not None:
             self.hooks.started(request)
-        started = time.perf_counter()
+        return self._guarded(job, soft, time.perf_counter(), None)
+
+    def _guarded(self, job: Admitted, soft: float | None, started: float, ran: tuple[Any, Any] | None) -> Outcome:
+        """Call the task with its request current, inside the guard; or, with ``ran`` (``(value,
+        exception)`` the fast lane's call gave), finish that call: run the coroutine it returned,
+        or settle the exception it raised by the same rules."""
+        msg, task, request = job.msg, job.task, job.request
         push_request(request)
         self.current = (request, time.time())
-        if signals.task_prerun.receivers:
+        if ran is None and signals.task_prerun.receivers:
             trace.prerun(task, request)
         guard = self.guard
         try:
             # Exceptions aimed at the task (time limit, terminate) are raised only inside the guard.
             guard.enter(msg.id, msg.task, soft)
             try:
-                if task.hooked and "before_start" in task.hooked:
-                    task.before_start(msg.id, args, kwargs)
-                value = task.entry(*args, **kwargs)
+                value = self._call(job) if ran is None else _finish(*ran)
                 if type(value) is CoroutineType:  # an ``async def`` task: run on this thread's loop
                     value = self._thread_loop().run(value)
                 if FAILPOINT is not None:
@@ -395,7 +509,15 @@ class Executor:
         finally:
             pop_request()
             self.current = None
-            self.processed[msg.task] += 1
+            if ran is None:  # the lane counted its call
+                self.processed[msg.task] += 1
+
+    @staticmethod
+    def _call(job: Admitted) -> Any:
+        task = job.task
+        if task.hooked and "before_start" in task.hooked:
+            task.before_start(job.msg.id, job.args, job.kwargs)
+        return task.entry(*job.args, **job.kwargs)
 
     def outcome_of(self, task: Task[Any, Any], request: Request, exc: Exception, started: float) -> Outcome:
         """The outcome of a run that raised ``exc``; called while the request is current (an
@@ -433,15 +555,14 @@ class Executor:
         msg = job.msg
         if logger.isEnabledFor(logging.INFO):
             name = msg.shadow or msg.task  # the name the sender chose to show
-            logger.info("Task %s[%s] succeeded in %.6fs: %s", name, msg.id, outcome[3], short_repr(outcome[1]))
+            logger.info(SUCCEEDED_LINE, name, msg.id, outcome[3], short_repr(outcome[1]))
         if self.hooks is not None:
             self.hooks.succeeded(job.request, outcome[1], outcome[3])
         request = job.request
         if request.chain or request.callbacks:  # sent before the result is stored, as in Celery
             self._apply_links(canvas.apply_success_links, request, outcome[1])
         if not job.ignore_result:
-            extended = self._extended(msg, job.args, job.kwargs)
-            self._record(ResultRecord(msg.id, states.SUCCESS, outcome[1], None, extended, request.children))
+            self.store_success(msg, request, outcome[1])
         if request.chord:
             self._chord_part(request, states.SUCCESS, outcome[1], msg.redelivered)
         if job.task.hooked or signals.task_success.receivers:
@@ -748,6 +869,25 @@ _STATE_OF = {
     "terminated": states.REVOKED,
     "rejected": states.REJECTED,
 }
+
+
+def _finish(value: Any, exc: BaseException | None) -> Any:
+    """What the fast lane's call of a task gave: its value, or the exception it raised (raised
+    again here, so it is settled as if raised in this frame)."""
+    if exc is not None:
+        raise exc
+    return value
+
+
+def _task_signals_connected() -> bool:
+    """Whether a signal the fast lane does not send has receivers (it sends none: a run that
+    would send one takes the Python path)."""
+    return bool(
+        signals.task_received.receivers
+        or signals.task_prerun.receivers
+        or signals.task_postrun.receivers
+        or signals.task_success.receivers
+    )
 
 
 def short_repr(value: object, limit: int = 200) -> str:

@@ -67,11 +67,14 @@ class TimeLimits:
         self._overrides: dict[str, Limits] = {}
         self._base: dict[str, Limits] = {}  # per task name, for one version of the settings
         self._version = -1
+        #: Bumped by each override (the executor's fast-lane plan is made again).
+        self.version = 0
 
     def set(self, name: str, soft: float | None, hard: float | None) -> None:
         """Override both limits of task ``name`` (None = no limit) for messages that carry none."""
         self._overrides[name] = (time_limit_value(soft, "soft time limit"), time_limit_value(hard, "hard time limit"))
         self._base = {}
+        self.version += 1
 
     def for_task(self, name: str, soft: float | None, hard: float | None) -> Limits:
         """The limits of a run of ``name`` whose message carries ``soft`` and ``hard``."""

@@ -14,6 +14,7 @@ mod errors;
 mod events;
 mod ids;
 mod json;
+mod lane;
 mod postgres;
 mod prefetch;
 mod protocol;
@@ -34,6 +35,7 @@ fn _rqueue(m: &Bound<'_, PyModule>) -> PyResult<()> {
     routing::register(m)?;
     ratelimit::register(m)?;
     prefetch::register(m)?;
+    lane::register(m)?;
     sqlite::register(m)?;
     redis::register(m)?;
     postgres::register(m)?;

@@ -117,6 +117,60 @@ impl TaskMessage {
     }
 }
 
+impl TaskMessage {
+    /// Whether the worker's fast lane may run this message (`crate::lane`): a body decoded here,
+    /// not redelivered, no schedule, no time limits and no canvas. Anything else takes the
+    /// Python executor's path, which handles every case.
+    pub(crate) fn is_plain(&self, py: Python<'_>) -> PyResult<bool> {
+        if self.args.is_none()
+            || self.kwargs.is_none()
+            || self.redelivered
+            || self.eta_ms.is_some()
+            || self.expires_ms.is_some()
+            || self.time_limit.is_some()
+            || self.soft_time_limit.is_some()
+        {
+            return Ok(false);
+        }
+        let Some(embed) = &self.embed else {
+            return Ok(true);
+        };
+        for value in embed.bind(py).values() {
+            if value.is_truthy()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The positional and keyword arguments (only for a message `is_plain` accepted).
+    pub(crate) fn arguments<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
+        Some((
+            self.args.as_ref()?.bind(py).clone(),
+            self.kwargs.as_ref()?.bind(py).clone(),
+        ))
+    }
+
+    pub(crate) fn embed_ref(&self) -> Option<&Py<PyDict>> {
+        self.embed.as_ref()
+    }
+
+    pub(crate) fn ignores_result(&self) -> bool {
+        self.ignore_result
+    }
+
+    /// The name logs show: the sender's shadow name, else the task's.
+    pub(crate) fn display_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.shadow {
+            Some(shadow) => Ok(shadow.into_pyobject(py)?.into_any()),
+            None => Ok(self.task.bind(py).clone().into_any()),
+        }
+    }
+}
+
 /// Every header as a dict, decoded like the body (kombu markers become native values).
 fn headers_dict(py: Python<'_>, headers_json: &str) -> PyResult<Py<PyDict>> {
     if headers_json.is_empty() {
@@ -593,7 +647,18 @@ fn decode_task_message(
         Some(names) => Accept::new(&names),
         None => Accept::default(),
     };
-    let env = protocol::decode_envelope(data.as_bytes(), &accept, max_size).map_py(py)?;
+    decode_message(py, data, &accept, max_size)
+}
+
+/// Decodes an envelope into a `TaskMessage` (the body too, when its content type is one the
+/// extension reads); `decode_task_message` and the worker's fast lane share it.
+pub(crate) fn decode_message(
+    py: Python<'_>,
+    data: Bound<'_, PyBytes>,
+    accept: &Accept,
+    max_size: usize,
+) -> PyResult<TaskMessage> {
+    let env = protocol::decode_envelope(data.as_bytes(), accept, max_size).map_py(py)?;
     let msg = env.message;
     let (args, kwargs, embed) = match env.codec {
         None => (None, None, None),

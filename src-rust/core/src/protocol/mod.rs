@@ -13,7 +13,7 @@ pub use envelope::{
     decode_envelope, decode_headers, decode_task_message, encode_envelope, encode_task_message,
     headers_json, DecodedEnvelope, EnvelopeRef,
 };
-pub use iso8601::{format_iso8601_ms, parse_iso8601_ms};
+pub use iso8601::{format_iso8601_ms, now_isoformat_utc, parse_iso8601_ms};
 pub use message::{
     clamp_priority, decode_body, encode_body, Accept, BodyParts, TaskMessage, TaskMessageSpec,
     DEFAULT_MAX_SIZE,

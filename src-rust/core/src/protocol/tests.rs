@@ -276,6 +276,17 @@ fn test_iso8601_format_like_celery() {
     assert!(format_iso8601_ms(300_000_000_000_000).is_err());
 }
 
+#[test]
+fn test_now_isoformat_utc_reads_back_as_now() {
+    let text = now_isoformat_utc();
+    assert!(text.ends_with("+00:00"), "{text}");
+    let len = text.len(); // 25 without a fraction, 32 with microseconds
+    assert!(len == 25 || len == 32, "{text}");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let read = parse_iso8601_ms(&text).unwrap();
+    assert!((now_ms - read).abs() < 5_000, "{text}");
+}
+
 proptest! {
     #[test]
     fn test_iso8601_roundtrip(ms in -62_135_596_800_000i64..253_402_300_799_999) {
