@@ -217,6 +217,26 @@ def test_delay_many_checks_every_call_before_sending_any(app: App) -> None:
     assert app.broker.queue_length("celery") == 0
 
 
+def test_positional_calls_are_checked_against_every_kind_of_signature(app: App) -> None:
+    @app.task(name="tasks.varargs")
+    def varargs(first: int, *rest: int, scale: int = 1) -> int:
+        return first
+
+    @app.task(name="tasks.keyword")
+    def keyword(x: int, *, unit: str) -> int:
+        return x
+
+    varargs.delay_many([(1,), (1, 2, 3, 4, 5)])
+    with pytest.raises(TypeError, match=r"tasks.varargs\(\) missing a required argument: 'first'"):
+        varargs.delay()
+    with pytest.raises(TypeError, match=r"tasks.keyword\(\) missing a required argument: 'unit'"):
+        keyword.delay(1)
+    keyword.delay(1, unit="m")
+    with pytest.raises(TypeError, match=r"tasks.keyword\(\) too many positional arguments"):
+        keyword.delay(1, 2, unit="m")
+    assert app.broker.queue_length("celery") == 3
+
+
 def test_send_many_routes_each_call_when_a_router_reads_the_arguments(app: App) -> None:
     def by_size(name: str, args: list[int], kwargs: object, options: object, task: object) -> str:
         return "big" if args[0] > 10 else "small"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import threading
 import time
@@ -43,6 +44,11 @@ class Outgoing(NamedTuple):
     ignore_result: bool
     #: The ``task-sent`` event's own fields, when the producer sends it (``task_send_sent_event``).
     sent_event: dict[str, Any] | None = None
+
+
+#: ``Outgoing`` from a tuple of all its fields without a Python-level ``__new__`` (a batch makes
+#: one per message).
+_outgoing = functools.partial(tuple.__new__, Outgoing)
 
 
 class SendPlan:
@@ -131,7 +137,7 @@ class SendPlan:
         queue_name, exchange, routing_key, routed_priority = self.route
         priority = self._option("priority", self.priority if self.priority is not None else routed_priority)
         encoded = _rqueue.encode_task_messages(
-            [(list(args or ()), dict(kwargs or {})) for args, kwargs in calls],
+            calls if isinstance(calls, list) else list(calls),  # (args, kwargs) pairs, read natively
             routing_key=routing_key,
             exchange=exchange,
             priority=priority,
@@ -157,7 +163,7 @@ class SendPlan:
                 for (task_id, payload), (args, kwargs) in zip(encoded, calls, strict=True)
             ]
         return [
-            Outgoing(task_id, name, queue_name, exchange, routing_key, payload, clamped, eta_ms, ignore_result)
+            _outgoing((task_id, name, queue_name, exchange, routing_key, payload, clamped, eta_ms, ignore_result, None))
             for task_id, payload in encoded
         ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -399,18 +400,20 @@ class Task(Generic[P, R]):
             raise TypeError(f"{self.name}() {exc}") from None
 
     @functools.cached_property
-    def _call_shape(self) -> tuple[inspect.Signature | None, tuple[int, int] | None]:
-        """The call signature, and ``(required, total)`` positional parameters when every parameter
-        is a plain positional one (so positional arguments alone fit exactly when their count does)."""
+    def _call_shape(self) -> tuple[inspect.Signature | None, tuple[float, float] | None]:
+        """The call signature, and how many positional arguments alone fit it (``(least, most)``,
+        most infinite with ``*args``), unless a keyword-only parameter is required (then none do)."""
         signature = self._call_signature()
         if signature is None:
             return None, None
-        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        kind = inspect.Parameter
         params = list(signature.parameters.values())
-        if any(p.kind not in plain for p in params):
+        if any(p.kind is kind.KEYWORD_ONLY and p.default is kind.empty for p in params):
             return signature, None
-        required = sum(1 for p in params if p.default is inspect.Parameter.empty)
-        return signature, (required, len(params))
+        positional = [p for p in params if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)]
+        required = sum(1 for p in positional if p.default is kind.empty)
+        most = math.inf if any(p.kind is kind.VAR_POSITIONAL for p in params) else len(positional)
+        return signature, (required, most)
 
     def _call_signature(self) -> inspect.Signature | None:
         target = self.fun if self.fun is not None else self.run

@@ -540,16 +540,32 @@ fn encode_task_messages<'py>(
     };
     let out = PyList::empty(py);
     let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let (no_args, no_kwargs) = (PyTuple::empty(py).into_any(), PyDict::new(py).into_any());
     for (i, call) in calls.iter().enumerate() {
-        let pair = call
-            .cast::<PyTuple>()
-            .ok()
-            .filter(|t| t.len() == 2)
-            .ok_or_else(|| {
-                PyTypeError::new_err(format!("calls[{i}] must be an (args, kwargs) tuple"))
-            })?;
+        // An (args, kwargs) pair as callers write it: a tuple or a list; None for no arguments.
+        let pair = match call.cast::<PyTuple>() {
+            Ok(t) if t.len() == 2 => Some((t.get_item(0)?, t.get_item(1)?)),
+            Ok(_) => None,
+            Err(_) => match call.cast::<PyList>() {
+                Ok(l) if l.len() == 2 => Some((l.get_item(0)?, l.get_item(1)?)),
+                _ => None,
+            },
+        };
+        let (args, kwargs) = pair.ok_or_else(|| {
+            PyTypeError::new_err(format!("calls[{i}] must be an (args, kwargs) tuple"))
+        })?;
+        let args = if args.is_none() {
+            no_args.clone()
+        } else {
+            args
+        };
+        let kwargs = if kwargs.is_none() {
+            no_kwargs.clone()
+        } else {
+            kwargs
+        };
         let task_id = crate::ids::uuid4_text(&mut id_buf)?;
-        let payload = fixed.encode(py, task_id, &pair.get_item(0)?, &pair.get_item(1)?, None)?;
+        let payload = fixed.encode(py, task_id, &args, &kwargs, None)?;
         out.append((PyString::new(py, task_id), payload))?;
     }
     Ok(out)
