@@ -6,6 +6,7 @@ import base64
 import json
 import pathlib
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -405,6 +406,16 @@ def test_protocol_encode_many_refuses_bad_calls_by_index() -> None:
     with pytest.raises(MessageTooLarge):
         _rqueue.encode_task_messages([(["x" * 2000], {})], task="t", routing_key="q", max_size=1000)
     assert _rqueue.encode_task_messages([], task="t", routing_key="q") == []
+    with pytest.raises(TypeError, match=r"calls\[0\] must be an \(args, kwargs\) tuple"):
+        _rqueue.encode_task_messages(["ab"], task="t", routing_key="q")  # type: ignore[list-item]
+
+
+def test_protocol_encode_many_reads_pairs_as_callers_write_them() -> None:
+    """Tuples or lists; None for no arguments (as ``apply_async(args=None)``)."""
+    calls: Any = [((1, 2), {"k": 3}), [[4], None], (None, None)]
+    encoded = _rqueue.encode_task_messages(calls, task="t", routing_key="q")
+    decoded = [_rqueue.decode_task_message(payload) for _, payload in encoded]
+    assert [(m.args, m.kwargs) for m in decoded] == [([1, 2], {"k": 3}), ([4], {}), ([], {})]
 
 
 # -- task ids --------------------------------------------------------------------------------------
