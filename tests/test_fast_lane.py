@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,21 @@ from rqueue.worker.slot import RunningSlot
 from rqueue.worker.state import Revoked
 
 OWNER = "lane-test/1"
+
+
+#: The signals a lane run does not send (a receiver on any of them keeps runs off the lane).
+PER_RUN_SIGNALS = (signals.task_received, signals.task_prerun, signals.task_postrun, signals.task_success)
+
+
+@pytest.fixture(autouse=True)
+def _no_receivers_from_other_tests() -> Iterator[None]:
+    """Other tests import Celery projects into this process, whose receivers stay connected."""
+    saved = [signal.receivers for signal in PER_RUN_SIGNALS]
+    for signal in PER_RUN_SIGNALS:
+        signal.receivers = ()
+    yield
+    for signal, receivers in zip(PER_RUN_SIGNALS, saved, strict=True):
+        signal.receivers = receivers
 
 
 @pytest.fixture
@@ -297,7 +313,7 @@ def test_no_task_takes_the_lane_while_hooks_or_task_signals_need_each_run(app: A
 
     def receiver(**kwargs: Any) -> None: ...
 
-    for signal in (signals.task_received, signals.task_prerun, signals.task_postrun, signals.task_success):
+    for signal in PER_RUN_SIGNALS:
         signal.connect(receiver)
         try:
             assert plain.fast_plan() is None
