@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 /// How much work (at the recent pace of taking deliveries) the buffer may hold beyond its
 /// configured capacity: little enough that reserving it is no unfairness to other workers.
 pub const ADAPTIVE_WORK: Duration = Duration::from_millis(5);
-/// The most deliveries an adaptive buffer holds (fetched in halves). Larger batches drain no
-/// faster: one fetch script then holds Redis for longer, and the executor's acks wait behind it
-/// (measured: a ceiling of 256 drained 42k no-op tasks/s where 64 drained 65k).
-pub const ADAPTIVE_CEILING: usize = 64;
+/// The most deliveries an adaptive buffer holds (fetched in halves). It bounds how long one
+/// fetch script holds Redis (64 messages: ~0.4 ms). Measured on Redis with no-op tasks, since the
+/// executor runs them natively (the fast lane): 64 drained 62-66k/s, 128 drained 76-78k/s, 256
+/// drained 79k/s (`-P solo`); prefork's children 61-64k/s, 66-68k/s, 66-68k/s. Before the lane a
+/// larger ceiling was slower (the executor's acks waited behind the longer scripts).
+pub const ADAPTIVE_CEILING: usize = 128;
 /// Weight of the newest interval in the running mean of intervals between takes. One that is
 /// longer than [`ADAPTIVE_WORK`] (a task that ran long) replaces the mean at once, and the
 /// capacity falls back to the configured one.
