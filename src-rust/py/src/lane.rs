@@ -353,7 +353,11 @@ impl FastLane {
         if writer::write_json(&mut out, &meta, &PyPath::root("obj"), 0).is_err() {
             return Ok(None);
         }
-        let record = (m.id.bind(py), intern!(py, "SUCCESS"), PyBytes::new(py, &out));
+        let record = (
+            m.id.bind(py),
+            intern!(py, "SUCCESS"),
+            PyBytes::new(py, &out),
+        );
         Ok(Some(record.into_pyobject(py)?))
     }
 

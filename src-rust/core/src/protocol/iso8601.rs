@@ -122,24 +122,7 @@ pub fn parse_iso8601_ms(text: &str) -> Result<i64> {
 /// The time now as Python's `datetime.now(timezone.utc).isoformat()` writes it (a result's
 /// `date_done`): microseconds, left out when zero, and `+00:00`.
 pub fn now_isoformat_utc() -> String {
-    let t = chrono::Utc::now();
-    let micros = t.timestamp_subsec_micros();
-    let mut s = String::with_capacity(32);
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
-    if micros != 0 {
-        let _ = write!(s, ".{micros:06}");
-    }
-    s.push_str("+00:00");
-    s
+    utc_text(chrono::Utc::now(), false)
 }
 
 /// ISO-8601 UTC text with microseconds and `+00:00`, as Celery writes `eta`/`expires`.
@@ -154,17 +137,26 @@ pub fn format_iso8601_ms(epoch_ms: i64) -> Result<String> {
     if !(1..=9999).contains(&t.year()) {
         return Err(out_of_range());
     }
+    Ok(utc_text(t, true))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00`; the fraction always, or (as Python) unless zero.
+fn utc_text(t: chrono::DateTime<chrono::Utc>, always_fraction: bool) -> String {
     let mut s = String::with_capacity(32);
     let _ = write!(
         s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
         t.year(),
         t.month(),
         t.day(),
         t.hour(),
         t.minute(),
-        t.second(),
-        t.timestamp_subsec_micros()
+        t.second()
     );
-    Ok(s)
+    let micros = t.timestamp_subsec_micros();
+    if always_fraction || micros != 0 {
+        let _ = write!(s, ".{micros:06}");
+    }
+    s.push_str("+00:00");
+    s
 }
