@@ -58,7 +58,7 @@ class LaneRun:
 def run_lane(app: App, slot: RunningSlot | None = None, hooks: Hooks | None = None) -> LaneRun:
     """Lease everything waiting and run it through one executor's lane, as a worker process's
     executor loop does (handbacks go to the executor); then flush, and check every lease was settled."""
-    buffer = _rqueue.PrefetchBuffer(100)
+    buffer = _rqueue.PrefetchBuffer(1000)  # above the adaptive ceiling: its credits stay comparable
     consumer = app.broker.consumer(["celery"], OWNER, buffer, 60.0, 5, 40)
     executor = Executor(app, consumer, "test@host", Revoked(app.broker), slot=slot, hooks=hooks)
     lane = executor.fast_lane(buffer)
