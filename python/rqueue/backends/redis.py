@@ -289,12 +289,17 @@ class RedisBackend(ResultBackend):
             chunk = ids[start : start + 1000]
             with _as_backend_error(self.url):
                 values = self.client.mget([self.key(task_id) for task_id in chunk])
-            for task_id, data in zip(chunk, values, strict=True):
-                if data is None:
-                    metas.append({"status": states.PENDING, "result": None, "traceback": None, "task_id": task_id})
-                else:
-                    metas.append(self._decode(task_id, data if isinstance(data, bytes) else data.encode()))
+            metas.extend(self.metas(chunk, values))
         return metas
+
+    def metas(self, task_ids: list[str], values: list[Any]) -> list[dict[str, Any]]:
+        """Each task's meta from what its key holds (an ``MGET``'s values): PENDING when nothing."""
+        return [
+            {"status": states.PENDING, "result": None, "traceback": None, "task_id": task_id}
+            if data is None
+            else self._decode(task_id, data if isinstance(data, bytes) else data.encode())
+            for task_id, data in zip(task_ids, values, strict=True)
+        ]
 
     # -- groups and chords (Celery's keys) ---------------------------------------------------------
 

@@ -47,6 +47,8 @@ class RedisResults(Protocol):
 
     def _decode(self, task_id: str, data: bytes) -> dict[str, Any]: ...
 
+    def metas(self, task_ids: list[str], values: list[Any]) -> list[dict[str, Any]]: ...
+
 
 logger = logging.getLogger("rqueue")
 
@@ -142,11 +144,7 @@ class RedisWaiter:
                 values = await self.commands.mget([backend.key(task_id) for task_id in chunk])
             except redis.RedisError as exc:
                 raise BackendError(f"Redis result backend {mask_password(backend.url)}: {exc}") from exc
-            for task_id, data in zip(chunk, values, strict=True):
-                if data is None:
-                    metas.append({"status": states.PENDING, "result": None, "traceback": None, "task_id": task_id})
-                else:
-                    metas.append(backend._decode(task_id, data if isinstance(data, bytes) else data.encode()))
+            metas.extend(backend.metas(chunk, values))
         return metas
 
     def _answer(self, channel: bytes, data: bytes | None) -> None:
