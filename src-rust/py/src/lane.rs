@@ -4,7 +4,7 @@
 //!
 //! The executor decides per batch which tasks may take the lane (its *plan*: no hooks, signals,
 //! time or rate limits, or INFO logging in the way); the lane decides per message (a plain
-//! message: see `TaskMessage::is_plain`) and per outcome (a plain return value). A task that
+//! message: see `TaskMessage::plain_arguments`) and per outcome (a plain return value). A task that
 //! raised, returned a coroutine, or whose message needs more than the lane does, is handed back:
 //! before its run (`ran` empty) or after it (what the call gave).
 
@@ -186,16 +186,14 @@ impl FastLane {
         let msg = Bound::new(py, msg)?;
         let m = msg.get();
         let task = m.task.bind(py);
-        let (entry, store, early_ack) = match plan.get_item(task)? {
-            Some(how) if m.is_plain(py)? => how.extract::<(Bound<'py, PyAny>, bool, bool)>()?,
-            _ => return handback(py, delivery, Some(msg)),
+        let (Some(how), Some((args, kwargs))) = (plan.get_item(task)?, m.plain_arguments(py)?)
+        else {
+            return handback(py, delivery, Some(msg));
         };
+        let (entry, store, early_ack) = how.extract::<(Bound<'py, PyAny>, bool, bool)>()?;
         if self.revoked.bind(py).contains(m.id.bind(py))? {
             return handback(py, delivery, Some(msg));
         }
-        let Some((args, kwargs)) = m.arguments(py) else {
-            return handback(py, delivery, Some(msg));
-        };
         let embed = m.embed_ref().map(|e| e.clone_ref(py));
         let request = self.request_type.bind(py).call1((
             &msg,

@@ -118,40 +118,33 @@ impl TaskMessage {
 }
 
 impl TaskMessage {
-    /// Whether the worker's fast lane may run this message (`crate::lane`): a body decoded here,
-    /// not redelivered, no schedule, no time limits and no canvas. Anything else takes the
-    /// Python executor's path, which handles every case.
-    pub(crate) fn is_plain(&self, py: Python<'_>) -> PyResult<bool> {
-        if self.args.is_none()
-            || self.kwargs.is_none()
-            || self.redelivered
+    /// The positional and keyword arguments when the worker's fast lane may run this message
+    /// (`crate::lane`): a body decoded here, not redelivered, no schedule, no time limits and no
+    /// canvas. None for anything else, which takes the Python executor's path (it handles every
+    /// case).
+    pub(crate) fn plain_arguments<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyDict>)>> {
+        let (Some(args), Some(kwargs)) = (&self.args, &self.kwargs) else {
+            return Ok(None);
+        };
+        if self.redelivered
             || self.eta_ms.is_some()
             || self.expires_ms.is_some()
             || self.time_limit.is_some()
             || self.soft_time_limit.is_some()
         {
-            return Ok(false);
+            return Ok(None);
         }
-        let Some(embed) = &self.embed else {
-            return Ok(true);
-        };
-        for value in embed.bind(py).values() {
-            if value.is_truthy()? {
-                return Ok(false);
+        if let Some(embed) = &self.embed {
+            for value in embed.bind(py).values() {
+                if value.is_truthy()? {
+                    return Ok(None);
+                }
             }
         }
-        Ok(true)
-    }
-
-    /// The positional and keyword arguments (only for a message `is_plain` accepted).
-    pub(crate) fn arguments<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> Option<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
-        Some((
-            self.args.as_ref()?.bind(py).clone(),
-            self.kwargs.as_ref()?.bind(py).clone(),
-        ))
+        Ok(Some((args.bind(py).clone(), kwargs.bind(py).clone())))
     }
 
     pub(crate) fn embed_ref(&self) -> Option<&Py<PyDict>> {
