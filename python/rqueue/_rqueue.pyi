@@ -282,7 +282,7 @@ class PrefetchBuffer:
 
     ``credits`` = capacity now - buffered - taken-but-not-done: how many messages the transport may
     fetch. The capacity given is a floor: while tasks are short the buffer holds about 5 ms of them
-    (at most 64); when one runs long it falls back and the transport hands the excess back.
+    (at most 128); when one runs long it falls back and the transport hands the excess back.
     """
 
     def __new__(cls, capacity: int) -> PrefetchBuffer: ...
@@ -297,6 +297,9 @@ class PrefetchBuffer:
         """Block (GIL released) until a delivery is there, the timeout runs out, or the buffer closes."""
     def done(self, count: int = 1) -> None:
         """Mark taken deliveries finished (acked or returned), giving their credit back."""
+    def discount(self, waited_s: float) -> None:
+        """Leave ``waited_s`` out of the pace of taking: the taker spent it since its last take
+        waiting on the broker (writing results and acks), not running a task."""
     def snapshot(self) -> list[Delivery]:
         """Copies of the deliveries waiting in the buffer, oldest first; they stay in it."""
     def close(self) -> list[Delivery]:

@@ -31,7 +31,6 @@ import contextvars
 import inspect
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -52,7 +51,6 @@ from rqueue.worker.executor import SHUTDOWN_FLUSH_S, Admitted, Executor, Outcome
 from rqueue.worker.timelimit import TaskGuard
 
 if TYPE_CHECKING:
-    from rqueue import chord_join
     from rqueue.app import App
     from rqueue.task import Task
     from rqueue.worker.hooks import Hooks
@@ -109,56 +107,6 @@ class _Job:
         self.started_wall = time.time()
 
 
-class _Writer:
-    """The thread that writes the batches the loop flushes: in order, several pending at once in
-    one write (results, chord counts, then acks), retrying while the broker is away (``Executor.write``)."""
-
-    def __init__(self, executor: Executor) -> None:
-        self.executor = executor
-        self._queue: queue.SimpleQueue[tuple[list[Any], list[str], list[Any], float | None] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._run, name="rqueue-results", daemon=True)
-        self._thread.start()
-
-    def submit(
-        self,
-        results: list[tuple[str, str, bytes]],
-        acks: list[str],
-        parts: list[chord_join.Part],
-        give_up_after_s: float | None,
-    ) -> None:
-        self._queue.put((results, acks, parts, give_up_after_s))
-
-    def close(self) -> None:
-        """Write what is pending, then stop (blocks: call it off the loop)."""
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            results, acks, parts, give_up = list(item[0]), list(item[1]), list(item[2]), item[3]
-            last = False
-            while not self._queue.empty():  # batches flushed meanwhile: one write for all
-                more = self._queue.get()
-                if more is None:
-                    last = True
-                    break
-                results += more[0]
-                acks += more[1]
-                parts += more[2]
-                give_up = more[3] if give_up is None else give_up
-            try:
-                self.executor.write(results, acks, parts, give_up)
-            except Exception:  # a bug, not the broker (write retries those): keep writing the next ones
-                logger.exception("Writing %d result(s) and %d ack(s) failed", len(results), len(acks))
-            if last:
-                return
-
-
 class AsyncExecutor(Executor):
     """The executor of the asyncio pool: admit and settle as in every pool, run as a coroutine on
     the loop (or a sync task in a thread), flushes handed to a writer thread."""
@@ -166,21 +114,11 @@ class AsyncExecutor(Executor):
     def __init__(self, consumer: AsyncioConsumer, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pool = consumer
-        self.writer = _Writer(self)
         self._coroutine_tasks: dict[str, bool] = {}
 
     def flush(self, give_up_after_s: float | None = None) -> None:
-        """Take the open batch and hand it to the writer thread (acks alone go to the fetching
-        thread, as in every pool); returns at once."""
-        self.batch_since = None
-        if not (self.results or self.acks or self.chord_parts):
-            return
-        results, acks, parts = self.results, self.acks, self.chord_parts
-        self.results, self.acks, self.chord_parts = [], [], []
-        if not results and not parts:
-            self.write(results, acks, parts)  # ack_later: no waiting
-            return
-        self.writer.submit(results, acks, parts, give_up_after_s)
+        """Hand the open batch to the writer thread (``flush_behind``): the loop never waits."""
+        self.flush_behind(give_up_after_s)
 
     def is_coroutine(self, task: Task[Any, Any]) -> bool:
         known = self._coroutine_tasks.get(task.name)
@@ -356,7 +294,7 @@ class AsyncioConsumer(Consumer):
                 await asyncio.wait([j.task for j in list(self.jobs.values()) if j.task is not None])
             executor.flush(give_up_after_s=SHUTDOWN_FLUSH_S)
         finally:
-            await loop.run_in_executor(None, executor.writer.close)
+            await loop.run_in_executor(None, executor.close)
             reader.join(IDLE_WAIT_S * 5)
 
     def stop(self) -> None:

@@ -45,7 +45,7 @@ from rqueue.exceptions import (
 from rqueue.request import REQUEST_STACK, MessageRequest, Request, pop_request, push_request
 from rqueue.utils.log import Verbatim
 from rqueue.worker import failpoint
-from rqueue.worker.completion import completer_for
+from rqueue.worker.completion import BatchWriter, completer_for
 from rqueue.worker.failpoint import ACTIVE as FAILPOINT
 from rqueue.worker.hooks import Hooks
 from rqueue.worker.timelimit import TaskGuard, TimeLimits
@@ -137,6 +137,8 @@ class Executor:
         self.consumer = consumer
         self.backend = app.backend
         self.complete = completer_for(consumer, self.backend)
+        #: Writes the batches ``flush_behind`` hands over while this executor runs on.
+        self.writer = BatchWriter(self.write)
         #: None when no hook is installed, so the hot path pays one comparison.
         self.hooks: Hooks | WorkerHook | None = hooks if hooks else None
         #: The node's task-events switch, read when a batch opens: the hooks with and without
@@ -726,21 +728,46 @@ class Executor:
     def _ack(self, delivery: _rqueue.Delivery) -> None:
         self.acks.append(delivery.tag)
         if len(self.acks) >= BATCH:
-            self.flush()
+            self.flush_behind()
 
     def flush(self, give_up_after_s: float | None = None) -> None:
         """Write pending results, then ack: a crash in between re-runs tasks, never loses them.
+        Returns once they are written, with every batch handed to the writer before.
 
         While the broker or backend is unreachable, retry with backoff (the worker pauses rather
         than dropping results); with ``give_up_after_s`` (at shutdown) stop trying after that long,
         and the unacked messages are delivered again once their lease expires.
         """
+        self.writer.drain()
+        batch = self._take_batch()
+        if batch is not None:
+            self.write(*batch, give_up_after_s)
+
+    def flush_behind(self, give_up_after_s: float | None = None) -> None:
+        """``flush`` without waiting, for while more tasks wait to run: a batch with results goes
+        to the writer thread, acks alone to the fetching thread (see ``write``). With a failpoint
+        set every batch is written here, in the thread where its crash points are hit."""
+        batch = self._take_batch()
+        if batch is None:
+            return
+        results, acks, parts = batch
+        if (results or parts) and FAILPOINT is None:
+            self.writer.submit(results, acks, parts, give_up_after_s)
+        else:
+            self.write(results, acks, parts, give_up_after_s)
+
+    def _take_batch(self) -> tuple[list[tuple[str, str, bytes]], list[str], list[chord_join.Part]] | None:
+        """The open batch, taken (None when empty); the next one opens with the next task."""
         self.batch_since = None
         if not (self.results or self.acks or self.chord_parts):
-            return
-        results, acks, parts = self.results, self.acks, self.chord_parts
+            return None
+        batch = self.results, self.acks, self.chord_parts
         self.results, self.acks, self.chord_parts = [], [], []
-        self.write(results, acks, parts, give_up_after_s)
+        return batch
+
+    def close(self) -> None:
+        """Write what the writer holds and stop its thread (the executor's consumer stopped)."""
+        self.writer.close()
 
     def write(
         self,

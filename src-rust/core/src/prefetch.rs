@@ -59,6 +59,9 @@ struct State {
     mean_gap_ns: f64,
     /// Set by `wake_fetcher`: the next (or current) `wait_for_credit` returns at once.
     woken: bool,
+    /// Time the taker spent since its last take on something other than running tasks
+    /// ([`PrefetchBuffer::discount`]), left out of the next interval.
+    discount: Duration,
 }
 
 /// A bounded, thread-safe FIFO with credit accounting.
@@ -120,8 +123,9 @@ impl PrefetchBuffer {
         let d = s.items.pop_front()?;
         s.outstanding += 1;
         let now = Instant::now();
+        let discount = std::mem::take(&mut s.discount);
         if let (false, Some(prev)) = (waited, s.last_take) {
-            let gap = now.duration_since(prev).as_nanos() as f64;
+            let gap = now.duration_since(prev).saturating_sub(discount).as_nanos() as f64;
             s.mean_gap_ns = if gap >= ADAPTIVE_WORK.as_nanos() as f64 || s.mean_gap_ns == 0.0 {
                 gap
             } else {
@@ -133,6 +137,14 @@ impl PrefetchBuffer {
         }
         s.last_take = Some(now);
         Some(d)
+    }
+
+    /// Leaves `waited` out of the pace of taking: the taker spent it since its last take waiting on
+    /// the broker (writing results and acks), not running a task. A write that waits behind a long
+    /// fetch would otherwise look like a long task, and the excess prefetched for short ones would
+    /// go back to the queue only to be fetched again.
+    pub fn discount(&self, waited: Duration) {
+        self.lock().discount += waited;
     }
 
     /// The newest buffered deliveries beyond the configured capacity once tasks run long (the
@@ -456,6 +468,30 @@ mod tests {
         // two taken (outstanding) fill the capacity: everything still buffered is excess
         assert_eq!(excess.len(), held - 2);
         assert!(b.is_empty());
+        assert!(b.take_excess().is_empty());
+    }
+
+    #[test]
+    fn time_spent_writing_between_takes_is_not_a_long_task() {
+        let b = PrefetchBuffer::new(2);
+        let mut next = 0;
+        for _ in 0..2000 {
+            while b.put(d(next)).is_ok() {
+                next += 1;
+            }
+            let _ = b.try_get();
+            b.done(1);
+        }
+        let grown = b.effective_capacity();
+        assert!(grown > 2, "the capacity never grew: {grown}");
+        let began = Instant::now();
+        thread::sleep(ADAPTIVE_WORK * 4); // the taker waits on the broker, not on a task
+        b.discount(began.elapsed());
+        let _ = b.try_get();
+        assert!(
+            b.effective_capacity() > 2,
+            "a discounted wait made the capacity fall back"
+        );
         assert!(b.take_excess().is_empty());
     }
 }

@@ -142,6 +142,13 @@ impl PrefetchBuffer {
         self.inner.done(count);
     }
 
+    /// Leave `waited_s` out of the pace of taking: the taker spent it since its last take waiting
+    /// on the broker (writing results and acks), not running a task.
+    fn discount(&self, waited_s: f64) {
+        self.inner
+            .discount(Duration::from_secs_f64(waited_s.max(0.0)));
+    }
+
     /// Copies of the deliveries waiting in the buffer, oldest first; they stay in it.
     fn snapshot(&self) -> Vec<Delivery> {
         wrap_all(self.inner.snapshot())
