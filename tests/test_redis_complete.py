@@ -140,6 +140,34 @@ def test_complete_without_expiry_and_success_stays_final(broker: RedisBroker, re
     assert raw.hlen("unacked") == 0
 
 
+def test_a_batch_of_rows_stored_differently_keeps_each_rows_expiry_marker_and_order(
+    broker: RedisBroker, raw: Any
+) -> None:
+    """Rows go to Redis in runs stored alike (one script call per run): each keeps its own expiry
+    and pickle marker, and a task's records keep their order across runs."""
+    a, b, c, d = tid(), tid(), tid(), tid()
+    json_type, pickle_type = "application/json", "application/x-python-serialize"
+    rows = [
+        (a, "FAILURE", json_type, b'{"status": "FAILURE"}', 60_000),
+        (a, "SUCCESS", json_type, b'{"status": "SUCCESS", "n": 1}', 60_000),
+        (b, "SUCCESS", pickle_type, b"pickled", 60_000),
+        (c, "SUCCESS", json_type, b'{"status": "SUCCESS", "n": 3}', None),
+        (a, "FAILURE", json_type, b'{"status": "FAILURE", "late": 1}', None),  # after a SUCCESS
+        (d, "STARTED", json_type, b'{"status": "STARTED"}', 30_000),
+        (d, "SUCCESS", json_type, b'{"status": "SUCCESS", "n": 4}', 30_000),
+    ]
+    tags = lease(broker, 2)
+    assert broker.native.complete(rows, tags) == 2
+    assert json.loads(raw.get(f"celery-task-meta-{a}")) == {"status": "SUCCESS", "n": 1}
+    assert 59_000 <= raw.pttl(f"celery-task-meta-{a}") <= 60_000
+    assert raw.get(f"celery-task-meta-{b}") == b"pickled"
+    assert raw.get(f"rqueue-task-final-{b}") == b"1" and raw.pttl(f"rqueue-task-final-{b}") > 59_000
+    assert raw.pttl(f"celery-task-meta-{c}") == -1 and not raw.exists(f"rqueue-task-final-{c}")
+    assert json.loads(raw.get(f"celery-task-meta-{d}")) == {"status": "SUCCESS", "n": 4}
+    assert 29_000 <= raw.pttl(f"celery-task-meta-{d}") <= 30_000
+    assert raw.hlen("unacked") == 0
+
+
 @pytest.mark.parametrize("serializer", ["msgpack", "pickle"])
 def test_success_is_final_with_other_serializers(redis_url: str, serializer: str) -> None:
     broker = RedisBroker(redis_url)

@@ -231,15 +231,18 @@ class RedisBackend(ResultBackend):
         return mine is not None and mine == redis_server_of(broker_url)
 
     def _write_batch(self, items: list[tuple[str, str, bytes]]) -> None:
-        self._eval_pipeline([(STORE_LUA, self._store_args(*item)) for item in items])
+        self._eval_pipeline([self._store_call(items)])
 
-    def _store_args(self, task_id: str, status: str, payload: bytes) -> list[Any]:
-        """``EVALSHA`` arguments (after the sha) of STORE_LUA for one record."""
+    def _store_call(self, items: list[tuple[str, str, bytes]]) -> tuple[str, list[Any]]:
+        """One STORE_LUA call (text, ``EVALSHA`` arguments after the sha) storing every record."""
         ttl_ms = self.ttl_ms
-        keys = [self.key(task_id)]
+        keys = [self.key(task_id) for task_id, _, _ in items]
         if self._pickle:
-            keys.append(f"{FINAL_PREFIX}{task_id}")
-        return [len(keys), *keys, payload, "" if ttl_ms is None else str(ttl_ms), status]
+            keys += [f"{FINAL_PREFIX}{task_id}" for task_id, _, _ in items]
+        args: list[Any] = ["" if ttl_ms is None else str(ttl_ms)]
+        for _, status, payload in items:
+            args += (payload, status)
+        return STORE_LUA, [len(keys), *keys, *args]
 
     def _eval_pipeline(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         """Run ``(script text, EVALSHA arguments)`` calls in one pipeline; scripts the server lacks
@@ -344,7 +347,8 @@ class RedisBackend(ResultBackend):
         results: list[tuple[str, str, bytes]],
     ) -> list[ChordCount | None]:
         """Results and counts in one pipeline (one round trip)."""
-        calls: list[tuple[str, list[Any]]] = [(STORE_LUA, self._store_args(*item)) for item in results]
+        calls: list[tuple[str, list[Any]]] = [self._store_call(results)] if results else []
+        stored = len(calls)
         ttl_s = self.chord_ttl_s or 0
         for group_id, member, index, part in items:
             keys = [self._group_key(group_id, suffix) for suffix in (".j", ".t", ".s", ".d", ".c")]
@@ -354,7 +358,7 @@ class RedisBackend(ResultBackend):
         with _as_backend_error(self.url):
             replies = self._eval_pipeline(calls)
         counts: list[ChordCount | None] = []
-        for ready, extra, size, claimed in replies[len(results) :]:
+        for ready, extra, size, claimed in replies[stored:]:
             if ready == -1:
                 counts.append(None)
             else:

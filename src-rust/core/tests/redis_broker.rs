@@ -1052,7 +1052,7 @@ fn test_redis_complete_is_one_round_trip() {
         .lines()
         .find(|l| l.starts_with("cmdstat_evalsha:"))
         .unwrap();
-    assert!(evalsha.contains("calls=4,"), "{evalsha}"); // 3 stores + 1 ack, no SCRIPT LOAD
+    assert!(evalsha.contains("calls=2,"), "{evalsha}"); // 1 store of all 3 + 1 ack, no SCRIPT LOAD
     assert!(!stats.contains("cmdstat_script"), "{stats}");
 }
 

@@ -570,10 +570,11 @@ impl RedisBroker {
         self.with_conn_idempotent(|c| inv.invoke(c))
     }
 
-    /// Stores result records (the store script per record: `SET` with expiry and `PUBLISH` on the
-    /// key's channel, unless a SUCCESS is already stored) and then acks `tags`, in ONE pipeline:
-    /// one round trip. Redis runs the pipeline in order, so results are stored before their
-    /// messages are acked; a crash in between re-runs tasks (at-least-once), never loses results.
+    /// Stores result records (one store script call per run of records stored alike: `SET` with
+    /// expiry and `PUBLISH` on the key's channel, unless a SUCCESS is already stored) and then
+    /// acks `tags`, in ONE pipeline: one round trip. Redis runs the pipeline in order, so results
+    /// are stored before their messages are acked; a crash in between re-runs tasks
+    /// (at-least-once), never loses results.
     /// Result keys carry no `global_keyprefix` (Celery's backend does not read one). A script
     /// cache flushed meanwhile is refilled and the refused commands sent again, in order (only a
     /// flush racing with another client's reload mid-pipeline could let the ack run first).
@@ -584,24 +585,29 @@ impl RedisBroker {
         }
         let store = &self.scripts()?.store_result;
         let ack = &self.scripts()?.ack;
-        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(rows.len() + 1);
-        for r in rows {
+        let mut cmds: Vec<redis::Cmd> = Vec::new();
+        // One script call per run of rows stored alike (in order: a task's records stay in theirs).
+        let alike = |r: &ResultRow| (r.content_type == PICKLE_CONTENT_TYPE, r.ttl_ms);
+        for run in rows.chunk_by(|a, b| alike(a) == alike(b)) {
+            let (marked, ttl_ms) = alike(&run[0]);
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(store.get_hash());
-            let key = format!("{RESULT_KEY_PREFIX}{}", r.task_id);
-            if r.content_type == PICKLE_CONTENT_TYPE {
-                cmd.arg(2)
-                    .arg(key)
-                    .arg(format!("{RESULT_FINAL_PREFIX}{}", r.task_id));
-            } else {
-                cmd.arg(1).arg(key);
+            cmd.arg(store.get_hash())
+                .arg(if marked { run.len() * 2 } else { run.len() });
+            for r in run {
+                cmd.arg(format!("{RESULT_KEY_PREFIX}{}", r.task_id));
             }
-            cmd.arg(&r.payload[..]);
-            match r.ttl_ms {
+            if marked {
+                for r in run {
+                    cmd.arg(format!("{RESULT_FINAL_PREFIX}{}", r.task_id));
+                }
+            }
+            match ttl_ms {
                 Some(ms) => cmd.arg(ms.max(1)),
                 None => cmd.arg(""),
             };
-            cmd.arg(r.status.as_str());
+            for r in run {
+                cmd.arg(&r.payload[..]).arg(r.status.as_str());
+            }
             cmds.push(cmd);
         }
         if !tags.is_empty() {

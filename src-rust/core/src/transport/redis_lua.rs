@@ -425,39 +425,51 @@ pub const RESULT_KEY_PREFIX: &str = "celery-task-meta-";
 /// this prefix (plus the task id).
 pub const RESULT_FINAL_PREFIX: &str = "rqueue-task-final-";
 
-/// SET + PUBLISH one result record unless the stored one is a SUCCESS (JSON via cjson, msgpack via
-/// cmsgpack; the substring test skips decoding when the stored record cannot be a SUCCESS).
-/// KEYS[1] result key, KEYS[2] (pickle only) SUCCESS marker; ARGV: payload, expiry in ms
-/// (`''` = none), status. Returns 1 when written, 0 when a SUCCESS was already stored.
-/// Shared with the Python backend (`rqueue.backends.redis`), which runs the very same text.
+/// SET + PUBLISH result records, each unless the stored one is a SUCCESS (JSON via cjson, msgpack
+/// via cmsgpack; the substring test skips decoding when the stored record cannot be a SUCCESS).
+/// KEYS: n result keys, then (pickle only: Lua cannot read a pickled status) n SUCCESS markers;
+/// ARGV: expiry in ms (`''` = none), then `(payload, status)` per result. One call stores a
+/// batch: a script call costs Redis more than the commands a record needs. Returns how many
+/// were written (the others found a SUCCESS stored). Shared with the Python backend
+/// (`rqueue.backends.redis`), which runs the very same text.
 pub const STORE_RESULT_LUA: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current and string.find(current, 'SUCCESS', 1, true) then
-  local ok, meta = pcall(cjson.decode, current)
-  if not ok or type(meta) ~= 'table' then
-    ok, meta = pcall(cmsgpack.unpack, current)
+local n = (#ARGV - 1) / 2
+local marked = #KEYS > n
+local ttl = ARGV[1]
+local written = 0
+for i = 1, n do
+  local key, payload, status = KEYS[i], ARGV[2 * i], ARGV[2 * i + 1]
+  local marker = marked and KEYS[n + i]
+  local final = false
+  local current = redis.call('GET', key)
+  if current and string.find(current, 'SUCCESS', 1, true) then
+    local ok, meta = pcall(cjson.decode, current)
+    if not ok or type(meta) ~= 'table' then
+      ok, meta = pcall(cmsgpack.unpack, current)
+    end
+    final = ok and type(meta) == 'table' and meta['status'] == 'SUCCESS'
   end
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
-    return 0
+  if not final and marker then
+    final = redis.call('EXISTS', marker) == 1
+  end
+  if not final then
+    if ttl == '' then
+      redis.call('SET', key, payload)
+    else
+      redis.call('SET', key, payload, 'PX', ttl)
+    end
+    if marker and status == 'SUCCESS' then
+      if ttl == '' then
+        redis.call('SET', marker, '1')
+      else
+        redis.call('SET', marker, '1', 'PX', ttl)
+      end
+    end
+    redis.call('PUBLISH', key, payload)
+    written = written + 1
   end
 end
-if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
-  return 0
-end
-if ARGV[2] == '' then
-  redis.call('SET', KEYS[1], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-if KEYS[2] and ARGV[3] == 'SUCCESS' then
-  if ARGV[2] == '' then
-    redis.call('SET', KEYS[2], '1')
-  else
-    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-  end
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
+return written
 "#;
 
 /// Takes the leader lease of a periodic schedule (when free: an expired key is gone), or renews
