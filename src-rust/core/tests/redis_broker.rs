@@ -738,26 +738,53 @@ fn test_redis_stale_lease_left_by_a_kombu_restore_leaves_the_celery_workers_mess
 }
 
 #[test]
-fn test_redis_wait_for_message_wakes_without_taking_or_reordering() {
+fn test_redis_fetch_after_a_wait_is_woken_by_a_message_and_leases_it_in_the_same_round_trip() {
     let s = server!();
     let b = s.broker("");
-    assert!(!b.wait_for_message("q", Duration::from_millis(20)).unwrap());
+    let none: &[String] = &[];
+    let began = Instant::now();
+    let got = b
+        .ack_then_fetch(none, &qs(&["q"]), 3, "w", Some(Duration::from_millis(50)))
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(
+        began.elapsed() >= Duration::from_millis(45),
+        "it did not wait"
+    );
     for i in 0..3 {
         b.publish("q", &envelope(&format!("w{i}"), "q", "x"), 0, None)
             .unwrap();
     }
-    assert!(b.wait_for_message("q", Duration::from_secs(5)).unwrap());
-    let got = b.fetch(&qs(&["q"]), 3, "w").unwrap();
+    // messages waiting: no wait, taken in order
+    let began = Instant::now();
+    let got = b
+        .ack_then_fetch(none, &qs(&["q"]), 3, "w", Some(Duration::from_secs(5)))
+        .unwrap();
     assert_eq!(tags(&got), vec!["w0", "w1", "w2"]);
-    // a waiting consumer is woken by a publish from another connection
+    assert!(began.elapsed() < Duration::from_secs(4));
+    // the acks go first, even when the wait then runs out
+    let acks = vec!["w0".to_string(), "w1".to_string()];
+    b.ack_then_fetch(&acks, &qs(&["q"]), 3, "w", Some(Duration::from_millis(20)))
+        .unwrap();
+    assert_eq!(b.leased_tags("w").unwrap(), vec!["w2".to_string()]);
+    // a waiting consumer is woken by a publish from another connection and leases the message
     let waiter = {
         let b = s.broker("");
-        std::thread::spawn(move || b.wait_for_message("q", Duration::from_secs(10)).unwrap())
+        std::thread::spawn(move || {
+            let began = Instant::now();
+            let got = b
+                .ack_then_fetch(none, &qs(&["q"]), 3, "w2", Some(Duration::from_secs(10)))
+                .unwrap();
+            (tags(&got), began.elapsed())
+        })
     };
     std::thread::sleep(Duration::from_millis(100));
     b.publish("q", &envelope("w3", "q", "x"), 0, None).unwrap();
-    assert!(waiter.join().unwrap());
-    assert_eq!(b.queue_length("q").unwrap(), 1);
+    let (got, waited) = waiter.join().unwrap();
+    assert_eq!(got, vec!["w3"]);
+    assert!(waited < Duration::from_secs(9), "not woken: {waited:?}");
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+    assert_eq!(b.leased_tags("w2").unwrap(), vec!["w3".to_string()]);
 }
 
 #[test]

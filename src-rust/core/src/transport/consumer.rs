@@ -65,21 +65,26 @@ pub trait LeaseSource: Send + 'static {
     fn give_back(&mut self, tags: &[String]) -> Result<()>;
     /// Acknowledges finished messages (their leases and in-flight records go).
     fn ack(&mut self, tags: &[String]) -> Result<()>;
-    /// Acks `acks` (possibly none), then leases up to `limit` messages: a transport that can
-    /// send both in one round trip does.
+    /// Acks `acks` (possibly none), then, with `wait` (the last fetch found nothing), waits up to
+    /// it for a message ([`idle`](Self::idle)), then leases up to `limit` messages: a transport
+    /// that can do all in one round trip does.
     fn ack_then_fetch(
         &mut self,
         acks: &[String],
         queues: &[String],
         limit: usize,
+        wait: Option<Duration>,
     ) -> Result<Vec<Delivery>> {
         if !acks.is_empty() {
             self.ack(acks)?;
         }
+        if let Some(wait) = wait {
+            self.idle(queues, wait)?;
+        }
         self.fetch(queues, limit)
     }
-    /// Waits up to `wait` after a fetch found nothing; a transport that can be woken by a new
-    /// message returns early. `wait` is at most the transport's `poll_max`.
+    /// Waits up to `wait` before a fetch, the last one having found nothing; a transport that can
+    /// be woken by a new message returns early. `wait` is at most the transport's `poll_max`.
     fn idle(&mut self, _queues: &[String], wait: Duration) -> Result<()> {
         std::thread::sleep(wait);
         Ok(())
@@ -305,9 +310,11 @@ struct Worker<S> {
     shared: Arc<Shared>,
 }
 
-/// When the periodic steps are next due, the current idle poll interval, and how far the
-/// queue order is rotated for the next fetch.
+/// When the periodic steps are next due, whether and how long the next fetch waits for a message
+/// first, and how far the queue order is rotated for the next fetch.
 struct Timers {
+    /// Whether the last fetch found nothing: the next one waits for a message first, up to `poll`.
+    idle: bool,
     poll: Duration,
     rotation: usize,
     extend_every: Duration,
@@ -348,6 +355,7 @@ impl<S: LeaseSource> Worker<S> {
         let mut error_backoff = ERROR_BACKOFF_MIN;
         let extend_every = self.settings.lease / 3;
         let mut timers = Timers {
+            idle: false,
             poll: self.settings.poll_min,
             rotation: 0,
             extend_every,
@@ -515,13 +523,18 @@ impl<S: LeaseSource> Worker<S> {
             queues.rotate_left(t.rotation);
         }
         let limit = credits.min(FETCH_BATCH);
-        let batch = self.with_acks(s, |s, acks| s.ack_then_fetch(acks, &queues, limit))?;
+        // After a fetch that found nothing, the next one waits for a message first.
+        let wait = t.idle.then(|| t.poll.min(TICK));
+        let batch = self.with_acks(s, |s, acks| s.ack_then_fetch(acks, &queues, limit, wait))?;
         if batch.is_empty() {
-            s.idle(&queues, t.poll.min(TICK))?;
-            let ceiling = self.settings.poll_max.max(self.settings.poll_min);
-            t.poll = (t.poll * 2).min(ceiling);
+            if t.idle {
+                let ceiling = self.settings.poll_max.max(self.settings.poll_min);
+                t.poll = (t.poll * 2).min(ceiling);
+            }
+            t.idle = true;
             return Ok(());
         }
+        t.idle = false;
         t.poll = self.settings.poll_min;
         lock(&self.shared.held).extend(batch.iter().map(|d| d.tag.clone()));
         let rejected = self.buffer.put_many(batch);

@@ -214,13 +214,13 @@ pub struct RedisBroker {
 
 /// The first Redis version whose scripts may carry flags (`#!lua flags=...`).
 const SCRIPT_FLAGS_SINCE: u32 = 7_000;
-/// The first Redis version with `BLMOVE` (an idle consumer's wait, see `wait_for_message`).
+/// The first Redis version with `BLMOVE` (an idle consumer's wait, see `wait_cmd`).
 const BLMOVE_SINCE: u32 = 6_002;
 /// `RPOP key count` (one command for a batch) since Redis 6.2.
 const MULTI_POP_SINCE: u32 = 6_002;
 /// Lease records looked at per `tidy` (one per sweep).
 const TIDY_PAGE: usize = 100;
-/// The shortest wait `wait_for_message` asks the server for, in seconds (its resolution).
+/// The shortest wait `wait_cmd` asks the server for, in seconds (its resolution).
 const WAIT_MIN_S: f64 = 0.001;
 
 impl std::fmt::Debug for RedisBroker {
@@ -456,17 +456,21 @@ impl RedisBroker {
     /// Leases up to `limit` messages of `queues` to `owner` in one atomic script: due ETA
     /// messages first go back to their list, then every queue's bucket 0 before any bucket 3.
     pub fn fetch(&self, queues: &[String], limit: usize, owner: &str) -> Result<Vec<Delivery>> {
-        self.ack_then_fetch(&[] as &[String], queues, limit, owner)
+        self.ack_then_fetch(&[] as &[String], queues, limit, owner, None)
     }
 
     /// Acks `acks` (see [`ack`](Self::ack)), then fetches (see [`fetch`](Self::fetch)), in ONE
     /// round trip: a consumer thread that sends the executor's acks pays no extra wait for them.
+    /// With `wait` (an idle consumer), the same pipeline first waits up to it for a message (see
+    /// [`wait_cmd`](Self::wait_cmd); before Redis 6.2 it sleeps): Redis runs the fetch as soon as
+    /// the wait ends, so the message that wakes the consumer is leased without another round trip.
     pub fn ack_then_fetch<S: AsRef<str>>(
         &self,
         acks: &[S],
         queues: &[String],
         limit: usize,
         owner: &str,
+        wait: Option<Duration>,
     ) -> Result<Vec<Delivery>> {
         check_owner(owner)?;
         let limit = limit.min(MAX_FETCH);
@@ -474,11 +478,14 @@ impl RedisBroker {
         let queues: Vec<&String> = queues.iter().filter(|q| seen.insert(q.as_str())).collect();
         if limit == 0 || queues.is_empty() {
             self.ack(acks)?;
+            if let Some(wait) = wait {
+                std::thread::sleep(wait);
+            }
             return Ok(Vec::new());
         }
-        let multi_pop = self.server_version()? >= MULTI_POP_SINCE;
+        let version = self.server_version()?;
         let scripts = self.scripts()?;
-        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(2);
+        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(3);
         if !acks.is_empty() {
             let mut ack = redis::cmd("EVALSHA");
             ack.arg(scripts.ack.get_hash())
@@ -489,6 +496,12 @@ impl RedisBroker {
             }
             cmds.push(ack);
         }
+        match wait {
+            Some(wait) if version >= BLMOVE_SINCE => cmds.push(self.wait_cmd(queues[0], wait)),
+            Some(wait) => std::thread::sleep(wait),
+            None => {}
+        }
+        let multi_pop = version >= MULTI_POP_SINCE;
         let mut fetch = redis::cmd("EVALSHA");
         fetch
             .arg(scripts.fetch.get_hash())
@@ -534,27 +547,19 @@ impl RedisBroker {
     /// Waits up to `wait` for a message in `queue`'s main list (priority bucket 0, where every
     /// message without a priority goes), without taking it: `BLMOVE` from the list's tail to its
     /// tail leaves the list as it was and returns once it holds a message. So an idle consumer
-    /// answers a new message in one round trip instead of at its next poll, and producers,
-    /// Celery's included, need do nothing. Returns whether the list holds one; on servers
-    /// without `BLMOVE` (before 6.2) it only sleeps.
-    pub fn wait_for_message(&self, queue: &str, wait: Duration) -> Result<bool> {
-        if self.server_version()? < BLMOVE_SINCE {
-            std::thread::sleep(wait);
-            return Ok(false);
-        }
+    /// answers a new message at once instead of at its next poll, and producers, Celery's
+    /// included, need do nothing. Redis 6.2+.
+    fn wait_cmd(&self, queue: &str, wait: Duration) -> redis::Cmd {
         // BLMOVE's timeout 0 means forever; its resolution is 1 ms.
         let wait_s = wait.as_secs_f64().max(WAIT_MIN_S);
         let key = self.list_key(queue, 0);
-        self.with_conn(|c| {
-            redis::cmd("BLMOVE")
-                .arg(&key)
-                .arg(&key)
-                .arg("RIGHT")
-                .arg("RIGHT")
-                .arg(wait_s)
-                .query::<Option<Vec<u8>>>(c)
-        })
-        .map(|got| got.is_some())
+        let mut cmd = redis::cmd("BLMOVE");
+        cmd.arg(&key)
+            .arg(&key)
+            .arg("RIGHT")
+            .arg("RIGHT")
+            .arg(wait_s);
+        cmd
     }
 
     /// Acknowledges finished messages (removes every lease record); returns how many were in flight.

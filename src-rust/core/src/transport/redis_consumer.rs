@@ -118,19 +118,11 @@ impl LeaseSource for Leases {
         acks: &[String],
         queues: &[String],
         limit: usize,
+        wait: Option<Duration>,
     ) -> Result<Vec<Delivery>> {
-        self.broker.ack_then_fetch(acks, queues, limit, &self.owner)
-    }
-
-    /// Woken by a message in the first queue's main list; other queues and priority buckets, and
-    /// ETA messages falling due, are seen at the next fetch (within `poll_max`).
-    fn idle(&mut self, queues: &[String], wait: Duration) -> Result<()> {
-        match queues.first() {
-            Some(q) => self.broker.wait_for_message(q, wait).map(drop),
-            None => {
-                std::thread::sleep(wait);
-                Ok(())
-            }
-        }
+        // Woken by a message in the first queue's main list; other queues and priority buckets,
+        // and ETA messages falling due, are seen by the fetch after the wait (within `poll_max`).
+        self.broker
+            .ack_then_fetch(acks, queues, limit, &self.owner, wait)
     }
 }
