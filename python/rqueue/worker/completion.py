@@ -20,7 +20,9 @@ logger = logging.getLogger("rqueue.worker")
 WRITER_PENDING_MAX = 16
 
 #: ``(results, acks, chord parts, give up after s)``: one batch, as ``Executor.write`` takes it.
-Batch = tuple[list[tuple[str, str, bytes]], list[str], list[Any], "float | None"]
+Batch = tuple[list[tuple[str, str, bytes]], list[str], list[Any], float | None]
+#: ``Executor.write``: writes one batch.
+WriteBatch = Callable[[list[tuple[str, str, bytes]], list[str], list[Any], float | None], None]
 
 
 def completer_for(settler: Settler, backend: ResultBackend) -> Completer:
@@ -49,7 +51,7 @@ class BatchWriter:
     starts go in one write (results, chord counts, then acks). ``write`` retries while the broker
     is away (``Executor.write``). Started at the first batch."""
 
-    def __init__(self, write: Callable[[list[Any], list[str], list[Any], float | None], None]) -> None:
+    def __init__(self, write: WriteBatch) -> None:
         self._write = write
         self._changed = threading.Condition()
         self._pending: list[Batch] = []
@@ -102,8 +104,10 @@ class BatchWriter:
                 batches, self._pending = self._pending, []
                 self._writing = True
                 self._changed.notify_all()  # room for submitters
-            results, acks, parts = [], [], []
-            give_ups = []
+            results: list[tuple[str, str, bytes]] = []
+            acks: list[str] = []
+            parts: list[Any] = []
+            give_ups: list[float] = []
             for more in batches:
                 results += more[0]
                 acks += more[1]

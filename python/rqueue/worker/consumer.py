@@ -294,9 +294,10 @@ class Consumer:
     def _flush_after_task(self, executor: Executor) -> None:
         """Write the open batch once nothing else waits to run, or it is old or full enough."""
         buffer = self.buffer
-        if not (len(buffer) == 0 or executor.flush_due() or len(executor.acks) >= BATCH):
+        dry = len(buffer) == 0
+        if not (dry or executor.flush_due() or len(executor.acks) >= BATCH):
             return
-        if len(buffer) == 0 and executor.writer.idle():
+        if dry and executor.writer.idle():
             # Nothing else to run, nothing being written: write here, at the lowest latency.
             # More may arrive meanwhile; the wait is no task's time (PrefetchBuffer.discount).
             began = time.monotonic()
