@@ -12,6 +12,10 @@ set), so whichever side survives gives back what the dead side held:
   100 s by default): the fleet here sets both to 1, as an operator with a short visibility timeout
   has to; with kombu's defaults the wait is bounded by ~100 s plus the visibility timeout.
 
+kombu itself pops a message (``BRPOP``) and records it in flight in a second step, from the client:
+a Celery worker killed in between loses that message, and no survivor can know of it. The Celery
+worker is killed outside that step (``kill_outside_kombus_pop``); rqueue's fetch is one script.
+
 Executions of both sides go to one ledger (``tests/project/tasks.py`` and
 ``tests/interop/celery_project/tasks.py`` write the same table), the independent record of what ran.
 Each round prints sent, lost, duplicated, stranded (still in ``unacked``) and the recovery time:
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -109,6 +115,29 @@ def in_flight(client: Any) -> dict[str, str | None]:
     return held
 
 
+def queued(client: Any) -> set[str]:
+    """The keys of the messages waiting in the queue."""
+    return {json.loads(base64.b64decode(json.loads(raw)["body"]))[0][1] for raw in client.lrange(QUEUE, 0, -1)}
+
+
+def kill_outside_kombus_pop(worker: CeleryWorker, client: Any, project: Project, keys: list[str]) -> None:
+    """SIGKILL the Celery worker at a moment when no message is between kombu's BRPOP and its
+    in-flight record, which kombu writes in a second step from the client: a kill in between loses
+    that message on any Redis fleet, whoever is to recover it. The consumer (the main process) is
+    stopped; a message then in neither the queue, the in-flight records nor the ledger is in that
+    step, so it runs on a little and is stopped again. Read in this order, a message the rqueue
+    worker moves meanwhile is still seen (its fetch is atomic; it runs before its ack)."""
+    for _ in range(200):
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        seen = queued(client) | set(in_flight(client)) | set(ledger_counts(project))
+        if seen >= set(keys):
+            worker.kill()
+            return
+        os.kill(worker.proc.pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError("the Celery worker was always between a pop and its in-flight record")
+
+
 def ran_by(project: Project, prefix: str, rqueue_pids: set[int], rqueue: bool) -> int:
     """Executions of keys starting with ``prefix`` by the rqueue worker (its pids), or by anything else."""
     return sum(1 for key, pid, _ in project.ledger_rows() if key.startswith(prefix) and (pid in rqueue_pids) == rqueue)
@@ -166,7 +195,7 @@ def test_r15_mixed_celery_and_rqueue_fleet_recovers_each_sides_messages(
     rq_pids = {rq.proc.pid, *rq.child_pids()}
     wait_for(lambda: ran_by(project, "r15a-", rq_pids, rqueue=False) >= 10, 60, "the Celery worker is draining")
     assert len(ledger_counts(project)) < N // 2, "the queue drained before the kill could test anything"
-    celery1.kill()
+    kill_outside_kombus_pop(celery1, client, project, keys1)
     killed_at = time.time()
     held1 = {key for key, owner in in_flight(client).items() if owner is None}
     wait_for(lambda: len(ledger_counts(project)) >= N, 60, f"all {N} of round 1 ran", interval=0.1)
