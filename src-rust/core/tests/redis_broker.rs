@@ -30,33 +30,67 @@ impl Server {
             eprintln!("note: redis-server not on PATH; skipping");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut s = Server { port, child: None };
-        s.spawn();
-        Some(s)
+        // Tests run in parallel, each given a free port by the kernel: two may be given the same
+        // one, and the second server then exits. Such a server is started again on another port.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut s = Server { port, child: None };
+            if s.try_spawn() {
+                return Some(s);
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
+    /// Starts it again on its port (after `kill`).
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        assert!(
+            self.try_spawn(),
+            "redis-server did not start on port {}",
+            self.port
+        );
+    }
+
+    /// Starts redis-server on `self.port`; ready once the server answering there is this child
+    /// (another test's may answer on the same port). False when it exited or never answered.
+    fn try_spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return false; // the port was taken
+            }
+            if self.serving_pid() == Some(child.id()) {
+                self.child = Some(child);
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server did not start on port {}", self.port);
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// The process id of the server answering on the port, if one does.
+    fn serving_pid(&self) -> Option<u32> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut c = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut c).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
     }
 
     fn kill(&mut self) {
