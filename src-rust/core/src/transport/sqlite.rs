@@ -216,6 +216,17 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// How a [`SqliteBroker::checkpoint`] treats readers and writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    Passive,
+    Restart,
+}
+
+/// Every connection checkpoints the log in its commit past this many pages (SQLite's default is
+/// 1,000): a worker's [`Checkpointer`](super::sqlite_checkpointer::Checkpointer) restarts the log
+/// well before, and with no worker running the producers still bound it.
+const AUTOCHECKPOINT_PAGES: i64 = 8_192;
 /// The write-ahead log is checkpointed and truncated once it is larger than this.
 pub const WAL_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
 /// How often a connection that writes or fetches looks at the log's size (a `stat`): at over
@@ -320,6 +331,7 @@ impl SqliteBroker {
             let _mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
             c.pragma_update(None, "synchronous", "NORMAL")?;
             c.pragma_update(None, "temp_store", "MEMORY")?;
+            c.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)?;
             Ok(())
         })?;
         broker.migrate()?;
@@ -415,6 +427,23 @@ impl SqliteBroker {
             })
         })
         .map(|busy| busy == 0)
+    }
+
+    /// A checkpoint in `mode` (`PASSIVE`: copies what it can of the write-ahead log into the
+    /// database without waiting for readers or writers; `RESTART`: copies it all, holding off
+    /// writers, and waits for readers so the next writer restarts the log from its beginning).
+    /// Returns the log's size in frames, or `None` when another checkpoint was running.
+    pub fn checkpoint(&self, mode: Checkpoint) -> Result<Option<i64>> {
+        let sql = match mode {
+            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
+        };
+        self.with_conn(|c| {
+            c.query_row(sql, [], |r| {
+                let busy: i64 = r.get(0)?;
+                Ok((busy == 0).then_some(r.get::<_, i64>(1)?))
+            })
+        })
     }
 
     fn ring(&self, bell: Bell) {
