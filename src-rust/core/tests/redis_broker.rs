@@ -846,6 +846,36 @@ fn test_redis_consumer_reconnects_after_restart() {
 }
 
 #[test]
+fn test_redis_reads_and_returns_are_sent_again_on_a_connection_a_restarted_server_dropped() {
+    let mut s = server!();
+    let b = s.broker("");
+    b.publish("q", &envelope("d1", "q", "x"), 0, None).unwrap();
+    let got = b.fetch(&qs(&["q"]), 1, "w1").unwrap();
+    assert_eq!(b.leased_tags("w1").unwrap(), ["d1"]);
+    let restart = |s: &mut Server| {
+        s.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        s.spawn(); // no persistence: an empty server
+    };
+    restart(&mut s);
+    // Each first command meets the dropped connection (end of file) and is sent again.
+    assert!(b.leased_tags("w1").unwrap().is_empty());
+    restart(&mut s);
+    assert_eq!(b.requeue(&tags(&got)).unwrap(), 0);
+    restart(&mut s);
+    assert_eq!(b.queue_length("q").unwrap(), 0);
+    restart(&mut s);
+    // A publish is not sent twice behind the caller's back: it says the connection failed.
+    let failed = b.publish("q", &envelope("d2", "q", "x"), 0, None);
+    assert!(
+        matches!(failed, Err(rqueue_core::Error::Connection(_))),
+        "{failed:?}"
+    );
+    b.publish("q", &envelope("d3", "q", "x"), 0, None).unwrap();
+    assert_eq!(b.queue_length("q").unwrap(), 1);
+}
+
+#[test]
 fn test_redis_consumer_sends_acks_handed_to_it_with_its_next_fetch() {
     let s = server!();
     let b = s.broker("");

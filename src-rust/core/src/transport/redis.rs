@@ -358,10 +358,12 @@ impl RedisBroker {
         }
     }
 
-    /// Like `with_conn`, for commands that may safely run twice (ack, lease renewal): a reply
-    /// interrupted by a signal is read again on a fresh connection. Sockets with a read timeout
-    /// are never restarted after a signal handler (EINTR), and a worker gets SIGTERM at every
-    /// warm shutdown.
+    /// Like `with_conn`, for commands that may safely run twice (reads, acks, lease renewals and
+    /// returns, which act only on what is still leased): they are sent again on a fresh
+    /// connection when a signal interrupted the reply (sockets with a read timeout are never
+    /// restarted after a signal handler (EINTR), and a worker gets SIGTERM at every warm
+    /// shutdown), or when the connection turns out dropped (the server restarted since it was
+    /// last used: its first command fails with end of file).
     fn with_conn_idempotent<T>(
         &self,
         mut f: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
@@ -373,7 +375,7 @@ impl RedisBroker {
                 None => guard.insert(self.open()?),
             };
             match f(conn) {
-                Err(e) if is_interrupted(&e) => *guard = None,
+                Err(e) if is_interrupted(&e) || e.is_connection_dropped() => *guard = None,
                 other => return other.map_err(|e| self.failed(&mut guard, e)),
             }
         }
@@ -757,7 +759,7 @@ impl RedisBroker {
         for t in tags {
             inv.arg(t.as_ref());
         }
-        self.with_conn(|c| inv.invoke(c))
+        self.with_conn_idempotent(|c| inv.invoke(c))
     }
 
     /// Renews the leases of the tags in `held` that `owner` holds, with the broker's clock, and
@@ -773,7 +775,7 @@ impl RedisBroker {
     }
 
     fn inspect(&self, inv: &redis::ScriptInvocation<'_>) -> Result<(String, Vec<InFlight>)> {
-        let flat: Vec<Vec<u8>> = self.with_conn(|c| inv.invoke(c))?;
+        let flat: Vec<Vec<u8>> = self.with_conn_idempotent(|c| inv.invoke(c))?;
         let mut it = flat.into_iter();
         let ceil = String::from_utf8_lossy(&it.next().unwrap_or_default()).into_owned();
         let mut out = Vec::new();
@@ -906,7 +908,7 @@ impl RedisBroker {
                 .arg(key.as_str())
                 .arg(&data[..]);
         }
-        let (moved, dead): (usize, usize) = self.with_conn(|c| inv.invoke(c))?;
+        let (moved, dead): (usize, usize) = self.with_conn_idempotent(|c| inv.invoke(c))?;
         Ok((moved, dead))
     }
 
@@ -1112,7 +1114,7 @@ impl RedisBroker {
             pipe.llen(k);
         }
         pipe.zcard(&keys[4]);
-        let counts: Vec<usize> = self.with_conn(|c| pipe.query(c))?;
+        let counts: Vec<usize> = self.with_conn_idempotent(|c| pipe.query(c))?;
         Ok(counts.iter().sum())
     }
 
@@ -1157,13 +1159,13 @@ impl RedisBroker {
     /// Tags of the messages `owner` holds (its owner set, kept by the transport's scripts).
     pub fn leased_tags(&self, owner: &str) -> Result<Vec<String>> {
         let key = self.key(&format!("rqueue.owned.{owner}"));
-        self.with_conn(|c| redis::cmd("SMEMBERS").arg(key).query(c))
+        self.with_conn_idempotent(|c| redis::cmd("SMEMBERS").arg(&key).query(c))
     }
 
     /// Messages currently held by `owner`.
     pub fn leased_count(&self, owner: &str) -> Result<usize> {
         let key = self.key(&format!("rqueue.owned.{owner}"));
-        self.with_conn(|c| redis::cmd("SCARD").arg(key).query(c))
+        self.with_conn_idempotent(|c| redis::cmd("SCARD").arg(&key).query(c))
     }
 }
 
