@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import Project
+from conftest import Project, RedisServer
 from rqueue.exceptions import TaskRevokedError
 
 
@@ -249,3 +250,27 @@ def test_control_time_limit_applies_to_the_next_tasks(project: Project) -> None:
     assert type(raised.value).__name__ == "TimeLimitExceeded"
     worker.wait_for_log(f"Hard time limit (1s) exceeded for tasks.stubborn[{limited.id}]")
     assert tasks.add.delay(2, 2).get(timeout=30) == 4
+
+
+@pytest.mark.redis
+def test_a_broker_outage_is_logged_once_when_it_starts_and_once_when_it_ends(tmp_path: Path) -> None:
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "project").mkdir()
+    server = RedisServer(tmp_path / "redis")
+    project = Project(tmp_path / "project", "redis", server.url)
+    try:
+        worker = project.start_worker("-c", "1", "-n", "w1@test")
+        server.stop()
+        time.sleep(3.5)  # remote control tries to listen again every second meanwhile
+        server.start()
+        worker.wait_for_log("Remote control is listening again", timeout=30)
+        log = worker.log_text()
+        assert log.count("Remote control lost the broker") == 1, log
+        assert "still unreachable" not in log, log  # said again only after a minute
+        assert project.app().app.control.ping(destination=["w1@test"]) == [{"w1@test": {"ok": "pong"}}]
+        # Its connections the old server dropped are reopened, e.g. to return the child's leases.
+        assert worker.stop() == 0
+        assert "ERROR" not in worker.log_text(), worker.log_text()
+    finally:
+        project.close()
+        server.stop()

@@ -35,6 +35,8 @@ logger = logging.getLogger("rqueue.worker")
 
 #: After the broker failed, how long the server waits before listening again.
 RELISTEN_PAUSE_S = 1.0
+#: While the broker stays away, how often that is said again (the retries in between log at DEBUG).
+OUTAGE_REMINDER_S = 60.0
 #: How long the processes of a node get to report (a child busy in a long task still answers:
 #: its report thread runs beside the task).
 REPORT_TIMEOUT_S = 0.5
@@ -115,6 +117,31 @@ class ControlError(RQueueError):
     """A command that cannot be carried out; its message is the error reply."""
 
 
+class _Outage:
+    """The control server's view of an unreachable broker: said once when it starts, again every
+    OUTAGE_REMINDER_S while it lasts, and once when it ends (not at every retry)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.said_at = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self.said_at = now
+            logger.warning("Remote control lost the broker (%s); listening again every %.0f s", exc, RELISTEN_PAUSE_S)
+        elif now - self.said_at >= OUTAGE_REMINDER_S:
+            self.said_at = now
+            logger.warning("Remote control: the broker is still unreachable after %.0f s (%s)", now - self.since, exc)
+        else:
+            logger.debug("Remote control: the broker is still unreachable (%s)", exc)
+
+    def over(self) -> None:
+        if self.since is not None:
+            logger.info("Remote control is listening again (the broker was away %.1f s)", time.monotonic() - self.since)
+            self.since = None
+
+
 class ControlServer:
     """Serves remote-control commands for one worker node."""
 
@@ -128,6 +155,7 @@ class ControlServer:
         #: The node's heartbeat, ticked on each ``serve`` (set by the worker once it has one).
         self.heart: Heart | None = None
         self._retry_at = 0.0
+        self._outage = _Outage()
         self._probe: DuplicateProbe | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": lambda args: {"ok": "pong"},
@@ -165,8 +193,14 @@ class ControlServer:
             mailbox.listen()  # after the probe's ping: this node does not hear (and answer) its own
             self.mailbox = mailbox
         except (BrokerError, OSError) as exc:
-            logger.warning("Remote control unavailable for now: %s", exc)
-            self._retry_at = time.monotonic() + RELISTEN_PAUSE_S
+            self._broker_away(exc)
+            return
+        self._outage.over()
+
+    def _broker_away(self, exc: BaseException) -> None:
+        self.mailbox = None
+        self._retry_at = time.monotonic() + RELISTEN_PAUSE_S
+        self._outage.failed(exc)
 
     def serve(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for commands and carry out those addressed to this node."""
@@ -187,9 +221,7 @@ class ControlServer:
         try:
             commands = self.mailbox.commands(timeout_s)
         except (BrokerError, OSError) as exc:
-            logger.warning("Remote control lost the broker (%s); listening again shortly", exc)
-            self.mailbox = None
-            self._retry_at = time.monotonic() + RELISTEN_PAUSE_S
+            self._broker_away(exc)
             return
         for command in commands:
             try:
