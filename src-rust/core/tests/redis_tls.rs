@@ -124,36 +124,63 @@ impl TlsServer {
                 return None;
             }
         }
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
         make_ca(dir.path(), "ca");
         make_ca(dir.path(), "other-ca");
         make_server_cert(dir.path(), "ca");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--tls-cert-file", &path("server.pem")])
-            .args(["--tls-key-file", &path("server.key")])
-            .args(["--tls-ca-cert-file", &path("ca.pem")])
-            .args(["--tls-auth-clients", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = TlsServer { port, dir, child };
+        // Tests run in parallel, each given a free port by the kernel: two may be given the same
+        // one, and the second server then exits. Ready means this test's CA verifies the server
+        // answering there; a server whose port was taken is started again on another port.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let path = |name: &str| dir.path().join(name).display().to_string();
+            let child = Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--tls-cert-file", &path("server.pem")])
+                .args(["--tls-key-file", &path("server.key")])
+                .args(["--tls-ca-cert-file", &path("ca.pem")])
+                .args(["--tls-auth-clients", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut server = TlsServer { port, dir, child };
+            if server.ready() {
+                return Some(server);
+            }
+            // Drop kills this child; the certificates are kept for the next port (taken out of
+            // the server, whose Drop forbids moving them).
+            dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+        }
+        panic!("redis-server did not start on any of 5 free TLS ports");
+    }
+
+    /// Waits until the server answering on the port is this one (its certificate is signed by
+    /// this test's CA); false when it exited or never answered.
+    fn ready(&mut self) -> bool {
+        let probe = format!(
+            "rediss://127.0.0.1:{}/0?ssl_cert_reqs=required&ssl_ca_certs={}",
+            self.port,
+            self.ca("ca")
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false; // the port was taken
+            }
+            let mut cfg = RedisConfig::new(probe.clone());
+            cfg.connect_timeout = Duration::from_millis(500);
+            if RedisBroker::connect(cfg).is_ok() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server did not start on TLS port {port}");
+        false
     }
 
     fn ca(&self, name: &str) -> String {
