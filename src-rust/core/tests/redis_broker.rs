@@ -2,7 +2,9 @@
 //! port (skipped, with a note, when redis-server is not on PATH).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+mod common;
+use common::free_port;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,11 +35,7 @@ impl Server {
         // Tests run in parallel, each given a free port by the kernel: two may be given the same
         // one, and the second server then exits. Such a server is started again on another port.
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let mut s = Server { port, child: None };
             if s.try_spawn() {
                 return Some(s);
@@ -512,11 +510,7 @@ fn test_redis_global_keyprefix_on_every_key() {
 
 #[test]
 fn test_redis_unreachable_is_connection_error_without_password() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut cfg = RedisConfig::new(format!("redis://u:canary-pw@127.0.0.1:{port}/0"));
     cfg.connect_timeout = Duration::from_millis(500);
     let e = RedisBroker::connect(cfg).unwrap_err();

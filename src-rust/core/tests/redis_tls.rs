@@ -3,7 +3,9 @@
 //! with a note, when redis-server or openssl is not on PATH).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+mod common;
+use common::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -132,11 +134,7 @@ impl TlsServer {
         // one, and the second server then exits. Ready means this test's CA verifies the server
         // answering there; a server whose port was taken is started again on another port.
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let path = |name: &str| dir.path().join(name).display().to_string();
             let child = Command::new("redis-server")
                 .args(["--port", "0", "--tls-port", &port.to_string()])
