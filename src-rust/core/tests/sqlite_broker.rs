@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rqueue_core::prefetch::{PrefetchBuffer, ADAPTIVE_WORK};
-use rqueue_core::transport::sqlite::SqliteBroker;
+use rqueue_core::transport::sqlite::{Checkpoint, SqliteBroker};
 use rqueue_core::transport::sqlite_checkpointer::{Checkpointer, CHECKPOINT_EVERY, RESTART_FRAMES};
 use rqueue_core::transport::sqlite_consumer::{ConsumerConfig, SqliteConsumer};
 use rqueue_core::transport::{now_ms, NewMessage};
@@ -966,4 +966,27 @@ fn test_sqlite_checkpointer_restarts_a_long_log_before_commits_would_checkpoint_
         longest < restart_bytes * 5 / 4,
         "the log grew to {longest} bytes"
     );
+}
+
+#[test]
+fn test_sqlite_restart_checkpoint_gives_up_on_a_reader_that_stays_instead_of_holding_writers_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    churn(&b, 20);
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(b.checkpoint(Checkpoint::Restart).unwrap(), None);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it waited {:?}",
+        started.elapsed()
+    );
+    churn(&b, 1); // writers go on
+    reader.execute_batch("COMMIT").unwrap();
+    assert!(b.checkpoint(Checkpoint::Restart).unwrap().is_some());
 }

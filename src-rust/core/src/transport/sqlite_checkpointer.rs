@@ -1,5 +1,5 @@
 //! Checkpoints an SQLite broker file's write-ahead log behind a worker, so that few commits on a
-//! task's way (a `delay()`, a fetch, a result) wait for a checkpoint, and none runs one.
+//! task's way (a `delay()`, a fetch, a result) wait for a checkpoint, and hardly any runs one.
 //!
 //! SQLite checkpoints on its own in the commit that takes the log past its threshold (1,000 pages
 //! by default): that commit copies the log into the database and syncs both files, ~2.5 ms here.
@@ -12,8 +12,9 @@
 //! the log is [`RESTART_FRAMES`] long it restarts it (a RESTART checkpoint right after a PASSIVE
 //! one, so writers are held off only while the last few frames are copied). Every connection's
 //! own threshold is raised above that (`AUTOCHECKPOINT_PAGES` in [`super::sqlite`]), so commits
-//! checkpoint only when no worker runs. With nothing written, the thread sleeps until a message is
-//! published (the file's doorbell), or for [`IDLE_CHECK`].
+//! checkpoint only when no worker runs, or when writers outpace the thread (a heavy drain). With
+//! nothing written, the thread sleeps until a message is published (the file's doorbell), or for
+//! [`IDLE_CHECK`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
