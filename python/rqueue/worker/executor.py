@@ -72,9 +72,10 @@ BATCH = 64
 LINGER_S = 0.001
 #: At shutdown, how long to keep trying to record results and acks while the broker is away.
 SHUTDOWN_FLUSH_S = 10.0
-#: How long a task with a hard time limit waits, before it runs, for the acks handed to the
-#: fetching thread to be written (past it, a kill may run those tasks again), in seconds.
-SETTLE_BEFORE_HARD_LIMIT_S = 5.0
+#: How long a task with a hard time limit, or a message delivered before, waits before it runs
+#: for the acks handed to the fetching thread to be written (past it, a kill may run those tasks
+#: again), in seconds.
+SETTLE_BEFORE_RISK_S = 5.0
 
 
 #: What the worker logs at INFO for each task (the fast lane says them the same way).
@@ -458,11 +459,12 @@ class Executor:
             self._record(ResultRecord(msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}))
             self.flush()
         soft, hard = self.limits.for_task(msg.task, msg.soft_time_limit, msg.time_limit)
+        if job.delivery.deliveries > 1 or (self.slot is not None and hard is not None):
+            # A process this task kills (a child at the hard limit, or anyone running a message
+            # delivered before, whose worker may have died of it) then loses nothing already done.
+            self.flush()
+            self.consumer.settle_acks(SETTLE_BEFORE_RISK_S)
         if self.slot is not None:
-            if hard is not None:
-                # A child killed at the hard limit then loses nothing already done.
-                self.flush()
-                self.consumer.settle_acks(SETTLE_BEFORE_HARD_LIMIT_S)
             args_repr = msg.argsrepr if msg.argsrepr is not None else reprlib.repr(args)
             if self.slot.task_started(
                 msg.id, msg.task, args_repr, msg.soft_time_limit, msg.time_limit, job.ignore_result

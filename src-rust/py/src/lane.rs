@@ -184,6 +184,11 @@ impl FastLane {
             return handback(py, delivery, None); // the executor refuses it, with why
         };
         let msg = Bound::new(py, msg)?;
+        if delivery.deliveries > 1 {
+            // Delivered before and never acked: its worker may have died running it. The
+            // executor writes what it finished first, so a second death re-runs nothing else.
+            return handback(py, delivery, Some(msg));
+        }
         let m = msg.get();
         let task = m.task.bind(py);
         let (Some(how), Some((args, kwargs))) = (plan.get_item(task)?, m.plain_arguments(py)?)
