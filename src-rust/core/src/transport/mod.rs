@@ -15,7 +15,6 @@ pub mod redis_consumer;
 mod redis_lua;
 pub mod redis_tls;
 pub mod sqlite;
-pub mod sqlite_checkpointer;
 pub mod sqlite_consumer;
 
 use std::collections::VecDeque;
