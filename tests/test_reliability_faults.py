@@ -229,6 +229,46 @@ def test_r13_sqlite_file_replaced_is_refused_loudly_and_workers_restart_on_the_n
         cleanup(project)
 
 
+HOLD_OLD_FILE = """
+import sys, time
+from rqueue import _rqueue
+old = _rqueue.SqliteBroker(sys.argv[1])
+for _ in range(200):
+    old.publish("old", b"x" * 2000)  # pages of the old file in its write-ahead log
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_r13_a_replaced_files_log_is_never_read_into_the_new_file(tmp_path: Path) -> None:
+    """SQLite names the log after the path: the old file's log must neither hide nor corrupt the new file."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "broker.sqlite3"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OLD_FILE, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        restored = tmp_path / "restored.sqlite3"
+        _rqueue.SqliteBroker(str(restored)).publish("celery", b"restored")  # closed: its log folded in
+        os.replace(restored, path)
+        # the old file's log is still in use by a live process: refused, naming it
+        with pytest.raises(BrokerReplacedError, match=f"process {holder.pid} still uses it"):
+            _rqueue.SqliteBroker(str(path))
+        # that process dies without closing (its log stays behind): the log is moved aside, not read
+        holder.kill()
+        holder.wait(10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    new = _rqueue.SqliteBroker(str(path))
+    assert new.queue_length("old") == 0
+    assert [d.payload for d in new.fetch(["celery"], 10, "w", 60_000)] == [b"restored"]
+    kept = [p.name for p in tmp_path.iterdir() if p.name.startswith("broker.sqlite3-wal-of-")]
+    print(f"\nR13 [sqlite, old log left by a killed process] read-into-new=0 kept-aside={kept}")
+    assert len(kept) == 1 and (tmp_path / kept[0]).stat().st_size > 0  # the old commits, never deleted
+
+
 # -- the SQLite write-ahead log under contention ------------------------------------------------------
 
 PRODUCE = """

@@ -6,8 +6,8 @@
 //! waiter reads the sequence *before* it looks for work, then sleeps in `futex(FUTEX_WAIT)` only
 //! while the sequence is still what it read, so a ring in between is never lost. A ring costs an
 //! atomic add, plus a `FUTEX_WAKE` system call only when someone waits. Linux only: elsewhere
-//! `Doorbells::open` gives `None` and callers poll as before. Like `shm`, this module is allowed
-//! `unsafe` (mmap and futex), and nothing else is.
+//! `Doorbells::open` gives `None` and callers poll as before. Like `shm` and `sqlite_log_owner`,
+//! this module is allowed `unsafe` (mmap and futex).
 #![allow(unsafe_code)]
 
 use std::path::Path;

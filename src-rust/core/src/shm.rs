@@ -2,8 +2,8 @@
 //!
 //! On Unix the words live in an anonymous `MAP_SHARED` mapping, so a process and every child it
 //! forks afterwards see (and atomically update) the same memory. Elsewhere (no `fork`) they are
-//! ordinary heap memory. This module and `doorbell` are the only ones of the core that use
-//! `unsafe`.
+//! ordinary heap memory. This module, `doorbell` and `sqlite_log_owner` are the only ones of the
+//! core that use `unsafe`.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::AtomicU64;

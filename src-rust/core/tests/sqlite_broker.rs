@@ -836,6 +836,32 @@ fn test_sqlite_file_deleted_or_replaced_fails_loudly_and_the_consumer_stops() {
 }
 
 #[test]
+fn test_sqlite_file_at_a_replaced_path_is_never_read_through_the_old_files_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.sqlite3");
+    let old = SqliteBroker::open(&path, 5_000).unwrap();
+    for _ in 0..50 {
+        old.publish("old", &[b'x'; 2_000], 0, None).unwrap(); // in the old file's log
+    }
+    let other = dir.path().join("other.sqlite3");
+    let restored = SqliteBroker::open(&other, 5_000).unwrap();
+    restored.publish("q", b"restored", 0, None).unwrap();
+    drop(restored); // the last connection: its log is folded in and removed
+    std::fs::rename(&other, &path).unwrap();
+    // opening the new file closes this process's connection to the old one (which has not noticed
+    // yet), then reads the new file as it is, not through the old file's log
+    let new = SqliteBroker::open(&path, 5_000).unwrap();
+    assert!(matches!(old.queue_length("old"), Err(Error::Replaced(_))));
+    assert_eq!(new.queue_length("old").unwrap(), 0);
+    let got = new.fetch(&qs(&["q"]), 10, "w", 60_000).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"restored");
+    // and it stays so for the next connection (the log now at the path is the new file's)
+    let next = SqliteBroker::open(&path, 5_000).unwrap();
+    assert_eq!(next.leased_count("w").unwrap(), 1);
+}
+
+#[test]
 fn test_sqlite_beat_lease_is_held_by_one_token_until_it_lapses() {
     let (_d, b) = temp_broker();
     assert!(b.beat_lease("app", "a", 200).unwrap());

@@ -16,6 +16,7 @@ mod redis_lua;
 pub mod redis_tls;
 pub mod sqlite;
 pub mod sqlite_consumer;
+mod sqlite_log_owner;
 
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};

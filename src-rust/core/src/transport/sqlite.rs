@@ -26,7 +26,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
@@ -34,6 +34,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use crate::doorbell::{Bell, Doorbells};
 use crate::error::{Error, Result};
 use crate::prefetch::Delivery;
+use crate::transport::sqlite_log_owner::{self, FileIdentity};
 use crate::transport::{check_priority, check_queue, interleave, transport_by_inherent_methods};
 use crate::transport::{now_ms, BeatSend, DeadLetter, NewMessage, ResultRow, REASON_WORKER_LOST};
 
@@ -222,28 +223,6 @@ pub const WAL_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
 /// 100 MB/s of log under heavy load, the log then stays within a few tens of MB of the limit.
 const WAL_CHECK_INTERVAL_MS: i64 = 50;
 
-/// A file's device and inode number (`None` where the platform has none, or it is missing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    device: u64,
-    inode: u64,
-}
-
-#[cfg(unix)]
-fn file_identity(path: &Path) -> Option<FileIdentity> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileIdentity {
-        device: m.dev(),
-        inode: m.ino(),
-    })
-}
-
-#[cfg(not(unix))]
-fn file_identity(_path: &Path) -> Option<FileIdentity> {
-    None
-}
-
 #[cfg(unix)]
 fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -267,6 +246,23 @@ fn create_private(path: &Path) -> std::io::Result<()> {
         .map(|_| ())
 }
 
+/// The connection of a [`SqliteBroker`]; `None` once closed because its file was replaced.
+#[derive(Debug)]
+struct Slot(Mutex<Option<Connection>>);
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
+        // A panic inside a transaction drops (rolls back) it, so the connection stays usable.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl sqlite_log_owner::Closable for Slot {
+    fn close(&self) {
+        *self.lock() = None;
+    }
+}
+
 /// A connection to the broker file. Thread-safe: one connection behind a mutex, with cached
 /// prepared statements.
 #[derive(Debug)]
@@ -279,7 +275,8 @@ pub struct SqliteBroker {
     next_wal_check_ms: AtomicI64,
     /// Rung after commits that make messages or results available; `None` where unsupported.
     bells: Option<Doorbells>,
-    conn: Mutex<Connection>,
+    /// Shared with this process's list of open connections (see [`sqlite_log_owner`]).
+    conn: Arc<Slot>,
     /// How long to keep retrying SQLITE_BUSY after the busy handler gave up.
     retry_window: Duration,
 }
@@ -296,6 +293,11 @@ impl SqliteBroker {
                 ))
             })?;
         }
+        let identity = FileIdentity::of(&path);
+        #[cfg(unix)]
+        if let Some(file) = identity {
+            sqlite_log_owner::claim(&path, file)?;
+        }
         let conn = Connection::open(&path).map_err(|e| {
             Error::Connection(format!(
                 "cannot open SQLite broker file {}: {e}",
@@ -305,16 +307,19 @@ impl SqliteBroker {
         let busy = Duration::from_millis(busy_timeout_ms);
         conn.busy_handler(Some(wait_while_busy))?;
         conn.set_prepared_statement_cache_capacity(64);
-        let identity = file_identity(&path);
         let bells = Doorbells::open(&path);
         let broker = SqliteBroker {
             path,
             identity,
             next_wal_check_ms: AtomicI64::new(0),
             bells,
-            conn: Mutex::new(conn),
+            conn: Arc::new(Slot(Mutex::new(Some(conn)))),
             retry_window: busy.max(Duration::from_secs(30)),
         };
+        if let Some(file) = identity {
+            let conn: Arc<dyn sqlite_log_owner::Closable> = broker.conn.clone();
+            sqlite_log_owner::register(file, Arc::downgrade(&conn));
+        }
         broker.with_conn(|c| {
             // journal_mode returns a row; WAL persists in the file once set by anyone.
             let _mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -353,12 +358,20 @@ impl SqliteBroker {
     /// Runs `f` on the connection, retrying SQLITE_BUSY/LOCKED with backoff. `f` must be a
     /// whole transaction (or a single statement) so a retry repeats it from the start.
     fn with_conn<T>(&self, mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let mut conn = self.lock();
-        self.check_same_file()?;
+        let mut slot = self.conn.lock();
+        let conn = match (self.check_same_file(), slot.as_mut()) {
+            (Ok(()), Some(conn)) => conn,
+            (check, _) => {
+                // Closed at once: the old file's log is removed only once no connection uses
+                // it, and until then no process can open the file now at the path.
+                *slot = None;
+                return Err(check.err().unwrap_or_else(|| self.replaced()));
+            }
+        };
         let start = Instant::now();
         let mut backoff = Duration::from_millis(1);
         loop {
-            match f(&mut conn) {
+            match f(conn) {
                 Err(e) if is_busy(&e) && start.elapsed() < self.retry_window => {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(100));
@@ -450,20 +463,19 @@ impl SqliteBroker {
 
     /// Fails once the path no longer names the file this connection opened.
     fn check_same_file(&self) -> Result<()> {
-        if self.identity.is_none() || file_identity(&self.path) == self.identity {
+        if self.identity.is_none() || FileIdentity::of(&self.path) == self.identity {
             return Ok(());
         }
-        Err(Error::Replaced(format!(
+        Err(self.replaced())
+    }
+
+    fn replaced(&self) -> Error {
+        Error::Replaced(format!(
             "the SQLite broker file {} was deleted or replaced after this process opened it; \
              nothing more is written to the old file (it would be lost). Restart this process, \
              and every producer and worker using the file, to use the file now at that path",
             self.path.display()
-        )))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic inside a transaction drops (rolls back) it, so the connection stays usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        ))
     }
 
     fn immediate<T>(
