@@ -9,7 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rqueue_core::prefetch::{PrefetchBuffer, ADAPTIVE_WORK};
-use rqueue_core::transport::sqlite::SqliteBroker;
+use rqueue_core::transport::sqlite::{Checkpoint, SqliteBroker};
+use rqueue_core::transport::sqlite_checkpointer::{Checkpointer, CHECKPOINT_EVERY, RESTART_FRAMES};
 use rqueue_core::transport::sqlite_consumer::{ConsumerConfig, SqliteConsumer};
 use rqueue_core::transport::{now_ms, NewMessage};
 use rqueue_core::Error;
@@ -931,4 +932,87 @@ fn test_sqlite_beat_send_is_fenced_by_the_lease_and_the_last_tick() {
         BeatSend::NotLeader
     );
     assert_eq!(b.queue_length("q").unwrap(), 3);
+}
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Publishes, fetches and acks `n` messages one transaction each (a few log frames apiece).
+fn churn(b: &SqliteBroker, n: usize) {
+    for i in 0..n {
+        b.publish("q", format!("message {i}").as_bytes(), 0, None)
+            .unwrap();
+        let got = b.fetch(&qs(&["q"]), 1, "w", 60_000).unwrap();
+        assert_eq!(b.ack(&[got[0].tag.as_str()]).unwrap(), 1);
+    }
+}
+
+#[test]
+fn test_sqlite_checkpointer_copies_the_log_into_the_database_behind_the_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    let big = vec![b'x'; 64 * 1024];
+    for _ in 0..20 {
+        b.publish("q", &big, 0, None).unwrap(); // ~1.3 MB of log: commits do not checkpoint it
+    }
+    let before = file_len(&path);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(file_len(&path), before, "nothing else checkpoints");
+    let _checkpointer = Checkpointer::start(SqliteBroker::open(&path, 10_000).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while file_len(&path) < before + 20 * big.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the log was not copied into the database"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(b.queue_length("q").unwrap(), 20);
+}
+
+#[test]
+fn test_sqlite_checkpointer_restarts_a_long_log_before_commits_would_checkpoint_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    let _checkpointer = Checkpointer::start(SqliteBroker::open(&path, 10_000).unwrap());
+    let wal = dir.path().join("broker.sqlite3-wal");
+    let restart_bytes = RESTART_FRAMES as u64 * 4096;
+    let mut longest = 0;
+    // ~40 MiB of log in all (~0.4 MiB a slice), in slices the thread follows.
+    for _ in 0..100 {
+        churn(&b, 10);
+        longest = longest.max(file_len(&wal));
+        thread::sleep(CHECKPOINT_EVERY);
+    }
+    // Without the thread the log reaches 8,192 pages (32 MiB), where commits checkpoint it.
+    assert!(
+        longest < restart_bytes * 5 / 4,
+        "the log grew to {longest} bytes"
+    );
+}
+
+#[test]
+fn test_sqlite_restart_checkpoint_gives_up_on_a_reader_that_stays_instead_of_holding_writers_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sqlite3");
+    let b = SqliteBroker::open(&path, 10_000).unwrap();
+    churn(&b, 20);
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(b.checkpoint(Checkpoint::Restart).unwrap(), None);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it waited {:?}",
+        started.elapsed()
+    );
+    churn(&b, 1); // writers go on
+    reader.execute_batch("COMMIT").unwrap();
+    assert!(b.checkpoint(Checkpoint::Restart).unwrap().is_some());
 }

@@ -15,6 +15,7 @@ pub mod redis_consumer;
 mod redis_lua;
 pub mod redis_tls;
 pub mod sqlite;
+pub mod sqlite_checkpointer;
 pub mod sqlite_consumer;
 mod sqlite_log_owner;
 

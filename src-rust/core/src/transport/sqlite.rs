@@ -217,6 +217,20 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// How a [`SqliteBroker::checkpoint`] treats readers and writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    Passive,
+    Restart,
+}
+
+/// Longest a RESTART checkpoint waits for readers (holding writers off meanwhile) before it
+/// gives up; it takes ~2 ms when only a worker's short transactions read.
+const RESTART_WAIT: Duration = Duration::from_millis(50);
+/// Every connection checkpoints the log in its commit past this many pages (SQLite's default is
+/// 1,000): a worker's [`Checkpointer`](super::sqlite_checkpointer::Checkpointer) restarts the log
+/// well before, and with no worker running the producers still bound it.
+const AUTOCHECKPOINT_PAGES: i64 = 8_192;
 /// The write-ahead log is checkpointed and truncated once it is larger than this.
 pub const WAL_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
 /// How often a connection that writes or fetches looks at the log's size (a `stat`): at over
@@ -325,6 +339,7 @@ impl SqliteBroker {
             let _mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
             c.pragma_update(None, "synchronous", "NORMAL")?;
             c.pragma_update(None, "temp_store", "MEMORY")?;
+            c.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)?;
             Ok(())
         })?;
         broker.migrate()?;
@@ -428,6 +443,31 @@ impl SqliteBroker {
             })
         })
         .map(|busy| busy == 0)
+    }
+
+    /// A checkpoint in `mode` (`PASSIVE`: copies what it can of the write-ahead log into the
+    /// database without waiting for readers or writers; `RESTART`: copies it all, holding off
+    /// writers, and waits for readers so the next writer restarts the log from its beginning;
+    /// it gives up after [`RESTART_WAIT`]). Returns the log's size in frames, or `None` when the
+    /// checkpoint could not finish (another one running, or readers that stayed).
+    pub fn checkpoint(&self, mode: Checkpoint) -> Result<Option<i64>> {
+        let sql = match mode {
+            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
+        };
+        self.with_conn(|c| {
+            if mode == Checkpoint::Restart {
+                c.busy_timeout(RESTART_WAIT)?;
+            }
+            let done = c.query_row(sql, [], |r| {
+                let busy: i64 = r.get(0)?;
+                Ok((busy == 0).then_some(r.get::<_, i64>(1)?))
+            });
+            if mode == Checkpoint::Restart {
+                c.busy_handler(Some(wait_while_busy))?;
+            }
+            done
+        })
     }
 
     fn ring(&self, bell: Bell) {

@@ -4,7 +4,8 @@
 //! talks to SQLite. The thread owns its own connection (opened from `path`). It fetches only as
 //! many messages as the buffer has credits, polls with exponential backoff when nothing is due
 //! (0.5 ms doubling up to `poll_max`), extends this owner's leases every `lease / 3`, and sweeps
-//! expired leases of any owner every `sweep_interval`. Errors are recorded and retried with
+//! expired leases of any owner every `sweep_interval`; a second thread checkpoints the file's
+//! write-ahead log meanwhile ([`Checkpointer`]). Errors are recorded and retried with
 //! backoff; the thread only ends when asked to, or when the file was replaced. It never starts
 //! on its own: call
 //! [`SqliteConsumer::start`] after any fork.
@@ -18,6 +19,7 @@ use crate::error::Result;
 use crate::prefetch::{Delivery, PrefetchBuffer};
 use crate::transport::consumer::{Consumer, LeaseSource, Settings};
 use crate::transport::sqlite::SqliteBroker;
+use crate::transport::sqlite_checkpointer::Checkpointer;
 
 pub use crate::transport::consumer::FETCH_BATCH;
 
@@ -72,6 +74,10 @@ impl Consumer<Leases> {
         let connect = Arc::new(move || {
             Ok(Leases {
                 broker: SqliteBroker::open(&config.path, config.busy_timeout_ms)?,
+                _checkpointer: Checkpointer::start(SqliteBroker::open(
+                    &config.path,
+                    config.busy_timeout_ms,
+                )?),
                 owner: config.owner.clone(),
                 lease_ms: lease_ms(config.lease),
                 max_deliveries: config.max_deliveries,
@@ -90,6 +96,8 @@ pub struct Leases {
     max_deliveries: u32,
     /// The messages bell's sequence read before the last fetch (see [`crate::doorbell`]).
     seen: u32,
+    /// Checkpoints the file while this connection is open.
+    _checkpointer: Checkpointer,
 }
 
 impl LeaseSource for Leases {
