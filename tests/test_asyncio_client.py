@@ -249,6 +249,34 @@ def _async_clients(url: str) -> int:
 
 
 @pytest.mark.redis
+def test_asyncio_first_sends_from_the_pool_threads_open_one_broker_and_one_backend(
+    redis_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh app's first sends run in several pool threads at once; each used to open its own
+    backend (its results then awaited on connections of their own) and broker."""
+    import rqueue.app
+
+    tasks = redis_project.app()
+    opened: list[str] = []
+    for name in ("open_broker", "open_backend"):
+        real = getattr(rqueue.app, name)
+
+        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            opened.append(_name)
+            time.sleep(0.01)  # as long as a connection takes to open: the window the threads race in
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(rqueue.app, name, counting)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(*(tasks.add.adelay(i, i) for i in range(50))))
+
+    sent = run(main)
+    assert sorted(opened) == ["open_backend", "open_broker"]
+    assert {id(r.backend) for r in sent} == {id(tasks.app.backend)}
+
+
+@pytest.mark.redis
 def test_asyncio_thousand_concurrent_awaits_share_bounded_redis_connections(redis_project: Project) -> None:
     tasks = redis_project.app()
     url = redis_project.redis_url

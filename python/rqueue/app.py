@@ -96,6 +96,9 @@ class App:
         self._autodiscover: list[tuple[Any, str]] = []
         self._broker: tuple[str, Broker] | None = None
         self._backend: tuple[tuple[Any, ...], ResultBackend] | None = None
+        #: Held while the broker or backend is opened, so threads that use them first at once
+        #: (sends from ``aapply_async``'s pool) share one; by pid, as a fork may copy it held.
+        self._opening = (os.getpid(), threading.RLock())
         self._derived_version = -1
         self._derived_cache: dict[str, Any] = {}
         self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
@@ -231,9 +234,13 @@ class App:
     def broker(self) -> Broker:
         """The broker connection of this process (opened on first use)."""
         url = self.derived("broker_url", lambda: self.broker_url)
-        if self._broker is None or self._broker[0] != url:
-            self._broker = (url, open_broker(url, self.conf))
-        return self._broker[1]
+        opened = self._broker
+        if opened is None or opened[0] != url:
+            with self._opening_lock():
+                opened = self._broker
+                if opened is None or opened[0] != url:
+                    opened = self._broker = (url, open_broker(url, self.conf))
+        return opened[1]
 
     @property
     def backend(self) -> ResultBackend:
@@ -250,23 +257,36 @@ class App:
                 conf.result_backend_max_retries,
             ),
         )
-        if self._backend is None or self._backend[0] != key:
-            expires = conf.result_expires
-            if isinstance(expires, timedelta):
-                expires = expires.total_seconds()
-            accept = serialization.accepted_content_types(conf.result_accept_content or conf.accept_content)
-            accept.append(serialization.content_type(conf.result_serializer))
-            backend = open_backend(
-                self.backend_url,
-                broker=lambda: self.broker,
-                serializer=conf.result_serializer,
-                accept=accept,
-                expires_s=expires,
-                extended=conf.result_extended,
-                max_retries=conf.result_backend_max_retries,
-            )
-            self._backend = (key, backend)
-        return self._backend[1]
+        opened = self._backend
+        if opened is None or opened[0] != key:
+            with self._opening_lock():
+                opened = self._backend
+                if opened is None or opened[0] != key:
+                    opened = self._backend = (key, self._open_backend())
+        return opened[1]
+
+    def _opening_lock(self) -> threading.RLock:
+        pid, lock = self._opening
+        if pid != os.getpid():
+            self._opening = pid, lock = os.getpid(), threading.RLock()
+        return lock
+
+    def _open_backend(self) -> ResultBackend:
+        conf = self.conf
+        expires = conf.result_expires
+        if isinstance(expires, timedelta):
+            expires = expires.total_seconds()
+        accept = serialization.accepted_content_types(conf.result_accept_content or conf.accept_content)
+        accept.append(serialization.content_type(conf.result_serializer))
+        return open_backend(
+            self.backend_url,
+            broker=lambda: self.broker,
+            serializer=conf.result_serializer,
+            accept=accept,
+            expires_s=expires,
+            extended=conf.result_extended,
+            max_retries=conf.result_backend_max_retries,
+        )
 
     # -- tasks -----------------------------------------------------------------------------------------
 
