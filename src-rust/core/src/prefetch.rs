@@ -10,7 +10,9 @@
 //! tasks are short the buffer holds about [`ADAPTIVE_WORK`] of them (up to [`ADAPTIVE_CEILING`]),
 //! so no-op tasks come in batches large enough to amortize the broker's round trips and
 //! bookkeeping. When tasks turn long the capacity falls back at once and the transport hands the
-//! excess back to the queue ([`PrefetchBuffer::take_excess`]), so other workers can take it.
+//! excess back to the queue ([`PrefetchBuffer::take_excess`]), so other workers can take it: once
+//! a task has run [`RUNNING_LONG`], not only once it ends, so a burst of long tasks arriving after
+//! short ones is not held by one process while its siblings idle.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -25,6 +27,9 @@ pub const ADAPTIVE_WORK: Duration = Duration::from_millis(5);
 /// drained 79k/s (`-P solo`); prefork's children 61-64k/s, 66-68k/s, 66-68k/s. Before the lane a
 /// larger ceiling was slower (the executor's acks waited behind the longer scripts).
 pub const ADAPTIVE_CEILING: usize = 128;
+/// How long a task may have run since the last take before the pace counts as slow while it
+/// still runs: well past [`ADAPTIVE_WORK`], so a short pause of the taker hands nothing back.
+pub const RUNNING_LONG: Duration = Duration::from_millis(50);
 /// Weight of the newest interval in the running mean of intervals between takes. One that is
 /// longer than [`ADAPTIVE_WORK`] (a task that ran long) replaces the mean at once, and the
 /// capacity falls back to the configured one.
@@ -153,11 +158,26 @@ impl PrefetchBuffer {
     /// send messages back and forth.
     pub fn take_excess(&self) -> Vec<Delivery> {
         let mut s = self.lock();
+        self.notice_long_run(&mut s);
         let keep = s.effective.saturating_sub(s.outstanding);
         if s.effective > self.capacity || s.items.len() <= keep {
             return Vec::new();
         }
         s.items.split_off(keep).into()
+    }
+
+    /// A task running for [`RUNNING_LONG`] since the last take (its writes discounted) makes the
+    /// pace that slow at once, and the capacity falls back to the configured one.
+    fn notice_long_run(&self, s: &mut State) {
+        if s.outstanding == 0 || s.items.is_empty() || s.effective == self.capacity {
+            return;
+        }
+        let Some(prev) = s.last_take else { return };
+        let running = prev.elapsed().saturating_sub(s.discount);
+        if running >= RUNNING_LONG {
+            s.mean_gap_ns = running.as_nanos() as f64;
+            s.effective = self.capacity;
+        }
     }
 
     /// How many more messages the transport may fetch now (0 once closed).
@@ -476,6 +496,32 @@ mod tests {
         assert_eq!(excess.len(), held - 2);
         assert!(b.is_empty());
         assert!(b.take_excess().is_empty());
+    }
+
+    #[test]
+    fn a_task_running_long_hands_the_excess_back_before_it_ends() {
+        let (b, _, mut next) = run_short_tasks();
+        while b.put(d(next)).is_ok() {
+            next += 1;
+        }
+        let held = b.len();
+        assert!(held > 2, "the capacity never grew");
+        let _ = b.try_get(); // the first long task starts, and runs on
+        assert!(
+            b.take_excess().is_empty(),
+            "nothing goes back while it may be short"
+        );
+        thread::sleep(RUNNING_LONG + ADAPTIVE_WORK);
+        assert!(b.effective_capacity() > 2, "unchanged until looked at");
+        let excess = b.take_excess();
+        assert_eq!(
+            b.effective_capacity(),
+            2,
+            "falls back while the task still runs"
+        );
+        // one taken (outstanding) and one waiting fill the capacity: the rest is excess
+        assert_eq!(excess.len(), held - 2);
+        assert_eq!(b.len(), 1);
     }
 
     #[test]
