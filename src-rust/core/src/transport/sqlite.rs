@@ -23,7 +23,7 @@
 //! retried here with backoff, so "database is locked" never reaches the caller unless the file
 //! stays locked for the whole retry window. A worker's consumer checkpoints the log behind it
 //! ([`super::sqlite_checkpointer`]). Before opening the file a connection makes sure the log at
-//! its path is this file's and not that of a file it replaced ([`sqlite_log_owner`]).
+//! its path is this file's and not that of a file it replaced (`sqlite_log_owner`).
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
