@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard, Weak};
 use crate::error::{Error, Result};
 
 /// A file's device and inode number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileIdentity {
     pub device: u64,
     pub inode: u64,
